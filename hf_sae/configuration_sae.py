@@ -1,0 +1,174 @@
+"""`SaeConfig`: what a sparse autoencoder is. Never training schedules, devices or run-time dtypes."""
+
+from typing import Any, Literal
+
+from transformers import PreTrainedConfig
+from transformers.utils import logging
+
+from .errors import SaeConfigError
+
+logger = logging.get_logger(__name__)
+
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
+# Architectures whose sparsity is set by `k` rather than by a penalty coefficient.
+K_ARCHITECTURES = ("topk", "batchtopk")
+
+# Keys that `PreTrainedConfig` itself writes into config.json; anything else we don't know is from a newer hf_sae.
+_BASE_CONFIG_KEYS = {
+    "transformers_version", "model_type", "architectures", "_name_or_path", "name_or_path", "dtype", "torch_dtype",
+    "_commit_hash", "attn_implementation", "output_attentions", "output_hidden_states", "return_dict",
+}  # fmt: skip
+
+
+class SaeConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`SaeModel`]: its widths, its sparsity mechanism and where in which language model it reads.
+
+    Args:
+        d_in (`int`):
+            Width of the activation the SAE reads and reconstructs (the hooked module's output width).
+        num_latents (`int`, *optional*):
+            Number of latents (features). Give this or `expansion_factor`.
+        expansion_factor (`float`, *optional*):
+            Convenience for `num_latents = round(expansion_factor * d_in)`; resolved at construction and not stored.
+        architecture (`str`, *optional*, defaults to `"topk"`):
+            One of `relu`, `topk`, `batchtopk`, `jumprelu`, `gated`.
+        k (`int`, *optional*):
+            Active latents per token for `topk`, average active latents per token for `batchtopk`.
+        sparsity_coefficient (`float`, *optional*, defaults to 1.0):
+            Weight of the sparsity penalty: L1 for `relu` and `gated`, L0 for `jumprelu`. Unused by the k family.
+        jumprelu_init_threshold (`float`, *optional*, defaults to 0.001):
+            Initial JumpReLU threshold of every latent.
+        jumprelu_bandwidth (`float`, *optional*, defaults to 0.001):
+            Width of the rectangle kernel used for JumpReLU's straight-through pseudo-gradients.
+        auxk_coefficient (`float`, *optional*, defaults to 1/32):
+            Weight of the AuxK loss that revives dead latents (k family).
+        apply_b_dec_to_input (`bool`, *optional*, defaults to `True`):
+            Whether the encoder sees `x - b_dec` rather than `x`.
+        hookpoint (`str`, *optional*):
+            Module path of the activation in the language model, as `named_modules()` spells it.
+        base_model_name_or_path (`str`, *optional*):
+            The language model the SAE was trained on.
+        hf_sae_version (`str`, *optional*):
+            hf_sae version that saved this config; stamped on save.
+
+    Example:
+
+    ```python
+    >>> from hf_sae import SaeConfig
+    >>> config = SaeConfig(d_in=576, expansion_factor=16, architecture="topk", k=32, hookpoint="model.layers.15")
+    >>> config.num_latents
+    9216
+    ```
+    """
+
+    model_type = "hf_sae"
+    # Fields without defaults (d_in) make `SaeConfig()` invalid, so transformers must not build a default one.
+    has_no_defaults_at_init = True
+
+    d_in: int
+    num_latents: int | None = None
+    architecture: Literal["relu", "topk", "batchtopk", "jumprelu", "gated"] = "topk"
+    k: int | None = None
+    sparsity_coefficient: float = 1.0
+    jumprelu_init_threshold: float = 0.001
+    jumprelu_bandwidth: float = 0.001
+    auxk_coefficient: float = 1 / 32
+    apply_b_dec_to_input: bool = True
+    hookpoint: str | None = None
+    base_model_name_or_path: str | None = None
+    hf_sae_version: str | None = None
+
+    def __post_init__(self, **kwargs: Any):
+        expansion_factor = kwargs.pop("expansion_factor", None)
+        unknown = sorted(key for key in kwargs if key not in _BASE_CONFIG_KEYS)
+        if unknown:
+            logger.warning(
+                f"SaeConfig ignores unknown keys {unknown}: they were probably written by a newer hf_sae "
+                f"(this config says version {self.hf_sae_version}). Upgrade hf_sae to use them."
+            )
+            for key in unknown:
+                kwargs.pop(key)
+        self._resolve_num_latents(expansion_factor)
+        self._validate()
+        super().__post_init__(**kwargs)
+        self._frozen = True
+
+    def _resolve_num_latents(self, expansion_factor: float | None) -> None:
+        _check_positive_int("d_in", self.d_in)
+        if expansion_factor is None:
+            if self.num_latents is None:
+                raise SaeConfigError(
+                    "SaeConfig needs `num_latents` or `expansion_factor`, got neither. "
+                    "Pass e.g. `num_latents=9216` or `expansion_factor=16`."
+                )
+            return
+        if isinstance(expansion_factor, bool) or not isinstance(expansion_factor, int | float) or expansion_factor <= 0:
+            raise SaeConfigError(f"`expansion_factor` must be a positive number, got {expansion_factor!r}.")
+        resolved = round(expansion_factor * self.d_in)
+        if self.num_latents is not None and self.num_latents != resolved:
+            raise SaeConfigError(
+                f"`num_latents={self.num_latents}` disagrees with `expansion_factor={expansion_factor}` "
+                f"(which gives {resolved} for d_in={self.d_in}). Pass only one of them."
+            )
+        self.num_latents = resolved
+
+    def _validate(self) -> None:
+        _check_positive_int("num_latents", self.num_latents)
+        if self.architecture not in ARCHITECTURES:
+            raise SaeConfigError(
+                f"`architecture` must be one of {', '.join(ARCHITECTURES)}; got {self.architecture!r}."
+            )
+        if self.architecture in K_ARCHITECTURES:
+            if self.k is None:
+                raise SaeConfigError(
+                    f"architecture {self.architecture!r} needs `k`, the number of active latents per token; "
+                    "got k=None. Pass e.g. `k=32`."
+                )
+            _check_positive_int("k", self.k)
+            if self.k >= self.num_latents:
+                raise SaeConfigError(
+                    f"`k` must be smaller than `num_latents` ({self.num_latents}); got k={self.k}. "
+                    "Lower k or widen the SAE."
+                )
+        elif self.k is not None:
+            raise SaeConfigError(
+                f"`k` applies only to {' and '.join(K_ARCHITECTURES)}; got k={self.k} with architecture "
+                f"{self.architecture!r}. Drop `k` or change the architecture."
+            )
+        for name in ("sparsity_coefficient", "auxk_coefficient"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise SaeConfigError(f"`{name}` must be a number >= 0; got {value!r}.")
+        for name in ("jumprelu_init_threshold", "jumprelu_bandwidth"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise SaeConfigError(f"`{name}` must be a number > 0; got {value!r}.")
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        # Configs are immutable once built: an SAE's shape and sparsity rule are fixed by its weights.
+        if key in _FROZEN_FIELDS and self.__dict__.get("_frozen", False):
+            raise SaeConfigError(
+                f"SaeConfig is immutable; cannot set `{key}` to {value!r}. Build a new config instead, e.g. "
+                f"`SaeConfig(**{{**config.to_dict(), '{key}': ...}})`."
+            )
+        super().__setattr__(key, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        from . import __version__
+
+        output = super().to_dict()
+        output.pop("_frozen", None)
+        output["hf_sae_version"] = __version__
+        return output
+
+
+_FROZEN_FIELDS = {
+    "d_in", "num_latents", "architecture", "k", "sparsity_coefficient", "jumprelu_init_threshold",
+    "jumprelu_bandwidth", "auxk_coefficient", "apply_b_dec_to_input", "hookpoint", "base_model_name_or_path",
+}  # fmt: skip
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SaeConfigError(f"`{name}` must be a positive integer; got {value!r}.")
