@@ -1,6 +1,39 @@
+"""hf_sae: sparse autoencoders for language-model interpretability, native to the Hugging Face stack.
+
+Importing the package registers `SaeConfig` and `SaeModel` with `AutoConfig` and `AutoModel`, so
+`AutoModel.from_pretrained(path)` loads an SAE with no remote code.
+"""
+
 __version__ = "0.1.0"
-from .configuration_sae import SaeConfig
-from .modeling_sae import SaeModel, SaeOutput
+
 from transformers import AutoConfig, AutoModel
-AutoConfig.register("hf_sae", SaeConfig)
+
+from .configuration_sae import ARCHITECTURES, SaeConfig
+from .errors import (
+    DataError,
+    HfSaeError,
+    HookpointError,
+    MissingDependencyError,
+    SaeConfigError,
+    TrainingError,
+    WeightsError,
+)
+from .modeling_sae import SaeModel, SaeOutput, SaePreTrainedModel
+
+AutoConfig.register(SaeConfig.model_type, SaeConfig)
 AutoModel.register(SaeConfig, SaeModel)
+
+__all__ = [
+    "ARCHITECTURES",
+    "DataError",
+    "HfSaeError",
+    "HookpointError",
+    "MissingDependencyError",
+    "SaeConfig",
+    "SaeConfigError",
+    "SaeModel",
+    "SaeOutput",
+    "SaePreTrainedModel",
+    "TrainingError",
+    "WeightsError",
+]

@@ -103,7 +103,7 @@ class SaeConfig(PreTrainedConfig):
                     "Pass e.g. `num_latents=9216` or `expansion_factor=16`."
                 )
             return
-        if isinstance(expansion_factor, bool) or not isinstance(expansion_factor, int | float) or expansion_factor <= 0:
+        if not _is_number(expansion_factor) or expansion_factor <= 0:
             raise SaeConfigError(f"`expansion_factor` must be a positive number, got {expansion_factor!r}.")
         resolved = round(expansion_factor * self.d_in)
         if self.num_latents is not None and self.num_latents != resolved:
@@ -138,11 +138,11 @@ class SaeConfig(PreTrainedConfig):
             )
         for name in ("sparsity_coefficient", "auxk_coefficient"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            if not _is_number(value) or value < 0:
                 raise SaeConfigError(f"`{name}` must be a number >= 0; got {value!r}.")
         for name in ("jumprelu_init_threshold", "jumprelu_bandwidth"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            if not _is_number(value) or value <= 0:
                 raise SaeConfigError(f"`{name}` must be a number > 0; got {value!r}.")
 
     def __setattr__(self, key: str, value: Any) -> None:
@@ -172,3 +172,7 @@ _FROZEN_FIELDS = {
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise SaeConfigError(f"`{name}` must be a positive integer; got {value!r}.")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

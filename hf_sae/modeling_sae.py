@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_sae import SaeConfig
 from .errors import WeightsError
+
+logger = logging.get_logger(__name__)
 
 # Exponential moving average decay of the BatchTopK inference threshold (as in dictionary_learning's trainer).
 BATCHTOPK_THRESHOLD_DECAY = 0.99
@@ -53,12 +55,12 @@ class SaeOutput(ModelOutput):
     auxiliary_loss: Tensor | None = None
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Sparse kernels for the k family. A sparse code is three flat tensors: `rows` (token), `cols` (latent), `values`.
 
 
 def _bag_sum(lookup: Tensor, table: Tensor, bags: Tensor, weights: Tensor, num_bags: int) -> Tensor:
-    """out[b] = sum over entries e with bags[e] == b of weights[e] * table[lookup[e]]  -> (num_bags, table.shape[1])."""
+    """out[b] = sum of weights[e] * table[lookup[e]] over entries e with bags[e] == b; (num_bags, table.shape[1])."""
     order = torch.argsort(bags, stable=True)
     counts = torch.bincount(bags, minlength=num_bags)
     offsets = counts.cumsum(0) - counts
@@ -139,12 +141,16 @@ def _with_auxk(select, dead: Tensor, k_aux: int):
         rows, cols, values = select(pre)
         aux_values, aux_cols = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False)
         aux_rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k_aux)
-        return torch.cat([rows, aux_rows]), torch.cat([cols, aux_cols.flatten()]), torch.cat([values, aux_values.flatten()])
+        return (
+            torch.cat([rows, aux_rows]),
+            torch.cat([cols, aux_cols.flatten()]),
+            torch.cat([values, aux_values.flatten()]),
+        )
 
     return select_both
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Pieces with straight-through pseudo-gradients for JumpReLU (Rajamanoharan et al. 2024, "Jumping Ahead").
 
 
@@ -153,7 +159,7 @@ def _rectangle(u: Tensor) -> Tensor:
 
 
 class _JumpReLU(torch.autograd.Function):
-    """z = pre * H(pre - threshold); d/dthreshold = -(threshold / bandwidth) * rectangle((pre - threshold) / bandwidth)."""
+    """z = pre * H(pre - θ), with d/dθ = -(θ / bandwidth) * rectangle((pre - θ) / bandwidth)."""
 
     @staticmethod
     def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float):
@@ -171,7 +177,7 @@ class _JumpReLU(torch.autograd.Function):
 
 
 class _Step(torch.autograd.Function):
-    """H(pre - threshold), for the L0 penalty; d/dthreshold = -(1 / bandwidth) * rectangle((pre - threshold) / bandwidth)."""
+    """H(pre - θ) for the L0 penalty, with d/dθ = -(1 / bandwidth) * rectangle((pre - θ) / bandwidth)."""
 
     @staticmethod
     def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float):
@@ -186,7 +192,7 @@ class _Step(torch.autograd.Function):
         return None, grad_threshold.reshape(-1, threshold.shape[-1]).sum(0), None
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 
 
 class SaePreTrainedModel(PreTrainedModel):
@@ -253,7 +259,7 @@ class SaeModel(SaePreTrainedModel):
             self.register_buffer("threshold", torch.empty(()))  # () global inference threshold, learned by EMA
         self.post_init()
 
-    # ------------------------------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------
 
     @property
     def uses_unit_norm_decoder(self) -> bool:
@@ -344,7 +350,8 @@ class SaeModel(SaePreTrainedModel):
                 self._update_batchtopk_threshold(values)
             active = values > 0
             latent_counts = torch.bincount(cols[active], minlength=cfg.num_latents)
-            reconstruction = _SparseDecode.apply(rows, cols, values, self.W_dec, num_tokens) + self.b_dec.to(flat.dtype)
+            reconstruction = _SparseDecode.apply(rows, cols, values, self.W_dec, num_tokens)
+            reconstruction = reconstruction + self.b_dec.to(flat.dtype)
             latents = _dense_latents(rows, cols, values, (num_tokens, cfg.num_latents)) if return_latents else None
             if return_loss and k_aux:
                 residual = (flat - reconstruction).detach()
@@ -435,9 +442,32 @@ class SaeModel(SaePreTrainedModel):
         self.W_dec.div_(scale)
         self.b_dec.div_(scale)
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        check_state_dict_shapes(self, state_dict)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """[`PreTrainedModel.from_pretrained`], strict about weights: a tensor whose shape disagrees with the config
+        or that is missing raises [`WeightsError`]; a tensor this version does not know warns (a newer hf_sae)."""
+        want_info = kwargs.pop("output_loading_info", False)
+        kwargs.setdefault("ignore_mismatched_sizes", True)  # so that we, not a generic report, explain the mismatch
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        for name, saved, expected in sorted(info["mismatched_keys"]):
+            raise WeightsError(
+                f"Weight `{name}` in {source} has shape {tuple(saved)} but its config (d_in={model.config.d_in}, "
+                f"num_latents={model.config.num_latents}) expects {tuple(expected)}. The weights file and "
+                "config.json do not belong together: re-save the SAE or fix config.json."
+            )
+        if info["missing_keys"]:
+            raise WeightsError(
+                f"The weights in {source} lack {sorted(info['missing_keys'])}, which a "
+                f"{model.config.architecture!r} SAE needs. The file is incomplete or was saved for another "
+                "architecture."
+            )
+        if info["unexpected_keys"]:
+            logger.warning(
+                f"Ignoring weights {sorted(info['unexpected_keys'])} in {source}: this version of hf_sae does not use "
+                "them (they were probably written by a newer hf_sae). Upgrade hf_sae to use them."
+            )
+        return (model, info) if want_info else model
 
 
 def _dense_latents(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
@@ -458,15 +488,3 @@ def _auxk_loss(x: Tensor, residual: Tensor, aux_reconstruction: Tensor) -> Tenso
     residual_variance = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
     input_variance_per_token = (x - x.mean(0)).pow(2).sum(-1).mean().detach()
     return error / residual_variance * input_variance_per_token
-
-
-def check_state_dict_shapes(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
-    """Raise `WeightsError` naming the tensor and both shapes when saved weights disagree with the config."""
-    expected = model.state_dict()
-    for name, tensor in state_dict.items():
-        if name in expected and tuple(tensor.shape) != tuple(expected[name].shape):
-            raise WeightsError(
-                f"Weight `{name}` has shape {tuple(tensor.shape)} but the config "
-                f"(d_in={model.config.d_in}, num_latents={model.config.num_latents}) expects "
-                f"{tuple(expected[name].shape)}. The weights file and config.json do not belong together."
-            )

