@@ -1,19 +1,104 @@
-"""The `hf-sae` command line: thin subcommands that parse arguments and call the library."""
+"""The `hf-sae` command line: thin subcommands that parse arguments and call the library.
+
+hf-sae prepare-corpus                 download the built-in offline corpus (once)
+hf-sae train [--flag value ...]       train SAEs; also `hf-sae train config.yaml`
+"""
 
 import argparse
+import logging
 import sys
+from collections.abc import Callable
 
 from . import __version__
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hf-sae", description="Sparse autoencoders for Hugging Face models.")
-    parser.add_argument("--version", action="version", version=f"hf-sae {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+def prepare_corpus_command(argv: list[str]) -> int:
+    from .corpus import SOURCES, prepare_corpus
+
+    parser = argparse.ArgumentParser(prog="hf-sae prepare-corpus", description="Download the built-in corpus.")
+    parser.add_argument("--output_dir", default=None, help="Where to save it (default: the hf_sae cache).")
+    parser.add_argument("--test_fraction", type=float, default=0.05, help="Share of each source held out as test.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the train/test split.")
+    parser.add_argument("--force", action="store_true", help="Rebuild even if the corpus is already there.")
+    parser.add_argument("--sources", nargs="+", choices=sorted(SOURCES), default=None, help="Default: all.")
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
+    path = prepare_corpus(
+        args.output_dir, test_fraction=args.test_fraction, seed=args.seed, force=args.force, sources=args.sources
+    )
+    print(f"Corpus ready at {path}")
     return 0
+
+
+def parse_with_files(dataclass_types: tuple, argv: list[str], prog: str):
+    """Parse flat argument dataclasses from flags, or from one YAML / JSON file (flags after it override it)."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclass_types, prog=prog)
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        import yaml
+
+        with open(argv[0]) as handle:
+            values = yaml.safe_load(handle) or {}  # YAML is a superset of JSON
+        flags = [item for key, value in values.items() for item in _as_flags(key, value)]
+        argv = flags + argv[1:]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _as_flags(key: str, value) -> list[str]:
+    if isinstance(value, list):
+        return [f"--{key}", *map(str, value)]
+    return [f"--{key}", str(value)]
+
+
+def train_command(argv: list[str]) -> int:
+    from .data import DataArguments
+    from .pipeline import train_saes
+    from .training import SaeTrainingArguments
+
+    data_args, train_args = parse_with_files((DataArguments, SaeTrainingArguments), argv, "hf-sae train")
+    report = train_saes(data_args, train_args)
+    if report:
+        print_report(report, train_args.output_dir)
+    return 0
+
+
+def print_report(report: dict, output_dir: str) -> None:
+    """What was trained and how good it is, as a small table."""
+    print(f"\nSaved to {output_dir} (metrics in {output_dir}/metrics.json)")
+    print(f"{'hookpoint':<28}{'arch':<11}{'latents':>9}{'tokens':>12}{'FVU':>8}{'L0':>8}{'dead %':>8}")
+    for name, metrics in report.items():
+        fvu = f"{metrics['fvu']:.3f}" if "fvu" in metrics else "-"
+        l0 = f"{metrics['l0']:.1f}" if "l0" in metrics else "-"
+        print(
+            f"{name:<28}{metrics['architecture']:<11}{metrics['num_latents']:>9,}{metrics['train_tokens']:>12,}"
+            f"{fvu:>8}{l0:>8}{100 * metrics['dead_fraction']:>8.1f}"
+        )
+    print("FVU and L0 on held-out text; dead % = latents silent for the last `dead_after_tokens` of training.")
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "prepare-corpus": (prepare_corpus_command, "download the built-in offline corpus"),
+    "train": (train_command, "train SAEs on a language model's activations"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        prog="hf-sae",
+        description="Sparse autoencoders for Hugging Face models.",
+        epilog="\n".join(f"  {name:<16}{help_}" for name, (_, help_) in COMMANDS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="hf-sae [--version] COMMAND [ARGS ...]",
+    )
+    parser.add_argument("--version", action="version", version=f"hf-sae {__version__}")
+    parser.add_argument("command", nargs="?", choices=list(COMMANDS), metavar="COMMAND")
+    known, rest = parser.parse_known_args(argv[:1])
+    if known.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return COMMANDS[known.command][0](argv[1:] + rest)
 
 
 if __name__ == "__main__":
