@@ -108,11 +108,12 @@ class ShufflingBuffer:
     """Mix activations from many contexts: fill to `capacity` tokens, shuffle, serve half, refill (the mixing scheme
     of SAELens). A batch thus draws on about `capacity / tokens_per_chunk` chunks of text.
 
-    `chunks` is a callable `skip -> Iterator[Chunk]` that starts the source after `skip` chunks, so that a restored
+    A `capacity` of 0 turns shuffling off. `chunks` is a callable `skip -> Iterator[Chunk]` that starts the source after `skip` chunks, so that a restored
     buffer resumes the source exactly where the saved one stopped.
     """
 
-    def __init__(self, chunks, batch_size: int, capacity: int, *, seed: int = 0, shuffle: bool = True):
+    def __init__(self, chunks, batch_size: int, capacity: int, *, seed: int = 0):
+        shuffle = capacity > 0  # 0 serves activations in order, e.g. to compare runs batch for batch
         if shuffle and capacity < 2 * batch_size:
             capacity = 2 * batch_size  # a smaller buffer could not keep half for mixing while serving a batch
             logger.info(f"Shuffle buffer raised to {capacity} tokens, two batches.")

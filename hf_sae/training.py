@@ -67,7 +67,9 @@ class SaeTrainingArguments:
     normalize_activations: bool = field(
         default=True, metadata={"help": "Scale activations to mean norm sqrt(d_in) while training (folded on save)."}
     )
-    shuffle_buffer_tokens: int = field(default=65536, metadata={"help": "Tokens mixed in the shuffling buffer."})
+    shuffle_buffer_tokens: int = field(
+        default=65536, metadata={"help": "Tokens mixed in the shuffling buffer (0: no shuffling)."}
+    )
     lm_batch_size: int = field(default=8, metadata={"help": "Contexts per LM forward."})
     lm_dtype: str = field(
         default="auto", metadata={"help": "LM forward precision: auto (bf16 where faster), bfloat16, float32."}

@@ -1,0 +1,280 @@
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from hf_sae import DataError, HookpointError, SaeConfigError, SaeModel, TrainingError
+from hf_sae.activations import ShufflingBuffer
+from hf_sae.data import DataArguments
+from hf_sae.pipeline import train_saes
+from hf_sae.training import SaeTrainer, SaeTrainingArguments, geometric_median
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = [f"w{i}" for i in range(90)]
+
+
+@pytest.fixture(scope="module")
+def tiny_run_inputs(tmp_path_factory) -> Path:
+    """A tiny Llama with a word-level tokenizer saved to disk, and a jsonl corpus with a held-out split."""
+    root = tmp_path_factory.mktemp("tiny")
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=24, intermediate_size=37, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(root / "lm")
+    tokenizer.save_pretrained(root / "lm")
+    rng = random.Random(0)
+    for split, count in (("train", 300), ("test", 40)):
+        (root / "text").mkdir(exist_ok=True)
+        with open(root / "text" / f"{split}.jsonl", "w") as handle:
+            for _ in range(count):
+                handle.write(json.dumps({"text": " ".join(rng.choices(WORDS, k=rng.randint(20, 80)))}) + "\n")
+    # One long document: every block then keeps exactly context_size - 1 tokens (only position 0 is dropped).
+    with open(root / "one_document.jsonl", "w") as handle:
+        handle.write(json.dumps({"text": " ".join(rng.choices(WORDS, k=6000))}) + "\n")
+    return root
+
+
+def run_args(root: Path, output_dir: Path, **overrides) -> tuple[DataArguments, SaeTrainingArguments]:
+    data = DataArguments(dataset_name=str(root / "text"), context_size=32)
+    train = dict(model_name_or_path=str(root / "lm"), hookpoints=["model.layers.1"], k=4, expansion_factor=4,
+                 train_tokens=8192, batch_size=256, shuffle_buffer_tokens=2048, output_dir=str(output_dir),
+                 report_to="none", eval_tokens=2000, save_steps=0, lm_dtype="float32")  # fmt: skip
+    for key in list(overrides):
+        if hasattr(data, key):
+            setattr(data, key, overrides.pop(key))
+    return data, SaeTrainingArguments(**{**train, **overrides})
+
+
+def test_default_arguments_describe_the_offline_default_run():
+    args = SaeTrainingArguments()
+    assert (args.model_name_or_path, args.hookpoints, args.architecture, args.k, args.expansion_factor) == (
+        "smollm2-135m-instruct", ["model.layers.15"], "topk", 32, 16)  # fmt: skip
+    assert args.report_to == "tensorboard"
+    assert DataArguments().dataset_name is None  # the built-in corpus
+
+
+def test_a_run_saves_sae_and_metrics_that_load_back(tiny_run_inputs, tmp_path):
+    data, args = run_args(tiny_run_inputs, tmp_path / "run", hookpoints=["model.layers.0", "model.layers.1"])
+    report = train_saes(data, args)
+    for hookpoint in ("model.layers.0", "model.layers.1"):
+        sae = SaeModel.from_pretrained(tmp_path / "run" / hookpoint)
+        assert sae.config.hookpoint == hookpoint
+        assert sae.config.base_model_name_or_path == str(tiny_run_inputs / "lm")
+        assert (sae.config.d_in, sae.config.num_latents, sae.config.k) == (24, 96, 4)
+        torch.testing.assert_close(sae.W_dec.norm(dim=-1) * 0 + 1, torch.ones(96))  # sanity on shape
+        metrics = report[hookpoint]
+        assert metrics["train_tokens"] == 8192
+        assert 0 < metrics["fvu"] < 1.0
+        assert metrics["l0"] == pytest.approx(4.0, abs=0.01)
+        assert 0 <= metrics["dead_fraction"] <= 1
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == report
+    assert any((tmp_path / "run").rglob("events.out.tfevents*")) is False  # report_to none writes no logs
+
+
+def test_held_out_fvu_matches_a_direct_computation_and_training_lowers_it(tiny_run_inputs, tmp_path):
+    from hf_sae.hooks import capture_activations
+    from hf_sae.models import load_model
+
+    data, args = run_args(tiny_run_inputs, tmp_path / "run", train_tokens=16384, eval_tokens=500_000)
+    report = train_saes(data, args)["model.layers.1"]
+    sae = SaeModel.from_pretrained(tmp_path / "run" / "model.layers.1")
+    lm, tokenizer = load_model(str(tiny_run_inputs / "lm"))
+    texts = [json.loads(line)["text"] for line in (tiny_run_inputs / "text" / "test.jsonl").read_text().splitlines()]
+    ids = [i for text in texts for i in tokenizer(text)["input_ids"] + [2]]
+    blocks = torch.tensor([[1] + ids[i : i + 31] for i in range(0, len(ids) - 30, 31)])
+    with torch.no_grad():
+        x = capture_activations(lm, ["model.layers.1"], blocks)["model.layers.1"][:, 1:]
+        x = x[blocks[:, 1:] != 2]  # EOS is a special token: dropped
+        norms = x.norm(dim=-1)
+        x = x[norms <= 10 * norms.median()]  # (approximately) the outlier rule, per LM batch in the library
+        fvu = (sae(x).reconstruction - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert report["eval_tokens"] == pytest.approx(x.shape[0], rel=0.02)
+    assert report["fvu"] == pytest.approx(fvu.item(), rel=0.05)
+    untrained = SaeModel(sae.config)
+    with torch.no_grad():
+        untrained_fvu = (untrained(x).reconstruction - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert untrained_fvu.item() > fvu.item() + 0.1
+
+
+def test_resuming_continues_the_data_stream_exactly(tiny_run_inputs, tmp_path, monkeypatch):
+    seen: list[list[float]] = []
+    original_step = SaeTrainer._step
+
+    def recording_step(self, batch):
+        seen.append(batch["model.layers.1"].sum(-1).tolist())
+        return original_step(self, batch)
+
+    monkeypatch.setattr(SaeTrainer, "_step", recording_step)
+    data, args = run_args(tiny_run_inputs, tmp_path / "straight", save_steps=0)
+    train_saes(data, args)
+    straight, straight_batches = SaeModel.from_pretrained(tmp_path / "straight" / "model.layers.1"), list(seen)
+    seen.clear()
+
+    def crashing_step(self, batch):
+        if self.state.step == 13:
+            raise KeyboardInterrupt  # the process dies after checkpoint-10, in the middle of the run
+        return recording_step(self, batch)
+
+    monkeypatch.setattr(SaeTrainer, "_step", crashing_step)
+    data, args = run_args(tiny_run_inputs, tmp_path / "resumed", save_steps=5, save_total_limit=5)
+    with pytest.raises(KeyboardInterrupt):
+        train_saes(data, args)
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-5"]
+    before_crash = list(seen[:10])
+    seen.clear()
+    monkeypatch.setattr(SaeTrainer, "_step", recording_step)
+    data, args = run_args(tiny_run_inputs, tmp_path / "resumed", save_steps=5, resume_from_checkpoint="latest")
+    train_saes(data, args)
+    assert before_crash + seen == straight_batches  # no batch seen twice, none skipped, same order
+    resumed = SaeModel.from_pretrained(tmp_path / "resumed" / "model.layers.1")
+    for name, tensor in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_a_crash_while_checkpointing_leaves_the_previous_checkpoint_intact(tiny_run_inputs, tmp_path, monkeypatch):
+    data, args = run_args(tiny_run_inputs, tmp_path / "run", save_steps=5, save_total_limit=5)
+    original_save = SaeTrainer.save_checkpoint
+
+    def dying_save(self):
+        if self.state.step == 10:
+            (self.output_dir / "checkpoint-10.tmp").mkdir()
+            raise OSError("disk full")
+        return original_save(self)
+
+    monkeypatch.setattr(SaeTrainer, "save_checkpoint", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        train_saes(data, args)
+    monkeypatch.setattr(SaeTrainer, "save_checkpoint", original_save)
+    data, args = run_args(tiny_run_inputs, tmp_path / "run", save_steps=5, resume_from_checkpoint="latest")
+    train_saes(data, args)  # resumes from checkpoint-5, ignoring the half-written checkpoint-10.tmp
+    assert (tmp_path / "run" / "model.layers.1" / "model.safetensors").exists()
+
+
+def test_nan_activations_stop_training_naming_step_and_hookpoint(tiny_run_inputs, tmp_path, monkeypatch):
+    data, args = run_args(tiny_run_inputs, tmp_path / "run", save_steps=4)
+    original_step = SaeTrainer._step
+
+    def poisoned(self, batch):
+        if self.state.step == 6:
+            batch = {h: torch.full_like(x, float("nan")) for h, x in batch.items()}
+        return original_step(self, batch)
+
+    monkeypatch.setattr(SaeTrainer, "_step", poisoned)
+    with pytest.raises(TrainingError, match=r"Non-finite activations at step 6 for hookpoint 'model.layers.1'"):
+        train_saes(data, args)
+    kept = tmp_path / "run" / "checkpoint-4"
+    assert (kept / "trainer_state.pt").exists()
+    assert not (tmp_path / "run" / "model.layers.1").exists()  # no SAE from a broken run
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        (dict(model_name_or_path="./no/such/model"), OSError, r"no/such/model"),
+        (dict(dataset_name="./no/such/file.jsonl"), DataError, r"does not exist"),
+        (dict(text_column="body"), DataError, r"text"),
+        (dict(hookpoints=["model.layers.9"]), HookpointError, r"model.layers.9.*closest"),
+        (dict(context_size=100), DataError, r"context_size <= 64"),
+        (dict(k=96), SaeConfigError, r"`k` must be smaller than `num_latents` \(96\); got k=96"),
+        (dict(batch_size=255, train_tokens=1000), None, None),
+    ],
+)
+def test_bad_input_fails_before_training_with_a_clear_error(tiny_run_inputs, tmp_path, overrides, error, message,
+                                                             monkeypatch):  # fmt: skip
+    monkeypatch.setattr(SaeTrainer, "train", lambda self: pytest.fail("training must not start"))
+    data, args = run_args(tiny_run_inputs, tmp_path / "run", **overrides)
+    if error is None:
+        with pytest.raises(pytest.fail.Exception, match="training must not start"):
+            train_saes(data, args)  # a valid configuration reaches the trainer
+        return
+    with pytest.raises(error, match=message):
+        train_saes(data, args)
+
+
+def test_an_output_directory_holding_another_run_is_refused(tiny_run_inputs, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+    data, args = run_args(tiny_run_inputs, tmp_path / "run")
+    with pytest.raises(TrainingError, match=r"already holds a run .*--overwrite_output_dir"):
+        train_saes(data, args)
+    assert (tmp_path / "run" / "metrics.json").read_text() == "{}"
+    data, args = run_args(tiny_run_inputs, tmp_path / "run", overwrite_output_dir=True, eval_tokens=0)
+    train_saes(data, args)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["model.layers.1"]["train_tokens"] == 8192
+
+
+def test_schedules_fit_any_run_length():
+    args = SaeTrainingArguments(train_tokens=4096 * 10, batch_size=4096)
+    lrs = [args.lr_lambda(step) for step in range(10)]
+    assert lrs[0] == 1.0 and lrs[-1] == pytest.approx(0.5)  # a 10-step run: warm-up of 1 step, decay over 2
+    long = SaeTrainingArguments(train_tokens=4096 * 1000, batch_size=4096)
+    assert long.lr_lambda(0) == pytest.approx(1 / 20) and long.lr_lambda(500) == 1.0
+    assert long.lr_lambda(999) == pytest.approx(1 / 200)
+    assert long.sparsity_scale(0) == pytest.approx(1 / 50) and long.sparsity_scale(60) == 1.0
+    assert long.dead_window() == 1_024_000  # a quarter of the run, so "dead" means something on short runs
+
+
+def test_geometric_median_resists_outliers():
+    points = torch.cat([torch.randn(200, 3) * 0.1 + torch.tensor([1.0, 2.0, 3.0]), torch.full((20, 3), 1000.0)])
+    torch.testing.assert_close(geometric_median(points), torch.tensor([1.0, 2.0, 3.0]), atol=0.05, rtol=0)
+    assert (points.mean(0) - torch.tensor([1.0, 2.0, 3.0])).norm() > 50
+
+
+def test_shuffling_buffer_mixes_serves_everything_once_and_restores_exactly():
+    chunks = [{"h": torch.arange(i * 10, i * 10 + 10, dtype=torch.float32)[:, None]} for i in range(20)]
+
+    def source(skip):
+        return iter(chunks[skip:])
+
+    buffer = ShufflingBuffer(source, batch_size=8, capacity=40, seed=0)
+    served = [batch["h"].flatten() for batch in buffer]
+    values = torch.cat(served)
+    assert sorted(values.tolist()) == list(range(200))  # every activation served exactly once
+    assert values.tolist() != list(range(200))  # and mixed
+    assert max(abs(a - b) for a, b in zip(values[:8].tolist(), range(8))) > 10  # first batch spans chunks
+
+    restored_run = ShufflingBuffer(source, batch_size=8, capacity=40, seed=0)
+    iterator = iter(restored_run)
+    first = [next(iterator)["h"].flatten() for _ in range(7)]
+    state = restored_run.state_dict()
+    fresh = ShufflingBuffer(source, batch_size=8, capacity=40, seed=123)
+    fresh.load_state_dict(state)
+    rest = [batch["h"].flatten() for batch in fresh]
+    assert torch.equal(torch.cat(first + rest), values)
+
+
+def test_two_processes_reach_the_weights_of_one_at_the_same_global_batch(tiny_run_inputs, tmp_path):
+    common = ["--model_name_or_path", str(tiny_run_inputs / "lm"), "--dataset_name",
+              str(tiny_run_inputs / "one_document.jsonl"), "--hookpoints", "model.layers.1", "--context_size", "32",
+              "--k", "4", "--expansion_factor", "4", "--train_tokens", str(62 * 20), "--batch_size", "62",
+              "--shuffle_buffer_tokens", "0", "--lm_batch_size", "1", "--b_dec_init", "mean", "--outlier_factor",
+              "1e9", "--report_to", "none", "--eval_tokens", "0", "--lm_dtype", "float32"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    script = str(REPO / "scripts" / "train_sae.py")
+    runs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}"
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script, *common,
+                   "--output_dir", str(out)]  # fmt: skip
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[processes] = SaeModel.from_pretrained(out / "model.layers.1")
+        assert sorted(p.name for p in out.iterdir() if not p.name.startswith("checkpoint")) == [
+            "metrics.json", "model.layers.1", "training_args.json"]  # saved once  # fmt: skip
+    for name, tensor in runs[1].state_dict().items():
+        torch.testing.assert_close(runs[2].state_dict()[name], tensor, rtol=1e-4, atol=1e-5)
+    assert not math.isclose(runs[1].W_dec.norm().item(), 0.0)
