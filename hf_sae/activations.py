@@ -108,8 +108,8 @@ class ShufflingBuffer:
     """Mix activations from many contexts: fill to `capacity` tokens, shuffle, serve half, refill (the mixing scheme
     of SAELens). A batch thus draws on about `capacity / tokens_per_chunk` chunks of text.
 
-    A `capacity` of 0 turns shuffling off. `chunks` is a callable `skip -> Iterator[Chunk]` that starts the source after `skip` chunks, so that a restored
-    buffer resumes the source exactly where the saved one stopped.
+    A `capacity` of 0 turns shuffling off. `chunks` is a callable `skip -> Iterator[Chunk]` that starts the source
+    after `skip` chunks, so that a restored buffer resumes the source exactly where the saved one stopped.
     """
 
     def __init__(self, chunks, batch_size: int, capacity: int, *, seed: int = 0):
