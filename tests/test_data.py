@@ -1,0 +1,303 @@
+"""data.py: loading every kind of text source, packing into blocks, sharding and skipping."""
+
+import json
+import random
+
+import pytest
+import torch
+from datasets import Dataset, DatasetDict, IterableDataset
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import HfArgumentParser, PreTrainedTokenizerFast
+
+from hf_sae import data
+from hf_sae.data import (
+    DataArguments,
+    check_context_size,
+    iter_blocks,
+    load_text_dataset,
+    load_token_blocks,
+    pack_token_ids,
+    shard_blocks,
+    tokenize_and_pack,
+)
+from hf_sae.errors import DataError
+
+BOS, EOS = 1, 2
+WORDS = [f"w{i}" for i in range(40)]
+
+
+def word_tokenizer(bos: bool = True) -> PreTrainedTokenizerFast:
+    """One token per whitespace-separated word, so expected ids can be computed without the tokenizer."""
+    vocab = {"<unk>": 0, "<s>": BOS, "</s>": EOS, **{word: i + 3 for i, word in enumerate(WORDS)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    special = {"bos_token": "<s>"} if bos else {}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>", **special)
+
+
+def make_documents(n: int = 30, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 25))) for _ in range(n)]
+    docs[3] = ""  # empty documents are skipped, not turned into a lone EOS
+    return docs
+
+
+def expected_blocks(docs: list[str], context_size: int, bos: int | None = BOS) -> list[list[int]]:
+    """The packing rule written out independently: stream of doc + EOS, blocks of BOS + (context - 1) tokens."""
+    stream = []
+    for doc in docs:
+        if doc.split():
+            stream += [WORDS.index(word) + 3 for word in doc.split()] + [EOS]
+    body = context_size - (bos is not None)
+    blocks = [stream[i * body : (i + 1) * body] for i in range(len(stream) // body)]
+    return [([bos] if bos is not None else []) + block for block in blocks]
+
+
+def rows(dataset) -> list[list[int]]:
+    return [list(row["input_ids"]) for row in dataset]
+
+
+@pytest.fixture
+def docs() -> list[str]:
+    return make_documents()
+
+
+@pytest.fixture
+def tokenizer() -> PreTrainedTokenizerFast:
+    return word_tokenizer()
+
+
+# --- packing ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bos", [BOS, None])
+@pytest.mark.parametrize("context_size", [2, 7, 16])
+def test_pack_token_ids_matches_independent_packing(docs, bos, context_size):
+    ids = [[WORDS.index(word) + 3 for word in doc.split()] for doc in docs]
+    assert pack_token_ids(ids, context_size, bos, EOS) == expected_blocks(docs, context_size, bos)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_tokenize_and_pack_exact_blocks(docs, tokenizer, streaming):
+    dataset = Dataset.from_dict({"text": docs, "other": list(range(len(docs)))})
+    if streaming:
+        dataset = dataset.to_iterable_dataset()
+    blocks = tokenize_and_pack(dataset, tokenizer, 9, batch_size=len(docs))
+    got = rows(blocks)
+    assert got == expected_blocks(docs, 9)
+    assert len(got) >= 20
+    assert all(len(block) == 9 and block[0] == BOS for block in got)
+    assert all(token != tokenizer.pad_token_id for block in got for token in block[1:] if tokenizer.pad_token_id)
+    assert sum(block.count(EOS) for block in got) >= len(got) // 2  # documents are separated by EOS
+    assert list(next(iter(blocks))) == ["input_ids"]
+
+
+def test_tokenize_and_pack_packs_each_batch_separately(docs, tokenizer):
+    blocks = rows(tokenize_and_pack(Dataset.from_dict({"text": docs}), tokenizer, 8, batch_size=10))
+    expected = [block for start in range(0, len(docs), 10) for block in expected_blocks(docs[start : start + 10], 8)]
+    assert blocks == expected
+
+
+def test_tokenizer_without_bos_gives_plain_slices(docs):
+    blocks = rows(tokenize_and_pack(Dataset.from_dict({"text": docs}), word_tokenizer(bos=False), 8, batch_size=100))
+    assert blocks == expected_blocks(docs, 8, bos=None)
+
+
+def test_iter_blocks_yields_long_tensors(docs, tokenizer):
+    blocks = tokenize_and_pack(Dataset.from_dict({"text": docs}), tokenizer, 6)
+    tensors = list(iter_blocks(blocks))
+    assert all(t.dtype == torch.long and t.shape == (6,) for t in tensors)
+    assert [t.tolist() for t in tensors] == rows(blocks)
+
+
+def test_context_size_checks():
+    check_context_size(64, 64)
+    with pytest.raises(DataError, match="max_position_embeddings"):
+        check_context_size(65, 64)
+    with pytest.raises(DataError, match=">= 2"):
+        check_context_size(1, None)
+
+
+def test_context_too_long_fails_before_reading(tokenizer, monkeypatch):
+    monkeypatch.setattr(data, "load_text_dataset", lambda args: pytest.fail("the dataset was read"))
+    with pytest.raises(DataError, match="Expected context_size <= 64"):
+        load_token_blocks(DataArguments(context_size=128), tokenizer, max_positions=64)
+
+
+# --- sources ---------------------------------------------------------------------------------------------------
+
+
+def write_source(kind: str, folder, docs: list[str]):
+    """Write docs in one of the supported formats; returns the path to name as dataset_name."""
+    table = {"text": docs, "id": list(range(len(docs)))}
+    path = folder / f"docs.{kind}"
+    if kind == "txt":
+        path.write_text("\n".join(docs) + "\n")
+    elif kind == "jsonl":
+        path.write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs)))
+    elif kind == "json":
+        path.write_text(json.dumps([{"text": d, "id": i} for i, d in enumerate(docs)]))
+    elif kind == "parquet":
+        Dataset.from_dict(table).to_parquet(str(path))
+    elif kind == "csv":
+        Dataset.from_dict(table).to_csv(str(path), index=False)
+    elif kind == "tsv":
+        Dataset.from_dict(table).to_csv(str(path), index=False, sep="\t")
+    elif kind == "jsonl.gz":
+        import gzip
+
+        with gzip.open(path, "wt") as handle:
+            handle.writelines(json.dumps({"text": d}) + "\n" for d in docs)
+    elif kind == "folder":
+        path = folder / "corpus"
+        path.mkdir()
+        (path / "part-0.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:10]))
+        (path / "part-1.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[10:]))
+    elif kind == "saved_dict":
+        path = folder / "saved_dict"
+        DatasetDict(
+            {"train": Dataset.from_dict(table), "test": Dataset.from_dict({"text": ["w1"], "id": [0]})}
+        ).save_to_disk(str(path))
+    elif kind == "saved":
+        path = folder / "saved"
+        Dataset.from_dict(table).save_to_disk(str(path))
+    return path
+
+
+KINDS = ["txt", "jsonl", "json", "parquet", "csv", "tsv", "jsonl.gz", "folder", "saved_dict", "saved"]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_source_kind_loads_the_same_texts(tmp_path, kind, streaming):
+    docs = [d for d in make_documents() if d]  # the text builder turns an empty line into an empty row
+    path = write_source(kind, tmp_path, docs)
+    dataset = load_text_dataset(DataArguments(dataset_name=str(path), streaming=streaming))
+    assert isinstance(dataset, IterableDataset if streaming else Dataset)
+    assert [row["text"] for row in dataset] == docs
+
+
+def test_saved_dataset_dict_picks_the_split(tmp_path):
+    path = write_source("saved_dict", tmp_path, ["w1 w2", "w3"])
+    assert [r["text"] for r in load_text_dataset(DataArguments(dataset_name=str(path), dataset_split="test"))] == [
+        "w1"
+    ]
+    with pytest.raises(DataError, match=r"split 'validation'.*\['test', 'train'\]"):
+        load_text_dataset(DataArguments(dataset_name=str(path), dataset_split="validation"))
+
+
+def test_missing_text_column_names_the_columns(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"body": "w1", "id": 1}) + "\n")
+    for streaming in (False, True):
+        with pytest.raises(DataError, match=r"'text'.*\['body', 'id'\].*--text_column"):
+            load_text_dataset(DataArguments(dataset_name=str(path), streaming=streaming))
+
+
+@pytest.mark.parametrize("name", ["./no/such/dir", "/no/such/file.jsonl", "missing.parquet", "a/b/c"])
+def test_nonexistent_path_is_a_clear_error(name):
+    with pytest.raises(DataError, match="does not exist"):
+        load_text_dataset(DataArguments(dataset_name=name))
+
+
+def test_unreachable_hub_dataset_is_a_clear_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'org/corpus' on the Hub")
+
+    monkeypatch.setattr(data, "load_dataset", offline)
+    with pytest.raises(DataError, match=r"Could not load the Hub dataset 'org/corpus' \(Couldn't reach"):
+        load_text_dataset(DataArguments(dataset_name="org/corpus"))
+
+
+def test_unknown_extension_is_a_clear_error(tmp_path):
+    path = tmp_path / "docs.xml"
+    path.write_text("<doc/>")
+    with pytest.raises(DataError, match=r"Expected a file ending in one of \.txt"):
+        load_text_dataset(DataArguments(dataset_name=str(path)))
+
+
+def test_missing_builtin_corpus_says_how_to_prepare_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_SAE_HOME", str(tmp_path))
+    with pytest.raises(DataError, match="hf-sae prepare-corpus"):
+        load_text_dataset(DataArguments())
+
+
+def test_builtin_corpus_is_the_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_SAE_HOME", str(tmp_path))
+    texts = {"train": ["w1 w2", "w3"], "test": ["w4"]}
+    DatasetDict({k: Dataset.from_dict({"text": v, "source": ["x"] * len(v)}) for k, v in texts.items()}).save_to_disk(
+        str(tmp_path / "corpus" / "default")
+    )
+    assert [r["text"] for r in load_text_dataset(DataArguments(dataset_split="test"))] == ["w4"]
+
+
+def test_shuffle_and_max_documents(tmp_path):
+    docs = [f"w{i}" for i in range(20)]
+    path = write_source("jsonl", tmp_path, docs)
+    for streaming in (False, True):
+        args = DataArguments(dataset_name=str(path), streaming=streaming, max_documents=5)
+        assert [r["text"] for r in load_text_dataset(args)] == docs[:5]
+        args.shuffle_seed = 3
+        shuffled = [r["text"] for r in load_text_dataset(args)]
+        assert len(shuffled) == 5 and shuffled != docs[:5] and set(shuffled) <= set(docs)
+
+
+def test_data_arguments_parse_from_the_command_line():
+    (args,) = HfArgumentParser(DataArguments).parse_args_into_dataclasses(
+        ["--dataset_name", "x.jsonl", "--streaming", "--context_size", "128", "--max_documents", "10"]
+    )
+    assert (args.dataset_name, args.streaming, args.context_size, args.max_documents) == ("x.jsonl", True, 128, 10)
+    assert args.shuffle_seed is None and args.dataset_split == "train"
+
+
+# --- sharding and resuming -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def blocks(docs, tokenizer) -> Dataset:
+    packed = tokenize_and_pack(Dataset.from_dict({"text": docs * 3}), tokenizer, 5, batch_size=1000)
+    assert len(packed) % 3 != 0  # so that equalising the ranks has something to drop
+    return packed
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_shards_are_disjoint_and_cover_the_blocks(blocks, streaming):
+    source = blocks.to_iterable_dataset() if streaming else blocks
+    everything = rows(blocks)
+    world_size = 3
+    shards = [rows(shard_blocks(source, rank, world_size)) for rank in range(world_size)]
+    positions = [list(range(rank, len(everything), world_size)) for rank in range(world_size)]
+    if not streaming:  # map-style ranks get equal counts so that data-parallel ranks stay in step
+        positions = [p[: len(everything) // world_size] for p in positions]
+        assert len({len(shard) for shard in shards}) == 1
+    for shard, expected in zip(shards, positions):
+        assert shard == [everything[i] for i in expected]
+    covered = sorted(i for p in positions for i in p)
+    assert covered == list(range(len(covered))) and len(covered) > len(everything) - world_size
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize(("rank", "world_size", "skip"), [(0, 1, 0), (0, 1, 4), (1, 2, 3), (2, 3, 2)])
+def test_skip_drops_exactly_the_first_blocks_of_the_shard(blocks, streaming, rank, world_size, skip):
+    source = blocks.to_iterable_dataset() if streaming else blocks
+    full = rows(shard_blocks(source, rank, world_size))
+    assert rows(shard_blocks(source, rank, world_size, skip=skip)) == full[skip:]
+
+
+def test_shard_arguments_are_checked(blocks):
+    with pytest.raises(DataError, match="rank < world_size"):
+        shard_blocks(blocks, rank=2, world_size=2)
+    with pytest.raises(DataError, match="skip >= 0"):
+        shard_blocks(blocks, skip=-1)
+
+
+def test_load_token_blocks_end_to_end(tmp_path, tokenizer):
+    docs = [d for d in make_documents(60) if d]
+    path = write_source("parquet", tmp_path, docs)
+    args = DataArguments(dataset_name=str(path), context_size=8)
+    full = rows(load_token_blocks(args, tokenizer, max_positions=64))
+    assert full == expected_blocks(docs, 8)
+    shard = rows(load_token_blocks(args, tokenizer, rank=1, world_size=2, skip=2))
+    assert shard == full[1 : len(full) // 2 * 2 : 2][2:]
+    args.streaming = True
+    assert rows(load_token_blocks(args, tokenizer, rank=1, world_size=2, skip=2)) == full[1::2][2:]

