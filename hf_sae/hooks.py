@@ -1,0 +1,524 @@
+"""Attach SAEs to any causal LM through PyTorch hooks, without changing the LM.
+
+A hookpoint is a module path as `model.named_modules()` spells it (`model.layers.15`, `transformer.h.6.mlp`); the
+activation is the module's output, or its first element when the module returns a tuple. A module's input (for a
+block, the residual stream before it) is spelled with `INPUT_SUFFIX`: `model.layers.15.input`.
+
+Edits keep the error term: x becomes x + decode(z') - decode(z), computed as (z' - z) @ W_dec over the edited latents
+only, so an edit that changes nothing leaves x bit-identical. Positions are absolute token indices within each
+sequence: 0 is its first real (non-padding) token, and under `generate()` with a KV cache the count goes on through
+the generated tokens. They come from the 2D attention mask the model is called with, else from the cache length.
+"""
+
+import difflib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from transformers.utils import logging
+
+from .errors import HookpointError
+from .modeling_sae import SaeModel
+
+logger = logging.get_logger(__name__)
+
+# The one spelling of a module's input: `model.layers.15.input` is the residual stream entering block 15.
+INPUT_SUFFIX = ".input"
+
+Positions = int | Sequence[int] | slice | None
+RecordKind = Literal["latents", "inputs", "reconstructions"]
+
+
+class Hookpoint(NamedTuple):
+    """A resolved hookpoint: the module, its path in `named_modules()`, and whether its input is meant."""
+
+    module: nn.Module
+    path: str
+    is_input: bool
+
+
+def resolve_hookpoints(model: nn.Module, hookpoints: Iterable[str]) -> dict[str, Hookpoint]:
+    """
+    Map each hookpoint to its module, or raise `HookpointError` naming the closest valid spellings. A path relative
+    to `model.base_model` (`layers.3`, as sparsify writes them) resolves too.
+
+    >>> resolve_hookpoints(lm, ["model.layers.3", "model.layers.4.input"])["model.layers.4.input"].is_input
+    True
+    """
+    resolved, missing = {}, []
+    for name in hookpoints:
+        found = _find_module(model, name)
+        is_input = found is None and name.endswith(INPUT_SUFFIX)
+        found = _find_module(model, name.removesuffix(INPUT_SUFFIX)) if is_input else found
+        if found is None:
+            missing.append(name)
+        else:
+            resolved[name] = Hookpoint(found[1], found[0], is_input)
+    if missing:
+        names = [name for name, _ in model.named_modules() if name]
+        spellings = names + [name + INPUT_SUFFIX for name in names]
+        hints = "; ".join(f"`{n}`: closest are {difflib.get_close_matches(n, spellings, 5, 0.5)}" for n in missing)
+        raise HookpointError(
+            f"Hookpoints {missing} are not modules of {type(model).__name__} ({hints}). A hookpoint is a module path "
+            f"as `model.named_modules()` spells it, e.g. `{names[-1]}`, optionally followed by `{INPUT_SUFFIX}` for "
+            "the module's input."
+        )
+    return resolved
+
+
+def _find_module(model: nn.Module, name: str) -> tuple[str, nn.Module] | None:
+    prefix = getattr(model, "base_model_prefix", "")
+    if getattr(model, "base_model", model) is not model:
+        candidates = [name, f"{prefix}.{name}"]  # a name relative to the base model, given a model with a head
+    else:
+        candidates = [name, name.removeprefix(f"{prefix}.")]  # a head model's spelling, given the bare base model
+    for path in candidates:
+        try:
+            return (path, model.get_submodule(path)) if path else None
+        except AttributeError:
+            continue
+    return None
+
+
+def hookpoint_width(model: nn.Module, hookpoint: Hookpoint) -> int | None:
+    """The activation width if known without running the model (linear, norm, decoder block), else `None`."""
+    module = hookpoint.module
+    if isinstance(module, nn.Linear):
+        return module.in_features if hookpoint.is_input else module.out_features
+    weight = getattr(module, "weight", None)
+    if "Norm" in type(module).__name__ and isinstance(weight, Tensor) and weight.ndim == 1:
+        return weight.shape[0]
+    # A decoder block reads and writes the residual stream: a child of the ModuleList holding all the layers.
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    parent = model.get_submodule(hookpoint.path.rpartition(".")[0])
+    if isinstance(parent, nn.ModuleList) and len(parent) == getattr(config, "num_hidden_layers", None):
+        return getattr(config, "hidden_size", None)
+    return None
+
+
+def _register(hookpoint: Hookpoint, name: str, fn) -> torch.utils.hooks.RemovableHandle:
+    """Hook `fn(x) -> new x | None` on the activation, first in line so that later hooks see the edit."""
+    if hookpoint.is_input:
+
+        def pre_hook(module, args, kwargs):
+            if (new := fn(_hidden_states(args[0] if args else kwargs.get("hidden_states"), name))) is None:
+                return None
+            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+
+        return hookpoint.module.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True)
+
+    def hook(module, args, output):
+        is_tuple = isinstance(output, tuple | list) and len(output) > 0
+        if (new := fn(_hidden_states(output[0] if is_tuple else output, name))) is None:
+            return None
+        return type(output)([new, *output[1:]]) if is_tuple else new  # the rest of a tuple passes through
+
+    return hookpoint.module.register_forward_hook(hook, prepend=True)
+
+
+def _hidden_states(x: Any, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise HookpointError(
+            f"Hookpoint `{name}` carries a {type(x).__name__}, not hidden states; expected a tensor, or a tuple whose "
+            "first element is one. Pick a module that takes and returns hidden states, e.g. a decoder block."
+        )
+    return x
+
+
+class _StopForward(Exception):
+    """Raised by a hook once every requested activation is captured, so that the layers after it never run."""
+
+
+def capture_activations(
+    model: nn.Module,
+    hookpoints: Sequence[str],
+    input_ids: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    **forward_kwargs: Any,
+) -> dict[str, Tensor]:
+    r"""
+    Run `model` only as far as the deepest hookpoint and return the raw activations there, for harvesting.
+
+    The tensors are the model's own (no copy), `(batch, seq, width)` for decoder blocks. Works under `torch.no_grad()`
+    and autocast. No KV cache is built unless `use_cache=True` is passed.
+
+    Args:
+        model (`nn.Module`): any causal LM or base model.
+        hookpoints (`Sequence[str]`): module paths, optionally with the `.input` suffix.
+        input_ids, attention_mask, forward_kwargs: what the model's forward takes.
+
+    Example:
+
+    ```python
+    >>> with torch.no_grad():
+    ...     acts = capture_activations(lm, ["model.layers.15"], input_ids)  # layers 16-29 never run
+    >>> acts["model.layers.15"].shape
+    torch.Size([4, 256, 576])
+    ```
+    """
+    sites = resolve_hookpoints(model, hookpoints)
+    captured: dict[str, Tensor] = {}
+
+    def capture(name: str):
+        def store(x: Tensor) -> None:
+            captured[name] = x
+            if len(captured) == len(sites):
+                raise _StopForward  # the last to fire is the deepest, whatever the order they were named in
+
+        return store
+
+    handles = []
+    try:
+        handles = [_register(site, name, capture(name)) for name, site in sites.items()]
+        model(input_ids=input_ids, attention_mask=attention_mask, **{"use_cache": False, **forward_kwargs})
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    if missing := [name for name in sites if name not in captured]:
+        raise HookpointError(f"Hookpoints {missing} did not run during the forward; does the model use them?")
+    return {name: captured[name] for name in sites}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SaeHooks: what is active at each hookpoint, and the one hook per hookpoint that applies it.
+
+
+@dataclass(eq=False)
+class _Splice:
+    error_term: bool
+
+
+class _Tokens(NamedTuple):
+    """Absolute positions (batch, seq) and the real-token mask (batch, seq) of an activation, when known."""
+
+    positions: Tensor | None
+    real: Tensor | None
+
+
+@dataclass(eq=False)
+class _Edit:
+    features: Tensor  # (k,) latent indices
+    values: Tensor  # (k,) amounts added, or values clamped to
+    mode: Literal["add", "clamp"]
+    positions: Tensor | slice | None
+
+    def apply_(self, z: Tensor, tokens: _Tokens) -> None:
+        """Edit the latents z of shape (..., num_latents) in place at the selected tokens."""
+        features, values = self.features.to(z.device), self.values.to(device=z.device, dtype=z.dtype)
+        old = z[..., features]  # (..., k)
+        new = old + values if self.mode == "add" else values.expand_as(old)
+        if (selected := self._select(tokens)) is not None:
+            new = torch.where(selected[..., None], new, old)
+        z[..., features] = new
+
+    def _select(self, tokens: _Tokens) -> Tensor | None:
+        if self.positions is None:
+            return tokens.real  # every real token; padding is left alone
+        if (at := tokens.positions) is None:
+            raise HookpointError(
+                "Steering at `positions` needs activations shaped (batch, seq, width); this hookpoint's are not. "
+                "Drop `positions` or hook a decoder block."
+            )
+        if isinstance(self.positions, slice):
+            stop = torch.inf if self.positions.stop is None else self.positions.stop
+            chosen = (at >= (self.positions.start or 0)) & (at < stop)
+        else:
+            chosen = torch.isin(at, self.positions.to(at.device))
+        return chosen if tokens.real is None else chosen & tokens.real
+
+
+def _token_info(attention_mask: Tensor | None, past_length: int, x: Tensor) -> _Tokens:
+    if x.ndim != 3:
+        return _Tokens(None, None)
+    (batch, seq), mask = x.shape[:2], attention_mask
+    if mask is not None and mask.ndim == 2 and mask.shape[0] == batch and mask.shape[1] >= seq:
+        # Padding on the left shifts a sequence right; counting its real tokens gives each one's own position.
+        positions = mask.long().cumsum(-1)[:, -seq:] - 1
+        return _Tokens(positions.to(x.device), mask[:, -seq:].to(device=x.device, dtype=torch.bool))
+    return _Tokens(torch.arange(past_length, past_length + seq, device=x.device).expand(batch, seq), None)
+
+
+class SaeRecorder:
+    """
+    What [`SaeHooks.record`] collected. Each attribute maps a hookpoint to a list with one tensor per forward (one
+    per step under `generate()`): `latents` `(batch, seq, num_latents)`, after any active edit; `inputs`
+    `(batch, seq, d_in)`, the hooked activations; `reconstructions` `(batch, seq, d_in)`, the decoded latents; and
+    `masks` `(batch, seq)`, `True` on real (non-padding) tokens.
+    """
+
+    def __init__(self, hookpoints: Sequence[str], inputs: bool, reconstructions: bool):
+        self.latents: dict[str, list[Tensor]] = {name: [] for name in hookpoints}
+        self.inputs: dict[str, list[Tensor]] = {name: [] for name in hookpoints} if inputs else {}
+        self.reconstructions: dict[str, list[Tensor]] = {name: [] for name in hookpoints} if reconstructions else {}
+        self.masks: dict[str, list[Tensor]] = {name: [] for name in hookpoints}
+
+    def cat(self, hookpoint: str, kind: RecordKind = "latents") -> Tensor:
+        """Every forward joined along the sequence: under `generate()`, `(batch, all tokens but the last, width)`."""
+        return torch.cat(getattr(self, kind)[hookpoint], dim=1)
+
+    def tokens(self, hookpoint: str, kind: RecordKind = "latents") -> Tensor:
+        """The real tokens of every forward, padding dropped: `(num_tokens, width)`."""
+        return torch.cat([t[mask] for t, mask in zip(getattr(self, kind)[hookpoint], self.masks[hookpoint])])
+
+
+class SaeHooks:
+    r"""
+    SAEs attached to a language model by hooks, switched on by context managers that nest and compose.
+
+    The LM is never changed: hooks exist only while a context is open and are removed when the last one exits, even
+    through an exception. Activations are cast to each SAE's dtype, and the results back to the model's.
+
+    Args:
+        model (`nn.Module`): any `AutoModelForCausalLM`, or a base model.
+        saes (`Mapping[str, SaeModel]` or `Sequence[SaeModel]`): SAEs by hookpoint, or SAEs whose `config.hookpoint`
+            says where they read.
+
+    Example:
+
+    ```python
+    >>> hooks = SaeHooks(lm, {"model.layers.15": sae})
+    >>> with hooks.record() as recorder, hooks.steer({1234: 8.0}, mode="clamp"):
+    ...     tokens = lm.generate(**inputs, max_new_tokens=20)
+    >>> recorder.cat("model.layers.15").shape  # (batch, prompt + 19, num_latents)
+    ```
+    """
+
+    def __init__(self, model: nn.Module, saes: Mapping[str, SaeModel] | Sequence[SaeModel]):
+        self.model = model
+        self.saes = _saes_by_hookpoint(saes)
+        self.hookpoints = resolve_hookpoints(model, self.saes)
+        for name, sae in self.saes.items():
+            if (width := hookpoint_width(model, self.hookpoints[name])) is not None:
+                _check_width(name, sae, width)
+        self._active: dict[str, list[_Splice | _Edit | SaeRecorder]] = {name: [] for name in self.saes}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._call: tuple[Tensor | None, int] = (None, 0)  # the current forward's (attention mask, cache length)
+
+    @contextmanager
+    def record(
+        self, inputs: bool = False, reconstructions: bool = False, hookpoints: str | Sequence[str] | None = None
+    ) -> Iterator[SaeRecorder]:
+        r"""
+        Collect the latents, and optionally the inputs and reconstructions, of every forward run inside.
+
+        Args:
+            inputs (`bool`, defaults to `False`): also keep the hooked activations.
+            reconstructions (`bool`, defaults to `False`): also keep the SAE's reconstructions.
+            hookpoints (`str` or `Sequence[str]`, *optional*): only these; every SAE by default.
+
+        Example:
+
+        ```python
+        >>> with hooks.record() as recorder:
+        ...     lm(input_ids, attention_mask=attention_mask)
+        >>> recorder.tokens("model.layers.15").shape  # (real tokens, num_latents)
+        ```
+        """
+        names = self._select(hookpoints)
+        recorder = SaeRecorder(names, inputs, reconstructions)
+        with self._activate(recorder, names):
+            yield recorder
+
+    @contextmanager
+    def splice(self, error_term: bool = False, hookpoints: str | Sequence[str] | None = None) -> Iterator[None]:
+        r"""
+        Replace each hooked activation x by the SAE's reconstruction x̂, plus the error x - x̂ if `error_term`.
+
+        Example:
+
+        ```python
+        >>> with hooks.splice():
+        ...     spliced_loss = lm(input_ids, labels=input_ids).loss
+        ```
+        """
+        with self._activate(_Splice(error_term), self._select(hookpoints)):
+            yield
+
+    @contextmanager
+    def steer(
+        self,
+        features: int | Sequence[int] | Mapping[int, float],
+        alpha: float = 1.0,
+        *,
+        mode: Literal["add", "clamp"] = "add",
+        hookpoint: str | None = None,
+        positions: Positions = None,
+    ) -> Iterator[None]:
+        r"""
+        Steer with SAE features, the error term kept: x becomes x + decode(z') - decode(z).
+
+        Args:
+            features (`int`, `Sequence[int]` or `Mapping[int, float]`): latent indices, or `{latent: alpha}`.
+            alpha (`float`, defaults to 1.0): with `mode="add"`, z_i += alpha, which adds alpha * W_dec[i]; with
+                `mode="clamp"`, z_i = alpha ("Golden Gate" clamping, Templeton et al. 2024).
+            mode (`str`, defaults to `"add"`): `"add"` or `"clamp"`.
+            hookpoint (`str`, *optional*): which SAE; needed only when several are attached.
+            positions (`int`, `Sequence[int]` or `slice`, *optional*): absolute positions to edit, counted from each
+                sequence's first real token and on through generated ones (`slice(n, None)`: position n onwards);
+                every real token by default.
+
+        Example:
+
+        ```python
+        >>> with hooks.steer({1234: 40.0}, mode="clamp"):
+        ...     tokens = lm.generate(**inputs, max_new_tokens=20)
+        ```
+        """
+        if mode not in ("add", "clamp"):
+            raise ValueError(f"`mode` must be 'add' or 'clamp'; got {mode!r}.")
+        name = self._single(hookpoint)
+        edit = _Edit(*_feature_values(features, alpha, self.saes[name]), mode, _positions(positions))
+        with self._activate(edit, [name]):
+            yield
+
+    @contextmanager
+    def ablate(
+        self, features: int | Sequence[int], *, hookpoint: str | None = None, positions: Positions = None
+    ) -> Iterator[None]:
+        r"""
+        Zero the given latents, the error term kept: what the model does without those features.
+
+        Example:
+
+        ```python
+        >>> with hooks.ablate([12, 345]):
+        ...     ablated_logits = lm(input_ids).logits
+        ```
+        """
+        if isinstance(features, Mapping):
+            raise ValueError("`ablate` takes latent indices, not a mapping; use `steer(..., mode='clamp')`.")
+        with self.steer(features, 0.0, mode="clamp", hookpoint=hookpoint, positions=positions):
+            yield
+
+    @contextmanager
+    def _activate(self, item: _Splice | _Edit | SaeRecorder, names: list[str]) -> Iterator[None]:
+        if not self._handles:
+            self._attach()
+        for name in names:
+            self._active[name].append(item)
+        try:
+            yield
+        finally:  # hooks come off when the last context closes, however it closes
+            for name in names:
+                self._active[name] = [other for other in self._active[name] if other is not item]
+            if not any(self._active.values()):
+                self._detach()
+
+    def _attach(self) -> None:
+        # Positions need what the whole model was called with: the hooked module may never see the mask.
+        self._handles.append(self.model.register_forward_pre_hook(self._remember_call, with_kwargs=True))
+        self._handles.append(self.model.register_forward_hook(self._forget_call, always_call=True))
+        self._handles += [_register(site, name, self._intervention(name)) for name, site in self.hookpoints.items()]
+        logger.debug(f"SaeHooks attached at {list(self.hookpoints)}")
+
+    def _detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._call = (None, 0)
+
+    def _remember_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        past = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0  # read before the layers extend it
+        self._call = (kwargs.get("attention_mask"), int(past))
+
+    def _forget_call(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._call = (None, 0)
+
+    def _intervention(self, name: str):
+        def run(x: Tensor) -> Tensor | None:
+            if not self._active[name]:
+                return None
+            _check_width(name, self.saes[name], x.shape[-1])
+            return _run_sae(self.saes[name], x, self._active[name], _token_info(*self._call, x), name)
+
+        return run
+
+    def _select(self, hookpoints: str | Sequence[str] | None) -> list[str]:
+        names = [hookpoints] if isinstance(hookpoints, str) else list(hookpoints or self.saes)
+        if unknown := [name for name in names if name not in self.saes]:
+            raise HookpointError(f"No SAE is attached at {unknown}; these SaeHooks have {list(self.saes)}.")
+        return names
+
+    def _single(self, hookpoint: str | None) -> str:
+        if hookpoint is None and len(self.saes) > 1:
+            raise HookpointError(f"Several SAEs are attached ({list(self.saes)}); pass `hookpoint=` to pick one.")
+        return self._select(hookpoint)[0]
+
+
+def _run_sae(sae: SaeModel, x: Tensor, active: list, tokens: _Tokens, name: str) -> Tensor | None:
+    """The new activation for x, or None to leave it as it is; feeds the recorders on the way."""
+    x_sae = x.to(device=sae.device, dtype=sae.dtype)
+    z = sae.encode(x_sae)  # (..., num_latents)
+    edits = [item for item in active if isinstance(item, _Edit)]
+    z_edited = z.clone() if edits else z
+    for edit in edits:
+        edit.apply_(z_edited, tokens)
+    splice = next((item for item in reversed(active) if isinstance(item, _Splice)), None)  # the innermost wins
+    recorders = [item for item in active if isinstance(item, SaeRecorder)]
+    wants_reconstruction = splice is not None or any(name in r.reconstructions for r in recorders)
+    reconstruction = sae.decode(z_edited) if wants_reconstruction else None  # (..., d_in)
+    real = tokens.real if tokens.real is not None else torch.ones(z.shape[:-1], dtype=torch.bool, device=z.device)
+    for recorder in recorders:
+        recorder.latents[name].append(z_edited)
+        recorder.masks[name].append(real)
+        for store, value in ((recorder.inputs, x), (recorder.reconstructions, reconstruction)):
+            if name in store:
+                store[name].append(value)
+    if splice is not None:
+        out = reconstruction
+        if splice.error_term:
+            out = out + (x_sae - (sae.decode(z) if edits else reconstruction))
+    elif edits:
+        # Only the edited latents change, so only their decoder rows enter the delta: exact when nothing changes.
+        features = torch.cat([edit.features for edit in edits]).unique().to(z.device)
+        out = x_sae + (z_edited[..., features] - z[..., features]) @ sae.W_dec[features].to(z.dtype)
+    else:
+        return None
+    return out.to(device=x.device, dtype=x.dtype)
+
+
+def _saes_by_hookpoint(saes: Mapping[str, SaeModel] | Sequence[SaeModel]) -> dict[str, SaeModel]:
+    if isinstance(saes, Mapping):
+        return dict(saes)
+    saes = [saes] if isinstance(saes, SaeModel) else list(saes)
+    names = [sae.config.hookpoint for sae in saes]
+    if None in names or len(set(names)) < len(names):
+        raise HookpointError(
+            f"SAEs given as a list must each read their own hookpoint, set in `config.hookpoint`; got {names}. "
+            "Pass a dict `{hookpoint: sae}` instead."
+        )
+    return dict(zip(names, saes))
+
+
+def _check_width(name: str, sae: SaeModel, width: int) -> None:
+    if width != sae.config.d_in:
+        raise HookpointError(
+            f"The SAE at `{name}` expects activations of width d_in={sae.config.d_in}, but the hookpoint's "
+            f"activation has width {width}. Attach an SAE trained on this hookpoint (this one's config says "
+            f"`{sae.config.hookpoint}`)."
+        )
+
+
+def _feature_values(features: int | Sequence[int] | Mapping[int, float], alpha: float, sae: SaeModel):
+    """Latent indices (k,) and their amounts (k,), checked against the SAE's width."""
+    features = [features] if isinstance(features, int) else features
+    by_feature = dict(features) if isinstance(features, Mapping) else dict.fromkeys(features, alpha)
+    if not by_feature or any(not 0 <= int(i) < sae.config.num_latents for i in by_feature):
+        raise ValueError(f"Features must be latent indices in [0, {sae.config.num_latents}); got {list(by_feature)}.")
+    return torch.tensor([int(i) for i in by_feature]), torch.tensor([float(v) for v in by_feature.values()])
+
+
+def _positions(positions: Positions) -> Tensor | slice | None:
+    if positions is None or (isinstance(positions, slice) and positions.step in (None, 1)):
+        return positions
+    values = [positions] if isinstance(positions, int) else positions
+    if isinstance(values, slice) or not values or min(values) < 0:
+        raise ValueError(f"`positions` must be token indices >= 0 or a slice with step 1; got {positions}.")
+    return torch.tensor([int(p) for p in values], dtype=torch.long)

