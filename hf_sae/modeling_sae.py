@@ -56,16 +56,26 @@ class SaeOutput(ModelOutput):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Sparse kernels for the k family. A sparse code is three flat tensors: `rows` (token), `cols` (latent), `values`.
+# Sparse kernels for the k family. A sparse code is three flat tensors: `rows` (token), `cols` (latent), `values`,
+# with the entries of each token next to each other (rows sorted).
 
 
-def _bag_sum(lookup: Tensor, table: Tensor, bags: Tensor, weights: Tensor, num_bags: int) -> Tensor:
-    """out[b] = sum of weights[e] * table[lookup[e]] over entries e with bags[e] == b; (num_bags, table.shape[1])."""
-    order = torch.argsort(bags, stable=True)
-    counts = torch.bincount(bags, minlength=num_bags)
-    offsets = counts.cumsum(0) - counts
-    weights = weights.to(table.dtype)
-    return F.embedding_bag(lookup[order], table, offsets, mode="sum", per_sample_weights=weights[order])
+def _sum_by_token(cols: Tensor, table: Tensor, offsets: Tensor, weights: Tensor) -> Tensor:
+    """out[n] = sum of weights[e] * table[cols[e]] over token n's entries, which start at offsets[n]; (N, d)."""
+    return F.embedding_bag(cols, table, offsets, mode="sum", per_sample_weights=weights.to(table.dtype))
+
+
+def _sum_by_latent(cols: Tensor, rows: Tensor, table: Tensor, weights: Tensor, num_latents: int) -> Tensor:
+    """out[i] = sum of weights[e] * table[rows[e]] over entries of latent i, as one bag per latent; (num_latents, d).
+    This is the weight gradient of a sparse matmul without the (entries, d) intermediate that index_add needs."""
+    order = torch.argsort(cols)
+    counts = torch.bincount(cols, minlength=num_latents)
+    return _sum_by_token(rows[order], table, counts.cumsum(0) - counts, weights[order])
+
+
+def _row_offsets(rows: Tensor, num_rows: int) -> Tensor:
+    """Where each token's entries start in `rows`, which is sorted (tokens without entries get empty bags)."""
+    return torch.searchsorted(rows, torch.arange(num_rows, device=rows.device))
 
 
 class _SparseEncode(torch.autograd.Function):
@@ -84,9 +94,11 @@ class _SparseEncode(torch.autograd.Function):
         x, W_enc, rows, cols = ctx.saved_tensors  # noqa: N806
         grad_x = grad_W_enc = grad_b_enc = None
         if ctx.needs_input_grad[0]:
-            grad_x = _bag_sum(cols, W_enc.to(x.dtype), rows, grad_values, x.shape[0])
+            order = torch.argsort(rows, stable=True)  # the AuxK entries follow the main ones: regroup by token
+            offsets = _row_offsets(rows[order], x.shape[0])
+            grad_x = _sum_by_token(cols[order], W_enc.to(x.dtype), offsets, grad_values[order])
         if ctx.needs_input_grad[1]:
-            grad_W_enc = _bag_sum(rows, x, cols, grad_values, W_enc.shape[0]).to(W_enc.dtype)
+            grad_W_enc = _sum_by_latent(cols, rows, x, grad_values, W_enc.shape[0]).to(W_enc.dtype)
         if ctx.needs_input_grad[2]:
             grad_b_enc = torch.zeros(W_enc.shape[0], dtype=W_enc.dtype, device=W_enc.device)
             grad_b_enc.index_add_(0, cols, grad_values.to(W_enc.dtype))
@@ -94,21 +106,28 @@ class _SparseEncode(torch.autograd.Function):
 
 
 class _SparseDecode(torch.autograd.Function):
-    """x̂ = z @ W_dec for a sparse z, as one `embedding_bag`; backward gathers only the active decoder rows."""
+    """x̂ = z @ W_dec for a sparse z whose entries are grouped by token, as one `embedding_bag`."""
 
     @staticmethod
     def forward(ctx, rows: Tensor, cols: Tensor, values: Tensor, W_dec: Tensor, num_rows: int):  # noqa: N803
-        ctx.save_for_backward(rows, cols, values, W_dec)
-        return _bag_sum(cols, W_dec.to(values.dtype), rows, values, num_rows)  # (N, d_in)
+        offsets = _row_offsets(rows, num_rows)
+        ctx.save_for_backward(rows, cols, values, W_dec, offsets)
+        return _sum_by_token(cols, W_dec, offsets, values)  # (N, d_in)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        rows, cols, values, W_dec = ctx.saved_tensors  # noqa: N806
+        rows, cols, values, W_dec, offsets = ctx.saved_tensors  # noqa: N806
         grad_values = grad_W_dec = None
         if ctx.needs_input_grad[2]:
-            grad_values = torch.einsum("ed,ed->e", W_dec[cols].to(grad_out.dtype), grad_out[rows]).to(values.dtype)
+            # embedding_bag's own per-sample-weight gradient computes each grad_out[row] . W_dec[col] in place,
+            # where gathering the (entries, d_in) rows first would cost as much memory traffic as the matmul.
+            with torch.enable_grad():
+                weights = values.detach().requires_grad_()
+                out = _sum_by_token(cols, W_dec.detach().to(grad_out.dtype), offsets, weights)
+                (grad_values,) = torch.autograd.grad(out, weights, grad_out)
+            grad_values = grad_values.to(values.dtype)
         if ctx.needs_input_grad[3]:
-            grad_W_dec = _bag_sum(rows, grad_out, cols, values, W_dec.shape[0]).to(W_dec.dtype)
+            grad_W_dec = _sum_by_latent(cols, rows, grad_out, values, W_dec.shape[0]).to(W_dec.dtype)
         return None, None, grad_values, grad_W_dec, None
 
 
@@ -128,8 +147,8 @@ def _select_batch_topk(k: int):
 
     def select(pre: Tensor):
         values, flat = pre.flatten().topk(min(k * pre.shape[0], pre.numel()), sorted=False)
-        rows, cols = flat // pre.shape[1], flat % pre.shape[1]
-        return rows, cols, values
+        flat, order = flat.sort()  # group the entries by token, as the decoder needs
+        return flat // pre.shape[1], flat % pre.shape[1], values[order]
 
     return select
 
@@ -348,8 +367,7 @@ class SaeModel(SaePreTrainedModel):
             values, aux_values = values[:num_main], values[num_main:]
             if cfg.architecture == "batchtopk" and self.training:
                 self._update_batchtopk_threshold(values)
-            active = values > 0
-            latent_counts = torch.bincount(cols[active], minlength=cfg.num_latents)
+            latent_counts = torch.bincount(cols, weights=(values > 0).float(), minlength=cfg.num_latents).long()
             reconstruction = _SparseDecode.apply(rows, cols, values, self.W_dec, num_tokens)
             reconstruction = reconstruction + self.b_dec.to(flat.dtype)
             latents = _dense_latents(rows, cols, values, (num_tokens, cfg.num_latents)) if return_latents else None

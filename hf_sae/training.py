@@ -176,7 +176,8 @@ class SaeTrainer:
     def _prepare(self) -> None:
         names = list(self.saes)
         params = [p for sae in self.saes.values() for p in sae.parameters()]
-        self.optimizer = torch.optim.Adam(params, lr=self.args.learning_rate)
+        # The fused kernel updates all of Adam's state in one pass (it exists for CPU and CUDA).
+        self.optimizer = torch.optim.Adam(params, lr=self.args.learning_rate, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.args.lr_lambda)
         prepared = self.accelerator.prepare(*self.saes.values(), self.optimizer, self.scheduler)
         self.models = dict(zip(names, prepared[: len(names)]))  # possibly DDP-wrapped

@@ -1,0 +1,201 @@
+"""Speed and memory of hf_sae, measured against this machine's own matmul roofline in the same run.
+
+    python scripts/benchmark.py                       # everything, on the default SmolLM2 layer-15 setup
+    python scripts/benchmark.py --sections sae        # the SAE training step alone (no model or corpus needed)
+    python scripts/benchmark.py --device cuda --json results.json
+
+Sections:
+  roofline  dense (batch, d_in) @ (d_in, num_latents) matmul throughput in fp32 and bf16: the SAE encoder's shape
+  harvest   LM tokens/s: full forward vs forward stopped after the hookpoint, fp32 and bf16 autocast
+  sae       one SAE training step (forward, backward, Adam) on stored activations, per architecture and precision,
+            with peak memory; the TopK step is reported as a fraction of the roofline, its ideal cost being one
+            dense encoder matmul (2 * d_in * num_latents FLOPs per token)
+  e2e       the whole training loop (harvest + shuffle + SAE step) tokens/s, and its ratio to harvesting alone
+"""
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu", "gated")
+
+
+def best_seconds(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def roofline(args) -> dict:
+    result = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(args.batch_size, args.d_in, device=args.device, dtype=dtype)
+        b = torch.randn(args.d_in, args.num_latents, device=args.device, dtype=dtype)
+        seconds = best_seconds(lambda: a @ b, args.repeats)
+        result[f"matmul_{name}_gflops"] = 2 * args.batch_size * args.d_in * args.num_latents / seconds / 1e9
+    return result
+
+
+def autocast(device: str, dtype: torch.dtype | None):
+    return torch.autocast(torch.device(device).type, dtype=dtype) if dtype else nullcontext()
+
+
+def sae_step(args, architecture: str, precision: str) -> dict:
+    """Run in a fresh process (see main) so that its peak resident memory is its own."""
+    from hf_sae import SaeConfig, SaeModel
+
+    torch.manual_seed(0)
+    k = args.k if architecture in ("topk", "batchtopk") else None
+    sae = SaeModel(SaeConfig(d_in=args.d_in, num_latents=args.num_latents, architecture=architecture, k=k))
+    sae.to(args.device).train()
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
+    x = torch.randn(args.batch_size, args.d_in, device=args.device)
+    dead = torch.zeros(args.num_latents, dtype=torch.bool, device=args.device)
+    dtype = torch.bfloat16 if precision == "bf16" else None
+
+    def step():
+        with autocast(args.device, dtype):
+            out = sae(x, return_latents=False, dead_latents=dead)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    seconds = best_seconds(step, args.repeats)
+    peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else None
+    return {
+        "tokens_per_second": args.batch_size / seconds,
+        "step_ms": 1000 * seconds,
+        "peak_gpu_memory_mb": None if peak is None else peak / 2**20,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def token_batches(args, tokenizer, count: int) -> list[torch.Tensor]:
+    from hf_sae.data import DataArguments, iter_blocks, load_token_blocks
+
+    blocks = load_token_blocks(DataArguments(context_size=args.context_size), tokenizer)
+    iterator = iter_blocks(blocks)
+    return [torch.stack([next(iterator) for _ in range(args.lm_batch_size)]) for _ in range(count)]
+
+
+def harvest(args) -> dict:
+    from hf_sae.hooks import capture_activations
+    from hf_sae.models import load_model
+
+    model, tokenizer = load_model(args.model, device=args.device)
+    batches = token_batches(args, tokenizer, 3)
+    tokens = batches[0].numel()
+    result = {}
+    for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        for mode in ("full", "stopped"):
+
+            def forward():
+                for ids in batches:
+                    with torch.no_grad(), autocast(args.device, dtype):
+                        if mode == "full":
+                            model(input_ids=ids.to(args.device), use_cache=False)
+                        else:
+                            capture_activations(model, [args.hookpoint], ids.to(args.device))
+
+            seconds = best_seconds(forward, max(args.repeats // 3, 2), warmup=1)
+            result[f"harvest_{mode}_{precision}_tokens_per_second"] = len(batches) * tokens / seconds
+    return result
+
+
+def end_to_end(args) -> dict:
+    import tempfile
+
+    from hf_sae.data import DataArguments
+    from hf_sae.pipeline import train_saes
+    from hf_sae.training import SaeTrainingArguments
+
+    with tempfile.TemporaryDirectory() as out:
+        train_args = SaeTrainingArguments(
+            model_name_or_path=args.model, hookpoints=[args.hookpoint], k=args.k,
+            num_latents=args.num_latents, batch_size=args.batch_size, train_tokens=args.e2e_tokens,
+            output_dir=out, report_to="none", eval_tokens=0, save_steps=0,
+        )  # fmt: skip
+        report = train_saes(DataArguments(context_size=args.context_size), train_args)
+    info = report[args.hookpoint]
+    return {"e2e_tokens_per_second": info["train_tokens"] / info["train_seconds"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", nargs="+", default=["roofline", "harvest", "sae", "e2e"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--hookpoint", default="model.layers.15")
+    parser.add_argument("--d_in", type=int, default=576)
+    parser.add_argument("--num_latents", type=int, default=9216)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=4096, help="Tokens per SAE step.")
+    parser.add_argument("--context_size", type=int, default=256)
+    parser.add_argument("--lm_batch_size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--e2e_tokens", type=int, default=4096 * 40)
+    parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES))
+    parser.add_argument("--json", default=None, help="Also write the results here.")
+    parser.add_argument("--_one_step", nargs=2, help=argparse.SUPPRESS)  # internal: one SAE step in this process
+    args = parser.parse_args()
+    if args._one_step:
+        print(json.dumps(sae_step(args, *args._one_step)))
+        return
+
+    results: dict = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+        + (torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"),
+        "torch": torch.__version__,
+        "shape": {"d_in": args.d_in, "num_latents": args.num_latents, "k": args.k, "batch_size": args.batch_size},
+    }
+    encoder_flops = 2 * args.d_in * args.num_latents  # per token, the dense encoder matmul
+    if "roofline" in args.sections or "sae" in args.sections:
+        results.update(roofline(args))
+        print(f"matmul roofline: fp32 {results['matmul_fp32_gflops']:.0f} GFLOP/s, "
+              f"bf16 {results['matmul_bf16_gflops']:.0f} GFLOP/s", flush=True)  # fmt: skip
+    if "harvest" in args.sections:
+        results.update(harvest(args))
+        print({k: round(v) for k, v in results.items() if k.startswith("harvest")}, flush=True)
+    if "sae" in args.sections:
+        for architecture in args.architectures:
+            for precision in ("fp32", "bf16"):
+                command = [sys.executable, __file__, "--_one_step", architecture, precision, *sys.argv[1:]]
+                step = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+                roof = results[f"matmul_{precision}_gflops"] * 1e9 / encoder_flops
+                step["fraction_of_roofline"] = step["tokens_per_second"] / roof
+                results[f"sae_{architecture}_{precision}"] = step
+                print(f"SAE step {architecture:>9} {precision}: {step['tokens_per_second']:>9,.0f} tok/s "
+                      f"({100 * step['fraction_of_roofline']:.0f}% of one encoder matmul at the {precision} roofline), "
+                      f"peak RSS {step['peak_rss_mb']:,.0f} MB", flush=True)  # fmt: skip
+    if "e2e" in args.sections:
+        results.update(end_to_end(args))
+        harvest_rate = results.get("harvest_stopped_bf16_tokens_per_second")
+        if harvest_rate:
+            results["e2e_fraction_of_harvest"] = results["e2e_tokens_per_second"] / harvest_rate
+        print(
+            f"end to end: {results['e2e_tokens_per_second']:,.0f} tok/s"
+            + (f" ({100 * results['e2e_fraction_of_harvest']:.0f}% of harvesting alone)" if harvest_rate else "")
+        )
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
