@@ -180,7 +180,7 @@ def main() -> None:
                 step["fraction_of_roofline"] = step["tokens_per_second"] / roof
                 results[f"sae_{architecture}_{precision}"] = step
                 print(f"SAE step {architecture:>9} {precision}: {step['tokens_per_second']:>9,.0f} tok/s "
-                      f"({100 * step['fraction_of_roofline']:.0f}% of one encoder matmul at the {precision} roofline), "
+                      f"({100 * step['fraction_of_roofline']:.0f}% of the {precision} encoder-matmul roofline), "
                       f"peak RSS {step['peak_rss_mb']:,.0f} MB", flush=True)  # fmt: skip
     if "e2e" in args.sections:
         results.update(end_to_end(args))
