@@ -1,0 +1,634 @@
+"""Save, push and load several SAEs at once, with their feature metadata and a model card, in one Hub commit.
+
+One layout on disk and on the Hub; a single SAE (config.json at the top, from `SaeModel.save_pretrained` or
+`push_to_hub`) loads the same way:
+
+```
+README.md                      model card: library_name hf_sae, base_model, tags, datasets, model-index
+<hookpoint>/config.json        SaeConfig
+<hookpoint>/model.safetensors  the weights
+<hookpoint>/metrics.json       evaluation metrics, optional (training_metrics.json too)
+<hookpoint>/features/...       feature metadata, optional
+```
+"""
+
+import glob
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import (
+    CommitInfo,
+    CommitOperationAdd,
+    CommitOperationDelete,
+    EvalResult,
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    constants,
+    hf_hub_download,
+    snapshot_download,
+)
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+    RevisionResolutionError,
+)
+from huggingface_hub.utils import validate_repo_id
+
+from .configuration_sae import SaeConfig
+from .errors import HfSaeError, HookpointError, SaeConfigError, WeightsError
+from .modeling_sae import SaeModel
+
+CONFIG, WEIGHTS, FEATURES, README = "config.json", "model.safetensors", "features", "README.md"
+METRICS_FILES = ("training_metrics.json", "metrics.json")  # read in this order: evaluation metrics win
+SINGLE_SAE_KEY = "sae"  # the key of a single SAE whose config names no hookpoint
+CARD_TEMPLATE = "sae_card.md.j2"
+CARD_TAGS = ["sparse-autoencoder", "interpretability", "hf_sae"]
+METRIC_NAMES = {
+    "fvu": "Fraction of variance unexplained",
+    "explained_variance": "Explained variance",
+    "l0": "L0 (active latents per token)",
+    "dead_fraction": "Dead latent fraction",
+    "loss_recovered": "LM loss recovered",
+    "kl_div": "KL divergence, spliced vs. clean",
+    "mse": "Mean squared error",
+}
+TOKEN_KEYS = ("training_tokens", "train_tokens", "num_tokens", "total_tokens", "tokens_seen", "tokens")
+# Numbers in a metrics file that describe the run, not the SAE's quality.
+NON_METRIC_KEYS = {*TOKEN_KEYS, "train_seconds", "step", "steps", "epoch", "num_latents", "d_in", "k", "eval_tokens"}
+
+SaesLike = SaeModel | Mapping[str, SaeModel] | Iterable[SaeModel]
+
+
+class HubError(HfSaeError, OSError):
+    """A repo or revision cannot be found or read, or a push did not go through."""
+
+
+def save_saes(
+    saes: SaesLike,
+    output_dir: str | os.PathLike,
+    *,
+    features: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Mapping[str, Any]] | None = None,
+    datasets: str | list[str] | None = None,
+    license: str | None = None,
+    tags: list[str] | None = None,
+) -> Path:
+    r"""
+    Save SAEs to `output_dir`, one subfolder per hookpoint, with feature metadata, metrics and a README model card.
+
+    Atomic: everything is written to a staging folder inside `output_dir` and checked, then each hookpoint folder is
+    swapped in by a rename. SAEs of other hookpoints already there are kept; a failure leaves `output_dir` as it was.
+
+    Args:
+        saes (`dict[str, SaeModel]`, `list[SaeModel]` or `SaeModel`): SAEs by hookpoint, or SAEs whose
+            `config.hookpoint` names it.
+        output_dir (`str` or `os.PathLike`): created if needed.
+        features (`dict[str, Any]`, *optional*): per hookpoint, a folder of feature metadata to copy, or an object
+            with `save_pretrained(path)` or `save(path)`. An SAE loaded by [`load_saes`] brings its own along.
+        metrics (`dict[str, dict]`, *optional*): per hookpoint, evaluation metrics (`fvu`, `l0`, ...) for
+            `<hookpoint>/metrics.json` and the card; may hold `training_tokens`.
+        datasets, license, tags: model card metadata (the training datasets, a license id, extra tags).
+
+    Example:
+
+    ```python
+    >>> save_saes({"model.layers.6": sae6, "model.layers.8": sae8}, "out", metrics={"model.layers.6": {"fvu": 0.2}})
+    PosixPath('out')
+    ```
+    """
+    saes, output_dir = _by_hookpoint(saes), Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if (output_dir / CONFIG).is_file():
+        raise HfSaeError(
+            f"{output_dir} holds a single SAE (config.json at the top); save_saes writes one subfolder per hookpoint "
+            "and the two layouts would mix. Choose another `output_dir`."
+        )
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
+    try:
+        for hookpoint, sae in saes.items():
+            _stage_sae(
+                staging / hookpoint, sae, hookpoint, (features or {}).get(hookpoint), (metrics or {}).get(hookpoint)
+            )
+        folders = _sae_folders(output_dir)[0] | {h: staging / h for h in saes}
+        card = _render_card(folders, output_dir.resolve().name, None, _card_data(output_dir / README),
+                            datasets=datasets, license=license, tags=tags)  # fmt: skip
+        (staging / README).write_text(str(card), encoding="utf-8")
+        _swap_in(staging, output_dir, list(saes))
+        os.replace(staging / README, output_dir / README)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir
+
+
+def push_saes_to_hub(
+    repo_id: str,
+    saes_or_dir: SaesLike | str | os.PathLike,
+    *,
+    private: bool = False,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    create_pr: bool = False,
+    model_card: str | ModelCard | None = None,
+    **card_and_save_kwargs,
+) -> CommitInfo:
+    r"""
+    Push SAEs with their feature metadata, metrics and a README model card to a Hub repo, in one commit.
+
+    Everything is checked before anything is uploaded: each config loads, each weights file is complete and agrees
+    with its config. A commit is all or nothing, so a failed push leaves the repo as it was. Hookpoints already in the
+    repo and not pushed are kept (and described by the card); files a pushed hookpoint no longer has are deleted.
+
+    Args:
+        repo_id (`str`): `"user/name"` or `"org/name"`; created if needed.
+        saes_or_dir: SAEs as for [`save_saes`], or a folder written by it or by `SaeModel.save_pretrained`.
+        private (`bool`, defaults to `False`): visibility of a repo this call creates.
+        token (`str`, *optional*): a write token; the logged-in one by default.
+        revision (`str`, *optional*): the branch to commit to, created from `main` if needed.
+        commit_message, commit_description, create_pr: as for `HfApi.create_commit`.
+        model_card (`str` or `ModelCard`, *optional*): pushed as is instead of the rendered card.
+        card_and_save_kwargs: `datasets`, `license`, `tags`, and with SAEs `features` and `metrics`, as for
+            [`save_saes`].
+
+    Example:
+
+    ```python
+    >>> push_saes_to_hub("me/smollm2-saes", {"model.layers.6": sae6, "model.layers.8": sae8})
+    CommitInfo(commit_url='https://huggingface.co/me/smollm2-saes/commit/...', ...)
+    ```
+    """
+    if not isinstance(saes_or_dir, str | os.PathLike):
+        card_kwargs = {k: v for k, v in card_and_save_kwargs.items() if k in ("datasets", "license", "tags")}
+        with tempfile.TemporaryDirectory(prefix="hf-sae-push-") as tmp:
+            save_saes(saes_or_dir, tmp, **card_and_save_kwargs)
+            return push_saes_to_hub(
+                repo_id, tmp, private=private, token=token, revision=revision, commit_message=commit_message,
+                commit_description=commit_description, create_pr=create_pr, model_card=model_card, **card_kwargs,
+            )  # fmt: skip
+    directory = Path(saes_or_dir)
+    if unknown := set(card_and_save_kwargs) - {"datasets", "license", "tags"}:
+        raise TypeError(f"{sorted(unknown)} apply when pushing SAEs, not a folder: save them with `save_saes` first.")
+    folders, single = _sae_folders(directory) if directory.is_dir() else ({}, False)
+    if not folders:
+        raise HfSaeError(
+            f"Found no SAE in {directory}: expected {directory}/<hookpoint>/{CONFIG} (from `save_saes`) or "
+            f"{directory}/{CONFIG} (from `SaeModel.save_pretrained`)."
+        )
+    for hookpoint, folder in folders.items():
+        _check_sae_folder(folder, None if single else hookpoint)
+    api = HfApi(token=token)
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision is not None and not revision.startswith("refs/pr/"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        operations = _push_operations(api, repo_id, revision, directory, folders, single, model_card,
+                                      card_and_save_kwargs)  # fmt: skip
+        message = commit_message or f"Upload {len(folders)} SAE{'s' * (len(folders) > 1)} with hf_sae"
+        return api.create_commit(repo_id, operations, commit_message=message, commit_description=commit_description,
+                                 revision=revision, create_pr=create_pr)  # fmt: skip
+    except (HfHubHTTPError, OSError, RuntimeError) as error:  # the client wraps a failed LFS upload in RuntimeError
+        if isinstance(error, HfSaeError):
+            raise
+        raise HubError(
+            f"Pushing the SAEs for {', '.join(folders)} to {repo_id}{f' (branch {revision})' * bool(revision)} "
+            f"failed: {_reason(error)}. A Hub commit is all or nothing, so the repo holds no part of this push. Fix "
+            "the cause (token, network, repo name) and call push_saes_to_hub again."
+        ) from error
+
+
+def load_saes(
+    repo_or_dir: str | os.PathLike,
+    hookpoints: str | list[str] | None = None,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> dict[str, SaeModel]:
+    r"""
+    Load SAEs by hookpoint from a Hub repo or a local folder, downloading only what those hookpoints need.
+
+    Works for a repo or folder of hookpoint subfolders and for a single SAE (config.json at the top). Feature
+    metadata comes along: it is in `Path(sae.name_or_path) / "features"` when the repo has it.
+
+    Args:
+        repo_or_dir (`str` or `os.PathLike`): a local folder, or a Hub repo id.
+        hookpoints (`str` or `list[str]`, *optional*): which SAEs; all by default.
+        revision (`str`, *optional*): branch, tag or commit of a Hub repo; `main` by default.
+        token (`str`, *optional*): for private repos; the logged-in one by default.
+        device, dtype: where and in which dtype to put the SAEs.
+        cache_dir, local_files_only: as for `snapshot_download`.
+
+    Returns:
+        `dict[str, SaeModel]`: SAEs by hookpoint, in natural order (layer 2 before layer 10). A single SAE whose config
+        names no hookpoint is under `"sae"`.
+
+    Example:
+
+    ```python
+    >>> saes = load_saes("me/smollm2-saes", hookpoints=["model.layers.6"])
+    >>> with SaeHooks(lm, saes).record() as recorder:
+    ...     lm(input_ids)
+    ```
+    """
+    wanted = [hookpoints] if isinstance(hookpoints, str) else None if hookpoints is None else list(hookpoints)
+    root, source = Path(repo_or_dir).expanduser(), str(repo_or_dir)
+    if root.is_dir():
+        if revision is not None:
+            raise HfSaeError(f"`revision` applies to Hub repos, but {root} is a local folder. Drop `revision`.")
+    else:
+        root = _download(source, wanted, revision, token, cache_dir, local_files_only)
+    folders, single = _sae_folders(root)
+    if not folders:
+        raise HfSaeError(f"Found no SAE in {source}: expected <hookpoint>/{CONFIG} folders or a {CONFIG} at the top.")
+    saes = {}
+    for hookpoint in _select(folders, wanted, source):
+        _check_sae_folder(folders[hookpoint], None if single else hookpoint)
+        try:
+            sae = SaeModel.from_pretrained(folders[hookpoint], **({"dtype": dtype} if dtype is not None else {}))
+        except OSError as error:
+            raise WeightsError(f"Could not load the SAE in {folders[hookpoint]}: {error}. Re-save it.") from error
+        saes[hookpoint] = sae.to(device) if device is not None else sae
+    return saes
+
+
+def metrics_to_eval_results(
+    metrics: Mapping[str, Any],
+    *,
+    dataset: str | None = None,
+    dataset_name: str | None = None,
+    split: str | None = None,
+) -> list[EvalResult]:
+    r"""
+    Turn an evaluation report into `EvalResult`s for a model card's `model-index`, one group per hookpoint.
+
+    Task `feature-extraction`; the hookpoint is the result's `dataset_config`. Numbers other than run bookkeeping
+    (`training_tokens`, `step`, ...) become metrics, and `fvu`, `l0`, `dead_fraction`, `loss_recovered`, `kl_div`,
+    `explained_variance` and `mse` get readable names.
+
+    Args:
+        metrics (`dict`): `{hookpoint: {metric: value}}`, or `{metric: value}` for one SAE.
+        dataset, dataset_name, split (`str`, *optional*): the evaluation text: its Hub id, readable name and split.
+
+    Example:
+
+    ```python
+    >>> [r.metric_type for r in metrics_to_eval_results({"model.layers.6": {"fvu": 0.2, "l0": 32.0}})]
+    ['fvu', 'l0']
+    ```
+    """
+    per_hookpoint = metrics if any(isinstance(v, Mapping) for v in metrics.values()) else {None: metrics}
+    task = {"task_type": "feature-extraction", "task_name": "Sparse autoencoder reconstruction"}
+    task |= {"dataset_type": dataset or "activations", "dataset_name": dataset_name or dataset or "LM activations"}
+    results = []
+    for hookpoint, values in per_hookpoint.items():
+        for key, value in values.items() if isinstance(values, Mapping) else ():
+            if key not in NON_METRIC_KEYS and isinstance(value, int | float) and not isinstance(value, bool):
+                name = METRIC_NAMES.get(key, key)
+                results.append(
+                    EvalResult(
+                        **task,
+                        dataset_config=hookpoint,
+                        dataset_split=split,
+                        metric_type=key,
+                        metric_name=name,
+                        metric_value=float(value),
+                    )  # fmt: skip
+                )
+    return results
+
+
+# ---- saving ---------------------------------------------------------------------------------------------------------
+
+
+def _by_hookpoint(saes: SaesLike) -> dict[str, SaeModel]:
+    saes = [saes] if isinstance(saes, SaeModel) else saes
+    pairs = list(saes.items()) if isinstance(saes, Mapping) else [(sae.config.hookpoint, sae) for sae in saes]
+    if not pairs:
+        raise HfSaeError("No SAEs given: pass a dict `{hookpoint: sae}` or a list of SAEs.")
+    result: dict[str, SaeModel] = {}
+    for hookpoint, sae in pairs:
+        if not isinstance(sae, SaeModel):
+            raise HfSaeError(f"Expected SaeModel instances, got {type(sae).__name__} for {hookpoint!r}.")
+        if not hookpoint:
+            raise SaeConfigError("An SAE in the list has no `config.hookpoint`; pass a dict `{hookpoint: sae}`.")
+        if not re.fullmatch(r"[^/\\.][^/\\]*", hookpoint) or hookpoint == README:
+            raise HookpointError(
+                f"Hookpoint {hookpoint!r} cannot name a folder: use a module path such as 'model.layers.6'."
+            )
+        if sae.config.hookpoint not in (None, hookpoint):
+            raise SaeConfigError(
+                f"The SAE given for {hookpoint!r} was trained on {sae.config.hookpoint!r} (its `config.hookpoint`). "
+                "Use that key, or build the config with the right hookpoint."
+            )
+        if hookpoint in result:
+            raise HookpointError(f"Two SAEs for hookpoint {hookpoint!r}; a repo holds one SAE per hookpoint.")
+        result[hookpoint] = sae
+    return result
+
+
+def _stage_sae(folder: Path, sae: SaeModel, hookpoint: str, features: Any, metrics: Mapping | None) -> None:
+    sae.save_pretrained(folder)
+    if sae.config.hookpoint is None:  # the folder names the hookpoint; let the config say it too
+        config = json.loads((folder / CONFIG).read_text())
+        (folder / CONFIG).write_text(json.dumps(config | {"hookpoint": hookpoint}, indent=2, sort_keys=True) + "\n")
+    source = Path(sae.name_or_path) if sae.name_or_path else None
+    if features is None and source is not None and (source / FEATURES).is_dir():
+        features = source / FEATURES  # an SAE loaded with its feature metadata keeps it
+    if isinstance(features, str | os.PathLike):
+        if not Path(features).is_dir():
+            raise HfSaeError(f"Feature metadata for {hookpoint!r} should be a folder; {features} is not one.")
+        shutil.copytree(features, folder / FEATURES)
+    elif features is not None:
+        save = getattr(features, "save_pretrained", None) or getattr(features, "save", None)
+        if save is None:
+            raise HfSaeError(
+                f"Feature metadata for {hookpoint!r} must be a folder or have `save_pretrained(path)`; got "
+                f"{type(features).__name__}."
+            )
+        save(folder / FEATURES)
+    if metrics is not None:
+        (folder / "metrics.json").write_text(json.dumps(dict(metrics), indent=2, default=float) + "\n")
+    elif source is not None and (source / "metrics.json").is_file():
+        shutil.copy2(source / "metrics.json", folder / "metrics.json")
+    _check_sae_folder(folder, hookpoint)
+
+
+def _swap_in(staging: Path, output_dir: Path, hookpoints: list[str]) -> None:
+    """Rename each staged hookpoint folder into `output_dir`; on any failure, put back what was there."""
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for hookpoint in hookpoints:
+            target, old = output_dir / hookpoint, staging / ".old" / hookpoint
+            if target.exists():
+                old.parent.mkdir(exist_ok=True)
+                target.rename(old)
+            done.append((target, old))
+            (staging / hookpoint).rename(target)
+    except BaseException:
+        for target, old in reversed(done):
+            if target.exists():
+                shutil.rmtree(target)
+            if old.exists():
+                old.rename(target)
+        raise
+
+
+# ---- checks ---------------------------------------------------------------------------------------------------------
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _sae_folders(root: Path) -> tuple[dict[str, Path], bool]:
+    """`({hookpoint: folder}, single)`: the top folder if it holds config.json, else each hookpoint subfolder."""
+    if (root / CONFIG).is_file():
+        return {_read_json(root / CONFIG).get("hookpoint") or SINGLE_SAE_KEY: root}, True
+    found = [p.parent.name for p in root.glob(f"*/{CONFIG}") if not p.parent.name.startswith(".")]
+    return {h: root / h for h in sorted(found, key=_natural_key)}, False  # checkpoints and logs have no config.json
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise HfSaeError(f"{path} is not valid JSON ({error}). Fix it, or save the SAE again.") from None
+    if not isinstance(data, dict):
+        raise HfSaeError(f"{path} should hold a JSON object, got {type(data).__name__}.")
+    return data
+
+
+def _check_sae_folder(folder: Path, hookpoint: str | None = None) -> SaeConfig:
+    """Refuse a folder whose config does not load or whose weights are corrupt or disagree with it."""
+    if not (folder / CONFIG).is_file():
+        raise SaeConfigError(
+            f"{folder} has no {CONFIG}. An SAE folder holds {CONFIG} and {WEIGHTS}, as `save_saes` or "
+            "`SaeModel.save_pretrained` write them: save the SAE again."
+        )
+    if (model_type := _read_json(folder / CONFIG).get("model_type")) != SaeConfig.model_type:
+        raise SaeConfigError(f"{folder / CONFIG} has model_type {model_type!r}, not {SaeConfig.model_type!r}.")
+    config = SaeConfig.from_pretrained(folder)
+    if hookpoint is not None and config.hookpoint not in (None, hookpoint):
+        raise SaeConfigError(
+            f"{folder} is the folder of hookpoint {hookpoint!r} but its config says {config.hookpoint!r}. Rename the "
+            "folder or fix config.json."
+        )
+    for name in METRICS_FILES:
+        if (folder / name).is_file():
+            _read_json(folder / name)
+    if not (folder / WEIGHTS).is_file():
+        if (folder / f"{WEIGHTS}.index.json").is_file():
+            return config  # sharded weights: from_pretrained checks them
+        raise WeightsError(f"{folder} has {CONFIG} but no {WEIGHTS}: the save or upload was incomplete. Do it again.")
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in SaeModel(config).state_dict().items()}
+    saved = _safetensors_shapes(folder / WEIGHTS)
+    if missing := sorted(set(expected) - set(saved)):
+        raise WeightsError(f"{folder / WEIGHTS} lacks {missing}, which a {config.architecture!r} SAE needs.")
+    if wrong := [f"{n}: {saved[n]} (expected {expected[n]})" for n in sorted(expected) if saved[n] != expected[n]]:
+        raise WeightsError(
+            f"{folder / WEIGHTS} disagrees with its config (d_in={config.d_in}, num_latents={config.num_latents}): "
+            f"{'; '.join(wrong)}. The weights and config.json do not belong together; save the SAE again."
+        )
+    return config
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors header, after checking that the file is whole."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as file:
+            (header_size,) = struct.unpack("<Q", file.read(8))
+            if header_size > size - 8:
+                raise ValueError(f"its header claims {header_size} bytes but the file has {size}")
+            header = json.loads(file.read(header_size))
+        header.pop("__metadata__", None)
+        end = 8 + header_size + max((entry["data_offsets"][1] for entry in header.values()), default=0)
+        if end != size:
+            raise ValueError(f"its tensors need {end} bytes but the file has {size} (truncated?)")
+        return {name: tuple(entry["shape"]) for name, entry in header.items()}
+    except (ValueError, KeyError, TypeError, AttributeError, struct.error) as error:
+        raise WeightsError(
+            f"{path} is not a valid safetensors file: {error}. It is corrupt or incomplete: download it again "
+            "(`force_download=True`) or save the SAE again."
+        ) from None
+
+
+def _select(available: Iterable[str], wanted: list[str] | None, source: str) -> list[str]:
+    available = list(available)
+    if wanted is not None and (missing := [h for h in wanted if h not in available]):
+        raise HookpointError(
+            f"{source} has no SAE for hookpoint(s) {missing}. It holds SAEs for: {', '.join(available) or 'none'}. "
+            "Pass some of those as `hookpoints`, or None for all."
+        )
+    return available if wanted is None else list(dict.fromkeys(wanted))
+
+
+# ---- model card -----------------------------------------------------------------------------------------------------
+
+
+def _card_data(readme: Path) -> dict:
+    return ModelCard.load(readme, ignore_metadata_errors=True).data.to_dict() if readme.is_file() else {}
+
+
+def _card_template() -> str:
+    candidates = [
+        resources.files("hf_sae") / "model_cards" / CARD_TEMPLATE,  # an installed package
+        Path(__file__).resolve().parent.parent / "model_cards" / CARD_TEMPLATE,  # a source checkout
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8")
+    raise HfSaeError(f"The model card template is missing (looked in {', '.join(map(str, candidates))}). Reinstall.")
+
+
+def _metrics(folder: Path, shared: bool) -> dict:
+    """Metrics beside an SAE, after those of its whole run beside its folder if `shared` (keyed by hookpoint, or
+    flat for all)."""
+    metrics: dict = {}
+    for path in [*(folder.parent / name for name in METRICS_FILES if shared), *(folder / n for n in METRICS_FILES)]:
+        data = _read_json(path) if path.is_file() else {}
+        keyed = path.parent != folder and any(isinstance(value, dict) for value in data.values())
+        metrics |= (data.get(folder.name) or {}) if keyed else data
+    return {key: value for key, value in metrics.items() if not isinstance(value, dict)}
+
+
+def _render_card(folders: Mapping[str, Path], model_name: str, repo_id: str | None, base: Mapping, single=False, *,
+                 datasets=None, license=None, tags=None) -> ModelCard:  # fmt: skip
+    """The card of the SAEs in `folders`, from the template; other metadata of `base` (a card's data) is kept."""
+    configs = {h: SaeConfig.from_pretrained(folder) for h, folder in folders.items()}
+    metrics = {h: _metrics(folder, shared=not single) for h, folder in folders.items()}
+    base_models = sorted({c.base_model_name_or_path for c in configs.values() if c.base_model_name_or_path})
+    architectures = sorted({c.architecture for c in configs.values()})
+    on_hub = [m for m in base_models if re.fullmatch(r"[\w.-]+/[\w.-]+", m) and not os.path.exists(m)]
+    data = ModelCardData(**{k: v for k, v in base.items() if k not in ("model-index", "eval_results")} | {
+        "library_name": "hf_sae",
+        "base_model": on_hub[0] if len(on_hub) == 1 else on_hub or None,
+        "tags": list(dict.fromkeys([*CARD_TAGS, *architectures, *(base.get("tags") or []), *(tags or [])])),
+        "datasets": datasets if datasets is not None else base.get("datasets"),
+        "license": license or base.get("license"),
+        "eval_results": (results := metrics_to_eval_results(metrics)) or None,
+        "model_name": model_name if results else None,  # the model-index's name; alone it would be a stray key
+    })  # fmt: skip
+    columns = list(dict.fromkeys([*(k for k in METRIC_NAMES if any(k in m for m in metrics.values())),
+                                  *sorted({r.metric_type for r in data.eval_results or []})]))  # fmt: skip
+    rows = [{"hookpoint": h, "config": c, "metrics": [metrics[h].get(k) for k in columns],
+             "tokens": next((metrics[h][k] for k in TOKEN_KEYS if k in metrics[h]), None)}
+            for h, c in configs.items()]  # fmt: skip
+    return ModelCard.from_template(
+        data, template_str=_card_template(), model_name=model_name, repo_id=repo_id or model_name, rows=rows,
+        columns=columns, base_models=base_models, architectures=architectures, example=next(iter(configs)),
+        single=single,
+    )  # fmt: skip
+
+
+# ---- Hub ------------------------------------------------------------------------------------------------------------
+
+
+def _push_operations(api, repo_id, revision, directory, folders, single, model_card, card_kwargs) -> list:
+    remote = set(api.list_repo_files(repo_id, revision=revision))
+    remote_single = CONFIG in remote
+    remote_hookpoints = _hookpoints_in(remote)
+    if (single and remote_hookpoints) or (not single and remote_single):
+        raise HfSaeError(
+            f"{repo_id} holds {'one SAE at its top' if remote_single else 'SAEs in hookpoint folders'}, and this push "
+            f"is {'one SAE' if single else 'SAEs in hookpoint folders'}: the layouts would mix. Push to another repo, "
+            "or push a single SAE as `push_saes_to_hub(repo, {hookpoint: sae})`."
+        )
+    # The SAE folders only: not the checkpoints, logs or arguments a training run leaves beside them.
+    files = [p for folder in folders.values() for p in sorted(folder.rglob("*")) if p.is_file()]
+    local = {p.relative_to(directory).as_posix(): p for p in files}
+    local = {path: p for path, p in local.items() if path != README and not re.search(r"(^|/)\.", path)}
+    operations: list = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(p)) for path, p in local.items()]
+    for hookpoint, folder in folders.items():  # metrics a run keeps beside its SAEs go into each SAE's folder
+        if not single and f"{hookpoint}/metrics.json" not in local and (metrics := _metrics(folder, shared=True)):
+            operations.append(CommitOperationAdd(f"{hookpoint}/metrics.json", json.dumps(metrics, indent=2).encode()))
+    owned = (f"{FEATURES}/",) if single else tuple(f"{h}/" for h in folders)  # files there that we no longer have go
+    uploaded = {operation.path_in_repo for operation in operations}
+    operations += [CommitOperationDelete(p) for p in sorted(remote - uploaded) if p.startswith(owned)]
+    if model_card is None:
+        kept = [h for h in remote_hookpoints if h not in folders]
+        card_folders = dict(folders) | {h: _download_small_files(api, repo_id, revision, h, remote) for h in kept}
+        base = _card_data(directory / README)
+        if not base and README in remote:
+            base = _card_data(Path(hf_hub_download(repo_id, README, revision=revision, token=api.token)))
+        model_card = _render_card(card_folders, repo_id.split("/")[-1], repo_id, base, single, **card_kwargs)
+    operations.append(CommitOperationAdd(path_in_repo=README, path_or_fileobj=str(model_card).encode()))
+    return operations
+
+
+def _hookpoints_in(files: Iterable[str]) -> list[str]:
+    return sorted({p.split("/")[0] for p in files if p.count("/") == 1 and p.endswith(f"/{CONFIG}")}, key=_natural_key)
+
+
+def _download_small_files(api: HfApi, repo_id: str, revision: str | None, hookpoint: str, remote: set) -> Path:
+    """The config and metrics (not the weights) of an SAE that stays in the repo, for the card."""
+    for name in (CONFIG, *METRICS_FILES):
+        if f"{hookpoint}/{name}" in remote:
+            path = hf_hub_download(repo_id, f"{hookpoint}/{name}", revision=revision, token=api.token)
+    return Path(path).parent
+
+
+def _download(repo_id, wanted, revision, token, cache_dir, local_files_only) -> Path:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise HubError(f"{repo_id!r} is neither a local folder nor a Hub repo id ('user/name'). Check it.") from None
+    api, offline = HfApi(token=token), local_files_only or constants.HF_HUB_OFFLINE
+    try:
+        resolved = api.resolve_revision(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=offline)
+        patterns = None if wanted is None else [f"{glob.escape(h)}/*" for h in wanted] + [CONFIG, WEIGHTS]
+        if not offline:
+            files = set(api.list_repo_files(repo_id, revision=resolved.resolved))
+            if CONFIG not in files:
+                selected = _select(_hookpoints_in(files), wanted, f"Repo {repo_id!r} at {resolved}")
+                patterns = [f"{glob.escape(h)}/*" for h in selected]
+        return Path(snapshot_download(repo_id, revision=resolved, allow_patterns=patterns, token=token,
+                                      cache_dir=cache_dir, local_files_only=offline))  # fmt: skip
+    except RepositoryNotFoundError as error:
+        raise HubError(
+            f"Repo {repo_id!r} was not found on {api.endpoint}, and it is not a local folder. It does not exist, or "
+            "it is private and this token cannot read it: check the name, or pass `token=` (or log in)."
+        ) from error
+    except RevisionNotFoundError as error:
+        try:
+            refs = api.list_repo_refs(repo_id)
+            known = (
+                f"Branches: {', '.join(b.name for b in refs.branches)}; tags: {', '.join(t.name for t in refs.tags)}"
+            )
+        except (HfHubHTTPError, OSError):
+            known = "Its refs could not be listed"
+        raise HubError(
+            f"Repo {repo_id!r} has no revision {revision!r}. {known}. Pass one of those, or a sha."
+        ) from error
+    except (RevisionResolutionError, HfHubHTTPError, OSError) as error:
+        if isinstance(error, HfSaeError):
+            raise
+        raise HubError(f"Could not download SAEs from {repo_id!r}: {_reason(error)}.") from error
+
+
+def _reason(error: BaseException) -> str:
+    """What went wrong, in one line: the Hub's own message where there is one (the client wraps upload errors)."""
+    wrapper = ""
+    if isinstance(error, RuntimeError) and error.__cause__ is not None:
+        wrapper, error = f"{error} ".replace(" to the Hub.", ":"), error.__cause__
+    if isinstance(error, HfHubHTTPError) and error.response is not None:
+        request = error.response.request
+        return f"{wrapper}HTTP {error.response.status_code} on {request.method} {request.url}: {error.server_message}"
+    return wrapper + (str(error).strip().splitlines() or [type(error).__name__])[0]

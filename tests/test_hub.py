@@ -1,0 +1,475 @@
+"""Hub tests: the real huggingface_hub client and transformers against the project's Hub-compatible test server.
+
+The server (tests/hub_server.py) runs on 127.0.0.1 for this module. Other test modules import transformers, and so
+huggingface_hub, before this one, so each test points the already imported client at the server with
+`point_client_at` (patched constants, reset cached `HfApi`s) rather than with environment variables.
+"""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx2
+import pytest
+import torch
+from hub_server import HubServer, client_env, point_client_at
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, hf_hub_download, snapshot_download
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from transformers import AutoModel
+
+from hf_sae import HookpointError, SaeConfig, SaeModel, WeightsError
+from hf_sae.hub import HubError, load_saes, metrics_to_eval_results, push_saes_to_hub, save_saes
+
+ALICE, ALICE_READ, BOB = "hf_alice_write", "hf_alice_read", "hf_bob_write"
+LAYERS = [f"model.layers.{i}" for i in (2, 10, 11)]
+BASE_MODEL = "HuggingFaceTB/SmolLM2-135M"
+MB = 1024 * 1024
+SAE_FILES = ("config.json", "model.safetensors")
+# huggingface_hub 2.4 itself PUTs LFS content with httpx2's deprecated `data=`.
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def hub_server():
+    with HubServer() as server:
+        yield server
+
+
+@pytest.fixture
+def hub(hub_server, monkeypatch, tmp_path) -> HubServer:
+    hub_server.reset()
+    hub_server.upload_mode = "lfs"
+    point_client_at(monkeypatch, hub_server.url, tmp_path / "hf-home")
+    return hub_server
+
+
+@pytest.fixture
+def api(hub) -> HfApi:
+    return HfApi(token=ALICE)
+
+
+def make_sae(hookpoint: str | None = None, d_in: int = 16, num_latents: int = 64, seed: int = 0) -> SaeModel:
+    torch.manual_seed(seed)
+    config = SaeConfig(d_in=d_in, num_latents=num_latents, architecture="topk", k=4, hookpoint=hookpoint,
+                       base_model_name_or_path=BASE_MODEL)  # fmt: skip
+    sae = SaeModel(config)
+    with torch.no_grad():
+        sae.b_enc.uniform_()  # not all zeros, so that a mix-up shows
+    return sae
+
+
+def assert_same(a: SaeModel, b: SaeModel) -> None:
+    ignored = {"_name_or_path": None} | ({"hookpoint": None} if b.config.hookpoint is None else {})
+    assert a.config.to_dict() | ignored == b.config.to_dict() | ignored
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def cached_files(hub_home: Path) -> list[str]:
+    return sorted(str(p.relative_to(hub_home)) for p in hub_home.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def routes(hub: HubServer) -> list[str]:
+    return [route for _, route, _ in hub.requests]
+
+
+# ---- the server speaks the protocol the client expects --------------------------------------------------------------
+
+
+def test_create_delete_and_exist_ok(api):
+    assert api.create_repo("alice/repo").repo_id == "alice/repo"
+    assert api.create_repo("alice/repo", exist_ok=True).repo_id == "alice/repo"
+    with pytest.raises(HfHubHTTPError) as info:
+        api.create_repo("alice/repo")
+    assert info.value.response.status_code == 409
+    assert api.list_repo_files("alice/repo") == [".gitattributes"]  # the Hub's initial commit
+    api.delete_repo("alice/repo")
+    assert not api.repo_exists("alice/repo")
+    api.delete_repo("alice/repo", missing_ok=True)
+    with pytest.raises(RepositoryNotFoundError):
+        api.delete_repo("alice/repo")
+
+
+def test_regular_and_lfs_files_round_trip(api, hub):
+    api.create_repo("alice/files")
+    big = os.urandom(11 * MB)
+    api.create_commit(
+        "alice/files",
+        [CommitOperationAdd("notes/a.txt", b"hello"), CommitOperationAdd("big.bin", big)],
+        commit_message="add",
+    )
+    assert routes(hub).count("lfs-batch") == 1 and "storage-upload" in routes(hub) and "lfs-verify" in routes(hub)
+    entries = {e.path: e for e in api.list_repo_tree("alice/files", recursive=True)}
+    assert entries["big.bin"].lfs.size == len(big) and entries["notes/a.txt"].lfs is None
+    assert "notes" in entries  # directories are listed too, as on the Hub
+    assert Path(hf_hub_download("alice/files", "big.bin")).read_bytes() == big  # through the 302 to storage
+    assert Path(hf_hub_download("alice/files", "notes/a.txt")).read_text() == "hello"
+    assert api.file_exists("alice/files", "big.bin") and not api.file_exists("alice/files", "nope")
+    with pytest.raises(RemoteEntryNotFoundError):
+        hf_hub_download("alice/files", "nope.txt")
+
+    before = api.list_repo_commits("alice/files")
+    api.upload_file(path_or_fileobj=big, path_in_repo="big.bin", repo_id="alice/files")  # unchanged: skipped
+    assert len(api.list_repo_commits("alice/files")) == len(before)
+    siblings = {s.rfilename: s for s in api.model_info("alice/files", files_metadata=True).siblings}
+    assert siblings["big.bin"].lfs.size == len(big)
+
+
+def test_regular_upload_mode_needs_no_lfs_or_xet(api, hub, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)  # Xet is never reached: every file is regular
+    hub.upload_mode = "regular"
+    api.create_repo("alice/regular")
+    big = os.urandom(11 * MB)
+    api.upload_file(path_or_fileobj=big, path_in_repo="model.safetensors", repo_id="alice/regular")
+    assert not {"lfs-batch", "xet"} & set(routes(hub))
+    assert Path(hf_hub_download("alice/regular", "model.safetensors")).read_bytes() == big
+
+
+def test_branches_tags_and_revisions(api):
+    api.create_repo("alice/revs")
+    first = api.upload_file(path_or_fileobj=b"v1", path_in_repo="f.txt", repo_id="alice/revs").oid
+    api.create_branch("alice/revs", branch="dev")
+    api.create_branch("alice/revs", branch="dev", exist_ok=True)
+    api.upload_file(path_or_fileobj=b"v2", path_in_repo="f.txt", repo_id="alice/revs", revision="dev")
+    api.create_tag("alice/revs", tag="v1.0", revision=first)
+    refs = api.list_repo_refs("alice/revs")
+    assert {b.name for b in refs.branches} == {"main", "dev"} and [t.name for t in refs.tags] == ["v1.0"]
+    for revision, expected in [("main", b"v1"), ("dev", b"v2"), ("v1.0", b"v1"), (first, b"v1"), (first[:7], b"v1")]:
+        assert Path(hf_hub_download("alice/revs", "f.txt", revision=revision)).read_bytes() == expected
+    assert len(api.list_repo_commits("alice/revs", revision="dev")) == 3
+    assert api.revision_exists("alice/revs", "dev") and not api.revision_exists("alice/revs", "nope")
+    with pytest.raises(RevisionNotFoundError):
+        hf_hub_download("alice/revs", "f.txt", revision="nope")
+    with pytest.raises(RevisionNotFoundError):
+        api.upload_file(path_or_fileobj=b"x", path_in_repo="x", repo_id="alice/revs", revision="nope")
+    pr = api.upload_file(path_or_fileobj=b"pr", path_in_repo="f.txt", repo_id="alice/revs", create_pr=True)
+    assert pr.pr_revision == "refs/pr/1"
+    assert Path(hf_hub_download("alice/revs", "f.txt", revision="refs/pr/1")).read_bytes() == b"pr"
+
+
+def test_private_repo_needs_the_owners_token(api, tmp_path):
+    api.create_repo("alice/secret", private=True)
+    api.upload_file(path_or_fileobj=b"s", path_in_repo="s.txt", repo_id="alice/secret")
+    for token, status in [(None, 401), (BOB, 404)]:
+        with pytest.raises(RepositoryNotFoundError) as info:
+            HfApi(token=token).model_info("alice/secret")
+        assert info.value.response.status_code == status
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("alice/secret", "s.txt")
+    assert api.model_info("alice/secret").private
+    folder = snapshot_download("alice/secret", token=ALICE_READ)
+    assert (Path(folder) / "s.txt").read_bytes() == b"s"
+
+
+def test_writes_need_a_write_token_for_the_namespace(api):
+    api.create_repo("alice/public")
+    upload = dict(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id="alice/public")
+    for token, status in [(None, 401), ("hf_wrong", 401), (ALICE_READ, 403), (BOB, 403)]:
+        with pytest.raises(HfHubHTTPError) as info:
+            HfApi(token=token).upload_file(**upload)
+        assert info.value.response.status_code == status
+    with pytest.raises(HfHubHTTPError):
+        HfApi(token=BOB).create_repo("alice/bobs")
+    assert api.create_repo("sae-lab/shared").repo_id == "sae-lab/shared"  # alice is a member of the organization
+    assert api.list_repo_files("alice/public") == [".gitattributes"]
+
+
+def test_commit_is_atomic(api, hub):
+    api.create_repo("alice/atomic")
+    head = api.model_info("alice/atomic").sha
+    lines = [
+        {"key": "header", "value": {"summary": "half a commit"}},
+        {"key": "file", "value": {"path": "a.txt", "content": base64.b64encode(b"a").decode(), "encoding": "base64"}},
+        {"key": "lfsFile", "value": {"path": "w.safetensors", "algo": "sha256", "oid": "0" * 64, "size": 3}},
+    ]
+    response = httpx2.post(
+        f"{hub.url}/api/models/alice/atomic/commit/main",
+        content="\n".join(json.dumps(line) for line in lines).encode(),
+        headers={"Authorization": f"Bearer {ALICE}", "Content-Type": "application/x-ndjson"},
+    )
+    assert response.status_code == 422 and "never uploaded" in response.json()["error"]
+    assert api.model_info("alice/atomic").sha == head and api.list_repo_files("alice/atomic") == [".gitattributes"]
+    with pytest.raises(RemoteEntryNotFoundError):
+        api.delete_file("missing.txt", "alice/atomic")
+    assert api.model_info("alice/atomic").sha == head
+
+
+def test_dataset_repos(api):
+    api.create_repo("alice/data", repo_type="dataset")
+    api.upload_file(path_or_fileobj=b"a,b\n", path_in_repo="train.csv", repo_id="alice/data", repo_type="dataset")
+    assert Path(hf_hub_download("alice/data", "train.csv", repo_type="dataset")).read_bytes() == b"a,b\n"
+    assert not api.repo_exists("alice/data")  # a model repo of that name does not exist
+
+
+def test_env_vars_point_a_fresh_process_at_the_server(api, tmp_path):
+    """The other setup: HF_ENDPOINT and friends set before huggingface_hub is imported (as for a CLI run)."""
+    api.create_repo("alice/env")
+    api.upload_file(path_or_fileobj=b"env", path_in_repo="e.txt", repo_id="alice/env")
+    code = "from huggingface_hub import hf_hub_download; print(open(hf_hub_download('alice/env', 'e.txt')).read())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")} | client_env(api.endpoint, tmp_path / "x")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "env", result.stderr
+
+
+# ---- transformers' own push_to_hub / from_pretrained ----------------------------------------------------------------
+
+
+def test_single_sae_push_to_hub_and_from_pretrained(api, hub):
+    sae = make_sae("model.layers.2")
+    sae.push_to_hub("alice/single", token=ALICE)
+    assert {"README.md", "config.json", "model.safetensors"} <= set(api.list_repo_files("alice/single"))
+    assert_same(SaeModel.from_pretrained("alice/single"), sae)
+    assert_same(AutoModel.from_pretrained("alice/single"), sae)
+    loaded = load_saes("alice/single")
+    assert list(loaded) == ["model.layers.2"]
+    assert_same(loaded["model.layers.2"], sae)
+
+
+def test_automodel_from_subfolder_at_a_revision(api):
+    push_saes_to_hub("alice/saes", {LAYERS[0]: make_sae(seed=1)}, token=ALICE)
+    new = make_sae(seed=2)
+    commit = push_saes_to_hub("alice/saes", {LAYERS[0]: new}, token=ALICE, revision="v2")
+    for revision in ("v2", commit.oid):
+        assert_same(AutoModel.from_pretrained("alice/saes", subfolder=LAYERS[0], revision=revision), new)
+    assert not torch.equal(AutoModel.from_pretrained("alice/saes", subfolder=LAYERS[0]).W_enc, new.W_enc)
+
+
+# ---- save_saes / push_saes_to_hub / load_saes -----------------------------------------------------------------------
+
+
+def test_save_and_load_locally(tmp_path):
+    saes = {h: make_sae(h, seed=i) for i, h in enumerate(LAYERS)}
+    out = save_saes(list(saes.values()), tmp_path / "out", metrics={LAYERS[0]: {"fvu": 0.2, "l0": 4.0}})
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", *sorted(LAYERS)]
+    assert json.loads((out / LAYERS[0] / "metrics.json").read_text()) == {"fvu": 0.2, "l0": 4.0}
+    loaded = load_saes(out)
+    assert list(loaded) == LAYERS  # natural order: layer 2 before layer 10
+    for h in LAYERS:
+        assert_same(loaded[h], saes[h])
+    assert list(load_saes(out, LAYERS[1])) == [LAYERS[1]]
+    assert load_saes(out, [LAYERS[0]], dtype=torch.bfloat16)[LAYERS[0]].W_enc.dtype == torch.bfloat16
+
+    class Features:  # what a feature-metadata object offers
+        def save_pretrained(self, path):
+            Path(path).mkdir()
+            (Path(path) / "stats.json").write_text("{}")
+
+    save_saes({LAYERS[0]: loaded[LAYERS[0]]}, tmp_path / "copy")  # a loaded SAE keeps its metrics
+    assert json.loads((tmp_path / "copy" / LAYERS[0] / "metrics.json").read_text())["fvu"] == 0.2
+    save_saes({LAYERS[1]: saes[LAYERS[1]]}, tmp_path / "copy", features={LAYERS[1]: Features()})
+    assert (tmp_path / "copy" / LAYERS[1] / "features" / "stats.json").is_file()
+    single = tmp_path / "single"
+    saes[LAYERS[0]].save_pretrained(single)
+    assert_same(load_saes(single)[LAYERS[0]], saes[LAYERS[0]])
+
+
+def test_save_keeps_what_was_saved_and_is_atomic(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    save_saes({LAYERS[0]: make_sae(seed=0)}, out)
+    newer = make_sae(seed=5)
+    save_saes({LAYERS[1]: make_sae(seed=1), LAYERS[0]: newer}, out)
+    assert list(load_saes(out)) == LAYERS[:2]
+    assert_same(load_saes(out)[LAYERS[0]], newer)
+    assert (
+        "`model.layers.2`" in (out / "README.md").read_text()
+        and "`model.layers.10`" in (out / "README.md").read_text()
+    )
+
+    before = sorted(str(p) for p in out.rglob("*"))
+    with pytest.raises(Exception, match="should be a folder"):
+        save_saes({LAYERS[0]: make_sae(seed=9), LAYERS[2]: make_sae()}, out, features={LAYERS[2]: tmp_path / "nope"})
+    assert sorted(str(p) for p in out.rglob("*")) == before  # nothing half-written, nothing lost
+    assert_same(load_saes(out)[LAYERS[0]], newer)
+    real_rename = Path.rename
+
+    def rename_failing_on_the_second_swap(self, target):
+        if Path(target) == out / LAYERS[2]:
+            raise OSError("disk full")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename_failing_on_the_second_swap)
+    with pytest.raises(OSError, match="disk full"):
+        save_saes({LAYERS[0]: make_sae(seed=9), LAYERS[2]: make_sae()}, out)  # the first swap is undone
+    assert sorted(str(p) for p in out.rglob("*")) == before
+    assert_same(load_saes(out)[LAYERS[0]], newer)
+    with pytest.raises(Exception, match="trained on"):
+        save_saes({LAYERS[1]: make_sae(LAYERS[0])}, out)
+
+
+def test_push_many_in_one_commit_and_load_only_what_is_asked(api, hub, tmp_path):
+    features = tmp_path / "features"
+    features.mkdir()
+    (features / "labels.json").write_text('{"3": "the Golden Gate Bridge"}')
+    big = make_sae(LAYERS[2], d_in=256, num_latents=8192, seed=3)  # 16 MB of fp32 weights: the LFS path
+    saes = {LAYERS[0]: make_sae(seed=0), LAYERS[1]: make_sae(seed=1), LAYERS[2]: big}
+    metrics = {LAYERS[0]: {"fvu": 0.21, "l0": 32.0, "dead_fraction": 0.01, "loss_recovered": 0.9, "kl_div": 0.1}}
+    commits_before = len(api.list_repo_commits("alice/saes")) if api.repo_exists("alice/saes") else 0
+    push_saes_to_hub("alice/saes", saes, token=ALICE, features={LAYERS[0]: features}, metrics=metrics,
+                     datasets=["wikitext"], license="apache-2.0")  # fmt: skip
+    assert routes(hub).count("commit") == 1 and routes(hub).count("lfs-batch") == 1
+    assert len(api.list_repo_commits("alice/saes")) == commits_before + 2  # the initial commit and ours
+    files = set(api.list_repo_files("alice/saes"))
+    assert {f"{LAYERS[0]}/features/labels.json", f"{LAYERS[0]}/metrics.json", "README.md"} <= files
+    big_file = next(e for e in api.list_repo_tree("alice/saes", LAYERS[2]) if e.path.endswith(".safetensors"))
+    assert big_file.size > 10 * MB and big_file.lfs is not None
+
+    hub.requests.clear()
+    loaded = load_saes("alice/saes", [LAYERS[0]])
+    assert list(loaded) == [LAYERS[0]]
+    assert_same(loaded[LAYERS[0]], saes[LAYERS[0]])
+    assert (Path(loaded[LAYERS[0]].name_or_path) / "features" / "labels.json").read_text().endswith('Bridge"}')
+    downloaded = [path for method, route, path in hub.requests if route == "resolve" and method == "GET"]
+    assert downloaded and all(f"/{LAYERS[0]}/" in path for path in downloaded)
+    cache = cached_files(tmp_path / "hf-home" / "hub")
+    snapshot = [p for p in cache if "/snapshots/" in p]
+    assert snapshot and all(f"/{LAYERS[0]}/" in p for p in snapshot)
+    assert not any(LAYERS[1] + "/" in p or LAYERS[2] + "/" in p for p in cache)
+    assert_same(load_saes("alice/saes", LAYERS[2])[LAYERS[2]], big)
+
+
+def test_push_a_training_run_folder(api, tmp_path):
+    """A run's output folder: SAE folders, run metrics keyed by hookpoint, checkpoints, logs and arguments."""
+    run = tmp_path / "run"
+    saes = {LAYERS[0]: make_sae(LAYERS[0]), LAYERS[1]: make_sae(LAYERS[1], seed=1)}
+    for hookpoint, sae in saes.items():
+        sae.save_pretrained(run / hookpoint)
+    report = {h: {"architecture": "topk", "train_tokens": 4096, "fvu": 0.25, "dead_fraction": 0.5} for h in saes}
+    (run / "metrics.json").write_text(json.dumps(report))
+    (run / "training_args.json").write_text("{}")
+    (run / "checkpoint-10").mkdir()
+    (run / "checkpoint-10" / "model.safetensors").write_bytes(b"not an SAE")
+    push_saes_to_hub("alice/run", run, token=ALICE)
+    files = set(api.list_repo_files("alice/run"))
+    assert files == {".gitattributes", "README.md"} | {f"{h}/{f}" for h in saes for f in (*SAE_FILES, "metrics.json")}
+    card = ModelCard.load("alice/run")
+    assert {(r.dataset_config, r.metric_type) for r in card.data.eval_results} == {
+        (h, m) for h in saes for m in ("fvu", "dead_fraction")
+    }
+    assert "4,096" in card.text
+
+
+def test_offline_loads_come_from_the_cache(api, hub, monkeypatch):
+    from huggingface_hub import constants
+
+    push_saes_to_hub("alice/saes", {LAYERS[0]: make_sae(), LAYERS[1]: make_sae(seed=1)}, token=ALICE)
+    online = load_saes("alice/saes", [LAYERS[0]])
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hub.requests.clear()
+    assert_same(load_saes("alice/saes", [LAYERS[0]])[LAYERS[0]], online[LAYERS[0]])
+    assert hub.requests == []
+    with pytest.raises(HubError, match="Could not download SAEs from 'alice/saes'"):
+        load_saes("alice/saes", [LAYERS[1]])  # never downloaded
+
+
+def test_model_card_metadata_parses_back(api):
+    metrics = {LAYERS[0]: {"fvu": 0.21, "l0": 32.0, "dead_fraction": 0.01, "training_tokens": 2_000_000}}
+    push_saes_to_hub("alice/carded", {LAYERS[0]: make_sae(), LAYERS[1]: make_sae()}, token=ALICE, metrics=metrics,
+                     datasets=["wikitext"])  # fmt: skip
+    card = ModelCard.load("alice/carded")
+    assert card.data.library_name == "hf_sae" and card.data.base_model == BASE_MODEL
+    assert {"sparse-autoencoder", "interpretability", "hf_sae", "topk"} <= set(card.data.tags)
+    assert card.data.datasets == ["wikitext"]
+    results = {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert results == {(LAYERS[0], "fvu"): 0.21, (LAYERS[0], "l0"): 32.0, (LAYERS[0], "dead_fraction"): 0.01}
+    assert {r.task_type for r in card.data.eval_results} == {"feature-extraction"}
+    assert "2,000,000" in card.text and 'load_saes("alice/carded"' in card.text and "SaeHooks" in card.text
+
+
+def test_second_push_keeps_other_hookpoints_and_drops_stale_files(api, tmp_path):
+    features = tmp_path / "features"
+    features.mkdir()
+    (features / "old.json").write_text("{}")
+    push_saes_to_hub("alice/grow", {LAYERS[0]: make_sae()}, token=ALICE, features={LAYERS[0]: features},
+                     metrics={LAYERS[0]: {"fvu": 0.3}})  # fmt: skip
+    push_saes_to_hub("alice/grow", {LAYERS[0]: make_sae(seed=4), LAYERS[1]: make_sae()}, token=ALICE)
+    files = set(api.list_repo_files("alice/grow"))
+    assert f"{LAYERS[0]}/features/old.json" not in files and f"{LAYERS[1]}/config.json" in files
+    push_saes_to_hub("alice/grow", {LAYERS[2]: make_sae()}, token=ALICE, metrics={LAYERS[2]: {"fvu": 0.5}})
+    assert list(load_saes("alice/grow")) == LAYERS
+    card = ModelCard.load("alice/grow")
+    assert all(f"`{h}`" in card.text for h in LAYERS)
+    assert {r.dataset_config for r in card.data.eval_results} == {LAYERS[2]}
+
+
+def test_metrics_to_eval_results():
+    results = metrics_to_eval_results(
+        {LAYERS[0]: {"fvu": 0.2, "l0": 32, "training_tokens": 10, "note": "x"}, LAYERS[1]: {"kl_div": 0.1}},
+        dataset="wikitext",
+    )
+    assert [(r.dataset_config, r.metric_type, r.metric_value) for r in results] == [
+        (LAYERS[0], "fvu", 0.2), (LAYERS[0], "l0", 32.0), (LAYERS[1], "kl_div", 0.1),
+    ]  # fmt: skip
+    assert results[0].dataset_type == "wikitext" and results[0].metric_name == "Fraction of variance unexplained"
+    assert [r.dataset_config for r in metrics_to_eval_results({"fvu": 0.2})] == [None]
+
+
+# ---- failures -------------------------------------------------------------------------------------------------------
+
+
+def test_failed_upload_leaves_no_commit_and_a_retry_works(api, hub):
+    saes = {LAYERS[0]: make_sae(), LAYERS[1]: make_sae(seed=1)}
+    push_saes_to_hub("alice/retry", {LAYERS[2]: make_sae()}, token=ALICE)
+    head, files = api.model_info("alice/retry").sha, api.list_repo_files("alice/retry")
+    hub.fail_next("storage-upload", 403, "Storage refused the upload")
+    with pytest.raises(HubError, match="Storage refused the upload.*no part of this push"):
+        push_saes_to_hub("alice/retry", saes, token=ALICE)
+    assert api.model_info("alice/retry").sha == head and api.list_repo_files("alice/retry") == files
+    push_saes_to_hub("alice/retry", saes, token=ALICE)
+    assert list(load_saes("alice/retry")) == LAYERS
+
+
+def test_invalid_sae_is_refused_before_any_upload(hub, tmp_path):
+    out = save_saes({LAYERS[0]: make_sae(), LAYERS[1]: make_sae()}, tmp_path / "out")
+    wrong = make_sae(num_latents=32)
+    wrong.save_pretrained(tmp_path / "wrong")
+    os.replace(tmp_path / "wrong" / "model.safetensors", out / LAYERS[1] / "model.safetensors")
+    with pytest.raises(WeightsError, match=r"W_enc: \(32, 16\) \(expected \(64, 16\)\)"):
+        push_saes_to_hub("alice/invalid", out, token=ALICE)
+    assert hub.requests == []  # not even the repo was created
+
+
+def test_missing_repo_revision_and_hookpoint(api):
+    with pytest.raises(HubError, match="'alice/nope' was not found"):
+        load_saes("alice/nope")
+    with pytest.raises(HubError, match="neither a local folder nor a Hub repo id"):
+        load_saes("./no/such/dir")
+    push_saes_to_hub("alice/saes", {LAYERS[0]: make_sae(), LAYERS[1]: make_sae()}, token=ALICE)
+    with pytest.raises(HubError, match="no revision 'v9'. Branches: main"):
+        load_saes("alice/saes", revision="v9")
+    with pytest.raises(HookpointError, match=r"\['model.layers.7'\].*model.layers.2, model.layers.10"):
+        load_saes("alice/saes", ["model.layers.7"])
+
+
+def test_private_sae_repo_needs_a_token(api):
+    push_saes_to_hub("alice/private-saes", {LAYERS[0]: make_sae()}, token=ALICE, private=True)
+    with pytest.raises(HubError, match="private"):
+        load_saes("alice/private-saes")
+    assert list(load_saes("alice/private-saes", token=ALICE_READ)) == [LAYERS[0]]
+
+
+def test_missing_and_corrupt_files_are_clear_errors(api, tmp_path):
+    api.create_repo("alice/broken")
+    config = make_sae(LAYERS[0]).config.to_json_string()
+    api.upload_file(path_or_fileobj=config.encode(), path_in_repo=f"{LAYERS[0]}/config.json", repo_id="alice/broken")
+    with pytest.raises(WeightsError, match="has config.json but no model.safetensors"):
+        load_saes("alice/broken")
+    weights = tmp_path / "w"
+    make_sae(LAYERS[0]).save_pretrained(weights)
+    data = (weights / "model.safetensors").read_bytes()
+    api.upload_file(path_or_fileobj=data[:-100], path_in_repo=f"{LAYERS[0]}/model.safetensors", repo_id="alice/broken")
+    with pytest.raises(WeightsError, match="truncated"):
+        load_saes("alice/broken")
+    (weights / "model.safetensors").write_bytes(b"garbage" * 10)
+    with pytest.raises(WeightsError, match="not a valid safetensors file"):
+        load_saes(weights)
