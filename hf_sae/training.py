@@ -85,7 +85,7 @@ class SaeTrainingArguments:
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "A checkpoint directory, or `latest` for the newest in output_dir."}
     )
-    save_steps: int = field(default=200, metadata={"help": "Save a resumable checkpoint every N steps (0: never)."})
+    save_steps: int = field(default=1000, metadata={"help": "Save a resumable checkpoint every N steps (0: never)."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept; older ones are deleted."})
     logging_steps: int = field(default=10, metadata={"help": "Log metrics every N steps."})
     report_to: str = field(default="tensorboard", metadata={"help": "tensorboard, wandb or none."})
