@@ -526,8 +526,9 @@ def _render_card(folders: Mapping[str, Path], model_name: str, repo_id: str | No
         "eval_results": (results := metrics_to_eval_results(metrics)) or None,
         "model_name": model_name if results else None,  # the model-index's name; alone it would be a stray key
     })  # fmt: skip
-    columns = list(dict.fromkeys([*(k for k in METRIC_NAMES if any(k in m for m in metrics.values())),
-                                  *sorted({r.metric_type for r in data.eval_results or []})]))  # fmt: skip
+    # The table shows the headline metrics (all of them are in the model-index), or whatever there is.
+    columns = [k for k in METRIC_NAMES if any(k in m for m in metrics.values())]
+    columns = columns or list(dict.fromkeys(r.metric_type for r in data.eval_results or []))
     rows = [{"hookpoint": h, "config": c, "metrics": [metrics[h].get(k) for k in columns],
              "tokens": next((metrics[h][k] for k in TOKEN_KEYS if k in metrics[h]), None)}
             for h, c in configs.items()]  # fmt: skip
