@@ -19,6 +19,7 @@ from .errors import (
     WeightsError,
 )
 from .hooks import SaeHooks, SaeRecorder, capture_activations
+from .hub import HubError, load_saes, metrics_to_eval_results, push_saes_to_hub, save_saes
 from .modeling_sae import SaeModel, SaeOutput, SaePreTrainedModel
 
 AutoConfig.register(SaeConfig.model_type, SaeConfig)
@@ -29,6 +30,7 @@ __all__ = [
     "DataError",
     "HfSaeError",
     "HookpointError",
+    "HubError",
     "MissingDependencyError",
     "SaeConfig",
     "SaeHooks",
@@ -40,4 +42,8 @@ __all__ = [
     "TrainingError",
     "WeightsError",
     "capture_activations",
+    "load_saes",
+    "metrics_to_eval_results",
+    "push_saes_to_hub",
+    "save_saes",
 ]
