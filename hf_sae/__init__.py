@@ -19,7 +19,8 @@ from .errors import (
     WeightsError,
 )
 from .hooks import SaeHooks, SaeRecorder, capture_activations
-from .hub import HubError, load_saes, metrics_to_eval_results, push_saes_to_hub, save_saes
+from .hub import HubError, load_saes, push_saes_to_hub, save_saes
+from .model_card import metrics_to_eval_results
 from .modeling_sae import SaeModel, SaeOutput, SaePreTrainedModel
 
 AutoConfig.register(SaeConfig.model_type, SaeConfig)

@@ -20,7 +20,6 @@ import shutil
 import struct
 import tempfile
 from collections.abc import Iterable, Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,8 @@ from huggingface_hub import (
     CommitInfo,
     CommitOperationAdd,
     CommitOperationDelete,
-    EvalResult,
     HfApi,
     ModelCard,
-    ModelCardData,
     constants,
     hf_hub_download,
     snapshot_download,
@@ -48,25 +45,11 @@ from huggingface_hub.utils import validate_repo_id
 
 from .configuration_sae import SaeConfig
 from .errors import HfSaeError, HookpointError, SaeConfigError, WeightsError
+from .model_card import METRICS_FILES, card_data, metrics_to_eval_results, read_json, read_metrics, render_card  # noqa: F401
 from .modeling_sae import SaeModel
 
 CONFIG, WEIGHTS, FEATURES, README = "config.json", "model.safetensors", "features", "README.md"
-METRICS_FILES = ("training_metrics.json", "metrics.json")  # read in this order: evaluation metrics win
 SINGLE_SAE_KEY = "sae"  # the key of a single SAE whose config names no hookpoint
-CARD_TEMPLATE = "sae_card.md.j2"
-CARD_TAGS = ["sparse-autoencoder", "interpretability", "hf_sae"]
-METRIC_NAMES = {
-    "fvu": "Fraction of variance unexplained",
-    "explained_variance": "Explained variance",
-    "l0": "L0 (active latents per token)",
-    "dead_fraction": "Dead latent fraction",
-    "loss_recovered": "LM loss recovered",
-    "kl_div": "KL divergence, spliced vs. clean",
-    "mse": "Mean squared error",
-}
-TOKEN_KEYS = ("training_tokens", "train_tokens", "num_tokens", "total_tokens", "tokens_seen", "tokens")
-# Numbers in a metrics file that describe the run, not the SAE's quality.
-NON_METRIC_KEYS = {*TOKEN_KEYS, "train_seconds", "step", "steps", "epoch", "num_latents", "d_in", "k", "eval_tokens"}
 
 SaesLike = SaeModel | Mapping[str, SaeModel] | Iterable[SaeModel]
 
@@ -122,7 +105,7 @@ def save_saes(
                 staging / hookpoint, sae, hookpoint, (features or {}).get(hookpoint), (metrics or {}).get(hookpoint)
             )
         folders = _sae_folders(output_dir)[0] | {h: staging / h for h in saes}
-        card = _render_card(folders, output_dir.resolve().name, None, _card_data(output_dir / README),
+        card = render_card(folders, output_dir.resolve().name, None, card_data(output_dir / README),
                             datasets=datasets, license=license, tags=tags)  # fmt: skip
         (staging / README).write_text(str(card), encoding="utf-8")
         _swap_in(staging, output_dir, list(saes))
@@ -267,52 +250,6 @@ def load_saes(
     return saes
 
 
-def metrics_to_eval_results(
-    metrics: Mapping[str, Any],
-    *,
-    dataset: str | None = None,
-    dataset_name: str | None = None,
-    split: str | None = None,
-) -> list[EvalResult]:
-    r"""
-    Turn an evaluation report into `EvalResult`s for a model card's `model-index`, one group per hookpoint.
-
-    Task `feature-extraction`; the hookpoint is the result's `dataset_config`. Numbers other than run bookkeeping
-    (`training_tokens`, `step`, ...) become metrics, and `fvu`, `l0`, `dead_fraction`, `loss_recovered`, `kl_div`,
-    `explained_variance` and `mse` get readable names.
-
-    Args:
-        metrics (`dict`): `{hookpoint: {metric: value}}`, or `{metric: value}` for one SAE.
-        dataset, dataset_name, split (`str`, *optional*): the evaluation text: its Hub id, readable name and split.
-
-    Example:
-
-    ```python
-    >>> [r.metric_type for r in metrics_to_eval_results({"model.layers.6": {"fvu": 0.2, "l0": 32.0}})]
-    ['fvu', 'l0']
-    ```
-    """
-    per_hookpoint = metrics if any(isinstance(v, Mapping) for v in metrics.values()) else {None: metrics}
-    task = {"task_type": "feature-extraction", "task_name": "Sparse autoencoder reconstruction"}
-    task |= {"dataset_type": dataset or "activations", "dataset_name": dataset_name or dataset or "LM activations"}
-    results = []
-    for hookpoint, values in per_hookpoint.items():
-        for key, value in values.items() if isinstance(values, Mapping) else ():
-            if key not in NON_METRIC_KEYS and isinstance(value, int | float) and not isinstance(value, bool):
-                name = METRIC_NAMES.get(key, key)
-                results.append(
-                    EvalResult(
-                        **task,
-                        dataset_config=hookpoint,
-                        dataset_split=split,
-                        metric_type=key,
-                        metric_name=name,
-                        metric_value=float(value),
-                    )  # fmt: skip
-                )
-    return results
-
-
 # ---- saving ---------------------------------------------------------------------------------------------------------
 
 
@@ -399,19 +336,9 @@ def _natural_key(name: str) -> list:
 def _sae_folders(root: Path) -> tuple[dict[str, Path], bool]:
     """`({hookpoint: folder}, single)`: the top folder if it holds config.json, else each hookpoint subfolder."""
     if (root / CONFIG).is_file():
-        return {_read_json(root / CONFIG).get("hookpoint") or SINGLE_SAE_KEY: root}, True
+        return {read_json(root / CONFIG).get("hookpoint") or SINGLE_SAE_KEY: root}, True
     found = [p.parent.name for p in root.glob(f"*/{CONFIG}") if not p.parent.name.startswith(".")]
     return {h: root / h for h in sorted(found, key=_natural_key)}, False  # checkpoints and logs have no config.json
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise HfSaeError(f"{path} is not valid JSON ({error}). Fix it, or save the SAE again.") from None
-    if not isinstance(data, dict):
-        raise HfSaeError(f"{path} should hold a JSON object, got {type(data).__name__}.")
-    return data
 
 
 def _check_sae_folder(folder: Path, hookpoint: str | None = None) -> SaeConfig:
@@ -421,7 +348,7 @@ def _check_sae_folder(folder: Path, hookpoint: str | None = None) -> SaeConfig:
             f"{folder} has no {CONFIG}. An SAE folder holds {CONFIG} and {WEIGHTS}, as `save_saes` or "
             "`SaeModel.save_pretrained` write them: save the SAE again."
         )
-    if (model_type := _read_json(folder / CONFIG).get("model_type")) != SaeConfig.model_type:
+    if (model_type := read_json(folder / CONFIG).get("model_type")) != SaeConfig.model_type:
         raise SaeConfigError(f"{folder / CONFIG} has model_type {model_type!r}, not {SaeConfig.model_type!r}.")
     config = SaeConfig.from_pretrained(folder)
     if hookpoint is not None and config.hookpoint not in (None, hookpoint):
@@ -431,7 +358,7 @@ def _check_sae_folder(folder: Path, hookpoint: str | None = None) -> SaeConfig:
         )
     for name in METRICS_FILES:
         if (folder / name).is_file():
-            _read_json(folder / name)
+            read_json(folder / name)
     if not (folder / WEIGHTS).is_file():
         if (folder / f"{WEIGHTS}.index.json").is_file():
             return config  # sharded weights: from_pretrained checks them
@@ -483,62 +410,6 @@ def _select(available: Iterable[str], wanted: list[str] | None, source: str) -> 
 # ---- model card -----------------------------------------------------------------------------------------------------
 
 
-def _card_data(readme: Path) -> dict:
-    return ModelCard.load(readme, ignore_metadata_errors=True).data.to_dict() if readme.is_file() else {}
-
-
-def _card_template() -> str:
-    candidates = [
-        resources.files("hf_sae") / "model_cards" / CARD_TEMPLATE,  # an installed package
-        Path(__file__).resolve().parent.parent / "model_cards" / CARD_TEMPLATE,  # a source checkout
-    ]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.read_text(encoding="utf-8")
-    raise HfSaeError(f"The model card template is missing (looked in {', '.join(map(str, candidates))}). Reinstall.")
-
-
-def _metrics(folder: Path, shared: bool) -> dict:
-    """Metrics beside an SAE, after those of its whole run beside its folder if `shared` (keyed by hookpoint, or
-    flat for all)."""
-    metrics: dict = {}
-    for path in [*(folder.parent / name for name in METRICS_FILES if shared), *(folder / n for n in METRICS_FILES)]:
-        data = _read_json(path) if path.is_file() else {}
-        keyed = path.parent != folder and any(isinstance(value, dict) for value in data.values())
-        metrics |= (data.get(folder.name) or {}) if keyed else data
-    return {key: value for key, value in metrics.items() if not isinstance(value, dict)}
-
-
-def _render_card(folders: Mapping[str, Path], model_name: str, repo_id: str | None, base: Mapping, single=False, *,
-                 datasets=None, license=None, tags=None) -> ModelCard:  # fmt: skip
-    """The card of the SAEs in `folders`, from the template; other metadata of `base` (a card's data) is kept."""
-    configs = {h: SaeConfig.from_pretrained(folder) for h, folder in folders.items()}
-    metrics = {h: _metrics(folder, shared=not single) for h, folder in folders.items()}
-    base_models = sorted({c.base_model_name_or_path for c in configs.values() if c.base_model_name_or_path})
-    architectures = sorted({c.architecture for c in configs.values()})
-    on_hub = [m for m in base_models if re.fullmatch(r"[\w.-]+/[\w.-]+", m) and not os.path.exists(m)]
-    data = ModelCardData(**{k: v for k, v in base.items() if k not in ("model-index", "eval_results")} | {
-        "library_name": "hf_sae",
-        "base_model": on_hub[0] if len(on_hub) == 1 else on_hub or None,
-        "tags": list(dict.fromkeys([*CARD_TAGS, *architectures, *(base.get("tags") or []), *(tags or [])])),
-        "datasets": datasets if datasets is not None else base.get("datasets"),
-        "license": license or base.get("license"),
-        "eval_results": (results := metrics_to_eval_results(metrics)) or None,
-        "model_name": model_name if results else None,  # the model-index's name; alone it would be a stray key
-    })  # fmt: skip
-    # The table shows the headline metrics (all of them are in the model-index), or whatever there is.
-    columns = [k for k in METRIC_NAMES if any(k in m for m in metrics.values())]
-    columns = columns or list(dict.fromkeys(r.metric_type for r in data.eval_results or []))
-    rows = [{"hookpoint": h, "config": c, "metrics": [metrics[h].get(k) for k in columns],
-             "tokens": next((metrics[h][k] for k in TOKEN_KEYS if k in metrics[h]), None)}
-            for h, c in configs.items()]  # fmt: skip
-    return ModelCard.from_template(
-        data, template_str=_card_template(), model_name=model_name, repo_id=repo_id or model_name, rows=rows,
-        columns=columns, base_models=base_models, architectures=architectures, example=next(iter(configs)),
-        single=single,
-    )  # fmt: skip
-
-
 # ---- Hub ------------------------------------------------------------------------------------------------------------
 
 
@@ -558,7 +429,7 @@ def _push_operations(api, repo_id, revision, directory, folders, single, model_c
     local = {path: p for path, p in local.items() if path != README and not re.search(r"(^|/)\.", path)}
     operations: list = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(p)) for path, p in local.items()]
     for hookpoint, folder in folders.items():  # metrics a run keeps beside its SAEs go into each SAE's folder
-        if not single and f"{hookpoint}/metrics.json" not in local and (metrics := _metrics(folder, shared=True)):
+        if not single and f"{hookpoint}/metrics.json" not in local and (metrics := read_metrics(folder, shared=True)):
             operations.append(CommitOperationAdd(f"{hookpoint}/metrics.json", json.dumps(metrics, indent=2).encode()))
     owned = (f"{FEATURES}/",) if single else tuple(f"{h}/" for h in folders)  # files there that we no longer have go
     uploaded = {operation.path_in_repo for operation in operations}
@@ -566,10 +437,10 @@ def _push_operations(api, repo_id, revision, directory, folders, single, model_c
     if model_card is None:
         kept = [h for h in remote_hookpoints if h not in folders]
         card_folders = dict(folders) | {h: _download_small_files(api, repo_id, revision, h, remote) for h in kept}
-        base = _card_data(directory / README)
+        base = card_data(directory / README)
         if not base and README in remote:
-            base = _card_data(Path(hf_hub_download(repo_id, README, revision=revision, token=api.token)))
-        model_card = _render_card(card_folders, repo_id.split("/")[-1], repo_id, base, single, **card_kwargs)
+            base = card_data(Path(hf_hub_download(repo_id, README, revision=revision, token=api.token)))
+        model_card = render_card(card_folders, repo_id.split("/")[-1], repo_id, base, single, **card_kwargs)
     operations.append(CommitOperationAdd(path_in_repo=README, path_or_fileobj=str(model_card).encode()))
     return operations
 

@@ -26,7 +26,8 @@ from huggingface_hub.errors import (
 from transformers import AutoModel
 
 from hf_sae import HookpointError, SaeConfig, SaeModel, WeightsError
-from hf_sae.hub import HubError, load_saes, metrics_to_eval_results, push_saes_to_hub, save_saes
+from hf_sae.hub import HubError, load_saes, push_saes_to_hub, save_saes
+from hf_sae.model_card import metrics_to_eval_results
 
 ALICE, ALICE_READ, BOB = "hf_alice_write", "hf_alice_read", "hf_bob_write"
 LAYERS = [f"model.layers.{i}" for i in (2, 10, 11)]
