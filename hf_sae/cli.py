@@ -2,6 +2,7 @@
 
 hf-sae prepare-corpus                 download the built-in offline corpus (once)
 hf-sae train [--flag value ...]       train SAEs; also `hf-sae train config.yaml`
+hf-sae eval --sae PATH --output_dir OUT   measure SAEs on held-out text: FVU, L0, dead latents, CE loss recovered
 """
 
 import argparse
@@ -76,9 +77,20 @@ def print_report(report: dict, output_dir: str) -> None:
     print("FVU and L0 on held-out text; dead % = latents silent for the last `dead_after_tokens` of training.")
 
 
+def eval_command(argv: list[str]) -> int:
+    from .evaluation import REPORT_NAME, EvalDataArguments, EvaluationArguments, format_report, run_evaluation
+
+    data_args, args = parse_with_files((EvalDataArguments, EvaluationArguments), argv, "hf-sae eval")
+    report = run_evaluation(args, data_args)
+    print(format_report(report))
+    print(f"Report in {args.output_dir}/{REPORT_NAME}, firing-density plots beside it.")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "prepare-corpus": (prepare_corpus_command, "download the built-in offline corpus"),
     "train": (train_command, "train SAEs on a language model's activations"),
+    "eval": (eval_command, "measure SAEs: reconstruction, sparsity, LM loss recovered"),
 }
 
 

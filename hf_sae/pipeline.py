@@ -17,7 +17,8 @@ from datasets import IterableDataset
 from .activations import Chunk, ShufflingBuffer, batched, harvest, read_cache, resolve_lm_dtype, write_cache
 from .configuration_sae import SaeConfig
 from .data import DataArguments, check_context_size, iter_blocks, load_token_blocks
-from .errors import DataError, TrainingError
+from .errors import TrainingError
+from .evaluation import evaluate_held_out
 from .hooks import capture_activations, resolve_hookpoints
 from .modeling_sae import SaeModel
 from .models import load_model
@@ -63,7 +64,9 @@ def train_saes(data_args: DataArguments, args: SaeTrainingArguments) -> dict:
 
     report = {}
     if accelerator.is_main_process:
-        held_out = _held_out_metrics(model, tokenizer, trained, data_args, args, autocast_dtype)
+        held_out = evaluate_held_out(model, tokenizer, trained, data_args, max_tokens=args.eval_tokens,
+                                     batch_size=args.lm_batch_size, outlier_factor=args.outlier_factor,
+                                     autocast_dtype=autocast_dtype, lm_metrics=False)  # fmt: skip
         for name, sae in trained.items():
             report[name] = {
                 "architecture": sae.config.architecture,
@@ -132,40 +135,6 @@ def _skip_blocks(blocks, count: int):
     if isinstance(blocks, IterableDataset):
         return blocks.skip(count)
     return blocks.select(range(min(count, len(blocks)), len(blocks)))
-
-
-@torch.no_grad()
-def _held_out_metrics(model, tokenizer, saes: dict[str, SaeModel], data_args, args, autocast_dtype) -> dict:
-    """FVU (variance about the mean) and L0 of the saved SAEs on the held-out split, over `args.eval_tokens`."""
-    if not args.eval_tokens:
-        return {}
-    try:
-        blocks = load_token_blocks(dataclasses.replace(data_args, dataset_split="test"), tokenizer)
-    except (DataError, ValueError, KeyError) as error:
-        logger.warning(f"No held-out split to measure on ({error}); the report has training metrics only.")
-        return {}
-    hookpoints = [sae.config.hookpoint for sae in saes.values()]
-    chunks = harvest(model, hookpoints, batched(iter_blocks(blocks), args.lm_batch_size),
-                     exclude_token_ids=tokenizer.all_special_ids, outlier_factor=args.outlier_factor,
-                     autocast_dtype=autocast_dtype)  # fmt: skip
-    sums = {name: torch.zeros(4, dtype=torch.float64) for name in saes}  # tokens, sq error, sum |x|^2, l0
-    totals = {name: 0.0 for name in saes}  # sum of x, for the mean
-    for chunk in chunks:
-        for name, sae in saes.items():
-            x = chunk[sae.config.hookpoint].float().to(sae.device)
-            out = sae(x, return_latents=False)
-            sums[name] += torch.stack([
-                torch.tensor(x.shape[0], dtype=torch.float64), (out.reconstruction - x).pow(2).sum().double(),
-                x.pow(2).sum().double(), out.latent_counts.sum().double(),
-            ]).cpu()  # fmt: skip
-            totals[name] = totals[name] + x.double().sum(0).cpu()
-        if next(iter(sums.values()))[0] >= args.eval_tokens:
-            break
-    report = {}
-    for name, (n, error, square, active) in sums.items():
-        variance = square - totals[name].pow(2).sum() / n  # sum over tokens of |x - mean|^2
-        report[name] = {"fvu": (error / variance).item(), "l0": (active / n).item(), "eval_tokens": int(n)}
-    return report
 
 
 def save_run(saes: dict[str, SaeModel], report: dict, args: SaeTrainingArguments) -> None:

@@ -1,0 +1,440 @@
+"""Measure SAEs on held-out text: reconstruction, sparsity, and what splicing them into the LM costs it.
+
+Over the evaluation tokens (position 0, special tokens and extreme-norm outliers left out, as training does):
+`fvu` (variance about the mean), `mse`, `explained_variance`, `cosine_similarity` and `norm_ratio` come from the
+`sae_reconstruction` evaluate metric (hf_sae/metrics); `l0` is the mean number of active latents per token;
+`dead_fraction` / `dense_fraction` are the shares of latents that never fired / fired on more than `dense_threshold`
+of the tokens. `ce_loss_clean`, `ce_loss_spliced`, `ce_loss_zero_ablated` and `ce_loss_mean_ablated` are the LM's
+next-token cross-entropy (nats) as it is, with the SAE's reconstruction spliced in (no error term), and with the
+activation replaced by zeros or by its mean over the evaluation tokens. `loss_recovered` is
+(CE_zero - CE_spliced) / (CE_zero - CE_clean), SAELens' `ce_loss_score`, SAEBench's core "CE loss recovered" and
+dictionary_learning's `frac_recovered`; `loss_recovered_mean_ablation` the same against mean ablation. `kl_div` is
+KL(clean || spliced) per prediction, in nats (SAELens' `kl_div_with_sae`).
+
+Positions: the splice and both ablations replace the activation only at the tokens the SAE is measured on; position
+0 (BOS) and outliers, which it never saw in training, keep their clean activation (SAELens splices the same way with
+its `ignore_tokens`). CE and KL average over the predictions made at those tokens: the logits at a kept position
+t < T - 1 scored against token t + 1 of the block.
+
+Batch size: per-token values are summed in float64 and divided once at the end; the outlier rule uses each block's
+own median norm; the token budget is counted in whole blocks, chosen before batching. Results thus do not depend on
+the evaluation batch size (beyond the float rounding of the LM itself).
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers.utils import logging
+
+from .data import DataArguments, iter_blocks, load_token_blocks
+from .errors import DataError, HfSaeError
+from .hooks import Hookpoint, _register, capture_activations, resolve_hookpoints
+from .modeling_sae import SaeModel
+
+logger = logging.get_logger(__name__)
+
+REPORT_NAME = "eval_results.json"
+METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "sae_reconstruction"
+# The SAE-quality numbers of a report, as they go into metrics.json beside an SAE and into a model card's model-index.
+QUALITY_KEYS = (
+    "fvu", "explained_variance", "mse", "cosine_similarity", "norm_ratio", "l0", "dead_fraction", "dense_fraction",
+    "loss_recovered", "loss_recovered_mean_ablation", "kl_div", "ce_loss_clean", "ce_loss_spliced",
+    "ce_loss_zero_ablated", "ce_loss_mean_ablated",
+)  # fmt: skip
+CE_RUNS = ("clean", "spliced", "zero_ablated", "mean_ablated")
+
+
+@dataclass
+class EvalDataArguments(DataArguments):
+    """`DataArguments` whose split defaults to `test`, the part of the built-in corpus that training never reads."""
+
+    dataset_split: str = field(default="test", metadata={"help": "The split to evaluate on (held out from training)."})
+
+
+@dataclass
+class EvaluationArguments:
+    """What to evaluate, on how much text, and where the results go."""
+
+    sae: str = field(metadata={"help": "A folder with config.json, a training run's folder, or a Hub repo id."})
+    output_dir: str = field(metadata={"help": f"Where {REPORT_NAME} and the firing-density plots go."})
+    hookpoints: list[str] | None = field(default=None, metadata={"help": "Evaluate only these SAEs (default: all)."})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "The LM (default: the SAEs' base model)."})
+    eval_tokens: int = field(default=100_000, metadata={"help": "Tokens to evaluate on, rounded up to whole blocks."})
+    lm_batch_size: int = field(default=8, metadata={"help": "Blocks per LM forward (does not change the results)."})
+    lm_dtype: str = field(default="auto", metadata={"help": "auto (bf16 where faster), bfloat16 or float32."})
+    outlier_factor: float | None = field(default=10.0, metadata={"help": "Leave out norms above this x block median."})
+    dense_threshold: float = field(default=0.1, metadata={"help": "Latents firing on more tokens are dense."})
+    lm_metrics: bool = field(default=True, metadata={"help": "Measure CE loss and KL (four LM forwards per block)."})
+    save_beside_saes: bool = field(default=False, metadata={"help": "Also write metrics.json in each SAE folder."})
+    revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of a Hub repo."})
+    device: str | None = field(default=None, metadata={"help": "Where to run, e.g. cuda (default: the CPU)."})
+
+
+def reconstruction_metric_path() -> str:
+    """The `sae_reconstruction` metric inside the installed package: `evaluate.load(reconstruction_metric_path())`."""
+    return str(METRIC_PATH)
+
+
+@functools.cache
+def _reconstruction_metric():
+    import evaluate
+
+    return evaluate.load(reconstruction_metric_path(), keep_in_memory=True)
+
+
+# ---- the measurement ------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_saes(
+    model: nn.Module,
+    saes: Mapping[str, SaeModel],
+    blocks: Tensor | Iterable[Tensor],
+    *,
+    exclude_token_ids: Iterable[int] = (),
+    max_tokens: int | None = None,
+    batch_size: int = 8,
+    outlier_factor: float | None = 10.0,
+    autocast_dtype: torch.dtype | None = None,
+    lm_metrics: bool = True,
+    dense_threshold: float = 0.1,
+) -> dict[str, dict]:
+    r"""
+    Measure SAEs on token blocks through a frozen LM; the module docstring defines every metric.
+
+    Args:
+        model (`nn.Module`): the causal LM the SAEs read (its logits are needed when `lm_metrics`).
+        saes (`Mapping[str, SaeModel]`): SAEs by name; each reads `config.hookpoint`, else the hookpoint its name is.
+        blocks (`Tensor` or iterable of `Tensor`): `(num_blocks, T)` token ids, or `(T,)` blocks, BOS first.
+        exclude_token_ids: tokens left out like position 0, usually `tokenizer.all_special_ids`.
+        max_tokens (`int`, *optional*): evaluate on the first `ceil(max_tokens / T)` blocks; all by default.
+        batch_size (`int`): blocks per LM forward; the results do not depend on it.
+        outlier_factor (`float`, *optional*): leave out tokens whose norm exceeds this times the block's median.
+        autocast_dtype (`torch.dtype`, *optional*): run the LM under autocast in this dtype (never the SAEs).
+        lm_metrics (`bool`): also measure CE loss and KL with the SAEs spliced in, one SAE at a time.
+        dense_threshold (`float`): a latent firing on more than this share of the tokens counts as dense.
+
+    Returns:
+        `dict[str, dict]`: a report per SAE name (keys in the module docstring, plus `eval_tokens`,
+        `eval_predictions`, `outlier_tokens`, `num_latents` and `firing_density_histogram`).
+    """
+    batches = _take_blocks(blocks, max_tokens).split(batch_size)
+    excluded = torch.tensor(sorted(set(exclude_token_ids)), dtype=torch.long)
+    hookpoints = list(dict.fromkeys(sae.config.hookpoint or name for name, sae in saes.items()))
+    sites = resolve_hookpoints(model, hookpoints)
+    lm = _LM(model, sites, autocast_dtype)
+    tallies = {name: _Tally(sae, sae.config.hookpoint or name, sites) for name, sae in saes.items()}
+    kept = []  # per batch, {name: (B, T) kept tokens}, for the second pass
+    for input_ids in tqdm(batches, desc="Evaluating SAEs", leave=False):
+        input_ids = input_ids.to(model.device)
+        activations, logits = lm.clean(input_ids, with_logits=lm_metrics)
+        kept.append({})
+        for name, tally in tallies.items():
+            acts = activations[tally.hookpoint]  # (B, T, d_in)
+            keep, outliers = _kept_tokens(input_ids, acts, excluded.to(acts.device), outlier_factor)
+            tally.outliers += outliers
+            kept[-1][name] = keep
+            tally.measure(input_ids, acts, keep, logits, lm if lm_metrics else None)
+    if lm_metrics:  # mean ablation needs the mean over every evaluation token, hence a second pass
+        for input_ids, keeps in tqdm(list(zip(batches, kept)), desc="Mean ablation", leave=False):
+            input_ids = input_ids.to(model.device)
+            for name, tally in tallies.items():
+                tally.mean_ablate(input_ids, keeps[name], lm)
+    return {name: tally.report(dense_threshold, lm_metrics) for name, tally in tallies.items()}
+
+
+def _take_blocks(blocks: Tensor | Iterable[Tensor], max_tokens: int | None) -> Tensor:
+    """The blocks to evaluate on, `(num_blocks, T)`, chosen before batching so that batching cannot change them."""
+    iterator = iter(blocks)
+    first = next(iterator, None)
+    if first is None:
+        raise DataError("Expected token blocks to evaluate on; received none. Check the dataset and its split.")
+    rest = islice(iterator, math.ceil(max_tokens / first.shape[-1]) - 1 if max_tokens else None)
+    return torch.stack([first, *rest])
+
+
+def _kept_tokens(input_ids: Tensor, acts: Tensor, excluded: Tensor, outlier_factor: float | None):
+    """(B, T) bool, the tokens measured: not position 0, not excluded, and not above `outlier_factor` times the
+    median norm of its block's other such tokens (per block, where training uses the batch, for batch independence);
+    and how many were left out as outliers."""
+    keep = ~torch.isin(input_ids, excluded)
+    keep[:, 0] = False
+    if outlier_factor is None:
+        return keep, 0
+    norms = acts.float().norm(dim=-1)  # (B, T)
+    median = norms.masked_fill(~keep, float("nan")).nanmedian(dim=-1, keepdim=True).values  # (B, 1)
+    ordinary = norms <= outlier_factor * median
+    return keep & ordinary, int((keep & ~ordinary).sum())
+
+
+class _LM:
+    """The frozen LM's forwards: clean (capturing every hookpoint), or with one activation replaced."""
+
+    def __init__(self, model: nn.Module, sites: dict[str, Hookpoint], autocast_dtype: torch.dtype | None):
+        self.model, self.sites, self.dtype = model, sites, autocast_dtype
+
+    def _autocast(self):
+        return torch.autocast(self.model.device.type, dtype=self.dtype or torch.float32, enabled=bool(self.dtype))
+
+    def _logits(self, input_ids: Tensor) -> Tensor:
+        with self._autocast():
+            return self.model(input_ids=input_ids, use_cache=False).logits  # (B, T, vocab)
+
+    def clean(self, input_ids: Tensor, with_logits: bool) -> tuple[dict[str, Tensor], Tensor | None]:
+        """Activations at every hookpoint, and the logits when asked (else the forward stops at the deepest)."""
+        if not with_logits:
+            with self._autocast():
+                return capture_activations(self.model, list(self.sites), input_ids), None
+        captured: dict[str, Tensor] = {}
+
+        def keeper(name: str):
+            def keep(x: Tensor) -> None:
+                captured[name] = x.clone()  # the later layers must not change our copy
+
+            return keep
+
+        handles = [_register(site, name, keeper(name)) for name, site in self.sites.items()]
+        try:
+            return captured, self._logits(input_ids)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def patched(self, site: Hookpoint, input_ids: Tensor, keep: Tensor, fill: Tensor) -> Tensor:
+        """Logits with the activation at `site` replaced by `fill` at the kept tokens: a (B, T, d) tensor, a (d,)
+        mean or a 0-dim zero."""
+        handle = _register(site, site.path, lambda x: torch.where(keep[..., None], fill.to(x.dtype), x))
+        try:
+            return self._logits(input_ids)
+        finally:
+            handle.remove()
+
+
+class _Tally:
+    """One SAE's float64 sums over the evaluation tokens; the metrics are formed from them once, at the end."""
+
+    def __init__(self, sae: SaeModel, hookpoint: str, sites: dict[str, Hookpoint]):
+        from .metrics.sae_reconstruction.sae_reconstruction import STATISTICS
+
+        self.sae, self.hookpoint, self.site = sae, hookpoint, sites[hookpoint]
+        self.stats = {key: np.zeros(sae.config.d_in) if key == "sum" else 0.0 for key in STATISTICS}
+        self.fired = torch.zeros(sae.config.num_latents, dtype=torch.long)
+        self.outliers = self.predictions = 0
+        self.ce, self.kl = dict.fromkeys(CE_RUNS, 0.0), 0.0
+
+    def measure(self, input_ids: Tensor, acts: Tensor, keep: Tensor, clean_logits: Tensor | None, lm: "_LM | None"):
+        """Reconstruction and sparsity of the kept tokens of acts (B, T, d_in); CE and KL too when given the LM."""
+        from .metrics.sae_reconstruction.sae_reconstruction import statistics_of
+
+        x = acts[keep]  # (tokens, d_in)
+        out = self.sae(x.to(device=self.sae.device, dtype=self.sae.dtype), return_latents=False)
+        batch = statistics_of(x.double().cpu().numpy(), out.reconstruction.double().cpu().numpy())
+        self.stats = {key: self.stats[key] + batch[key] for key in self.stats}
+        self.fired += out.latent_counts.cpu()
+        if lm is None:
+            return
+        fill = torch.zeros_like(acts)
+        fill[keep] = out.reconstruction.to(device=acts.device, dtype=acts.dtype)
+        clean = _prediction_log_probs(clean_logits, keep)
+        spliced = _prediction_log_probs(lm.patched(self.site, input_ids, keep, fill), keep)
+        zero = torch.zeros((), device=acts.device)
+        self._add_ce("clean", clean, input_ids, keep)
+        self._add_ce("spliced", spliced, input_ids, keep)
+        self._add_ce("zero_ablated", _prediction_log_probs(lm.patched(self.site, input_ids, keep, zero), keep),
+                     input_ids, keep)  # fmt: skip
+        # KL(clean || spliced) = sum_v p_clean (log p_clean - log p_spliced), per prediction, summed in float64.
+        self.kl += F.kl_div(spliced, clean, log_target=True, reduction="none").sum(-1).double().sum().item()
+        self.predictions += clean.shape[0]
+
+    def mean_ablate(self, input_ids: Tensor, keep: Tensor, lm: _LM) -> None:
+        mean = torch.as_tensor(self.stats["sum"] / self.stats["num_tokens"], device=input_ids.device)  # (d_in,)
+        log_probs = _prediction_log_probs(lm.patched(self.site, input_ids, keep, mean), keep)
+        self._add_ce("mean_ablated", log_probs, input_ids, keep)
+
+    def _add_ce(self, run: str, log_probs: Tensor, input_ids: Tensor, keep: Tensor) -> None:
+        targets = input_ids[:, 1:][keep[:, :-1]]  # the token after each kept position
+        self.ce[run] += -log_probs.gather(-1, targets[:, None]).double().sum().item()
+
+    def report(self, dense_threshold: float, lm_metrics: bool) -> dict:
+        n = int(self.stats["num_tokens"])
+        if n == 0:
+            raise DataError("No evaluation tokens were left after dropping position 0, special tokens and outliers.")
+        report = _reconstruction_metric().compute(predictions=[], references=[], statistics=self.stats)
+        del report["num_tokens"]
+        frequency = self.fired.double() / n  # (num_latents,)
+        report["l0"] = self.fired.sum().item() / n
+        report["dead_fraction"] = (self.fired == 0).double().mean().item()
+        report["dense_fraction"] = (frequency > dense_threshold).double().mean().item()
+        if lm_metrics:
+            ce = {run: self.ce[run] / self.predictions for run in CE_RUNS}
+            report |= {f"ce_loss_{run}": value for run, value in ce.items()}
+            report["loss_recovered"] = _recovered(ce["zero_ablated"], ce)
+            report["loss_recovered_mean_ablation"] = _recovered(ce["mean_ablated"], ce)
+            report |= {"kl_div": self.kl / self.predictions, "eval_predictions": self.predictions}
+        report |= {"eval_tokens": n, "outlier_tokens": self.outliers, "num_latents": len(self.fired)}
+        report["firing_density_histogram"] = firing_density_histogram(frequency, n)
+        return report
+
+
+def _recovered(ablated: float, ce: dict) -> float:
+    """(CE_ablated - CE_spliced) / (CE_ablated - CE_clean): 1 when splicing costs nothing, 0 when it is as bad as
+    ablating (SAELens' `ce_loss_score`)."""
+    gap = ablated - ce["clean"]
+    return (ablated - ce["spliced"]) / gap if gap else float("nan")
+
+
+def _prediction_log_probs(logits: Tensor, keep: Tensor) -> Tensor:
+    """(predictions, vocab) float32 log-probabilities at the kept positions that have a next token."""
+    return logits[:, :-1][keep[:, :-1]].float().log_softmax(-1)
+
+
+def firing_density_histogram(frequency: Tensor, num_tokens: int, bins_per_decade: int = 10) -> dict:
+    """Histogram of log10(share of tokens each latent fired on) over the latents that fired; dead ones are counted
+    apart, since log10(0) has no bin. The bins run from log10(1 / num_tokens), the rarest possible, to 0."""
+    decades = max(math.ceil(math.log10(num_tokens)), 1)
+    edges = np.linspace(-decades, 0, decades * bins_per_decade + 1)
+    alive = frequency[frequency > 0].numpy()
+    counts, _ = np.histogram(np.log10(alive), bins=edges)
+    return {"log10_frequency_bin_edges": edges.round(6).tolist(), "counts": counts.tolist(),
+            "dead": int((frequency == 0).sum())}  # fmt: skip
+
+
+# ---- from arguments to files ----------------------------------------------------------------------------------------
+
+
+def run_evaluation(args: EvaluationArguments, data_args: DataArguments) -> dict[str, dict]:
+    """Load the SAEs, their LM and the text, evaluate, and write the report and plots to `args.output_dir`."""
+    from .activations import resolve_lm_dtype
+    from .models import load_model
+
+    if args.save_beside_saes and not Path(args.sae).expanduser().is_dir():
+        raise HfSaeError(f"--save_beside_saes writes into local SAE folders, but {args.sae!r} is not one. Drop it.")
+    saes = load_saes_for_evaluation(args.sae, args.hookpoints, revision=args.revision)
+    model, tokenizer = load_model(_lm_name(args.model_name_or_path, saes), device=args.device)
+    model.requires_grad_(False)
+    saes = {name: sae.to(model.device).eval() for name, sae in saes.items()}
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    blocks = load_token_blocks(data_args, tokenizer, max_positions=max_positions)
+    report = evaluate_saes(
+        model, saes, iter_blocks(blocks), exclude_token_ids=tokenizer.all_special_ids, max_tokens=args.eval_tokens,
+        batch_size=args.lm_batch_size, outlier_factor=args.outlier_factor, lm_metrics=args.lm_metrics,
+        autocast_dtype=resolve_lm_dtype(args.lm_dtype, model.device), dense_threshold=args.dense_threshold,
+    )  # fmt: skip
+    out = Path(args.output_dir)
+    write_json(out / REPORT_NAME, report)
+    settings = {**dataclasses.asdict(data_args), **dataclasses.asdict(args), "model": model.name_or_path}
+    write_json(out / "eval_args.json", settings)
+    for name, metrics in report.items():
+        plot_firing_density(metrics, out / f"firing_density_{name}.png", title=name, threshold=args.dense_threshold)
+        if args.save_beside_saes:
+            _merge_metrics(Path(saes[name].name_or_path) / "metrics.json", metrics)
+    logger.info(f"Evaluation report written to {out / REPORT_NAME}")
+    return report
+
+
+def evaluate_held_out(model, tokenizer, saes: Mapping[str, SaeModel], data_args: DataArguments, *,
+                      max_tokens: int, split: str = "test", **kwargs) -> dict[str, dict]:  # fmt: skip
+    """`evaluate_saes` on `split` of the training text (training's final report); {} when that split is missing."""
+    if not max_tokens:
+        return {}
+    try:
+        blocks = load_token_blocks(dataclasses.replace(data_args, dataset_split=split), tokenizer)
+    except (DataError, ValueError, KeyError) as error:
+        logger.warning(f"No held-out split {split!r} to measure on ({error}); the report has training metrics only.")
+        return {}
+    report = evaluate_saes(model, saes, iter_blocks(blocks), exclude_token_ids=tokenizer.all_special_ids,
+                           max_tokens=max_tokens, **kwargs)  # fmt: skip
+    return {name: {k: v for k, v in m.items() if k in (*QUALITY_KEYS, "eval_tokens")} for name, m in report.items()}
+
+
+def load_saes_for_evaluation(source: str, hookpoints: list[str] | None = None, *, revision: str | None = None):
+    """SAEs by hookpoint from a local folder or a Hub repo; in a training run's folder only the subfolders that hold
+    an SAE (config.json) count, not its checkpoints or logs."""
+    from . import load_saes
+
+    path = Path(source).expanduser()
+    if path.is_dir() and hookpoints is None and not (path / "config.json").is_file():
+        found = [p.name for p in path.iterdir() if (p / "config.json").is_file() and not p.name.startswith(".")]
+        hookpoints = sorted(found, key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]) or None
+    return load_saes(source, hookpoints, revision=revision)
+
+
+def _lm_name(requested: str | None, saes: Mapping[str, SaeModel]) -> str | None:
+    """The LM to load: as requested, else the SAEs' base model, mapped to the built-in copy when it is one."""
+    from .models import BUILTIN_MODELS
+
+    if requested:
+        return requested
+    names = {sae.config.base_model_name_or_path for sae in saes.values()} - {None}
+    if len(names) > 1:
+        raise HfSaeError(f"These SAEs come from different models ({sorted(names)}); pass --model_name_or_path.")
+    name = names.pop() if names else None
+    return next((spec.name for spec in BUILTIN_MODELS.values() if spec.hub_id == name), name)
+
+
+def write_json(path: Path, value) -> None:
+    """Write JSON under a temporary name, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)
+
+
+def _merge_metrics(path: Path, metrics: dict) -> None:
+    existing = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(path, {**existing, **{k: v for k, v in metrics.items() if k in (*QUALITY_KEYS, "eval_tokens")}})
+
+
+def plot_firing_density(metrics: dict, path: Path, *, title: str, threshold: float = 0.1) -> None:
+    """The firing-density histogram of one report as a PNG (matplotlib's Agg canvas; pyplot's state is untouched)."""
+    from matplotlib.figure import Figure
+
+    histogram = metrics["firing_density_histogram"]
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    axes = figure.subplots()
+    axes.stairs(histogram["counts"], histogram["log10_frequency_bin_edges"], fill=True, color="tab:blue")
+    axes.axvline(math.log10(threshold), color="tab:red", linestyle="--", label=f"dense (> {threshold:g} of tokens)")
+    axes.set(xlabel="log10 firing frequency (share of evaluation tokens)", ylabel="latents")
+    axes.set_title(f"{title}: {metrics['num_latents']:,} latents, {histogram['dead']:,} never fired (not shown), "
+                   f"{metrics['eval_tokens']:,} tokens", fontsize=9)  # fmt: skip
+    axes.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def format_report(report: Mapping[str, Mapping]) -> str:
+    """The report as a text table, one column per SAE (the CLI prints it)."""
+    keys = [key for key in (*QUALITY_KEYS, "eval_tokens", "eval_predictions", "outlier_tokens")
+            if any(key in m for m in report.values())]  # fmt: skip
+    width, columns = max(map(len, keys)), {name: max(len(name), 12) for name in report}
+    lines = [" " * width + "".join(f"  {name:>{w}}" for name, w in columns.items())]
+    for key in keys:
+        values = [report[name].get(key) for name in columns]
+        cells = ["-" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:.4f}" if v == 0 or abs(v) >= 0.01
+                 else f"{v:.3e}" for v in values]  # fmt: skip
+        lines.append(f"{key:<{width}}" + "".join(f"  {cell:>{w}}" for cell, w in zip(cells, columns.values())))
+    return "\n".join(lines)
+
+
+def report_to_eval_results(report: Mapping[str, Mapping], *, dataset: str | None = None,
+                           dataset_name: str | None = None, split: str | None = None) -> list:  # fmt: skip
+    """The report's quality metrics as `huggingface_hub.EvalResult`s, for a model card's `model-index`."""
+    from . import metrics_to_eval_results
+
+    quality = {name: {k: m[k] for k in QUALITY_KEYS if k in m} for name, m in report.items()}
+    return metrics_to_eval_results(quality, dataset=dataset, dataset_name=dataset_name, split=split)
