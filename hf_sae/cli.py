@@ -3,6 +3,8 @@
 hf-sae prepare-corpus                 download the built-in offline corpus (once)
 hf-sae train [--flag value ...]       train SAEs; also `hf-sae train config.yaml`
 hf-sae eval --sae PATH --output_dir OUT   measure SAEs on held-out text: FVU, L0, dead latents, CE loss recovered
+hf-sae features --sae DIR             collect feature statistics into DIR/features; `--explain TEXT` lists features
+hf-sae browse --sae DIR --output_dir OUT   write a static HTML feature browser
 """
 
 import argparse
@@ -87,10 +89,41 @@ def eval_command(argv: list[str]) -> int:
     return 0
 
 
+def features_command(argv: list[str]) -> int:
+    from .browser import explain, format_explanation
+    from .data import DataArguments
+    from .features import FeatureArguments, load_sae_and_model, run_features
+
+    data_args, args = parse_with_files((DataArguments, FeatureArguments), argv, "hf-sae features")
+    if args.explain is not None:
+        sae, model, tokenizer = load_sae_and_model(args.sae, args.model_name_or_path)
+        print(format_explanation(explain(model, tokenizer, sae, args.explain, args.top, hookpoint=args.hookpoint)))
+        return 0
+    features = run_features(data_args, args)
+    tokens = features.metadata["tokens"]
+    print(f"Saved metadata of {len(features):,} features over {tokens:,} tokens to {features.path}")
+    return 0
+
+
+def browse_command(argv: list[str]) -> int:
+    from .browser import write_browser
+
+    parser = argparse.ArgumentParser(prog="hf-sae browse", description="Write a static HTML feature browser.")
+    parser.add_argument("--sae", required=True, help="The SAE's folder, with features/ (from `hf-sae features`).")
+    parser.add_argument("--output_dir", required=True, help="Where to write index.html (opens from file://).")
+    parser.add_argument("--examples", type=int, default=10, help="Top contexts shown per feature.")
+    args = parser.parse_args(argv)
+    path = write_browser(args.sae, args.output_dir, examples=args.examples)
+    print(f"Feature browser written to {path}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "prepare-corpus": (prepare_corpus_command, "download the built-in offline corpus"),
     "train": (train_command, "train SAEs on a language model's activations"),
     "eval": (eval_command, "measure SAEs: reconstruction, sparsity, LM loss recovered"),
+    "features": (features_command, "collect per-feature statistics and top contexts; explain a text"),
+    "browse": (browse_command, "write a static HTML feature browser"),
 }
 
 

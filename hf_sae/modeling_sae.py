@@ -285,6 +285,19 @@ class SaeModel(SaePreTrainedModel):
         """Whether training keeps decoder rows at unit norm (all but `relu`, whose penalty weighs in the norms)."""
         return self.config.architecture != "relu"
 
+    @property
+    def features(self):
+        """Feature metadata (`hf_sae.features.FeatureMetadata`) from `<folder>/features/`, read on first use."""
+        if getattr(self, "_features", None) is None:
+            from .features import load_features  # lazy: features imports this module
+
+            self._features = load_features(self)
+        return self._features
+
+    @features.setter
+    def features(self, value) -> None:
+        self._features = value
+
     def _encoder_input(self, x: Tensor) -> Tensor:
         return x - self.b_dec.to(x.dtype) if self.config.apply_b_dec_to_input else x
 

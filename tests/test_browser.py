@@ -1,0 +1,171 @@
+"""The static feature browser, checked in real headless Chromium (Debian's chromium and chromium-driver)."""
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_features import collect, make_tiny_lm, tiny_sae, tiny_tokenizer, token_blocks
+
+from hf_sae.browser import write_browser
+from hf_sae.errors import HfSaeError
+from hf_sae.features import FeatureCollector, FeatureMetadata, build_tables
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+INSTALL = "apt-get update && apt-get install -y chromium chromium-driver"
+FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+         "--window-size=1400,900")  # fmt: skip
+
+
+def _find_chromium() -> tuple[str | None, str | None]:
+    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    return browser, shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def chrome():
+    """A headless Chromium driven through ChromeDriver; installed with apt-get when missing and run as root."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium: pip install -e '.[dev]'")
+    browser, driver = _find_chromium()
+    if (browser is None or driver is None) and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["sh", "-c", INSTALL], capture_output=True, timeout=900, env={**os.environ,
+                       "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+        browser, driver = _find_chromium()
+    if browser is None or driver is None:
+        pytest.skip(f"needs Chromium and ChromeDriver, found chromium={browser}, chromedriver={driver}; "
+                    f"install them with `{INSTALL}`")  # fmt: skip
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    session = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+    yield session
+    session.quit()
+
+
+@pytest.fixture(scope="module")
+def features() -> FeatureMetadata:
+    lm = make_tiny_lm("llama")
+    features = collect(lm.model, tiny_tokenizer(), tiny_sae(24), token_blocks(num_blocks=16))
+    features.set_label(5, "zebra crossing")
+    features.set_label(17, "Zebra stripes <b>not bold</b>")  # markup in a label must show as text
+    return features
+
+
+def wait_for(condition, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the page")
+        time.sleep(0.05)
+    return value
+
+
+def rows(chrome) -> list[int]:
+    return [int(row.get_attribute("data-feature")) for row in chrome.find_elements("css selector", "#list .row")]
+
+
+def test_browser_in_headless_chromium(chrome, features, tmp_path):
+    index = write_browser(features, tmp_path / "browser", examples=5, chunk_size=16)
+    assert sorted(p.name for p in (tmp_path / "browser" / "data").iterdir()) == ["f0000.js", "f0001.js", "f0002.js"]
+    chrome.get(index.as_uri())
+    wait_for(lambda: len(rows(chrome)) == 48)
+    assert rows(chrome) == list(range(48))
+    assert chrome.find_element("id", "count").text == "48 of 48 features"
+
+    search = chrome.find_element("id", "search")
+    search.send_keys("zebra")
+    wait_for(lambda: rows(chrome) == [5, 17])
+    search.clear()
+    search.send_keys("#17")
+    wait_for(lambda: rows(chrome) == [17])
+    stats, examples = features.stats, features.examples()
+    term = examples["tokens"][0][examples["peak"][0]]  # search looks in labels, ids, peak and promoted tokens
+    peaks = {i: set() for i in range(48)}
+    for f, rank, tokens, peak in zip(examples["feature"], examples["rank"], examples["tokens"], examples["peak"]):
+        if rank < 5:
+            peaks[f].add(tokens[peak])
+    words = {i: [f"#{i}", features.label(i), *peaks[i], *stats["promoted_tokens"][i][:5]] for i in range(48)}
+    expected = [i for i in range(48) if term in " ".join(words[i]).lower()]
+    search.clear()
+    search.send_keys(term)
+    wait_for(lambda: rows(chrome) == expected)
+
+    search.clear()
+    search.send_keys(" ")
+    chrome.find_element("css selector", "#sort option[value=max]").click()
+    wait_for(lambda: rows(chrome)[0] == int(stats["max_activation"].idxmax()))
+
+    chrome.find_element("css selector", f'#list .row[data-feature="{rows(chrome)[1]}"]').click()
+    shown = rows(chrome)[1]
+    wait_for(lambda: chrome.find_elements("css selector", "#contexts .ctx"))
+    assert chrome.find_element("css selector", "main h2").text == f"Feature {shown}"
+    assert len(chrome.find_elements("css selector", "#contexts .ctx")) == min(5, len(features[shown].examples))
+    assert chrome.find_elements("css selector", "main svg rect.bar")
+    assert len(chrome.find_elements("css selector", "table.logits tr")) == 20  # 10 promoted, 10 suppressed
+    peak = chrome.find_element("css selector", "#contexts .ctx .tok.peak")  # the top activation: full colour
+    red, green, blue, alpha = re.findall(r"[\d.]+", peak.value_of_css_property("background-color"))
+    assert (red, green, blue) == ("232", "89", "12") and float(alpha) > 0.95
+
+    chrome.execute_script("location.hash = '#17'")
+    wait_for(lambda: chrome.find_element("css selector", "main h2").text == "Feature 17")
+    assert chrome.find_element("id", "feature-label").text == "Zebra stripes <b>not bold</b>"
+    chrome.execute_script("location.hash = '#5'")
+    wait_for(lambda: chrome.find_element("css selector", "main h2").text == "Feature 5")
+
+    errors = [entry for entry in chrome.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    chrome.save_screenshot(str(ARTIFACTS / "browser.png"))
+
+
+def test_page_is_self_contained_and_never_replaces_other_files(features, tmp_path):
+    index = write_browser(features, tmp_path / "browser")
+    html = index.read_text()
+    assert not re.findall(r"""(?:src|href)=["'](?!data:)[a-z]+:""", html)  # no network, no CDN
+    assert re.findall(r"https?://", html) == ["http://"]  # only the SVG namespace name
+    assert "</b>" not in html and "not bold<\\/b>" in html  # a label cannot close the script element
+    write_browser(features, tmp_path / "browser")  # an earlier browser is replaced
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(HfSaeError, match="other files"):
+        write_browser(features, tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.fixture(scope="module")
+def big_browser(tmp_path_factory) -> Path:
+    """A browser for 16,384 features, from the collector fed with random latents."""
+    collector = FeatureCollector(16384, top_n=10)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        z = torch.rand(2, 128, 16384, generator=generator).sub_(0.97).relu_()  # about 3% of latents fire per token
+        collector.update(z, torch.randint(3, 99, (2, 128), generator=generator), torch.ones(2, 128, dtype=torch.bool))
+    stats, examples = build_tables(collector, None, {i: f"w{i}" for i in range(99)})
+    metadata = {"num_latents": 16384, "histogram_edges": collector.edges.tolist(), "quantiles": [0.5, 0.9, 0.99]}
+    return write_browser(FeatureMetadata(stats, examples, metadata), tmp_path_factory.mktemp("big") / "browser")
+
+
+def test_sixteen_thousand_features_stay_small(big_browser):
+    """The list of 16,384 features is inline; their contexts are split into chunks loaded on demand."""
+    assert big_browser.stat().st_size < 3_000_000
+    chunks = list((big_browser.parent / "data").iterdir())
+    assert len(chunks) == 64 and max(p.stat().st_size for p in chunks) < 1_000_000
+
+
+def test_sixteen_thousand_features_in_chromium(chrome, big_browser):
+    start = time.monotonic()
+    chrome.get(big_browser.as_uri() + "#16000")
+    wait_for(lambda: len(rows(chrome)) == 100)  # the list is paged
+    wait_for(lambda: chrome.find_elements("css selector", "#contexts .ctx"))
+    assert chrome.find_element("css selector", "main h2").text == "Feature 16000"
+    assert chrome.find_element("id", "page").text == "page 1 of 164"
+    chrome.find_element("id", "search").send_keys("#1638")
+    wait_for(lambda: rows(chrome) == [1638, *range(16380, 16384)])
+    assert time.monotonic() - start < 10
+    assert [entry for entry in chrome.get_log("browser") if entry["level"] == "SEVERE"] == []

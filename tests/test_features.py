@@ -1,0 +1,269 @@
+"""Feature metadata on a tiny LM and SAE, checked against direct computations over every token."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+from conftest import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, make_tiny_lm
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from hf_sae import SaeConfig, SaeModel
+from hf_sae.browser import explain, format_explanation
+from hf_sae.cli import main
+from hf_sae.errors import HfSaeError
+from hf_sae.features import FeatureCollector, collect_feature_metadata, counted_tokens, load_features, logit_effects
+
+TOP_N, BEFORE, AFTER = 6, 3, 2
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level: token i is the word `w{i}`, with the special ids of the tiny LMs."""
+    vocab = {"<pad>": PAD_ID, "<s>": BOS_ID, "</s>": EOS_ID, **{f"w{i}": i for i in range(3, VOCAB_SIZE)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def tiny_sae(d_in: int, architecture: str = "topk", hookpoint: str = "model.layers.1", **config) -> SaeModel:
+    torch.manual_seed(0)
+    k = 4 if architecture == "topk" else None
+    sae = SaeModel(SaeConfig(d_in=d_in, num_latents=48, architecture=architecture, k=k, hookpoint=hookpoint, **config))
+    if architecture == "relu":
+        with torch.no_grad():
+            sae.W_enc.mul_(10)
+            sae.b_enc.fill_(-0.02)  # sparse enough that the top contexts mean something
+    return sae.eval()
+
+
+def token_blocks(num_blocks: int = 12, seq: int = 16, seed: int = 1) -> torch.Tensor:
+    """(num_blocks, seq) ids: BOS first, a distinct first word per block (so that no two tokens share their whole
+    prefix and tie), a few EOS separators inside."""
+    ids = torch.randint(3, VOCAB_SIZE, (num_blocks, seq), generator=torch.Generator().manual_seed(seed))
+    ids[:, 0], ids[:, 1] = BOS_ID, torch.arange(3, 3 + num_blocks)
+    ids[::3, 9] = EOS_ID
+    return ids
+
+
+def brute_force(model, sae, hookpoint, ids, batch_size=4):
+    """Latents of every token (num_blocks, seq, num_latents), zero where not counted, from a plain forward hook."""
+    seen, chunks = [], []
+    handle = model.get_submodule(hookpoint).register_forward_hook(lambda m, a, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            for start in range(0, len(ids), batch_size):
+                model(ids[start : start + batch_size])
+                z = sae.encode(seen.pop())  # (batch, seq, num_latents)
+                counted = (ids[start : start + batch_size] > EOS_ID) & (torch.arange(ids.shape[1]) > 0)
+                chunks.append(z * counted[..., None])
+    finally:
+        handle.remove()
+    return torch.cat(chunks)
+
+
+@pytest.fixture
+def setup():
+    lm = make_tiny_lm("llama")
+    return lm.model, tiny_tokenizer(), lm.blocks[1]
+
+
+def collect(model, tokenizer, sae, ids, **kwargs):
+    batches = [ids[i : i + 4] for i in range(0, len(ids), 4)]
+    kwargs = {"top_n": TOP_N, "before": BEFORE, "after": AFTER, "outlier_factor": None, **kwargs}
+    return collect_feature_metadata(model, tokenizer, sae, batches, **kwargs)
+
+
+@pytest.mark.parametrize("architecture", ["topk", "relu"])
+def test_statistics_equal_a_direct_computation_over_all_tokens(setup, architecture):
+    model, tokenizer, hookpoint = setup
+    sae, ids = tiny_sae(24, architecture), token_blocks()
+    features = collect(model, tokenizer, sae, ids)
+    z = brute_force(model, sae, hookpoint, ids)  # (blocks, seq, num_latents)
+    flat = z.reshape(-1, z.shape[-1])
+    stats = features.stats
+    num_tokens = int(((ids > EOS_ID) & (torch.arange(ids.shape[1]) > 0)).sum())
+    assert features.metadata["tokens"] == num_tokens
+    counts = (flat > 0).sum(0)
+    assert counts.sum() > 0 and stats["count"].tolist() == counts.tolist()
+    torch.testing.assert_close(torch.tensor(stats["frequency"].values), counts.double() / num_tokens)
+    fired = counts > 0
+    mean = flat.sum(0) / counts
+    torch.testing.assert_close(torch.tensor(stats["mean_activation"].values)[fired], mean[fired])
+    assert torch.equal(torch.tensor(stats["max_activation"].values)[fired], flat.max(0).values[fired])
+    assert stats["mean_activation"][~fired.numpy()].isna().all()
+
+    ratio = math.log(features.metadata["histogram_edges"][1] / features.metadata["histogram_edges"][0])
+    for i in torch.nonzero(fired).flatten().tolist():
+        values = flat[:, i][flat[:, i] > 0].sort().values
+        for q in (0.5, 0.9, 0.99):
+            exact = values[math.ceil(q * len(values)) - 1]
+            assert abs(math.log(stats[f"p{100 * q:g}"][i] / exact)) <= ratio + 1e-6
+
+        order = flat[:, i].argsort(descending=True)[:TOP_N]
+        order = order[flat[order, i] > 0]
+        examples = features[i].examples
+        assert [e["activation"] for e in examples] == flat[order, i].tolist()
+        for example, token in zip(examples, order.tolist()):
+            block, position = divmod(token, ids.shape[1])
+            lo, hi = max(position - BEFORE, 0), min(position + AFTER + 1, ids.shape[1])
+            assert (example["block"], example["position"]) == (block, position)
+            assert example["token_ids"] == ids[block, lo:hi].tolist()
+            assert example["tokens"] == [tokenizer.decode([t]) for t in ids[block, lo:hi].tolist()]
+            assert example["activations"] == z[block, lo:hi, i].tolist()
+            assert example["token_ids"][example["peak"]] == ids[block, position]
+
+
+def test_max_tokens_counts_exactly_the_first_tokens(setup):
+    model, tokenizer, hookpoint = setup
+    sae, ids = tiny_sae(24), token_blocks()
+    features = collect(model, tokenizer, sae, ids, max_tokens=50)
+    z = brute_force(model, sae, hookpoint, ids)
+    counted = ((ids > EOS_ID) & (torch.arange(ids.shape[1]) > 0)).flatten()
+    first = counted & (counted.cumsum(0) <= 50)
+    assert features.metadata["tokens"] == 50
+    assert features.stats["count"].tolist() == (z.reshape(-1, 48)[first] > 0).sum(0).tolist()
+
+
+def test_counted_tokens_drops_position_zero_special_tokens_and_outliers():
+    ids = torch.tensor([[BOS_ID, 5, 6, EOS_ID, 7, 8]])
+    acts = torch.ones(1, 6, 4)
+    acts[0, 4] *= 100  # a norm 100 times the median
+    assert counted_tokens(acts, ids, torch.tensor([BOS_ID, EOS_ID]), 10.0).tolist() == [[0, 1, 1, 0, 0, 1]]
+    assert counted_tokens(acts, ids, torch.tensor([BOS_ID, EOS_ID]), None).tolist() == [[0, 1, 1, 0, 1, 1]]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])  # RMSNorm and LayerNorm (centring, bias)
+def test_logit_effects_equal_direction_through_final_norm_and_unembedding(family):
+    lm = make_tiny_lm(family)
+    with torch.no_grad():
+        norm = lm.model.model.norm if family == "llama" else lm.model.transformer.ln_f
+        norm.weight.uniform_(0.5, 1.5)  # a gain that is not all ones, so that leaving it out would show
+        if family == "gpt2":
+            norm.bias.normal_()
+    sae = tiny_sae(lm.hidden_size, hookpoint=lm.blocks[1])
+    d = sae.W_dec.detach()
+    d = d - d.mean(-1, keepdim=True) if family == "gpt2" else d
+    direct = (d * norm.weight) @ lm.model.lm_head.weight.T  # (num_latents, vocab)
+    effects = logit_effects(lm.model, sae, top=7)
+    values, ids = direct.topk(7, dim=1)
+    assert torch.equal(effects["promoted_ids"].long(), ids)
+    torch.testing.assert_close(effects["promoted_logits"], values, rtol=1e-4, atol=1e-5)
+    values, ids = direct.topk(7, dim=1, largest=False)
+    assert torch.equal(effects["suppressed_ids"].long(), ids)
+    torch.testing.assert_close(effects["suppressed_logits"], values, rtol=1e-4, atol=1e-5)
+
+
+def test_save_load_round_trip_with_pandas_datasets_and_from_pretrained(setup, tmp_path):
+    from datasets import load_dataset
+
+    model, tokenizer, _ = setup
+    sae = tiny_sae(24)
+    features = collect(model, tokenizer, sae, token_blocks())
+    sae.save_pretrained(tmp_path / "sae")
+    features.save_pretrained(tmp_path / "sae" / "features")
+    folder = tmp_path / "sae" / "features"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "examples.parquet", "labels.json", "metadata.json", "stats.parquet"
+    ]  # fmt: skip
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / "stats.parquet"), features.stats)
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / "examples.parquet"), features.examples())
+    stats = load_dataset("parquet", data_files=str(folder / "stats.parquet"), split="train")
+    examples = load_dataset("parquet", data_files=str(folder / "examples.parquet"), split="train")
+    assert stats.num_rows == 48 and stats[5]["count"] == features[5]["count"]
+    assert examples.num_rows == len(features.examples())
+    assert examples[0]["tokens"] == features.examples()["tokens"][0].tolist()
+    assert json.loads((folder / "metadata.json").read_text())["num_latents"] == 48
+
+    loaded = SaeModel.from_pretrained(tmp_path / "sae")
+    assert loaded.features[5].stats == features[5].stats
+    assert loaded.features[5].examples == features[5].examples
+    assert len(loaded.features) == 48 and loaded.features.label(5) == features[5].auto_label
+
+    loaded.features.set_label(5, "five")
+    assert SaeModel.from_pretrained(tmp_path / "sae").features[5].label == "five"
+    assert load_features(tmp_path / "sae").labels == {5: "five"}
+    loaded.features.set_label(5, None)
+    assert load_features(tmp_path / "sae").label(5) == features[5].auto_label
+    with pytest.raises(IndexError, match=r"\[0, 48\)"):
+        loaded.features.set_label(48, "out of range")
+    with pytest.raises(HfSaeError, match="hf-sae features"):
+        load_features(tmp_path)
+
+
+def test_a_failed_save_keeps_the_existing_folder(setup, tmp_path, monkeypatch):
+    import hf_sae.features as module
+
+    model, tokenizer, _ = setup
+    features = collect(model, tokenizer, tiny_sae(24), token_blocks())
+    features.save_pretrained(tmp_path / "features")
+    features.set_label(1, "kept")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "features").iterdir()}
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(module, "_write_json", fail)
+    with pytest.raises(OSError, match="disk full"):
+        features.save_pretrained(tmp_path / "features")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "features").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["features"]  # no temporary folder left behind
+
+
+def test_explain_matches_encode_on_the_same_tokens(setup):
+    model, tokenizer, hookpoint = setup
+    sae = tiny_sae(24)
+    features = collect(model, tokenizer, sae, token_blocks())
+    features.set_label(7, "seven")
+    rows = explain(model, tokenizer, sae, "w5 w7 w9 w11 w40", top=3, features=features)
+    ids = torch.tensor([[BOS_ID, 5, 7, 9, 11, 40]])
+    with torch.no_grad():  # hidden_states[2] is block 1's output
+        z = sae.encode(model(ids, output_hidden_states=True).hidden_states[2])[0, 1:]  # (5, num_latents)
+    assert [row["token"] for row in rows] == ["w5", "w7", "w9", "w11", "w40"]
+    for row, latents in zip(rows, z):
+        values, top = latents.topk(3)
+        assert [f["feature"] for f in row["features"]] == top[values > 0].tolist()
+        torch.testing.assert_close(torch.tensor([f["activation"] for f in row["features"]]), values[values > 0])
+        assert [f["label"] for f in row["features"]] == [features.label(i) for i in top[values > 0].tolist()]
+    table = format_explanation(rows)
+    assert "'w40'" in table and len(table.splitlines()) == 1 + sum(len(r["features"]) for r in rows)
+
+
+def test_collector_memory_does_not_grow_with_tokens():
+    collector = FeatureCollector(300, top_n=5, before=2, after=2)
+
+    def held() -> int:
+        return sum(v.numel() * v.element_size() for v in vars(collector).values() if isinstance(v, torch.Tensor))
+
+    def feed(batches: int) -> None:
+        for _ in range(batches):
+            z = torch.randn(4, 32, 300).relu()
+            collector.update(z, torch.randint(3, 99, (4, 32)), torch.ones(4, 32, dtype=torch.bool))
+
+    feed(1)
+    first, nbytes = held(), collector.state_nbytes()
+    feed(30)
+    assert held() == first and collector.state_nbytes() == nbytes and collector.tokens == 31 * 128
+    assert not [k for k, v in vars(collector).items() if isinstance(v, list | dict | set)]
+
+
+def test_cli_collects_and_explains(setup, tmp_path, capsys):
+    model, tokenizer, hookpoint = setup
+    model.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    sae = tiny_sae(24, base_model_name_or_path=str(tmp_path / "lm"))  # where the CLI finds the LM
+    sae.save_pretrained(tmp_path / "sae")
+    words = torch.randint(3, VOCAB_SIZE, (40, 30), generator=torch.Generator().manual_seed(2)).tolist()
+    (tmp_path / "text.txt").write_text("\n".join(" ".join(f"w{i}" for i in line) for line in words))
+    args = ["--sae", str(tmp_path / "sae"), "--dataset_name", str(tmp_path / "text.txt"), "--context_size", "16"]
+    assert main(["features", *args, "--max_tokens", "300", "--top_n", "4", "--lm_dtype", "float32"]) == 0
+    features = load_features(tmp_path / "sae")
+    assert features.metadata["tokens"] == 300 and features.stats["count"].sum() == 300 * 4
+    features.set_label(int(features.stats["count"].idxmax()), "busiest")
+    assert main(["features", *args, "--max_tokens", "200"]) == 0  # a second run keeps the labels people set
+    assert load_features(tmp_path / "sae").labels == features.labels
+    capsys.readouterr()
+    assert main(["features", "--sae", str(tmp_path / "sae"), "--explain", "w5 w6 w7", "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "'w7'" in out and "feature" in out
