@@ -119,13 +119,11 @@ class _SparseDecode(torch.autograd.Function):
         rows, cols, values, W_dec, offsets = ctx.saved_tensors  # noqa: N806
         grad_values = grad_W_dec = None
         if ctx.needs_input_grad[2]:
-            # embedding_bag's own per-sample-weight gradient computes each grad_out[row] . W_dec[col] in place,
-            # where gathering the (entries, d_in) rows first would cost as much memory traffic as the matmul.
-            with torch.enable_grad():
-                weights = values.detach().requires_grad_()
-                out = _sum_by_token(cols, W_dec.detach().to(grad_out.dtype), offsets, weights)
-                (grad_values,) = torch.autograd.grad(out, weights, grad_out)
-            grad_values = grad_values.to(values.dtype)
+            # embedding_bag's own per-sample-weight gradient: each grad_out[row] . W_dec[col] computed in place, where
+            # gathering the (entries, d_in) rows first would cost as much memory traffic as the encoder matmul.
+            grad_values = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad_out, W_dec.to(grad_out.dtype), cols, offsets, rows, 0  # mode 0: sum
+            ).to(values.dtype)
         if ctx.needs_input_grad[3]:
             grad_W_dec = _sum_by_latent(cols, rows, grad_out, values, W_dec.shape[0]).to(W_dec.dtype)
         return None, None, grad_values, grad_W_dec, None

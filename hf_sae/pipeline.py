@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from datasets import IterableDataset
@@ -22,7 +21,7 @@ from .evaluation import evaluate_held_out
 from .hooks import capture_activations, resolve_hookpoints
 from .modeling_sae import SaeModel
 from .models import load_model
-from .training import SaeTrainer, SaeTrainingArguments, check_output_dir
+from .training import SaeTrainer, SaeTrainingArguments, check_output_dir, make_accelerator
 
 logger = get_logger(__name__)
 
@@ -40,8 +39,7 @@ def train_saes(data_args: DataArguments, args: SaeTrainingArguments) -> dict:
     ```
     """
     check_output_dir(args)  # before anything expensive
-    accelerator = Accelerator(log_with=None if args.report_to == "none" else args.report_to,
-                              project_dir=args.output_dir)  # fmt: skip
+    accelerator = make_accelerator(args)
     world, rank = accelerator.num_processes, accelerator.process_index
     if args.batch_size % world:
         raise TrainingError(f"--batch_size {args.batch_size} must divide evenly over {world} processes.")

@@ -47,7 +47,9 @@ class SaeTrainingArguments:
     sparsity_coefficient: float = field(
         default=1.0, metadata={"help": "Sparsity penalty weight (relu and gated: L1; jumprelu: L0)."}
     )
-    train_tokens: int = field(default=2_000_000, metadata={"help": "Tokens to train on (per SAE)."})
+    train_tokens: int = field(
+        default=1_000_000, metadata={"help": "Tokens to train on (the default: about ten minutes on 2 CPU cores)."}
+    )
     batch_size: int = field(default=4096, metadata={"help": "Tokens per optimiser step, over all processes."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate."})
     lr_warmup_fraction: float = field(default=0.02, metadata={"help": "Fraction of steps with linear lr warm-up."})
@@ -71,6 +73,9 @@ class SaeTrainingArguments:
         default=65536, metadata={"help": "Tokens mixed in the shuffling buffer (0: no shuffling)."}
     )
     lm_batch_size: int = field(default=8, metadata={"help": "Contexts per LM forward."})
+    mixed_precision: str | None = field(
+        default=None, metadata={"help": "SAE step precision: no or bf16 (autocast); default: accelerate's setting."}
+    )
     lm_dtype: str = field(
         default="auto", metadata={"help": "LM forward precision: auto (bf16 where faster), bfloat16, float32."}
     )
@@ -147,9 +152,7 @@ class SaeTrainer:
     def __init__(self, args: SaeTrainingArguments, saes: dict[str, SaeModel], buffer: ShufflingBuffer,
                  accelerator: Accelerator | None = None):  # fmt: skip
         self.args, self.buffer = args, buffer
-        self.accelerator = accelerator or Accelerator(
-            log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir
-        )
+        self.accelerator = accelerator or make_accelerator(args)
         self.saes = saes
         self.state = TrainerState(list(saes))
         self.output_dir = Path(args.output_dir)
@@ -350,6 +353,14 @@ class SaeTrainer:
             }
             for name in self.saes
         }
+
+
+def make_accelerator(args: SaeTrainingArguments) -> Accelerator:
+    return Accelerator(
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=args.output_dir,
+        mixed_precision=args.mixed_precision,
+    )
 
 
 def geometric_median(points: torch.Tensor, iterations: int = 50) -> torch.Tensor:
