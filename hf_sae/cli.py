@@ -5,6 +5,8 @@ hf-sae train [--flag value ...]       train SAEs; also `hf-sae train config.yaml
 hf-sae eval --sae PATH --output_dir OUT   measure SAEs on held-out text: FVU, L0, dead latents, CE loss recovered
 hf-sae features --sae DIR             collect feature statistics into DIR/features; `--explain TEXT` lists features
 hf-sae browse --sae DIR --output_dir OUT   write a static HTML feature browser
+hf-sae push --sae DIR --repo_id ID    upload SAEs, feature metadata and a model card in one commit
+hf-sae pull --repo_id ID              download SAEs (only the hookpoints asked for) into the Hub cache or a folder
 """
 
 import argparse
@@ -118,12 +120,51 @@ def browse_command(argv: list[str]) -> int:
     return 0
 
 
+def push_command(argv: list[str]) -> int:
+    from .hub import push_saes_to_hub
+
+    parser = argparse.ArgumentParser(prog="hf-sae push", description="Upload SAEs to the Hub in one commit.")
+    parser.add_argument("--sae", required=True, help="An SAE folder, or a training output with hookpoint folders.")
+    parser.add_argument("--repo_id", required=True, help="The Hub repo, e.g. `you/smollm2-saes`; created if needed.")
+    parser.add_argument("--private", action="store_true", help="Create the repo private.")
+    parser.add_argument("--revision", default=None, help="The branch to commit to (default: main).")
+    parser.add_argument("--token", default=None, help="A write token (default: the logged-in one, or HF_TOKEN).")
+    parser.add_argument("--commit_message", default=None)
+    args = parser.parse_args(argv)
+    commit = push_saes_to_hub(args.repo_id, args.sae, private=args.private, token=args.token,
+                              revision=args.revision, commit_message=args.commit_message)  # fmt: skip
+    print(f"Pushed to {commit.commit_url}")
+    return 0
+
+
+def pull_command(argv: list[str]) -> int:
+    from .hub import load_saes
+
+    parser = argparse.ArgumentParser(prog="hf-sae pull", description="Download SAEs from the Hub.")
+    parser.add_argument("--repo_id", required=True)
+    parser.add_argument("--hookpoints", nargs="+", default=None, help="Only these (default: all).")
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--token", default=None)
+    parser.add_argument("--output_dir", default=None, help="Also save them here (default: the Hub cache only).")
+    args = parser.parse_args(argv)
+    saes = load_saes(args.repo_id, args.hookpoints, revision=args.revision, token=args.token)
+    if args.output_dir:
+        from .hub import save_saes
+
+        save_saes(saes, args.output_dir)
+    for hookpoint, sae in saes.items():
+        print(f"{hookpoint}: {sae.config.architecture}, {sae.config.num_latents:,} latents, at {sae.name_or_path}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "prepare-corpus": (prepare_corpus_command, "download the built-in offline corpus"),
     "train": (train_command, "train SAEs on a language model's activations"),
     "eval": (eval_command, "measure SAEs: reconstruction, sparsity, LM loss recovered"),
     "features": (features_command, "collect per-feature statistics and top contexts; explain a text"),
     "browse": (browse_command, "write a static HTML feature browser"),
+    "push": (push_command, "upload SAEs with feature metadata and a model card to the Hub"),
+    "pull": (pull_command, "download SAEs from the Hub"),
 }
 
 

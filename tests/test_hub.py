@@ -474,3 +474,28 @@ def test_missing_and_corrupt_files_are_clear_errors(api, tmp_path):
     (weights / "model.safetensors").write_bytes(b"garbage" * 10)
     with pytest.raises(WeightsError, match="not a valid safetensors file"):
         load_saes(weights)
+
+
+def test_cli_push_and_pull(api, tmp_path):
+    for hookpoint in LAYERS[:2]:
+        make_sae(hookpoint).save_pretrained(tmp_path / "run" / hookpoint)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")} | client_env(api.endpoint, tmp_path / "h")
+    env["HF_TOKEN"] = ALICE
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "hf_sae.cli", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    pushed = cli("push", "--sae", str(tmp_path / "run"), "--repo_id", "alice/cli-saes", "--private")
+    assert pushed.returncode == 0, pushed.stderr
+    assert "Pushed to" in pushed.stdout
+    assert api.repo_info("alice/cli-saes").private
+    pulled = cli("pull", "--repo_id", "alice/cli-saes", "--hookpoints", LAYERS[1], "--output_dir", str(tmp_path / "o"))
+    assert pulled.returncode == 0, pulled.stderr
+    assert f"{LAYERS[1]}: topk, 64 latents" in pulled.stdout
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.is_dir()) == [LAYERS[1]]
+    pulled_sae, original = SaeModel.from_pretrained(tmp_path / "o" / LAYERS[1]), make_sae(LAYERS[1])
+    assert all(torch.equal(pulled_sae.state_dict()[k], v) for k, v in original.state_dict().items())
+    env.pop("HF_TOKEN")
+    refused = cli("pull", "--repo_id", "alice/cli-saes")
+    assert refused.returncode != 0 and "alice/cli-saes" in refused.stderr
