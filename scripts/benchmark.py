@@ -16,7 +16,6 @@ Sections:
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from contextlib import nullcontext
 import torch
 
 ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu", "gated")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def best_seconds(fn, repeats: int, warmup: int = 2) -> float:
@@ -41,14 +41,20 @@ def best_seconds(fn, repeats: int, warmup: int = 2) -> float:
     return min(times)
 
 
+def matmul_gflops(args, dtype: torch.dtype) -> float:
+    a = torch.randn(args.batch_size, args.d_in, device=args.device, dtype=dtype)
+    b = torch.randn(args.d_in, args.num_latents, device=args.device, dtype=dtype)
+    return 2 * args.batch_size * args.d_in * args.num_latents / best_seconds(lambda: a @ b, args.repeats) / 1e9
+
+
 def roofline(args) -> dict:
-    result = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a = torch.randn(args.batch_size, args.d_in, device=args.device, dtype=dtype)
-        b = torch.randn(args.d_in, args.num_latents, device=args.device, dtype=dtype)
-        seconds = best_seconds(lambda: a @ b, args.repeats)
-        result[f"matmul_{name}_gflops"] = 2 * args.batch_size * args.d_in * args.num_latents / seconds / 1e9
-    return result
+    return {f"matmul_{name}_gflops": matmul_gflops(args, dtype) for name, dtype in PRECISIONS.items()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited across exec)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
 
 def autocast(device: str, dtype: torch.dtype | None):
@@ -77,11 +83,15 @@ def sae_step(args, architecture: str, precision: str) -> dict:
 
     seconds = best_seconds(step, args.repeats)
     peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else None
+    # The roofline is measured again here, right after the step, so that both see the same machine load.
+    gflops = matmul_gflops(args, PRECISIONS[precision])
     return {
         "tokens_per_second": args.batch_size / seconds,
         "step_ms": 1000 * seconds,
+        "matmul_gflops": gflops,
+        "fraction_of_roofline": args.batch_size / seconds / (gflops * 1e9 / (2 * args.d_in * args.num_latents)),
         "peak_gpu_memory_mb": None if peak is None else peak / 2**20,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb() if args.device == "cpu" else None,
     }
 
 
@@ -163,7 +173,6 @@ def main() -> None:
         "torch": torch.__version__,
         "shape": {"d_in": args.d_in, "num_latents": args.num_latents, "k": args.k, "batch_size": args.batch_size},
     }
-    encoder_flops = 2 * args.d_in * args.num_latents  # per token, the dense encoder matmul
     if "roofline" in args.sections or "sae" in args.sections:
         results.update(roofline(args))
         print(f"matmul roofline: fp32 {results['matmul_fp32_gflops']:.0f} GFLOP/s, "
@@ -176,12 +185,11 @@ def main() -> None:
             for precision in ("fp32", "bf16"):
                 command = [sys.executable, __file__, "--_one_step", architecture, precision, *sys.argv[1:]]
                 step = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
-                roof = results[f"matmul_{precision}_gflops"] * 1e9 / encoder_flops
-                step["fraction_of_roofline"] = step["tokens_per_second"] / roof
                 results[f"sae_{architecture}_{precision}"] = step
                 print(f"SAE step {architecture:>9} {precision}: {step['tokens_per_second']:>9,.0f} tok/s "
                       f"({100 * step['fraction_of_roofline']:.0f}% of the {precision} encoder-matmul roofline), "
-                      f"peak RSS {step['peak_rss_mb']:,.0f} MB", flush=True)  # fmt: skip
+                      f"at {step['matmul_gflops']:.0f} GFLOP/s; peak RSS {step['peak_rss_mb'] or 0:,.0f} MB",
+                      flush=True)  # fmt: skip
     if "e2e" in args.sections:
         results.update(end_to_end(args))
         harvest_rate = results.get("harvest_stopped_bf16_tokens_per_second")
