@@ -428,7 +428,8 @@ def build_tables(collector: FeatureCollector, effects: dict[str, Tensor] | None,
         columns[f"{kind}_logits"] = _list_array(effects[f"{kind}_logits"].numpy().reshape(-1), np.full(num_latents, n))
         promoted = columns["promoted_tokens"].to_pylist() if kind == "promoted" else promoted
     peaks = c.top_tokens[:, :, c.before].numpy()  # (L, top_n) the token at each peak
-    labels = [auto_label([strings[int(t)] for t in row if t >= 0], promoted[i]) for i, row in enumerate(peaks)]
+    labels = [auto_label([strings[int(t)] for t in row if t >= 0], promoted[i]) if fired[i] else ""
+              for i, row in enumerate(peaks)]  # fmt: skip
     columns["auto_label"] = pa.array(labels, pa.string())
     return pa.table(columns), examples
 

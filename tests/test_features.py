@@ -14,7 +14,14 @@ from hf_sae import SaeConfig, SaeModel
 from hf_sae.browser import explain, format_explanation
 from hf_sae.cli import main
 from hf_sae.errors import HfSaeError
-from hf_sae.features import FeatureCollector, collect_feature_metadata, counted_tokens, load_features, logit_effects
+from hf_sae.features import (
+    FeatureCollector,
+    auto_label,
+    collect_feature_metadata,
+    counted_tokens,
+    load_features,
+    logit_effects,
+)
 
 TOP_N, BEFORE, AFTER = 6, 3, 2
 
@@ -93,6 +100,7 @@ def test_statistics_equal_a_direct_computation_over_all_tokens(setup, architectu
     torch.testing.assert_close(torch.tensor(stats["mean_activation"].values)[fired], mean[fired])
     assert torch.equal(torch.tensor(stats["max_activation"].values)[fired], flat.max(0).values[fired])
     assert stats["mean_activation"][~fired.numpy()].isna().all()
+    assert (stats["auto_label"][~fired.numpy()] == "").all() and (stats["auto_label"][fired.numpy()] != "").all()
 
     ratio = math.log(features.metadata["histogram_edges"][1] / features.metadata["histogram_edges"][0])
     for i in torch.nonzero(fired).flatten().tolist():
@@ -124,6 +132,11 @@ def test_max_tokens_counts_exactly_the_first_tokens(setup):
     first = counted & (counted.cumsum(0) <= 50)
     assert features.metadata["tokens"] == 50
     assert features.stats["count"].tolist() == (z.reshape(-1, 48)[first] > 0).sum(0).tolist()
+
+
+def test_auto_label_names_recurring_peak_tokens_else_promoted_tokens():
+    assert auto_label([" Paris", " Paris", " London", "\n", "\n", " Rome"], [" France"]) == "Paris / ⏎"
+    assert auto_label([" Paris", " London"], [" France", " Italy", "  ", " Spain"]) == "→ France / Italy / ␣"
 
 
 def test_counted_tokens_drops_position_zero_special_tokens_and_outliers():
