@@ -19,6 +19,7 @@ import re
 import shutil
 import struct
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -180,8 +181,11 @@ def push_saes_to_hub(
         operations = _push_operations(api, repo_id, revision, directory, folders, single, model_card,
                                       card_and_save_kwargs)  # fmt: skip
         message = commit_message or f"Upload {len(folders)} SAE{'s' * (len(folders) > 1)} with hf_sae"
-        return api.create_commit(repo_id, operations, commit_message=message, commit_description=commit_description,
-                                 revision=revision, create_pr=create_pr)  # fmt: skip
+        with warnings.catch_warnings():  # feature tables are parquet files in a model repo on purpose
+            warnings.filterwarnings("ignore", message=".*commit a data file.*", category=UserWarning)
+            return api.create_commit(repo_id, operations, commit_message=message,
+                                     commit_description=commit_description, revision=revision,
+                                     create_pr=create_pr)  # fmt: skip
     except (HfHubHTTPError, OSError, RuntimeError) as error:  # the client wraps a failed LFS upload in RuntimeError
         if isinstance(error, HfSaeError):
             raise
