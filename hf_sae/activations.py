@@ -11,7 +11,9 @@ exactly the activations the interrupted run would have seen next.
 """
 
 import functools
+import shutil
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -190,10 +192,14 @@ def write_cache(chunks: Iterable[Chunk], path: str | Path, *, max_tokens: int | 
                 yield {h: array[i] for h, array in arrays.items()}
                 written += 1
 
-    dataset = Dataset.from_generator(rows)
+    # A fresh fingerprint: datasets would otherwise try to hash (pickle) the live activation stream.
+    build = path.with_name(f".{path.name}.build")  # datasets' generator cache, removed once saved
+    dataset = Dataset.from_generator(rows, fingerprint=uuid.uuid4().hex, cache_dir=str(build))
     tmp = path.with_name(path.name + ".tmp")
     dataset.save_to_disk(str(tmp))
     tmp.rename(path)
+    del dataset
+    shutil.rmtree(build, ignore_errors=True)
     return path
 
 

@@ -278,3 +278,38 @@ def test_two_processes_reach_the_weights_of_one_at_the_same_global_batch(tiny_ru
     for name, tensor in runs[1].state_dict().items():
         torch.testing.assert_close(runs[2].state_dict()[name], tensor, rtol=1e-4, atol=1e-5)
     assert not math.isclose(runs[1].W_dec.norm().item(), 0.0)
+
+
+def test_an_activation_cache_is_written_once_and_replayed(tiny_run_inputs, tmp_path, monkeypatch):
+    cache = tmp_path / "acts"
+    data, args = run_args(tiny_run_inputs, tmp_path / "first", activation_cache=str(cache), eval_tokens=0)
+    train_saes(data, args)
+    from datasets import load_from_disk
+
+    stored = load_from_disk(str(cache))
+    assert stored.column_names == ["model.layers.1"] and len(stored) == 8192  # train_tokens, position 0 etc. dropped
+    import hf_sae.activations as activations
+
+    monkeypatch.setattr(activations, "capture_activations", lambda *a, **k: pytest.fail("the LM must not run"))
+    data, args = run_args(tiny_run_inputs, tmp_path / "second", activation_cache=str(cache), eval_tokens=0,
+                          architecture="batchtopk")  # fmt: skip
+    report = train_saes(data, args)  # a second SAE from the same activations, without the LM
+    assert report["model.layers.1"]["architecture"] == "batchtopk"
+
+
+def test_several_configurations_on_one_hookpoint_train_from_one_stream(tiny_run_inputs):
+    from hf_sae import SaeConfig
+    from hf_sae.activations import ShufflingBuffer
+
+    torch.manual_seed(0)
+    stream = [{"model.layers.1": torch.randn(64, 24) * 3 + 1} for _ in range(40)]
+    saes = {name: SaeModel(SaeConfig(d_in=24, num_latents=96, architecture=arch, k=k, hookpoint="model.layers.1"))
+            for name, arch, k in (("topk", "topk", 4), ("relu", "relu", None))}  # fmt: skip
+    buffer = ShufflingBuffer(lambda skip: iter(stream[skip:]), batch_size=128, capacity=0)
+    args = SaeTrainingArguments(train_tokens=128 * 20, batch_size=128, report_to="none", output_dir="unused",
+                                sparsity_coefficient=0.1)  # fmt: skip
+    before = {name: sae.W_enc.detach().clone() for name, sae in saes.items()}
+    SaeTrainer(args, saes, buffer).train()
+    for name, sae in saes.items():
+        assert not torch.equal(sae.W_enc, before[name]), name  # both trained on every batch
+    assert not torch.equal(saes["topk"].W_enc, saes["relu"].W_enc)
