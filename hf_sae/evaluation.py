@@ -434,7 +434,7 @@ def format_report(report: Mapping[str, Mapping]) -> str:
 def report_to_eval_results(report: Mapping[str, Mapping], *, dataset: str | None = None,
                            dataset_name: str | None = None, split: str | None = None) -> list:  # fmt: skip
     """The report's quality metrics as `huggingface_hub.EvalResult`s, for a model card's `model-index`."""
-    from . import metrics_to_eval_results
+    from .model_card import metrics_to_eval_results
 
     quality = {name: {k: m[k] for k in QUALITY_KEYS if k in m} for name, m in report.items()}
     return metrics_to_eval_results(quality, dataset=dataset, dataset_name=dataset_name, split=split)

@@ -46,7 +46,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from .configuration_sae import SaeConfig
 from .errors import HfSaeError, HookpointError, SaeConfigError, WeightsError
-from .model_card import METRICS_FILES, card_data, metrics_to_eval_results, read_json, read_metrics, render_card  # noqa: F401
+from .model_card import METRICS_FILES, card_data, read_json, read_metrics, render_card
 from .modeling_sae import SaeModel
 
 CONFIG, WEIGHTS, FEATURES, README = "config.json", "model.safetensors", "features", "README.md"
