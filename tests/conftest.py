@@ -92,3 +92,34 @@ def input_ids() -> torch.Tensor:
     ids = torch.randint(3, VOCAB_SIZE, (2, 7), generator=torch.Generator().manual_seed(1))
     ids[:, 0] = BOS_ID
     return ids
+
+
+def save_tiny_llama_and_corpus(root, *, num_words: int, hidden_size: int, intermediate_size: int,
+                               num_layers: int, heads: int, kv_heads: int, documents: dict[str, int],
+                               words_per_document: tuple[int, int]) -> list[str]:  # fmt: skip
+    """Save a tiny Llama with a word-level tokenizer to `root/lm` (loadable by `load_model`) and a jsonl corpus
+    with one file per split to `root/text`; returns the vocabulary's words."""
+    import json
+    import random
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = [f"w{i}" for i in range(num_words)]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=intermediate_size,
+                         num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=2)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(root / "lm")
+    tokenizer.save_pretrained(root / "lm")
+    rng = random.Random(0)
+    (root / "text").mkdir(exist_ok=True)
+    for split, count in documents.items():
+        lines = [json.dumps({"text": " ".join(rng.choices(words, k=rng.randint(*words_per_document)))})
+                 for _ in range(count)]  # fmt: skip
+        (root / "text" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return words

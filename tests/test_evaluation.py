@@ -1,14 +1,11 @@
 import json
-import random
 import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from conftest import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, save_tiny_llama_and_corpus
 
 from hf_sae import HfSaeError, SaeConfig, SaeModel
 from hf_sae.cli import main
@@ -243,22 +240,17 @@ def tiny_run(tmp_path_factory):
     """A saved tiny Llama with a word-level tokenizer, a jsonl corpus with a test split, and a training run's folder
     (one SAE subfolder, a checkpoint and a metrics file beside it)."""
     root = tmp_path_factory.mktemp("eval")
-    words = [f"w{i}" for i in range(60)]
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, bos_token_id=1,
-                         eos_token_id=2, pad_token_id=2)  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(root / "lm")
-    tokenizer.save_pretrained(root / "lm")
-    rng = random.Random(0)
-    (root / "text").mkdir()
-    for split, count in (("train", 5), ("test", 30)):
-        lines = [json.dumps({"text": " ".join(rng.choices(words, k=rng.randint(20, 60)))}) for _ in range(count)]
-        (root / "text" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    save_tiny_llama_and_corpus(
+        root,
+        num_words=60,
+        hidden_size=16,
+        intermediate_size=24,
+        num_layers=2,
+        heads=2,
+        kv_heads=1,
+        documents={"train": 5, "test": 30},
+        words_per_document=(20, 60),
+    )
     sae = SaeModel(SaeConfig(d_in=16, num_latents=64, architecture="topk", k=4, hookpoint=HOOKPOINT,
                              base_model_name_or_path=str(root / "lm")))  # fmt: skip
     sae.save_pretrained(root / "run" / HOOKPOINT)

@@ -25,7 +25,7 @@ def train_steps(sae: SaeModel, data: torch.Tensor, steps: int, lr: float = 1e-2)
         optimizer.step()
 
 
-# ---- a hand-set SAE against hand-computed outputs --------------------------------------------------------------------
+# ---- a hand-set SAE against hand-computed outputs -------------------------------------------------------
 
 
 def hand_set(architecture: str, **kwargs) -> SaeModel:
@@ -77,7 +77,7 @@ def test_no_b_dec_subtraction_when_configured_off():
     torch.testing.assert_close(sae.encode(X), torch.tensor([[1.5, 0.0, 2.5]]))
 
 
-# ---- sparsity behaviour per architecture -----------------------------------------------------------------------------
+# ---- sparsity behaviour per architecture -------------------------------------------------------------------
 
 
 def test_topk_has_exactly_k_nonzeros_per_token_for_any_leading_shape():
@@ -154,7 +154,7 @@ def test_auxk_loss_appears_only_with_dead_latents_and_trains_them():
     assert sae.W_enc.grad[:32].abs().sum() > 0
 
 
-# ---- gradients against finite differences ----------------------------------------------------------------------------
+# ---- gradients against finite differences ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("architecture", ["relu", "topk", "batchtopk", "jumprelu", "gated"])
@@ -213,7 +213,7 @@ def test_sparse_kernels_match_the_dense_computation():
         torch.testing.assert_close(getattr(sae, name).grad, getattr(dense, name).grad, rtol=1e-4, atol=1e-5)
 
 
-# ---- save / load -----------------------------------------------------------------------------------------------------
+# ---- save / load -------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -276,7 +276,7 @@ def test_wrong_input_width_is_a_clear_error():
         make_sae("topk")(torch.randn(2, 12))
 
 
-# ---- training helpers and dtypes -------------------------------------------------------------------------------------
+# ---- training helpers and dtypes ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

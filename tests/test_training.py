@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from conftest import save_tiny_llama_and_corpus
 
 from hf_sae import DataError, HookpointError, SaeConfigError, SaeModel, TrainingError
 from hf_sae.activations import ShufflingBuffer
@@ -18,32 +17,27 @@ from hf_sae.pipeline import train_saes
 from hf_sae.training import SaeTrainer, SaeTrainingArguments, geometric_median
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = [f"w{i}" for i in range(90)]
 
 
 @pytest.fixture(scope="module")
 def tiny_run_inputs(tmp_path_factory) -> Path:
     """A tiny Llama with a word-level tokenizer saved to disk, and a jsonl corpus with a held-out split."""
     root = tmp_path_factory.mktemp("tiny")
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=24, intermediate_size=37, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2)  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(root / "lm")
-    tokenizer.save_pretrained(root / "lm")
+    words = save_tiny_llama_and_corpus(
+        root,
+        num_words=90,
+        hidden_size=24,
+        intermediate_size=37,
+        num_layers=3,
+        heads=4,
+        kv_heads=2,
+        documents={"train": 300, "test": 40},
+        words_per_document=(20, 80),
+    )
     rng = random.Random(0)
-    for split, count in (("train", 300), ("test", 40)):
-        (root / "text").mkdir(exist_ok=True)
-        with open(root / "text" / f"{split}.jsonl", "w") as handle:
-            for _ in range(count):
-                handle.write(json.dumps({"text": " ".join(rng.choices(WORDS, k=rng.randint(20, 80)))}) + "\n")
     # One long document: every block then keeps exactly context_size - 1 tokens (only position 0 is dropped).
     with open(root / "one_document.jsonl", "w") as handle:
-        handle.write(json.dumps({"text": " ".join(rng.choices(WORDS, k=6000))}) + "\n")
+        handle.write(json.dumps({"text": " ".join(rng.choices(words, k=6000))}) + "\n")
     return root
 
 
