@@ -122,7 +122,12 @@ class _SparseDecode(torch.autograd.Function):
             # embedding_bag's own per-sample-weight gradient: each grad_out[row] . W_dec[col] computed in place, where
             # gathering the (entries, d_in) rows first would cost as much memory traffic as the encoder matmul.
             grad_values = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                grad_out, W_dec.to(grad_out.dtype), cols, offsets, rows, 0  # mode 0: sum
+                grad_out,
+                W_dec.to(grad_out.dtype),
+                cols,
+                offsets,
+                rows,
+                0,  # mode 0: sum
             ).to(values.dtype)
         if ctx.needs_input_grad[3]:
             grad_W_dec = _sum_by_latent(cols, rows, grad_out, values, W_dec.shape[0]).to(W_dec.dtype)

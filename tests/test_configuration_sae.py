@@ -69,19 +69,33 @@ def test_unknown_key_from_a_newer_version_warns_and_loads(tmp_path, caplog):
         (dict(d_in=8, num_latents=16, k=40), r"`k` must be smaller than `num_latents` \(16\); got k=40"),
         (dict(d_in=8, num_latents=16, architecture="topk"), r"architecture 'topk' needs `k`.*got k=None"),
         (dict(d_in=8, num_latents=16, architecture="batchtopk"), r"architecture 'batchtopk' needs `k`"),
-        (dict(d_in=8, num_latents=16, architecture="matryoshka"), (r"one of relu, topk, batchtopk, jumprelu, gated; "
-         r"got 'matryoshka'")),  # fmt: skip
+        (
+            dict(d_in=8, num_latents=16, architecture="matryoshka"),
+            (
+                r"one of relu, topk, batchtopk, jumprelu, gated; "
+                r"got 'matryoshka'"
+            ),
+        ),  # fmt: skip
         (dict(d_in=0, num_latents=16, k=2), r"`d_in` must be a positive integer; got 0"),
         (dict(d_in=8, num_latents=-3, k=2), r"`num_latents` must be a positive integer; got -3"),
         (dict(d_in=8, k=2), r"needs `num_latents` or `expansion_factor`, got neither"),
         (dict(d_in=8, expansion_factor=0, k=2), r"`expansion_factor` must be a positive number, got 0"),
-        (dict(d_in=8, num_latents=10, expansion_factor=2, k=2), (r"`num_latents=10` disagrees with "
-         r"`expansion_factor=2` \(which gives 16")),  # fmt: skip
+        (
+            dict(d_in=8, num_latents=10, expansion_factor=2, k=2),
+            (
+                r"`num_latents=10` disagrees with "
+                r"`expansion_factor=2` \(which gives 16"
+            ),
+        ),  # fmt: skip
         (dict(d_in=8, num_latents=16, architecture="relu", k=4), r"`k` applies only to topk and batchtopk; got k=4"),
-        (dict(d_in=8, num_latents=16, architecture="relu", sparsity_coefficient=-1.0),
-         r"`sparsity_coefficient` must be a number >= 0; got -1.0"),  # fmt: skip
-        (dict(d_in=8, num_latents=16, architecture="jumprelu", jumprelu_bandwidth=0.0),
-         r"`jumprelu_bandwidth` must be a number > 0; got 0.0"),  # fmt: skip
+        (
+            dict(d_in=8, num_latents=16, architecture="relu", sparsity_coefficient=-1.0),
+            r"`sparsity_coefficient` must be a number >= 0; got -1.0",
+        ),  # fmt: skip
+        (
+            dict(d_in=8, num_latents=16, architecture="jumprelu", jumprelu_bandwidth=0.0),
+            r"`jumprelu_bandwidth` must be a number > 0; got 0.0",
+        ),  # fmt: skip
     ],
 )
 def test_invalid_values_name_the_field_the_value_and_what_is_allowed(kwargs, message):
