@@ -238,6 +238,12 @@ class Feature:
     def __getitem__(self, key: str):
         return getattr(self, key) if key in ("index", "label", "auto_label", "examples") else self.stats[key]
 
+    def __getattr__(self, key: str):  # statistics as attributes too: feature.max_activation, feature.frequency
+        stats = self.__dict__.get("stats") or {}
+        if key in stats:
+            return stats[key]
+        raise AttributeError(f"Feature has no attribute or statistic {key!r}; statistics: {sorted(stats)}")
+
     def __repr__(self) -> str:
         s = self.stats
         return (f"Feature({self.index}, label={self.label!r}, frequency={s['frequency']:.3g}, "

@@ -280,3 +280,12 @@ def test_cli_collects_and_explains(setup, tmp_path, capsys):
     assert main(["features", "--sae", str(tmp_path / "sae"), "--explain", "w5 w6 w7", "--top", "2"]) == 0
     out = capsys.readouterr().out
     assert "'w7'" in out and "feature" in out
+
+
+def test_feature_statistics_read_as_attributes(tmp_path):
+    from hf_sae.features import Feature
+
+    feature = Feature(index=3, label="x", auto_label="x", stats={"max_activation": 2.5, "frequency": 0.01})
+    assert (feature.max_activation, feature["frequency"]) == (2.5, 0.01)
+    with pytest.raises(AttributeError, match=r"no attribute or statistic 'nope'"):
+        feature.nope
