@@ -76,9 +76,12 @@ def print_report(report: dict, output_dir: str) -> None:
         l0 = f"{metrics['l0']:.1f}" if "l0" in metrics else "-"
         print(
             f"{name:<28}{metrics['architecture']:<11}{metrics['num_latents']:>9,}{metrics['train_tokens']:>12,}"
-            f"{fvu:>8}{l0:>8}{100 * metrics['dead_fraction']:>8.1f}"
+            f"{fvu:>8}{l0:>8}{100 * metrics.get('dead_fraction', metrics['train_dead_fraction']):>8.1f}"
         )
-    print("FVU and L0 on held-out text; dead % = latents silent for the last `dead_after_tokens` of training.")
+    print(
+        "FVU, L0 and dead % (latents that never fired) on held-out text; metrics.json also has the training-time"
+        " dead fraction (silent for the last `dead_after_tokens`)."
+    )
 
 
 def eval_command(argv: list[str]) -> int:

@@ -348,8 +348,9 @@ class SaeTrainer:
     def dead_fractions(self) -> dict[str, dict[str, float]]:
         return {
             name: {
-                "dead_fraction": self.dead_latents(name).float().mean().item(),
-                "never_fired_fraction": (~self.state.ever_fired[name]).float().mean().item(),
+                # "train_": over training; the held-out `dead_fraction` means never fired on the evaluation tokens.
+                "train_dead_fraction": self.dead_latents(name).float().mean().item(),
+                "train_never_fired_fraction": (~self.state.ever_fired[name]).float().mean().item(),
             }
             for name in self.saes
         }

@@ -73,7 +73,7 @@ def test_a_run_saves_sae_and_metrics_that_load_back(tiny_run_inputs, tmp_path):
         assert metrics["train_tokens"] == 8192
         assert 0 < metrics["fvu"] < 1.0
         assert metrics["l0"] == pytest.approx(4.0, abs=0.01)
-        assert 0 <= metrics["dead_fraction"] <= 1
+        assert 0 <= metrics["dead_fraction"] <= 1 and 0 <= metrics["train_dead_fraction"] <= 1
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == report
     assert any((tmp_path / "run").rglob("events.out.tfevents*")) is False  # report_to none writes no logs
 
