@@ -7,6 +7,7 @@ is installed. Set `HF_SAE_ROUND_TRIP_RUN` to a training output folder (e.g. the 
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,8 @@ def test_a_smollm2_sae_round_trips_through_the_hub_and_steers_generate(smollm2, 
     expected = json.loads((run / "metrics.json").read_text())[HOOKPOINT]
     metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert metrics["fvu"] == pytest.approx(expected["fvu"])
-    assert f"{expected['fvu']:.3f}"[:4] in card.text  # the metrics table in the prose
+    fvu_cell = f"{expected['fvu']:.4g}"
+    assert re.search(rf"\| `{re.escape(HOOKPOINT)}` \| {re.escape(fvu_cell)}\d* \|", card.text)  # the metrics table
 
     prompt = tokenizer(["The capital of France is"], return_tensors="pt")
     generate = dict(max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.eos_token_id)
