@@ -1,58 +1,87 @@
 """hf_sae: sparse autoencoders for language-model interpretability, native to the Hugging Face stack.
 
 Importing the package registers `SaeConfig` and `SaeModel` with `AutoConfig` and `AutoModel`, so
-`AutoModel.from_pretrained(path)` loads an SAE with no remote code.
+`AutoModel.from_pretrained(path)` loads an SAE with no remote code, and gives `SaeModel.features` its reader.
 """
-
-__version__ = "0.1.0"
 
 from transformers import AutoConfig, AutoModel
 
+from .architectures import ARCHITECTURES
+from .arguments import (
+    ActivationArguments,
+    DataArguments,
+    EvalDataArguments,
+    EvaluationArguments,
+    FeatureArguments,
+    SaeArguments,
+    SaeTrainingArguments,
+)
 from .browser import explain, write_browser
-from .configuration_sae import ARCHITECTURES, SaeConfig
-from .data import DataArguments
+from .configuration_sae import SaeConfig
 from .errors import (
+    ArgumentError,
+    CorpusDownloadError,
     DataError,
+    FeatureMetadataError,
     HfSaeError,
     HookpointError,
+    HubError,
     MissingDependencyError,
+    ModelNotFoundError,
     SaeConfigError,
+    SaeNotFoundError,
+    SteeringError,
     TrainingError,
     WeightsError,
 )
 from .evaluation import evaluate_saes
 from .features import FeatureMetadata, collect_feature_metadata, load_features
-from .hooks import SaeHooks, SaeRecorder, capture_activations
-from .hub import HubError, load_saes, push_saes_to_hub, save_saes
+from .hookpoints import capture_activations, resolve_hookpoints
+from .hooks import SaeHooks, SaeRecorder
+from .hub import load_saes, push_saes_to_hub, save_saes
 from .model_card import metrics_to_eval_results
 from .modeling_sae import SaeModel, SaeOutput, SaePreTrainedModel
 from .models import load_model
-from .pipeline import train_saes
-from .training import SaeTrainer, SaeTrainingArguments
+from .runners import run_evaluation, run_features, train_saes
+from .training import SaeTrainer
+from .version import __version__
 
 AutoConfig.register(SaeConfig.model_type, SaeConfig)
 AutoModel.register(SaeConfig, SaeModel)
+SaeModel.feature_loader = load_features
 
 __all__ = [
     "ARCHITECTURES",
+    "ActivationArguments",
+    "ArgumentError",
+    "CorpusDownloadError",
     "DataArguments",
     "DataError",
+    "EvalDataArguments",
+    "EvaluationArguments",
+    "FeatureArguments",
     "FeatureMetadata",
+    "FeatureMetadataError",
     "HfSaeError",
     "HookpointError",
     "HubError",
     "MissingDependencyError",
+    "ModelNotFoundError",
+    "SaeArguments",
     "SaeConfig",
     "SaeConfigError",
     "SaeHooks",
     "SaeModel",
+    "SaeNotFoundError",
     "SaeOutput",
     "SaePreTrainedModel",
     "SaeRecorder",
     "SaeTrainer",
     "SaeTrainingArguments",
+    "SteeringError",
     "TrainingError",
     "WeightsError",
+    "__version__",
     "capture_activations",
     "collect_feature_metadata",
     "evaluate_saes",
@@ -62,6 +91,9 @@ __all__ = [
     "load_saes",
     "metrics_to_eval_results",
     "push_saes_to_hub",
+    "resolve_hookpoints",
+    "run_evaluation",
+    "run_features",
     "save_saes",
     "train_saes",
     "write_browser",

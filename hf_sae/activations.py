@@ -1,7 +1,7 @@
 """The activation stream an SAE trainer consumes.
 
-    token blocks -> frozen LM (no_grad, forward stopped after the deepest hookpoint, bf16 where faster)
-                 -> {hookpoint: (tokens, d_in)} without position 0, special tokens and extreme-norm outliers
+    token blocks -> frozen LM (`lm_forward`: no_grad, stopped after the deepest hookpoint, bf16 where faster)
+                 -> {hookpoint: (tokens, d_in)} of the tokens that count (`lm_forward.counted_tokens`)
                  -> optional on-disk cache (a `datasets` Arrow dataset) that can be replayed
                  -> a shuffling buffer that mixes many contexts before serving fixed-size batches
 
@@ -10,9 +10,7 @@ The buffer's state (chunks consumed, unserved activations, RNG) can be saved and
 exactly the activations the interrupted run would have seen next.
 """
 
-import functools
 import shutil
-import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -23,41 +21,12 @@ from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from .errors import DataError
-from .hooks import capture_activations
+from .layout import replace_folder, staging_folder
+from .lm_forward import counted_tokens, run_lm
 
 logger = logging.get_logger(__name__)
 
 Chunk = dict[str, Tensor]  # {hookpoint: (tokens, d_in)}, the same tokens in the same order for every hookpoint
-
-
-@functools.cache
-def bf16_is_faster(device_type: str) -> bool:
-    """Whether this machine multiplies bf16 matrices clearly faster than fp32 (measured once, about 0.1 s)."""
-    if device_type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device_type != "cpu":
-        return False
-
-    def seconds(dtype: torch.dtype) -> float:
-        a, b = torch.randn(512, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
-        a @ b  # warm-up
-        start = time.perf_counter()
-        for _ in range(3):
-            a @ b
-        return time.perf_counter() - start
-
-    return seconds(torch.bfloat16) * 1.5 < seconds(torch.float32)
-
-
-def resolve_lm_dtype(lm_dtype: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for the LM forward: `auto` picks bf16 where the hardware multiplies it faster."""
-    if lm_dtype == "auto":
-        return torch.bfloat16 if bf16_is_faster(device.type) else None
-    if lm_dtype in ("bfloat16", "float16"):
-        return getattr(torch, lm_dtype)
-    if lm_dtype == "float32":
-        return None
-    raise DataError(f"`lm_dtype` must be one of auto, bfloat16, float16, float32; got {lm_dtype!r}.")
 
 
 def batched(blocks: Iterable[Tensor], size: int) -> Iterator[Tensor]:
@@ -77,33 +46,17 @@ def harvest(
     hookpoints: Sequence[str],
     token_batches: Iterable[Tensor],
     *,
-    exclude_token_ids: Iterable[int] = (),
+    exclude_token_ids: Tensor,
     outlier_factor: float | None = 10.0,
     autocast_dtype: torch.dtype | None = None,
 ) -> Iterator[Chunk]:
-    """Run the frozen LM on (batch, context) token batches and yield one chunk of kept activations per batch.
-
-    Position 0 (on SmolLM2 its norm is about 100 times the median) and tokens in `exclude_token_ids` are dropped;
-    so are tokens whose norm at any hookpoint exceeds `outlier_factor` times that batch's median norm: about one
-    token in 8,700 on SmolLM2, which would otherwise dominate the reconstruction error.
-    """
-    device = model.device
-    excluded = torch.tensor(sorted(set(exclude_token_ids)), dtype=torch.long, device=device)
+    """Run the frozen LM on (batch, context) token batches and yield one chunk of counted activations per batch:
+    the tokens `lm_forward.counted_tokens` keeps at every hookpoint, so all hookpoints see the same tokens."""
     for input_ids in token_batches:
-        input_ids = input_ids.to(device)
-        keep = ~torch.isin(input_ids, excluded)
-        keep[:, 0] = False
-        with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                             enabled=autocast_dtype is not None):  # fmt: skip
-            activations = capture_activations(model, hookpoints, input_ids)
-        chunk = {hookpoint: activations[hookpoint][keep] for hookpoint in hookpoints}  # (tokens, d_in) each
-        if outlier_factor is not None:
-            ordinary = torch.ones(int(keep.sum()), dtype=torch.bool, device=device)
-            for acts in chunk.values():
-                norms = acts.float().norm(dim=-1)
-                ordinary &= norms <= outlier_factor * norms.median()
-            chunk = {hookpoint: acts[ordinary] for hookpoint, acts in chunk.items()}
-        yield chunk
+        input_ids = input_ids.to(model.device)
+        activations, _ = run_lm(model, hookpoints, input_ids, autocast_dtype=autocast_dtype)
+        keep, _ = counted_tokens(input_ids, activations.values(), exclude_token_ids, outlier_factor)
+        yield {hookpoint: activations[hookpoint][keep] for hookpoint in hookpoints}  # (tokens, d_in) each
 
 
 class ShufflingBuffer:
@@ -195,16 +148,23 @@ def write_cache(chunks: Iterable[Chunk], path: str | Path, *, max_tokens: int | 
     # A fresh fingerprint: datasets would otherwise try to hash (pickle) the live activation stream.
     build = path.with_name(f".{path.name}.build")  # datasets' generator cache, removed once saved
     dataset = Dataset.from_generator(rows, fingerprint=uuid.uuid4().hex, cache_dir=str(build))
-    tmp = path.with_name(path.name + ".tmp")
-    dataset.save_to_disk(str(tmp))
-    tmp.rename(path)
+    with staging_folder(path) as tmp:
+        dataset.save_to_disk(str(tmp / "dataset"))
+        replace_folder(tmp / "dataset", path)
     del dataset
     shutil.rmtree(build, ignore_errors=True)
     return path
 
 
-def read_cache(path: str | Path, hookpoints: Sequence[str], *, chunk_tokens: int = 4096, skip: int = 0,
-               rank: int = 0, world_size: int = 1) -> Iterator[Chunk]:  # fmt: skip
+def read_cache(
+    path: str | Path,
+    hookpoints: Sequence[str],
+    *,
+    chunk_tokens: int = 4096,
+    skip: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[Chunk]:
     """Replay a cache written by `write_cache`, `chunk_tokens` tokens at a time, cycling for several epochs."""
     from datasets import load_from_disk
 

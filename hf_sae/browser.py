@@ -13,8 +13,6 @@ and paging need nothing else; a feature's details come in a chunk script the pag
 import json
 import math
 import os
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -24,17 +22,10 @@ import pyarrow.compute as pc
 import torch
 from torch import nn
 
-from .errors import HfSaeError
-from .features import (
-    FEATURES_DIR,
-    METADATA,
-    FeatureMetadata,
-    hookpoint_of,
-    load_features,
-    replace_folder,
-    token_strings,
-)
-from .hooks import capture_activations
+from .errors import ArgumentError
+from .features import METADATA, FeatureMetadata, hookpoint_of, load_features, token_strings
+from .layout import FEATURES, replace_folder, staging_folder
+from .lm_forward import run_lm
 from .modeling_sae import SaeModel
 
 TEMPLATE = "browser_template.html"
@@ -43,8 +34,16 @@ DATA_MARKER = "/*HF_SAE_DATA*/"
 
 
 @torch.no_grad()
-def explain(model: nn.Module, tokenizer, sae: SaeModel, text: str, top: int = 5, *, hookpoint: str | None = None,
-            features: FeatureMetadata | None = None) -> list[dict]:  # fmt: skip
+def explain(
+    model: nn.Module,
+    tokenizer,
+    sae: SaeModel,
+    text: str,
+    top: int = 5,
+    *,
+    hookpoint: str | None = None,
+    features: FeatureMetadata | None = None,
+) -> list[dict]:
     r"""
     Which features fire on `text`: per token, the `top` most active features with their labels. The text is
     tokenized as training blocks are (BOS prepended, no other special tokens); BOS itself is not listed.
@@ -54,35 +53,30 @@ def explain(model: nn.Module, tokenizer, sae: SaeModel, text: str, top: int = 5,
     ```python
     >>> rows = explain(lm, tokenizer, sae, "The Eiffel Tower is in Paris", top=3)
     >>> rows[-1]["token"], rows[-1]["features"][0]  # ' Paris', {'feature': 4121, 'activation': 9.8, 'label': ...}
-    >>> print(format_explanation(rows))
     ```
     """
     hookpoint = hookpoint_of(sae, hookpoint)
-    if features is None and (Path(sae.name_or_path or "") / FEATURES_DIR / METADATA).is_file():
+    if features is None and (Path(sae.name_or_path or "") / FEATURES / METADATA).is_file():
         features = sae.features
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     prefix = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
     input_ids = torch.tensor([prefix + ids], device=getattr(model, "device", None))
-    acts = capture_activations(model, [hookpoint], input_ids)[hookpoint][0, len(prefix) :]  # (tokens, d_in)
+    acts = run_lm(model, [hookpoint], input_ids)[0][hookpoint][0, len(prefix) :]  # (tokens, d_in)
     values, latents = sae.encode(acts.to(sae.device, sae.dtype)).topk(min(top, sae.config.num_latents), dim=-1)
     strings = token_strings(tokenizer, ids)
     return [
-        {"position": t, "token_id": token, "token": strings[token],
-         "features": [{"feature": int(i), "activation": float(v), "label": features.label(int(i)) if features else ""}
-                      for v, i in zip(values[t], latents[t]) if v > 0]}
+        {
+            "position": t,
+            "token_id": token,
+            "token": strings[token],
+            "features": [
+                {"feature": int(i), "activation": float(v), "label": features.label(int(i)) if features else ""}
+                for v, i in zip(values[t], latents[t])
+                if v > 0
+            ],
+        }
         for t, token in enumerate(ids)
-    ]  # fmt: skip
-
-
-def format_explanation(rows: list[dict]) -> str:
-    """`explain`'s rows as a terminal table: one line per (token, feature)."""
-    lines = [f"{'pos':>4}  {'token':<16}{'feature':>8}{'act':>9}  label"]
-    for row in rows:
-        token = repr(row["token"])[:16]
-        for j, f in enumerate(row["features"] or [{"feature": "-", "activation": 0.0, "label": ""}]):
-            head = f"{row['position']:>4}  {token:<16}" if j == 0 else " " * 22
-            lines.append(f"{head}{f['feature']:>8}{f['activation']:>9.2f}  {f['label'][:60]}")
-    return "\n".join(lines)
+    ]
 
 
 def _js(value) -> str:
@@ -163,8 +157,10 @@ def _index(features: FeatureMetadata, contexts: pa.Table) -> dict:
     for feature, token in zip(contexts.column("feature").to_pylist(), pc.take(tokens.flatten(), starts).to_pylist()):
         peaks[feature].add(token.strip())
     promoted = table.column("promoted_tokens").to_pylist() if "promoted_tokens" in table.column_names else None
-    search = [" ".join(filter(None, [*sorted(peaks[i]), *(t.strip() for t in (promoted[i][:5] if promoted else []))]))
-              for i in range(num)]  # fmt: skip
+    search = [
+        " ".join(filter(None, [*sorted(peaks[i]), *(t.strip() for t in (promoted[i][:5] if promoted else []))]))
+        for i in range(num)
+    ]
     return {
         "label": [features.label(i) for i in range(num)],
         "user": [i in features.labels for i in range(num)],
@@ -208,13 +204,11 @@ def write_browser(
     }
     output_dir = Path(output_dir)
     if output_dir.is_dir() and not {p.name for p in output_dir.iterdir()} <= {"index.html", "data"}:
-        raise HfSaeError(
+        raise ArgumentError(
             f"Expected a new or empty folder, or an earlier feature browser, for `output_dir`; {output_dir} holds "
             "other files, which writing the browser would replace. Choose another folder."
         )
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    try:
+    with staging_folder(output_dir) as tmp:
         (tmp / "data").mkdir()
         for start in range(0, num, chunk_size):
             chunk = _chunk(features, range(start, min(start + chunk_size, num)), contexts, edges)
@@ -223,9 +217,6 @@ def write_browser(
         template = resources.files("hf_sae").joinpath(TEMPLATE).read_text(encoding="utf-8")
         page = template.replace(DATA_MARKER, f"const DATA = {_js(data)};")
         (tmp / "index.html").write_text(page, encoding="utf-8")
-        for path in [tmp, tmp / "data"]:
-            path.chmod(0o755)
+        (tmp / "data").chmod(0o755)
         replace_folder(tmp, output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return output_dir / "index.html"

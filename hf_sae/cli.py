@@ -1,32 +1,99 @@
-"""The `hf-sae` command line: thin subcommands that parse arguments and call the library.
+"""The `hf-sae` command line: thin subcommands that parse argument dataclasses and call the runners.
 
 hf-sae prepare-corpus                 download the built-in offline corpus (once)
-hf-sae train [--flag value ...]       train SAEs; also `hf-sae train config.yaml`
+hf-sae train [--flag value ...]       train SAEs; also `hf-sae train config.yaml` or a saved training_args.json
 hf-sae eval --sae PATH --output_dir OUT   measure SAEs on held-out text: FVU, L0, dead latents, CE loss recovered
 hf-sae features --sae DIR             collect feature statistics into DIR/features; `--explain TEXT` lists features
 hf-sae browse --sae DIR --output_dir OUT   write a static HTML feature browser
 hf-sae push --sae DIR --repo_id ID    upload SAEs, feature metadata and a model card in one commit
 hf-sae pull --repo_id ID              download SAEs (only the hookpoints asked for) into the Hub cache or a folder
+
+Every subcommand parses the same way: flags, or one YAML / JSON file first (its values become the defaults, so
+`null` means none) with flags after it overriding; `none` (or `null`) as a flag value sets an optional field to None.
 """
 
 import argparse
+import dataclasses
 import logging
 import sys
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Mapping
 
-from . import __version__
+from . import arguments as A
+from .errors import ArgumentError
+from .layout import EVAL_REPORT, METRICS, QUALITY_KEYS
+from .version import __version__
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def parse_arguments(groups: tuple[type, ...], argv: list[str], prog: str) -> tuple:
+    """The dataclasses of `groups`, from flags or from a YAML / JSON file followed by flags."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(groups, prog=prog)
+    _accept_none(parser, groups)
+    if argv and argv[0].endswith(CONFIG_SUFFIXES):
+        values = _read_config_file(argv[0])
+        actions = {action.dest: action for action in parser._actions}
+        if unknown := sorted(set(values) - set(actions)):
+            raise ArgumentError(f"{argv[0]} sets {unknown}, which `{prog}` does not take. Check `{prog} --help`.")
+        parser.set_defaults(**values)
+        for name in values:
+            actions[name].required = False
+        argv = argv[1:]
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    _check_choices(parsed)
+    return parsed
+
+
+def _read_config_file(path: str) -> dict:
+    import yaml
+
+    with open(path) as handle:
+        values = yaml.safe_load(handle) or {}  # YAML is a superset of JSON
+    if not isinstance(values, dict):
+        raise ArgumentError(f"{path} must hold a mapping of argument names to values; got {type(values).__name__}.")
+    return values
+
+
+def _accept_none(parser, groups: tuple[type, ...]) -> None:
+    """Let `none` / `null` set an optional field to None (argparse would try `int('None')`)."""
+    optional = {
+        f.name
+        for group in groups
+        for f in dataclasses.fields(group)
+        if type(None) in typing.get_args(typing.get_type_hints(group)[f.name])
+    }
+    for action in parser._actions:
+        if action.dest in optional and callable(action.type):
+            convert = action.type
+            action.type = lambda value, convert=convert: None if value.lower() in ("none", "null") else convert(value)
+
+
+def _check_choices(parsed: tuple) -> None:
+    """Values from a file bypass argparse's `choices`: check every `Literal` field here, before any work."""
+    for group in parsed:
+        for name, hint in typing.get_type_hints(type(group)).items():
+            choices = [
+                arg
+                for option in (hint, *typing.get_args(hint))
+                if typing.get_origin(option) is typing.Literal
+                for arg in typing.get_args(option)
+            ]
+            value = getattr(group, name)
+            if choices and value is not None and value not in choices:
+                raise ArgumentError(f"--{name} must be one of {choices}; got {value!r}.")
+
+
+# ---- subcommands ----------------------------------------------------------------------------------------------------
 
 
 def prepare_corpus_command(argv: list[str]) -> int:
-    from .corpus import SOURCES, prepare_corpus
+    from .offline.corpus import prepare_corpus
 
-    parser = argparse.ArgumentParser(prog="hf-sae prepare-corpus", description="Download the built-in corpus.")
-    parser.add_argument("--output_dir", default=None, help="Where to save it (default: the hf_sae cache).")
-    parser.add_argument("--test_fraction", type=float, default=0.05, help="Share of each source held out as test.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the train/test split.")
-    parser.add_argument("--force", action="store_true", help="Rebuild even if the corpus is already there.")
-    parser.add_argument("--sources", nargs="+", choices=sorted(SOURCES), default=None, help="Default: all.")
-    args = parser.parse_args(argv)
+    (args,) = parse_arguments((A.CorpusArguments,), argv, "hf-sae prepare-corpus")
+    args.check()
     path = prepare_corpus(
         args.output_dir, test_fraction=args.test_fraction, seed=args.seed, force=args.force, sources=args.sources
     )
@@ -34,77 +101,40 @@ def prepare_corpus_command(argv: list[str]) -> int:
     return 0
 
 
-def parse_with_files(dataclass_types: tuple, argv: list[str], prog: str):
-    """Parse flat argument dataclasses from flags, or from one YAML / JSON file (flags after it override it)."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(dataclass_types, prog=prog)
-    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
-        import yaml
-
-        with open(argv[0]) as handle:
-            values = yaml.safe_load(handle) or {}  # YAML is a superset of JSON
-        flags = [item for key, value in values.items() for item in _as_flags(key, value)]
-        argv = flags + argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
-def _as_flags(key: str, value) -> list[str]:
-    if isinstance(value, list):
-        return [f"--{key}", *map(str, value)]
-    return [f"--{key}", str(value)]
-
-
 def train_command(argv: list[str]) -> int:
-    from .data import DataArguments
-    from .pipeline import train_saes
-    from .training import SaeTrainingArguments
+    from .runners import train_saes
 
-    data_args, train_args = parse_with_files((DataArguments, SaeTrainingArguments), argv, "hf-sae train")
-    report = train_saes(data_args, train_args)
+    groups = parse_arguments(A.TRAIN_GROUPS, argv, "hf-sae train")
+    report = train_saes(*groups)
     if report:
-        print_report(report, train_args.output_dir)
+        print(format_training_report(report, groups[-1].output_dir))
     return 0
 
 
-def print_report(report: dict, output_dir: str) -> None:
-    """What was trained and how good it is, as a small table."""
-    print(f"\nSaved to {output_dir} (metrics in {output_dir}/metrics.json)")
-    print(f"{'hookpoint':<28}{'arch':<11}{'latents':>9}{'tokens':>12}{'FVU':>8}{'L0':>8}{'dead %':>8}")
-    for name, metrics in report.items():
-        fvu = f"{metrics['fvu']:.3f}" if "fvu" in metrics else "-"
-        l0 = f"{metrics['l0']:.1f}" if "l0" in metrics else "-"
-        print(
-            f"{name:<28}{metrics['architecture']:<11}{metrics['num_latents']:>9,}{metrics['train_tokens']:>12,}"
-            f"{fvu:>8}{l0:>8}{100 * metrics.get('dead_fraction', metrics['train_dead_fraction']):>8.1f}"
-        )
-    print(
-        "FVU, L0 and dead % (latents that never fired) on held-out text; metrics.json also has the training-time"
-        " dead fraction (silent for the last `dead_after_tokens`)."
-    )
-
-
 def eval_command(argv: list[str]) -> int:
-    from .evaluation import REPORT_NAME, EvalDataArguments, EvaluationArguments, format_report, run_evaluation
+    from .runners import run_evaluation
 
-    data_args, args = parse_with_files((EvalDataArguments, EvaluationArguments), argv, "hf-sae eval")
-    report = run_evaluation(args, data_args)
+    groups = (A.ActivationArguments, A.EvalDataArguments, A.EvaluationArguments)
+    lm_args, data_args, args = parse_arguments(groups, argv, "hf-sae eval")
+    report = run_evaluation(lm_args, data_args, args)
     print(format_report(report))
-    print(f"Report in {args.output_dir}/{REPORT_NAME}, firing-density plots beside it.")
+    print(f"Report in {args.output_dir}/{EVAL_REPORT}, firing-density plots beside it.")
     return 0
 
 
 def features_command(argv: list[str]) -> int:
-    from .browser import explain, format_explanation
-    from .data import DataArguments
-    from .features import FeatureArguments, load_sae_and_model, run_features
+    from .runners import load_sae_and_lm, run_features
 
-    data_args, args = parse_with_files((DataArguments, FeatureArguments), argv, "hf-sae features")
+    groups = (A.ActivationArguments, A.DataArguments, A.FeatureArguments)
+    lm_args, data_args, args = parse_arguments(groups, argv, "hf-sae features")
     if args.explain is not None:
-        sae, model, tokenizer = load_sae_and_model(args.sae, args.model_name_or_path)
+        from .browser import explain
+
+        A.check_all(lm_args, args)
+        sae, model, tokenizer = load_sae_and_lm(args.sae, lm_args, device=args.device)
         print(format_explanation(explain(model, tokenizer, sae, args.explain, args.top, hookpoint=args.hookpoint)))
         return 0
-    features = run_features(data_args, args)
+    features = run_features(lm_args, data_args, args)
     tokens = features.metadata["tokens"]
     print(f"Saved metadata of {len(features):,} features over {tokens:,} tokens to {features.path}")
     return 0
@@ -113,51 +143,96 @@ def features_command(argv: list[str]) -> int:
 def browse_command(argv: list[str]) -> int:
     from .browser import write_browser
 
-    parser = argparse.ArgumentParser(prog="hf-sae browse", description="Write a static HTML feature browser.")
-    parser.add_argument("--sae", required=True, help="The SAE's folder, with features/ (from `hf-sae features`).")
-    parser.add_argument("--output_dir", required=True, help="Where to write index.html (opens from file://).")
-    parser.add_argument("--examples", type=int, default=10, help="Top contexts shown per feature.")
-    args = parser.parse_args(argv)
-    path = write_browser(args.sae, args.output_dir, examples=args.examples)
-    print(f"Feature browser written to {path}")
+    (args,) = parse_arguments((A.BrowseArguments,), argv, "hf-sae browse")
+    args.check()
+    print(f"Feature browser written to {write_browser(args.sae, args.output_dir, examples=args.examples)}")
     return 0
 
 
 def push_command(argv: list[str]) -> int:
     from .hub import push_saes_to_hub
 
-    parser = argparse.ArgumentParser(prog="hf-sae push", description="Upload SAEs to the Hub in one commit.")
-    parser.add_argument("--sae", required=True, help="An SAE folder, or a training output with hookpoint folders.")
-    parser.add_argument("--repo_id", required=True, help="The Hub repo, e.g. `you/smollm2-saes`; created if needed.")
-    parser.add_argument("--private", action="store_true", help="Create the repo private.")
-    parser.add_argument("--revision", default=None, help="The branch to commit to (default: main).")
-    parser.add_argument("--token", default=None, help="A write token (default: the logged-in one, or HF_TOKEN).")
-    parser.add_argument("--commit_message", default=None)
-    args = parser.parse_args(argv)
-    commit = push_saes_to_hub(args.repo_id, args.sae, private=args.private, token=args.token,
-                              revision=args.revision, commit_message=args.commit_message)  # fmt: skip
+    (args,) = parse_arguments((A.PushArguments,), argv, "hf-sae push")
+    commit = push_saes_to_hub(
+        args.repo_id,
+        args.sae,
+        private=args.private,
+        token=args.token,
+        revision=args.revision,
+        commit_message=args.commit_message,
+    )
     print(f"Pushed to {commit.commit_url}")
     return 0
 
 
 def pull_command(argv: list[str]) -> int:
-    from .hub import load_saes
+    from .hub import load_saes, save_saes
 
-    parser = argparse.ArgumentParser(prog="hf-sae pull", description="Download SAEs from the Hub.")
-    parser.add_argument("--repo_id", required=True)
-    parser.add_argument("--hookpoints", nargs="+", default=None, help="Only these (default: all).")
-    parser.add_argument("--revision", default=None)
-    parser.add_argument("--token", default=None)
-    parser.add_argument("--output_dir", default=None, help="Also save them here (default: the Hub cache only).")
-    args = parser.parse_args(argv)
+    (args,) = parse_arguments((A.PullArguments,), argv, "hf-sae pull")
     saes = load_saes(args.repo_id, args.hookpoints, revision=args.revision, token=args.token)
     if args.output_dir:
-        from .hub import save_saes
-
         save_saes(saes, args.output_dir)
     for hookpoint, sae in saes.items():
         print(f"{hookpoint}: {sae.config.architecture}, {sae.config.num_latents:,} latents, at {sae.name_or_path}")
     return 0
+
+
+# ---- terminal formatting --------------------------------------------------------------------------------------------
+
+
+def format_training_report(report: dict, output_dir: str) -> str:
+    """What was trained and how good it is, as a small table."""
+    lines = [
+        f"\nSaved to {output_dir} (metrics in {output_dir}/{METRICS})",
+        f"{'hookpoint':<28}{'arch':<11}{'latents':>9}{'tokens':>12}{'FVU':>8}{'L0':>8}{'dead %':>8}",
+    ]
+    for name, m in report.items():
+        fvu = f"{m['fvu']:.3f}" if "fvu" in m else "-"
+        l0 = f"{m['l0']:.1f}" if "l0" in m else "-"
+        dead = 100 * m.get("dead_fraction", m["train_dead_fraction"])
+        lines.append(
+            f"{name:<28}{m['architecture']:<11}{m['num_latents']:>9,}{m['train_tokens']:>12,}"
+            f"{fvu:>8}{l0:>8}{dead:>8.1f}"
+        )
+    lines.append(
+        "FVU, L0 and dead % (latents that never fired) on held-out text; metrics.json also has the "
+        "training-time dead fraction (silent for the last `dead_after_tokens`)."
+    )
+    return "\n".join(lines)
+
+
+def format_report(report: Mapping[str, Mapping]) -> str:
+    """An evaluation report as a text table, one column per SAE."""
+    keys = [
+        key
+        for key in (*QUALITY_KEYS, "eval_tokens", "eval_predictions", "outlier_tokens")
+        if any(key in m for m in report.values())
+    ]
+    width, columns = max(map(len, keys)), {name: max(len(name), 12) for name in report}
+    lines = [" " * width + "".join(f"  {name:>{w}}" for name, w in columns.items())]
+    for key in keys:
+        cells = [_cell(report[name].get(key)) for name in columns]
+        lines.append(f"{key:<{width}}" + "".join(f"  {cell:>{w}}" for cell, w in zip(cells, columns.values())))
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.4f}" if value == 0 or abs(value) >= 0.01 else f"{value:.3e}"
+
+
+def format_explanation(rows: list[dict]) -> str:
+    """`browser.explain`'s rows as a terminal table: one line per (token, feature)."""
+    lines = [f"{'pos':>4}  {'token':<16}{'feature':>8}{'act':>9}  label"]
+    for row in rows:
+        token = repr(row["token"])[:16]
+        for j, f in enumerate(row["features"] or [{"feature": "-", "activation": 0.0, "label": ""}]):
+            head = f"{row['position']:>4}  {token:<16}" if j == 0 else " " * 22
+            lines.append(f"{head}{f['feature']:>8}{f['activation']:>9.2f}  {f['label'][:60]}")
+    return "\n".join(lines)
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {

@@ -1,23 +1,34 @@
 """`SaeConfig`: what a sparse autoencoder is. Never training schedules, devices or run-time dtypes."""
 
-from typing import Any, Literal
+from typing import Any
 
 from transformers import PreTrainedConfig
 from transformers.utils import logging
 
+from .architectures import ARCHITECTURES, ArchitectureName
 from .errors import SaeConfigError
+from .version import __version__
 
 logger = logging.get_logger(__name__)
 
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
 # Architectures whose sparsity is set by `k` rather than by a penalty coefficient.
-K_ARCHITECTURES = ("topk", "batchtopk")
+K_ARCHITECTURES = tuple(name for name, arch in ARCHITECTURES.items() if arch.uses_k)
 
 # Keys that `PreTrainedConfig` itself writes into config.json; anything else we don't know is from a newer hf_sae.
 _BASE_CONFIG_KEYS = {
-    "transformers_version", "model_type", "architectures", "_name_or_path", "name_or_path", "dtype", "torch_dtype",
-    "_commit_hash", "attn_implementation", "output_attentions", "output_hidden_states", "return_dict",
-}  # fmt: skip
+    "transformers_version",
+    "model_type",
+    "architectures",
+    "_name_or_path",
+    "name_or_path",
+    "dtype",
+    "torch_dtype",
+    "_commit_hash",
+    "attn_implementation",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+}
 
 
 class SaeConfig(PreTrainedConfig):
@@ -32,7 +43,7 @@ class SaeConfig(PreTrainedConfig):
         expansion_factor (`float`, *optional*):
             Convenience for `num_latents = round(expansion_factor * d_in)`; resolved at construction and not stored.
         architecture (`str`, *optional*, defaults to `"topk"`):
-            One of `relu`, `topk`, `batchtopk`, `jumprelu`, `gated`.
+            A name in `hf_sae.ARCHITECTURES`: `relu`, `topk`, `batchtopk`, `jumprelu`, `gated`.
         k (`int`, *optional*):
             Active latents per token for `topk`, average active latents per token for `batchtopk`.
         sparsity_coefficient (`float`, *optional*, defaults to 1.0):
@@ -68,7 +79,7 @@ class SaeConfig(PreTrainedConfig):
 
     d_in: int
     num_latents: int | None = None
-    architecture: Literal["relu", "topk", "batchtopk", "jumprelu", "gated"] = "topk"
+    architecture: ArchitectureName = "topk"
     k: int | None = None
     sparsity_coefficient: float = 1.0
     jumprelu_init_threshold: float = 0.001
@@ -155,18 +166,14 @@ class SaeConfig(PreTrainedConfig):
         super().__setattr__(key, value)
 
     def to_dict(self) -> dict[str, Any]:
-        from . import __version__
-
         output = super().to_dict()
         output.pop("_frozen", None)
         output["hf_sae_version"] = __version__
         return output
 
 
-_FROZEN_FIELDS = {
-    "d_in", "num_latents", "architecture", "k", "sparsity_coefficient", "jumprelu_init_threshold",
-    "jumprelu_bandwidth", "auxk_coefficient", "apply_b_dec_to_input", "hookpoint", "base_model_name_or_path",
-}  # fmt: skip
+# Every field but the version stamp: what an SAE is cannot change under its weights.
+_FROZEN_FIELDS = set(SaeConfig.__annotations__) - {"hf_sae_version"}
 
 
 def _check_positive_int(name: str, value: Any) -> None:

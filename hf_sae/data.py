@@ -9,10 +9,12 @@ a block that starts mid-document still needs it. There is no padding: the tail o
 (``batch_size`` documents) that does not fill a block is dropped, fewer than ``context_size`` tokens per batch.
 """
 
+from __future__ import annotations
+
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from datasets import (
@@ -29,8 +31,10 @@ from datasets import (
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from .corpus import default_corpus_path
 from .errors import DataError
+
+if TYPE_CHECKING:  # the argument classes live with the others; data needs nothing of ours at run time but errors
+    from .arguments import DataArguments
 
 logger = logging.get_logger(__name__)
 
@@ -50,41 +54,12 @@ _COMPRESSION = {".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip"}
 BLOCK_FEATURES = Features({"input_ids": List(Value("int32"))})
 
 
-@dataclass
-class DataArguments:
-    """Where the text comes from and how it is cut into token blocks."""
-
-    dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "A Hub dataset id, a local file (.txt, .jsonl, .json, .parquet, .csv) or folder, or a folder "
-            "written by save_to_disk. Default: the built-in corpus (run `hf-sae prepare-corpus` once)."
-        },
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset configuration (subset)."})
-    dataset_split: str = field(default="train", metadata={"help": "The split to read."})
-    text_column: str = field(default="text", metadata={"help": "The column that holds the documents' text."})
-    streaming: bool = field(
-        default=False, metadata={"help": "Stream the dataset instead of downloading and tokenizing it up front."}
-    )
-    context_size: int = field(
-        default=256, metadata={"help": "Tokens per block, BOS included; at most the model's max positions."}
-    )
-    max_documents: int | None = field(
-        default=None, metadata={"help": "Read at most this many documents (after shuffling). Default: all."}
-    )
-    shuffle_seed: int | None = field(
-        default=None, metadata={"help": "Shuffle documents with this seed before packing. Default: keep order."}
-    )
-    num_proc: int | None = field(
-        default=None, metadata={"help": "Processes for tokenization (not used when streaming)."}
-    )
-
-
 def load_text_dataset(args: DataArguments) -> Dataset | IterableDataset:
     """Load one split of any text source named by ``args`` and check its text column."""
     name = args.dataset_name
     if name is None:
+        from .offline.corpus import default_corpus_path
+
         path = default_corpus_path()
         if not path.is_dir():
             raise DataError(

@@ -21,14 +21,10 @@ own median norm; the token budget is counted in whole blocks, chosen before batc
 the evaluation batch size (beyond the float rounding of the LM itself).
 """
 
-import dataclasses
 import functools
-import json
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
@@ -39,48 +35,16 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .data import DataArguments, iter_blocks, load_token_blocks
-from .errors import DataError, HfSaeError
-from .hooks import Hookpoint, _register, capture_activations, resolve_hookpoints
+from .errors import DataError
+from .hookpoints import Hookpoint, register_activation_hook, resolve_hookpoints
+from .layout import QUALITY_KEYS
+from .lm_forward import counted_tokens, lm_autocast, run_lm
 from .modeling_sae import SaeModel
 
 logger = logging.get_logger(__name__)
 
-REPORT_NAME = "eval_results.json"
 METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "sae_reconstruction"
-# The SAE-quality numbers of a report, as they go into metrics.json beside an SAE and into a model card's model-index.
-QUALITY_KEYS = (
-    "fvu", "explained_variance", "mse", "cosine_similarity", "norm_ratio", "l0", "dead_fraction", "dense_fraction",
-    "loss_recovered", "loss_recovered_mean_ablation", "kl_div", "ce_loss_clean", "ce_loss_spliced",
-    "ce_loss_zero_ablated", "ce_loss_mean_ablated",
-)  # fmt: skip
 CE_RUNS = ("clean", "spliced", "zero_ablated", "mean_ablated")
-
-
-@dataclass
-class EvalDataArguments(DataArguments):
-    """`DataArguments` whose split defaults to `test`, the part of the built-in corpus that training never reads."""
-
-    dataset_split: str = field(default="test", metadata={"help": "The split to evaluate on (held out from training)."})
-
-
-@dataclass
-class EvaluationArguments:
-    """What to evaluate, on how much text, and where the results go."""
-
-    sae: str = field(metadata={"help": "A folder with config.json, a training run's folder, or a Hub repo id."})
-    output_dir: str = field(metadata={"help": f"Where {REPORT_NAME} and the firing-density plots go."})
-    hookpoints: list[str] | None = field(default=None, metadata={"help": "Evaluate only these SAEs (default: all)."})
-    model_name_or_path: str | None = field(default=None, metadata={"help": "The LM (default: the SAEs' base model)."})
-    eval_tokens: int = field(default=100_000, metadata={"help": "Tokens to evaluate on, rounded up to whole blocks."})
-    lm_batch_size: int = field(default=8, metadata={"help": "Blocks per LM forward (does not change the results)."})
-    lm_dtype: str = field(default="auto", metadata={"help": "auto (bf16 where faster), bfloat16 or float32."})
-    outlier_factor: float | None = field(default=10.0, metadata={"help": "Leave out norms above this x block median."})
-    dense_threshold: float = field(default=0.1, metadata={"help": "Latents firing on more tokens are dense."})
-    lm_metrics: bool = field(default=True, metadata={"help": "Measure CE loss and KL (four LM forwards per block)."})
-    save_beside_saes: bool = field(default=False, metadata={"help": "Also write metrics.json in each SAE folder."})
-    revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of a Hub repo."})
-    device: str | None = field(default=None, metadata={"help": "Where to run, e.g. cuda (default: the CPU)."})
 
 
 def reconstruction_metric_path() -> str:
@@ -140,11 +104,13 @@ def evaluate_saes(
     kept = []  # per batch, {name: (B, T) kept tokens}, for the second pass
     for input_ids in tqdm(batches, desc="Evaluating SAEs", leave=False):
         input_ids = input_ids.to(model.device)
-        activations, logits = lm.clean(input_ids, with_logits=lm_metrics)
+        activations, logits = run_lm(
+            model, hookpoints, input_ids, autocast_dtype=autocast_dtype, with_logits=lm_metrics
+        )
         kept.append({})
         for name, tally in tallies.items():
             acts = activations[tally.hookpoint]  # (B, T, d_in)
-            keep, outliers = _kept_tokens(input_ids, acts, excluded.to(acts.device), outlier_factor)
+            keep, outliers = counted_tokens(input_ids, [acts], excluded, outlier_factor)
             tally.outliers += outliers
             kept[-1][name] = keep
             tally.measure(input_ids, acts, keep, logits, lm if lm_metrics else None)
@@ -166,59 +132,19 @@ def _take_blocks(blocks: Tensor | Iterable[Tensor], max_tokens: int | None) -> T
     return torch.stack([first, *rest])
 
 
-def _kept_tokens(input_ids: Tensor, acts: Tensor, excluded: Tensor, outlier_factor: float | None):
-    """(B, T) bool, the tokens measured: not position 0, not excluded, and not above `outlier_factor` times the
-    median norm of its block's other such tokens (per block, where training uses the batch, for batch independence);
-    and how many were left out as outliers."""
-    keep = ~torch.isin(input_ids, excluded)
-    keep[:, 0] = False
-    if outlier_factor is None:
-        return keep, 0
-    norms = acts.float().norm(dim=-1)  # (B, T)
-    median = norms.masked_fill(~keep, float("nan")).nanmedian(dim=-1, keepdim=True).values  # (B, 1)
-    ordinary = norms <= outlier_factor * median
-    return keep & ordinary, int((keep & ~ordinary).sum())
-
-
 class _LM:
-    """The frozen LM's forwards: clean (capturing every hookpoint), or with one activation replaced."""
+    """The frozen LM's forwards with one activation replaced."""
 
     def __init__(self, model: nn.Module, sites: dict[str, Hookpoint], autocast_dtype: torch.dtype | None):
         self.model, self.sites, self.dtype = model, sites, autocast_dtype
 
-    def _autocast(self):
-        return torch.autocast(self.model.device.type, dtype=self.dtype or torch.float32, enabled=bool(self.dtype))
-
-    def _logits(self, input_ids: Tensor) -> Tensor:
-        with self._autocast():
-            return self.model(input_ids=input_ids, use_cache=False).logits  # (B, T, vocab)
-
-    def clean(self, input_ids: Tensor, with_logits: bool) -> tuple[dict[str, Tensor], Tensor | None]:
-        """Activations at every hookpoint, and the logits when asked (else the forward stops at the deepest)."""
-        if not with_logits:
-            with self._autocast():
-                return capture_activations(self.model, list(self.sites), input_ids), None
-        captured: dict[str, Tensor] = {}
-
-        def keeper(name: str):
-            def keep(x: Tensor) -> None:
-                captured[name] = x.clone()  # the later layers must not change our copy
-
-            return keep
-
-        handles = [_register(site, name, keeper(name)) for name, site in self.sites.items()]
-        try:
-            return captured, self._logits(input_ids)
-        finally:
-            for handle in handles:
-                handle.remove()
-
     def patched(self, site: Hookpoint, input_ids: Tensor, keep: Tensor, fill: Tensor) -> Tensor:
         """Logits with the activation at `site` replaced by `fill` at the kept tokens: a (B, T, d) tensor, a (d,)
         mean or a 0-dim zero."""
-        handle = _register(site, site.path, lambda x: torch.where(keep[..., None], fill.to(x.dtype), x))
+        handle = register_activation_hook(site, site.path, lambda x: torch.where(keep[..., None], fill.to(x.dtype), x))
         try:
-            return self._logits(input_ids)
+            with lm_autocast(input_ids.device, self.dtype):
+                return self.model(input_ids=input_ids, use_cache=False).logits  # (B, T, vocab)
         finally:
             handle.remove()
 
@@ -253,8 +179,9 @@ class _Tally:
         zero = torch.zeros((), device=acts.device)
         self._add_ce("clean", clean, input_ids, keep)
         self._add_ce("spliced", spliced, input_ids, keep)
-        self._add_ce("zero_ablated", _prediction_log_probs(lm.patched(self.site, input_ids, keep, zero), keep),
-                     input_ids, keep)  # fmt: skip
+        self._add_ce(
+            "zero_ablated", _prediction_log_probs(lm.patched(self.site, input_ids, keep, zero), keep), input_ids, keep
+        )
         # KL(clean || spliced) = sum_v p_clean (log p_clean - log p_spliced), per prediction, summed in float64.
         self.kl += F.kl_div(spliced, clean, log_target=True, reduction="none").sum(-1).double().sum().item()
         self.predictions += clean.shape[0]
@@ -308,94 +235,11 @@ def firing_density_histogram(frequency: Tensor, num_tokens: int, bins_per_decade
     edges = np.linspace(-decades, 0, decades * bins_per_decade + 1)
     alive = frequency[frequency > 0].numpy()
     counts, _ = np.histogram(np.log10(alive), bins=edges)
-    return {"log10_frequency_bin_edges": edges.round(6).tolist(), "counts": counts.tolist(),
-            "dead": int((frequency == 0).sum())}  # fmt: skip
-
-
-# ---- from arguments to files ----------------------------------------------------------------------------------------
-
-
-def run_evaluation(args: EvaluationArguments, data_args: DataArguments) -> dict[str, dict]:
-    """Load the SAEs, their LM and the text, evaluate, and write the report and plots to `args.output_dir`."""
-    from .activations import resolve_lm_dtype
-    from .models import load_model
-
-    if args.save_beside_saes and not Path(args.sae).expanduser().is_dir():
-        raise HfSaeError(f"--save_beside_saes writes into local SAE folders, but {args.sae!r} is not one. Drop it.")
-    saes = load_saes_for_evaluation(args.sae, args.hookpoints, revision=args.revision)
-    model, tokenizer = load_model(_lm_name(args.model_name_or_path, saes), device=args.device)
-    model.requires_grad_(False)
-    saes = {name: sae.to(model.device).eval() for name, sae in saes.items()}
-    max_positions = getattr(model.config, "max_position_embeddings", None)
-    blocks = load_token_blocks(data_args, tokenizer, max_positions=max_positions)
-    report = evaluate_saes(
-        model, saes, iter_blocks(blocks), exclude_token_ids=tokenizer.all_special_ids, max_tokens=args.eval_tokens,
-        batch_size=args.lm_batch_size, outlier_factor=args.outlier_factor, lm_metrics=args.lm_metrics,
-        autocast_dtype=resolve_lm_dtype(args.lm_dtype, model.device), dense_threshold=args.dense_threshold,
-    )  # fmt: skip
-    out = Path(args.output_dir)
-    write_json(out / REPORT_NAME, report)
-    settings = {**dataclasses.asdict(data_args), **dataclasses.asdict(args), "model": model.name_or_path}
-    write_json(out / "eval_args.json", settings)
-    for name, metrics in report.items():
-        plot_firing_density(metrics, out / f"firing_density_{name}.png", title=name, threshold=args.dense_threshold)
-        if args.save_beside_saes:
-            _merge_metrics(Path(saes[name].name_or_path) / "metrics.json", metrics)
-    logger.info(f"Evaluation report written to {out / REPORT_NAME}")
-    return report
-
-
-def evaluate_held_out(model, tokenizer, saes: Mapping[str, SaeModel], data_args: DataArguments, *,
-                      max_tokens: int, split: str = "test", **kwargs) -> dict[str, dict]:  # fmt: skip
-    """`evaluate_saes` on `split` of the training text (training's final report); {} when that split is missing."""
-    if not max_tokens:
-        return {}
-    try:
-        blocks = load_token_blocks(dataclasses.replace(data_args, dataset_split=split), tokenizer)
-    except (DataError, ValueError, KeyError) as error:
-        logger.warning(f"No held-out split {split!r} to measure on ({error}); the report has training metrics only.")
-        return {}
-    report = evaluate_saes(model, saes, iter_blocks(blocks), exclude_token_ids=tokenizer.all_special_ids,
-                           max_tokens=max_tokens, **kwargs)  # fmt: skip
-    return {name: {k: v for k, v in m.items() if k in (*QUALITY_KEYS, "eval_tokens")} for name, m in report.items()}
-
-
-def load_saes_for_evaluation(source: str, hookpoints: list[str] | None = None, *, revision: str | None = None):
-    """SAEs by hookpoint from a local folder or a Hub repo; in a training run's folder only the subfolders that hold
-    an SAE (config.json) count, not its checkpoints or logs."""
-    from . import load_saes
-
-    path = Path(source).expanduser()
-    if path.is_dir() and hookpoints is None and not (path / "config.json").is_file():
-        found = [p.name for p in path.iterdir() if (p / "config.json").is_file() and not p.name.startswith(".")]
-        hookpoints = sorted(found, key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]) or None
-    return load_saes(source, hookpoints, revision=revision)
-
-
-def _lm_name(requested: str | None, saes: Mapping[str, SaeModel]) -> str | None:
-    """The LM to load: as requested, else the SAEs' base model, mapped to the built-in copy when it is one."""
-    from .models import BUILTIN_MODELS
-
-    if requested:
-        return requested
-    names = {sae.config.base_model_name_or_path for sae in saes.values()} - {None}
-    if len(names) > 1:
-        raise HfSaeError(f"These SAEs come from different models ({sorted(names)}); pass --model_name_or_path.")
-    name = names.pop() if names else None
-    return next((spec.name for spec in BUILTIN_MODELS.values() if spec.hub_id == name), name)
-
-
-def write_json(path: Path, value) -> None:
-    """Write JSON under a temporary name, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
-
-
-def _merge_metrics(path: Path, metrics: dict) -> None:
-    existing = json.loads(path.read_text()) if path.is_file() else {}
-    write_json(path, {**existing, **{k: v for k, v in metrics.items() if k in (*QUALITY_KEYS, "eval_tokens")}})
+    return {
+        "log10_frequency_bin_edges": edges.round(6).tolist(),
+        "counts": counts.tolist(),
+        "dead": int((frequency == 0).sum()),
+    }
 
 
 def plot_firing_density(metrics: dict, path: Path, *, title: str, threshold: float = 0.1) -> None:
@@ -408,8 +252,11 @@ def plot_firing_density(metrics: dict, path: Path, *, title: str, threshold: flo
     axes.stairs(histogram["counts"], histogram["log10_frequency_bin_edges"], fill=True, color="tab:blue")
     axes.axvline(math.log10(threshold), color="tab:red", linestyle="--", label=f"dense (> {threshold:g} of tokens)")
     axes.set(xlabel="log10 firing frequency (share of evaluation tokens)", ylabel="latents")
-    axes.set_title(f"{title}: {metrics['num_latents']:,} latents, {histogram['dead']:,} never fired (not shown), "
-                   f"{metrics['eval_tokens']:,} tokens", fontsize=9)  # fmt: skip
+    axes.set_title(
+        f"{title}: {metrics['num_latents']:,} latents, {histogram['dead']:,} never fired (not shown), "
+        f"{metrics['eval_tokens']:,} tokens",
+        fontsize=9,
+    )
     axes.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -417,22 +264,13 @@ def plot_firing_density(metrics: dict, path: Path, *, title: str, threshold: flo
     os.replace(tmp, path)
 
 
-def format_report(report: Mapping[str, Mapping]) -> str:
-    """The report as a text table, one column per SAE (the CLI prints it)."""
-    keys = [key for key in (*QUALITY_KEYS, "eval_tokens", "eval_predictions", "outlier_tokens")
-            if any(key in m for m in report.values())]  # fmt: skip
-    width, columns = max(map(len, keys)), {name: max(len(name), 12) for name in report}
-    lines = [" " * width + "".join(f"  {name:>{w}}" for name, w in columns.items())]
-    for key in keys:
-        values = [report[name].get(key) for name in columns]
-        cells = ["-" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:.4f}" if v == 0 or abs(v) >= 0.01
-                 else f"{v:.3e}" for v in values]  # fmt: skip
-        lines.append(f"{key:<{width}}" + "".join(f"  {cell:>{w}}" for cell, w in zip(cells, columns.values())))
-    return "\n".join(lines)
-
-
-def report_to_eval_results(report: Mapping[str, Mapping], *, dataset: str | None = None,
-                           dataset_name: str | None = None, split: str | None = None) -> list:  # fmt: skip
+def report_to_eval_results(
+    report: Mapping[str, Mapping],
+    *,
+    dataset: str | None = None,
+    dataset_name: str | None = None,
+    split: str | None = None,
+) -> list:
     """The report's quality metrics as `huggingface_hub.EvalResult`s, for a model card's `model-index`."""
     from .model_card import metrics_to_eval_results
 

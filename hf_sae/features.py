@@ -10,7 +10,8 @@
 
 Memory does not grow with the number of tokens: counts, sums and histograms are running tensors, and the top contexts
 are a running top-N per feature, merged batch by batch. Statistics count the tokens an SAE is trained on (position 0,
-special tokens and extreme-norm outliers are left out, as in `activations.harvest`); windows still show those tokens.
+special tokens and extreme-norm outliers are left out by `lm_forward.counted_tokens`, as in training); windows still
+show those tokens.
 
 Logit effects. Feature i writes the direction d = W_dec[i] into the residual stream. At a token with residual x the
 final norm computes g * c(x) / rms(c(x)) + b, with c the mean-centring of LayerNorm (identity for RMSNorm); the
@@ -22,8 +23,6 @@ Gemma's 1 + weight is right too) and its centring are applied, its bias and the 
 
 import json
 import os
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +36,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .errors import HfSaeError, HookpointError
-from .hooks import capture_activations
+from .errors import FeatureMetadataError, HookpointError
+from .layout import FEATURES, replace_folder, staging_folder, write_json
+from .lm_forward import counted_tokens, run_lm, special_token_ids
 from .modeling_sae import SaeModel
 
 logger = logging.get_logger(__name__)
 
-FEATURES_DIR, STATS, EXAMPLES = "features", "stats.parquet", "examples.parquet"
+STATS, EXAMPLES = "stats.parquet", "examples.parquet"
 LABELS, METADATA = "labels.json", "metadata.json"
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -58,8 +58,16 @@ class FeatureCollector:
     >>> collector.update(sae.encode(acts), input_ids, mask)  # (batch, seq, num_latents), (batch, seq), (batch, seq)
     """
 
-    def __init__(self, num_latents: int, *, top_n: int = 20, before: int = 10, after: int = 5, num_bins: int = 256,
-                 hist_range: tuple[float, float] = (1e-4, 1e4)):  # fmt: skip
+    def __init__(
+        self,
+        num_latents: int,
+        *,
+        top_n: int = 20,
+        before: int = 10,
+        after: int = 5,
+        num_bins: int = 256,
+        hist_range: tuple[float, float] = (1e-4, 1e4),
+    ):
         self.top_n, self.before, self.after = top_n, before, after
         self.tokens = self.blocks = 0
         low, high = np.log10(hist_range[0]), np.log10(hist_range[1])
@@ -75,8 +83,15 @@ class FeatureCollector:
 
     def state_nbytes(self) -> int:
         """Bytes held between batches; the same after one batch as after a million."""
-        tensors = (self.counts, self.sums, self.histogram, self.top_values, self.top_where, self.top_tokens,
-                   self.top_acts)  # fmt: skip
+        tensors = (
+            self.counts,
+            self.sums,
+            self.histogram,
+            self.top_values,
+            self.top_where,
+            self.top_tokens,
+            self.top_acts,
+        )
         return sum(t.numel() * t.element_size() for t in tensors)
 
     @torch.no_grad()
@@ -97,8 +112,9 @@ class FeatureCollector:
         self._update_top(rows, cols, values, z, counted, input_ids.reshape(-1), seq)
         self.blocks += batch
 
-    def _update_top(self, rows: Tensor, cols: Tensor, values: Tensor, z: Tensor, counted: Tensor, ids: Tensor,
-                    seq: int) -> None:  # fmt: skip
+    def _update_top(
+        self, rows: Tensor, cols: Tensor, values: Tensor, z: Tensor, counted: Tensor, ids: Tensor, seq: int
+    ) -> None:
         """Merge the entries that beat their feature's current N-th best into the running top N."""
         top_n = self.top_n
         beats = values > self.top_values[cols, -1]
@@ -145,17 +161,6 @@ class FeatureCollector:
         return torch.stack(columns, 1).masked_fill((self.counts == 0)[:, None], torch.nan).float()
 
 
-def counted_tokens(acts: Tensor, input_ids: Tensor, special_ids: Tensor, outlier_factor: float | None) -> Tensor:
-    """`(batch, seq)` True where a token counts: not position 0, not special, norm within `outlier_factor` times the
-    batch's median (the rules of `activations.harvest`)."""
-    mask = ~torch.isin(input_ids, special_ids.to(input_ids.device))
-    mask[:, 0] = False
-    if outlier_factor is not None and mask.any():
-        norms = acts.float().norm(dim=-1)  # (batch, seq)
-        mask &= norms <= outlier_factor * norms[mask].median()
-    return mask
-
-
 def final_norm(model: nn.Module) -> nn.Module | None:
     """The norm between the last block and the unembedding (`model.norm`, `transformer.ln_f`, ...), if any."""
     base = getattr(model, "base_model", model)
@@ -193,8 +198,9 @@ def logit_effects(model: nn.Module, sae: SaeModel, top: int = 10, chunk: int = 5
         logger.info("No logit effects: the SAE's width %d is not the model's %d.", sae.config.d_in, unembed.shape[1])
         return None
     gain, centres = norm_gain(final_norm(model), sae.config.d_in)
-    out: dict[str, list[Tensor]] = {key: [] for key in ("promoted_ids", "promoted_logits", "suppressed_ids",
-                                                        "suppressed_logits")}  # fmt: skip
+    out: dict[str, list[Tensor]] = {
+        key: [] for key in ("promoted_ids", "promoted_logits", "suppressed_ids", "suppressed_logits")
+    }
     for start in range(0, sae.config.num_latents, chunk):
         d = sae.W_dec[start : start + chunk].detach().float().cpu()  # (chunk, d_in)
         d = d - d.mean(-1, keepdim=True) if centres else d
@@ -246,9 +252,11 @@ class Feature:
 
     def __repr__(self) -> str:
         s = self.stats
-        return (f"Feature({self.index}, label={self.label!r}, frequency={s['frequency']:.3g}, "
-                f"max_activation={s['max_activation']:.3g}, promoted={s.get('promoted_tokens', [])[:5]}, "
-                f"examples={len(self.examples)})")  # fmt: skip
+        return (
+            f"Feature({self.index}, label={self.label!r}, frequency={s['frequency']:.3g}, "
+            f"max_activation={s['max_activation']:.3g}, promoted={s.get('promoted_tokens', [])[:5]}, "
+            f"examples={len(self.examples)})"
+        )
 
 
 class FeatureMetadata:
@@ -267,8 +275,14 @@ class FeatureMetadata:
     ```
     """
 
-    def __init__(self, stats: pa.Table | None = None, examples: pa.Table | None = None, metadata: dict | None = None,
-                 labels: dict[int, str] | None = None, path: str | os.PathLike | None = None):  # fmt: skip
+    def __init__(
+        self,
+        stats: pa.Table | None = None,
+        examples: pa.Table | None = None,
+        metadata: dict | None = None,
+        labels: dict[int, str] | None = None,
+        path: str | os.PathLike | None = None,
+    ):
         self._stats, self._examples, self._stats_frame = stats, examples, None
         self.metadata = metadata or {}
         self.labels: dict[int, str] = dict(labels or {})
@@ -279,13 +293,16 @@ class FeatureMetadata:
         """Open a `features/` folder written by `save_pretrained` (the tables are read when first needed)."""
         path = Path(path)
         if not (path / METADATA).is_file():
-            raise HfSaeError(
+            raise FeatureMetadataError(
                 f"Expected feature metadata in {path} ({METADATA}, {STATS}, {EXAMPLES}); there is none. Collect it "
                 f"with `hf-sae features --sae {path.parent}`."
             )
         labels = json.loads((path / LABELS).read_text()) if (path / LABELS).is_file() else {}
-        return cls(metadata=json.loads((path / METADATA).read_text()), labels={int(k): v for k, v in labels.items()},
-                   path=path)  # fmt: skip
+        return cls(
+            metadata=json.loads((path / METADATA).read_text()),
+            labels={int(k): v for k, v in labels.items()},
+            path=path,
+        )
 
     @property
     def stats_table(self) -> pa.Table:
@@ -332,7 +349,7 @@ class FeatureMetadata:
         else:
             self.labels.pop(index, None)
         if self.path is not None:
-            _write_json(self.path / LABELS, {str(k): v for k, v in sorted(self.labels.items())})
+            write_json(self.path / LABELS, {str(k): v for k, v in sorted(self.labels.items())})
 
     def _check(self, index: int) -> int:
         if not 0 <= int(index) < len(self):
@@ -344,46 +361,20 @@ class FeatureMetadata:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         stats, examples = self.stats_table, self.examples_table()  # read in full before `path` may be replaced
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        with staging_folder(path) as tmp:
             pq.write_table(stats, tmp / STATS)
             pq.write_table(examples, tmp / EXAMPLES, row_group_size=2048)  # small groups: filtered reads skip most
-            _write_json(tmp / LABELS, {str(k): v for k, v in sorted(self.labels.items())})
-            _write_json(tmp / METADATA, self.metadata)
-            tmp.chmod(0o755)
+            write_json(tmp / LABELS, {str(k): v for k, v in sorted(self.labels.items())}, indent=1)
+            write_json(tmp / METADATA, self.metadata, indent=1)
             replace_folder(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         self.path = path
         return path
-
-
-def _write_json(path: Path, value) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def replace_folder(new: Path, target: Path) -> None:
-    """Put folder `new` at `target` by renames; the old `target` is removed only once `new` is in place."""
-    old = target.with_name(f".{target.name}.old-{os.getpid()}") if target.exists() else None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(target, old)
-    try:
-        os.rename(new, target)
-    except BaseException:
-        if old is not None:
-            os.rename(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_features(sae_or_dir: SaeModel | str | os.PathLike) -> FeatureMetadata:
     """The feature metadata beside an SAE: `<dir>/features/`, for a folder or an SAE loaded from one."""
     folder = Path(sae_or_dir.name_or_path if isinstance(sae_or_dir, SaeModel) else sae_or_dir)
-    return FeatureMetadata.load(folder if (folder / METADATA).is_file() else folder / FEATURES_DIR)
+    return FeatureMetadata.load(folder if (folder / METADATA).is_file() else folder / FEATURES)
 
 
 def _list_array(values: np.ndarray, lengths: np.ndarray) -> pa.Array:
@@ -396,8 +387,9 @@ def _strings(ids: np.ndarray, strings: dict[int, str]) -> np.ndarray:
     return np.array([strings[int(i)] for i in unique], dtype=object)[inverse.reshape(-1)]
 
 
-def build_tables(collector: FeatureCollector, effects: dict[str, Tensor] | None, strings: dict[int, str],
-                 quantiles=QUANTILES) -> tuple[pa.Table, pa.Table]:  # fmt: skip
+def build_tables(
+    collector: FeatureCollector, effects: dict[str, Tensor] | None, strings: dict[int, str], quantiles=QUANTILES
+) -> tuple[pa.Table, pa.Table]:
     """(stats, examples) Arrow tables from a finished collector and the logit effects."""
     c = collector
     num_latents, top_n, window = c.top_tokens.shape
@@ -405,23 +397,27 @@ def build_tables(collector: FeatureCollector, effects: dict[str, Tensor] | None,
     latent, rank = valid.nonzero(as_tuple=True)
     tokens, acts = c.top_tokens[latent, rank].numpy(), c.top_acts[latent, rank].numpy()  # (E, window)
     inside = tokens >= 0
-    examples = pa.table({
-        "feature": pa.array(latent.int().numpy()), "rank": pa.array(rank.short().numpy()),
-        "activation": pa.array(c.top_values[latent, rank].numpy()),
-        "block": pa.array(c.top_where[latent, rank, 0].numpy()),
-        "position": pa.array(c.top_where[latent, rank, 1].numpy()),
-        "peak": pa.array((c.before - (~inside[:, : c.before]).sum(1)).astype(np.int16)),
-        "token_ids": _list_array(tokens[inside], inside.sum(1)),
-        "tokens": _list_array(_strings(tokens[inside], strings), inside.sum(1)),
-        "activations": _list_array(acts[inside], inside.sum(1)),
-    })  # fmt: skip
+    examples = pa.table(
+        {
+            "feature": pa.array(latent.int().numpy()),
+            "rank": pa.array(rank.short().numpy()),
+            "activation": pa.array(c.top_values[latent, rank].numpy()),
+            "block": pa.array(c.top_where[latent, rank, 0].numpy()),
+            "position": pa.array(c.top_where[latent, rank, 1].numpy()),
+            "peak": pa.array((c.before - (~inside[:, : c.before]).sum(1)).astype(np.int16)),
+            "token_ids": _list_array(tokens[inside], inside.sum(1)),
+            "tokens": _list_array(_strings(tokens[inside], strings), inside.sum(1)),
+            "activations": _list_array(acts[inside], inside.sum(1)),
+        }
+    )
     fired = c.counts > 0
     columns = {
-        "feature": pa.array(np.arange(num_latents, dtype=np.int32)), "count": pa.array(c.counts.numpy()),
+        "feature": pa.array(np.arange(num_latents, dtype=np.int32)),
+        "count": pa.array(c.counts.numpy()),
         "frequency": pa.array((c.counts.double() / max(c.tokens, 1)).numpy()),
         "mean_activation": pa.array((c.sums / c.counts).float().masked_fill(~fired, torch.nan).numpy()),
         "max_activation": pa.array(c.top_values[:, 0].masked_fill(~fired, torch.nan).numpy()),
-    }  # fmt: skip
+    }
     for q, column in zip(quantiles, c.quantiles(quantiles).T):
         columns[f"p{100 * q:g}"] = pa.array(column.numpy())
     bins = c.histogram.shape[1]
@@ -434,18 +430,31 @@ def build_tables(collector: FeatureCollector, effects: dict[str, Tensor] | None,
         columns[f"{kind}_logits"] = _list_array(effects[f"{kind}_logits"].numpy().reshape(-1), np.full(num_latents, n))
         promoted = columns["promoted_tokens"].to_pylist() if kind == "promoted" else promoted
     peaks = c.top_tokens[:, :, c.before].numpy()  # (L, top_n) the token at each peak
-    labels = [auto_label([strings[int(t)] for t in row if t >= 0], promoted[i]) if fired[i] else ""
-              for i, row in enumerate(peaks)]  # fmt: skip
+    labels = [
+        auto_label([strings[int(t)] for t in row if t >= 0], promoted[i]) if fired[i] else ""
+        for i, row in enumerate(peaks)
+    ]
     columns["auto_label"] = pa.array(labels, pa.string())
     return pa.table(columns), examples
 
 
 @torch.no_grad()
 def collect_feature_metadata(
-    model: nn.Module, tokenizer, sae: SaeModel, token_batches, *, hookpoint: str | None = None,
-    max_tokens: int | None = None, top_n: int = 20, before: int = 10, after: int = 5, num_logits: int = 10,
-    outlier_factor: float | None = 10.0, autocast_dtype: torch.dtype | None = None, settings: dict | None = None,
-) -> FeatureMetadata:  # fmt: skip
+    model: nn.Module,
+    tokenizer,
+    sae: SaeModel,
+    token_batches,
+    *,
+    hookpoint: str | None = None,
+    max_tokens: int | None = None,
+    top_n: int = 20,
+    before: int = 10,
+    after: int = 5,
+    num_logits: int = 10,
+    outlier_factor: float | None = 10.0,
+    autocast_dtype: torch.dtype | None = None,
+    settings: dict | None = None,
+) -> FeatureMetadata:
     r"""
     Stream token blocks `(batch, context)` through the LM (stopped after the hookpoint) and the SAE, and collect
     every feature's statistics, top contexts (`before` tokens before the peak, `after` after), logit effects and
@@ -460,15 +469,13 @@ def collect_feature_metadata(
     """
     hookpoint = hookpoint_of(sae, hookpoint)
     collector = FeatureCollector(sae.config.num_latents, top_n=top_n, before=before, after=after)
-    special = torch.tensor(sorted(tokenizer.all_special_ids), dtype=torch.long)
+    special = special_token_ids(tokenizer)
     device = getattr(model, "device", torch.device("cpu"))
-    autocast = {"device_type": device.type, "dtype": autocast_dtype, "enabled": autocast_dtype is not None}
     with tqdm(total=max_tokens, unit="tok", desc="Feature statistics") as bar:
         for input_ids in token_batches:
             input_ids = input_ids.to(device)
-            with torch.autocast(**autocast):
-                acts = capture_activations(model, [hookpoint], input_ids)[hookpoint]  # (batch, seq, d_in)
-            mask = counted_tokens(acts, input_ids, special, outlier_factor)
+            acts = run_lm(model, [hookpoint], input_ids, autocast_dtype=autocast_dtype)[0][hookpoint]  # (B, T, d_in)
+            mask, _ = counted_tokens(input_ids, [acts], special, outlier_factor)
             if max_tokens is not None:  # keep exactly the first `max_tokens` counted tokens
                 mask &= mask.flatten().cumsum(0).reshape(mask.shape) <= max_tokens - collector.tokens
             collector.update(sae.encode(acts.to(sae.device, sae.dtype)), input_ids, mask)
@@ -480,14 +487,22 @@ def collect_feature_metadata(
     ids = torch.cat([t.flatten() for t in ids]).unique().tolist()
     stats, examples = build_tables(collector, effects, token_strings(tokenizer, ids))
     metadata = {
-        "format_version": 1, "num_latents": sae.config.num_latents, "hookpoint": hookpoint,
-        "model_name_or_path": getattr(model, "name_or_path", None), "tokens": collector.tokens,
-        "blocks": collector.blocks, "top_n": top_n, "context_before": before, "context_after": after,
-        "outlier_factor": outlier_factor, "quantiles": list(QUANTILES), "histogram_edges": collector.edges.tolist(),
+        "format_version": 1,
+        "num_latents": sae.config.num_latents,
+        "hookpoint": hookpoint,
+        "model_name_or_path": getattr(model, "name_or_path", None),
+        "tokens": collector.tokens,
+        "blocks": collector.blocks,
+        "top_n": top_n,
+        "context_before": before,
+        "context_after": after,
+        "outlier_factor": outlier_factor,
+        "quantiles": list(QUANTILES),
+        "histogram_edges": collector.edges.tolist(),
         "counted": "every token but position 0, special tokens and norm outliers; activation stats over firings",
         "logit_effects": "W_U (g * c(W_dec[i])): final-norm gain g and centring c, not its bias or 1/rms",
         **(settings or {}),
-    }  # fmt: skip
+    }
     return FeatureMetadata(stats, examples, metadata)
 
 
@@ -495,51 +510,3 @@ def hookpoint_of(sae: SaeModel, hookpoint: str | None) -> str:
     if hookpoint is None and sae.config.hookpoint is None:
         raise HookpointError("The SAE's config names no hookpoint; pass `hookpoint=` (`--hookpoint`).")
     return hookpoint or sae.config.hookpoint
-
-
-@dataclass
-class FeatureArguments:
-    """What `hf-sae features` collects, or explains; the text comes from `DataArguments`."""
-
-    sae: str = field(metadata={"help": "The SAE's folder (config.json, model.safetensors); features/ goes inside."})
-    model_name_or_path: str | None = field(default=None, metadata={"help": "The LM. Default: the SAE's base model."})
-    hookpoint: str | None = field(default=None, metadata={"help": "Where the SAE reads. Default: its config's."})
-    max_tokens: int = field(default=200_000, metadata={"help": "Tokens to collect statistics over."})
-    top_n: int = field(default=20, metadata={"help": "Top activating contexts kept per feature."})
-    context_before: int = field(default=10, metadata={"help": "Tokens shown before each context's peak."})
-    context_after: int = field(default=5, metadata={"help": "Tokens shown after each context's peak."})
-    lm_batch_size: int = field(default=8, metadata={"help": "Blocks per LM forward."})
-    lm_dtype: str = field(default="auto", metadata={"help": "LM autocast dtype: auto, bfloat16, float16, float32."})
-    explain: str | None = field(default=None, metadata={"help": "Instead: list the features that fire on this text."})
-    top: int = field(default=5, metadata={"help": "With --explain: features listed per token."})
-
-
-def load_sae_and_model(sae_dir: str | os.PathLike, model_name_or_path: str | None = None):
-    """(sae, model, tokenizer): the SAE in `sae_dir` and its LM, by default the base model its config names (the
-    built-in offline copy when that is the default model's Hub id)."""
-    from .models import BUILTIN_MODELS, load_model
-
-    sae = SaeModel.from_pretrained(sae_dir).eval()
-    name = model_name_or_path or sae.config.base_model_name_or_path
-    name = next((key for key, spec in BUILTIN_MODELS.items() if spec.hub_id == name), name)
-    return (sae, *load_model(name))
-
-
-def run_features(data_args, args: FeatureArguments) -> FeatureMetadata:
-    """`hf-sae features`: collect and save `<sae>/features/`, keeping the labels people set on an earlier run."""
-    from .activations import batched, resolve_lm_dtype
-    from .data import iter_blocks, load_token_blocks
-
-    sae, model, tokenizer = load_sae_and_model(args.sae, args.model_name_or_path)
-    max_positions = getattr(model.config, "max_position_embeddings", None)
-    blocks = load_token_blocks(data_args, tokenizer, max_positions=max_positions)
-    features = collect_feature_metadata(
-        model, tokenizer, sae, batched(iter_blocks(blocks), args.lm_batch_size), hookpoint=args.hookpoint,
-        max_tokens=args.max_tokens, top_n=args.top_n, before=args.context_before, after=args.context_after,
-        autocast_dtype=resolve_lm_dtype(args.lm_dtype, model.device), settings={"data": vars(data_args)},
-    )  # fmt: skip
-    folder = Path(args.sae) / FEATURES_DIR
-    if (folder / LABELS).is_file():
-        features.labels = FeatureMetadata.load(folder).labels
-    features.save_pretrained(folder)
-    return features

@@ -1,8 +1,5 @@
-"""Attach SAEs to any causal LM through PyTorch hooks, without changing the LM.
-
-A hookpoint is a module path as `model.named_modules()` spells it (`model.layers.15`, `transformer.h.6.mlp`); the
-activation is the module's output, or its first element when the module returns a tuple. A module's input (for a
-block, the residual stream before it) is spelled with `INPUT_SUFFIX`: `model.layers.15.input`.
+"""Attach SAEs to any causal LM through PyTorch hooks, without changing the LM: record latents, splice
+reconstructions in, steer and ablate features.
 
 Edits keep the error term: x becomes x + decode(z') - decode(z), computed as (z' - z) @ W_dec over the edited latents
 only, so an edit that changes nothing leaves x bit-identical. Positions are absolute token indices within each
@@ -10,8 +7,7 @@ sequence: 0 is its first real (non-padding) token, and under `generate()` with a
 the generated tokens. They come from the 2D attention mask the model is called with, else from the cache length.
 """
 
-import difflib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -20,173 +16,14 @@ import torch
 from torch import Tensor, nn
 from transformers.utils import logging
 
-from .errors import HookpointError
+from .errors import HookpointError, SteeringError
+from .hookpoints import hookpoint_width, register_activation_hook, resolve_hookpoints
 from .modeling_sae import SaeModel
 
 logger = logging.get_logger(__name__)
 
-# The one spelling of a module's input: `model.layers.15.input` is the residual stream entering block 15.
-INPUT_SUFFIX = ".input"
-
 Positions = int | Sequence[int] | slice | None
 RecordKind = Literal["latents", "inputs", "reconstructions"]
-
-
-class Hookpoint(NamedTuple):
-    """A resolved hookpoint: the module, its path in `named_modules()`, and whether its input is meant."""
-
-    module: nn.Module
-    path: str
-    is_input: bool
-
-
-def resolve_hookpoints(model: nn.Module, hookpoints: Iterable[str]) -> dict[str, Hookpoint]:
-    """
-    Map each hookpoint to its module, or raise `HookpointError` naming the closest valid spellings. A path relative
-    to `model.base_model` (`layers.3`, as sparsify writes them) resolves too.
-
-    >>> resolve_hookpoints(lm, ["model.layers.3", "model.layers.4.input"])["model.layers.4.input"].is_input
-    True
-    """
-    resolved, missing = {}, []
-    for name in hookpoints:
-        found = _find_module(model, name)
-        is_input = found is None and name.endswith(INPUT_SUFFIX)
-        found = _find_module(model, name.removesuffix(INPUT_SUFFIX)) if is_input else found
-        if found is None:
-            missing.append(name)
-        else:
-            resolved[name] = Hookpoint(found[1], found[0], is_input)
-    if missing:
-        names = [name for name, _ in model.named_modules() if name]
-        spellings = names + [name + INPUT_SUFFIX for name in names]
-        hints = "; ".join(f"`{n}`: closest are {difflib.get_close_matches(n, spellings, 5, 0.5)}" for n in missing)
-        raise HookpointError(
-            f"Hookpoints {missing} are not modules of {type(model).__name__} ({hints}). A hookpoint is a module path "
-            f"as `model.named_modules()` spells it, e.g. `{names[-1]}`, optionally followed by `{INPUT_SUFFIX}` for "
-            "the module's input."
-        )
-    return resolved
-
-
-def _find_module(model: nn.Module, name: str) -> tuple[str, nn.Module] | None:
-    prefix = getattr(model, "base_model_prefix", "")
-    if getattr(model, "base_model", model) is not model:
-        candidates = [name, f"{prefix}.{name}"]  # a name relative to the base model, given a model with a head
-    else:
-        candidates = [name, name.removeprefix(f"{prefix}.")]  # a head model's spelling, given the bare base model
-    for path in candidates:
-        try:
-            return (path, model.get_submodule(path)) if path else None
-        except AttributeError:
-            continue
-    return None
-
-
-def hookpoint_width(model: nn.Module, hookpoint: Hookpoint) -> int | None:
-    """The activation width if known without running the model (linear, norm, decoder block), else `None`."""
-    module = hookpoint.module
-    if isinstance(module, nn.Linear):
-        return module.in_features if hookpoint.is_input else module.out_features
-    weight = getattr(module, "weight", None)
-    if "Norm" in type(module).__name__ and isinstance(weight, Tensor) and weight.ndim == 1:
-        return weight.shape[0]
-    # A decoder block reads and writes the residual stream: a child of the ModuleList holding all the layers.
-    config = getattr(model, "config", None)
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    parent = model.get_submodule(hookpoint.path.rpartition(".")[0])
-    if isinstance(parent, nn.ModuleList) and len(parent) == getattr(config, "num_hidden_layers", None):
-        return getattr(config, "hidden_size", None)
-    return None
-
-
-def _register(hookpoint: Hookpoint, name: str, fn) -> torch.utils.hooks.RemovableHandle:
-    """Hook `fn(x) -> new x | None` on the activation, first in line so that later hooks see the edit."""
-    if hookpoint.is_input:
-
-        def pre_hook(module, args, kwargs):
-            if (new := fn(_hidden_states(args[0] if args else kwargs.get("hidden_states"), name))) is None:
-                return None
-            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
-
-        return hookpoint.module.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True)
-
-    def hook(module, args, output):
-        is_tuple = isinstance(output, tuple | list) and len(output) > 0
-        if (new := fn(_hidden_states(output[0] if is_tuple else output, name))) is None:
-            return None
-        return type(output)([new, *output[1:]]) if is_tuple else new  # the rest of a tuple passes through
-
-    return hookpoint.module.register_forward_hook(hook, prepend=True)
-
-
-def _hidden_states(x: Any, name: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise HookpointError(
-            f"Hookpoint `{name}` carries a {type(x).__name__}, not hidden states; expected a tensor, or a tuple whose "
-            "first element is one. Pick a module that takes and returns hidden states, e.g. a decoder block."
-        )
-    return x
-
-
-class _StopForward(Exception):
-    """Raised by a hook once every requested activation is captured, so that the layers after it never run."""
-
-
-def capture_activations(
-    model: nn.Module,
-    hookpoints: Sequence[str],
-    input_ids: Tensor | None = None,
-    attention_mask: Tensor | None = None,
-    **forward_kwargs: Any,
-) -> dict[str, Tensor]:
-    r"""
-    Run `model` only as far as the deepest hookpoint and return the raw activations there, for harvesting.
-
-    The tensors are the model's own (no copy), `(batch, seq, width)` for decoder blocks. Works under `torch.no_grad()`
-    and autocast. No KV cache is built unless `use_cache=True` is passed.
-
-    Args:
-        model (`nn.Module`): any causal LM or base model.
-        hookpoints (`Sequence[str]`): module paths, optionally with the `.input` suffix.
-        input_ids, attention_mask, forward_kwargs: what the model's forward takes.
-
-    Example:
-
-    ```python
-    >>> with torch.no_grad():
-    ...     acts = capture_activations(lm, ["model.layers.15"], input_ids)  # layers 16-29 never run
-    >>> acts["model.layers.15"].shape
-    torch.Size([4, 256, 576])
-    ```
-    """
-    sites = resolve_hookpoints(model, hookpoints)
-    captured: dict[str, Tensor] = {}
-
-    def capture(name: str):
-        def store(x: Tensor) -> None:
-            captured[name] = x
-            if len(captured) == len(sites):
-                raise _StopForward  # the last to fire is the deepest, whatever the order they were named in
-
-        return store
-
-    handles = []
-    try:
-        handles = [_register(site, name, capture(name)) for name, site in sites.items()]
-        model(input_ids=input_ids, attention_mask=attention_mask, **{"use_cache": False, **forward_kwargs})
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    if missing := [name for name in sites if name not in captured]:
-        raise HookpointError(f"Hookpoints {missing} did not run during the forward; does the model use them?")
-    return {name: captured[name] for name in sites}
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# SaeHooks: what is active at each hookpoint, and the one hook per hookpoint that applies it.
 
 
 @dataclass(eq=False)
@@ -371,7 +208,7 @@ class SaeHooks:
         ```
         """
         if mode not in ("add", "clamp"):
-            raise ValueError(f"`mode` must be 'add' or 'clamp'; got {mode!r}.")
+            raise SteeringError(f"`mode` must be 'add' or 'clamp'; got {mode!r}.")
         name = self._single(hookpoint)
         edit = _Edit(*_feature_values(features, alpha, self.saes[name]), mode, _positions(positions))
         with self._activate(edit, [name]):
@@ -392,7 +229,7 @@ class SaeHooks:
         ```
         """
         if isinstance(features, Mapping):
-            raise ValueError("`ablate` takes latent indices, not a mapping; use `steer(..., mode='clamp')`.")
+            raise SteeringError("`ablate` takes latent indices, not a mapping; use `steer(..., mode='clamp')`.")
         with self.steer(features, 0.0, mode="clamp", hookpoint=hookpoint, positions=positions):
             yield
 
@@ -414,7 +251,9 @@ class SaeHooks:
         # Positions need what the whole model was called with: the hooked module may never see the mask.
         self._handles.append(self.model.register_forward_pre_hook(self._remember_call, with_kwargs=True))
         self._handles.append(self.model.register_forward_hook(self._forget_call, always_call=True))
-        self._handles += [_register(site, name, self._intervention(name)) for name, site in self.hookpoints.items()]
+        self._handles += [
+            register_activation_hook(site, name, self._intervention(name)) for name, site in self.hookpoints.items()
+        ]
         logger.debug(f"SaeHooks attached at {list(self.hookpoints)}")
 
     def _detach(self) -> None:
@@ -511,7 +350,9 @@ def _feature_values(features: int | Sequence[int] | Mapping[int, float], alpha: 
     features = [features] if isinstance(features, int) else features
     by_feature = dict(features) if isinstance(features, Mapping) else dict.fromkeys(features, alpha)
     if not by_feature or any(not 0 <= int(i) < sae.config.num_latents for i in by_feature):
-        raise ValueError(f"Features must be latent indices in [0, {sae.config.num_latents}); got {list(by_feature)}.")
+        raise SteeringError(
+            f"Features must be latent indices in [0, {sae.config.num_latents}); got {list(by_feature)}."
+        )
     return torch.tensor([int(i) for i in by_feature]), torch.tensor([float(v) for v in by_feature.values()])
 
 
@@ -520,5 +361,5 @@ def _positions(positions: Positions) -> Tensor | slice | None:
         return positions
     values = [positions] if isinstance(positions, int) else positions
     if isinstance(values, slice) or not values or min(values) < 0:
-        raise ValueError(f"`positions` must be token indices >= 0 or a slice with step 1; got {positions}.")
+        raise SteeringError(f"`positions` must be token indices >= 0 or a slice with step 1; got {positions}.")
     return torch.tensor([int(p) for p in values], dtype=torch.long)

@@ -1,15 +1,8 @@
 """Save, push and load several SAEs at once, with their feature metadata and a model card, in one Hub commit.
 
-One layout on disk and on the Hub; a single SAE (config.json at the top, from `SaeModel.save_pretrained` or
-`push_to_hub`) loads the same way:
-
-```
-README.md                      model card: library_name hf_sae, base_model, tags, datasets, model-index
-<hookpoint>/config.json        SaeConfig
-<hookpoint>/model.safetensors  the weights
-<hookpoint>/metrics.json       evaluation metrics, optional (training_metrics.json too)
-<hookpoint>/features/...       feature metadata, optional
-```
+The layout (`layout`) is the same on disk and on the Hub, and `save_saes` is its one writer: a training run saves
+through it too. A single SAE (config.json at the top, from `SaeModel.save_pretrained` or `push_to_hub`) loads the
+same way.
 """
 
 import glob
@@ -45,18 +38,23 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from .configuration_sae import SaeConfig
-from .errors import HfSaeError, HookpointError, SaeConfigError, WeightsError
-from .model_card import METRICS_FILES, card_data, read_json, read_metrics, render_card
+from .errors import ArgumentError, HookpointError, HubError, SaeConfigError, SaeNotFoundError, WeightsError
+from .layout import (
+    CONFIG,
+    FEATURES,
+    METRICS,
+    README,
+    WEIGHTS,
+    find_sae_folders,
+    natural_key,
+    read_json,
+    write_json,
+    write_text,
+)
+from .model_card import card_data, render_card
 from .modeling_sae import SaeModel
 
-CONFIG, WEIGHTS, FEATURES, README = "config.json", "model.safetensors", "features", "README.md"
-SINGLE_SAE_KEY = "sae"  # the key of a single SAE whose config names no hookpoint
-
 SaesLike = SaeModel | Mapping[str, SaeModel] | Iterable[SaeModel]
-
-
-class HubError(HfSaeError, OSError):
-    """A repo or revision cannot be found or read, or a push did not go through."""
 
 
 def save_saes(
@@ -82,7 +80,7 @@ def save_saes(
         features (`dict[str, Any]`, *optional*): per hookpoint, a folder of feature metadata to copy, or an object
             with `save_pretrained(path)` or `save(path)`. An SAE loaded by [`load_saes`] brings its own along.
         metrics (`dict[str, dict]`, *optional*): per hookpoint, evaluation metrics (`fvu`, `l0`, ...) for
-            `<hookpoint>/metrics.json` and the card; may hold `training_tokens`.
+            `<hookpoint>/metrics.json` and the card; may hold `train_tokens` (`layout` names the keys).
         datasets, license, tags: model card metadata (the training datasets, a license id, extra tags).
 
     Example:
@@ -95,7 +93,7 @@ def save_saes(
     saes, output_dir = _by_hookpoint(saes), Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if (output_dir / CONFIG).is_file():
-        raise HfSaeError(
+        raise SaeNotFoundError(
             f"{output_dir} holds a single SAE (config.json at the top); save_saes writes one subfolder per hookpoint "
             "and the two layouts would mix. Choose another `output_dir`."
         )
@@ -105,10 +103,17 @@ def save_saes(
             _stage_sae(
                 staging / hookpoint, sae, hookpoint, (features or {}).get(hookpoint), (metrics or {}).get(hookpoint)
             )
-        folders = _sae_folders(output_dir)[0] | {h: staging / h for h in saes}
-        card = render_card(folders, output_dir.resolve().name, None, card_data(output_dir / README),
-                            datasets=datasets, license=license, tags=tags)  # fmt: skip
-        (staging / README).write_text(str(card), encoding="utf-8")
+        folders = find_sae_folders(output_dir)[0] | {h: staging / h for h in saes}
+        card = render_card(
+            folders,
+            output_dir.resolve().name,
+            None,
+            card_data(output_dir / README),
+            datasets=datasets,
+            license=license,
+            tags=tags,
+        )
+        write_text(staging / README, str(card))
         _swap_in(staging, output_dir, list(saes))
         os.replace(staging / README, output_dir / README)
     finally:
@@ -159,15 +164,23 @@ def push_saes_to_hub(
         with tempfile.TemporaryDirectory(prefix="hf-sae-push-") as tmp:
             save_saes(saes_or_dir, tmp, **card_and_save_kwargs)
             return push_saes_to_hub(
-                repo_id, tmp, private=private, token=token, revision=revision, commit_message=commit_message,
-                commit_description=commit_description, create_pr=create_pr, model_card=model_card, **card_kwargs,
-            )  # fmt: skip
+                repo_id,
+                tmp,
+                private=private,
+                token=token,
+                revision=revision,
+                commit_message=commit_message,
+                commit_description=commit_description,
+                create_pr=create_pr,
+                model_card=model_card,
+                **card_kwargs,
+            )
     directory = Path(saes_or_dir)
     if unknown := set(card_and_save_kwargs) - {"datasets", "license", "tags"}:
         raise TypeError(f"{sorted(unknown)} apply when pushing SAEs, not a folder: save them with `save_saes` first.")
-    folders, single = _sae_folders(directory) if directory.is_dir() else ({}, False)
+    folders, single = find_sae_folders(directory) if directory.is_dir() else ({}, False)
     if not folders:
-        raise HfSaeError(
+        raise SaeNotFoundError(
             f"Found no SAE in {directory}: expected {directory}/<hookpoint>/{CONFIG} (from `save_saes`) or "
             f"{directory}/{CONFIG} (from `SaeModel.save_pretrained`)."
         )
@@ -178,16 +191,22 @@ def push_saes_to_hub(
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         if revision is not None and not revision.startswith("refs/pr/"):
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        operations = _push_operations(api, repo_id, revision, directory, folders, single, model_card,
-                                      card_and_save_kwargs)  # fmt: skip
+        operations = _push_operations(
+            api, repo_id, revision, directory, folders, single, model_card, card_and_save_kwargs
+        )
         message = commit_message or f"Upload {len(folders)} SAE{'s' * (len(folders) > 1)} with hf_sae"
         with warnings.catch_warnings():  # feature tables are parquet files in a model repo on purpose
             warnings.filterwarnings("ignore", message=".*commit a data file.*", category=UserWarning)
-            return api.create_commit(repo_id, operations, commit_message=message,
-                                     commit_description=commit_description, revision=revision,
-                                     create_pr=create_pr)  # fmt: skip
+            return api.create_commit(
+                repo_id,
+                operations,
+                commit_message=message,
+                commit_description=commit_description,
+                revision=revision,
+                create_pr=create_pr,
+            )
     except (HfHubHTTPError, OSError, RuntimeError) as error:  # the client wraps a failed LFS upload in RuntimeError
-        if isinstance(error, HfSaeError):
+        if isinstance(error, HubError | SaeNotFoundError | WeightsError):
             raise
         raise HubError(
             f"Pushing the SAEs for {', '.join(folders)} to {repo_id}{f' (branch {revision})' * bool(revision)} "
@@ -237,12 +256,14 @@ def load_saes(
     root, source = Path(repo_or_dir).expanduser(), str(repo_or_dir)
     if root.is_dir():
         if revision is not None:
-            raise HfSaeError(f"`revision` applies to Hub repos, but {root} is a local folder. Drop `revision`.")
+            raise ArgumentError(f"`revision` applies to Hub repos, but {root} is a local folder. Drop `revision`.")
     else:
         root = _download(source, wanted, revision, token, cache_dir, local_files_only)
-    folders, single = _sae_folders(root)
+    folders, single = find_sae_folders(root)
     if not folders:
-        raise HfSaeError(f"Found no SAE in {source}: expected <hookpoint>/{CONFIG} folders or a {CONFIG} at the top.")
+        raise SaeNotFoundError(
+            f"Found no SAE in {source}: expected <hookpoint>/{CONFIG} folders or a {CONFIG} at the top."
+        )
     saes = {}
     for hookpoint in _select(folders, wanted, source):
         _check_sae_folder(folders[hookpoint], None if single else hookpoint)
@@ -261,11 +282,11 @@ def _by_hookpoint(saes: SaesLike) -> dict[str, SaeModel]:
     saes = [saes] if isinstance(saes, SaeModel) else saes
     pairs = list(saes.items()) if isinstance(saes, Mapping) else [(sae.config.hookpoint, sae) for sae in saes]
     if not pairs:
-        raise HfSaeError("No SAEs given: pass a dict `{hookpoint: sae}` or a list of SAEs.")
+        raise SaeNotFoundError("No SAEs given: pass a dict `{hookpoint: sae}` or a list of SAEs.")
     result: dict[str, SaeModel] = {}
     for hookpoint, sae in pairs:
         if not isinstance(sae, SaeModel):
-            raise HfSaeError(f"Expected SaeModel instances, got {type(sae).__name__} for {hookpoint!r}.")
+            raise SaeConfigError(f"Expected SaeModel instances, got {type(sae).__name__} for {hookpoint!r}.")
         if not hookpoint:
             raise SaeConfigError("An SAE in the list has no `config.hookpoint`; pass a dict `{hookpoint: sae}`.")
         if not re.fullmatch(r"[^/\\.][^/\\]*", hookpoint) or hookpoint == README:
@@ -293,20 +314,20 @@ def _stage_sae(folder: Path, sae: SaeModel, hookpoint: str, features: Any, metri
         features = source / FEATURES  # an SAE loaded with its feature metadata keeps it
     if isinstance(features, str | os.PathLike):
         if not Path(features).is_dir():
-            raise HfSaeError(f"Feature metadata for {hookpoint!r} should be a folder; {features} is not one.")
+            raise SaeNotFoundError(f"Feature metadata for {hookpoint!r} should be a folder; {features} is not one.")
         shutil.copytree(features, folder / FEATURES)
     elif features is not None:
         save = getattr(features, "save_pretrained", None) or getattr(features, "save", None)
         if save is None:
-            raise HfSaeError(
+            raise SaeConfigError(
                 f"Feature metadata for {hookpoint!r} must be a folder or have `save_pretrained(path)`; got "
                 f"{type(features).__name__}."
             )
         save(folder / FEATURES)
     if metrics is not None:
-        (folder / "metrics.json").write_text(json.dumps(dict(metrics), indent=2, default=float) + "\n")
-    elif source is not None and (source / "metrics.json").is_file():
-        shutil.copy2(source / "metrics.json", folder / "metrics.json")
+        write_json(folder / METRICS, dict(metrics))
+    elif source is not None and (source / METRICS).is_file():
+        shutil.copy2(source / METRICS, folder / METRICS)
     _check_sae_folder(folder, hookpoint)
 
 
@@ -333,18 +354,6 @@ def _swap_in(staging: Path, output_dir: Path, hookpoints: list[str]) -> None:
 # ---- checks ---------------------------------------------------------------------------------------------------------
 
 
-def _natural_key(name: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def _sae_folders(root: Path) -> tuple[dict[str, Path], bool]:
-    """`({hookpoint: folder}, single)`: the top folder if it holds config.json, else each hookpoint subfolder."""
-    if (root / CONFIG).is_file():
-        return {read_json(root / CONFIG).get("hookpoint") or SINGLE_SAE_KEY: root}, True
-    found = [p.parent.name for p in root.glob(f"*/{CONFIG}") if not p.parent.name.startswith(".")]
-    return {h: root / h for h in sorted(found, key=_natural_key)}, False  # checkpoints and logs have no config.json
-
-
 def _check_sae_folder(folder: Path, hookpoint: str | None = None) -> SaeConfig:
     """Refuse a folder whose config does not load or whose weights are corrupt or disagree with it."""
     if not (folder / CONFIG).is_file():
@@ -360,9 +369,8 @@ def _check_sae_folder(folder: Path, hookpoint: str | None = None) -> SaeConfig:
             f"{folder} is the folder of hookpoint {hookpoint!r} but its config says {config.hookpoint!r}. Rename the "
             "folder or fix config.json."
         )
-    for name in METRICS_FILES:
-        if (folder / name).is_file():
-            read_json(folder / name)
+    if (folder / METRICS).is_file():
+        read_json(folder / METRICS)
     if not (folder / WEIGHTS).is_file():
         if (folder / f"{WEIGHTS}.index.json").is_file():
             return config  # sharded weights: from_pretrained checks them
@@ -411,9 +419,6 @@ def _select(available: Iterable[str], wanted: list[str] | None, source: str) -> 
     return available if wanted is None else list(dict.fromkeys(wanted))
 
 
-# ---- model card -----------------------------------------------------------------------------------------------------
-
-
 # ---- Hub ------------------------------------------------------------------------------------------------------------
 
 
@@ -422,7 +427,7 @@ def _push_operations(api, repo_id, revision, directory, folders, single, model_c
     remote_single = CONFIG in remote
     remote_hookpoints = _hookpoints_in(remote)
     if (single and remote_hookpoints) or (not single and remote_single):
-        raise HfSaeError(
+        raise SaeNotFoundError(
             f"{repo_id} holds {'one SAE at its top' if remote_single else 'SAEs in hookpoint folders'}, and this push "
             f"is {'one SAE' if single else 'SAEs in hookpoint folders'}: the layouts would mix. Push to another repo, "
             "or push a single SAE as `push_saes_to_hub(repo, {hookpoint: sae})`."
@@ -432,9 +437,6 @@ def _push_operations(api, repo_id, revision, directory, folders, single, model_c
     local = {p.relative_to(directory).as_posix(): p for p in files}
     local = {path: p for path, p in local.items() if path != README and not re.search(r"(^|/)\.", path)}
     operations: list = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(p)) for path, p in local.items()]
-    for hookpoint, folder in folders.items():  # metrics a run keeps beside its SAEs go into each SAE's folder
-        if not single and f"{hookpoint}/metrics.json" not in local and (metrics := read_metrics(folder, shared=True)):
-            operations.append(CommitOperationAdd(f"{hookpoint}/metrics.json", json.dumps(metrics, indent=2).encode()))
     owned = (f"{FEATURES}/",) if single else tuple(f"{h}/" for h in folders)  # files there that we no longer have go
     uploaded = {operation.path_in_repo for operation in operations}
     operations += [CommitOperationDelete(p) for p in sorted(remote - uploaded) if p.startswith(owned)]
@@ -450,12 +452,12 @@ def _push_operations(api, repo_id, revision, directory, folders, single, model_c
 
 
 def _hookpoints_in(files: Iterable[str]) -> list[str]:
-    return sorted({p.split("/")[0] for p in files if p.count("/") == 1 and p.endswith(f"/{CONFIG}")}, key=_natural_key)
+    return sorted({p.split("/")[0] for p in files if p.count("/") == 1 and p.endswith(f"/{CONFIG}")}, key=natural_key)
 
 
 def _download_small_files(api: HfApi, repo_id: str, revision: str | None, hookpoint: str, remote: set) -> Path:
     """The config and metrics (not the weights) of an SAE that stays in the repo, for the card."""
-    for name in (CONFIG, *METRICS_FILES):
+    for name in (CONFIG, METRICS):
         if f"{hookpoint}/{name}" in remote:
             path = hf_hub_download(repo_id, f"{hookpoint}/{name}", revision=revision, token=api.token)
     return Path(path).parent
@@ -475,8 +477,16 @@ def _download(repo_id, wanted, revision, token, cache_dir, local_files_only) -> 
             if CONFIG not in files:
                 selected = _select(_hookpoints_in(files), wanted, f"Repo {repo_id!r} at {resolved}")
                 patterns = [f"{glob.escape(h)}/*" for h in selected]
-        return Path(snapshot_download(repo_id, revision=resolved, allow_patterns=patterns, token=token,
-                                      cache_dir=cache_dir, local_files_only=offline))  # fmt: skip
+        return Path(
+            snapshot_download(
+                repo_id,
+                revision=resolved,
+                allow_patterns=patterns,
+                token=token,
+                cache_dir=cache_dir,
+                local_files_only=offline,
+            )
+        )
     except RepositoryNotFoundError as error:
         raise HubError(
             f"Repo {repo_id!r} was not found on {api.endpoint}, and it is not a local folder. It does not exist, or "
@@ -494,7 +504,7 @@ def _download(repo_id, wanted, revision, token, cache_dir, local_files_only) -> 
             f"Repo {repo_id!r} has no revision {revision!r}. {known}. Pass one of those, or a sha."
         ) from error
     except (RevisionResolutionError, HfHubHTTPError, OSError) as error:
-        if isinstance(error, HfSaeError):
+        if isinstance(error, HubError | HookpointError):
             raise
         raise HubError(f"Could not download SAEs from {repo_id!r}: {_reason(error)}.") from error
 

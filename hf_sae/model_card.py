@@ -1,7 +1,6 @@
 """The Hub model card of a set of SAEs: YAML metadata (library_name, base_model, tags, datasets, model-index from the
 evaluation metrics) and prose rendered from the Jinja template in `model_cards/` (shipped in the package)."""
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -12,23 +11,11 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .configuration_sae import SaeConfig
-from .errors import HfSaeError
+from .errors import SaeNotFoundError
+from .layout import METRIC_NAMES, METRICS, RUN_KEYS, TRAIN_TOKENS, read_json
 
-METRICS_FILES = ("training_metrics.json", "metrics.json")  # read in this order: evaluation metrics win
 CARD_TEMPLATE = "sae_card.md.j2"
 CARD_TAGS = ["sparse-autoencoder", "interpretability", "hf_sae"]
-METRIC_NAMES = {
-    "fvu": "Fraction of variance unexplained",
-    "explained_variance": "Explained variance",
-    "l0": "L0 (active latents per token)",
-    "dead_fraction": "Dead latent fraction",
-    "loss_recovered": "LM loss recovered",
-    "kl_div": "KL divergence, spliced vs. clean",
-    "mse": "Mean squared error",
-}
-TOKEN_KEYS = ("training_tokens", "train_tokens", "num_tokens", "total_tokens", "tokens_seen", "tokens")
-# Numbers in a metrics file that describe the run, not the SAE's quality.
-NON_METRIC_KEYS = {*TOKEN_KEYS, "train_seconds", "step", "steps", "epoch", "num_latents", "d_in", "k", "eval_tokens"}
 
 
 def metrics_to_eval_results(
@@ -41,9 +28,9 @@ def metrics_to_eval_results(
     r"""
     Turn an evaluation report into `EvalResult`s for a model card's `model-index`, one group per hookpoint.
 
-    Task `feature-extraction`; the hookpoint is the result's `dataset_config`. Numbers other than run bookkeeping
-    (`training_tokens`, `step`, ...) become metrics, and `fvu`, `l0`, `dead_fraction`, `loss_recovered`, `kl_div`,
-    `explained_variance` and `mse` get readable names.
+    Task `feature-extraction`; the hookpoint is the result's `dataset_config`. Numbers other than what describes the
+    run (`layout.RUN_KEYS`: `train_tokens`, `eval_tokens`, ...) become metrics, and the headline metrics
+    (`layout.METRIC_NAMES`) get readable names.
 
     Args:
         metrics (`dict`): `{hookpoint: {metric: value}}`, or `{metric: value}` for one SAE.
@@ -62,7 +49,7 @@ def metrics_to_eval_results(
     results = []
     for hookpoint, values in per_hookpoint.items():
         for key, value in values.items() if isinstance(values, Mapping) else ():
-            if key not in NON_METRIC_KEYS and isinstance(value, int | float) and not isinstance(value, bool):
+            if key not in RUN_KEYS and isinstance(value, int | float) and not isinstance(value, bool):
                 name = METRIC_NAMES.get(key, key)
                 results.append(
                     EvalResult(
@@ -72,19 +59,9 @@ def metrics_to_eval_results(
                         metric_type=key,
                         metric_name=name,
                         metric_value=float(value),
-                    )  # fmt: skip
+                    )
                 )
     return results
-
-
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise HfSaeError(f"{path} is not valid JSON ({error}). Fix it, or save the SAE again.") from None
-    if not isinstance(data, dict):
-        raise HfSaeError(f"{path} should hold a JSON object, got {type(data).__name__}.")
-    return data
 
 
 def card_data(readme: Path) -> dict:
@@ -99,45 +76,68 @@ def _card_template() -> str:
     for candidate in candidates:
         if candidate.is_file():
             return candidate.read_text(encoding="utf-8")
-    raise HfSaeError(f"The model card template is missing (looked in {', '.join(map(str, candidates))}). Reinstall.")
+    raise SaeNotFoundError(
+        f"The model card template is missing (looked in {', '.join(map(str, candidates))}). Reinstall."
+    )
 
 
-def read_metrics(folder: Path, shared: bool) -> dict:
-    """Metrics beside an SAE, after those of its whole run beside its folder if `shared` (keyed by hookpoint, or
-    flat for all)."""
-    metrics: dict = {}
-    for path in [*(folder.parent / name for name in METRICS_FILES if shared), *(folder / n for n in METRICS_FILES)]:
-        data = read_json(path) if path.is_file() else {}
-        keyed = path.parent != folder and any(isinstance(value, dict) for value in data.values())
-        metrics |= (data.get(folder.name) or {}) if keyed else data
-    return {key: value for key, value in metrics.items() if not isinstance(value, dict)}
+def read_metrics(folder: Path) -> dict:
+    """The numbers and names in an SAE folder's metrics.json (empty without one)."""
+    path = Path(folder) / METRICS
+    metrics = read_json(path) if path.is_file() else {}
+    return {key: value for key, value in metrics.items() if not isinstance(value, dict | list)}
 
 
-def render_card(folders: Mapping[str, Path], model_name: str, repo_id: str | None, base: Mapping, single=False, *,
-                 datasets=None, license=None, tags=None) -> ModelCard:  # fmt: skip
+def render_card(
+    folders: Mapping[str, Path],
+    model_name: str,
+    repo_id: str | None,
+    base: Mapping,
+    single=False,
+    *,
+    datasets=None,
+    license=None,
+    tags=None,
+) -> ModelCard:
     """The card of the SAEs in `folders`, from the template; other metadata of `base` (a card's data) is kept."""
     configs = {h: SaeConfig.from_pretrained(folder) for h, folder in folders.items()}
-    metrics = {h: read_metrics(folder, shared=not single) for h, folder in folders.items()}
+    metrics = {h: read_metrics(folder) for h, folder in folders.items()}
     base_models = sorted({c.base_model_name_or_path for c in configs.values() if c.base_model_name_or_path})
     architectures = sorted({c.architecture for c in configs.values()})
     on_hub = [m for m in base_models if re.fullmatch(r"[\w.-]+/[\w.-]+", m) and not os.path.exists(m)]
-    data = ModelCardData(**{k: v for k, v in base.items() if k not in ("model-index", "eval_results")} | {
-        "library_name": "hf_sae",
-        "base_model": on_hub[0] if len(on_hub) == 1 else on_hub or None,
-        "tags": list(dict.fromkeys([*CARD_TAGS, *architectures, *(base.get("tags") or []), *(tags or [])])),
-        "datasets": datasets if datasets is not None else base.get("datasets"),
-        "license": license or base.get("license"),
-        "eval_results": (results := metrics_to_eval_results(metrics)) or None,
-        "model_name": model_name if results else None,  # the model-index's name; alone it would be a stray key
-    })  # fmt: skip
+    data = ModelCardData(
+        **{k: v for k, v in base.items() if k not in ("model-index", "eval_results")}
+        | {
+            "library_name": "hf_sae",
+            "base_model": on_hub[0] if len(on_hub) == 1 else on_hub or None,
+            "tags": list(dict.fromkeys([*CARD_TAGS, *architectures, *(base.get("tags") or []), *(tags or [])])),
+            "datasets": datasets if datasets is not None else base.get("datasets"),
+            "license": license or base.get("license"),
+            "eval_results": (results := metrics_to_eval_results(metrics)) or None,
+            "model_name": model_name if results else None,  # the model-index's name; alone it would be a stray key
+        }
+    )
     # The table shows the headline metrics (all of them are in the model-index), or whatever there is.
     columns = [k for k in METRIC_NAMES if any(k in m for m in metrics.values())]
     columns = columns or list(dict.fromkeys(r.metric_type for r in data.eval_results or []))
-    rows = [{"hookpoint": h, "config": c, "metrics": [metrics[h].get(k) for k in columns],
-             "tokens": next((metrics[h][k] for k in TOKEN_KEYS if k in metrics[h]), None)}
-            for h, c in configs.items()]  # fmt: skip
+    rows = [
+        {
+            "hookpoint": h,
+            "config": c,
+            "metrics": [metrics[h].get(k) for k in columns],
+            "tokens": metrics[h].get(TRAIN_TOKENS),
+        }
+        for h, c in configs.items()
+    ]
     return ModelCard.from_template(
-        data, template_str=_card_template(), model_name=model_name, repo_id=repo_id or model_name, rows=rows,
-        columns=columns, base_models=base_models, architectures=architectures, example=next(iter(configs)),
+        data,
+        template_str=_card_template(),
+        model_name=model_name,
+        repo_id=repo_id or model_name,
+        rows=rows,
+        columns=columns,
+        base_models=base_models,
+        architectures=architectures,
+        example=next(iter(configs)),
         single=single,
-    )  # fmt: skip
+    )

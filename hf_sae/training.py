@@ -11,7 +11,7 @@ import math
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -20,103 +20,13 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from .activations import ShufflingBuffer
+from .arguments import SaeTrainingArguments
 from .errors import TrainingError
 from .modeling_sae import SaeModel
 
 logger = get_logger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
-
-
-@dataclass
-class SaeTrainingArguments:
-    """How to train: the SAE's shape and sparsity, the schedule, and where results go."""
-
-    model_name_or_path: str = field(
-        default="smollm2-135m-instruct",
-        metadata={"help": "The LM to study: a Hub id, a local directory, or the built-in `smollm2-135m-instruct`."},
-    )
-    hookpoints: list[str] = field(
-        default_factory=lambda: ["model.layers.15"],
-        metadata={"help": "Module paths whose outputs the SAEs read, as `named_modules()` spells them."},
-    )
-    architecture: str = field(default="topk", metadata={"help": "relu, topk, batchtopk, jumprelu or gated."})
-    k: int | None = field(default=32, metadata={"help": "Active latents per token (topk, batchtopk)."})
-    expansion_factor: float = field(default=16, metadata={"help": "num_latents = expansion_factor * d_in."})
-    num_latents: int | None = field(default=None, metadata={"help": "Overrides `expansion_factor` when set."})
-    sparsity_coefficient: float = field(
-        default=1.0, metadata={"help": "Sparsity penalty weight (relu and gated: L1; jumprelu: L0)."}
-    )
-    train_tokens: int = field(
-        default=1_000_000, metadata={"help": "Tokens to train on (the default: about ten minutes on 2 CPU cores)."}
-    )
-    batch_size: int = field(default=4096, metadata={"help": "Tokens per optimiser step, over all processes."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate."})
-    lr_warmup_fraction: float = field(default=0.02, metadata={"help": "Fraction of steps with linear lr warm-up."})
-    lr_decay_fraction: float = field(default=0.2, metadata={"help": "Fraction of final steps decaying lr to 0."})
-    sparsity_warmup_fraction: float = field(
-        default=0.05, metadata={"help": "Fraction of steps over which the sparsity coefficient ramps up from 0."}
-    )
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
-    dead_after_tokens: int | None = field(
-        default=None,
-        metadata={
-            "help": "A latent is dead after this many tokens without firing (default: a quarter of the run, "
-            "at most 10M)."
-        },  # fmt: skip
-    )
-    b_dec_init: str = field(default="geometric_median", metadata={"help": "geometric_median, mean or zero."})
-    normalize_activations: bool = field(
-        default=True, metadata={"help": "Scale activations to mean norm sqrt(d_in) while training (folded on save)."}
-    )
-    shuffle_buffer_tokens: int = field(
-        default=65536, metadata={"help": "Tokens mixed in the shuffling buffer (0: no shuffling)."}
-    )
-    lm_batch_size: int = field(default=8, metadata={"help": "Contexts per LM forward."})
-    mixed_precision: str | None = field(
-        default=None, metadata={"help": "SAE step precision: no or bf16 (autocast); default: accelerate's setting."}
-    )
-    lm_dtype: str = field(
-        default="auto", metadata={"help": "LM forward precision: auto (bf16 where faster), bfloat16, float32."}
-    )
-    outlier_factor: float | None = field(
-        default=10.0, metadata={"help": "Drop tokens whose activation norm exceeds this times the median."}
-    )
-    activation_cache: str | None = field(
-        default=None, metadata={"help": "Arrow dataset of activations: replayed if it exists, else written first."}
-    )
-    output_dir: str = field(default="outputs/sae", metadata={"help": "Where the SAEs, logs and checkpoints go."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a previous run in output_dir."})
-    resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "A checkpoint directory, or `latest` for the newest in output_dir."}
-    )
-    save_steps: int = field(default=1000, metadata={"help": "Save a resumable checkpoint every N steps (0: never)."})
-    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept; older ones are deleted."})
-    logging_steps: int = field(default=10, metadata={"help": "Log metrics every N steps."})
-    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard, wandb or none."})
-    eval_tokens: int = field(default=100_000, metadata={"help": "Held-out tokens for the final FVU / L0 (0: skip)."})
-    seed: int = field(default=0, metadata={"help": "Random seed."})
-
-    @property
-    def num_steps(self) -> int:
-        return max(self.train_tokens // self.batch_size, 1)
-
-    def lr_lambda(self, step: int) -> float:
-        """Linear warm-up, constant, then linear decay to zero; lengths are fractions so any run length works."""
-        warmup = max(int(self.lr_warmup_fraction * self.num_steps), 1)
-        decay = int(self.lr_decay_fraction * self.num_steps)
-        if step < warmup:
-            return (step + 1) / warmup
-        if decay and step >= self.num_steps - decay:
-            return max(self.num_steps - step, 0) / decay
-        return 1.0
-
-    def sparsity_scale(self, step: int) -> float:
-        warmup = int(self.sparsity_warmup_fraction * self.num_steps)
-        return 1.0 if warmup == 0 else min((step + 1) / warmup, 1.0)
-
-    def dead_window(self) -> int:
-        return self.dead_after_tokens or max(min(10_000_000, self.train_tokens // 4), self.batch_size)
 
 
 class TrainerState:
@@ -145,12 +55,17 @@ class SaeTrainer:
 
     ```python
     >>> trainer = SaeTrainer(args, {"model.layers.15": sae}, buffer)
-    >>> trainer.train()
+    >>> trained = trainer.train()  # copies that take raw activations
     ```
     """
 
-    def __init__(self, args: SaeTrainingArguments, saes: dict[str, SaeModel], buffer: ShufflingBuffer,
-                 accelerator: Accelerator | None = None):  # fmt: skip
+    def __init__(
+        self,
+        args: SaeTrainingArguments,
+        saes: dict[str, SaeModel],
+        buffer: ShufflingBuffer,
+        accelerator: Accelerator | None = None,
+    ):
         self.args, self.buffer = args, buffer
         self.accelerator = accelerator or make_accelerator(args)
         self.saes = saes
@@ -177,13 +92,16 @@ class SaeTrainer:
             self.state.ever_fired[name] = torch.zeros(n, dtype=torch.bool)
 
     def _prepare(self) -> None:
+        """Optimiser, scheduler and (under several processes) DDP wrappers. `_initialise_from_data` runs first: DDP
+        broadcasts rank 0's parameters when it wraps a module, so b_dec must already hold its data-derived value
+        (the same on every rank, being averaged), and Adam must see the parameters it will step."""
         names = list(self.saes)
         params = [p for sae in self.saes.values() for p in sae.parameters()]
         # The fused kernel updates all of Adam's state in one pass (it exists for CPU and CUDA).
         self.optimizer = torch.optim.Adam(params, lr=self.args.learning_rate, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.args.lr_lambda)
         prepared = self.accelerator.prepare(*self.saes.values(), self.optimizer, self.scheduler)
-        self.models = dict(zip(names, prepared[: len(names)]))  # possibly DDP-wrapped
+        self.wrapped = dict(zip(names, prepared[: len(names)]))  # what the step calls: DDP-wrapped under several
         self.optimizer, self.scheduler = prepared[len(names) :]
         for sae in self.saes.values():
             if sae.uses_unit_norm_decoder:
@@ -192,6 +110,8 @@ class SaeTrainer:
     # ---- the loop -------------------------------------------------------------------------------
 
     def train(self) -> dict[str, SaeModel]:
+        """Train, and return copies of the SAEs that take raw activations (`trained_saes`). Trackers stay open, and
+        the process group with them, until `end()`."""
         args, acc = self.args, self.accelerator
         batches = iter(self.buffer)
         resumed = self._maybe_resume()
@@ -225,18 +145,26 @@ class SaeTrainer:
             if args.save_steps and self.state.step % args.save_steps == 0 and self.state.step < args.num_steps:
                 self.save_checkpoint()
         bar.close()
-        acc.end_training()
-        return self.saes
+        return self.trained_saes()
+
+    def end(self) -> None:
+        """Close the trackers (and accelerate's process group): the last call of a run, after every collective."""
+        self.accelerator.end_training()
 
     def _step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         args, acc, state = self.args, self.accelerator, self.state
         total_loss, outputs = 0.0, {}
-        for name, model in self.models.items():
+        for name, wrapped in self.wrapped.items():
             sae = self.saes[name]
             x = batch[sae.config.hookpoint].to(sae.device, torch.float32) * state.scales[name]
             coefficient = sae.config.sparsity_coefficient * args.sparsity_scale(state.step)
-            out = model(x, dead_latents=self.dead_latents(name).to(sae.device), return_latents=False,
-                        return_loss=True, sparsity_coefficient=coefficient)  # fmt: skip
+            out = wrapped(
+                x,
+                dead_latents=self.dead_latents(name).to(sae.device),
+                return_latents=False,
+                return_loss=True,
+                sparsity_coefficient=coefficient,
+            )
             if not torch.isfinite(out.loss):
                 what = "activations" if not torch.isfinite(x).all() else "loss"
                 raise TrainingError(
@@ -320,9 +248,10 @@ class SaeTrainer:
                 f"No complete checkpoint at {path}. Expected a `{CHECKPOINT_PREFIX}<step>` folder written by "
                 f"hf_sae (found: {[p.name for p in _checkpoints(self.output_dir)]})."
             )
-        self.state.load_state_dict(torch.load(path / "trainer_state.pt", weights_only=False))
+        # weights_only: a checkpoint holds tensors and numbers; one that asks to run code is refused.
+        self.state.load_state_dict(torch.load(path / "trainer_state.pt", weights_only=True))
         self.buffer.load_state_dict(
-            torch.load(path / f"buffer_rank{self.accelerator.process_index}.pt", weights_only=False)
+            torch.load(path / f"buffer_rank{self.accelerator.process_index}.pt", weights_only=True)
         )
         logger.info(f"Resuming from {path} at step {self.state.step}.", main_process_only=True)
         return path

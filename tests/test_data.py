@@ -10,8 +10,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import HfArgumentParser, PreTrainedTokenizerFast
 
 from hf_sae import data
+from hf_sae.arguments import DataArguments
 from hf_sae.data import (
-    DataArguments,
     check_context_size,
     iter_blocks,
     load_text_dataset,

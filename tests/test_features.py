@@ -11,14 +11,13 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from hf_sae import SaeConfig, SaeModel
-from hf_sae.browser import explain, format_explanation
-from hf_sae.cli import main
+from hf_sae.browser import explain
+from hf_sae.cli import format_explanation, main
 from hf_sae.errors import HfSaeError
 from hf_sae.features import (
     FeatureCollector,
     auto_label,
     collect_feature_metadata,
-    counted_tokens,
     load_features,
     logit_effects,
 )
@@ -139,14 +138,6 @@ def test_auto_label_names_recurring_peak_tokens_else_promoted_tokens():
     assert auto_label([" Paris", " London"], [" France", " Italy", "  ", " Spain"]) == "→ France / Italy / ␣"
 
 
-def test_counted_tokens_drops_position_zero_special_tokens_and_outliers():
-    ids = torch.tensor([[BOS_ID, 5, 6, EOS_ID, 7, 8]])
-    acts = torch.ones(1, 6, 4)
-    acts[0, 4] *= 100  # a norm 100 times the median
-    assert counted_tokens(acts, ids, torch.tensor([BOS_ID, EOS_ID]), 10.0).tolist() == [[0, 1, 1, 0, 0, 1]]
-    assert counted_tokens(acts, ids, torch.tensor([BOS_ID, EOS_ID]), None).tolist() == [[0, 1, 1, 0, 1, 1]]
-
-
 @pytest.mark.parametrize("family", ["llama", "gpt2"])  # RMSNorm and LayerNorm (centring, bias)
 def test_logit_effects_equal_direction_through_final_norm_and_unembedding(family):
     lm = make_tiny_lm(family)
@@ -217,7 +208,7 @@ def test_a_failed_save_keeps_the_existing_folder(setup, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(module, "_write_json", fail)
+    monkeypatch.setattr(module, "write_json", fail)
     with pytest.raises(OSError, match="disk full"):
         features.save_pretrained(tmp_path / "features")
     assert {p.name: p.read_bytes() for p in (tmp_path / "features").iterdir()} == before

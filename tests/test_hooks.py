@@ -6,7 +6,8 @@ from conftest import BOS_ID, EOS_ID, PAD_ID, make_tiny_lm
 
 from hf_sae.configuration_sae import SaeConfig
 from hf_sae.errors import HookpointError
-from hf_sae.hooks import SaeHooks, capture_activations, resolve_hookpoints
+from hf_sae.hookpoints import capture_activations, resolve_hookpoints
+from hf_sae.hooks import SaeHooks
 from hf_sae.modeling_sae import SaeModel
 
 ATOL = 1e-5

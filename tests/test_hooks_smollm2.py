@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from hf_sae.configuration_sae import SaeConfig
-from hf_sae.hooks import SaeHooks, capture_activations
+from hf_sae.hookpoints import capture_activations
+from hf_sae.hooks import SaeHooks
 from hf_sae.modeling_sae import SaeModel
 
 pytestmark = pytest.mark.slow

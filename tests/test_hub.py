@@ -340,12 +340,15 @@ def test_push_many_in_one_commit_and_load_only_what_is_asked(api, hub, tmp_path)
 
 
 def test_push_a_training_run_folder(api, tmp_path):
-    """A run's output folder: SAE folders, run metrics keyed by hookpoint, checkpoints, logs and arguments."""
+    """A run's output folder as training writes it: SAE folders with their metrics, the run's report keyed by
+    hookpoint, checkpoints, logs and arguments."""
     run = tmp_path / "run"
     saes = {LAYERS[0]: make_sae(LAYERS[0]), LAYERS[1]: make_sae(LAYERS[1], seed=1)}
     for hookpoint, sae in saes.items():
         sae.save_pretrained(run / hookpoint)
     report = {h: {"architecture": "topk", "train_tokens": 4096, "fvu": 0.25, "dead_fraction": 0.5} for h in saes}
+    for hookpoint, metrics in report.items():
+        (run / hookpoint / "metrics.json").write_text(json.dumps(metrics))
     (run / "metrics.json").write_text(json.dumps(report))
     (run / "training_args.json").write_text("{}")
     (run / "checkpoint-10").mkdir()
@@ -374,7 +377,7 @@ def test_offline_loads_come_from_the_cache(api, hub, monkeypatch):
 
 
 def test_model_card_metadata_parses_back(api):
-    metrics = {LAYERS[0]: {"fvu": 0.21, "l0": 32.0, "dead_fraction": 0.01, "training_tokens": 2_000_000}}
+    metrics = {LAYERS[0]: {"fvu": 0.21, "l0": 32.0, "dead_fraction": 0.01, "train_tokens": 2_000_000}}
     push_saes_to_hub("alice/carded", {LAYERS[0]: make_sae(), LAYERS[1]: make_sae()}, token=ALICE, metrics=metrics,
                      datasets=["wikitext"])  # fmt: skip
     card = ModelCard.load("alice/carded")
@@ -405,7 +408,7 @@ def test_second_push_keeps_other_hookpoints_and_drops_stale_files(api, tmp_path)
 
 def test_metrics_to_eval_results():
     results = metrics_to_eval_results(
-        {LAYERS[0]: {"fvu": 0.2, "l0": 32, "training_tokens": 10, "note": "x"}, LAYERS[1]: {"kl_div": 0.1}},
+        {LAYERS[0]: {"fvu": 0.2, "l0": 32, "train_tokens": 10, "note": "x"}, LAYERS[1]: {"kl_div": 0.1}},
         dataset="wikitext",
     )
     assert [(r.dataset_config, r.metric_type, r.metric_value) for r in results] == [

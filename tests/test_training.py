@@ -12,9 +12,11 @@ from conftest import save_tiny_llama_and_corpus
 
 from hf_sae import DataError, HookpointError, SaeConfigError, SaeModel, TrainingError
 from hf_sae.activations import ShufflingBuffer
-from hf_sae.data import DataArguments
-from hf_sae.pipeline import train_saes
-from hf_sae.training import SaeTrainer, SaeTrainingArguments, geometric_median
+from hf_sae.arguments import TRAIN_GROUPS, ActivationArguments, DataArguments, SaeArguments, SaeTrainingArguments
+from hf_sae.arguments import group_arguments
+from hf_sae.offline.builtin_models import DEFAULT_MODEL
+from hf_sae.runners import train_saes
+from hf_sae.training import SaeTrainer, geometric_median
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,28 +43,26 @@ def tiny_run_inputs(tmp_path_factory) -> Path:
     return root
 
 
-def run_args(root: Path, output_dir: Path, **overrides) -> tuple[DataArguments, SaeTrainingArguments]:
-    data = DataArguments(dataset_name=str(root / "text"), context_size=32)
-    train = dict(model_name_or_path=str(root / "lm"), hookpoints=["model.layers.1"], k=4, expansion_factor=4,
-                 train_tokens=8192, batch_size=256, shuffle_buffer_tokens=2048, output_dir=str(output_dir),
-                 report_to="none", eval_tokens=2000, save_steps=0, lm_dtype="float32")  # fmt: skip
-    for key in list(overrides):
-        if hasattr(data, key):
-            setattr(data, key, overrides.pop(key))
-    return data, SaeTrainingArguments(**{**train, **overrides})
+def run_args(root: Path, output_dir: Path, **overrides) -> tuple:
+    """The four argument groups of `train_saes`, for a short run on the tiny model."""
+    flat = dict(model_name_or_path=str(root / "lm"), hookpoints=["model.layers.1"], k=4, expansion_factor=4,
+                dataset_name=str(root / "text"), context_size=32, train_tokens=8192, batch_size=256,
+                shuffle_buffer_tokens=2048, output_dir=str(output_dir), report_to="none", eval_tokens=2000,
+                save_steps=0, lm_dtype="float32")  # fmt: skip
+    return group_arguments(TRAIN_GROUPS, **{**flat, **overrides})
 
 
 def test_default_arguments_describe_the_offline_default_run():
-    args = SaeTrainingArguments()
-    assert (args.model_name_or_path, args.hookpoints, args.architecture, args.k, args.expansion_factor) == (
-        "smollm2-135m-instruct", ["model.layers.15"], "topk", 32, 16)  # fmt: skip
-    assert args.report_to == "tensorboard"
+    sae, lm = SaeArguments(), ActivationArguments()
+    assert lm.model_name_or_path is None and DEFAULT_MODEL == "smollm2-135m-instruct"  # None: the built-in model
+    assert (sae.hookpoints, sae.architecture, sae.k, sae.expansion_factor) == (["model.layers.15"], "topk", 32, 16)
+    assert SaeTrainingArguments().report_to == "tensorboard"
     assert DataArguments().dataset_name is None  # the built-in corpus
 
 
 def test_a_run_saves_sae_and_metrics_that_load_back(tiny_run_inputs, tmp_path):
-    data, args = run_args(tiny_run_inputs, tmp_path / "run", hookpoints=["model.layers.0", "model.layers.1"])
-    report = train_saes(data, args)
+    args = run_args(tiny_run_inputs, tmp_path / "run", hookpoints=["model.layers.0", "model.layers.1"])
+    report = train_saes(*args)
     for hookpoint in ("model.layers.0", "model.layers.1"):
         sae = SaeModel.from_pretrained(tmp_path / "run" / hookpoint)
         assert sae.config.hookpoint == hookpoint
@@ -79,11 +79,11 @@ def test_a_run_saves_sae_and_metrics_that_load_back(tiny_run_inputs, tmp_path):
 
 
 def test_held_out_fvu_matches_a_direct_computation_and_training_lowers_it(tiny_run_inputs, tmp_path):
-    from hf_sae.hooks import capture_activations
+    from hf_sae.hookpoints import capture_activations
     from hf_sae.models import load_model
 
-    data, args = run_args(tiny_run_inputs, tmp_path / "run", train_tokens=16384, eval_tokens=500_000)
-    report = train_saes(data, args)["model.layers.1"]
+    args = run_args(tiny_run_inputs, tmp_path / "run", train_tokens=16384, eval_tokens=500_000)
+    report = train_saes(*args)["model.layers.1"]
     sae = SaeModel.from_pretrained(tmp_path / "run" / "model.layers.1")
     lm, tokenizer = load_model(str(tiny_run_inputs / "lm"))
     texts = [json.loads(line)["text"] for line in (tiny_run_inputs / "text" / "test.jsonl").read_text().splitlines()]
@@ -112,8 +112,8 @@ def test_resuming_continues_the_data_stream_exactly(tiny_run_inputs, tmp_path, m
         return original_step(self, batch)
 
     monkeypatch.setattr(SaeTrainer, "_step", recording_step)
-    data, args = run_args(tiny_run_inputs, tmp_path / "straight", save_steps=0)
-    train_saes(data, args)
+    args = run_args(tiny_run_inputs, tmp_path / "straight", save_steps=0)
+    train_saes(*args)
     straight, straight_batches = SaeModel.from_pretrained(tmp_path / "straight" / "model.layers.1"), list(seen)
     seen.clear()
 
@@ -123,15 +123,15 @@ def test_resuming_continues_the_data_stream_exactly(tiny_run_inputs, tmp_path, m
         return recording_step(self, batch)
 
     monkeypatch.setattr(SaeTrainer, "_step", crashing_step)
-    data, args = run_args(tiny_run_inputs, tmp_path / "resumed", save_steps=5, save_total_limit=5)
+    args = run_args(tiny_run_inputs, tmp_path / "resumed", save_steps=5, save_total_limit=5)
     with pytest.raises(KeyboardInterrupt):
-        train_saes(data, args)
+        train_saes(*args)
     assert sorted(p.name for p in (tmp_path / "resumed").glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-5"]
     before_crash = list(seen[:10])
     seen.clear()
     monkeypatch.setattr(SaeTrainer, "_step", recording_step)
-    data, args = run_args(tiny_run_inputs, tmp_path / "resumed", save_steps=5, resume_from_checkpoint="latest")
-    train_saes(data, args)
+    args = run_args(tiny_run_inputs, tmp_path / "resumed", save_steps=5, resume_from_checkpoint="latest")
+    train_saes(*args)
     assert before_crash + seen == straight_batches  # no batch seen twice, none skipped, same order
     resumed = SaeModel.from_pretrained(tmp_path / "resumed" / "model.layers.1")
     for name, tensor in straight.state_dict().items():
@@ -139,7 +139,7 @@ def test_resuming_continues_the_data_stream_exactly(tiny_run_inputs, tmp_path, m
 
 
 def test_a_crash_while_checkpointing_leaves_the_previous_checkpoint_intact(tiny_run_inputs, tmp_path, monkeypatch):
-    data, args = run_args(tiny_run_inputs, tmp_path / "run", save_steps=5, save_total_limit=5)
+    args = run_args(tiny_run_inputs, tmp_path / "run", save_steps=5, save_total_limit=5)
     original_save = SaeTrainer.save_checkpoint
 
     def dying_save(self):
@@ -150,15 +150,15 @@ def test_a_crash_while_checkpointing_leaves_the_previous_checkpoint_intact(tiny_
 
     monkeypatch.setattr(SaeTrainer, "save_checkpoint", dying_save)
     with pytest.raises(OSError, match="disk full"):
-        train_saes(data, args)
+        train_saes(*args)
     monkeypatch.setattr(SaeTrainer, "save_checkpoint", original_save)
-    data, args = run_args(tiny_run_inputs, tmp_path / "run", save_steps=5, resume_from_checkpoint="latest")
-    train_saes(data, args)  # resumes from checkpoint-5, ignoring the half-written checkpoint-10.tmp
+    args = run_args(tiny_run_inputs, tmp_path / "run", save_steps=5, resume_from_checkpoint="latest")
+    train_saes(*args)  # resumes from checkpoint-5, ignoring the half-written checkpoint-10.tmp
     assert (tmp_path / "run" / "model.layers.1" / "model.safetensors").exists()
 
 
 def test_nan_activations_stop_training_naming_step_and_hookpoint(tiny_run_inputs, tmp_path, monkeypatch):
-    data, args = run_args(tiny_run_inputs, tmp_path / "run", save_steps=4)
+    args = run_args(tiny_run_inputs, tmp_path / "run", save_steps=4)
     original_step = SaeTrainer._step
 
     def poisoned(self, batch):
@@ -168,7 +168,7 @@ def test_nan_activations_stop_training_naming_step_and_hookpoint(tiny_run_inputs
 
     monkeypatch.setattr(SaeTrainer, "_step", poisoned)
     with pytest.raises(TrainingError, match=r"Non-finite activations at step 6 for hookpoint 'model.layers.1'"):
-        train_saes(data, args)
+        train_saes(*args)
     kept = tmp_path / "run" / "checkpoint-4"
     assert (kept / "trainer_state.pt").exists()
     assert not (tmp_path / "run" / "model.layers.1").exists()  # no SAE from a broken run
@@ -189,24 +189,24 @@ def test_nan_activations_stop_training_naming_step_and_hookpoint(tiny_run_inputs
 def test_bad_input_fails_before_training_with_a_clear_error(tiny_run_inputs, tmp_path, overrides, error, message,
                                                              monkeypatch):  # fmt: skip
     monkeypatch.setattr(SaeTrainer, "train", lambda self: pytest.fail("training must not start"))
-    data, args = run_args(tiny_run_inputs, tmp_path / "run", **overrides)
+    args = run_args(tiny_run_inputs, tmp_path / "run", **overrides)
     if error is None:
         with pytest.raises(pytest.fail.Exception, match="training must not start"):
-            train_saes(data, args)  # a valid configuration reaches the trainer
+            train_saes(*args)  # a valid configuration reaches the trainer
         return
     with pytest.raises(error, match=message):
-        train_saes(data, args)
+        train_saes(*args)
 
 
 def test_an_output_directory_holding_another_run_is_refused(tiny_run_inputs, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.json").write_text("{}")
-    data, args = run_args(tiny_run_inputs, tmp_path / "run")
+    args = run_args(tiny_run_inputs, tmp_path / "run")
     with pytest.raises(TrainingError, match=r"already holds a run .*--overwrite_output_dir"):
-        train_saes(data, args)
+        train_saes(*args)
     assert (tmp_path / "run" / "metrics.json").read_text() == "{}"
-    data, args = run_args(tiny_run_inputs, tmp_path / "run", overwrite_output_dir=True, eval_tokens=0)
-    train_saes(data, args)
+    args = run_args(tiny_run_inputs, tmp_path / "run", overwrite_output_dir=True, eval_tokens=0)
+    train_saes(*args)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["model.layers.1"]["train_tokens"] == 8192
 
 
@@ -268,7 +268,7 @@ def test_two_processes_reach_the_weights_of_one_at_the_same_global_batch(tiny_ru
         assert result.returncode == 0, result.stderr[-3000:]
         runs[processes] = SaeModel.from_pretrained(out / "model.layers.1")
         assert sorted(p.name for p in out.iterdir() if not p.name.startswith("checkpoint")) == [
-            "metrics.json", "model.layers.1", "training_args.json"]  # saved once  # fmt: skip
+            "README.md", "metrics.json", "model.layers.1", "training_args.json"]  # saved once
     for name, tensor in runs[1].state_dict().items():
         torch.testing.assert_close(runs[2].state_dict()[name], tensor, rtol=1e-4, atol=1e-5)
     assert not math.isclose(runs[1].W_dec.norm().item(), 0.0)
@@ -276,18 +276,18 @@ def test_two_processes_reach_the_weights_of_one_at_the_same_global_batch(tiny_ru
 
 def test_an_activation_cache_is_written_once_and_replayed(tiny_run_inputs, tmp_path, monkeypatch):
     cache = tmp_path / "acts"
-    data, args = run_args(tiny_run_inputs, tmp_path / "first", activation_cache=str(cache), eval_tokens=0)
-    train_saes(data, args)
+    args = run_args(tiny_run_inputs, tmp_path / "first", activation_cache=str(cache), eval_tokens=0)
+    train_saes(*args)
     from datasets import load_from_disk
 
     stored = load_from_disk(str(cache))
     assert stored.column_names == ["model.layers.1"] and len(stored) == 8192  # train_tokens, position 0 etc. dropped
     import hf_sae.activations as activations
 
-    monkeypatch.setattr(activations, "capture_activations", lambda *a, **k: pytest.fail("the LM must not run"))
-    data, args = run_args(tiny_run_inputs, tmp_path / "second", activation_cache=str(cache), eval_tokens=0,
+    monkeypatch.setattr(activations, "run_lm", lambda *a, **k: pytest.fail("the LM must not run"))
+    args = run_args(tiny_run_inputs, tmp_path / "second", activation_cache=str(cache), eval_tokens=0,
                           architecture="batchtopk")  # fmt: skip
-    report = train_saes(data, args)  # a second SAE from the same activations, without the LM
+    report = train_saes(*args)  # a second SAE from the same activations, without the LM
     assert report["model.layers.1"]["architecture"] == "batchtopk"
 
 
@@ -300,8 +300,7 @@ def test_several_configurations_on_one_hookpoint_train_from_one_stream(tiny_run_
     saes = {name: SaeModel(SaeConfig(d_in=24, num_latents=96, architecture=arch, k=k, hookpoint="model.layers.1"))
             for name, arch, k in (("topk", "topk", 4), ("relu", "relu", None))}  # fmt: skip
     buffer = ShufflingBuffer(lambda skip: iter(stream[skip:]), batch_size=128, capacity=0)
-    args = SaeTrainingArguments(train_tokens=128 * 20, batch_size=128, report_to="none", output_dir="unused",
-                                sparsity_coefficient=0.1)  # fmt: skip
+    args = SaeTrainingArguments(train_tokens=128 * 20, batch_size=128, report_to="none", output_dir="unused")
     before = {name: sae.W_enc.detach().clone() for name, sae in saes.items()}
     SaeTrainer(args, saes, buffer).train()
     for name, sae in saes.items():

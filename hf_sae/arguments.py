@@ -1,0 +1,312 @@
+"""The argument groups, as transformers' example scripts split them (`ModelArguments`, `DataTrainingArguments`,
+`TrainingArguments`), parsed together by one `HfArgumentParser` and shared across the `hf-sae` commands:
+
+    SaeArguments          the SAEs' shape and sparsity, and where they read          train
+    ActivationArguments   the LM and how its activations are taken                   train, eval, features
+    DataArguments         the text and its token blocks                              train, eval, features
+    SaeTrainingArguments  the trainer's schedule, its activation stream and outputs  train
+
+Every field is read by the command that parses it; choices are `Literal`s, so `--help` lists them and a typo fails
+before the LM loads. Field values are checked in `check()` before any expensive work starts.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .architectures import ARCHITECTURES, ArchitectureName
+from .configuration_sae import SaeConfig
+from .errors import ArgumentError
+from .lm_forward import LmDtype
+
+
+def _help(text: str, default=dataclasses.MISSING, **kwargs):
+    if "default_factory" in kwargs:
+        return field(metadata={"help": text}, **kwargs)
+    return field(default=default, metadata={"help": text}, **kwargs)
+
+
+def _require(condition: bool, flag: str, value, expected: str) -> None:
+    if not condition:
+        raise ArgumentError(f"--{flag} must be {expected}; got {value!r}.")
+
+
+@dataclass
+class SaeArguments:
+    """What SAEs to train: one per hookpoint, all of the same shape and sparsity rule."""
+
+    hookpoints: list[str] = _help(
+        "Module paths whose outputs the SAEs read, as `named_modules()` spells them.",
+        default_factory=lambda: ["model.layers.15"],
+    )
+    architecture: ArchitectureName = _help("The SAE architecture.", "topk")
+    k: int | None = _help("Active latents per token (topk, batchtopk; ignored by the others).", 32)
+    expansion_factor: float = _help("num_latents = expansion_factor * d_in.", 16)
+    num_latents: int | None = _help("Overrides `expansion_factor` when set.", None)
+    sparsity_coefficient: float = _help("Sparsity penalty weight (relu and gated: L1; jumprelu: L0).", 1.0)
+
+    def check(self) -> None:
+        _require(bool(self.hookpoints), "hookpoints", self.hookpoints, "at least one module path")
+        _require(
+            self.architecture in ARCHITECTURES, "architecture", self.architecture, f"one of {list(ARCHITECTURES)}"
+        )
+        if ARCHITECTURES[self.architecture].uses_k:
+            _require(self.k is not None and self.k >= 1, "k", self.k, f"a positive integer for {self.architecture}")
+        _require(self.expansion_factor > 0, "expansion_factor", self.expansion_factor, "a number > 0")
+        _require(self.num_latents is None or self.num_latents >= 1, "num_latents", self.num_latents, "positive")
+        _require(self.sparsity_coefficient >= 0, "sparsity_coefficient", self.sparsity_coefficient, ">= 0")
+
+    def config(self, hookpoint: str, d_in: int, base_model: str | None) -> SaeConfig:
+        """The `SaeConfig` of the SAE at `hookpoint`, whose activation has width `d_in`."""
+        size = {"num_latents": self.num_latents} if self.num_latents else {"expansion_factor": self.expansion_factor}
+        return SaeConfig(
+            d_in=d_in,
+            **size,
+            architecture=self.architecture,
+            k=self.k if ARCHITECTURES[self.architecture].uses_k else None,
+            sparsity_coefficient=self.sparsity_coefficient,
+            hookpoint=hookpoint,
+            base_model_name_or_path=base_model,
+        )
+
+
+@dataclass
+class ActivationArguments:
+    """The LM to study and how its activations are taken; the same for training, evaluation and features."""
+
+    model_name_or_path: str | None = _help(
+        "The LM: a Hub id, a local directory, or the built-in `smollm2-135m-instruct`. Default: the built-in model "
+        "for training, the SAEs' base model for eval and features.",
+        None,
+    )
+    lm_batch_size: int = _help("Blocks per LM forward.", 8)
+    lm_dtype: LmDtype = _help("LM forward precision (autocast): auto picks bf16 where the hardware is faster.", "auto")
+    outlier_factor: float | None = _help(
+        "Leave out tokens whose activation norm exceeds this times their block's median (none: keep all).", 10.0
+    )
+
+    def check(self) -> None:
+        _require(self.lm_batch_size >= 1, "lm_batch_size", self.lm_batch_size, "a positive integer")
+        factor = self.outlier_factor
+        _require(factor is None or factor > 0, "outlier_factor", factor, "a number > 0, or none")
+
+
+@dataclass
+class DataArguments:
+    """Where the text comes from and how it is cut into token blocks."""
+
+    dataset_name: str | None = _help(
+        "A Hub dataset id, a local file (.txt, .jsonl, .json, .parquet, .csv) or folder, or a folder written by "
+        "save_to_disk. Default: the built-in corpus (run `hf-sae prepare-corpus` once).",
+        None,
+    )
+    dataset_config_name: str | None = _help("The dataset configuration (subset).", None)
+    dataset_split: str = _help("The split to read.", "train")
+    text_column: str = _help("The column that holds the documents' text.", "text")
+    streaming: bool = _help("Stream the dataset instead of downloading and tokenizing it up front.", False)
+    context_size: int = _help("Tokens per block, BOS included; at most the model's max positions.", 256)
+    max_documents: int | None = _help("Read at most this many documents (after shuffling). Default: all.", None)
+    shuffle_seed: int | None = _help("Shuffle documents with this seed before packing. Default: keep order.", None)
+    num_proc: int | None = _help("Processes for tokenization (not used when streaming).", None)
+
+    def check(self) -> None:
+        _require(self.context_size >= 2, "context_size", self.context_size, "at least 2 (BOS plus text)")
+        docs = self.max_documents
+        _require(docs is None or docs >= 1, "max_documents", docs, "a positive integer, or none")
+
+
+@dataclass
+class EvalDataArguments(DataArguments):
+    """`DataArguments` whose split defaults to `test`, the part of the built-in corpus that training never reads."""
+
+    dataset_split: str = _help("The split to evaluate on (held out from training).", "test")
+
+
+@dataclass
+class SaeTrainingArguments:
+    """How to train: the schedule, the activation stream, and where results go."""
+
+    train_tokens: int = _help("Tokens to train on (the default: about ten minutes on 2 CPU cores).", 1_000_000)
+    batch_size: int = _help("Tokens per optimiser step, over all processes.", 4096)
+    learning_rate: float = _help("Adam learning rate.", 1e-3)
+    lr_warmup_fraction: float = _help("Fraction of steps with linear lr warm-up.", 0.02)
+    lr_decay_fraction: float = _help("Fraction of final steps decaying lr to 0.", 0.2)
+    sparsity_warmup_fraction: float = _help("Fraction of steps over which the sparsity coefficient ramps up.", 0.05)
+    max_grad_norm: float = _help("Gradient clipping norm (0 disables).", 1.0)
+    dead_after_tokens: int | None = _help(
+        "A latent is dead after this many tokens without firing (default: a quarter of the run, at most 10M).", None
+    )
+    b_dec_init: Literal["geometric_median", "mean", "zero"] = _help("How b_dec starts.", "geometric_median")
+    normalize_activations: bool = _help(
+        "Scale activations to mean norm sqrt(d_in) while training (folded into the saved weights).", True
+    )
+    shuffle_buffer_tokens: int = _help("Tokens mixed in the shuffling buffer (0: no shuffling).", 65536)
+    activation_cache: str | None = _help(
+        "Arrow dataset of activations: replayed if it exists, else written first.", None
+    )
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = _help(
+        "SAE step precision (autocast). Default: accelerate's setting.", None
+    )
+    output_dir: str = _help("Where the SAEs, logs and checkpoints go.", "outputs/sae")
+    overwrite_output_dir: bool = _help("Replace a previous run in output_dir.", False)
+    resume_from_checkpoint: str | None = _help(
+        "A checkpoint directory, or `latest` for the newest in output_dir.", None
+    )
+    save_steps: int = _help("Save a resumable checkpoint every N steps (0: never).", 1000)
+    save_total_limit: int = _help("Checkpoints kept; older ones are deleted.", 2)
+    logging_steps: int = _help("Log metrics every N steps.", 10)
+    report_to: Literal["tensorboard", "wandb", "none"] = _help("Where metrics are logged.", "tensorboard")
+    eval_tokens: int = _help("Held-out tokens for the final FVU / L0 (0: skip).", 100_000)
+    seed: int = _help("Random seed.", 0)
+
+    def check(self) -> None:
+        positive = "a positive integer"
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, positive)
+        _require(self.train_tokens >= self.batch_size, "train_tokens", self.train_tokens, "at least --batch_size")
+        _require(self.logging_steps >= 1, "logging_steps", self.logging_steps, positive)
+        _require(self.save_steps >= 0, "save_steps", self.save_steps, "0 (never) or a positive integer")
+        _require(self.save_total_limit >= 1, "save_total_limit", self.save_total_limit, positive)
+        _require(self.eval_tokens >= 0, "eval_tokens", self.eval_tokens, "0 (skip) or a positive integer")
+        _require(self.shuffle_buffer_tokens >= 0, "shuffle_buffer_tokens", self.shuffle_buffer_tokens, ">= 0")
+        _require(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            "learning_rate",
+            self.learning_rate,
+            "a number > 0",
+        )
+        _require(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "a number >= 0 (0 disables)")
+        for name in ("lr_warmup_fraction", "lr_decay_fraction", "sparsity_warmup_fraction"):
+            value = getattr(self, name)
+            _require(0 <= value <= 1, name, value, "a fraction in [0, 1]")
+        dead = self.dead_after_tokens
+        _require(dead is None or dead >= 1, "dead_after_tokens", dead, "a positive integer, or none")
+
+    @property
+    def num_steps(self) -> int:
+        return max(self.train_tokens // self.batch_size, 1)
+
+    def lr_lambda(self, step: int) -> float:
+        """Linear warm-up, constant, then linear decay to zero; lengths are fractions so any run length works."""
+        warmup = max(int(self.lr_warmup_fraction * self.num_steps), 1)
+        decay = int(self.lr_decay_fraction * self.num_steps)
+        if step < warmup:
+            return (step + 1) / warmup
+        if decay and step >= self.num_steps - decay:
+            return max(self.num_steps - step, 0) / decay
+        return 1.0
+
+    def sparsity_scale(self, step: int) -> float:
+        warmup = int(self.sparsity_warmup_fraction * self.num_steps)
+        return 1.0 if warmup == 0 else min((step + 1) / warmup, 1.0)
+
+    def dead_window(self) -> int:
+        return self.dead_after_tokens or max(min(10_000_000, self.train_tokens // 4), self.batch_size)
+
+
+TRAIN_GROUPS = (SaeArguments, ActivationArguments, DataArguments, SaeTrainingArguments)
+
+
+@dataclass
+class EvaluationArguments:
+    """What `hf-sae eval` measures, on how much text, and where the results go."""
+
+    sae: str = _help("A folder with config.json, a training run's folder, or a Hub repo id.")
+    output_dir: str = _help("Where eval_results.json and the firing-density plots go.")
+    hookpoints: list[str] | None = _help("Evaluate only these SAEs (default: all).", None)
+    eval_tokens: int = _help("Tokens to evaluate on, rounded up to whole blocks.", 100_000)
+    dense_threshold: float = _help("Latents firing on more than this share of tokens are dense.", 0.1)
+    lm_metrics: bool = _help("Measure CE loss and KL (four LM forwards per block).", True)
+    save_beside_saes: bool = _help("Also write metrics.json in each SAE folder.", False)
+    revision: str | None = _help("Branch, tag or commit of a Hub repo.", None)
+    device: str | None = _help("Where to run, e.g. cuda (default: the CPU).", None)
+
+    def check(self) -> None:
+        _require(self.eval_tokens >= 1, "eval_tokens", self.eval_tokens, "a positive integer")
+        _require(0 < self.dense_threshold <= 1, "dense_threshold", self.dense_threshold, "a fraction in (0, 1]")
+
+
+@dataclass
+class FeatureArguments:
+    """What `hf-sae features` collects, or explains; the text comes from `DataArguments`."""
+
+    sae: str = _help("The SAE's folder (config.json, model.safetensors); features/ goes inside.")
+    hookpoint: str | None = _help("Where the SAE reads. Default: its config's.", None)
+    max_tokens: int = _help("Tokens to collect statistics over.", 200_000)
+    top_n: int = _help("Top activating contexts kept per feature.", 20)
+    context_before: int = _help("Tokens shown before each context's peak.", 10)
+    context_after: int = _help("Tokens shown after each context's peak.", 5)
+    explain: str | None = _help("Instead: list the features that fire on this text.", None)
+    top: int = _help("With --explain: features listed per token.", 5)
+    device: str | None = _help("Where to run, e.g. cuda (default: the CPU).", None)
+
+    def check(self) -> None:
+        for name in ("max_tokens", "top_n", "top"):
+            _require(getattr(self, name) >= 1, name, getattr(self, name), "a positive integer")
+        for name in ("context_before", "context_after"):
+            _require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0")
+
+
+@dataclass
+class BrowseArguments:
+    """What `hf-sae browse` writes."""
+
+    sae: str = _help("The SAE's folder, with features/ (from `hf-sae features`).")
+    output_dir: str = _help("Where to write index.html (opens from file://).")
+    examples: int = _help("Top contexts shown per feature.", 10)
+
+    def check(self) -> None:
+        _require(self.examples >= 1, "examples", self.examples, "a positive integer")
+
+
+@dataclass
+class PushArguments:
+    """What `hf-sae push` uploads, and where."""
+
+    sae: str = _help("An SAE folder, or a training output with hookpoint folders.")
+    repo_id: str = _help("The Hub repo, e.g. `you/smollm2-saes`; created if needed.")
+    private: bool = _help("Create the repo private.", False)
+    revision: str | None = _help("The branch to commit to (default: main).", None)
+    token: str | None = _help("A write token (default: the logged-in one, or HF_TOKEN).", None)
+    commit_message: str | None = _help("The commit message.", None)
+
+
+@dataclass
+class PullArguments:
+    """What `hf-sae pull` downloads."""
+
+    repo_id: str = _help("The Hub repo to download from.")
+    hookpoints: list[str] | None = _help("Only these (default: all).", None)
+    revision: str | None = _help("Branch, tag or commit.", None)
+    token: str | None = _help("A read token for private repos.", None)
+    output_dir: str | None = _help("Also save them here (default: the Hub cache only).", None)
+
+
+@dataclass
+class CorpusArguments:
+    """How `hf-sae prepare-corpus` builds the built-in corpus."""
+
+    output_dir: str | None = _help("Where to save it (default: the hf_sae cache).", None)
+    test_fraction: float = _help("Share of each source held out as test.", 0.05)
+    seed: int = _help("Seed of the train/test split.", 0)
+    force: bool = _help("Rebuild even if the corpus is already there.", False)
+    sources: list[str] | None = _help("Sources to include (default: all).", None)
+
+    def check(self) -> None:
+        _require(0 < self.test_fraction < 1, "test_fraction", self.test_fraction, "a fraction in (0, 1)")
+
+
+def group_arguments(groups: tuple[type, ...], **values) -> tuple:
+    """Build each dataclass of `groups` from the flat `values` that name its fields (for use from Python, as
+    `hf-sae` does from flags); a name no group has is an error."""
+    names = {f.name: group for group in groups for f in dataclasses.fields(group)}
+    if unknown := sorted(set(values) - set(names)):
+        raise ArgumentError(f"Unknown arguments {unknown}; the arguments are {sorted(names)}.")
+    return tuple(group(**{k: v for k, v in values.items() if names[k] is group}) for group in groups)
+
+
+def check_all(*arguments) -> None:
+    """Run every group's `check()`: all arguments are validated before anything expensive."""
+    for group in arguments:
+        if hasattr(group, "check"):
+            group.check()

@@ -1,0 +1,155 @@
+"""What hf_sae writes to disk and how: file names, the metrics schema, finding SAE folders, and atomic writes.
+
+```
+<dir>/README.md                       model card
+<dir>/<hookpoint>/config.json         SaeConfig
+<dir>/<hookpoint>/model.safetensors   the weights
+<dir>/<hookpoint>/metrics.json        the SAE's metrics (keys below)
+<dir>/<hookpoint>/features/...        feature metadata, optional
+```
+
+A single SAE (config.json at the top, from `SaeModel.save_pretrained`) is read the same way. Every file is written
+under a temporary name and renamed, so a reader, or a run killed half-way, never sees half a file.
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import SaeNotFoundError
+
+CONFIG, WEIGHTS, FEATURES, README = "config.json", "model.safetensors", "features", "README.md"
+METRICS, TRAINING_ARGS, EVAL_REPORT = "metrics.json", "training_args.json", "eval_results.json"
+SINGLE_SAE_KEY = "sae"  # the key of a single SAE whose config names no hookpoint
+
+# ---- the metrics schema ---------------------------------------------------------------------------------------------
+
+TRAIN_TOKENS = "train_tokens"
+# How good the SAE is: what goes into a model card's model-index (definitions in `evaluation`).
+QUALITY_KEYS = (
+    "fvu",
+    "explained_variance",
+    "mse",
+    "cosine_similarity",
+    "norm_ratio",
+    "l0",
+    "dead_fraction",
+    "dense_fraction",
+    "loss_recovered",
+    "loss_recovered_mean_ablation",
+    "kl_div",
+    "ce_loss_clean",
+    "ce_loss_spliced",
+    "ce_loss_zero_ablated",
+    "ce_loss_mean_ablated",
+)
+# What the run was: recorded beside the quality numbers, never a model-index metric.
+RUN_KEYS = (
+    "architecture",
+    "num_latents",
+    "k",
+    TRAIN_TOKENS,
+    "train_seconds",
+    "train_dead_fraction",
+    "train_never_fired_fraction",
+    "eval_tokens",
+    "eval_split",
+)
+# The headline metrics, with the names a model card shows.
+METRIC_NAMES = {
+    "fvu": "Fraction of variance unexplained",
+    "explained_variance": "Explained variance",
+    "l0": "L0 (active latents per token)",
+    "dead_fraction": "Dead latent fraction",
+    "loss_recovered": "LM loss recovered",
+    "kl_div": "KL divergence, spliced vs. clean",
+    "mse": "Mean squared error",
+}
+
+
+def sae_metrics(report: dict) -> dict:
+    """The part of a report that belongs in an SAE's metrics.json: quality and run keys, nothing bulky."""
+    return {key: report[key] for key in (*RUN_KEYS, *QUALITY_KEYS) if key in report}
+
+
+# ---- finding SAEs ---------------------------------------------------------------------------------------------------
+
+
+def natural_key(name: str) -> list:
+    """Sort key that puts `model.layers.2` before `model.layers.10`."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def find_sae_folders(root: Path) -> tuple[dict[str, Path], bool]:
+    """`({hookpoint: folder}, single)`, in natural order: the top folder if it holds config.json, else each
+    hookpoint subfolder that does (a run's checkpoints and logs have none; hidden folders are staging)."""
+    root = Path(root)
+    if (root / CONFIG).is_file():
+        return {read_json(root / CONFIG).get("hookpoint") or SINGLE_SAE_KEY: root}, True
+    found = [p.parent.name for p in root.glob(f"*/{CONFIG}") if not p.parent.name.startswith(".")]
+    return {h: root / h for h in sorted(found, key=natural_key)}, False
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`, or a clear error naming the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise SaeNotFoundError(f"{path} is not valid JSON ({error}). Fix it, or save the SAE again.") from None
+    if not isinstance(data, dict):
+        raise SaeNotFoundError(f"{path} should hold a JSON object, got {type(data).__name__}.")
+    return data
+
+
+# ---- atomic writes --------------------------------------------------------------------------------------------------
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write `text` under a temporary name in the same folder, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, value, *, indent: int = 2) -> None:
+    write_text(path, json.dumps(value, indent=indent, ensure_ascii=False, default=float) + "\n")
+
+
+@contextmanager
+def staging_folder(target: Path) -> Iterator[Path]:
+    """A temporary folder beside `target` to build it in; removed afterwards, whatever happens. Move it into place
+    with `replace_folder` before the block ends."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it owner-only; the result should be readable like any folder
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Put folder `new` at `target` by renames; the old `target` is removed only once `new` is in place."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}") if target.exists() else None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
