@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU wheel; on a GPU machine use e.g. `make train TORCH=torch`.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup train test
+.PHONY: setup train test lint
 
 $(BIN)/hf-sae: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,7 @@ train: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+lint: $(BIN)/hf-sae
+	$(BIN)/ruff check hf_sae tests scripts
+	$(BIN)/ruff format --check hf_sae tests scripts

@@ -35,7 +35,8 @@ from .errors import (
     WeightsError,
 )
 from .evaluation import evaluate_saes
-from .features import FeatureMetadata, collect_feature_metadata, load_features
+from .feature_store import FeatureMetadata, load_features
+from .features import collect_feature_metadata
 from .hookpoints import capture_activations, resolve_hookpoints
 from .hooks import SaeHooks, SaeRecorder
 from .hub import load_saes, push_saes_to_hub, save_saes

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from .errors import ArgumentError
-from .features import METADATA, FeatureMetadata, hookpoint_of, load_features, token_strings
+from .feature_store import METADATA, FeatureMetadata, load_features
+from .features import hookpoint_of, token_strings
 from .layout import FEATURES, replace_folder, staging_folder
 from .lm_forward import run_lm
 from .modeling_sae import SaeModel

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
@@ -48,6 +47,7 @@ from .layout import (
     find_sae_folders,
     natural_key,
     read_json,
+    safetensors_shapes,
     write_json,
     write_text,
 )
@@ -377,7 +377,7 @@ def _check_sae_folder(folder: Path, hookpoint: str | None = None) -> SaeConfig:
         raise WeightsError(f"{folder} has {CONFIG} but no {WEIGHTS}: the save or upload was incomplete. Do it again.")
     with torch.device("meta"):
         expected = {name: tuple(t.shape) for name, t in SaeModel(config).state_dict().items()}
-    saved = _safetensors_shapes(folder / WEIGHTS)
+    saved = safetensors_shapes(folder / WEIGHTS)
     if missing := sorted(set(expected) - set(saved)):
         raise WeightsError(f"{folder / WEIGHTS} lacks {missing}, which a {config.architecture!r} SAE needs.")
     if wrong := [f"{n}: {saved[n]} (expected {expected[n]})" for n in sorted(expected) if saved[n] != expected[n]]:
@@ -386,27 +386,6 @@ def _check_sae_folder(folder: Path, hookpoint: str | None = None) -> SaeConfig:
             f"{'; '.join(wrong)}. The weights and config.json do not belong together; save the SAE again."
         )
     return config
-
-
-def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes from a safetensors header, after checking that the file is whole."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as file:
-            (header_size,) = struct.unpack("<Q", file.read(8))
-            if header_size > size - 8:
-                raise ValueError(f"its header claims {header_size} bytes but the file has {size}")
-            header = json.loads(file.read(header_size))
-        header.pop("__metadata__", None)
-        end = 8 + header_size + max((entry["data_offsets"][1] for entry in header.values()), default=0)
-        if end != size:
-            raise ValueError(f"its tensors need {end} bytes but the file has {size} (truncated?)")
-        return {name: tuple(entry["shape"]) for name, entry in header.items()}
-    except (ValueError, KeyError, TypeError, AttributeError, struct.error) as error:
-        raise WeightsError(
-            f"{path} is not a valid safetensors file: {error}. It is corrupt or incomplete: download it again "
-            "(`force_download=True`) or save the SAE again."
-        ) from None
 
 
 def _select(available: Iterable[str], wanted: list[str] | None, source: str) -> list[str]:

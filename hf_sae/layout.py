@@ -16,12 +16,13 @@ import json
 import os
 import re
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import SaeNotFoundError
+from .errors import SaeNotFoundError, WeightsError
 
 CONFIG, WEIGHTS, FEATURES, README = "config.json", "model.safetensors", "features", "README.md"
 METRICS, TRAINING_ARGS, EVAL_REPORT = "metrics.json", "training_args.json", "eval_results.json"
@@ -104,6 +105,27 @@ def read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise SaeNotFoundError(f"{path} should hold a JSON object, got {type(data).__name__}.")
     return data
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors header, after checking that the file is whole."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as file:
+            (header_size,) = struct.unpack("<Q", file.read(8))
+            if header_size > size - 8:
+                raise ValueError(f"its header claims {header_size} bytes but the file has {size}")
+            header = json.loads(file.read(header_size))
+        header.pop("__metadata__", None)
+        end = 8 + header_size + max((entry["data_offsets"][1] for entry in header.values()), default=0)
+        if end != size:
+            raise ValueError(f"its tensors need {end} bytes but the file has {size} (truncated?)")
+        return {name: tuple(entry["shape"]) for name, entry in header.items()}
+    except (ValueError, KeyError, TypeError, AttributeError, struct.error) as error:
+        raise WeightsError(
+            f"{path} is not a valid safetensors file: {error}. It is corrupt or incomplete: download it again "
+            "(`force_download=True`) or save the SAE again."
+        ) from None
 
 
 # ---- atomic writes --------------------------------------------------------------------------------------------------

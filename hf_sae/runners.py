@@ -25,7 +25,8 @@ from .arguments import (
 from .data import check_context_size, iter_blocks, load_token_blocks
 from .errors import ArgumentError, DataError, TrainingError
 from .evaluation import evaluate_saes, plot_firing_density
-from .features import LABELS, FeatureMetadata, collect_feature_metadata
+from .feature_store import LABELS, FeatureMetadata
+from .features import collect_feature_metadata
 from .hookpoints import capture_activations, resolve_hookpoints
 from .hub import load_saes, save_saes
 from .layout import (
@@ -79,7 +80,7 @@ def train_saes(
     model, tokenizer = load_model(lm_args.model_name_or_path, device=accelerator.device)
     model.requires_grad_(False)
     resolve_hookpoints(model, sae_args.hookpoints)  # unknown names fail here, listing the closest
-    check_context_size(data_args.context_size, getattr(model.config, "max_position_embeddings", None))
+    check_context_size(data_args.context_size, _max_positions(model))
     widths = activation_widths(model, sae_args.hookpoints)
     saes = {
         h: SaeModel(sae_args.config(h, width, model.name_or_path)).to(accelerator.device)
@@ -117,6 +118,10 @@ def train_saes(
     return report
 
 
+def _max_positions(model) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)
+
+
 def activation_widths(model, hookpoints: list[str]) -> dict[str, int]:
     """Each hookpoint's activation width, from one stopped forward on two tokens."""
     probe = torch.zeros(1, 2, dtype=torch.long, device=model.device)
@@ -129,7 +134,7 @@ def _activation_source(
 ) -> Callable[[int], Iterator[Chunk]]:
     """`skip -> Iterator[Chunk]` over this process's share: live from the LM, or replayed from an on-disk cache."""
     world, rank = accelerator.num_processes, accelerator.process_index
-    max_positions = getattr(model.config, "max_position_embeddings", None)
+    max_positions = _max_positions(model)
     with accelerator.main_process_first():  # tokenise once; the other processes reuse datasets' cache
         blocks = load_token_blocks(data_args, tokenizer, max_positions=max_positions, rank=rank, world_size=world)
     excluded, hookpoints, lm_batch = special_token_ids(tokenizer), sae_args.hookpoints, lm_args.lm_batch_size
@@ -229,8 +234,7 @@ def run_evaluation(lm_args: ActivationArguments, data_args: DataArguments, args:
     saes, model, tokenizer = load_saes_and_lm(
         args.sae, args.hookpoints, lm_args, revision=args.revision, device=args.device
     )
-    max_positions = getattr(model.config, "max_position_embeddings", None)
-    blocks = load_token_blocks(data_args, tokenizer, max_positions=max_positions)
+    blocks = load_token_blocks(data_args, tokenizer, max_positions=_max_positions(model))
     report = evaluate_saes(
         model,
         saes,
@@ -266,8 +270,7 @@ def run_features(lm_args: ActivationArguments, data_args: DataArguments, args: F
     """`hf-sae features`: collect and save `<sae>/features/`, keeping the labels people set on an earlier run."""
     check_all(lm_args, data_args, args)
     sae, model, tokenizer = load_sae_and_lm(args.sae, lm_args, device=args.device)
-    max_positions = getattr(model.config, "max_position_embeddings", None)
-    blocks = load_token_blocks(data_args, tokenizer, max_positions=max_positions)
+    blocks = load_token_blocks(data_args, tokenizer, max_positions=_max_positions(model))
     features = collect_feature_metadata(
         model,
         tokenizer,

