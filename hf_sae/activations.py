@@ -100,6 +100,8 @@ class ShufflingBuffer:
             size += next(iter(chunk.values())).shape[0]
         if len(parts) > 1:  # one concatenation per refill, not one per chunk
             self.pending = {h: torch.cat([part[h] for part in parts]) for h in parts[-1]}
+        elif parts:  # a single chunk that fills the batch on its own
+            self.pending = parts[0]
         if self._size() < self.batch_size:
             return False
         if self.shuffle:

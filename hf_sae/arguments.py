@@ -85,6 +85,11 @@ class ActivationArguments:
     outlier_factor: float | None = _help(
         "Leave out tokens whose activation norm exceeds this times their block's median (none: keep all).", 10.0
     )
+    lm_device_map: str | None = _help(
+        "Place the LM with transformers' device_map (e.g. `auto`: split over this machine's GPUs) instead of on "
+        "the process's device.",
+        None,
+    )
 
     def check(self) -> None:
         _require(self.lm_batch_size >= 1, "lm_batch_size", self.lm_batch_size, "a positive integer")
@@ -128,7 +133,10 @@ class SaeTrainingArguments:
     """How to train: the schedule, the activation stream, and where results go."""
 
     train_tokens: int = _help("Tokens to train on (the default: about ten minutes on 2 CPU cores).", 1_000_000)
-    batch_size: int = _help("Tokens per optimiser step, over all processes.", 4096)
+    batch_size: int = _help("Tokens per optimiser step, over all processes and accumulation steps.", 4096)
+    gradient_accumulation_steps: int = _help(
+        "Micro-batches per optimiser step: each process computes batch_size / (processes x this) tokens at a time.", 1
+    )
     learning_rate: float = _help("Adam learning rate.", 1e-3)
     lr_warmup_fraction: float = _help("Fraction of steps with linear lr warm-up.", 0.02)
     lr_decay_fraction: float = _help("Fraction of final steps decaying lr to 0.", 0.2)
@@ -159,10 +167,16 @@ class SaeTrainingArguments:
     report_to: Literal["tensorboard", "wandb", "none"] = _help("Where metrics are logged.", "tensorboard")
     eval_tokens: int = _help("Held-out tokens for the final FVU / L0 (0: skip).", 100_000)
     seed: int = _help("Random seed.", 0)
+    num_processes: int = _help(
+        "Processes to train with on this machine: `hf-sae train` starts them with torchrun (1: this process).", 1
+    )
+    ddp_timeout: int = _help("Seconds a process waits at a collective for a peer before the run stops.", 1800)
 
     def check(self) -> None:
         positive = "a positive integer"
         _require(self.batch_size >= 1, "batch_size", self.batch_size, positive)
+        for name in ("gradient_accumulation_steps", "num_processes", "ddp_timeout"):
+            _require(getattr(self, name) >= 1, name, getattr(self, name), positive)
         _require(self.train_tokens >= self.batch_size, "train_tokens", self.train_tokens, "at least --batch_size")
         _require(self.logging_steps >= 1, "logging_steps", self.logging_steps, positive)
         _require(self.save_steps >= 0, "save_steps", self.save_steps, "0 (never) or a positive integer")

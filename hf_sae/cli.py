@@ -15,6 +15,8 @@ Every subcommand parses the same way: flags, or one YAML / JSON file first (its 
 import argparse
 import dataclasses
 import logging
+import os
+import subprocess
 import sys
 import typing
 from collections.abc import Callable, Mapping
@@ -105,6 +107,10 @@ def train_command(argv: list[str]) -> int:
     from .runners import train_saes
 
     groups = parse_arguments(A.TRAIN_GROUPS, argv, "hf-sae train")
+    processes = groups[-1].num_processes
+    if processes > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command again
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+        return subprocess.run([*launch, "-m", "hf_sae.cli", "train", *argv]).returncode
     report = train_saes(*groups)
     if report:
         print(format_training_report(report, groups[-1].output_dir))

@@ -74,10 +74,15 @@ def train_saes(
     check_output_dir(args)  # before anything expensive
     accelerator = make_accelerator(args)
     world, rank = accelerator.num_processes, accelerator.process_index
-    if args.batch_size % world:
-        raise ArgumentError(f"--batch_size {args.batch_size} must divide evenly over {world} processes.")
+    micro_batches = world * args.gradient_accumulation_steps
+    if args.batch_size % micro_batches:
+        raise ArgumentError(
+            f"--batch_size {args.batch_size} must divide evenly over {world} process(es) x "
+            f"{args.gradient_accumulation_steps} accumulation step(s); pick a multiple of {micro_batches}."
+        )
+    logger.info(f"Process {rank} of {world} on {accelerator.device} ({accelerator.distributed_type}).")
     set_seed(args.seed)
-    model, tokenizer = load_model(lm_args.model_name_or_path, device=accelerator.device)
+    model, tokenizer = _load_lm(lm_args, accelerator.device)
     model.requires_grad_(False)
     resolve_hookpoints(model, sae_args.hookpoints)  # unknown names fail here, listing the closest
     check_context_size(data_args.context_size, _max_positions(model))
@@ -89,7 +94,9 @@ def train_saes(
 
     autocast_dtype = resolve_lm_dtype(lm_args.lm_dtype, accelerator.device)
     chunks = _activation_source(accelerator, model, tokenizer, sae_args, lm_args, data_args, args, autocast_dtype)
-    buffer = ShufflingBuffer(chunks, args.batch_size // world, args.shuffle_buffer_tokens, seed=args.seed + rank)
+    buffer = ShufflingBuffer(
+        chunks, args.batch_size // micro_batches, args.shuffle_buffer_tokens, seed=args.seed + rank
+    )
     trainer = SaeTrainer(args, saes, buffer, accelerator)
     start = time.perf_counter()
     trained = trainer.train()
@@ -116,6 +123,13 @@ def train_saes(
     accelerator.wait_for_everyone()
     trainer.end()  # last: the trackers and the process group end after every collective
     return report
+
+
+def _load_lm(lm_args: ActivationArguments, device):
+    """The LM on `device`, or spread over the GPUs of this machine by `--lm_device_map` (e.g. `auto`)."""
+    if lm_args.lm_device_map:
+        return load_model(lm_args.model_name_or_path, device_map=lm_args.lm_device_map)
+    return load_model(lm_args.model_name_or_path, device=device)
 
 
 def _max_positions(model) -> int | None:
@@ -218,7 +232,7 @@ def load_saes_and_lm(
         if len(names) > 1:
             raise ArgumentError(f"These SAEs come from different models ({sorted(names)}); pass --model_name_or_path.")
         name = builtin_name(names.pop() if names else None)
-    model, tokenizer = load_model(name, device=device)
+    model, tokenizer = _load_lm(dataclasses.replace(lm_args, model_name_or_path=name), device)
     model.requires_grad_(False)
     return {h: sae.to(model.device).eval() for h, sae in saes.items()}, model, tokenizer
 

@@ -6,17 +6,20 @@ gradients are averaged across processes and the SAEs stay identical. Several SAE
 configurations on one hookpoint) train from one LM forward.
 """
 
+import itertools
 import json
 import math
+import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.utils import InitProcessGroupKwargs
 from tqdm.auto import tqdm
 
 from .activations import ShufflingBuffer
@@ -32,7 +35,8 @@ CHECKPOINT_PREFIX = "checkpoint-"
 class TrainerState:
     """What a resumed run needs besides weights and optimiser: step, scales, and tokens since each latent fired."""
 
-    def __init__(self, names: list[str]):
+    def __init__(self, names: list[str], world_size: int = 1):
+        self.world_size = world_size  # a resumed run must have as many processes: each has its own data shard
         self.step = 0
         self.tokens = 0
         self.scales: dict[str, float] = {}
@@ -41,9 +45,13 @@ class TrainerState:
         self.names = names
 
     def state_dict(self) -> dict:
-        return dict(vars(self))
+        on_cpu = {key: {n: t.cpu() for n, t in value.items()} if key in ("tokens_since_fired", "ever_fired") else value
+                  for key, value in vars(self).items()}  # fmt: skip
+        return on_cpu
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, devices: dict[str, torch.device]) -> None:
+        for key in ("tokens_since_fired", "ever_fired"):
+            state[key] = {name: tensor.to(devices[name]) for name, tensor in state[key].items()}
         vars(self).update(state)
 
 
@@ -69,15 +77,16 @@ class SaeTrainer:
         self.args, self.buffer = args, buffer
         self.accelerator = accelerator or make_accelerator(args)
         self.saes = saes
-        self.state = TrainerState(list(saes))
+        self.state = TrainerState(list(saes), self.accelerator.num_processes)
         self.output_dir = Path(args.output_dir)
 
     # ---- setup ----------------------------------------------------------------------------------
 
     def _initialise_from_data(self, batch: dict[str, torch.Tensor]) -> None:
-        """Activation scales and b_dec from the first batch, averaged over processes so that all ranks agree."""
+        """Activation scales and b_dec from the first optimiser step's tokens, averaged over processes so that all
+        ranks agree."""
         for name, sae in self.saes.items():
-            x = batch[sae.config.hookpoint].float()
+            x = batch[sae.config.hookpoint].to(sae.device, torch.float32)
             mean_norm = self.accelerator.reduce(x.norm(dim=-1).mean(), reduction="mean").item()
             scale = math.sqrt(sae.config.d_in) / mean_norm if self.args.normalize_activations else 1.0
             self.state.scales[name] = scale
@@ -86,10 +95,10 @@ class SaeTrainer:
                     geometric_median(x * scale) if self.args.b_dec_init == "geometric_median" else (x * scale).mean(0)
                 )
                 with torch.no_grad():
-                    sae.b_dec.copy_(self.accelerator.reduce(center.to(sae.device), reduction="mean"))
+                    sae.b_dec.copy_(self.accelerator.reduce(center, reduction="mean"))
             n = sae.config.num_latents
-            self.state.tokens_since_fired[name] = torch.zeros(n, dtype=torch.long)
-            self.state.ever_fired[name] = torch.zeros(n, dtype=torch.bool)
+            self.state.tokens_since_fired[name] = torch.zeros(n, dtype=torch.long, device=sae.device)
+            self.state.ever_fired[name] = torch.zeros(n, dtype=torch.bool, device=sae.device)
 
     def _prepare(self) -> None:
         """Optimiser, scheduler and (under several processes) DDP wrappers. `_initialise_from_data` runs first: DDP
@@ -98,14 +107,19 @@ class SaeTrainer:
         names = list(self.saes)
         params = [p for sae in self.saes.values() for p in sae.parameters()]
         # The fused kernel updates all of Adam's state in one pass (it exists for CPU and CUDA).
-        self.optimizer = torch.optim.Adam(params, lr=self.args.learning_rate, fused=True)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.args.lr_lambda)
-        prepared = self.accelerator.prepare(*self.saes.values(), self.optimizer, self.scheduler)
+        optimizer = torch.optim.Adam(params, lr=self.args.learning_rate, fused=True)
+        prepared = self.accelerator.prepare(*self.saes.values(), optimizer)
         self.wrapped = dict(zip(names, prepared[: len(names)]))  # what the step calls: DDP-wrapped under several
-        self.optimizer, self.scheduler = prepared[len(names) :]
+        self.optimizer = prepared[-1]
+        # Not prepared: accelerate would step a prepared scheduler once per process at every optimiser step.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, self.args.lr_lambda)
+        self.accelerator.register_for_checkpointing(self.scheduler)
         for sae in self.saes.values():
             if sae.uses_unit_norm_decoder:
                 sae.normalize_decoder_()
+        # The step at which each SAE first saw non-finite activations / loss, kept on the device (-1: none), so
+        # that checking costs no host synchronisation per step; read on logging steps and before checkpoints.
+        self.first_bad = {name: torch.full((2,), -1, device=sae.device) for name, sae in self.saes.items()}
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -113,14 +127,15 @@ class SaeTrainer:
         """Train, and return copies of the SAEs that take raw activations (`trained_saes`). Trackers stay open, and
         the process group with them, until `end()`."""
         args, acc = self.args, self.accelerator
+        micro_steps = args.gradient_accumulation_steps
         batches = iter(self.buffer)
         resumed = self._maybe_resume()
         if not resumed:
-            first = next(batches, None)
-            if first is None:
+            first = list(itertools.islice(batches, micro_steps))
+            if not first:
                 raise TrainingError("The data produced no activations; check the dataset and context size.")
-            self._initialise_from_data(first)
-            batches = _prepend(first, batches)
+            self._initialise_from_data({h: torch.cat([b[h] for b in first]) for h in first[0]})
+            batches = itertools.chain(first, batches)
         self._prepare()
         if resumed:
             acc.load_state(str(resumed))
@@ -130,83 +145,111 @@ class SaeTrainer:
         bar = tqdm(total=args.num_steps, initial=self.state.step, disable=not acc.is_local_main_process, unit="step")
         start, start_tokens = time.perf_counter(), self.state.tokens
         while self.state.step < args.num_steps:
-            batch = next(batches, None)
-            if batch is None:
+            micro_batches = list(itertools.islice(batches, micro_steps))
+            if len(micro_batches) < micro_steps:
                 logger.warning(f"The data ran out after {self.state.step} steps of {args.num_steps}.")
                 break
-            metrics = self._step(batch)
+            metrics = self._step(micro_batches)
             self.state.step += 1
             self.state.tokens += args.batch_size
             bar.update(1)
-            if self.state.step % args.logging_steps == 0 or self.state.step == args.num_steps:
+            if metrics is not None:
                 rate = (self.state.tokens - start_tokens) / (time.perf_counter() - start)
                 bar.set_postfix(_postfix(metrics, rate))
                 acc.log({**metrics, "tokens_per_second": rate}, step=self.state.step)
             if args.save_steps and self.state.step % args.save_steps == 0 and self.state.step < args.num_steps:
+                self.check_finite()
                 self.save_checkpoint()
         bar.close()
+        self.check_finite()
         return self.trained_saes()
 
     def end(self) -> None:
         """Close the trackers (and accelerate's process group): the last call of a run, after every collective."""
         self.accelerator.end_training()
 
-    def _step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        args, acc, state = self.args, self.accelerator, self.state
-        total_loss, outputs = 0.0, {}
+    def _step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float] | None:
+        """One optimiser step over `gradient_accumulation_steps` micro-batches (the accelerate way: gradients
+        synchronise on the last one only). Returns the metrics on logging steps, else None (no host sync)."""
+        args, acc = self.args, self.accelerator
+        for batch in micro_batches:
+            with acc.accumulate(*self.wrapped.values()):
+                outputs = self._forward(batch)
+                acc.backward(sum(out.loss for out, _ in outputs.values()))
+                if acc.sync_gradients:
+                    for sae in self.saes.values():
+                        if sae.uses_unit_norm_decoder:
+                            sae.remove_gradient_parallel_to_decoder_()
+                    if args.max_grad_norm:
+                        params = [p for sae in self.saes.values() for p in sae.parameters()]
+                        acc.clip_grad_norm_(params, args.max_grad_norm)
+                self.optimizer.step()  # steps, and zero_grad zeroes, only once the gradients are synchronised
+                self.optimizer.zero_grad(set_to_none=True)
+            self._track(outputs, batch_tokens=args.batch_size // args.gradient_accumulation_steps)
+        self.scheduler.step()
+        for sae in self.saes.values():
+            if sae.uses_unit_norm_decoder:
+                sae.normalize_decoder_()
+        step = self.state.step + 1
+        if step % args.logging_steps and step != args.num_steps:
+            return None
+        self.check_finite()
+        return self._metrics(outputs)
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> dict:
+        """`{name: (output, scaled input)}` of every SAE on its hookpoint's activations in `batch`."""
+        outputs = {}
         for name, wrapped in self.wrapped.items():
             sae = self.saes[name]
-            x = batch[sae.config.hookpoint].to(sae.device, torch.float32) * state.scales[name]
-            coefficient = sae.config.sparsity_coefficient * args.sparsity_scale(state.step)
-            out = wrapped(
-                x,
-                dead_latents=self.dead_latents(name).to(sae.device),
-                return_latents=False,
-                return_loss=True,
-                sparsity_coefficient=coefficient,
-            )
-            if not torch.isfinite(out.loss):
-                what = "activations" if not torch.isfinite(x).all() else "loss"
+            x = batch[sae.config.hookpoint]
+            if sae.device.type == "cuda" and x.device.type == "cpu":  # e.g. replayed from the cache
+                x = x.pin_memory()
+            x = x.to(sae.device, torch.float32, non_blocking=True) * self.state.scales[name]
+            coefficient = sae.config.sparsity_coefficient * self.args.sparsity_scale(self.state.step)
+            out = wrapped(x, dead_latents=self.dead_latents(name), return_latents=False, return_loss=True,
+                          sparsity_coefficient=coefficient)  # fmt: skip
+            finite = torch.stack([torch.isfinite(x).all(), torch.isfinite(out.loss)])  # (activations, loss)
+            bad = self.first_bad[name]
+            bad.copy_(torch.where((bad < 0) & ~finite, self.state.step, bad))
+            outputs[name] = (out, x)
+        return outputs
+
+    def check_finite(self) -> None:
+        """Raise if any SAE saw non-finite activations or loss, naming the first such step (one host sync)."""
+        for name, bad in self.first_bad.items():
+            activations_step, loss_step = bad.tolist()
+            if activations_step >= 0 or loss_step >= 0:
+                what, step = ("activations", activations_step) if activations_step >= 0 else ("loss", loss_step)
                 raise TrainingError(
-                    f"Non-finite {what} at step {state.step} for hookpoint {sae.config.hookpoint!r} ({name}). "
+                    f"Non-finite {what} at step {step} for hookpoint {self.saes[name].config.hookpoint!r} ({name}). "
                     f"Training stopped; the last good checkpoint in {self.output_dir} is kept. Lower the "
                     "learning rate, or check the LM's activations at this hookpoint."
                 )
-            outputs[name] = (out, x)
-            total_loss = total_loss + out.loss
-        acc.backward(total_loss)
-        for sae in self.saes.values():
-            if sae.uses_unit_norm_decoder:
-                sae.remove_gradient_parallel_to_decoder_()
-        if args.max_grad_norm:
-            acc.clip_grad_norm_([p for sae in self.saes.values() for p in sae.parameters()], args.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        metrics = {}
+
+    def _track(self, outputs: dict, batch_tokens: int) -> None:
+        """Update the dead-latent counters, on the device, with firings summed over processes."""
+        for name, (out, _) in outputs.items():
+            fired = self.accelerator.reduce(out.latent_counts, reduction="sum") > 0
+            since = self.state.tokens_since_fired[name]
+            since.add_(batch_tokens).masked_fill_(fired, 0)
+            self.state.ever_fired[name] |= fired
+
+    def _metrics(self, outputs: dict) -> dict[str, float]:
+        """This step's metrics of every SAE, moved to the host in one transfer."""
+        names, values = [], []
         for name, (out, x) in outputs.items():
-            if self.saes[name].uses_unit_norm_decoder:
-                self.saes[name].normalize_decoder_()
-            metrics.update(self._track(name, out, x))
+            variance = (x - x.mean(0)).pow(2).sum(-1).mean()
+            terms = {"loss": out.loss, "mse_loss": out.mse_loss, "fvu": out.mse_loss / variance, "l0": out.l0,
+                     "dead_fraction": self.dead_latents(name).float().mean(),
+                     "explained_variance": 1 - out.mse_loss / variance}  # fmt: skip
+            for term in ("sparsity_loss", "auxiliary_loss"):
+                if getattr(out, term) is not None:
+                    terms[term] = getattr(out, term)
+            names += [f"{name}/{key}" for key in terms]
+            values += [value.detach().float().reshape(()) for value in terms.values()]
+        metrics = dict(zip(names, torch.stack(values).tolist()))
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
-
-    def _track(self, name: str, out, x: torch.Tensor) -> dict[str, float]:
-        """Update dead-latent counters (firings summed over processes) and return this SAE's batch metrics."""
-        state = self.state
-        counts = self.accelerator.reduce(out.latent_counts, reduction="sum").cpu()
-        fired = counts > 0
-        state.tokens_since_fired[name] += self.args.batch_size
-        state.tokens_since_fired[name][fired] = 0
-        state.ever_fired[name] |= fired
-        variance = (x - x.mean(0)).pow(2).sum(-1).mean()
-        prefix = f"{name}/"
-        return {
-            prefix + "loss": out.loss.item(),
-            prefix + "fvu": (out.mse_loss / variance).item(),
-            prefix + "l0": out.l0.item(),
-            prefix + "dead_fraction": self.dead_latents(name).float().mean().item(),
-        }
 
     def _log_start(self) -> None:
         n_params = sum(p.numel() for sae in self.saes.values() for p in sae.parameters())
@@ -249,7 +292,14 @@ class SaeTrainer:
                 f"hf_sae (found: {[p.name for p in _checkpoints(self.output_dir)]})."
             )
         # weights_only: a checkpoint holds tensors and numbers; one that asks to run code is refused.
-        self.state.load_state_dict(torch.load(path / "trainer_state.pt", weights_only=True))
+        saved = torch.load(path / "trainer_state.pt", weights_only=True)
+        world = self.accelerator.num_processes
+        if saved.get("world_size", 1) != world:
+            raise TrainingError(
+                f"{path} was written by a run on {saved.get('world_size', 1)} process(es); this one has {world}. "
+                "Each process resumes its own shard of the data, so resume with the same number of processes."
+            )
+        self.state.load_state_dict(saved, {name: sae.device for name, sae in self.saes.items()})
         self.buffer.load_state_dict(
             torch.load(path / f"buffer_rank{self.accelerator.process_index}.pt", weights_only=True)
         )
@@ -285,12 +335,32 @@ class SaeTrainer:
         }
 
 
+_LAUNCH_HELP = (
+    "This process was started as one of WORLD_SIZE={launched} but finds {seen}, so every process would train alone "
+    "on the same data. Launch with `torchrun --nproc_per_node N scripts/train_sae.py ...` or "
+    "`hf-sae train --num_processes N`, and do not create an accelerate state (`PartialState()`) before the trainer."
+)
+
+
 def make_accelerator(args: SaeTrainingArguments) -> Accelerator:
-    return Accelerator(
+    """The run's Accelerator: gloo on the CPU when there is no GPU (so that `torchrun` starts real processes on any
+    machine), a bounded wait for peers, accumulation as asked; refuses a launch it would misread."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and not all(key in os.environ for key in ("RANK", "MASTER_ADDR", "MASTER_PORT")):
+        raise TrainingError(_LAUNCH_HELP.format(launched=launched, seen="no launcher's rank and rendezvous"))
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=args.output_dir,
         mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        kwargs_handlers=[timeout],
     )
+    if launched != accelerator.num_processes:
+        seen = f"{accelerator.num_processes} process(es) in accelerate"
+        raise TrainingError(_LAUNCH_HELP.format(launched=launched, seen=seen))
+    return accelerator
 
 
 def geometric_median(points: torch.Tensor, iterations: int = 50) -> torch.Tensor:
@@ -321,11 +391,6 @@ def check_output_dir(args: SaeTrainingArguments) -> None:
 def _checkpoints(output_dir: Path) -> list[Path]:
     found = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def _prepend(first, rest: Iterator) -> Iterator:
-    yield first
-    yield from rest
 
 
 def _postfix(metrics: dict[str, float], rate: float) -> dict[str, str]:

@@ -1,0 +1,232 @@
+"""Real processes (gloo on the CPU): two ranks on one machine, two simulated machines with a c10d rendezvous, a rank
+that dies, gradient accumulation, and launches that would be misread. Each multi-process test first proves that two
+processes ran: each logs its rank and the world size it saw."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_training import run_args, tiny_run_inputs  # noqa: F401  (the module-scoped fixture)
+
+from hf_sae import SaeConfig, SaeModel, TrainingError
+from hf_sae.activations import ShufflingBuffer
+from hf_sae.arguments import SaeTrainingArguments
+from hf_sae.training import SaeTrainer, make_accelerator
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = str(REPO / "scripts" / "train_sae.py")
+HOOKPOINT = "model.layers.1"
+# One process or two, the same global batches: one long document, blocks in order, no shuffling, so the data order is
+# identical (rank r reads blocks r, r + 2, ...; one process reads them all, two per step). No latent counts as dead
+# within the run, because AuxK normalises by each process's own batch, which no data-parallel run can make equal.
+TOLERANCE = dict(rtol=1e-4, atol=1e-5)
+
+
+def common_flags(root: Path) -> list[str]:
+    return [
+        "--model_name_or_path",
+        str(root / "lm"),
+        "--dataset_name",
+        str(root / "one_document.jsonl"),
+        "--hookpoints",
+        HOOKPOINT,
+        "--context_size",
+        "32",
+        "--k",
+        "4",
+        "--expansion_factor",
+        "4",
+        "--train_tokens",
+        str(62 * 20),
+        "--batch_size",
+        "62",
+        "--shuffle_buffer_tokens",
+        "0",
+        "--lm_batch_size",
+        "1",
+        "--b_dec_init",
+        "mean",
+        "--outlier_factor",
+        "none",
+        "--report_to",
+        "none",
+        "--eval_tokens",
+        "0",
+        "--lm_dtype",
+        "float32",
+        "--save_steps",
+        "0",
+        "--dead_after_tokens",
+        "1000000",
+    ]
+
+
+def environment() -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_CPU"):
+        env.pop(key, None)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ran(output: str, world: int) -> set[int]:
+    """The ranks that reported running in a world of `world` processes."""
+    return {rank for rank in range(world) if f"Process {rank} of {world} on cpu" in output}
+
+
+def trained(out: Path) -> SaeModel:
+    saved = sorted(p.name for p in out.iterdir() if not p.name.startswith("checkpoint"))
+    assert saved == ["README.md", "metrics.json", HOOKPOINT, "training_args.json"]  # saved once, nothing half-written
+    return SaeModel.from_pretrained(out / HOOKPOINT)
+
+
+def assert_same_weights(a: SaeModel, b: SaeModel) -> None:
+    for name, tensor in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[name], tensor, **TOLERANCE)
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_run_inputs, tmp_path_factory) -> SaeModel:  # noqa: F811
+    out = tmp_path_factory.mktemp("p1") / "run"
+    command = [sys.executable, SCRIPT, *common_flags(tiny_run_inputs), "--output_dir", str(out)]
+    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ran(result.stderr, 1) == {0}
+    return trained(out)
+
+
+def test_two_processes_on_one_machine_reach_the_weights_of_one(tiny_run_inputs, one_process, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "hf_sae.cli",
+        "train",
+        *common_flags(tiny_run_inputs),
+        "--num_processes",
+        "2",
+        "--output_dir",
+        str(out),
+    ]
+    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ran(result.stderr, 2) == {0, 1}  # two real processes, each in a world of two
+    two = trained(out)
+    assert_same_weights(one_process, two)
+    assert not torch.equal(two.W_dec, SaeModel(two.config).W_dec)  # it trained
+
+
+def test_two_machines_with_a_c10d_rendezvous_reach_the_weights_of_one(tiny_run_inputs, one_process, tmp_path):  # noqa: F811
+    out, port = tmp_path / "run", free_port()
+    launches = []
+    for node in (0, 1):
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--node_rank",
+            str(node),
+            "--nproc_per_node",
+            "1",
+            "--rdzv_backend",
+            "c10d",
+            "--rdzv_endpoint",
+            f"127.0.0.1:{port}",
+            "--rdzv_id",
+            "two-machines",
+            SCRIPT,
+            *common_flags(tiny_run_inputs),
+            "--output_dir",
+            str(out),
+        ]
+        launches.append(subprocess.Popen(command, env=environment(), stderr=subprocess.PIPE, text=True))
+    outputs = [launch.communicate(timeout=300)[1] for launch in launches]
+    assert [launch.returncode for launch in launches] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    assert [len(ran(output, 2)) for output in outputs] == [1, 1]  # one process per "machine"
+    assert ran("".join(outputs), 2) == {0, 1}  # c10d hands out the ranks in arrival order
+    assert_same_weights(one_process, trained(out))
+
+
+def test_a_rank_that_dies_stops_the_run_with_an_error_naming_it(tiny_run_inputs, tmp_path):  # noqa: F811
+    driver = tmp_path / "dying.py"
+    driver.write_text(
+        "import os, sys\n"
+        "from hf_sae.training import SaeTrainer\n"
+        "original = SaeTrainer._step\n"
+        "def step(self, batches):\n"
+        "    if self.state.step == 3 and self.accelerator.process_index == 1:\n"
+        "        print('rank 1 dies now', file=sys.stderr, flush=True)\n"
+        "        os._exit(3)\n"
+        "    return original(self, batches)\n"
+        "SaeTrainer._step = step\n"
+        "from hf_sae.cli import main\n"
+        "sys.exit(main(['train', *sys.argv[1:]]))\n"
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        str(driver),
+        *common_flags(tiny_run_inputs),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--ddp_timeout",
+        "60",
+    ]
+    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=200)
+    assert "rank 1 dies now" in result.stderr  # the fault fired
+    assert result.returncode != 0
+    assert "exitcode  : 3" in result.stderr and "rank      : 1" in result.stderr  # torchrun names the rank
+    assert not (tmp_path / "run" / HOOKPOINT).exists()
+
+
+def test_a_world_size_without_a_launcher_is_refused_before_any_work(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    args = SaeTrainingArguments(output_dir=str(tmp_path), report_to="none")
+    with pytest.raises(TrainingError, match=r"WORLD_SIZE=2 .*torchrun --nproc_per_node N"):
+        make_accelerator(args)
+
+
+def test_two_half_batches_accumulated_equal_one_full_batch():
+    torch.manual_seed(0)
+    stream = [{HOOKPOINT: torch.randn(64, 24) * 3 + 1} for _ in range(40)]
+    config = SaeConfig(d_in=24, num_latents=96, architecture="topk", k=4, hookpoint=HOOKPOINT, auxk_coefficient=0)
+    results = []
+    for steps, per_call in ((1, 128), (2, 64)):
+        sae = SaeModel(config)
+        sae.load_state_dict(SaeModel(config).state_dict() if not results else results[0][1])
+        initial = {k: v.clone() for k, v in sae.state_dict().items()}
+        buffer = ShufflingBuffer(lambda skip: iter(stream[skip:]), batch_size=per_call, capacity=0)
+        args = SaeTrainingArguments(
+            train_tokens=128 * 10,
+            batch_size=128,
+            gradient_accumulation_steps=steps,
+            report_to="none",
+            output_dir="unused",
+            b_dec_init="mean",
+        )
+        trainer = SaeTrainer(args, {HOOKPOINT: sae}, buffer, make_accelerator(args))
+        assert trainer.accelerator.gradient_accumulation_steps == steps
+        calls = []
+        trainer._forward = (lambda f: lambda batch: calls.append(len(batch[HOOKPOINT])) or f(batch))(trainer._forward)
+        trainer.train()
+        assert calls == [per_call] * (10 * steps)  # the accumulation really split each step
+        results.append((sae.state_dict(), initial))
+    (full, _), (accumulated, _) = results
+    for name, tensor in full.items():
+        torch.testing.assert_close(accumulated[name], tensor, rtol=1e-4, atol=1e-5)
