@@ -1,6 +1,6 @@
 """`SaeTrainingArguments` and `SaeTrainer`: train SAEs on a language model's activations with Accelerate.
 
-One CPU, one GPU, or many processes with `accelerate launch`: each process harvests activations from its own shard
+One CPU, one GPU, or many processes (`torchrun`, `hf-sae train --num_processes N`): each process harvests activations from its own shard
 of the text with its own frozen copy of the LM; only the SAEs, the optimiser and the scheduler are prepared, so
 gradients are averaged across processes and the SAEs stay identical. Several SAEs (several hookpoints, or several
 configurations on one hookpoint) train from one LM forward.

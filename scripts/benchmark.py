@@ -11,6 +11,11 @@ Sections:
             with peak memory; the TopK step is reported as a fraction of the roofline, its ideal cost being one
             dense encoder matmul (2 * d_in * num_latents FLOPs per token)
   e2e       the whole training loop (harvest + shuffle + SAE step) tokens/s, and its ratio to harvesting alone
+  processes the whole loop with 1 and `--processes N` processes (torchrun, one thread each), and the scaling
+            efficiency: N-process tokens/s over N times the 1-process tokens/s (not in the default sections)
+
+    python scripts/benchmark.py --sections processes --processes 2
+    python scripts/benchmark.py --device cuda         # a GPU machine: the same sections, in a few minutes
 """
 
 import argparse
@@ -20,6 +25,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
@@ -146,6 +152,55 @@ def end_to_end(args) -> dict:
     return {"e2e_tokens_per_second": info["train_tokens"] / info["train_seconds"]}
 
 
+def processes(args) -> dict:
+    """End-to-end tokens/s with 1 and `args.processes` processes of one thread each, launched by torchrun."""
+    import os
+    import tempfile
+
+    result = {}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for count in (1, args.processes):
+        with tempfile.TemporaryDirectory() as out:
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                str(count),
+                str(Path(__file__).parent / "train_sae.py"),
+                "--model_name_or_path",
+                args.model,
+                "--hookpoints",
+                args.hookpoint,
+                "--k",
+                str(args.k),
+                "--num_latents",
+                str(args.num_latents),
+                "--batch_size",
+                str(args.batch_size),
+                "--train_tokens",
+                str(args.e2e_tokens),
+                "--context_size",
+                str(args.context_size),
+                "--lm_batch_size",
+                str(args.lm_batch_size),
+                "--report_to",
+                "none",
+                "--eval_tokens",
+                "0",
+                "--save_steps",
+                "0",
+                "--output_dir",
+                out,
+            ]
+            subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+            report = json.loads((Path(out) / "metrics.json").read_text())[args.hookpoint]
+        result[f"processes_{count}_tokens_per_second"] = report["train_tokens"] / report["train_seconds"]
+    one, many = result["processes_1_tokens_per_second"], result[f"processes_{args.processes}_tokens_per_second"]
+    result["processes_scaling_efficiency"] = many / (args.processes * one)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", nargs="+", default=["roofline", "harvest", "sae", "e2e"])
@@ -161,6 +216,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--e2e_tokens", type=int, default=4096 * 40)
     parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES))
+    parser.add_argument("--processes", type=int, default=2, help="Processes for the `processes` section.")
     parser.add_argument("--json", default=None, help="Also write the results here.")
     parser.add_argument("--_one_step", nargs=2, help=argparse.SUPPRESS)  # internal: one SAE step in this process
     args = parser.parse_args()
@@ -200,6 +256,11 @@ def main() -> None:
             f"end to end: {results['e2e_tokens_per_second']:,.0f} tok/s"
             + (f" ({100 * results['e2e_fraction_of_harvest']:.0f}% of harvesting alone)" if harvest_rate else "")
         )
+    if "processes" in args.sections:
+        results.update(processes(args))
+        print(f"processes: 1 -> {results['processes_1_tokens_per_second']:,.0f} tok/s, {args.processes} -> "
+              f"{results[f'processes_{args.processes}_tokens_per_second']:,.0f} tok/s, scaling efficiency "
+              f"{100 * results['processes_scaling_efficiency']:.0f}%", flush=True)  # fmt: skip
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)
