@@ -1,9 +1,10 @@
-"""`SaeTrainingArguments` and `SaeTrainer`: train SAEs on a language model's activations with Accelerate.
+"""`SaeTrainer`: train SAEs on a language model's activations with Accelerate (its arguments: `arguments`).
 
-One CPU, one GPU, or many processes (`torchrun`, `hf-sae train --num_processes N`): each process harvests activations from its own shard
-of the text with its own frozen copy of the LM; only the SAEs, the optimiser and the scheduler are prepared, so
-gradients are averaged across processes and the SAEs stay identical. Several SAEs (several hookpoints, or several
-configurations on one hookpoint) train from one LM forward.
+One CPU, one GPU, or many processes (`torchrun`, `hf-sae train --num_processes N`): each process harvests
+activations from its own shard of the text with its own frozen copy of the LM; only the SAEs and the optimiser are
+prepared, so gradients are averaged across processes and the SAEs stay identical. Several SAEs (several hookpoints,
+or several configurations on one hookpoint) train from one LM forward. The hot loop never waits on the host except
+on logging steps and checkpoints: metrics and the non-finite check are read there, in one transfer.
 """
 
 import itertools
