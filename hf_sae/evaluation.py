@@ -22,8 +22,8 @@ the evaluation batch size (beyond the float rounding of the LM itself).
 """
 
 import functools
+import io
 import math
-import os
 from collections.abc import Iterable, Mapping
 from itertools import islice
 from pathlib import Path
@@ -37,7 +37,7 @@ from transformers.utils import logging
 
 from .errors import DataError
 from .hookpoints import Hookpoint, register_activation_hook, resolve_hookpoints
-from .layout import QUALITY_KEYS
+from .layout import QUALITY_KEYS, write_text
 from .lm_forward import counted_tokens, lm_autocast, run_lm
 from .modeling_sae import SaeModel
 
@@ -258,10 +258,9 @@ def plot_firing_density(metrics: dict, path: Path, *, title: str, threshold: flo
         fontsize=9,
     )
     axes.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=120)
+    write_text(path, png.getvalue())
 
 
 def report_to_eval_results(

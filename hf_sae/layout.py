@@ -131,13 +131,13 @@ def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 # ---- atomic writes --------------------------------------------------------------------------------------------------
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write `text` under a temporary name in the same folder, then rename it into place."""
+def write_text(path: Path, data: str | bytes) -> None:
+    """Write `data` under a temporary name in the same folder, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

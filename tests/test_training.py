@@ -284,3 +284,34 @@ def test_several_configurations_on_one_hookpoint_train_from_one_stream(tiny_run_
     for name, sae in saes.items():
         assert not torch.equal(sae.W_enc, before[name]), name  # both trained on every batch
     assert not torch.equal(saes["topk"].W_enc, saes["relu"].W_enc)
+
+
+def test_a_saved_training_args_json_reproduces_the_run(tiny_run_inputs, tmp_path):
+    from hf_sae.cli import main
+
+    args = run_args(tiny_run_inputs, tmp_path / "first", eval_tokens=0, outlier_factor=None, dead_after_tokens=500)
+    train_saes(*args)
+    saved = json.loads((tmp_path / "first" / "training_args.json").read_text())
+    assert saved["dataset_name"] == str(tiny_run_inputs / "text") and saved["outlier_factor"] is None  # all groups
+    assert (
+        main(["train", str(tmp_path / "first" / "training_args.json"), "--output_dir", str(tmp_path / "again")]) == 0
+    )
+    first = SaeModel.from_pretrained(tmp_path / "first" / "model.layers.1")
+    again = SaeModel.from_pretrained(tmp_path / "again" / "model.layers.1")
+    for name, tensor in first.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
+    again_args = json.loads((tmp_path / "again" / "training_args.json").read_text())
+    assert again_args == {**saved, "output_dir": str(tmp_path / "again")}
+
+
+def test_a_typo_in_a_choice_fails_before_the_lm_loads(tmp_path, monkeypatch):
+    from hf_sae import ArgumentError
+    from hf_sae.cli import main
+
+    monkeypatch.setattr("hf_sae.runners.load_model", lambda *a, **k: pytest.fail("the LM must not load"))
+    config = tmp_path / "run.yaml"
+    config.write_text("architecture: topkk\nk: null\n")
+    with pytest.raises(ArgumentError, match=r"--architecture must be one of \['relu', 'topk'"):
+        main(["train", str(config)])
+    with pytest.raises(SystemExit):  # argparse lists the choices and exits
+        main(["train", "--architecture", "topkk"])

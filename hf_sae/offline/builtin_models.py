@@ -9,9 +9,6 @@ rank 0 once a process group exists, which would leave another rank's copy withou
 
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging
 
 from ..errors import MissingDependencyError
-from ..layout import safetensors_shapes
+from ..layout import replace_folder, safetensors_shapes, staging_folder
 from . import cache_dir, exclusive
 
 logger = logging.get_logger(__name__)
@@ -121,20 +118,15 @@ def _convert(spec: BuiltinModel, target: Path) -> None:
     from safetensors.torch import save_model
 
     model, tokenizer = _load_gguf(spec)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
-    try:
+    with staging_folder(target) as tmp:
         model.config.save_pretrained(tmp)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
         save_model(model, str(tmp / WEIGHTS), metadata={"format": "pt"})  # tied weights are stored once
         tokenizer.save_pretrained(tmp)
         _make_readable(tmp)
-        if target.exists():  # an incomplete copy from an interrupted run
-            shutil.rmtree(target)
-        os.rename(tmp, target)
-        logger.info("Saved %s as safetensors in %s", spec.name, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        replace_folder(tmp, target)  # over an incomplete copy from an interrupted run, if any
+    logger.info("Saved %s as safetensors in %s", spec.name, target)
 
 
 def _make_readable(folder: Path) -> None:
