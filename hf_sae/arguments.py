@@ -171,6 +171,11 @@ class SaeTrainingArguments:
         "Processes to train with on this machine: `hf-sae train` starts them with torchrun (1: this process).", 1
     )
     ddp_timeout: int = _help("Seconds a process waits at a collective for a peer before the run stops.", 1800)
+    distribute_hookpoints: bool = _help(
+        "Give each process the SAEs of some hookpoints (round robin) instead of a copy of all: activations go to "
+        "their owner, so memory per process is the SAEs it owns. Needs at least as many hookpoints as processes.",
+        False,
+    )
 
     def check(self) -> None:
         positive = "a positive integer"

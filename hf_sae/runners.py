@@ -23,6 +23,7 @@ from .arguments import (
     check_all,
 )
 from .data import check_context_size, iter_blocks, load_token_blocks
+from .distribution import hookpoint_owners
 from .errors import ArgumentError, DataError, TrainingError
 from .evaluation import evaluate_saes, plot_firing_density
 from .feature_store import LABELS, FeatureMetadata
@@ -81,23 +82,25 @@ def train_saes(
             f"{args.gradient_accumulation_steps} accumulation step(s); pick a multiple of {micro_batches}."
         )
     logger.info(f"Process {rank} of {world} on {accelerator.device} ({accelerator.distributed_type}).")
+    owners = hookpoint_owners(sae_args.hookpoints, world) if args.distribute_hookpoints else None
     set_seed(args.seed)
     model, tokenizer = _load_lm(lm_args, accelerator.device)
     model.requires_grad_(False)
     resolve_hookpoints(model, sae_args.hookpoints)  # unknown names fail here, listing the closest
     check_context_size(data_args.context_size, _max_positions(model))
     widths = activation_widths(model, sae_args.hookpoints)
-    saes = {
-        h: SaeModel(sae_args.config(h, width, model.name_or_path)).to(accelerator.device)
-        for h, width in widths.items()
-    }
+    own = [h for h in widths if owners is None or owners[h] == rank]  # this process's SAEs
+    saes = {h: _new_sae(sae_args.config(h, widths[h], model.name_or_path), args.seed, sae_args.hookpoints.index(h))
+            for h in own}  # fmt: skip
+    saes = {h: sae.to(accelerator.device) for h, sae in saes.items()}
+    logger.info(f"Process {rank} of {world} trains the SAEs of {own}.")
 
     autocast_dtype = resolve_lm_dtype(lm_args.lm_dtype, accelerator.device)
     chunks = _activation_source(accelerator, model, tokenizer, sae_args, lm_args, data_args, args, autocast_dtype)
     buffer = ShufflingBuffer(
         chunks, args.batch_size // micro_batches, args.shuffle_buffer_tokens, seed=args.seed + rank
     )
-    trainer = SaeTrainer(args, saes, buffer, accelerator)
+    trainer = SaeTrainer(args, saes, buffer, accelerator, owners)
     start = time.perf_counter()
     trained = trainer.train()
     seconds = time.perf_counter() - start
@@ -123,6 +126,14 @@ def train_saes(
     accelerator.wait_for_everyone()
     trainer.end()  # last: the trackers and the process group end after every collective
     return report
+
+
+def _new_sae(config, seed: int, index: int) -> SaeModel:
+    """An SAE initialised from its own seed, so that its initial weights do not depend on which other SAEs this
+    process builds (with distributed hookpoints, each process builds only its own)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + index)
+        return SaeModel(config)
 
 
 def _load_lm(lm_args: ActivationArguments, device):

@@ -20,11 +20,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import InitProcessGroupKwargs
+from accelerate.utils import InitProcessGroupKwargs, gather_object
 from tqdm.auto import tqdm
 
 from .activations import ShufflingBuffer
 from .arguments import SaeTrainingArguments
+from .configuration_sae import SaeConfig
+from .distribution import gather_to_main, send_to_owners
 from .errors import TrainingError
 from .modeling_sae import SaeModel
 
@@ -74,8 +76,11 @@ class SaeTrainer:
         saes: dict[str, SaeModel],
         buffer: ShufflingBuffer,
         accelerator: Accelerator | None = None,
+        owners: dict[str, int] | None = None,
     ):
-        self.args, self.buffer = args, buffer
+        """`owners` (`{hookpoint: rank}`, from `distribution.hookpoint_owners`) spreads hookpoints over the
+        processes: `saes` are then this process's own, and it trains them on the whole global batch."""
+        self.args, self.buffer, self.owners = args, buffer, owners
         self.accelerator = accelerator or make_accelerator(args)
         self.saes = saes
         self.state = TrainerState(list(saes), self.accelerator.num_processes)
@@ -88,7 +93,7 @@ class SaeTrainer:
         ranks agree."""
         for name, sae in self.saes.items():
             x = batch[sae.config.hookpoint].to(sae.device, torch.float32)
-            mean_norm = self.accelerator.reduce(x.norm(dim=-1).mean(), reduction="mean").item()
+            mean_norm = self._across_ranks(x.norm(dim=-1).mean(), "mean").item()
             scale = math.sqrt(sae.config.d_in) / mean_norm if self.args.normalize_activations else 1.0
             self.state.scales[name] = scale
             if self.args.b_dec_init != "zero":
@@ -96,10 +101,20 @@ class SaeTrainer:
                     geometric_median(x * scale) if self.args.b_dec_init == "geometric_median" else (x * scale).mean(0)
                 )
                 with torch.no_grad():
-                    sae.b_dec.copy_(self.accelerator.reduce(center, reduction="mean"))
+                    sae.b_dec.copy_(self._across_ranks(center, "mean"))
             n = sae.config.num_latents
             self.state.tokens_since_fired[name] = torch.zeros(n, dtype=torch.long, device=sae.device)
             self.state.ever_fired[name] = torch.zeros(n, dtype=torch.bool, device=sae.device)
+
+    def _across_ranks(self, value: torch.Tensor, reduction: str) -> torch.Tensor:
+        """Reduced over the processes' shards; an owner of distributed hookpoints already holds the global batch."""
+        return value if self.owners else self.accelerator.reduce(value, reduction=reduction)
+
+    def _batches(self):
+        """The buffer's micro-batches, sent to their hookpoints' owners when hookpoints are distributed."""
+        rank = self.accelerator.process_index
+        for batch in self.buffer:
+            yield send_to_owners(batch, self.owners, rank) if self.owners else batch
 
     def _prepare(self) -> None:
         """Optimiser, scheduler and (under several processes) DDP wrappers. `_initialise_from_data` runs first: DDP
@@ -109,9 +124,10 @@ class SaeTrainer:
         params = [p for sae in self.saes.values() for p in sae.parameters()]
         # The fused kernel updates all of Adam's state in one pass (it exists for CPU and CUDA).
         optimizer = torch.optim.Adam(params, lr=self.args.learning_rate, fused=True)
-        prepared = self.accelerator.prepare(*self.saes.values(), optimizer)
-        self.wrapped = dict(zip(names, prepared[: len(names)]))  # what the step calls: DDP-wrapped under several
-        self.optimizer = prepared[-1]
+        models = [] if self.owners else list(self.saes.values())  # owned SAEs see global batches: no DDP
+        prepared = self.accelerator.prepare(*models, optimizer)
+        self.wrapped = dict(zip(names, prepared[:-1])) if models else dict(self.saes)  # what the step calls
+        self.optimizer = prepared[-1] if models else prepared
         # Not prepared: accelerate would step a prepared scheduler once per process at every optimiser step.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, self.args.lr_lambda)
         self.accelerator.register_for_checkpointing(self.scheduler)
@@ -129,7 +145,7 @@ class SaeTrainer:
         the process group with them, until `end()`."""
         args, acc = self.args, self.accelerator
         micro_steps = args.gradient_accumulation_steps
-        batches = iter(self.buffer)
+        batches = self._batches()
         resumed = self._maybe_resume()
         if not resumed:
             first = list(itertools.islice(batches, micro_steps))
@@ -139,7 +155,7 @@ class SaeTrainer:
             batches = itertools.chain(first, batches)
         self._prepare()
         if resumed:
-            acc.load_state(str(resumed))
+            self._load_weights(resumed)
         if acc.is_main_process and args.report_to != "none":
             acc.init_trackers("hf_sae", config=_loggable(asdict(args)))
         self._log_start()
@@ -163,7 +179,12 @@ class SaeTrainer:
                 self.save_checkpoint()
         bar.close()
         self.check_finite()
-        return self.trained_saes()
+        trained, self.final_dead = self.trained_saes(), self._dead_fractions()
+        if self.owners:  # the main process gets every SAE, to evaluate and save
+            parts = gather_to_main([({n: (sae.config.to_dict(), sae.state_dict()) for n, sae in trained.items()},
+                                     self.final_dead)])  # fmt: skip
+            trained, self.final_dead = _merge_parts(parts) if parts is not None else ({}, {})
+        return trained
 
     def end(self) -> None:
         """Close the trackers (and accelerate's process group): the last call of a run, after every collective."""
@@ -181,9 +202,9 @@ class SaeTrainer:
                     for sae in self.saes.values():
                         if sae.uses_unit_norm_decoder:
                             sae.remove_gradient_parallel_to_decoder_()
-                    if args.max_grad_norm:
-                        params = [p for sae in self.saes.values() for p in sae.parameters()]
-                        acc.clip_grad_norm_(params, args.max_grad_norm)
+                    if args.max_grad_norm:  # per SAE: one SAE's large gradient must not shrink another's step
+                        for sae in self.saes.values():
+                            acc.clip_grad_norm_(sae.parameters(), args.max_grad_norm)
                 self.optimizer.step()  # steps, and zero_grad zeroes, only once the gradients are synchronised
                 self.optimizer.zero_grad(set_to_none=True)
             self._track(outputs, batch_tokens=args.batch_size // args.gradient_accumulation_steps)
@@ -230,7 +251,7 @@ class SaeTrainer:
     def _track(self, outputs: dict, batch_tokens: int) -> None:
         """Update the dead-latent counters, on the device, with firings summed over processes."""
         for name, (out, _) in outputs.items():
-            fired = self.accelerator.reduce(out.latent_counts, reduction="sum") > 0
+            fired = self._across_ranks(out.latent_counts, "sum") > 0
             since = self.state.tokens_since_fired[name]
             since.add_(batch_tokens).masked_fill_(fired, 0)
             self.state.ever_fired[name] |= fired
@@ -249,6 +270,8 @@ class SaeTrainer:
             names += [f"{name}/{key}" for key in terms]
             values += [value.detach().float().reshape(()) for value in terms.values()]
         metrics = dict(zip(names, torch.stack(values).tolist()))
+        if self.owners:  # every rank logs on the same steps, so all take part in this gather
+            metrics = {k: v for part in gather_object([metrics]) for k, v in part.items()}
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
@@ -268,7 +291,13 @@ class SaeTrainer:
         acc = self.accelerator
         final = self.output_dir / f"{CHECKPOINT_PREFIX}{self.state.step}"
         tmp = final.with_name(final.name + ".tmp")
-        acc.save_state(str(tmp))
+        if self.owners:  # each rank's SAEs and optimiser are its own: accelerate would save rank 0's only
+            tmp.mkdir(parents=True, exist_ok=True)
+            own = {"saes": {n: sae.state_dict() for n, sae in self.saes.items()}, "state": self.state.state_dict(),
+                   "scheduler": self.scheduler.state_dict(), "optimizer": self.optimizer.state_dict()}  # fmt: skip
+            torch.save(own, tmp / f"saes_rank{acc.process_index}.pt")
+        else:
+            acc.save_state(str(tmp))
         torch.save(self.buffer.state_dict(), tmp / f"buffer_rank{acc.process_index}.pt")
         if acc.is_main_process:
             torch.save(self.state.state_dict(), tmp / "trainer_state.pt")
@@ -300,12 +329,25 @@ class SaeTrainer:
                 f"{path} was written by a run on {saved.get('world_size', 1)} process(es); this one has {world}. "
                 "Each process resumes its own shard of the data, so resume with the same number of processes."
             )
+        if self.owners:  # each rank's counters and scales belong to its own SAEs
+            own = torch.load(path / f"saes_rank{self.accelerator.process_index}.pt", weights_only=True)
+            saved = own["state"]
         self.state.load_state_dict(saved, {name: sae.device for name, sae in self.saes.items()})
         self.buffer.load_state_dict(
             torch.load(path / f"buffer_rank{self.accelerator.process_index}.pt", weights_only=True)
         )
         logger.info(f"Resuming from {path} at step {self.state.step}.", main_process_only=True)
         return path
+
+    def _load_weights(self, path: Path) -> None:
+        if not self.owners:
+            self.accelerator.load_state(str(path))
+            return
+        own = torch.load(path / f"saes_rank{self.accelerator.process_index}.pt", weights_only=True)
+        for name, sae in self.saes.items():
+            sae.load_state_dict(own["saes"][name])
+        self.optimizer.load_state_dict(own["optimizer"])
+        self.scheduler.load_state_dict(own["scheduler"])
 
     # ---- results --------------------------------------------------------------------------------
 
@@ -314,7 +356,7 @@ class SaeTrainer:
         result = {}
         for name, sae in self.saes.items():
             if sae.config.architecture == "batchtopk":
-                sae.threshold.copy_(self.accelerator.reduce(sae.threshold.detach().clone(), reduction="mean"))
+                sae.threshold.copy_(self._across_ranks(sae.threshold.detach().clone(), "mean"))
             copy = SaeModel(sae.config)
             copy.load_state_dict(sae.state_dict())
             copy.fold_activation_scale_(self.state.scales[name])
@@ -326,6 +368,11 @@ class SaeTrainer:
         return self.state.tokens_since_fired[name] >= self.args.dead_window()
 
     def dead_fractions(self) -> dict[str, dict[str, float]]:
+        """Training-time dead and never-fired fractions of every SAE (on the main process, with distributed
+        hookpoints), as of the end of `train()`."""
+        return self.final_dead
+
+    def _dead_fractions(self) -> dict[str, dict[str, float]]:
         return {
             name: {
                 # "train_": over training; the held-out `dead_fraction` means never fired on the evaluation tokens.
@@ -387,6 +434,18 @@ def check_output_dir(args: SaeTrainingArguments) -> None:
             "Pass --overwrite_output_dir to replace it, --resume_from_checkpoint latest to continue it, or choose "
             "another --output_dir."
         )
+
+
+def _merge_parts(parts: list) -> tuple[dict[str, SaeModel], dict]:
+    """Rebuild the SAEs every rank sent (`gather_to_main`) and merge their dead fractions."""
+    saes, dead = {}, {}
+    for [(states, fractions)] in parts:
+        for name, (config, state) in states.items():
+            sae = SaeModel(SaeConfig.from_dict(config))
+            sae.load_state_dict(state)
+            saes[name] = sae.eval()
+        dead |= fractions
+    return saes, dead
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:

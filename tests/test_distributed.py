@@ -230,3 +230,33 @@ def test_two_half_batches_accumulated_equal_one_full_batch():
     (full, _), (accumulated, _) = results
     for name, tensor in full.items():
         torch.testing.assert_close(accumulated[name], tensor, rtol=1e-4, atol=1e-5)
+
+
+def test_hookpoints_spread_over_two_processes_match_one_process_training_both(tiny_run_inputs, tmp_path):  # noqa: F811
+    both = ["--hookpoints", "model.layers.0", HOOKPOINT, "--save_steps", "10"]  # last flags win
+    single = tmp_path / "one"
+    command = [sys.executable, SCRIPT, *common_flags(tiny_run_inputs), *both, "--output_dir", str(single)]
+    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    spread = tmp_path / "spread"
+    command = [sys.executable, "-m", "hf_sae.cli", "train", *common_flags(tiny_run_inputs), *both,
+               "--num_processes", "2", "--distribute_hookpoints", "--output_dir", str(spread)]  # fmt: skip
+    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ran(result.stderr, 2) == {0, 1}
+    # Each process holds only the SAE of its own hookpoint, and checkpoints its own.
+    assert "Process 0 of 2 trains the SAEs of ['model.layers.0']" in result.stderr
+    assert f"Process 1 of 2 trains the SAEs of ['{HOOKPOINT}']" in result.stderr
+    assert {p.name for p in (spread / "checkpoint-10").iterdir()} >= {"saes_rank0.pt", "saes_rank1.pt"}
+    for hookpoint in ("model.layers.0", HOOKPOINT):
+        expected = SaeModel.from_pretrained(single / hookpoint)
+        assert_same_weights(expected, SaeModel.from_pretrained(spread / hookpoint))
+
+
+def test_spreading_fewer_hookpoints_than_processes_is_refused():
+    from hf_sae import ArgumentError
+    from hf_sae.distribution import hookpoint_owners
+
+    assert hookpoint_owners(["a", "b", "c"], 2) == {"a": 0, "b": 1, "c": 0}
+    with pytest.raises(ArgumentError, match=r"each of the 2 processes .* only 1 \(\['a'\]\)"):
+        hookpoint_owners(["a"], 2)
