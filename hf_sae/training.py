@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import os
+import pickle
 import shutil
 import time
 from dataclasses import asdict
@@ -130,7 +131,6 @@ class SaeTrainer:
         self.optimizer = prepared[-1] if models else prepared
         # Not prepared: accelerate would step a prepared scheduler once per process at every optimiser step.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, self.args.lr_lambda)
-        self.accelerator.register_for_checkpointing(self.scheduler)
         for sae in self.saes.values():
             if sae.uses_unit_norm_decoder:
                 sae.normalize_decoder_()
@@ -155,7 +155,7 @@ class SaeTrainer:
             batches = itertools.chain(first, batches)
         self._prepare()
         if resumed:
-            self._load_weights(resumed)
+            self._load_weights()
         if acc.is_main_process and args.report_to != "none":
             acc.init_trackers("hf_sae", config=_loggable(asdict(args)))
         self._log_start()
@@ -287,18 +287,21 @@ class SaeTrainer:
     # ---- checkpoints ----------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
-        """Write `checkpoint-<step>` atomically: into a temporary folder, renamed once every process has written."""
-        acc = self.accelerator
+        """Write `checkpoint-<step>` atomically: into a temporary folder, renamed once every process has written.
+
+        Tensors and plain values only, loaded back with `weights_only=True` (accelerate's `save_state` would pickle
+        registered objects and load them with code execution): `trainer_state.pt` (step, counters, scales),
+        `weights_rank{r}.pt` (SAEs, optimiser, scheduler; rank 0's only under data parallelism, where they are the
+        same on every rank) and `buffer_rank{r}.pt` (each rank's place in its data)."""
+        acc, rank = self.accelerator, self.accelerator.process_index
         final = self.output_dir / f"{CHECKPOINT_PREFIX}{self.state.step}"
         tmp = final.with_name(final.name + ".tmp")
-        if self.owners:  # each rank's SAEs and optimiser are its own: accelerate would save rank 0's only
-            tmp.mkdir(parents=True, exist_ok=True)
-            own = {"saes": {n: sae.state_dict() for n, sae in self.saes.items()}, "state": self.state.state_dict(),
-                   "scheduler": self.scheduler.state_dict(), "optimizer": self.optimizer.state_dict()}  # fmt: skip
-            torch.save(own, tmp / f"saes_rank{acc.process_index}.pt")
-        else:
-            acc.save_state(str(tmp))
-        torch.save(self.buffer.state_dict(), tmp / f"buffer_rank{acc.process_index}.pt")
+        tmp.mkdir(parents=True, exist_ok=True)
+        if self.owners or acc.is_main_process:
+            weights = {"saes": {n: sae.state_dict() for n, sae in self.saes.items()}, "state": self.state.state_dict(),
+                       "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}  # fmt: skip
+            torch.save(weights, tmp / f"weights_rank{rank}.pt")
+        torch.save(self.buffer.state_dict(), tmp / f"buffer_rank{rank}.pt")
         if acc.is_main_process:
             torch.save(self.state.state_dict(), tmp / "trainer_state.pt")
         acc.wait_for_everyone()
@@ -310,6 +313,8 @@ class SaeTrainer:
         return final
 
     def _maybe_resume(self) -> Path | None:
+        """Restore step, counters and the data position from a checkpoint (weights follow in `_load_weights`, once
+        the optimiser exists)."""
         choice = self.args.resume_from_checkpoint
         if not choice:
             return None
@@ -321,33 +326,30 @@ class SaeTrainer:
                 f"No complete checkpoint at {path}. Expected a `{CHECKPOINT_PREFIX}<step>` folder written by "
                 f"hf_sae (found: {[p.name for p in _checkpoints(self.output_dir)]})."
             )
-        # weights_only: a checkpoint holds tensors and numbers; one that asks to run code is refused.
-        saved = torch.load(path / "trainer_state.pt", weights_only=True)
+        saved = _load_checkpoint_file(path / "trainer_state.pt")
         world = self.accelerator.num_processes
         if saved.get("world_size", 1) != world:
             raise TrainingError(
                 f"{path} was written by a run on {saved.get('world_size', 1)} process(es); this one has {world}. "
                 "Each process resumes its own shard of the data, so resume with the same number of processes."
             )
+        self.resumed_weights = _load_checkpoint_file(self._weights_file(path))
         if self.owners:  # each rank's counters and scales belong to its own SAEs
-            own = torch.load(path / f"saes_rank{self.accelerator.process_index}.pt", weights_only=True)
-            saved = own["state"]
+            saved = self.resumed_weights["state"]
         self.state.load_state_dict(saved, {name: sae.device for name, sae in self.saes.items()})
-        self.buffer.load_state_dict(
-            torch.load(path / f"buffer_rank{self.accelerator.process_index}.pt", weights_only=True)
-        )
+        self.buffer.load_state_dict(_load_checkpoint_file(path / f"buffer_rank{self.accelerator.process_index}.pt"))
         logger.info(f"Resuming from {path} at step {self.state.step}.", main_process_only=True)
         return path
 
-    def _load_weights(self, path: Path) -> None:
-        if not self.owners:
-            self.accelerator.load_state(str(path))
-            return
-        own = torch.load(path / f"saes_rank{self.accelerator.process_index}.pt", weights_only=True)
+    def _weights_file(self, path: Path) -> Path:
+        return path / f"weights_rank{self.accelerator.process_index if self.owners else 0}.pt"
+
+    def _load_weights(self) -> None:
+        weights = self.resumed_weights
         for name, sae in self.saes.items():
-            sae.load_state_dict(own["saes"][name])
-        self.optimizer.load_state_dict(own["optimizer"])
-        self.scheduler.load_state_dict(own["scheduler"])
+            sae.load_state_dict(weights["saes"][name])
+        self.optimizer.load_state_dict(weights["optimizer"])
+        self.scheduler.load_state_dict(weights["scheduler"])
 
     # ---- results --------------------------------------------------------------------------------
 
@@ -434,6 +436,21 @@ def check_output_dir(args: SaeTrainingArguments) -> None:
             "Pass --overwrite_output_dir to replace it, --resume_from_checkpoint latest to continue it, or choose "
             "another --output_dir."
         )
+
+
+def _load_checkpoint_file(path: Path):
+    """A checkpoint file hf_sae wrote: tensors and plain values only (`weights_only`), so a file that asks to run
+    code, or a damaged one, is refused and never executed."""
+    try:
+        return torch.load(path, weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        older = [p.name for p in _checkpoints(path.parent.parent) if p != path.parent]
+        raise TrainingError(
+            f"{path} cannot be loaded as a checkpoint hf_sae wrote ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); it is damaged, or holds more than tensors and "
+            f"plain values and is refused rather than run. Other checkpoints in {path.parent.parent}: "
+            f"{older or 'none'}; resume from one of them with --resume_from_checkpoint PATH."
+        ) from None
 
 
 def _merge_parts(parts: list) -> tuple[dict[str, SaeModel], dict]:

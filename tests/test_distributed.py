@@ -247,7 +247,7 @@ def test_hookpoints_spread_over_two_processes_match_one_process_training_both(ti
     # Each process holds only the SAE of its own hookpoint, and checkpoints its own.
     assert "Process 0 of 2 trains the SAEs of ['model.layers.0']" in result.stderr
     assert f"Process 1 of 2 trains the SAEs of ['{HOOKPOINT}']" in result.stderr
-    assert {p.name for p in (spread / "checkpoint-10").iterdir()} >= {"saes_rank0.pt", "saes_rank1.pt"}
+    assert {p.name for p in (spread / "checkpoint-10").iterdir()} >= {"weights_rank0.pt", "weights_rank1.pt"}
     for hookpoint in ("model.layers.0", HOOKPOINT):
         expected = SaeModel.from_pretrained(single / hookpoint)
         assert_same_weights(expected, SaeModel.from_pretrained(spread / hookpoint))

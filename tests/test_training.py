@@ -1,4 +1,5 @@
 import json
+import os
 import random
 from pathlib import Path
 
@@ -315,3 +316,35 @@ def test_a_typo_in_a_choice_fails_before_the_lm_loads(tmp_path, monkeypatch):
         main(["train", str(config)])
     with pytest.raises(SystemExit):  # argparse lists the choices and exits
         main(["train", "--architecture", "topkk"])
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_checkpoints_hold_no_pickled_code_and_a_planted_payload_is_refused(tiny_run_inputs, tmp_path, monkeypatch):
+    args = run_args(tiny_run_inputs, tmp_path / "run", save_steps=10, save_total_limit=5, eval_tokens=0)
+    train_saes(*args)
+    checkpoint = tmp_path / "run" / "checkpoint-30"
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["buffer_rank0.pt", "trainer_state.pt", "weights_rank0.pt"]
+    for path in checkpoint.iterdir():
+        torch.load(path, weights_only=True)  # tensors and plain values only
+    monkeypatch.chdir(tmp_path)
+    torch.save({"step": _RunsCode()}, checkpoint / "trainer_state.pt")
+    args = run_args(tiny_run_inputs, tmp_path / "run", resume_from_checkpoint=str(checkpoint), eval_tokens=0)
+    with pytest.raises(TrainingError, match=r"trainer_state.pt cannot be loaded .* refused rather than run.*"
+                       r"checkpoint-10', 'checkpoint-20'"):  # fmt: skip
+        train_saes(*args)
+    assert not (tmp_path / "pwned").exists()  # the payload never ran
+
+
+def test_resuming_with_another_number_of_processes_is_refused(tiny_run_inputs, tmp_path):
+    args = run_args(tiny_run_inputs, tmp_path / "run", save_steps=10, eval_tokens=0)
+    train_saes(*args)
+    state_file = tmp_path / "run" / "checkpoint-30" / "trainer_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    torch.save({**state, "world_size": 2}, state_file)
+    args = run_args(tiny_run_inputs, tmp_path / "run", resume_from_checkpoint="latest", eval_tokens=0)
+    with pytest.raises(TrainingError, match=r"written by a run on 2 process\(es\); this one has 1"):
+        train_saes(*args)
