@@ -67,7 +67,8 @@ class ShufflingBuffer:
     after `skip` chunks, so that a restored buffer resumes the source exactly where the saved one stopped.
     """
 
-    def __init__(self, chunks, batch_size: int, capacity: int, *, seed: int = 0):
+    def __init__(self, chunks, batch_size: int, capacity: int, *, seed: int = 0, on_refill=None):
+        """`on_refill(tokens_wanted)`, when given, is called as a refill starts (a progress bar says so)."""
         shuffle = capacity > 0  # 0 serves activations in order, e.g. to compare runs batch for batch
         if shuffle and capacity < 2 * batch_size:
             capacity = 2 * batch_size  # a smaller buffer could not keep half for mixing while serving a batch
@@ -77,6 +78,7 @@ class ShufflingBuffer:
         self.chunks_consumed = 0
         self.batches_due = 0  # batches to serve before the next refill
         self.pending: Chunk = {}  # unserved activations, in serving order once shuffled
+        self.on_refill = on_refill
 
     def __iter__(self) -> Iterator[Chunk]:
         source = self.chunks(self.chunks_consumed)
@@ -90,6 +92,8 @@ class ShufflingBuffer:
 
     def _refill(self, source: Iterator[Chunk]) -> bool:
         exhausted, parts, size = False, [self.pending] if self.pending else [], self._size()
+        if self.on_refill is not None:
+            self.on_refill((self.capacity if self.shuffle else self.batch_size) - size)
         while size < (self.capacity if self.shuffle else self.batch_size):
             chunk = next(source, None)
             if chunk is None:

@@ -97,10 +97,12 @@ def train_saes(
 
     autocast_dtype = resolve_lm_dtype(lm_args.lm_dtype, accelerator.device)
     chunks = _activation_source(accelerator, model, tokenizer, sae_args, lm_args, data_args, args, autocast_dtype)
-    buffer = ShufflingBuffer(
-        chunks, args.batch_size // micro_batches, args.shuffle_buffer_tokens, seed=args.seed + rank
-    )
+    # No larger than this process's share of the run: a short run must not harvest more than it trains on first.
+    capacity = min(args.shuffle_buffer_tokens, args.train_tokens // world)
+    buffer = ShufflingBuffer(chunks, args.batch_size // micro_batches, capacity, seed=args.seed + rank)
     trainer = SaeTrainer(args, saes, buffer, accelerator, owners)
+    groups = (sae_args, lm_args, data_args, args)
+    trainer.hparams = {key: value for group in groups for key, value in dataclasses.asdict(group).items()}
     start = time.perf_counter()
     trained = trainer.train()
     seconds = time.perf_counter() - start
@@ -124,6 +126,8 @@ def train_saes(
         settings = [dataclasses.asdict(group) for group in (sae_args, lm_args, data_args, args)]
         write_json(out / TRAINING_ARGS, {key: value for group in settings for key, value in group.items()})
     accelerator.wait_for_everyone()
+    if accelerator.is_main_process and report:
+        trainer.log_report(report)
     trainer.end()  # last: the trackers and the process group end after every collective
     return report
 

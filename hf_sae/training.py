@@ -82,6 +82,7 @@ class SaeTrainer:
         """`owners` (`{hookpoint: rank}`, from `distribution.hookpoint_owners`) spreads hookpoints over the
         processes: `saes` are then this process's own, and it trains them on the whole global batch."""
         self.args, self.buffer, self.owners = args, buffer, owners
+        self.hparams = asdict(args)  # what the trackers record; a runner adds the other argument groups
         self.accelerator = accelerator or make_accelerator(args)
         self.saes = saes
         self.state = TrainerState(list(saes), self.accelerator.num_processes)
@@ -137,6 +138,7 @@ class SaeTrainer:
         # The step at which each SAE first saw non-finite activations / loss, kept on the device (-1: none), so
         # that checking costs no host synchronisation per step; read on logging steps and before checkpoints.
         self.first_bad = {name: torch.full((2,), -1, device=sae.device) for name, sae in self.saes.items()}
+        self.grad_norms = {name: torch.zeros((), device=sae.device) for name, sae in self.saes.items()}
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -145,6 +147,8 @@ class SaeTrainer:
         the process group with them, until `end()`."""
         args, acc = self.args, self.accelerator
         micro_steps = args.gradient_accumulation_steps
+        bar = tqdm(total=args.num_steps, disable=not acc.is_local_main_process, unit="step")
+        self.buffer.on_refill = lambda wanted: bar.set_description(f"harvesting {wanted:,} tokens into the buffer")
         batches = self._batches()
         resumed = self._maybe_resume()
         if not resumed:
@@ -157,15 +161,16 @@ class SaeTrainer:
         if resumed:
             self._load_weights()
         if acc.is_main_process and args.report_to != "none":
-            acc.init_trackers("hf_sae", config=_loggable(asdict(args)))
+            acc.init_trackers("hf_sae", config=_loggable(self.hparams))
         self._log_start()
-        bar = tqdm(total=args.num_steps, initial=self.state.step, disable=not acc.is_local_main_process, unit="step")
+        bar.update(self.state.step)
         start, start_tokens = time.perf_counter(), self.state.tokens
         while self.state.step < args.num_steps:
             micro_batches = list(itertools.islice(batches, micro_steps))
             if len(micro_batches) < micro_steps:
                 logger.warning(f"The data ran out after {self.state.step} steps of {args.num_steps}.")
                 break
+            bar.set_description("training")
             metrics = self._step(micro_batches)
             self.state.step += 1
             self.state.tokens += args.batch_size
@@ -186,6 +191,23 @@ class SaeTrainer:
             trained, self.final_dead = _merge_parts(parts) if parts is not None else ({}, {})
         return trained
 
+    def log_report(self, report: dict[str, dict], histograms: dict[str, dict] | None = None) -> None:
+        """The held-out report as scalars at the last step, and each firing-density histogram where the tracker
+        takes one (TensorBoard)."""
+        acc, step = self.accelerator, self.state.step
+        scalars = {f"{name}/heldout_{k}": v for name, m in report.items() for k, v in m.items()
+                   if isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
+        acc.log(scalars, step=step)
+        if not (acc.is_main_process and histograms and "tensorboard" in str(self.args.report_to)):
+            return
+        writer = acc.get_tracker("tensorboard", unwrap=True)
+        for name, histogram in histograms.items():
+            edges, counts = histogram["log10_frequency_bin_edges"], histogram["counts"]
+            centres = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
+            values = torch.repeat_interleave(torch.tensor(centres), torch.tensor(counts))
+            if values.numel():
+                writer.add_histogram(f"{name}/heldout_log10_firing_frequency", values, step)
+
     def end(self) -> None:
         """Close the trackers (and accelerate's process group): the last call of a run, after every collective."""
         self.accelerator.end_training()
@@ -202,9 +224,9 @@ class SaeTrainer:
                     for sae in self.saes.values():
                         if sae.uses_unit_norm_decoder:
                             sae.remove_gradient_parallel_to_decoder_()
-                    if args.max_grad_norm:  # per SAE: one SAE's large gradient must not shrink another's step
-                        for sae in self.saes.values():
-                            acc.clip_grad_norm_(sae.parameters(), args.max_grad_norm)
+                    for name, sae in self.saes.items():  # per SAE: one's large gradient must not shrink another's
+                        norm = acc.clip_grad_norm_(sae.parameters(), args.max_grad_norm or math.inf)
+                        self.grad_norms[name] = norm.detach() if isinstance(norm, torch.Tensor) else torch.tensor(norm)
                 self.optimizer.step()  # steps, and zero_grad zeroes, only once the gradients are synchronised
                 self.optimizer.zero_grad(set_to_none=True)
             self._track(outputs, batch_tokens=args.batch_size // args.gradient_accumulation_steps)
@@ -262,7 +284,7 @@ class SaeTrainer:
         for name, (out, x) in outputs.items():
             variance = (x - x.mean(0)).pow(2).sum(-1).mean()
             terms = {"loss": out.loss, "mse_loss": out.mse_loss, "fvu": out.mse_loss / variance, "l0": out.l0,
-                     "dead_fraction": self.dead_latents(name).float().mean(),
+                     "dead_fraction": self.dead_latents(name).float().mean(), "grad_norm": self.grad_norms[name],
                      "explained_variance": 1 - out.mse_loss / variance}  # fmt: skip
             for term in ("sparsity_loss", "auxiliary_loss"):
                 if getattr(out, term) is not None:
@@ -483,7 +505,9 @@ def _postfix(metrics: dict[str, float], rate: float) -> dict[str, str]:
 
 
 def _loggable(config: dict) -> dict:
+    """Hyperparameters as trackers take them: unset ones left out (not the string 'null'), lists as JSON."""
     return {
         key: value if isinstance(value, int | float | str | bool) else json.dumps(value)
         for key, value in config.items()
+        if value is not None
     }

@@ -348,3 +348,31 @@ def test_resuming_with_another_number_of_processes_is_refused(tiny_run_inputs, t
     args = run_args(tiny_run_inputs, tmp_path / "run", resume_from_checkpoint="latest", eval_tokens=0)
     with pytest.raises(TrainingError, match=r"written by a run on 2 process\(es\); this one has 1"):
         train_saes(*args)
+
+
+def test_tensorboard_gets_the_loss_terms_the_held_out_report_and_clean_hparams(tiny_run_inputs, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    capacities, descriptions = [], []
+    original_step = SaeTrainer._step
+
+    def step(self, micro_batches):
+        capacities.append(self.buffer.capacity)
+        return original_step(self, micro_batches)
+
+    monkeypatch.setattr(SaeTrainer, "_step", step)
+    args = run_args(tiny_run_inputs, tmp_path / "run", report_to="tensorboard", logging_steps=4,
+                    shuffle_buffer_tokens=65536, architecture="relu", k=None)  # fmt: skip
+    report = train_saes(*args)
+    assert set(capacities) == {8192}  # the buffer holds at most the run's 8,192 tokens, not 65,536
+    events = EventAccumulator(str(next((tmp_path / "run").rglob("events.out.tfevents*")).parent))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for term in ("loss", "mse_loss", "sparsity_loss", "fvu", "explained_variance", "l0", "dead_fraction", "grad_norm"):
+        assert f"model.layers.1/{term}" in tags, term
+    assert {"lr", "tokens_per_second", "model.layers.1/heldout_fvu"} <= tags
+    assert events.Scalars("model.layers.1/heldout_fvu")[-1].value == pytest.approx(report["model.layers.1"]["fvu"])
+    mse = {e.step: e.value for e in events.Scalars("model.layers.1/mse_loss")}
+    assert sorted(mse) == [4, 8, 12, 16, 20, 24, 28, 32]  # logging steps only
+    hparams = (tmp_path / "run").rglob("events.out.tfevents*")
+    assert all(b"null" not in path.read_bytes() for path in hparams)  # unset arguments are left out, not 'null'
