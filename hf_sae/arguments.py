@@ -101,24 +101,85 @@ class ActivationArguments:
 class DataArguments:
     """Where the text comes from and how it is cut into token blocks."""
 
-    dataset_name: str | None = _help(
-        "A Hub dataset id, a local file (.txt, .jsonl, .json, .parquet, .csv) or folder, or a folder written by "
-        "save_to_disk. Default: the built-in corpus (run `hf-sae prepare-corpus` once).",
+    dataset_name: list[str] | None = _help(
+        "One or more sources, each a Hub dataset id, a local file (.txt, .jsonl, .json, .parquet, .csv) or folder, "
+        "or a folder written by save_to_disk; several are mixed (see --dataset_weights). Default: the built-in "
+        "corpus (run `hf-sae prepare-corpus` once).",
+        None,
+    )
+    dataset_weights: list[float] | None = _help(
+        "Mixing weights, one per --dataset_name source: documents are drawn from each with this probability "
+        "(normalised) until one runs out. Default: every document of every source once (map-style only).",
         None,
     )
     dataset_config_name: str | None = _help("The dataset configuration (subset).", None)
     dataset_split: str = _help("The split to read.", "train")
     text_column: str = _help("The column that holds the documents' text.", "text")
+    source_column: str | None = _help(
+        "The column naming each document's source, when the text has one: blocks keep it and evaluation reports "
+        "per source. Mixed sources without it are named by their --dataset_name.",
+        "source",
+    )
     streaming: bool = _help("Stream the dataset instead of downloading and tokenizing it up front.", False)
     context_size: int = _help("Tokens per block, BOS included; at most the model's max positions.", 256)
     max_documents: int | None = _help("Read at most this many documents (after shuffling). Default: all.", None)
-    shuffle_seed: int | None = _help("Shuffle documents with this seed before packing. Default: keep order.", None)
+    shuffle_seed: int | None = _help(
+        "Shuffle documents with this seed before packing (it also seeds the mixing); none keeps the stored order.", 0
+    )
+    stream_shuffle_buffer: int = _help(
+        "Documents in the shuffle buffer of a streamed source (IterableDataset.shuffle): large enough to mix a "
+        "stream sorted by source, date or length; at least one packing batch.",
+        10_000,
+    )
     num_proc: int | None = _help("Processes for tokenization (not used when streaming).", None)
 
+    def __post_init__(self):
+        # One source stays a plain string, as it always was, for the code and the saved arguments that read it.
+        if isinstance(self.dataset_name, list | tuple) and len(self.dataset_name) == 1:
+            self.dataset_name = self.dataset_name[0]
+
+    @property
+    def dataset_names(self) -> list[str | None]:
+        """The sources, as a list; `[None]` is the built-in corpus."""
+        return list(self.dataset_name) if isinstance(self.dataset_name, list | tuple) else [self.dataset_name]
+
     def check(self) -> None:
+        from .data import PACK_BATCH_DOCUMENTS
+
         _require(self.context_size >= 2, "context_size", self.context_size, "at least 2 (BOS plus text)")
         docs = self.max_documents
         _require(docs is None or docs >= 1, "max_documents", docs, "a positive integer, or none")
+        names, weights = self.dataset_names, self.dataset_weights
+        _require(None not in names or len(names) == 1, "dataset_name", names, "paths or Hub ids (none only alone)")
+        if weights is not None:
+            count = f"{len(names)} number(s), one per --dataset_name source, in the same order"
+            _require(len(weights) == len(names), "dataset_weights", weights, count)
+            _require(
+                all(math.isfinite(w) and w >= 0 for w in weights),
+                "dataset_weights",
+                weights,
+                "finite numbers >= 0 (0 leaves a source out); make the negative ones positive or 0",
+            )
+            _require(sum(weights) > 0, "dataset_weights", weights, "weights with a positive sum; raise one above 0")
+        _require(
+            weights is not None or len(names) == 1 or not self.streaming,
+            "dataset_weights",
+            weights,
+            "given to mix several streamed sources, whose sizes are unknown; pass one weight per source",
+        )
+        _require(
+            self.stream_shuffle_buffer >= PACK_BATCH_DOCUMENTS,
+            "stream_shuffle_buffer",
+            self.stream_shuffle_buffer,
+            f"at least one packing batch ({PACK_BATCH_DOCUMENTS} documents), or a smaller buffer barely mixes; "
+            "raise it",
+        )
+
+    def check_sources(self) -> None:
+        """Open every source and check its text column, before the LM loads (the data is cached for later)."""
+        from .data import check_sources
+
+        check_sources(self)
 
 
 @dataclass
@@ -325,7 +386,11 @@ def group_arguments(groups: tuple[type, ...], **values) -> tuple:
 
 
 def check_all(*arguments) -> None:
-    """Run every group's `check()`: all arguments are validated before anything expensive."""
+    """Run every group's `check()`, then `check_sources()`: all arguments, and the text's columns, are validated
+    before anything expensive."""
     for group in arguments:
         if hasattr(group, "check"):
             group.check()
+    for group in arguments:  # the text is read only once every value is known to be valid
+        if hasattr(group, "check_sources"):
+            group.check_sources()

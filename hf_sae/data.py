@@ -7,12 +7,18 @@ token prepended, so every block starts with BOS (when the tokenizer has one; oth
 ``add_special_tokens``, because tokenizers disagree on whether they add it (SmolLM2's does not, Gemma's does) and
 a block that starts mid-document still needs it. There is no padding: the tail of each tokenization batch
 (``batch_size`` documents) that does not fill a block is dropped, fewer than ``context_size`` tokens per batch.
+
+Order: documents are shuffled (seeded) before packing and several sources are mixed, so that a budget smaller than
+the text still sees all of it; blocks are sharded over ranks after that, so every rank and every resume sees the
+same order.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice, repeat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +31,8 @@ from datasets import (
     IterableDatasetDict,
     List,
     Value,
+    concatenate_datasets,
+    interleave_datasets,
     load_dataset,
     load_from_disk,
 )
@@ -52,11 +60,68 @@ BUILDERS = {
 }
 _COMPRESSION = {".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip"}
 BLOCK_FEATURES = Features({"input_ids": List(Value("int32"))})
+PACK_BATCH_DOCUMENTS = 1000  # documents tokenized and packed together
 
 
 def load_text_dataset(args: DataArguments) -> Dataset | IterableDataset:
-    """Load one split of any text source named by ``args`` and check its text column."""
-    name = args.dataset_name
+    """Load one split of the sources named by ``args``, each shuffled (``shuffle_seed``), and mix them.
+
+    Several sources get a ``source_column`` naming each document's source (its own, or its ``--dataset_name``).
+    Without weights a map-style mix holds every document once, shuffled together; with weights documents are
+    drawn from each source with those probabilities until one runs out (``interleave_datasets``).
+    """
+    names = args.dataset_names
+    parts = [_load_source(name, args) for name in names]
+    if len(parts) == 1:
+        dataset = _shuffled(parts[0], args)
+    else:
+        parts = [_with_source(part, name, args) for part, name in zip(parts, names)]
+        if args.dataset_weights is None:  # map-style only (checked): one shuffle over the concatenation
+            dataset = _shuffled(concatenate_datasets(parts), args)
+        else:
+            total = sum(args.dataset_weights)
+            probabilities = [w / total for w in args.dataset_weights]
+            seed = args.shuffle_seed if args.shuffle_seed is not None else 0
+            parts = [_shuffled(part, args) for part in parts]
+            dataset = interleave_datasets(parts, probabilities, seed=seed, stopping_strategy="first_exhausted")
+    if args.max_documents is not None:
+        if isinstance(dataset, IterableDataset):
+            dataset = dataset.take(args.max_documents)
+        else:
+            dataset = dataset.select(range(min(args.max_documents, len(dataset))))
+    return dataset
+
+
+def check_sources(args: DataArguments) -> None:
+    """Open each source named by ``args`` and check its text column (``DataArguments.check_sources``)."""
+    for name in args.dataset_names:
+        _load_source(name, args)
+
+
+def _shuffled(dataset: Dataset | IterableDataset, args: DataArguments) -> Dataset | IterableDataset:
+    if args.shuffle_seed is None:
+        return dataset
+    if isinstance(dataset, IterableDataset):
+        return dataset.shuffle(seed=args.shuffle_seed, buffer_size=args.stream_shuffle_buffer)
+    return dataset.shuffle(seed=args.shuffle_seed)
+
+
+def _with_source(dataset: Dataset | IterableDataset, name: str, args: DataArguments) -> Dataset | IterableDataset:
+    """The text and a string source column (the source's own, else its name), so that sources can be mixed."""
+    column = args.source_column or "source"
+    columns = _column_names(dataset)
+    if column not in columns:
+        if isinstance(dataset, Dataset):
+            dataset = dataset.add_column(column, [name] * len(dataset))
+        else:
+            dataset = dataset.map(lambda _: {column: name})
+    dataset = dataset.select_columns([args.text_column, column])
+    features = Features({args.text_column: Value("string"), column: Value("string")})
+    return dataset if dataset.features == features else dataset.cast(features)
+
+
+def _load_source(name: str | None, args: DataArguments) -> Dataset | IterableDataset:
+    """One split of one source, its text column checked."""
     if name is None:
         from .offline.corpus import default_corpus_path
 
@@ -83,13 +148,6 @@ def load_text_dataset(args: DataArguments) -> Dataset | IterableDataset:
                 "(offline, one already in the Hugging Face cache) or a local path. Check the spelling and access."
             ) from error
     _check_text_column(dataset, args.text_column, name)
-    if args.shuffle_seed is not None:
-        dataset = dataset.shuffle(seed=args.shuffle_seed)
-    if args.max_documents is not None:
-        if isinstance(dataset, IterableDataset):
-            dataset = dataset.take(args.max_documents)
-        else:
-            dataset = dataset.select(range(min(args.max_documents, len(dataset))))
     return dataset
 
 
@@ -130,14 +188,19 @@ def _load_local(path: Path, args: DataArguments) -> Dataset | IterableDataset:
 def _check_text_column(dataset: Dataset | IterableDataset, column: str, name: str | None) -> None:
     if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
         raise DataError(f"Expected one split of {name!r}, received several: {list(dataset)}. Set --dataset_split.")
-    columns = dataset.column_names
-    if columns is None:  # a stream whose features are unknown until read: look at the first row
-        columns = list(next(iter(dataset), {}))
+    columns = _column_names(dataset)
     if column not in columns:
         raise DataError(
             f"Expected a text column {column!r} in dataset {name or 'built-in corpus'!r}; it has columns "
-            f"{columns}. Set --text_column to the one that holds the text."
+            f"{columns}. Set --text_column to the one that holds the text (every source needs it)."
         )
+
+
+def _column_names(dataset: Dataset | IterableDataset) -> list[str]:
+    columns = dataset.column_names
+    if columns is None:  # a stream whose features are unknown until read: look at the first row
+        columns = list(next(iter(dataset), {}))
+    return columns
 
 
 def check_context_size(context_size: int, max_positions: int | None) -> None:
@@ -155,15 +218,39 @@ def pack_token_ids(
     documents: Iterable[Sequence[int]], context_size: int, bos_token_id: int | None, eos_token_id: int | None
 ) -> list[list[int]]:
     """Concatenate tokenized documents (each followed by EOS) and cut full blocks, each starting with BOS."""
+    return pack_by_source(documents, repeat(None), context_size, bos_token_id, eos_token_id)[0]
+
+
+def pack_by_source(
+    documents: Iterable[Sequence[int]],
+    sources: Iterable,
+    context_size: int,
+    bos_token_id: int | None,
+    eos_token_id: int | None,
+) -> tuple[list[list[int]], list]:
+    """``(blocks, block_sources)``: as ``pack_token_ids``, but each source's documents are packed in a stream of
+    their own, so that every block holds one source.
+
+    A block is what the LM reads and what evaluation attributes, so one source per block lets per-source metrics
+    measure each text in its own context, with no token's context crossing sources (a per-token source id would
+    keep mixed blocks, whose tokens still see the other source). Blocks are emitted as they fill, in document
+    order, so the sources stay as mixed as the documents were. The cost: at most one partial block per source per
+    packing batch is dropped.
+    """
     stride = context_size - (bos_token_id is not None)
     prefix = [] if bos_token_id is None else [bos_token_id]
     suffix = [] if eos_token_id is None else [eos_token_id]
-    stream: list[int] = []
-    for document in documents:
-        if len(document):  # an empty document would only add a stray EOS
-            stream.extend(document)
-            stream.extend(suffix)
-    return [prefix + stream[start : start + stride] for start in range(0, len(stream) - stride + 1, stride)]
+    streams: dict = {}
+    blocks, block_sources = [], []
+    for document, source in zip(documents, sources):
+        if not len(document):  # an empty document would only add a stray EOS
+            continue
+        stream = streams.get(source, []) + list(document) + suffix
+        full = len(stream) - len(stream) % stride
+        blocks.extend(prefix + stream[start : start + stride] for start in range(0, full, stride))
+        block_sources.extend([source] * (full // stride))
+        streams[source] = stream[full:]
+    return blocks, block_sources
 
 
 def tokenize_and_pack(
@@ -172,29 +259,40 @@ def tokenize_and_pack(
     context_size: int,
     *,
     text_column: str = "text",
+    source_column: str | None = None,
     max_positions: int | None = None,
-    batch_size: int = 1000,
+    batch_size: int = PACK_BATCH_DOCUMENTS,
     num_proc: int | None = None,
 ) -> Dataset | IterableDataset:
-    """Map documents to packed blocks: a dataset with one ``input_ids`` column of ``context_size`` tokens per row.
+    """Map documents to packed blocks: a dataset with one ``input_ids`` column of ``context_size`` tokens per row,
+    and, when the dataset has ``source_column``, that column too, one source per block (``pack_by_source``).
 
     Works on a ``Dataset`` (tokenized once, cached by datasets, with a progress bar) or lazily on an
     ``IterableDataset``. ``max_positions`` is the model's ``max_position_embeddings``; it is checked first.
     """
     check_context_size(context_size, max_positions)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if source_column is not None and source_column not in _column_names(dataset):
+        source_column = None
 
-    def pack(batch: dict[str, list]) -> dict[str, list[list[int]]]:
+    def pack(batch: dict[str, list]) -> dict[str, list]:
         texts = [text or "" for text in batch[text_column]]
         ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-        return {"input_ids": pack_token_ids(ids, context_size, bos, eos)}
+        if source_column is None:
+            return {"input_ids": pack_token_ids(ids, context_size, bos, eos)}
+        blocks, sources = pack_by_source(ids, map(str, batch[source_column]), context_size, bos, eos)
+        return {"input_ids": blocks, source_column: sources}
 
-    # int32 halves the cache; blocks become int64 tensors when read. Selecting the text column first lets a
-    # stream with unknown features drop its columns too (a batch of blocks is not as long as a batch of documents).
-    kwargs = {"batched": True, "batch_size": batch_size, "remove_columns": [text_column], "features": BLOCK_FEATURES}
+    # int32 halves the cache; blocks become int64 tensors when read. Selecting the columns first lets a stream
+    # with unknown features drop the others too (a batch of blocks is not as long as a batch of documents).
+    columns = [text_column] + ([source_column] if source_column else [])
+    features = (
+        BLOCK_FEATURES if source_column is None else Features({**BLOCK_FEATURES, source_column: Value("string")})
+    )
+    kwargs = {"batched": True, "batch_size": batch_size, "remove_columns": columns, "features": features}
     if isinstance(dataset, Dataset):
         kwargs.update(num_proc=num_proc, desc=f"Tokenizing and packing into blocks of {context_size}")
-    return dataset.select_columns([text_column]).map(pack, **kwargs)
+    return dataset.select_columns(columns).map(pack, **kwargs)
 
 
 def shard_blocks(
@@ -226,6 +324,22 @@ def iter_blocks(blocks: Dataset | IterableDataset) -> Iterator[torch.Tensor]:
         yield torch.tensor(row["input_ids"], dtype=torch.long)
 
 
+def read_blocks(
+    blocks: Dataset | IterableDataset, max_tokens: int | None, source_column: str | None = None
+) -> tuple[torch.Tensor, list[str] | None]:
+    """``(input_ids, sources)``: the first blocks holding at least ``max_tokens`` tokens (all when None) as a
+    ``(num_blocks, context_size)`` LongTensor, and each block's source when the blocks carry ``source_column``."""
+    rows = iter(blocks)
+    first = next(rows, None)
+    if first is None:
+        raise DataError("Expected token blocks; received none. Check the dataset and its split.")
+    count = math.ceil(max_tokens / len(first["input_ids"])) - 1 if max_tokens else None
+    rows = [first, *islice(rows, count)]
+    input_ids = torch.tensor([row["input_ids"] for row in rows], dtype=torch.long)
+    sources = [row[source_column] for row in rows] if source_column and source_column in first else None
+    return input_ids, sources
+
+
 def load_token_blocks(
     args: DataArguments,
     tokenizer: PreTrainedTokenizerBase,
@@ -244,7 +358,12 @@ def load_token_blocks(
     check_context_size(args.context_size, max_positions)
     dataset = load_text_dataset(args)
     blocks = tokenize_and_pack(
-        dataset, tokenizer, args.context_size, text_column=args.text_column, num_proc=args.num_proc
+        dataset,
+        tokenizer,
+        args.context_size,
+        text_column=args.text_column,
+        source_column=args.source_column,
+        num_proc=args.num_proc,
     )
     blocks = shard_blocks(blocks, rank=rank, world_size=world_size, skip=skip)
     if isinstance(blocks, Dataset):

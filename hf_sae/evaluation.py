@@ -16,6 +16,10 @@ Positions: the splice and both ablations replace the activation only at the toke
 its `ignore_tokens`). CE and KL average over the predictions made at those tokens: the logits at a kept position
 t < T - 1 scored against token t + 1 of the block.
 
+Per source: given each block's source (`sources`, e.g. the built-in corpus's `source` column; blocks hold one source
+each, see `data.pack_by_source`), the report also has `per_source`: {source: the `layout.SOURCE_KEYS` metrics over
+that source's tokens}, each source's FVU about its own mean, and its mean ablation with the pooled mean.
+
 Batch size: per-token values are summed in float64 and divided once at the end; the outlier rule uses each block's
 own median norm; the token budget is counted in whole blocks, chosen before batching. Results thus do not depend on
 the evaluation batch size (beyond the float rounding of the LM itself).
@@ -24,7 +28,7 @@ the evaluation batch size (beyond the float rounding of the LM itself).
 import functools
 import io
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -37,7 +41,7 @@ from transformers.utils import logging
 
 from .errors import DataError
 from .hookpoints import Hookpoint, register_activation_hook, resolve_hookpoints
-from .layout import QUALITY_KEYS, write_text
+from .layout import PER_SOURCE, QUALITY_KEYS, SOURCE_KEYS, write_text
 from .lm_forward import counted_tokens, lm_autocast, run_lm
 from .modeling_sae import SaeModel
 
@@ -75,6 +79,7 @@ def evaluate_saes(
     autocast_dtype: torch.dtype | None = None,
     lm_metrics: bool = True,
     dense_threshold: float = 0.1,
+    sources: Sequence[str] | None = None,
 ) -> dict[str, dict]:
     r"""
     Measure SAEs on token blocks through a frozen LM; the module docstring defines every metric.
@@ -90,19 +95,20 @@ def evaluate_saes(
         autocast_dtype (`torch.dtype`, *optional*): run the LM under autocast in this dtype (never the SAEs).
         lm_metrics (`bool`): also measure CE loss and KL with the SAEs spliced in, one SAE at a time.
         dense_threshold (`float`): a latent firing on more than this share of the tokens counts as dense.
+        sources (`Sequence[str]`, *optional*): each block's source, in the order of `blocks`: adds `per_source`.
 
     Returns:
         `dict[str, dict]`: a report per SAE name (keys in the module docstring, plus `eval_tokens`,
         `eval_predictions`, `outlier_tokens`, `num_latents` and `firing_density_histogram`).
     """
-    batches = _take_blocks(blocks, max_tokens).split(batch_size)
+    batches = _batches(_take_blocks(blocks, max_tokens), sources, batch_size)
     excluded = torch.tensor(sorted(set(exclude_token_ids)), dtype=torch.long)
     hookpoints = list(dict.fromkeys(sae.config.hookpoint or name for name, sae in saes.items()))
     sites = resolve_hookpoints(model, hookpoints)
     lm = _LM(model, sites, autocast_dtype)
     tallies = {name: _Tally(sae, sae.config.hookpoint or name, sites) for name, sae in saes.items()}
     kept = []  # per batch, {name: (B, T) kept tokens}, for the second pass
-    for input_ids in tqdm(batches, desc="Evaluating SAEs", leave=False):
+    for input_ids, source in tqdm(batches, desc="Evaluating SAEs", leave=False):
         input_ids = input_ids.to(model.device)
         activations, logits = run_lm(
             model, hookpoints, input_ids, autocast_dtype=autocast_dtype, with_logits=lm_metrics
@@ -111,15 +117,29 @@ def evaluate_saes(
         for name, tally in tallies.items():
             acts = activations[tally.hookpoint]  # (B, T, d_in)
             keep, outliers = counted_tokens(input_ids, [acts], excluded, outlier_factor)
-            tally.outliers += outliers
             kept[-1][name] = keep
-            tally.measure(input_ids, acts, keep, logits, lm if lm_metrics else None)
+            tally.measure(input_ids, acts, keep, outliers, logits, lm if lm_metrics else None, source)
     if lm_metrics:  # mean ablation needs the mean over every evaluation token, hence a second pass
-        for input_ids, keeps in tqdm(list(zip(batches, kept)), desc="Mean ablation", leave=False):
+        for (input_ids, source), keeps in tqdm(list(zip(batches, kept)), desc="Mean ablation", leave=False):
             input_ids = input_ids.to(model.device)
             for name, tally in tallies.items():
-                tally.mean_ablate(input_ids, keeps[name], lm)
+                tally.mean_ablate(input_ids, keeps[name], lm, source)
     return {name: tally.report(dense_threshold, lm_metrics) for name, tally in tallies.items()}
+
+
+def _batches(blocks: Tensor, sources: Sequence[str] | None, batch_size: int) -> list[tuple[Tensor, str | None]]:
+    """`(input_ids, source)` batches, each of one source (None without sources); the results do not depend on
+    batching, so grouping by source changes nothing pooled."""
+    if sources is None:
+        return [(batch, None) for batch in blocks.split(batch_size)]
+    sources = list(sources)[: len(blocks)]
+    if len(sources) != len(blocks):
+        raise DataError(f"Expected a source for each of the {len(blocks)} blocks; received {len(sources)}.")
+    batches = []
+    for source in dict.fromkeys(sources):
+        rows = torch.tensor([i for i, s in enumerate(sources) if s == source])
+        batches += [(blocks[index], source) for index in rows.split(batch_size)]
+    return batches
 
 
 def _take_blocks(blocks: Tensor | Iterable[Tensor], max_tokens: int | None) -> Tensor:
@@ -149,51 +169,16 @@ class _LM:
             handle.remove()
 
 
-class _Tally:
-    """One SAE's float64 sums over the evaluation tokens; the metrics are formed from them once, at the end."""
+class _Sums:
+    """Float64 sums over some evaluation tokens; the metrics are formed from them once, at the end."""
 
-    def __init__(self, sae: SaeModel, hookpoint: str, sites: dict[str, Hookpoint]):
+    def __init__(self, d_in: int, num_latents: int):
         from .metrics.sae_reconstruction.sae_reconstruction import STATISTICS
 
-        self.sae, self.hookpoint, self.site = sae, hookpoint, sites[hookpoint]
-        self.stats = {key: np.zeros(sae.config.d_in) if key == "sum" else 0.0 for key in STATISTICS}
-        self.fired = torch.zeros(sae.config.num_latents, dtype=torch.long)
+        self.stats = {key: np.zeros(d_in) if key == "sum" else 0.0 for key in STATISTICS}
+        self.fired = torch.zeros(num_latents, dtype=torch.long)
         self.outliers = self.predictions = 0
         self.ce, self.kl = dict.fromkeys(CE_RUNS, 0.0), 0.0
-
-    def measure(self, input_ids: Tensor, acts: Tensor, keep: Tensor, clean_logits: Tensor | None, lm: "_LM | None"):
-        """Reconstruction and sparsity of the kept tokens of acts (B, T, d_in); CE and KL too when given the LM."""
-        from .metrics.sae_reconstruction.sae_reconstruction import statistics_of
-
-        x = acts[keep]  # (tokens, d_in)
-        out = self.sae(x.to(device=self.sae.device, dtype=self.sae.dtype), return_latents=False)
-        batch = statistics_of(x.double().cpu().numpy(), out.reconstruction.double().cpu().numpy())
-        self.stats = {key: self.stats[key] + batch[key] for key in self.stats}
-        self.fired += out.latent_counts.cpu()
-        if lm is None:
-            return
-        fill = torch.zeros_like(acts)
-        fill[keep] = out.reconstruction.to(device=acts.device, dtype=acts.dtype)
-        clean = _prediction_log_probs(clean_logits, keep)
-        spliced = _prediction_log_probs(lm.patched(self.site, input_ids, keep, fill), keep)
-        zero = torch.zeros((), device=acts.device)
-        self._add_ce("clean", clean, input_ids, keep)
-        self._add_ce("spliced", spliced, input_ids, keep)
-        self._add_ce(
-            "zero_ablated", _prediction_log_probs(lm.patched(self.site, input_ids, keep, zero), keep), input_ids, keep
-        )
-        # KL(clean || spliced) = sum_v p_clean (log p_clean - log p_spliced), per prediction, summed in float64.
-        self.kl += F.kl_div(spliced, clean, log_target=True, reduction="none").sum(-1).double().sum().item()
-        self.predictions += clean.shape[0]
-
-    def mean_ablate(self, input_ids: Tensor, keep: Tensor, lm: _LM) -> None:
-        mean = torch.as_tensor(self.stats["sum"] / self.stats["num_tokens"], device=input_ids.device)  # (d_in,)
-        log_probs = _prediction_log_probs(lm.patched(self.site, input_ids, keep, mean), keep)
-        self._add_ce("mean_ablated", log_probs, input_ids, keep)
-
-    def _add_ce(self, run: str, log_probs: Tensor, input_ids: Tensor, keep: Tensor) -> None:
-        targets = input_ids[:, 1:][keep[:, :-1]]  # the token after each kept position
-        self.ce[run] += -log_probs.gather(-1, targets[:, None]).double().sum().item()
 
     def report(self, dense_threshold: float, lm_metrics: bool) -> dict:
         n = int(self.stats["num_tokens"])
@@ -214,6 +199,80 @@ class _Tally:
         report |= {"eval_tokens": n, "outlier_tokens": self.outliers, "num_latents": len(self.fired)}
         report["firing_density_histogram"] = firing_density_histogram(frequency, n)
         return report
+
+
+class _Tally:
+    """One SAE's sums over all the evaluation tokens (`pooled`) and over each source's (`by_source`)."""
+
+    def __init__(self, sae: SaeModel, hookpoint: str, sites: dict[str, Hookpoint]):
+        self.sae, self.hookpoint, self.site = sae, hookpoint, sites[hookpoint]
+        self.pooled, self.by_source = self._new(), {}
+
+    def _new(self) -> _Sums:
+        return _Sums(self.sae.config.d_in, self.sae.config.num_latents)
+
+    def _sums(self, source: str | None) -> list[_Sums]:
+        """Where a batch's sums go: the pooled ones, and its source's."""
+        if source is None:
+            return [self.pooled]
+        return [self.pooled, self.by_source.setdefault(source, self._new())]
+
+    def measure(
+        self,
+        input_ids: Tensor,
+        acts: Tensor,
+        keep: Tensor,
+        outliers: int,
+        clean_logits: Tensor | None,
+        lm: "_LM | None",
+        source: str | None = None,
+    ):
+        """Reconstruction and sparsity of the kept tokens of acts (B, T, d_in); CE and KL too when given the LM."""
+        from .metrics.sae_reconstruction.sae_reconstruction import statistics_of
+
+        x = acts[keep]  # (tokens, d_in)
+        out = self.sae(x.to(device=self.sae.device, dtype=self.sae.dtype), return_latents=False)
+        batch = statistics_of(x.double().cpu().numpy(), out.reconstruction.double().cpu().numpy())
+        for sums in self._sums(source):
+            sums.stats = {key: sums.stats[key] + batch[key] for key in sums.stats}
+            sums.fired += out.latent_counts.cpu()
+            sums.outliers += outliers
+        if lm is None:
+            return
+        fill = torch.zeros_like(acts)
+        fill[keep] = out.reconstruction.to(device=acts.device, dtype=acts.dtype)
+        clean = _prediction_log_probs(clean_logits, keep)
+        spliced = _prediction_log_probs(lm.patched(self.site, input_ids, keep, fill), keep)
+        zero = _prediction_log_probs(lm.patched(self.site, input_ids, keep, torch.zeros((), device=acts.device)), keep)
+        # KL(clean || spliced) = sum_v p_clean (log p_clean - log p_spliced), per prediction, summed in float64.
+        kl = F.kl_div(spliced, clean, log_target=True, reduction="none").sum(-1).double().sum().item()
+        ce = {run: _ce(log_probs, input_ids, keep) for run, log_probs in [("clean", clean), ("spliced", spliced)]}
+        ce["zero_ablated"] = _ce(zero, input_ids, keep)
+        for sums in self._sums(source):
+            sums.ce = {run: sums.ce[run] + ce.get(run, 0.0) for run in CE_RUNS}
+            sums.kl += kl
+            sums.predictions += clean.shape[0]
+
+    def mean_ablate(self, input_ids: Tensor, keep: Tensor, lm: _LM, source: str | None = None) -> None:
+        stats = self.pooled.stats
+        mean = torch.as_tensor(stats["sum"] / stats["num_tokens"], device=input_ids.device)  # (d_in,)
+        ce = _ce(_prediction_log_probs(lm.patched(self.site, input_ids, keep, mean), keep), input_ids, keep)
+        for sums in self._sums(source):
+            sums.ce["mean_ablated"] += ce
+
+    def report(self, dense_threshold: float, lm_metrics: bool) -> dict:
+        report = self.pooled.report(dense_threshold, lm_metrics)
+        if self.by_source:
+            counted = {s: sums for s, sums in sorted(self.by_source.items()) if sums.stats["num_tokens"]}
+            per_source = {s: sums.report(dense_threshold, lm_metrics) for s, sums in counted.items()}
+            report[PER_SOURCE] = {s: {k: m[k] for k in SOURCE_KEYS if k in m} for s, m in per_source.items()}
+        return report
+
+
+def _ce(log_probs: Tensor, input_ids: Tensor, keep: Tensor) -> float:
+    """Summed next-token cross-entropy (nats) of (predictions, vocab) log-probabilities at the kept positions."""
+    targets = input_ids[:, 1:][keep[:, :-1]]  # the token after each kept position
+    return -log_probs.gather(-1, targets[:, None]).double().sum().item()
 
 
 def _recovered(ablated: float, ce: dict) -> float:

@@ -60,6 +60,21 @@ RUN_KEYS = (
     "train_never_fired_fraction",
     "eval_tokens",
     "eval_split",
+    "datasets",
+    "dataset_weights",
+)
+# `per_source`: {source: these metrics over that source's tokens}, beside the pooled ones of the same names.
+PER_SOURCE = "per_source"
+SOURCE_KEYS = (
+    "fvu",
+    "explained_variance",
+    "l0",
+    "loss_recovered",
+    "kl_div",
+    "ce_loss_clean",
+    "ce_loss_spliced",
+    "ce_loss_zero_ablated",
+    "eval_tokens",
 )
 # The headline metrics, with the names a model card shows.
 METRIC_NAMES = {
@@ -74,8 +89,8 @@ METRIC_NAMES = {
 
 
 def sae_metrics(report: dict) -> dict:
-    """The part of a report that belongs in an SAE's metrics.json: quality and run keys, nothing bulky."""
-    return {key: report[key] for key in (*RUN_KEYS, *QUALITY_KEYS) if key in report}
+    """The part of a report that belongs in an SAE's metrics.json: quality, run and per-source keys, nothing bulky."""
+    return {key: report[key] for key in (*RUN_KEYS, *QUALITY_KEYS, PER_SOURCE) if key in report}
 
 
 # ---- finding SAEs ---------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .configuration_sae import SaeConfig
 from .errors import SaeNotFoundError
-from .layout import METRIC_NAMES, METRICS, RUN_KEYS, TRAIN_TOKENS, read_json
+from .layout import METRIC_NAMES, METRICS, PER_SOURCE, RUN_KEYS, TRAIN_TOKENS, read_json
 
 CARD_TEMPLATE = "sae_card.md.j2"
 CARD_TAGS = ["sparse-autoencoder", "interpretability", "hf_sae"]
@@ -81,6 +81,14 @@ def _card_template() -> str:
     )
 
 
+def read_data_sources(folder: Path) -> tuple[list, list[str]]:
+    """`(training datasets with their weights, held-out sources)` from an SAE folder's metrics.json."""
+    path = Path(folder) / METRICS
+    metrics = read_json(path) if path.is_file() else {}
+    names, weights = metrics.get("datasets") or [], metrics.get("dataset_weights")
+    return list(zip(names, weights or [None] * len(names))), sorted(metrics.get(PER_SOURCE) or {})
+
+
 def read_metrics(folder: Path) -> dict:
     """The numbers and names in an SAE folder's metrics.json (empty without one)."""
     path = Path(folder) / METRICS
@@ -120,6 +128,11 @@ def render_card(
     # The table shows the headline metrics (all of them are in the model-index), or whatever there is.
     columns = [k for k in METRIC_NAMES if any(k in m for m in metrics.values())]
     columns = columns or list(dict.fromkeys(r.metric_type for r in data.eval_results or []))
+    # The model-index and the table are pooled; the card names the texts behind them (per-source numbers are in
+    # each SAE's metrics.json).
+    texts = [read_data_sources(folder) for folder in folders.values()]
+    train_data = list(dict.fromkeys(pair for pairs, _ in texts for pair in pairs))
+    sources = sorted({source for _, names in texts for source in names})
     rows = [
         {
             "hookpoint": h,
@@ -140,4 +153,6 @@ def render_card(
         architectures=architectures,
         example=next(iter(configs)),
         single=single,
+        train_data=train_data,
+        sources=sources,
     )

@@ -22,7 +22,7 @@ from .arguments import (
     SaeTrainingArguments,
     check_all,
 )
-from .data import check_context_size, iter_blocks, load_token_blocks
+from .data import check_context_size, iter_blocks, load_token_blocks, read_blocks
 from .distribution import hookpoint_owners
 from .errors import ArgumentError, DataError, TrainingError
 from .evaluation import evaluate_saes, plot_firing_density
@@ -34,6 +34,7 @@ from .layout import (
     EVAL_REPORT,
     FEATURES,
     METRICS,
+    PER_SOURCE,
     TRAINING_ARGS,
     find_sae_folders,
     read_json,
@@ -200,27 +201,40 @@ def _skip_blocks(blocks, count: int):
 
 
 def _held_out_report(model, tokenizer, saes, lm_args, data_args, max_tokens: int, autocast_dtype) -> dict:
-    """FVU, L0 and dead fraction on the held-out split of the training text (training's final report); {} when
+    """FVU, L0 and dead fraction on the held-out split of the training text (training's final report), pooled and
+    per source when the text names its sources, with the training text's sources and weights; only those when
     there is no such split."""
+    names = [name or "built-in corpus" for name in data_args.dataset_names]
+    data = {"datasets": names, "dataset_weights": data_args.dataset_weights}
     if not max_tokens:
-        return {}
+        return dict.fromkeys(saes, data)
     try:
         blocks = load_token_blocks(dataclasses.replace(data_args, dataset_split=HELD_OUT_SPLIT), tokenizer)
     except (DataError, ValueError, KeyError) as error:
         logger.warning(f"No held-out split {HELD_OUT_SPLIT!r} ({error}); the report has training metrics only.")
-        return {}
+        return dict.fromkeys(saes, data)
+    input_ids, sources = read_blocks(blocks, max_tokens, data_args.source_column)
     report = evaluate_saes(
         model,
         saes,
-        iter_blocks(blocks),
+        input_ids,
         exclude_token_ids=tokenizer.all_special_ids,
         max_tokens=max_tokens,
         batch_size=lm_args.lm_batch_size,
         outlier_factor=lm_args.outlier_factor,
         autocast_dtype=autocast_dtype,
         lm_metrics=False,
+        sources=sources,
     )
-    return {name: {**sae_metrics(metrics), "eval_split": HELD_OUT_SPLIT} for name, metrics in report.items()}
+    _log_per_source(report)
+    return {name: {**sae_metrics(metrics), "eval_split": HELD_OUT_SPLIT, **data} for name, metrics in report.items()}
+
+
+def _log_per_source(report: dict) -> None:
+    for name, metrics in report.items():
+        for source, values in metrics.get(PER_SOURCE, {}).items():
+            numbers = ", ".join(f"{key} {value:.4g}" for key, value in values.items())
+            logger.info(f"{name} on {source}: {numbers}")
 
 
 # ---- SAEs with their base model -------------------------------------------------------------------------------------
@@ -264,10 +278,11 @@ def run_evaluation(lm_args: ActivationArguments, data_args: DataArguments, args:
         args.sae, args.hookpoints, lm_args, revision=args.revision, device=args.device
     )
     blocks = load_token_blocks(data_args, tokenizer, max_positions=_max_positions(model))
+    input_ids, sources = read_blocks(blocks, args.eval_tokens, data_args.source_column)
     report = evaluate_saes(
         model,
         saes,
-        iter_blocks(blocks),
+        input_ids,
         exclude_token_ids=tokenizer.all_special_ids,
         max_tokens=args.eval_tokens,
         batch_size=lm_args.lm_batch_size,
@@ -275,7 +290,9 @@ def run_evaluation(lm_args: ActivationArguments, data_args: DataArguments, args:
         lm_metrics=args.lm_metrics,
         autocast_dtype=resolve_lm_dtype(lm_args.lm_dtype, model.device),
         dense_threshold=args.dense_threshold,
+        sources=sources,
     )
+    _log_per_source(report)
     out = Path(args.output_dir)
     write_json(out / EVAL_REPORT, report)
     settings = [dataclasses.asdict(group) for group in (lm_args, data_args, args)]

@@ -271,3 +271,15 @@ def test_real_prepare_corpus_downloads_every_source(tmp_path):
 @pytest.mark.skipif(not (default_corpus_path() / "dataset_dict.json").is_file(), reason="no prepared corpus in cache")
 def test_the_cached_corpus_is_complete():
     check_real_corpus(default_corpus_path())
+
+
+def test_split_documents_interleaves_the_sources():
+    documents = [("brown", f"b{i}") for i in range(40)] + [("news", f"n{i}") for i in range(40)]
+    train = split_documents(documents, test_fraction=0.1, seed=0)["train"]
+    stored = [source for source, _ in documents]
+    assert set(stored[:20]) == {"brown"}  # the order the sources arrive in
+    head = train["source"][:20]  # any prefix samples every source, in about its share
+    assert 5 <= head.count("brown") <= 15 and 5 <= head.count("news") <= 15
+    assert sorted(zip(train["source"], train["text"])) == sorted(
+        (s, t) for s, t in documents if t in set(train["text"])
+    )  # every text keeps its source

