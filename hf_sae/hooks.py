@@ -23,7 +23,7 @@ from .modeling_sae import SaeModel
 logger = logging.get_logger(__name__)
 
 Positions = int | Sequence[int] | slice | None
-RecordKind = Literal["latents", "inputs", "reconstructions"]
+RecordKind = Literal["latents", "inputs", "reconstructions", "top_values", "top_indices"]
 
 
 @dataclass(eq=False)
@@ -86,11 +86,16 @@ class SaeRecorder:
     What [`SaeHooks.record`] collected. Each attribute maps a hookpoint to a list with one tensor per forward (one
     per step under `generate()`): `latents` `(batch, seq, num_latents)`, after any active edit; `inputs`
     `(batch, seq, d_in)`, the hooked activations; `reconstructions` `(batch, seq, d_in)`, the decoded latents; and
-    `masks` `(batch, seq)`, `True` on real (non-padding) tokens.
+    `masks` `(batch, seq)`, `True` on real (non-padding) tokens. With `top_k`, only each token's `top_k` largest
+    latents are kept, as `top_values` and `top_indices` `(batch, seq, top_k)`, and `latents` stays empty: memory
+    grows with `top_k`, not with the SAE's width.
     """
 
-    def __init__(self, hookpoints: Sequence[str], inputs: bool, reconstructions: bool):
+    def __init__(self, hookpoints: Sequence[str], inputs: bool, reconstructions: bool, top_k: int | None = None):
+        self.top_k = top_k
         self.latents: dict[str, list[Tensor]] = {name: [] for name in hookpoints}
+        self.top_values: dict[str, list[Tensor]] = {name: [] for name in hookpoints} if top_k else {}
+        self.top_indices: dict[str, list[Tensor]] = {name: [] for name in hookpoints} if top_k else {}
         self.inputs: dict[str, list[Tensor]] = {name: [] for name in hookpoints} if inputs else {}
         self.reconstructions: dict[str, list[Tensor]] = {name: [] for name in hookpoints} if reconstructions else {}
         self.masks: dict[str, list[Tensor]] = {name: [] for name in hookpoints}
@@ -103,6 +108,18 @@ class SaeRecorder:
         """The real tokens of every forward, padding dropped: `(num_tokens, width)`."""
         return torch.cat([t[mask] for t, mask in zip(getattr(self, kind)[hookpoint], self.masks[hookpoint])])
 
+    def _add(self, name: str, z: Tensor, real: Tensor, x: Tensor, reconstruction: Tensor | None) -> None:
+        if self.top_k:
+            values, indices = z.topk(min(self.top_k, z.shape[-1]), dim=-1)
+            self.top_values[name].append(values)
+            self.top_indices[name].append(indices)
+        else:
+            self.latents[name].append(z)
+        self.masks[name].append(real)
+        for store, value in ((self.inputs, x), (self.reconstructions, reconstruction)):
+            if name in store:
+                store[name].append(value)
+
 
 class SaeHooks:
     r"""
@@ -114,7 +131,9 @@ class SaeHooks:
     Args:
         model (`nn.Module`): any `AutoModelForCausalLM`, or a base model.
         saes (`Mapping[str, SaeModel]` or `Sequence[SaeModel]`): SAEs by hookpoint, or SAEs whose `config.hookpoint`
-            says where they read.
+            says where they read. A key that is not a module path is a name, and the SAE reads its
+            `config.hookpoint`: several SAEs can share a hookpoint (`{"16k": sae_a, "65k": sae_b}`); their edits and
+            splices apply in the order given, each to what the one before it left.
 
     Example:
 
@@ -129,7 +148,11 @@ class SaeHooks:
     def __init__(self, model: nn.Module, saes: Mapping[str, SaeModel] | Sequence[SaeModel]):
         self.model = model
         self.saes = _saes_by_hookpoint(saes)
-        self.hookpoints = resolve_hookpoints(model, self.saes)
+        sites = {name: name if _is_module_path(model, name) else sae.config.hookpoint or name
+                 for name, sae in self.saes.items()}  # fmt: skip
+        resolved = resolve_hookpoints(model, dict.fromkeys(sites.values()))
+        self.hookpoints = {name: resolved[site] for name, site in sites.items()}
+        _warn_on_other_base_model(model, self.saes)
         for name, sae in self.saes.items():
             if (width := hookpoint_width(model, self.hookpoints[name])) is not None:
                 _check_width(name, sae, width)
@@ -137,9 +160,29 @@ class SaeHooks:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._call: tuple[Tensor | None, int] = (None, 0)  # the current forward's (attention mask, cache length)
 
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, repo_or_dir: str, hookpoints: str | list[str] | None = None,
+                        **load_kwargs) -> "SaeHooks":  # fmt: skip
+        r"""
+        Load SAEs from a Hub repo or a local folder (`hf_sae.load_saes`) onto the model's device and attach them, as
+        `PeftModel.from_pretrained(base, repo)` does for adapters.
+
+        ```python
+        >>> hooks = SaeHooks.from_pretrained(lm, "you/smollm2-saes", hookpoints=["model.layers.15"])
+        ```
+        """
+        from .hub import load_saes  # the Hub layer builds on this module, not the other way round
+
+        device = next(model.parameters()).device
+        return cls(model, load_saes(repo_or_dir, hookpoints, device=device, **load_kwargs))
+
     @contextmanager
     def record(
-        self, inputs: bool = False, reconstructions: bool = False, hookpoints: str | Sequence[str] | None = None
+        self,
+        inputs: bool = False,
+        reconstructions: bool = False,
+        hookpoints: str | Sequence[str] | None = None,
+        top_k: int | None = None,
     ) -> Iterator[SaeRecorder]:
         r"""
         Collect the latents, and optionally the inputs and reconstructions, of every forward run inside.
@@ -148,6 +191,8 @@ class SaeHooks:
             inputs (`bool`, defaults to `False`): also keep the hooked activations.
             reconstructions (`bool`, defaults to `False`): also keep the SAE's reconstructions.
             hookpoints (`str` or `Sequence[str]`, *optional*): only these; every SAE by default.
+            top_k (`int`, *optional*): keep only each token's `top_k` largest latents (`recorder.top_values`,
+                `recorder.top_indices`) instead of the dense latents, e.g. to record a long generation.
 
         Example:
 
@@ -158,7 +203,9 @@ class SaeHooks:
         ```
         """
         names = self._select(hookpoints)
-        recorder = SaeRecorder(names, inputs, reconstructions)
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise HookpointError(f"`top_k` must be a positive integer or None; got {top_k!r}.")
+        recorder = SaeRecorder(names, inputs, reconstructions, top_k)
         with self._activate(recorder, names):
             yield recorder
 
@@ -251,8 +298,12 @@ class SaeHooks:
         # Positions need what the whole model was called with: the hooked module may never see the mask.
         self._handles.append(self.model.register_forward_pre_hook(self._remember_call, with_kwargs=True))
         self._handles.append(self.model.register_forward_hook(self._forget_call, always_call=True))
+        by_site: dict[tuple[str, bool], list[str]] = {}  # one hook per hookpoint, running its SAEs in order
+        for name, site in self.hookpoints.items():
+            by_site.setdefault((site.path, site.is_input), []).append(name)
         self._handles += [
-            register_activation_hook(site, name, self._intervention(name)) for name, site in self.hookpoints.items()
+            register_activation_hook(self.hookpoints[names[0]], names[0], self._intervention(names))
+            for names in by_site.values()
         ]
         logger.debug(f"SaeHooks attached at {list(self.hookpoints)}")
 
@@ -270,12 +321,16 @@ class SaeHooks:
     def _forget_call(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._call = (None, 0)
 
-    def _intervention(self, name: str):
+    def _intervention(self, names: list[str]):
         def run(x: Tensor) -> Tensor | None:
-            if not self._active[name]:
-                return None
-            _check_width(name, self.saes[name], x.shape[-1])
-            return _run_sae(self.saes[name], x, self._active[name], _token_info(*self._call, x), name)
+            out = None
+            for name in names:
+                if self._active[name]:
+                    _check_width(name, self.saes[name], x.shape[-1])
+                    current = x if out is None else out
+                    new = _run_sae(self.saes[name], current, self._active[name], _token_info(*self._call, x), name)
+                    out = new if new is not None else out
+            return out
 
         return run
 
@@ -305,11 +360,7 @@ def _run_sae(sae: SaeModel, x: Tensor, active: list, tokens: _Tokens, name: str)
     reconstruction = sae.decode(z_edited) if wants_reconstruction else None  # (..., d_in)
     real = tokens.real if tokens.real is not None else torch.ones(z.shape[:-1], dtype=torch.bool, device=z.device)
     for recorder in recorders:
-        recorder.latents[name].append(z_edited)
-        recorder.masks[name].append(real)
-        for store, value in ((recorder.inputs, x), (recorder.reconstructions, reconstruction)):
-            if name in store:
-                store[name].append(value)
+        recorder._add(name, z_edited, real, x, reconstruction)
     if splice is not None:
         out = reconstruction
         if splice.error_term:
@@ -334,6 +385,26 @@ def _saes_by_hookpoint(saes: Mapping[str, SaeModel] | Sequence[SaeModel]) -> dic
             "Pass a dict `{hookpoint: sae}` instead."
         )
     return dict(zip(names, saes))
+
+
+def _is_module_path(model: nn.Module, name: str) -> bool:
+    try:
+        resolve_hookpoints(model, [name])
+    except HookpointError:
+        return False
+    return True
+
+
+def _warn_on_other_base_model(model: nn.Module, saes: Mapping[str, SaeModel]) -> None:
+    """SAEs read the activations of the model they were trained on; another model's are a different space."""
+    lm = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    for name, sae in saes.items():
+        base = sae.config.base_model_name_or_path
+        if lm and base and lm != base:
+            logger.warning(
+                f"The SAE at `{name}` was trained on {base!r}, but it is attached to {lm!r}. Its latents mean "
+                "something only on the activations of its own base model; load that model, or check it is the same."
+            )
 
 
 def _check_width(name: str, sae: SaeModel, width: int) -> None:

@@ -435,3 +435,60 @@ def test_capture_under_autocast_and_grad(tiny_llama, input_ids):
         mlp = capture_activations(model, ["model.layers.1.mlp"], input_ids)["model.layers.1.mlp"]
     assert torch.equal(acts[name], full) and mlp.dtype == torch.bfloat16
     assert capture_activations(model, ["model.layers.0"], input_ids)["model.layers.0"].requires_grad
+
+
+def test_from_pretrained_loads_and_attaches_in_one_call(tiny_llama, input_ids, tmp_path):
+    from hf_sae import save_saes
+
+    hookpoint = tiny_llama.blocks[1]
+    sae = make_sae(tiny_llama.hidden_size, "topk", hookpoint)
+    save_saes({hookpoint: sae}, tmp_path / "saes")
+    hooks = SaeHooks.from_pretrained(tiny_llama.model, str(tmp_path / "saes"), hookpoints=[hookpoint])
+    assert list(hooks.saes) == [hookpoint] and torch.equal(hooks.saes[hookpoint].W_dec, sae.W_dec)
+    with torch.no_grad(), hooks.record() as recorder:
+        tiny_llama.model(input_ids)
+    x = capture_activations(tiny_llama.model, [hookpoint], input_ids)[hookpoint]
+    torch.testing.assert_close(recorder.cat(hookpoint), sae.encode(x))
+
+
+def test_two_saes_on_one_hookpoint_record_the_same_activations_and_splice_in_order(tiny_llama, input_ids):
+    hookpoint = tiny_llama.blocks[1]
+    narrow, wide = (
+        make_sae(tiny_llama.hidden_size, "topk", hookpoint),
+        make_sae(tiny_llama.hidden_size, "relu", hookpoint, 1),
+    )
+    hooks = SaeHooks(tiny_llama.model, {"narrow": narrow, "wide": wide})
+    x = capture_activations(tiny_llama.model, [hookpoint], input_ids)[hookpoint]
+    with torch.no_grad(), hooks.record(inputs=True) as recorder:
+        tiny_llama.model(input_ids)
+    assert torch.equal(recorder.cat("narrow", "inputs"), x) and torch.equal(recorder.cat("wide", "inputs"), x)
+    torch.testing.assert_close(recorder.cat("wide"), wide.encode(x))
+    with torch.no_grad(), hooks.splice():  # the narrow SAE's reconstruction, then the wide one's of that
+        spliced = next_input(tiny_llama.model, tiny_llama.blocks[2], input_ids)  # what the next block receives
+    with torch.no_grad():
+        torch.testing.assert_close(spliced, wide(narrow(x).reconstruction).reconstruction)
+
+
+def test_record_top_k_keeps_only_the_largest_latents(tiny_gpt2, input_ids):
+    hookpoint = tiny_gpt2.blocks[0]
+    sae = make_sae(tiny_gpt2.hidden_size, "relu", hookpoint)
+    hooks = SaeHooks(tiny_gpt2.model, [sae])
+    with torch.no_grad(), hooks.record() as dense, hooks.record(top_k=3) as sparse:
+        tiny_gpt2.model(input_ids)
+    values, indices = dense.cat(hookpoint).topk(3, dim=-1)
+    assert sparse.latents[hookpoint] == [] and torch.equal(sparse.cat(hookpoint, "top_indices"), indices)
+    assert torch.equal(sparse.cat(hookpoint, "top_values"), values)
+    assert sparse.tokens(hookpoint, "top_values").shape == (input_ids.numel(), 3)
+    with pytest.raises(HookpointError, match="`top_k` must be a positive integer or None; got 0"):
+        with hooks.record(top_k=0):
+            pass
+
+
+def test_an_sae_from_another_base_model_warns_naming_both(tiny_llama, caplog):
+    hookpoint = tiny_llama.blocks[0]
+    config = SaeConfig(d_in=tiny_llama.hidden_size, num_latents=48, architecture="topk", k=4, hookpoint=hookpoint,
+                       base_model_name_or_path="someone/other-model")  # fmt: skip
+    tiny_llama.model.name_or_path = "me/tiny-llama"
+    with caplog.at_level("WARNING"):
+        SaeHooks(tiny_llama.model, [SaeModel(config)])
+    assert "trained on 'someone/other-model', but it is attached to 'me/tiny-llama'" in caplog.text
