@@ -414,7 +414,8 @@ def _push_operations(api, repo_id, revision, directory, folders, single, model_c
     # The SAE folders only: not the checkpoints, logs or arguments a training run leaves beside them.
     files = [p for folder in folders.values() for p in sorted(folder.rglob("*")) if p.is_file()]
     local = {p.relative_to(directory).as_posix(): p for p in files}
-    local = {path: p for path, p in local.items() if path != README and not re.search(r"(^|/)\.", path)}
+    # The repo's card is rendered below; one that `save_pretrained` left in a hookpoint folder is not uploaded.
+    local = {path: p for path, p in local.items() if Path(path).name != README and not re.search(r"(^|/)\.", path)}
     operations: list = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(p)) for path, p in local.items()]
     owned = (f"{FEATURES}/",) if single else tuple(f"{h}/" for h in folders)  # files there that we no longer have go
     uploaded = {operation.path_in_repo for operation in operations}

@@ -6,6 +6,7 @@ a sparse code with the kernels of `sparse_ops`; the others compute a dense code.
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -265,6 +266,33 @@ class SaeModel(SaePreTrainedModel):
         self.W_enc.mul_(scale)  # the gated magnitude path reuses W_enc, so it is folded too
         self.W_dec.div_(scale)
         self.b_dec.div_(scale)
+
+    def save_pretrained(self, save_directory, *args, model_card: bool = True, **kwargs):
+        """[`PreTrainedModel.save_pretrained`], plus hf_sae's model card as README.md (as PEFT writes one for an
+        adapter): library_name hf_sae, base model, metrics and usage. `model_card=False` leaves it out."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if model_card and kwargs.get("is_main_process", True):
+            from .layout import README, write_text
+            from .model_card import card_data, render_card
+
+            folder = Path(save_directory)
+            hookpoint = self.config.hookpoint or "sae"
+            card = render_card({hookpoint: folder}, folder.resolve().name, None, card_data(folder / README), True)
+            write_text(folder / README, str(card))
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | bool | None = None,
+                    revision: str | None = None, commit_message: str | None = None, create_pr: bool = False,
+                    **card_kwargs):  # fmt: skip
+        """Push this SAE to the top of `repo_id` with hf_sae's model card, in one commit, through
+        [`hf_sae.push_saes_to_hub`] (checked before upload); `card_kwargs`: `datasets`, `license`, `tags`."""
+        import tempfile
+
+        from .hub import push_saes_to_hub
+
+        with tempfile.TemporaryDirectory(prefix="hf-sae-push-") as tmp:
+            self.save_pretrained(tmp, model_card=False)
+            return push_saes_to_hub(repo_id, tmp, private=bool(private), token=token, revision=revision,
+                                    commit_message=commit_message, create_pr=create_pr, **card_kwargs)  # fmt: skip
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

@@ -502,3 +502,17 @@ def test_cli_push_and_pull(api, tmp_path):
     env.pop("HF_TOKEN")
     refused = cli("pull", "--repo_id", "alice/cli-saes")
     assert refused.returncode != 0 and "alice/cli-saes" in refused.stderr
+
+
+def test_save_pretrained_and_push_to_hub_write_hf_sae_s_card(api, tmp_path):
+    sae = make_sae(LAYERS[0])
+    sae.save_pretrained(tmp_path / "one")
+    card = ModelCard.load(tmp_path / "one" / "README.md")
+    assert card.data.library_name == "hf_sae" and card.data.base_model == BASE_MODEL
+    assert "sparse-autoencoder" in card.data.tags and "More Information Needed" not in card.text
+    commit = sae.push_to_hub("alice/one-sae", token=ALICE)
+    assert commit.commit_url
+    assert set(api.list_repo_files("alice/one-sae")) == {".gitattributes", "README.md", *SAE_FILES}
+    pushed = ModelCard.load("alice/one-sae")
+    assert pushed.data.library_name == "hf_sae" and pushed.data.base_model == BASE_MODEL
+    assert_same(SaeModel.from_pretrained("alice/one-sae"), sae)
