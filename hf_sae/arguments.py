@@ -363,6 +363,21 @@ class PullArguments:
 
 
 @dataclass
+class ConvertArguments:
+    """What `hf-sae convert` reads and writes."""
+
+    src: str = _help("SAEs in any known format: a folder, a Hub repo, or a release name (`gemma-scope-2b-pt-res`).")
+    dst: str = _help("The output folder: one SAE goes there, several go to one subfolder per hookpoint.")
+    to: Literal["saelens", "sparsify", "hf_sae"] = _help("The format to write.", "hf_sae")
+    hookpoints: list[str] | None = _help("Only these hookpoints of SRC (default: all).", None)
+    width: int | None = _help("Which width, where SRC has several per hookpoint (Gemma Scope).", None)
+    l0: float | None = _help("Which L0, where SRC has several per hookpoint (Gemma Scope).", None)
+    revision: str | None = _help("Branch, tag or commit of a Hub repo.", None)
+    token: str | None = _help("A read token for private repos.", None)
+    overwrite: bool = _help("Replace DST if it is not empty.", False)
+
+
+@dataclass
 class CorpusArguments:
     """How `hf-sae prepare-corpus` builds the built-in corpus."""
 

@@ -7,6 +7,7 @@ hf-sae features --sae DIR             collect feature statistics into DIR/featur
 hf-sae browse --sae DIR --output_dir OUT   write a static HTML feature browser
 hf-sae push --sae DIR --repo_id ID    upload SAEs, feature metadata and a model card in one commit
 hf-sae pull --repo_id ID              download SAEs (only the hookpoints asked for) into the Hub cache or a folder
+hf-sae convert SRC DST --to FORMAT    convert SAEs from any known format to saelens, sparsify or hf_sae
 
 Every subcommand parses the same way: flags, or one YAML / JSON file first (its values become the defaults, so
 `null` means none) with flags after it overriding; `none` (or `null`) as a flag value sets an optional field to None.
@@ -183,6 +184,23 @@ def pull_command(argv: list[str]) -> int:
     return 0
 
 
+def convert_command(argv: list[str]) -> int:
+    from .convert import convert
+
+    # SRC and DST may come first, as positionals; the dataclass takes them as --src and --dst.
+    positionals = []
+    while argv and not argv[0].startswith("-") and len(positionals) < 2 and not argv[0].endswith(CONFIG_SUFFIXES):
+        positionals.append(argv.pop(0))
+    argv = [*(f for name, value in zip(("--src", "--dst"), positionals) for f in (name, value)), *argv]
+    (args,) = parse_arguments((A.ConvertArguments,), argv, "hf-sae convert")
+    load = {"hookpoints": args.hookpoints, "width": args.width, "l0": args.l0}
+    load |= {"revision": args.revision, "token": args.token}
+    written = convert(args.src, args.dst, args.to, overwrite=args.overwrite, **load)
+    for hookpoint, folder in written.items():
+        print(f"{hookpoint}: {args.to} SAE written to {folder}")
+    return 0
+
+
 # ---- terminal formatting --------------------------------------------------------------------------------------------
 
 
@@ -249,6 +267,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "browse": (browse_command, "write a static HTML feature browser"),
     "push": (push_command, "upload SAEs with feature metadata and a model card to the Hub"),
     "pull": (pull_command, "download SAEs from the Hub"),
+    "convert": (convert_command, "convert SAEs between hf_sae, SAELens, sparsify and other formats"),
 }
 
 

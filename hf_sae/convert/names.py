@@ -1,0 +1,147 @@
+"""Other projects' names for where an SAE reads, translated to module paths as `named_modules()` spells them.
+
+TransformerLens names (`blocks.L.hook_resid_post`, used by SAELens and Llama Scope) depend on the model family;
+sparsify names modules relative to the base model (`layers.L`); Gemma Scope says `layer_L` and leaves the site to
+the release name (res, mlp, att).
+"""
+
+import re
+
+from ..errors import HookpointError
+from ..hookpoints import INPUT_SUFFIX
+
+# Module paths per family: the decoder blocks, and within block L the MLP output, attention output, the attention's
+# concatenated heads (TransformerLens `hook_z`, the input of the output projection) and the mid-block residual.
+_FAMILIES = {
+    "llama": {
+        "prefix": "model",
+        "blocks": "model.layers",
+        "embed": "model.embed_tokens",
+        "mlp_out": "mlp",
+        "attn_out": "self_attn",
+        "z": "self_attn.o_proj" + INPUT_SUFFIX,
+        "resid_mid": "post_attention_layernorm" + INPUT_SUFFIX,
+    },
+    # Gemma 2 and 3 normalise each sublayer's output before the residual add; TransformerLens hooks after that norm.
+    "gemma": {
+        "prefix": "model",
+        "blocks": "model.layers",
+        "embed": "model.embed_tokens",
+        "mlp_out": "post_feedforward_layernorm",
+        "attn_out": "post_attention_layernorm",
+        "z": "self_attn.o_proj" + INPUT_SUFFIX,
+        "resid_mid": "pre_feedforward_layernorm" + INPUT_SUFFIX,
+    },
+    "gpt2": {
+        "prefix": "transformer",
+        "blocks": "transformer.h",
+        "embed": "transformer.wte",
+        "mlp_out": "mlp",
+        "attn_out": "attn",
+        "z": "attn.c_proj" + INPUT_SUFFIX,
+        "resid_mid": "ln_2" + INPUT_SUFFIX,
+    },
+    "neox": {
+        "prefix": "gpt_neox",
+        "blocks": "gpt_neox.layers",
+        "embed": "gpt_neox.embed_in",
+        "mlp_out": "mlp",
+        "attn_out": "attention",
+        "z": "attention.dense" + INPUT_SUFFIX,
+        "resid_mid": None,  # parallel attention and MLP: no residual between them
+    },
+}
+
+# TransformerLens model names as SAELens configs spell them -> Hub ids.
+_MODEL_ALIASES = {"gpt2-small": "gpt2", "gpt2-medium": "gpt2-medium", "gpt2-large": "gpt2-large"}
+_ALIAS_PREFIXES = {"gemma-": "google/", "pythia-": "EleutherAI/"}
+
+_TL_HOOK = re.compile(
+    r"blocks\.(?P<layer>\d+)\.(?P<site>hook_resid_pre|hook_resid_mid|hook_resid_post|hook_mlp_out|hook_attn_out|"
+    r"attn\.hook_z)"
+)
+
+
+def hub_model_id(name: str | None) -> str | None:
+    """A Hub id for a model named the TransformerLens way (`gpt2-small`, `gemma-2-2b`); other names unchanged."""
+    if not name or "/" in name:
+        return name
+    if name in _MODEL_ALIASES:
+        return _MODEL_ALIASES[name]
+    return next((prefix + name for start, prefix in _ALIAS_PREFIXES.items() if name.startswith(start)), name)
+
+
+def family(model: str | None) -> str | None:
+    """The module naming family of a model id, or None when the name does not say."""
+    name = (model or "").lower()
+    for key, names in (("gemma", ("gemma",)), ("gpt2", ("gpt2", "gpt-2")), ("neox", ("pythia", "neox"))):
+        if any(n in name for n in names):
+            return key
+    return "llama" if any(n in name for n in ("llama", "qwen", "mistral", "smollm", "olmo", "phi-3")) else None
+
+
+def block_path(layer: int, model: str | None) -> str:
+    return f"{_FAMILIES[family(model) or 'llama']['blocks']}.{layer}"
+
+
+def transformer_lens_to_module(hook: str, model: str | None) -> str:
+    """`blocks.L.hook_resid_post` -> the module path in `model`'s Hugging Face implementation. A name that is
+    already a module path (no `hook_` in it, as hf_sae's own SAELens export writes) is returned unchanged."""
+    names = _FAMILIES[family(model) or "llama"]
+    if hook in ("hook_embed", "embed.hook_embed"):
+        return names["embed"]
+    if match := _TL_HOOK.fullmatch(hook):
+        block, site = f"{names['blocks']}.{match['layer']}", match["site"]
+        if site == "hook_resid_post":
+            return block
+        if site == "hook_resid_pre":
+            return block + INPUT_SUFFIX
+        sub = names[
+            {"hook_resid_mid": "resid_mid", "hook_mlp_out": "mlp_out", "hook_attn_out": "attn_out"}.get(site, "z")
+        ]
+        if sub is None:
+            raise HookpointError(f"Hook {hook!r} has no module in {model}'s family (parallel attention and MLP).")
+        return f"{block}.{sub}"
+    if "hook_" not in hook:
+        return hook
+    raise HookpointError(
+        f"Cannot translate the TransformerLens hook {hook!r} to a module path: known are blocks.L.hook_resid_pre, "
+        "hook_resid_mid, hook_resid_post, hook_mlp_out, hook_attn_out, attn.hook_z and hook_embed. Load the SAE "
+        "and set its hookpoint yourself: `SaeConfig(**{**sae.config.to_dict(), 'hookpoint': ...})`."
+    )
+
+
+def relative_to_module(name: str, model: str | None) -> str:
+    """sparsify's `layers.3` (relative to the base model) -> `model.layers.3` where the model's family is known."""
+    found = family(model)
+    if found is None:
+        return name  # `resolve_hookpoints` also resolves names relative to the base model
+    prefix = _FAMILIES[found]["prefix"]
+    return name if name.startswith(prefix + ".") else f"{prefix}.{name}"
+
+
+def module_to_relative(hookpoint: str) -> str:
+    """The inverse, for sparsify's folder names: `model.layers.3` -> `layers.3`."""
+    for names in _FAMILIES.values():
+        if hookpoint.startswith(names["prefix"] + "."):
+            return hookpoint.removeprefix(names["prefix"] + ".")
+    return hookpoint
+
+
+def module_to_transformer_lens(hookpoint: str, model: str | None) -> str | None:
+    """`model.layers.3` -> `blocks.3.hook_resid_post` (and the other sites above); None when there is no such name."""
+    names = _FAMILIES[family(model) or "llama"]
+    match = re.fullmatch(re.escape(names["blocks"]) + r"\.(\d+)(.*)", hookpoint)
+    if not match:
+        return "hook_embed" if hookpoint == names["embed"] else None
+    layer, rest = match.groups()
+    sites = {"": "hook_resid_post", INPUT_SUFFIX: "hook_resid_pre"}
+    sites |= {f".{names[key]}": f"hook_{key}" for key in ("mlp_out", "attn_out", "resid_mid") if names[key]}
+    sites[f".{names['z']}"] = "attn.hook_z"
+    return f"blocks.{layer}.{sites[rest]}" if rest in sites else None
+
+
+def gemma_scope_module(layer: int, site: str) -> str:
+    """Gemma Scope's `layer_L` of a res / mlp / att release (Lieberum et al. 2024) as a Gemma 2 module path."""
+    hooks = {"res": "hook_resid_post", "mlp": "hook_mlp_out", "att": "attn.hook_z"}
+    return transformer_lens_to_module(f"blocks.{layer}.{hooks[site]}", "gemma")

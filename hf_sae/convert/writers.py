@@ -1,0 +1,120 @@
+"""Export an `SaeModel` to the formats other tools read.
+
+- SAELens 6.x: what `SAE.load_from_disk` loads, and so what SAEDashboard, SAEBench and Neuronpedia's upload read.
+  `metadata.hook_name` is the module path and `model_class_name` is `AutoModelForCausalLM`, so that SAELens'
+  `HookedProxyLM` attaches the SAE to the Hugging Face model. BatchTopK is written as SAELens writes its own: a
+  JumpReLU SAE with the global threshold repeated per latent.
+- sparsify: `SparseCoder.load_from_disk`'s cfg.json + sae.safetensors, top-k SAEs only.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..errors import SaeConfigError
+from ..layout import replace_folder, staging_folder, write_json
+from ..modeling_sae import SaeModel
+from ..version import __version__
+from . import names
+
+# SAELens treats a config without a 6.x version as pre-6.0 and renames its keys; this is the layout version.
+SAELENS_LAYOUT_VERSION = "6.0.0"
+
+
+def _tensors(sae: SaeModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sae.state_dict().items()}
+
+
+def to_saelens(sae: SaeModel, folder: Path) -> Path:
+    cfg, t = sae.config, _tensors(sae)
+    arch = cfg.architecture
+    weights = {"W_enc": t["W_enc"].T.contiguous(), "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
+    fields, training = {}, {}
+    if arch == "gated":
+        weights |= {"b_gate": t["b_enc"], "r_mag": t["r_mag"], "b_mag": t["b_mag"]}
+    else:
+        weights["b_enc"] = t["b_enc"]
+    if arch == "jumprelu":
+        if (negative := int((t["threshold"] < 0).sum())) > 0:
+            raise SaeConfigError(
+                f"{negative} JumpReLU thresholds of this SAE are below 0; SAELens computes relu(pre) * (pre > θ) and "
+                "would zero the negative latents hf_sae keeps. Clamp them (`sae.threshold.clamp_(min=0)`) first."
+            )
+        weights["threshold"] = t["threshold"]
+    elif arch == "batchtopk":  # an unset threshold (< 0) keeps every positive latent, as 0 does
+        weights["threshold"] = t["threshold"].clamp_min(0).expand(cfg.num_latents).contiguous()
+        training = {"training_architecture": "batchtopk", "training_architecture_details": {"k": cfg.k}}
+    elif arch == "topk":
+        fields = {"k": cfg.k, "rescale_acts_by_decoder_norm": False}
+    saelens_arch = {"relu": "standard", "batchtopk": "jumprelu"}.get(arch, arch)
+    config = {
+        "architecture": saelens_arch,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.num_latents,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        **fields,
+        "metadata": {
+            "sae_lens_version": SAELENS_LAYOUT_VERSION,
+            "hf_sae_version": __version__,
+            "model_name": cfg.base_model_name_or_path,
+            "model_class_name": "AutoModelForCausalLM",
+            "hook_name": cfg.hookpoint,
+            "hook_head_index": None,
+            "prepend_bos": True,
+            **training,
+        },
+    }
+    with staging_folder(folder) as tmp:
+        save_file(weights, tmp / "sae_weights.safetensors")
+        write_json(tmp / "cfg.json", config)
+        replace_folder(tmp, folder)
+    return folder
+
+
+def to_sparsify(sae: SaeModel, folder: Path) -> Path:
+    cfg, t = sae.config, _tensors(sae)
+    if cfg.architecture != "topk":
+        raise SaeConfigError(
+            f"sparsify holds top-k SAEs only; this SAE is {cfg.architecture!r}. Export it with `--to saelens`."
+        )
+    bias = t["b_enc"]
+    if not cfg.apply_b_dec_to_input:  # sparsify always encodes x - b_dec: move b_dec's share into the bias
+        bias = bias + t["W_enc"] @ t["b_dec"]
+    weights = {"encoder.weight": t["W_enc"], "encoder.bias": bias, "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
+    config = {
+        "activation": "topk",
+        "expansion_factor": max(cfg.num_latents // cfg.d_in, 1),
+        "normalize_decoder": True,
+        "num_latents": cfg.num_latents,
+        "k": cfg.k,
+        "multi_topk": False,
+        "skip_connection": False,
+        "transcode": False,
+        "d_in": cfg.d_in,
+    }
+    with staging_folder(folder) as tmp:
+        save_file(weights, tmp / "sae.safetensors")
+        (tmp / "cfg.json").write_text(json.dumps(config))
+        replace_folder(tmp, folder)
+    return folder
+
+
+def sparsify_folder_name(sae: SaeModel) -> str:
+    """sparsify names hookpoints relative to the base model (`layers.3`)."""
+    return names.module_to_relative(sae.config.hookpoint or "sae")
+
+
+def to_hf_sae(sae: SaeModel, folder: Path) -> Path:
+    with staging_folder(folder) as tmp:
+        sae.save_pretrained(tmp)
+        replace_folder(tmp, folder)
+    return folder
+
+
+WRITERS = {"saelens": to_saelens, "sparsify": to_sparsify, "hf_sae": to_hf_sae}
