@@ -15,6 +15,8 @@ same order.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -32,6 +34,7 @@ from datasets import (
     List,
     Value,
     concatenate_datasets,
+    get_dataset_split_names,
     interleave_datasets,
     load_dataset,
     load_from_disk,
@@ -61,6 +64,11 @@ BUILDERS = {
 _COMPRESSION = {".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip"}
 BLOCK_FEATURES = Features({"input_ids": List(Value("int32"))})
 PACK_BATCH_DOCUMENTS = 1000  # documents tokenized and packed together
+# A source with no held-out split of its own (a single file, a dataset with `train` only) gets one carved out of
+# `train`: every HELD_OUT_EVERY-th document (2%), taken before any shuffle so it never depends on the seed, and left
+# out of training. The rule works alike for map-style and streamed sources, whose length is unknown.
+HELD_OUT_SPLITS = ("test", "validation")
+HELD_OUT_EVERY = 50
 
 
 def load_text_dataset(args: DataArguments) -> Dataset | IterableDataset:
@@ -121,7 +129,81 @@ def _with_source(dataset: Dataset | IterableDataset, name: str, args: DataArgume
 
 
 def _load_source(name: str | None, args: DataArguments) -> Dataset | IterableDataset:
-    """One split of one source, its text column checked."""
+    """One split of one source, its text column checked; a held-out split the source lacks is carved from `train`
+    (see HELD_OUT_EVERY), and then left out of `train`."""
+    split, carve = _split_plan(name, args)
+    dataset = _load_split(name, dataclasses.replace(args, dataset_split=split))
+    if carve is not None:
+        held_out = carve == "held_out"
+        if isinstance(dataset, IterableDataset):
+            dataset = dataset.filter(lambda _, i: (i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1) == held_out,
+                                     with_indices=True)  # fmt: skip
+        else:
+            keep = [i for i in range(len(dataset)) if (i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1) == held_out]
+            dataset = dataset.select(keep)
+            logger.info("%s: %d documents of %s", name or "built-in corpus", len(dataset), split_label(name, args))
+    elif isinstance(dataset, Dataset):
+        logger.info("%s: %d documents of %s", name or "built-in corpus", len(dataset), split)
+    return dataset
+
+
+def split_label(name: str | None, args: DataArguments) -> str:
+    """The text `args` reads from source `name`, as the report and the card name it: the split, or where a held-out
+    split is carved from `train`, e.g. `train[every 50th document]`."""
+    split, carve = _split_plan(name, args)
+    if carve is None:
+        return split
+    return f"train[every {HELD_OUT_EVERY}th document]" if carve == "held_out" else "train[other documents]"
+
+
+def _split_plan(name: str | None, args: DataArguments) -> tuple[str, str | None]:
+    """`(split to load, carve)`: carve `None` (the split as it is), "held_out" or "rest" (see HELD_OUT_EVERY)."""
+    names = _split_names(name, args)
+    if names is None:  # unknown (e.g. a Hub dataset offline): take the split as asked
+        return args.dataset_split, None
+    has_held_out = any(split in names for split in HELD_OUT_SPLITS)
+    if args.dataset_split in names:
+        carve = "rest" if args.dataset_split == "train" and not has_held_out else None
+        return args.dataset_split, carve
+    if args.dataset_split in HELD_OUT_SPLITS and "train" in names and not has_held_out:
+        logger.warning(
+            f"{name or 'The built-in corpus'} has no {args.dataset_split!r} split: holding out every "
+            f"{HELD_OUT_EVERY}th document of 'train' instead, which training leaves out."
+        )
+        return "train", "held_out"
+    raise DataError(
+        f"Expected split {args.dataset_split!r} in {name or 'the built-in corpus'}; it has {sorted(names)}. "
+        "Set --dataset_split to one of them."
+    )
+
+
+def _split_names(name: str | None, args: DataArguments) -> list[str] | None:
+    """The splits a source has; a single file (or saved Dataset) is one `train` split."""
+    if name is None:
+        from .offline.corpus import default_corpus_path
+
+        path = default_corpus_path()
+    else:
+        path = Path(name).expanduser()
+    if path.exists():
+        if is_saved_dataset(path):
+            return sorted(json.loads((path / "dataset_dict.json").read_text())["splits"]) if (
+                path / "dataset_dict.json").is_file() else ["train"]  # fmt: skip
+        if path.is_file():
+            return ["train"]
+        try:
+            return get_dataset_split_names(str(path), args.dataset_config_name)
+        except Exception:  # datasets raises many kinds here; the load itself will report the real problem
+            return None
+    if name is None:
+        return None
+    try:
+        return get_dataset_split_names(name, args.dataset_config_name)
+    except Exception:  # offline or unreachable: the load reports it
+        return None
+
+
+def _load_split(name: str | None, args: DataArguments) -> Dataset | IterableDataset:
     if name is None:
         from .offline.corpus import default_corpus_path
 
@@ -181,8 +263,8 @@ def _load_local(path: Path, args: DataArguments) -> Dataset | IterableDataset:
             "Convert it, or save it with datasets' save_to_disk."
         )
     kwargs = {"delimiter": "\t"} if suffixes[-1] == ".tsv" else {}
-    files = {args.dataset_split: str(path)}
-    return load_dataset(builder, data_files=files, split=args.dataset_split, streaming=args.streaming, **kwargs)
+    # A single file is the `train` split of its source, whatever split is asked for (see `_split_plan`).
+    return load_dataset(builder, data_files={"train": str(path)}, split="train", streaming=args.streaming, **kwargs)
 
 
 def _check_text_column(dataset: Dataset | IterableDataset, column: str, name: str | None) -> None:

@@ -22,7 +22,7 @@ from .arguments import (
     SaeTrainingArguments,
     check_all,
 )
-from .data import check_context_size, iter_blocks, load_token_blocks, read_blocks
+from .data import check_context_size, iter_blocks, load_token_blocks, read_blocks, split_label
 from .distribution import hookpoint_owners
 from .errors import ArgumentError, DataError, TrainingError
 from .evaluation import evaluate_saes, plot_firing_density
@@ -227,7 +227,9 @@ def _held_out_report(model, tokenizer, saes, lm_args, data_args, max_tokens: int
         sources=sources,
     )
     _log_per_source(report)
-    return {name: {**sae_metrics(metrics), "eval_split": HELD_OUT_SPLIT, **data} for name, metrics in report.items()}
+    held_out = dataclasses.replace(data_args, dataset_split=HELD_OUT_SPLIT)
+    label = ", ".join(dict.fromkeys(split_label(name, held_out) for name in data_args.dataset_names))
+    return {name: {**sae_metrics(metrics), "eval_split": label, **data} for name, metrics in report.items()}
 
 
 def _log_per_source(report: dict) -> None:
@@ -293,6 +295,9 @@ def run_evaluation(lm_args: ActivationArguments, data_args: DataArguments, args:
         sources=sources,
     )
     _log_per_source(report)
+    label = ", ".join(dict.fromkeys(split_label(name, data_args) for name in data_args.dataset_names))
+    logger.info(f"Evaluated on {label} of {', '.join(map(str, data_args.dataset_names))}.")
+    report = {name: {"eval_split": label, **metrics} for name, metrics in report.items()}
     out = Path(args.output_dir)
     write_json(out / EVAL_REPORT, report)
     settings = [dataclasses.asdict(group) for group in (lm_args, data_args, args)]

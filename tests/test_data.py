@@ -299,7 +299,8 @@ def test_load_token_blocks_end_to_end(tmp_path, tokenizer):
     path = write_source("parquet", tmp_path, docs)
     args = DataArguments(dataset_name=str(path), context_size=8, shuffle_seed=None)
     full = rows(load_token_blocks(args, tokenizer, max_positions=64))
-    assert full == expected_blocks(docs, 8)
+    trained = [d for i, d in enumerate(docs) if i % 50 != 49]  # a single file: every 50th document is held out
+    assert full == expected_blocks(trained, 8)
     shard = rows(load_token_blocks(args, tokenizer, rank=1, world_size=2, skip=2))
     assert shard == full[1 : len(full) // 2 * 2 : 2][2:]
     args.streaming = True
@@ -421,3 +422,31 @@ def test_a_source_without_the_text_column_fails_before_the_lm_loads(tmp_path, mo
     args = DataArguments(dataset_name=[str(good), str(bad)], dataset_split="train")
     with pytest.raises(DataError, match=rf"'text' in dataset '{bad}'.*\['body'\].*--text_column"):
         runners.run_evaluation(runners.ActivationArguments(), args, EvaluationArguments(sae="x", output_dir="y"))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_single_file_holds_out_every_50th_document_which_training_never_reads(tmp_path, streaming):
+    documents = [f"document {i} " + "w1 " * 5 for i in range(200)]
+    path = tmp_path / "one.jsonl"
+    path.write_text("\n".join(json.dumps({"text": d}) for d in documents) + "\n")
+    args = DataArguments(dataset_name=str(path), shuffle_seed=None, streaming=streaming)
+    train = [row["text"] for row in load_text_dataset(args)]
+    test = [row["text"] for row in load_text_dataset(dataclasses.replace(args, dataset_split="test"))]
+    assert test == [documents[i] for i in range(49, 200, 50)]  # 4 of 200: 2%
+    assert not set(train) & set(test) and len(train) + len(test) == 200
+    assert data.split_label(str(path), dataclasses.replace(args, dataset_split="test")) == "train[every 50th document]"
+
+
+def test_a_source_with_its_own_test_split_is_not_carved(tmp_path):
+    folder = tmp_path / "text"
+    folder.mkdir()
+    for split, count in (("train", 100), ("test", 10)):
+        lines = [json.dumps({"text": f"{split} {i}"}) for i in range(count)]
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    args = DataArguments(dataset_name=str(folder), shuffle_seed=None)
+    assert len(load_text_dataset(args)) == 100
+    assert [r["text"] for r in load_text_dataset(dataclasses.replace(args, dataset_split="test"))][:2] == [
+        "test 0",
+        "test 1",
+    ]
+    assert data.split_label(str(folder), dataclasses.replace(args, dataset_split="test")) == "test"
