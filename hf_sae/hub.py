@@ -225,12 +225,16 @@ def load_saes(
     dtype: torch.dtype | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
+    width: int | None = None,
+    l0: float | None = None,
 ) -> dict[str, SaeModel]:
     r"""
     Load SAEs by hookpoint from a Hub repo or a local folder, downloading only what those hookpoints need.
 
     Works for a repo or folder of hookpoint subfolders and for a single SAE (config.json at the top). Feature
-    metadata comes along: it is in `Path(sae.name_or_path) / "features"` when the repo has it.
+    metadata comes along: it is in `Path(sae.name_or_path) / "features"` when the repo has it. Repos and folders in
+    other formats (SAELens, sparsify, dictionary_learning, Gemma Scope, Llama Scope) are detected and converted, and
+    a release name of `hf_sae.convert.releases()` (`gemma-scope-2b-pt-res`) stands for its repo.
 
     Args:
         repo_or_dir (`str` or `os.PathLike`): a local folder, or a Hub repo id.
@@ -239,6 +243,7 @@ def load_saes(
         token (`str`, *optional*): for private repos; the logged-in one by default.
         device, dtype: where and in which dtype to put the SAEs.
         cache_dir, local_files_only: as for `snapshot_download`.
+        width, l0 (*optional*): which SAE where a release has several per hookpoint (Gemma Scope's widths and L0s).
 
     Returns:
         `dict[str, SaeModel]`: SAEs by hookpoint, in natural order (layer 2 before layer 10). A single SAE whose config
@@ -254,6 +259,11 @@ def load_saes(
     """
     wanted = [hookpoints] if isinstance(hookpoints, str) else None if hookpoints is None else list(hookpoints)
     root, source = Path(repo_or_dir).expanduser(), str(repo_or_dir)
+    from .convert import load_converted_saes  # convert loads through this module
+
+    hub_kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
+    if (converted := load_converted_saes(repo_or_dir, wanted, width=width, l0=l0, **hub_kwargs)) is not None:
+        return {h: sae.to(device=device, dtype=dtype) for h, sae in converted.items()}
     if root.is_dir():
         if revision is not None:
             raise ArgumentError(f"`revision` applies to Hub repos, but {root} is a local folder. Drop `revision`.")

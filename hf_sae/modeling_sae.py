@@ -297,7 +297,17 @@ class SaeModel(SaePreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """[`PreTrainedModel.from_pretrained`], strict about weights: a tensor whose shape disagrees with the config
-        or that is missing raises [`WeightsError`]; a tensor this version does not know warns (a newer hf_sae)."""
+        or that is missing raises [`WeightsError`]; a tensor this version does not know warns (a newer hf_sae).
+
+        A folder or Hub subfolder in another format (SAELens, sparsify, dictionary_learning, Gemma Scope, Llama
+        Scope) is detected from its files and converted (`hf_sae.convert`)."""
+        from .convert import load_converted  # convert builds SaeModels, so it imports this module
+
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        hub_kwargs = {k: kwargs.get(k) for k in ("subfolder", "revision", "token", "cache_dir")}
+        if source is not None and (converted := load_converted(source, **hub_kwargs)) is not None:
+            dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+            return converted.to(dtype) if isinstance(dtype, torch.dtype) else converted
         want_info = kwargs.pop("output_loading_info", False)
         kwargs.setdefault("ignore_mismatched_sizes", True)  # so that we, not a generic report, explain the mismatch
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)

@@ -313,6 +313,7 @@ EXPORTS = {  # fixture -> (SAE folder, target format)
     "saelens_gated": ("saelens_gated", "saelens"),
     "dictionary_learning_BatchTopKSAE": ("dictionary_learning_run/trainer_3", "saelens"),
     "gemma_scope": ("gemma_scope/layer_3/width_256/average_l0_40", "saelens"),
+    "saelens_topk": ("saelens_topk", "saelens"),
     "sparsify_layers_3": ("sparsify_run/layers.3", "sparsify"),
     "dictionary_learning_AutoEncoderTopK": ("dictionary_learning_run/trainer_2", "sparsify"),
 }
@@ -328,7 +329,7 @@ def check_exports(hf_sae_python: str) -> None:
         cmd = [hf_sae_python, "-m", "hf_sae.cli", "convert", str(ROOT / folder), str(out / name), "--to", target]
         subprocess.run([*cmd, "--overwrite", "true"], check=True)
     report = {}
-    for name, (_, target) in EXPORTS.items():
+    for name, (folder, target) in EXPORTS.items():
         expected = load_file(ROOT / "expected" / f"{name}.safetensors")
         x = expected["x"]
         with torch.no_grad():
@@ -344,6 +345,7 @@ def check_exports(hf_sae_python: str) -> None:
                     -1, result.latent_indices, result.latent_acts
                 )
         report[name] = {
+            "source": folder,
             "format": target,
             "loader": "sae_lens.SAE.load_from_disk" if target == "saelens" else "sparsify.SparseCoder.load_from_disk",
             "latents_max_relative_error": _relative(latents, expected["latents"]),

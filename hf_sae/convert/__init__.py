@@ -231,10 +231,14 @@ def _choose(candidates: list[_Candidate], wanted, width, l0, source: str) -> dic
         by_hookpoint.setdefault(c.found.hookpoint or c.folder, []).append(c)
     available = sorted(by_hookpoint, key=natural_key)
     if wanted is not None and (missing := [h for h in wanted if h not in by_hookpoint]):
-        narrowed = f" with width={width}, l0={l0}" if width is not None or l0 is not None else ""
+        everything = sorted({c.found.hookpoint or c.folder for c in candidates}, key=natural_key)
+        widths = sorted({c.found.num_latents for c in candidates if c.found.num_latents})
+        narrowed = (
+            f" with width={width}, l0={l0} (its widths: {widths})" if width is not None or l0 is not None else ""
+        )
         raise HookpointError(
             f"{source} has no SAE for hookpoint(s) {missing}{narrowed}. It has SAEs for: "
-            f"{', '.join(available[:30]) or 'none'}. Pass some of those as `hookpoints`."
+            f"{', '.join(everything[:30]) or 'none'}. Pass some of those as `hookpoints`."
         )
     chosen = {}
     for hookpoint in wanted if wanted is not None else available:

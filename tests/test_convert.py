@@ -1,0 +1,353 @@
+"""Other formats in and out, against files the real packages wrote (scripts/make_format_fixtures.py: sae-lens 6.54.12,
+eai-sparsify 1.3.3, dictionary-learning 0.1.0; Gemma Scope and Llama Scope in their published layouts)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hub_server import HubServer, point_client_at
+from huggingface_hub import HfApi
+from safetensors.torch import load_file, save_file
+from transformers import Gemma2Config, Gemma2ForCausalLM
+
+from hf_sae import (
+    ArgumentError,
+    HookpointError,
+    SaeConfig,
+    SaeConfigError,
+    SaeHooks,
+    SaeModel,
+    SaeNotFoundError,
+    WeightsError,
+    load_saes,
+)
+from hf_sae.cli import main
+from hf_sae.convert import convert, detect_format, export_sae, read_sae, releases
+from hf_sae.convert import names as N
+
+FIXTURES = Path(__file__).parent / "fixtures" / "formats"
+DICTIONARY_CLASSES = ["AutoEncoder", "AutoEncoderNew", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE",
+                      "JumpReluAutoEncoder", "GatedAutoEncoder"]  # fmt: skip
+# fixture -> (folder, format, hf_sae architecture, hookpoint, base model)
+CASES = {
+    "saelens_standard": ("saelens_standard", "saelens", "relu", "transformer.h.3.input", "gpt2"),
+    "saelens_topk": ("saelens_topk", "saelens", "topk", "transformer.h.2", "gpt2"),
+    "saelens_jumprelu": (
+        "saelens_jumprelu",
+        "saelens",
+        "jumprelu",
+        "model.layers.4.post_feedforward_layernorm",
+        "google/gemma-2-2b",
+    ),  # fmt: skip
+    "saelens_gated": ("saelens_gated", "saelens", "gated", "transformer.h.1.attn", "gpt2"),
+    "saelens_batchtopk": ("saelens_batchtopk", "saelens", "batchtopk", "transformer.h.5", "gpt2"),
+    "saelens_topk_checkpoint": ("saelens_topk_checkpoint", "saelens", "topk", "transformer.h.6", "gpt2"),
+    "saelens_legacy": ("saelens_legacy", "saelens", "relu", "transformer.h.8.input", "gpt2"),
+    "sparsify_layers_3": ("sparsify_run/layers.3", "sparsify", "topk", "gpt_neox.layers.3", "EleutherAI/pythia-70m"),
+    "gemma_scope": ("gemma_scope/layer_3/width_256/average_l0_40", "gemma_scope", "jumprelu", "model.layers.3", None),
+    "llama_scope": (
+        "llama_scope/Llama3_1-8B-Base-L3R-8x",
+        "llama_scope",
+        "jumprelu",
+        "model.layers.3",
+        "meta-llama/Llama-3.1-8B",
+    ),  # fmt: skip
+    **{
+        f"dictionary_learning_{name}": (
+            f"dictionary_learning_run/trainer_{i}",
+            "dictionary_learning",
+            {
+                "AutoEncoder": "relu",
+                "AutoEncoderNew": "relu",
+                "AutoEncoderTopK": "topk",
+                "JumpReluAutoEncoder": "jumprelu",
+                "GatedAutoEncoder": "gated",
+            }.get(name, "batchtopk"),
+            "gpt_neox.layers.3",
+            "EleutherAI/pythia-70m",
+        )
+        for i, name in enumerate(DICTIONARY_CLASSES)
+    },  # fmt: skip
+}
+ALICE = "hf_alice_write"
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.float() - expected).abs().max() / expected.abs().max())
+
+
+def expected(name: str) -> dict[str, torch.Tensor]:
+    return load_file(FIXTURES / "expected" / f"{name}.safetensors")
+
+
+def assert_matches(sae: SaeModel, name: str) -> None:
+    e = expected(name)
+    with torch.no_grad():
+        out = sae(e["x"])
+    assert (e["latents"] != 0).sum() > 0
+    assert relative_error(out.latents, e["latents"]) < 1e-5
+    assert relative_error(out.reconstruction, e["reconstruction"]) < 1e-5
+
+
+# ---- loading, against each package's own forward --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_format_loads_as_its_package_computes(name):
+    folder, fmt, architecture, hookpoint, base_model = CASES[name]
+    assert detect_format(FIXTURES / folder) == fmt
+    sae = SaeModel.from_pretrained(FIXTURES / folder)  # no format named
+    assert (sae.config.architecture, sae.config.hookpoint) == (architecture, hookpoint)
+    assert sae.config.base_model_name_or_path == base_model
+    assert_matches(sae, name)
+
+
+def test_folded_scales_and_semantics():
+    # SAELens' BatchTopK keeps k and one global threshold; JumpReLU does not subtract b_dec in Gemma Scope.
+    batchtopk = read_sae(FIXTURES / "saelens_batchtopk")
+    assert batchtopk.config.k == 16 and batchtopk.threshold.shape == ()
+    assert not read_sae(FIXTURES / CASES["gemma_scope"][0]).config.apply_b_dec_to_input
+    assert read_sae(FIXTURES / "sparsify_run/layers.3").config.apply_b_dec_to_input  # cfg.json does not say so
+    # The checkpoint's activation scale (2.5) and decoder norms are folded: the SAE takes raw activations.
+    checkpoint = read_sae(FIXTURES / "saelens_topk_checkpoint")
+    raw = load_file(FIXTURES / "saelens_topk_checkpoint/sae_weights.safetensors")
+    assert not torch.allclose(checkpoint.W_dec, raw["W_dec"])
+    assert torch.allclose(checkpoint.W_dec.norm(dim=-1), torch.full((256,), 1 / 2.5))
+
+
+def test_gemma_scope_site_and_base_model_from_the_release_name():
+    sae = read_sae(FIXTURES / CASES["gemma_scope"][0], hint="google/gemma-scope-9b-it-mlp")
+    assert sae.config.hookpoint == "model.layers.3.post_feedforward_layernorm"
+    assert sae.config.base_model_name_or_path == "google/gemma-2-9b-it"
+
+
+def test_load_saes_picks_by_hookpoint_and_refuses_ambiguity():
+    saes = load_saes(FIXTURES / "sparsify_run", hookpoints=["gpt_neox.layers.3"])
+    assert list(saes) == ["gpt_neox.layers.3"]
+    assert_matches(saes["gpt_neox.layers.3"], "sparsify_layers_3")
+    with pytest.raises(ArgumentError, match=r"7 SAEs for 'gpt_neox.layers.3'.*subfolder='trainer_0'"):
+        load_saes(FIXTURES / "dictionary_learning_run")
+    with pytest.raises(HookpointError, match=r"no SAE for hookpoint\(s\) \['model.layers.9'\].*gpt_neox.layers.3"):
+        load_saes(FIXTURES / "sparsify_run", hookpoints=["model.layers.9"])
+    gated = SaeModel.from_pretrained(FIXTURES / "dictionary_learning_run", subfolder="trainer_6")
+    assert_matches(gated, "dictionary_learning_GatedAutoEncoder")
+
+
+# ---- bad input ------------------------------------------------------------------------------------------------------
+
+
+def test_unknown_folder_lists_the_formats_and_files(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"0")
+    with pytest.raises(SaeNotFoundError, match=r"no SAE format.*saelens \(cfg.json \+ sae_weights.safetensors\).*"
+                       r"gemma_scope \(params.npz\).*\['weights.bin'\]"):  # fmt: skip
+        read_sae(tmp_path)
+
+
+def copy(folder: str, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(FIXTURES / folder, tmp_path / Path(folder).name))
+
+
+def test_mis_shaped_and_missing_tensors_are_named(tmp_path):
+    folder = copy("saelens_standard", tmp_path)
+    weights = load_file(folder / "sae_weights.safetensors")
+    save_file({**weights, "W_dec": weights["W_dec"].T.contiguous()}, folder / "sae_weights.safetensors")
+    with pytest.raises(WeightsError, match=r"'W_dec'.*shape \(64, 256\).*says \(256, 64\)"):
+        SaeModel.from_pretrained(folder)
+    save_file({k: v for k, v in weights.items() if k != "b_enc"}, folder / "sae_weights.safetensors")
+    with pytest.raises(WeightsError, match=r"lacks tensor 'b_enc' \(shape \(256,\)\)"):
+        read_sae(folder)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("normalize_activations", "layer_norm", "normalize_activations='layer_norm'.*per-token layer norm"),
+        ("normalize_activations", "expected_average_only_in", "neither folded in nor in activation_scaler.json"),
+        ("architecture", "transcoder", "architecture='transcoder'"),
+    ],
+)
+def test_what_cannot_be_represented_is_refused(tmp_path, field, value, message):
+    folder = copy("saelens_standard", tmp_path)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    (folder / "cfg.json").write_text(json.dumps({**cfg, field: value}))
+    with pytest.raises(SaeConfigError, match=message):
+        read_sae(folder)
+
+
+def test_sparsify_transcoder_is_refused():
+    with pytest.raises(SaeConfigError, match="transcode=True.*transcoder predicts another activation"):
+        load_saes(FIXTURES / "sparsify_run")
+
+
+class _Trap:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/hf_sae_unpickle_ran"),))
+
+
+def test_a_pickle_with_code_is_refused_unrun(tmp_path):
+    folder = copy("dictionary_learning_run/trainer_0", tmp_path)
+    trap = Path("/tmp/hf_sae_unpickle_ran")
+    trap.unlink(missing_ok=True)
+    torch.save({**torch.load(folder / "ae.pt", weights_only=True), "extra": _Trap()}, folder / "ae.pt")
+    with pytest.raises(WeightsError, match=r"not a plain state dict.*weights_only=True"):
+        read_sae(folder)
+    assert not trap.exists()
+
+
+# ---- names ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hook", "model", "path"),
+    [
+        ("blocks.7.hook_resid_post", "meta-llama/Llama-3.1-8B", "model.layers.7"),
+        ("blocks.7.hook_resid_pre", "Qwen/Qwen2.5-0.5B", "model.layers.7.input"),
+        ("blocks.7.hook_mlp_out", "mistralai/Mistral-7B-v0.1", "model.layers.7.mlp"),
+        ("blocks.7.hook_attn_out", "meta-llama/Llama-3.1-8B", "model.layers.7.self_attn"),
+        ("blocks.2.hook_resid_pre", "gpt2-small", "transformer.h.2.input"),
+        ("blocks.2.hook_mlp_out", "gpt2", "transformer.h.2.mlp"),
+        ("blocks.2.attn.hook_z", "gpt2", "transformer.h.2.attn.c_proj.input"),
+        ("blocks.4.hook_resid_post", "pythia-70m-deduped", "gpt_neox.layers.4"),
+        ("blocks.4.hook_attn_out", "EleutherAI/pythia-70m", "gpt_neox.layers.4.attention"),
+        ("blocks.5.hook_mlp_out", "gemma-2-2b", "model.layers.5.post_feedforward_layernorm"),
+        ("model.layers.5", "anything", "model.layers.5"),  # a module path already
+    ],
+)
+def test_transformer_lens_names(hook, model, path):
+    assert N.transformer_lens_to_module(hook, model) == path
+    if hook.startswith("blocks."):
+        assert N.module_to_transformer_lens(path, model) == hook
+
+
+def test_untranslatable_names_are_refused():
+    with pytest.raises(HookpointError, match=r"'blocks.3.hook_mlp_in'.*known are"):
+        N.transformer_lens_to_module("blocks.3.hook_mlp_in", "gpt2")
+    assert N.relative_to_module("layers.3", "meta-llama/Meta-Llama-3-8B") == "model.layers.3"
+    assert N.relative_to_module("h.3.mlp", "gpt2") == "transformer.h.3.mlp"
+    assert N.hub_model_id("gemma-2-2b") == "google/gemma-2-2b"
+
+
+def test_registry_is_shipped_and_maps_folders():
+    from hf_sae.convert import _match_release
+
+    entry = releases()["gemma-scope-2b-pt-res"]
+    assert (entry["repo_id"], entry["format"], entry["base_model"]) == (
+        "google/gemma-scope-2b-pt-res", "gemma_scope", "google/gemma-2-2b")  # fmt: skip
+    found = _match_release(entry, "layer_20/width_16k/average_l0_71")
+    assert (found.hookpoint, found.num_latents, found.l0) == ("model.layers.20", 16384, 71.0)
+    assert _match_release(releases()["gemma-scope-2b-pt-att"], "layer_2/width_65k/average_l0_9").hookpoint == (
+        "model.layers.2.self_attn.o_proj.input")  # fmt: skip
+    llama = releases()["llama-scope-lxm-32x"]
+    assert _match_release(llama, "Llama3_1-8B-Base-L7M-32x")[1:3] == ("model.layers.7.mlp", 131072)
+
+
+# ---- export ---------------------------------------------------------------------------------------------------------
+
+
+def test_exports_load_in_the_packages_own_loaders():
+    """The script loaded hf_sae's exports with `SAE.load_from_disk` and `SparseCoder.load_from_disk`; this checks its
+    record, and that hf_sae still writes the very files it checked."""
+    report = json.loads((FIXTURES / "exports" / "exports.json").read_text())
+    assert {row["format"] for row in report.values()} == {"saelens", "sparsify"} and len(report) >= 6
+    for name, row in report.items():
+        assert row["latents_max_relative_error"] < 1e-5 and row["reconstruction_max_relative_error"] < 1e-5, name
+    for name, row in report.items():
+        folder, to = row["source"], row["format"]
+        fresh = export_sae(read_sae(FIXTURES / folder), Path(f"/tmp/hf-sae-export-check/{name}"), to)
+        committed = FIXTURES / "exports" / name
+        weights = "sae_weights.safetensors" if to == "saelens" else "sae.safetensors"
+        a, b = load_file(fresh / weights), load_file(committed / weights)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+        cfg = lambda p: {k: v for k, v in json.loads((p / "cfg.json").read_text()).items() if k != "metadata"}  # noqa: E731
+        assert cfg(fresh) == cfg(committed), name
+
+
+def test_saelens_export_names_the_module_and_round_trips(tmp_path):
+    sae = read_sae(FIXTURES / "saelens_jumprelu")
+    out = export_sae(sae, tmp_path / "out", "saelens")
+    cfg = json.loads((out / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "model.layers.4.post_feedforward_layernorm"
+    assert cfg["metadata"]["model_class_name"] == "AutoModelForCausalLM"
+    assert_matches(SaeModel.from_pretrained(out), "saelens_jumprelu")
+
+
+def test_sparsify_export_folds_b_dec_and_refuses_other_architectures(tmp_path):
+    topk = read_sae(FIXTURES / "dictionary_learning_run/trainer_2")
+    config = SaeConfig(**{**topk.config.to_dict(), "apply_b_dec_to_input": False})
+    shifted = SaeModel(config)
+    shifted.load_state_dict(topk.state_dict())
+    out = export_sae(shifted, tmp_path / "sp", "sparsify")
+    back = read_sae(out)  # reads x - b_dec, with b_dec's share moved into the bias
+    x = expected("dictionary_learning_AutoEncoderTopK")["x"]
+    with torch.no_grad():
+        assert relative_error(back(x).reconstruction, shifted(x).reconstruction) < 1e-5
+    with pytest.raises(SaeConfigError, match="sparsify holds top-k SAEs only; this SAE is 'gated'"):
+        export_sae(read_sae(FIXTURES / "saelens_gated"), tmp_path / "g", "sparsify")
+
+
+def test_convert_command(tmp_path, capsys):
+    assert main(["convert", str(FIXTURES / "saelens_gated"), str(tmp_path / "hf"), "--to", "hf_sae"]) == 0
+    assert "transformer.h.1.attn: hf_sae SAE written to" in capsys.readouterr().out
+    assert_matches(SaeModel.from_pretrained(tmp_path / "hf"), "saelens_gated")
+    with pytest.raises(ArgumentError, match="exists and is not empty"):
+        convert(FIXTURES / "saelens_gated", tmp_path / "hf", "saelens")
+    with pytest.raises(SystemExit):
+        main(["convert", str(FIXTURES / "saelens_gated"), str(tmp_path / "x"), "--to", "neuronpedia"])
+
+
+# ---- the Hub: a Gemma-Scope-layout repo and the README quickstart ---------------------------------------------------
+
+
+@pytest.fixture
+def gemma_hub(monkeypatch, tmp_path):
+    with HubServer(orgs={"google": {"alice"}}) as server:
+        point_client_at(monkeypatch, server.url, tmp_path / "hf-home")
+        api = HfApi(token=ALICE)
+        api.create_repo("google/gemma-scope-2b-pt-res")
+        params = FIXTURES / CASES["gemma_scope"][0] / "params.npz"
+        with np.load(params) as data:
+            other = {k: data[k] * 2 for k in data.files}
+        np.savez(tmp_path / "other.npz", **other)
+        api.upload_file(path_or_fileobj=str(params), path_in_repo="layer_3/width_256/average_l0_40/params.npz",
+                        repo_id="google/gemma-scope-2b-pt-res")  # fmt: skip
+        for path in ("layer_3/width_256/average_l0_90/params.npz", "layer_5/width_16k/average_l0_40/params.npz"):
+            api.upload_file(path_or_fileobj=str(tmp_path / "other.npz"), path_in_repo=path,
+                            repo_id="google/gemma-scope-2b-pt-res")  # fmt: skip
+        yield server, tmp_path / "hf-home"
+
+
+def tiny_gemma2() -> Gemma2ForCausalLM:
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=99, hidden_size=64, intermediate_size=96, num_hidden_layers=5, head_dim=16,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                          pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    return Gemma2ForCausalLM(config).eval()
+
+
+def test_gemma_scope_from_the_hub_by_release_name(gemma_hub):
+    server, hf_home = gemma_hub
+    # The README quickstart, with a tiny Gemma 2 standing in for google/gemma-2-2b.
+    saes = load_saes("gemma-scope-2b-pt-res", hookpoints=["model.layers.3"], width=256, l0=40)
+    lm = tiny_gemma2()
+    input_ids = torch.tensor([[1, 5, 17, 42, 8, 3]])
+    with SaeHooks(lm, saes).record() as recorder, torch.no_grad():
+        lm(input_ids)
+    sae = saes["model.layers.3"]
+    assert sae.config.base_model_name_or_path == "google/gemma-2-2b"
+    with torch.no_grad():
+        hidden = lm(input_ids, output_hidden_states=True).hidden_states[4]  # the output of model.layers.3
+        assert torch.allclose(recorder.cat("model.layers.3"), sae.encode(hidden).flatten(0, 1), atol=1e-5)
+    downloaded = {p.parent.name for p in hf_home.rglob("params.npz")}
+    assert downloaded == {"average_l0_40"} and len(list(hf_home.rglob("params.npz"))) == 1  # only the one folder
+    assert_matches(sae, "gemma_scope")
+
+    with pytest.raises(ArgumentError, match=r"2 SAEs for 'model.layers.3'.*average_l0_40.*average_l0_90.*l0="):
+        load_saes("gemma-scope-2b-pt-res", hookpoints=["model.layers.3"])
+    with pytest.raises(HookpointError, match=r"no SAE for hookpoint.*width=4096.*model.layers.3, model.layers.5"):
+        load_saes("gemma-scope-2b-pt-res", hookpoints=["model.layers.5"], width=4096)
+    by_repo = SaeModel.from_pretrained("google/gemma-scope-2b-pt-res", subfolder="layer_3/width_256/average_l0_40")
+    assert by_repo.config.hookpoint == "model.layers.3"
+    assert torch.equal(by_repo.W_enc, sae.W_enc)
