@@ -299,7 +299,7 @@ class EvaluationArguments:
     lm_metrics: bool = _help("Measure CE loss and KL (four LM forwards per block).", True)
     save_beside_saes: bool = _help("Also write metrics.json in each SAE folder.", False)
     revision: str | None = _help("Branch, tag or commit of a Hub repo.", None)
-    device: str | None = _help("Where to run, e.g. cuda (default: the CPU).", None)
+    device: str | None = _help("Where the LM runs, e.g. cpu or cuda:1 (default: the GPU where there is one).", None)
 
     def check(self) -> None:
         _require(self.eval_tokens >= 1, "eval_tokens", self.eval_tokens, "a positive integer")
@@ -318,7 +318,7 @@ class FeatureArguments:
     context_after: int = _help("Tokens shown after each context's peak.", 5)
     explain: str | None = _help("Instead: list the features that fire on this text.", None)
     top: int = _help("With --explain: features listed per token.", 5)
-    device: str | None = _help("Where to run, e.g. cuda (default: the CPU).", None)
+    device: str | None = _help("Where the LM runs, e.g. cpu or cuda:1 (default: the GPU where there is one).", None)
 
     def check(self) -> None:
         for name in ("max_tokens", "top_n", "top"):
@@ -349,6 +349,10 @@ class PushArguments:
     revision: str | None = _help("The branch to commit to (default: main).", None)
     token: str | None = _help("A write token (default: the logged-in one, or HF_TOKEN).", None)
     commit_message: str | None = _help("The commit message.", None)
+    create_pr: bool = _help("Open a pull request instead of committing to the branch.", False)
+    datasets: list[str] | None = _help("Hub ids of the datasets the SAEs were trained on, for the card.", None)
+    license: str | None = _help("A license id for the card, e.g. apache-2.0.", None)
+    tags: list[str] | None = _help("Extra tags for the card.", None)
 
 
 @dataclass

@@ -167,6 +167,10 @@ def push_command(argv: list[str]) -> int:
         token=args.token,
         revision=args.revision,
         commit_message=args.commit_message,
+        create_pr=args.create_pr,
+        datasets=args.datasets,
+        license=args.license,
+        tags=args.tags,
     )
     print(f"Pushed to {commit.commit_url}")
     return 0

@@ -315,7 +315,7 @@ def _by_hookpoint(saes: SaesLike) -> dict[str, SaeModel]:
 
 
 def _stage_sae(folder: Path, sae: SaeModel, hookpoint: str, features: Any, metrics: Mapping | None) -> None:
-    sae.save_pretrained(folder)
+    sae.save_pretrained(folder, model_card=False)  # the card of the whole repo goes at its top
     if sae.config.hookpoint is None:  # the folder names the hookpoint; let the config say it too
         config = json.loads((folder / CONFIG).read_text())
         (folder / CONFIG).write_text(json.dumps(config | {"hookpoint": hookpoint}, indent=2, sort_keys=True) + "\n")

@@ -118,6 +118,8 @@ def render_card(
         | {
             "library_name": "hf_sae",
             "base_model": on_hub[0] if len(on_hub) == 1 else on_hub or None,
+            # An SAE reads its base model's activations and is attached to it, as an adapter is.
+            "base_model_relation": "adapter" if on_hub else None,
             "tags": list(dict.fromkeys([*CARD_TAGS, *architectures, *(base.get("tags") or []), *(tags or [])])),
             "datasets": datasets if datasets is not None else base.get("datasets"),
             "license": license or base.get("license"),

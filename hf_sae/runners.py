@@ -263,6 +263,7 @@ def load_saes_and_lm(
         if len(names) > 1:
             raise ArgumentError(f"These SAEs come from different models ({sorted(names)}); pass --model_name_or_path.")
         name = builtin_name(names.pop() if names else None)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")  # the GPU where there is one
     model, tokenizer = _load_lm(dataclasses.replace(lm_args, model_name_or_path=name), device)
     model.requires_grad_(False)
     return {h: sae.to(model.device).eval() for h, sae in saes.items()}, model, tokenizer

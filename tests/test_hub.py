@@ -516,3 +516,16 @@ def test_save_pretrained_and_push_to_hub_write_hf_sae_s_card(api, tmp_path):
     pushed = ModelCard.load("alice/one-sae")
     assert pushed.data.library_name == "hf_sae" and pushed.data.base_model == BASE_MODEL
     assert_same(SaeModel.from_pretrained("alice/one-sae"), sae)
+
+
+def test_hf_sae_push_takes_the_card_metadata(api, tmp_path, monkeypatch):
+    from hf_sae.cli import main
+
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    save_saes({LAYERS[0]: make_sae(LAYERS[0])}, tmp_path / "run")
+    argv = ["push", "--sae", str(tmp_path / "run"), "--repo_id", "alice/flagged", "--datasets", "wikitext",
+            "--license", "apache-2.0", "--tags", "my-tag", "--token", ALICE]  # fmt: skip
+    assert main(argv) == 0
+    card = ModelCard.load("alice/flagged")
+    assert card.data.datasets == ["wikitext"] and card.data.license == "apache-2.0" and "my-tag" in card.data.tags
+    assert card.data.base_model == BASE_MODEL and card.data.base_model_relation == "adapter"
