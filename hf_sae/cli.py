@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 
 from . import arguments as A
 from .errors import ArgumentError
-from .layout import EVAL_REPORT, METRICS, QUALITY_KEYS
+from .layout import EVAL_REPORT, METRICS, PER_SOURCE, QUALITY_KEYS
 from .version import __version__
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -226,7 +226,17 @@ def format_training_report(report: dict, output_dir: str) -> str:
         "FVU, L0 and dead % (latents that never fired) on held-out text; metrics.json also has the "
         "training-time dead fraction (silent for the last `dead_after_tokens`)."
     )
-    return "\n".join(lines)
+    return "\n".join(lines + _per_source_lines(report))
+
+
+def _per_source_lines(report: Mapping[str, Mapping]) -> list[str]:
+    """FVU, L0 (and loss recovered, from eval) of each SAE on each source of the held-out text, when it has them."""
+    lines = []
+    for name, metrics in report.items():
+        for source, m in (metrics.get(PER_SOURCE) or {}).items():
+            cells = [f"{key} {_cell(m[key])}" for key in ("fvu", "l0", "loss_recovered") if key in m]
+            lines.append(f"  {name} on {source}: " + ", ".join(cells + [f"{m.get('eval_tokens', 0):,} tokens"]))
+    return ["Per source:", *lines] if lines else []
 
 
 def format_report(report: Mapping[str, Mapping]) -> str:
@@ -241,7 +251,7 @@ def format_report(report: Mapping[str, Mapping]) -> str:
     for key in keys:
         cells = [_cell(report[name].get(key)) for name in columns]
         lines.append(f"{key:<{width}}" + "".join(f"  {cell:>{w}}" for cell, w in zip(cells, columns.values())))
-    return "\n".join(lines)
+    return "\n".join(lines + _per_source_lines(report))
 
 
 def _cell(value) -> str:

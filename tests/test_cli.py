@@ -1,0 +1,35 @@
+"""cli.py: the terminal tables, and the parser every subcommand shares."""
+
+import pytest
+
+from hf_sae import ArgumentError
+from hf_sae.arguments import PushArguments
+from hf_sae.cli import format_report, format_training_report, parse_arguments
+
+PER_SOURCE_REPORT = {
+    "model.layers.15": {
+        "architecture": "topk", "num_latents": 9216, "train_tokens": 4096, "fvu": 0.25, "l0": 32.0,
+        "dead_fraction": 0.0, "train_dead_fraction": 0.0,
+        "per_source": {"brown": {"fvu": 0.2, "l0": 31.5, "eval_tokens": 600},
+                       "news": {"fvu": 0.31, "l0": 32.5, "loss_recovered": 0.9, "eval_tokens": 400}},
+    }
+}  # fmt: skip
+
+
+def test_the_tables_show_each_source_beside_the_pooled_numbers():
+    for table in (format_report(PER_SOURCE_REPORT), format_training_report(PER_SOURCE_REPORT, "out")):
+        assert "model.layers.15 on brown: fvu 0.2000, l0 31.5000, 600 tokens" in table
+        assert "model.layers.15 on news: fvu 0.3100, l0 32.5000, loss_recovered 0.9000, 400 tokens" in table
+    assert "Per source" not in format_report({"h": {"fvu": 0.2}})
+
+
+def test_none_sets_an_optional_field_and_a_config_file_sets_defaults(tmp_path):
+    (args,) = parse_arguments((PushArguments,), ["--sae", "s", "--repo_id", "a/b", "--revision", "none"], "push")
+    assert args.revision is None
+    config = tmp_path / "push.yaml"
+    config.write_text("sae: s\nrepo_id: a/b\ntags: [x, y]\nlicense: null\n")
+    (args,) = parse_arguments((PushArguments,), [str(config), "--private", "true"], "push")
+    assert (args.sae, args.repo_id, args.tags, args.license, args.private) == ("s", "a/b", ["x", "y"], None, True)
+    config.write_text("sae: s\nrepo_id: a/b\nrepo: typo\n")
+    with pytest.raises(ArgumentError, match=r"sets \['repo'\], which `push` does not take"):
+        parse_arguments((PushArguments,), [str(config)], "push")
