@@ -353,7 +353,7 @@ def test_resuming_with_another_number_of_processes_is_refused(tiny_run_inputs, t
 def test_tensorboard_gets_the_loss_terms_the_held_out_report_and_clean_hparams(tiny_run_inputs, tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    capacities, descriptions = [], []
+    capacities = []
     original_step = SaeTrainer._step
 
     def step(self, micro_batches):
