@@ -9,8 +9,9 @@ hf-sae push --sae DIR --repo_id ID    upload SAEs, feature metadata and a model 
 hf-sae pull --repo_id ID              download SAEs (only the hookpoints asked for) into the Hub cache or a folder
 hf-sae convert SRC DST --to FORMAT    convert SAEs from any known format to saelens, sparsify or hf_sae
 
-Every subcommand parses the same way: flags, or one YAML / JSON file first (its values become the defaults, so
-`null` means none) with flags after it overriding; `none` (or `null`) as a flag value sets an optional field to None.
+Every subcommand parses the same way: flags, or one YAML / JSON file first (its values become the defaults) with
+flags after it overriding. `none` (or `null`) as a flag value, or `null` in the file, sets an optional field to None;
+a `null` for a field that cannot be None means its default.
 """
 
 import argparse
@@ -35,9 +36,10 @@ def parse_arguments(groups: tuple[type, ...], argv: list[str], prog: str) -> tup
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(groups, prog=prog)
-    _accept_none(parser, groups)
+    optional = _optional_fields(groups)
+    _accept_none(parser, optional)
     if argv and argv[0].endswith(CONFIG_SUFFIXES):
-        values = _read_config_file(argv[0])
+        values = {k: v for k, v in _read_config_file(argv[0]).items() if v is not None or k in optional}
         actions = {action.dest: action for action in parser._actions}
         if unknown := sorted(set(values) - set(actions)):
             raise ArgumentError(f"{argv[0]} sets {unknown}, which `{prog}` does not take. Check `{prog} --help`.")
@@ -60,14 +62,18 @@ def _read_config_file(path: str) -> dict:
     return values
 
 
-def _accept_none(parser, groups: tuple[type, ...]) -> None:
-    """Let `none` / `null` set an optional field to None (argparse would try `int('None')`)."""
-    optional = {
+def _optional_fields(groups: tuple[type, ...]) -> set[str]:
+    """The fields that can be None."""
+    return {
         f.name
         for group in groups
         for f in dataclasses.fields(group)
         if type(None) in typing.get_args(typing.get_type_hints(group)[f.name])
     }
+
+
+def _accept_none(parser, optional: set[str]) -> None:
+    """Let `none` / `null` set an optional field to None (argparse would try `int('None')`)."""
     for action in parser._actions:
         if action.dest in optional and callable(action.type):
             convert = action.type

@@ -109,9 +109,11 @@ def train_saes(
     seconds = time.perf_counter() - start
     dead = trainer.dead_fractions()  # a collective-free read of the trainer's state, on every rank
 
-    report = {}
+    report, histograms = {}, {}
     if accelerator.is_main_process:
-        held_out = _held_out_report(model, tokenizer, trained, lm_args, data_args, args.eval_tokens, autocast_dtype)
+        held_out, histograms = _held_out_report(
+            model, tokenizer, trained, lm_args, data_args, args.eval_tokens, autocast_dtype
+        )
         for name, sae in trained.items():
             run = {
                 "architecture": sae.config.architecture,
@@ -128,7 +130,7 @@ def train_saes(
         write_json(out / TRAINING_ARGS, {key: value for group in settings for key, value in group.items()})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and report:
-        trainer.log_report(report)
+        trainer.log_report(report, histograms)
     trainer.end()  # last: the trackers and the process group end after every collective
     return report
 
@@ -200,19 +202,19 @@ def _skip_blocks(blocks, count: int):
     return blocks.select(range(min(count, len(blocks)), len(blocks)))
 
 
-def _held_out_report(model, tokenizer, saes, lm_args, data_args, max_tokens: int, autocast_dtype) -> dict:
+def _held_out_report(model, tokenizer, saes, lm_args, data_args, max_tokens: int, autocast_dtype) -> tuple[dict, dict]:
     """FVU, L0 and dead fraction on the held-out split of the training text (training's final report), pooled and
-    per source when the text names its sources, with the training text's sources and weights; only those when
-    there is no such split."""
+    per source when the text names its sources, with the training text's sources and weights (only those when
+    there is no such split); and each SAE's held-out firing-density histogram, for the trackers."""
     names = [name or "built-in corpus" for name in data_args.dataset_names]
     data = {"datasets": names, "dataset_weights": data_args.dataset_weights}
     if not max_tokens:
-        return dict.fromkeys(saes, data)
+        return dict.fromkeys(saes, data), {}
     try:
         blocks = load_token_blocks(dataclasses.replace(data_args, dataset_split=HELD_OUT_SPLIT), tokenizer)
     except (DataError, ValueError, KeyError) as error:
         logger.warning(f"No held-out split {HELD_OUT_SPLIT!r} ({error}); the report has training metrics only.")
-        return dict.fromkeys(saes, data)
+        return dict.fromkeys(saes, data), {}
     input_ids, sources = read_blocks(blocks, max_tokens, data_args.source_column)
     report = evaluate_saes(
         model,
@@ -229,7 +231,10 @@ def _held_out_report(model, tokenizer, saes, lm_args, data_args, max_tokens: int
     _log_per_source(report)
     held_out = dataclasses.replace(data_args, dataset_split=HELD_OUT_SPLIT)
     label = ", ".join(dict.fromkeys(split_label(name, held_out) for name in data_args.dataset_names))
-    return {name: {**sae_metrics(metrics), "eval_split": label, **data} for name, metrics in report.items()}
+    histograms = {name: metrics["firing_density_histogram"] for name, metrics in report.items()}
+    return {
+        name: {**sae_metrics(metrics), "eval_split": label, **data} for name, metrics in report.items()
+    }, histograms
 
 
 def _log_per_source(report: dict) -> None:

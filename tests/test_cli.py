@@ -33,3 +33,14 @@ def test_none_sets_an_optional_field_and_a_config_file_sets_defaults(tmp_path):
     config.write_text("sae: s\nrepo_id: a/b\nrepo: typo\n")
     with pytest.raises(ArgumentError, match=r"sets \['repo'\], which `push` does not take"):
         parse_arguments((PushArguments,), [str(config)], "push")
+
+
+def test_a_null_in_a_config_file_means_none_where_allowed_and_the_default_elsewhere(tmp_path):
+    from hf_sae.arguments import TRAIN_GROUPS, DataArguments, SaeTrainingArguments
+
+    config = tmp_path / "train.yaml"
+    config.write_text("batch_size: null\nlearning_rate: null\nshuffle_seed: null\ndataset_split: null\n")
+    groups = parse_arguments(TRAIN_GROUPS, [str(config)], "train")
+    data, training = (next(g for g in groups if isinstance(g, kind)) for kind in (DataArguments, SaeTrainingArguments))
+    assert (training.batch_size, training.learning_rate, data.dataset_split) == (4096, 1e-3, "train")  # the defaults
+    assert data.shuffle_seed is None and DataArguments.shuffle_seed == 0  # can be None: keeps the stored order

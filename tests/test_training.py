@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -372,6 +373,12 @@ def test_tensorboard_gets_the_loss_terms_the_held_out_report_and_clean_hparams(t
         assert f"model.layers.1/{term}" in tags, term
     assert {"lr", "tokens_per_second", "model.layers.1/heldout_fvu"} <= tags
     assert events.Scalars("model.layers.1/heldout_fvu")[-1].value == pytest.approx(report["model.layers.1"]["fvu"])
+    histogram = events.Histograms("model.layers.1/heldout_log10_firing_frequency")[-1].histogram_value
+    metrics = report["model.layers.1"]
+    assert (
+        histogram.num == round(metrics["num_latents"] * (1 - metrics["dead_fraction"])) > 0
+    )  # the latents that fired
+    assert -math.log10(metrics["eval_tokens"]) - 1e-6 <= histogram.min <= histogram.max <= 0  # log10 frequencies
     mse = {e.step: e.value for e in events.Scalars("model.layers.1/mse_loss")}
     assert sorted(mse) == [4, 8, 12, 16, 20, 24, 28, 32]  # logging steps only
     hparams = (tmp_path / "run").rglob("events.out.tfevents*")
