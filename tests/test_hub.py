@@ -529,3 +529,20 @@ def test_hf_sae_push_takes_the_card_metadata(api, tmp_path, monkeypatch):
     card = ModelCard.load("alice/flagged")
     assert card.data.datasets == ["wikitext"] and card.data.license == "apache-2.0" and "my-tag" in card.data.tags
     assert card.data.base_model == BASE_MODEL and card.data.base_model_relation == "adapter"
+
+
+def test_the_readmes_hub_layout_is_what_a_push_writes(api, tmp_path):
+    block = (Path(__file__).parents[1] / "README.md").read_text().split("## The Hub layout")[1].split("```")[1]
+    names = [line.split("── ")[1].split()[0] for line in block.splitlines() if "── " in line]
+    feature_files = block.split("features`: ")[1].split("\n")[0].split(", ")
+    run = tmp_path / "run"
+    make_sae("model.layers.15").save_pretrained(run / "model.layers.15")
+    (run / "model.layers.15" / "metrics.json").write_text('{"fvu": 0.2}')
+    (run / "model.layers.15" / "features").mkdir()
+    for name in feature_files:
+        (run / "model.layers.15" / "features" / name).write_text("{}")
+    push_saes_to_hub("alice/layout", run, token=ALICE)
+    expected = {"README.md"} | {f"model.layers.15/{n}" for n in names[2:] if not n.endswith("/")}
+    expected |= {f"model.layers.15/features/{name}" for name in feature_files}
+    assert names[:2] == ["README.md", "model.layers.15/"] and len(expected) == 8
+    assert set(api.list_repo_files("alice/layout")) - {".gitattributes"} == expected
