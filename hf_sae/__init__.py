@@ -1,10 +1,9 @@
 """hf_sae: sparse autoencoders for language-model interpretability, native to the Hugging Face stack.
 
 Importing the package registers `SaeConfig` and `SaeModel` with `AutoConfig` and `AutoModel`, so
-`AutoModel.from_pretrained(path)` loads an SAE with no remote code, and gives `SaeModel.features` its reader.
+`AutoModel.from_pretrained(path)` loads an SAE with no remote code, in hf_sae's format or another one `hf_sae.convert`
+reads (`hf_sae.auto`), and gives `SaeModel.features` its reader.
 """
-
-from transformers import AutoConfig, AutoModel
 
 from .architectures import ARCHITECTURES
 from .arguments import (
@@ -16,6 +15,7 @@ from .arguments import (
     SaeArguments,
     SaeTrainingArguments,
 )
+from .auto import register_auto_classes
 from .browser import explain, write_browser
 from .configuration_sae import SaeConfig
 from .errors import (
@@ -47,8 +47,7 @@ from .runners import run_evaluation, run_features, train_saes
 from .training import SaeTrainer
 from .version import __version__
 
-AutoConfig.register(SaeConfig.model_type, SaeConfig)
-AutoModel.register(SaeConfig, SaeModel)
+register_auto_classes()
 SaeModel.feature_loader = load_features
 
 __all__ = [

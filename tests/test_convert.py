@@ -11,7 +11,7 @@ import torch
 from hub_server import HubServer, point_client_at
 from huggingface_hub import HfApi
 from safetensors.torch import load_file, save_file
-from transformers import Gemma2Config, Gemma2ForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM, Gemma2Config, Gemma2ForCausalLM
 
 from hf_sae import (
     ArgumentError,
@@ -103,6 +103,29 @@ def test_each_format_loads_as_its_package_computes(name):
     assert (sae.config.architecture, sae.config.hookpoint) == (architecture, hookpoint)
     assert sae.config.base_model_name_or_path == base_model
     assert_matches(sae, name)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_automodel_opens_each_format_as_sae_model_does(name):
+    folder = FIXTURES / CASES[name][0]
+    assert not (folder / "config.json").exists() or "model_type" not in (folder / "config.json").read_text()
+    sae = AutoModel.from_pretrained(folder, dtype=torch.float64)
+    assert type(sae) is SaeModel and sae.W_enc.dtype == torch.float64
+    reference = SaeModel.from_pretrained(folder)
+    assert sae.config.to_dict() == reference.config.to_dict()
+    state = reference.state_dict()
+    assert all(torch.equal(t, state[key].double()) for key, t in sae.state_dict().items())
+
+
+def test_automodel_keeps_transformers_errors_for_what_is_no_sae(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "config.json").write_text('{"learning_rate": 0.001}')  # no model_type, no SAE files
+    with pytest.raises(ValueError, match="Unrecognized model"):
+        AutoModel.from_pretrained(tmp_path / "notes")
+    with pytest.raises(OSError, match="not-here"):
+        AutoModel.from_pretrained(tmp_path / "not-here")
+    with pytest.raises(ValueError, match="Unrecognized model"):  # the other Auto classes are untouched
+        AutoModelForCausalLM.from_pretrained(FIXTURES / CASES["saelens_topk"][0])
 
 
 def test_folded_scales_and_semantics():
@@ -351,3 +374,5 @@ def test_gemma_scope_from_the_hub_by_release_name(gemma_hub):
     by_repo = SaeModel.from_pretrained("google/gemma-scope-2b-pt-res", subfolder="layer_3/width_256/average_l0_40")
     assert by_repo.config.hookpoint == "model.layers.3"
     assert torch.equal(by_repo.W_enc, sae.W_enc)
+    auto = AutoModel.from_pretrained("google/gemma-scope-2b-pt-res", subfolder="layer_3/width_256/average_l0_40")
+    assert type(auto) is SaeModel and torch.equal(auto.W_enc, sae.W_enc)
