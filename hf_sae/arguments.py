@@ -316,12 +316,14 @@ class FeatureArguments:
     top_n: int = _help("Top activating contexts kept per feature.", 20)
     context_before: int = _help("Tokens shown before each context's peak.", 10)
     context_after: int = _help("Tokens shown after each context's peak.", 5)
+    sample_size: int = _help("Contexts sampled per feature for the activation-quantile bins.", 40)
+    skip_after_special: bool = _help("Leave the token right after BOS or a chat marker out of the statistics.", True)
     explain: str | None = _help("Instead: list the features that fire on this text.", None)
     top: int = _help("With --explain: features listed per token.", 5)
     device: str | None = _help("Where the LM runs, e.g. cpu or cuda:1 (default: the GPU where there is one).", None)
 
     def check(self) -> None:
-        for name in ("max_tokens", "top_n", "top"):
+        for name in ("max_tokens", "top_n", "top", "sample_size"):
             _require(getattr(self, name) >= 1, name, getattr(self, name), "a positive integer")
         for name in ("context_before", "context_after"):
             _require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0")

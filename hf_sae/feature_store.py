@@ -4,6 +4,8 @@
         stats.parquet      one row per feature: firing count and frequency, activation mean / max / quantiles, a
                            log-binned histogram, logit effects, an automatic label
         examples.parquet   one row per (feature, rank): the top activating contexts with per-token activations
+        quantile_examples.parquet   one row per sampled context: (feature, bin), bin 0 the weakest decile of the
+                           feature's firings, with the same columns as the top contexts
         labels.json        labels people set, {"<feature>": "<label>"}
         metadata.json      how the metadata was made: model, hookpoint, data, tokens, histogram bin edges, ...
 
@@ -22,7 +24,7 @@ import pyarrow.parquet as pq
 from .errors import FeatureMetadataError
 from .layout import FEATURES, replace_folder, staging_folder, write_json
 
-STATS, EXAMPLES = "stats.parquet", "examples.parquet"
+STATS, EXAMPLES, QUANTILE_EXAMPLES = "stats.parquet", "examples.parquet", "quantile_examples.parquet"
 LABELS, METADATA = "labels.json", "metadata.json"
 
 
@@ -35,9 +37,11 @@ class Feature:
     auto_label: str
     stats: dict
     examples: list[dict] = field(default_factory=list)
+    quantile_examples: list[dict] = field(default_factory=list)  # sampled contexts by activation-quantile bin
 
     def __getitem__(self, key: str):
-        return getattr(self, key) if key in ("index", "label", "auto_label", "examples") else self.stats[key]
+        fields = ("index", "label", "auto_label", "examples", "quantile_examples")
+        return getattr(self, key) if key in fields else self.stats[key]
 
     def __getattr__(self, key: str):  # statistics as attributes too: feature.max_activation, feature.frequency
         stats = self.__dict__.get("stats") or {}
@@ -77,8 +81,10 @@ class FeatureMetadata:
         metadata: dict | None = None,
         labels: dict[int, str] | None = None,
         path: str | os.PathLike | None = None,
+        quantile_examples: pa.Table | None = None,
     ):
         self._stats, self._examples, self._stats_frame = stats, examples, None
+        self._quantile_examples = quantile_examples
         self.metadata = metadata or {}
         self.labels: dict[int, str] = dict(labels or {})
         self.path = Path(path) if path is not None else None
@@ -123,6 +129,17 @@ class FeatureMetadata:
         """`examples_table` as a pandas DataFrame."""
         return self.examples_table(index).to_pandas()
 
+    def quantile_examples_table(self, index: int | None = None) -> pa.Table | None:
+        """Sampled contexts of feature `index` (of every feature when `None`) by activation-quantile bin, weakest
+        first; `None` for metadata collected before they were."""
+        if self._quantile_examples is not None:
+            table = self._quantile_examples
+            return table if index is None else table.filter(pc.field("feature") == index)
+        if self.path is None or not (self.path / QUANTILE_EXAMPLES).is_file():
+            return None
+        filters = None if index is None else [("feature", "==", index)]
+        return pq.read_table(self.path / QUANTILE_EXAMPLES, filters=filters)
+
     def __len__(self) -> int:
         return int(self.metadata.get("num_latents", self.stats_table.num_rows))
 
@@ -130,7 +147,10 @@ class FeatureMetadata:
         index = self._check(index)
         stats = self.stats_table.slice(index, 1).to_pylist()[0]
         examples = self.examples_table(index).sort_by("rank").to_pylist()
-        return Feature(index, self.label(index), stats.get("auto_label", ""), stats, examples)
+        table = self.quantile_examples_table(index)
+        order = [("bin", "ascending"), ("activation", "descending")]
+        sampled = [] if table is None else table.sort_by(order).to_pylist()
+        return Feature(index, self.label(index), stats.get("auto_label", ""), stats, examples, sampled)
 
     def label(self, index: int) -> str:
         """The label a person set, else the automatic one."""
@@ -156,9 +176,12 @@ class FeatureMetadata:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         stats, examples = self.stats_table, self.examples_table()  # read in full before `path` may be replaced
+        sampled = self.quantile_examples_table()
         with staging_folder(path) as tmp:
             pq.write_table(stats, tmp / STATS)
             pq.write_table(examples, tmp / EXAMPLES, row_group_size=2048)  # small groups: filtered reads skip most
+            if sampled is not None:
+                pq.write_table(sampled, tmp / QUANTILE_EXAMPLES, row_group_size=2048)
             write_json(tmp / LABELS, {str(k): v for k, v in sorted(self.labels.items())}, indent=1)
             write_json(tmp / METADATA, self.metadata, indent=1)
             replace_folder(tmp, path)

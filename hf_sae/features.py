@@ -3,9 +3,15 @@
     <sae_dir>/features/    written through `feature_store.FeatureMetadata` (the layout is described there)
 
 Memory does not grow with the number of tokens: counts, sums and histograms are running tensors, and the top contexts
-are a running top-N per feature, merged batch by batch. Statistics count the tokens an SAE is trained on (position 0,
-special tokens and extreme-norm outliers are left out by `lm_forward.counted_tokens`, as in training); windows still
-show those tokens.
+and a uniform sample of contexts are running tables per feature, merged batch by batch. Statistics count the tokens an
+SAE is trained on (position 0, special tokens and extreme-norm outliers are left out by `lm_forward.counted_tokens`,
+as in training) and, by default, not the token right after a special one: on SmolLM2 the token after `<|im_start|>`
+can fire a feature at ten times its usual peak and would set its maximum. Windows still show those tokens.
+
+Examples by activation quantile: the uniform sample of each feature's firings is sorted and split into
+`QUANTILE_BINS` equal-count bins, so each bin is a uniform draw from one decile of the firing distribution (as
+delphi samples by quantile; SAEDashboard's intervals split the range [0, max] into equal widths instead, which a
+stream cannot know in advance). `robust_peak`, the median of the top-N activations, is the peak to steer by.
 
 Logit effects. Feature i writes the direction d = W_dec[i] into the residual stream. At a token with residual x the
 final norm computes g * c(x) / rms(c(x)) + b, with c the mean-centring of LayerNorm (identity for RMSNorm); the
@@ -31,15 +37,67 @@ from .modeling_sae import SaeModel
 
 logger = logging.get_logger(__name__)
 
-QUANTILES = (0.5, 0.9, 0.99)
+QUANTILES = (0.5, 0.9, 0.99, 0.999)
+QUANTILE_BINS = 10  # activation-quantile bins of the sampled contexts
+LOGIT_BINS = 32
+
+
+class ContextTable:
+    r"""
+    Per feature, the `size` entries of largest key seen so far, each with its activation, `(block, position)` and a
+    window of tokens with the feature's activation on each, merged batch by batch. With the activation as the key it
+    holds the top contexts; with a uniform random key, a uniform sample of all firings (reservoir sampling by
+    random priorities: the `size` largest of i.i.d. uniform keys are a uniform subset).
+    """
+
+    def __init__(self, num_latents: int, size: int, window: int):
+        self.size = size
+        self.keys = torch.full((num_latents, size), -torch.inf)  # (num_latents, size), descending
+        self.values = torch.zeros(num_latents, size)  # the activation of each entry
+        self.where = torch.full((num_latents, size, 2), -1, dtype=torch.long)  # (block, position)
+        self.tokens = torch.full((num_latents, size, window), -1, dtype=torch.int32)  # -1: outside the block
+        self.acts = torch.zeros(num_latents, size, window)  # the feature's activation at each window token
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return self.keys, self.values, self.where, self.tokens, self.acts
+
+    def merge(self, keys: Tensor, rows: Tensor, cols: Tensor, values: Tensor, windows) -> None:
+        """Merge the entries `(row, feature)` that beat their feature's current last key; `windows(rows, latents)`
+        gives `(tokens, acts, where)` of the entries that get in."""
+        size = self.size
+        beats = keys > self.keys[cols, -1]
+        keys, rows, cols, values = keys[beats], rows[beats], cols[beats], values[beats]
+        order = keys.argsort(descending=True, stable=True)
+        order = order[cols[order].argsort(stable=True)]  # grouped by feature, best first
+        keys, rows, cols, values = keys[order], rows[order], cols[order], values[order]
+        features, counts = torch.unique_consecutive(cols, return_counts=True)  # (U,) the features that change
+        group = torch.repeat_interleave(torch.arange(len(features)), counts)
+        rank = torch.arange(len(cols)) - (counts.cumsum(0) - counts)[group]
+        best = rank < size
+        group, rank = group[best], rank[best]
+        new_keys = torch.full((len(features), size), -torch.inf).index_put_((group, rank), keys[best])
+        new_values = torch.zeros(len(features), size).index_put_((group, rank), values[best])
+        new_rows = torch.zeros(len(features), size, dtype=torch.long).index_put_((group, rank), rows[best])
+        merged, pick = torch.cat([self.keys[features], new_keys], 1).topk(size, dim=1)  # (U, size)
+        self.keys[features] = merged
+        kept = pick.clamp(max=size - 1)
+        self.values[features] = self.values[features].gather(1, kept)
+        for table in (self.where, self.tokens, self.acts):
+            table[features] = table[features].gather(1, kept[..., None].expand(-1, -1, table.shape[-1]))
+        fresh, slot = ((pick >= size) & merged.isfinite()).nonzero(as_tuple=True)  # entries from this batch
+        latent = features[fresh]
+        self.values[latent, slot] = new_values[fresh, pick[fresh, slot] - size]
+        tokens, acts, where = windows(new_rows[fresh, pick[fresh, slot] - size], latent)
+        self.tokens[latent, slot], self.acts[latent, slot], self.where[latent, slot] = tokens, acts, where
 
 
 class FeatureCollector:
     r"""
     Running per-feature statistics over a stream of latents, in memory fixed by the SAE's width, never by the tokens:
-    counts and sums `(num_latents,)`, a histogram over `num_bins` log-spaced bins `(num_latents, num_bins)`, and the
-    `top_n` largest activations per feature, each with a window of `before + 1 + after` tokens around it
-    `(num_latents, top_n, window)`. Values outside `hist_range` fall into the first or last bin.
+    counts and sums `(num_latents,)`, a histogram over `num_bins` log-spaced bins `(num_latents, num_bins)`, the
+    `top_n` largest activations per feature and a uniform sample of `sample_size` of its firings (`ContextTable`s),
+    each with a window of `before + 1 + after` tokens around it. Values outside `hist_range` fall into the first or
+    last bin.
 
     >>> collector.update(sae.encode(acts), input_ids, mask)  # (batch, seq, num_latents), (batch, seq), (batch, seq)
     """
@@ -49,10 +107,12 @@ class FeatureCollector:
         num_latents: int,
         *,
         top_n: int = 20,
+        sample_size: int = 40,
         before: int = 10,
         after: int = 5,
         num_bins: int = 256,
         hist_range: tuple[float, float] = (1e-4, 1e4),
+        seed: int = 0,
     ):
         self.top_n, self.before, self.after = top_n, before, after
         self.tokens = self.blocks = 0
@@ -61,23 +121,19 @@ class FeatureCollector:
         self.counts = torch.zeros(num_latents, dtype=torch.long)  # (num_latents,) tokens on which it fired
         self.sums = torch.zeros(num_latents, dtype=torch.float64)  # (num_latents,)
         self.histogram = torch.zeros(num_latents, num_bins, dtype=torch.long)  # (num_latents, num_bins)
-        self.top_values = torch.full((num_latents, top_n), -torch.inf)  # (num_latents, top_n), descending
-        self.top_where = torch.full((num_latents, top_n, 2), -1, dtype=torch.long)  # (block, position) of each peak
         window = before + 1 + after
-        self.top_tokens = torch.full((num_latents, top_n, window), -1, dtype=torch.int32)  # -1: outside the block
-        self.top_acts = torch.zeros(num_latents, top_n, window)  # the feature's activation at each window token
+        self.top = ContextTable(num_latents, top_n, window)
+        self.sample = ContextTable(num_latents, sample_size, window)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def top_values(self) -> Tensor:
+        """`(num_latents, top_n)` the largest activations, descending; -inf where fewer fired."""
+        return self.top.keys
 
     def state_nbytes(self) -> int:
         """Bytes held between batches; the same after one batch as after a million."""
-        tensors = (
-            self.counts,
-            self.sums,
-            self.histogram,
-            self.top_values,
-            self.top_where,
-            self.top_tokens,
-            self.top_acts,
-        )
+        tensors = (self.counts, self.sums, self.histogram, *self.top.tensors(), *self.sample.tensors())
         return sum(t.numel() * t.element_size() for t in tensors)
 
     @torch.no_grad()
@@ -95,42 +151,20 @@ class FeatureCollector:
         self.sums.index_add_(0, cols, values.double())
         bins = torch.bucketize(values.double(), self.edges[1:-1])  # (entries,) in [0, num_bins)
         self.histogram.view(-1).index_add_(0, cols * self.histogram.shape[1] + bins, torch.ones_like(cols))
-        self._update_top(rows, cols, values, z, counted, input_ids.reshape(-1), seq)
-        self.blocks += batch
+        ids = input_ids.reshape(-1)
 
-    def _update_top(
-        self, rows: Tensor, cols: Tensor, values: Tensor, z: Tensor, counted: Tensor, ids: Tensor, seq: int
-    ) -> None:
-        """Merge the entries that beat their feature's current N-th best into the running top N."""
-        top_n = self.top_n
-        beats = values > self.top_values[cols, -1]
-        rows, cols, values = rows[beats], cols[beats], values[beats]
-        order = values.argsort(descending=True, stable=True)
-        order = order[cols[order].argsort(stable=True)]  # grouped by feature, best first
-        rows, cols, values = rows[order], cols[order], values[order]
-        features, counts = torch.unique_consecutive(cols, return_counts=True)  # (U,) the features that change
-        group = torch.repeat_interleave(torch.arange(len(features)), counts)
-        rank = torch.arange(len(cols)) - (counts.cumsum(0) - counts)[group]
-        best = rank < top_n
-        group, rank = group[best], rank[best]
-        new_values = torch.full((len(features), top_n), -torch.inf).index_put_((group, rank), values[best])
-        new_rows = torch.zeros(len(features), top_n, dtype=torch.long).index_put_((group, rank), rows[best])
-        merged, pick = torch.cat([self.top_values[features], new_values], 1).topk(top_n, dim=1)  # (U, top_n)
-        self.top_values[features] = merged
-        kept = pick.clamp(max=top_n - 1)[..., None]
-        for name in ("top_where", "top_tokens", "top_acts"):
-            table = getattr(self, name)
-            table[features] = table[features].gather(1, kept.expand(-1, -1, table.shape[-1]))
-        fresh, slot = ((pick >= top_n) & merged.isfinite()).nonzero(as_tuple=True)  # entries from this batch
-        token = new_rows[fresh, pick[fresh, slot] - top_n]  # (new,) index into the batch's flat tokens
-        latent, block, position = features[fresh], token // seq, token % seq
-        window = position[:, None] + torch.arange(-self.before, self.after + 1)  # (new, window)
-        inside = (window >= 0) & (window < seq)
-        flat = (block[:, None] * seq + window.clamp(0, seq - 1)).to(z.device)
-        acts = z[flat, latent[:, None].to(z.device)].float() * counted[flat]  # uncounted tokens show 0
-        self.top_tokens[latent, slot] = torch.where(inside, ids[flat].cpu(), -1).int()
-        self.top_acts[latent, slot] = torch.where(inside, acts.cpu(), 0.0)
-        self.top_where[latent, slot] = torch.stack([block + self.blocks, position], -1)
+        def windows(token: Tensor, latent: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            block, position = token // seq, token % seq
+            window = position[:, None] + torch.arange(-self.before, self.after + 1)  # (new, window)
+            inside = (window >= 0) & (window < seq)
+            flat = (block[:, None] * seq + window.clamp(0, seq - 1)).to(z.device)
+            acts = z[flat, latent[:, None].to(z.device)].float() * counted[flat]  # uncounted tokens show 0
+            tokens = torch.where(inside, ids[flat].cpu(), -1).int()
+            return tokens, torch.where(inside, acts.cpu(), 0.0), torch.stack([block + self.blocks, position], -1)
+
+        self.top.merge(values, rows, cols, values, windows)
+        self.sample.merge(torch.rand(len(values), generator=self.generator), rows, cols, values, windows)
+        self.blocks += batch
 
     def quantiles(self, quantiles=QUANTILES) -> Tensor:
         """`(num_latents, len(quantiles))`: for each q, the activation of rank ceil(q * count) among a feature's
@@ -173,29 +207,69 @@ def norm_gain(norm: nn.Module | None, width: int) -> tuple[Tensor, bool]:
 
 
 @torch.no_grad()
-def logit_effects(model: nn.Module, sae: SaeModel, top: int = 10, chunk: int = 512) -> dict[str, Tensor] | None:
+def logit_effects(
+    model: nn.Module, sae: SaeModel, top: int = 10, chunk: int = 512, bins: int = LOGIT_BINS
+) -> dict[str, Tensor] | None:
     r"""
     The tokens each feature's direction promotes and suppresses most: W_U (g * c(W_dec[i])), with the final norm's
     gain g and centring c (see the module docstring). Returns `promoted_ids`, `promoted_logits`, `suppressed_ids`,
-    `suppressed_logits`, each `(num_latents, top)`, or `None` when the SAE's width is not the unembedding's.
+    `suppressed_logits`, each `(num_latents, top)`, and the histogram of the effect over the whole vocabulary,
+    `logit_histogram` `(num_latents, bins)` over equal-width bins from `logit_range[:, 0]` to `logit_range[:, 1]`
+    (its minimum and maximum); or `None` when the SAE's width is not the unembedding's.
     """
     unembed = model.get_output_embeddings().weight  # (vocab, d_model)
     if unembed.shape[1] != sae.config.d_in:
         logger.info("No logit effects: the SAE's width %d is not the model's %d.", sae.config.d_in, unembed.shape[1])
         return None
     gain, centres = norm_gain(final_norm(model), sae.config.d_in)
-    out: dict[str, list[Tensor]] = {
-        key: [] for key in ("promoted_ids", "promoted_logits", "suppressed_ids", "suppressed_logits")
-    }
+    keys = ("promoted_ids", "promoted_logits", "suppressed_ids", "suppressed_logits", "logit_histogram", "logit_range")
+    out: dict[str, list[Tensor]] = {key: [] for key in keys}
+    unembed = unembed.detach().float().cpu()
     for start in range(0, sae.config.num_latents, chunk):
         d = sae.W_dec[start : start + chunk].detach().float().cpu()  # (chunk, d_in)
         d = d - d.mean(-1, keepdim=True) if centres else d
-        logits = (d * gain) @ unembed.detach().float().cpu().T  # (chunk, vocab)
+        logits = (d * gain) @ unembed.T  # (chunk, vocab)
         for kind, largest in (("promoted", True), ("suppressed", False)):
             values, ids = logits.topk(min(top, logits.shape[1]), dim=1, largest=largest)
             out[f"{kind}_ids"].append(ids.int())
             out[f"{kind}_logits"].append(values)
+        low, high = logits.min(1, keepdim=True).values, logits.max(1, keepdim=True).values  # (chunk, 1)
+        which = ((logits - low) / (high - low).clamp(min=1e-12) * bins).long().clamp(0, bins - 1)
+        out["logit_histogram"].append(
+            torch.zeros(len(d), bins, dtype=torch.long).scatter_add_(1, which, torch.ones_like(which))
+        )
+        out["logit_range"].append(torch.cat([low, high], 1))
     return {key: torch.cat(parts) for key, parts in out.items()}
+
+
+@torch.no_grad()
+def decoder_neighbours(W_dec: Tensor, top: int = 10, block_bytes: int = 2**28) -> tuple[Tensor, Tensor]:
+    r"""
+    Each feature's `top` nearest features by decoder-direction cosine: `(ids, cosines)`, each `(num_latents, top)`,
+    most similar first, the feature itself left out. Rows go in blocks whose `(rows, num_latents)` similarities
+    take at most `block_bytes`, so a million latents need about 256 MB beyond the decoder itself.
+    """
+    directions = nn.functional.normalize(W_dec.detach().float(), dim=1)  # (L, d_in)
+    num_latents = len(directions)
+    top = min(top, num_latents - 1)
+    rows = max(1, block_bytes // (4 * num_latents))
+    ids, cosines = [], []
+    for start in range(0, num_latents, rows):
+        sims = directions[start : start + rows] @ directions.T  # (rows, L)
+        own = torch.arange(len(sims), device=sims.device)
+        sims[own, own + start] = -torch.inf
+        values, index = sims.topk(top, dim=1)
+        ids.append(index.int().cpu())
+        cosines.append(values.cpu())
+    return torch.cat(ids), torch.cat(cosines)
+
+
+def follows_special(input_ids: Tensor, special: Tensor) -> Tensor:
+    """`(batch, seq)` True on the tokens right after a special one (BOS, a chat marker, EOS between documents):
+    they often carry outlier activations that say more about the position than about the text."""
+    after = torch.zeros_like(input_ids, dtype=torch.bool)
+    after[:, 1:] = torch.isin(input_ids[:, :-1], special.to(input_ids.device))
+    return after
 
 
 def token_strings(tokenizer, ids) -> dict[int, str]:
@@ -227,41 +301,65 @@ def _strings(ids: np.ndarray, strings: dict[int, str]) -> np.ndarray:
     return np.array([strings[int(i)] for i in unique], dtype=object)[inverse.reshape(-1)]
 
 
-def build_tables(
-    collector: FeatureCollector, effects: dict[str, Tensor] | None, strings: dict[int, str], quantiles=QUANTILES
-) -> tuple[pa.Table, pa.Table]:
-    """(stats, examples) Arrow tables from a finished collector and the logit effects."""
-    c = collector
-    num_latents, top_n, window = c.top_tokens.shape
-    valid = c.top_values.isfinite()  # (L, top_n)
-    latent, rank = valid.nonzero(as_tuple=True)
-    tokens, acts = c.top_tokens[latent, rank].numpy(), c.top_acts[latent, rank].numpy()  # (E, window)
+def _context_columns(c: FeatureCollector, table: ContextTable, latent: Tensor, slot: Tensor, strings) -> dict:
+    """The columns of the contexts `(latent, slot)` of `table`: where, the peak's index, and the window."""
+    tokens, acts = table.tokens[latent, slot].numpy(), table.acts[latent, slot].numpy()  # (E, window)
     inside = tokens >= 0
-    examples = pa.table(
-        {
-            "feature": pa.array(latent.int().numpy()),
-            "rank": pa.array(rank.short().numpy()),
-            "activation": pa.array(c.top_values[latent, rank].numpy()),
-            "block": pa.array(c.top_where[latent, rank, 0].numpy()),
-            "position": pa.array(c.top_where[latent, rank, 1].numpy()),
-            "peak": pa.array((c.before - (~inside[:, : c.before]).sum(1)).astype(np.int16)),
-            "token_ids": _list_array(tokens[inside], inside.sum(1)),
-            "tokens": _list_array(_strings(tokens[inside], strings), inside.sum(1)),
-            "activations": _list_array(acts[inside], inside.sum(1)),
-        }
-    )
+    return {
+        "feature": pa.array(latent.int().numpy()),
+        "activation": pa.array(table.values[latent, slot].numpy()),
+        "block": pa.array(table.where[latent, slot, 0].numpy()),
+        "position": pa.array(table.where[latent, slot, 1].numpy()),
+        "peak": pa.array((c.before - (~inside[:, : c.before]).sum(1)).astype(np.int16)),
+        "token_ids": _list_array(tokens[inside], inside.sum(1)),
+        "tokens": _list_array(_strings(tokens[inside], strings), inside.sum(1)),
+        "activations": _list_array(acts[inside], inside.sum(1)),
+    }
+
+
+def quantile_bins(values: Tensor, valid: Tensor, bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """`(latent, slot, bin)` of the valid sampled firings `values` `(L, size)`: each feature's sample sorted by
+    activation and split into `bins` bins of (nearly) equal count, bin 0 the weakest."""
+    order = values.masked_fill(~valid, torch.inf).argsort(dim=1, stable=True)  # valid entries first, ascending
+    sampled = valid.sum(1, keepdim=True)  # (L, 1)
+    rank = torch.arange(values.shape[1]).expand_as(values)
+    latent, position = (rank < sampled).nonzero(as_tuple=True)
+    return latent, order[latent, position], position * bins // sampled[latent, 0]
+
+
+def build_tables(
+    collector: FeatureCollector,
+    effects: dict[str, Tensor] | None,
+    strings: dict[int, str],
+    quantiles=QUANTILES,
+    neighbours: tuple[Tensor, Tensor] | None = None,
+    bins: int = QUANTILE_BINS,
+) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """(stats, examples, quantile examples) Arrow tables from a finished collector, the logit effects and the
+    decoder neighbours."""
+    c = collector
+    num_latents = len(c.counts)
+    latent, rank = c.top.keys.isfinite().nonzero(as_tuple=True)
+    examples = _context_columns(c, c.top, latent, rank, strings)
+    examples = pa.table({"feature": examples.pop("feature"), "rank": pa.array(rank.short().numpy()), **examples})
+    latent, slot, which = quantile_bins(c.sample.values, c.sample.keys.isfinite(), bins)
+    sampled = _context_columns(c, c.sample, latent, slot, strings)
+    sampled = pa.table({"feature": sampled.pop("feature"), "bin": pa.array(which.short().numpy()), **sampled})
+    sampled = sampled.sort_by([("feature", "ascending"), ("bin", "ascending"), ("activation", "descending")])
     fired = c.counts > 0
+    top = c.top_values.masked_fill(~c.top_values.isfinite(), torch.nan)
     columns = {
         "feature": pa.array(np.arange(num_latents, dtype=np.int32)),
         "count": pa.array(c.counts.numpy()),
         "frequency": pa.array((c.counts.double() / max(c.tokens, 1)).numpy()),
         "mean_activation": pa.array((c.sums / c.counts).float().masked_fill(~fired, torch.nan).numpy()),
         "max_activation": pa.array(c.top_values[:, 0].masked_fill(~fired, torch.nan).numpy()),
+        "robust_peak": pa.array(top.nanmedian(1).values.numpy()),  # one outlier context cannot set it
     }
     for q, column in zip(quantiles, c.quantiles(quantiles).T):
         columns[f"p{100 * q:g}"] = pa.array(column.numpy())
-    bins = c.histogram.shape[1]
-    columns["histogram"] = _list_array(c.histogram.reshape(-1).numpy(), np.full(num_latents, bins))
+    num_bins = c.histogram.shape[1]
+    columns["histogram"] = _list_array(c.histogram.reshape(-1).numpy(), np.full(num_latents, num_bins))
     promoted = [[] for _ in range(num_latents)]
     for kind in ("promoted", "suppressed") if effects is not None else ():
         ids, n = effects[f"{kind}_ids"].numpy(), effects[f"{kind}_ids"].shape[1]
@@ -269,13 +367,20 @@ def build_tables(
         columns[f"{kind}_tokens"] = _list_array(_strings(ids.reshape(-1), strings), np.full(num_latents, n))
         columns[f"{kind}_logits"] = _list_array(effects[f"{kind}_logits"].numpy().reshape(-1), np.full(num_latents, n))
         promoted = columns["promoted_tokens"].to_pylist() if kind == "promoted" else promoted
-    peaks = c.top_tokens[:, :, c.before].numpy()  # (L, top_n) the token at each peak
+    if effects is not None:
+        for key in ("logit_histogram", "logit_range"):
+            columns[key] = _list_array(effects[key].numpy().reshape(-1), np.full(num_latents, effects[key].shape[1]))
+    if neighbours is not None:
+        ids, cosines = neighbours
+        columns["neighbour_ids"] = _list_array(ids.numpy().reshape(-1), np.full(num_latents, ids.shape[1]))
+        columns["neighbour_cosines"] = _list_array(cosines.numpy().reshape(-1), np.full(num_latents, ids.shape[1]))
+    peaks = c.top.tokens[:, :, c.before].numpy()  # (L, top_n) the token at each peak
     labels = [
         auto_label([strings[int(t)] for t in row if t >= 0], promoted[i]) if fired[i] else ""
         for i, row in enumerate(peaks)
     ]
     columns["auto_label"] = pa.array(labels, pa.string())
-    return pa.table(columns), examples
+    return pa.table(columns), examples, sampled
 
 
 @torch.no_grad()
@@ -291,14 +396,19 @@ def collect_feature_metadata(
     before: int = 10,
     after: int = 5,
     num_logits: int = 10,
+    sample_size: int = 40,
+    num_neighbours: int = 10,
+    skip_after_special: bool = True,
     outlier_factor: float | None = 10.0,
     autocast_dtype: torch.dtype | None = None,
     settings: dict | None = None,
 ) -> FeatureMetadata:
     r"""
     Stream token blocks `(batch, context)` through the LM (stopped after the hookpoint) and the SAE, and collect
-    every feature's statistics, top contexts (`before` tokens before the peak, `after` after), logit effects and
-    automatic label. Counts `max_tokens` tokens at most (all when `None`).
+    every feature's statistics, top contexts (`before` tokens before the peak, `after` after), a uniform sample of
+    `sample_size` contexts split into activation-quantile bins, logit effects, decoder neighbours and automatic label.
+    Counts `max_tokens` tokens at most (all when `None`); with `skip_after_special` the tokens right after a special
+    token (BOS, chat markers) are left out too.
 
     Example:
 
@@ -308,14 +418,21 @@ def collect_feature_metadata(
     ```
     """
     hookpoint = hookpoint_of(sae, hookpoint)
-    collector = FeatureCollector(sae.config.num_latents, top_n=top_n, before=before, after=after)
+    collector = FeatureCollector(
+        sae.config.num_latents, top_n=top_n, sample_size=sample_size, before=before, after=after
+    )
     special = special_token_ids(tokenizer)
     device = getattr(model, "device", torch.device("cpu"))
+    after_special = 0
     with tqdm(total=max_tokens, unit="tok", desc="Feature statistics") as bar:
         for input_ids in token_batches:
             input_ids = input_ids.to(device)
             acts = run_lm(model, [hookpoint], input_ids, autocast_dtype=autocast_dtype)[0][hookpoint]  # (B, T, d_in)
             mask, _ = counted_tokens(input_ids, [acts], special, outlier_factor)
+            if skip_after_special:
+                follows = follows_special(input_ids, special) & mask
+                mask &= ~follows
+                after_special += int(follows.sum())
             if max_tokens is not None:  # keep exactly the first `max_tokens` counted tokens
                 mask &= mask.flatten().cumsum(0).reshape(mask.shape) <= max_tokens - collector.tokens
             collector.update(sae.encode(acts.to(sae.device, sae.dtype)), input_ids, mask)
@@ -323,9 +440,12 @@ def collect_feature_metadata(
             if max_tokens is not None and collector.tokens >= max_tokens:
                 break
     effects = logit_effects(model, sae, num_logits)
-    ids = [collector.top_tokens] + ([] if effects is None else [effects["promoted_ids"], effects["suppressed_ids"]])
+    neighbours = decoder_neighbours(sae.W_dec, num_neighbours) if num_neighbours else None
+    tables = (collector.top.tokens, collector.sample.tokens)
+    ids = [*tables] + ([] if effects is None else [effects["promoted_ids"], effects["suppressed_ids"]])
     ids = torch.cat([t.flatten() for t in ids]).unique().tolist()
-    stats, examples = build_tables(collector, effects, token_strings(tokenizer, ids))
+    stats, examples, sampled = build_tables(collector, effects, token_strings(tokenizer, ids), neighbours=neighbours)
+    skipped = ", the tokens right after one" if skip_after_special else ""
     metadata = {
         "format_version": 1,
         "num_latents": sae.config.num_latents,
@@ -334,16 +454,22 @@ def collect_feature_metadata(
         "tokens": collector.tokens,
         "blocks": collector.blocks,
         "top_n": top_n,
+        "sample_size": sample_size,
+        "quantile_bins": QUANTILE_BINS,
         "context_before": before,
         "context_after": after,
         "outlier_factor": outlier_factor,
+        "skip_after_special": skip_after_special,
+        "after_special_tokens": after_special,  # left out over the blocks read
         "quantiles": list(QUANTILES),
         "histogram_edges": collector.edges.tolist(),
-        "counted": "every token but position 0, special tokens and norm outliers; activation stats over firings",
+        "counted": f"every token but position 0, special tokens{skipped} and norm outliers; activation stats over "
+        "firings",
+        "robust_peak": "the median of the top-N activations",
         "logit_effects": "W_U (g * c(W_dec[i])): final-norm gain g and centring c, not its bias or 1/rms",
         **(settings or {}),
     }
-    return FeatureMetadata(stats, examples, metadata)
+    return FeatureMetadata(stats, examples, metadata, quantile_examples=sampled)
 
 
 def hookpoint_of(sae: SaeModel, hookpoint: str | None) -> str:

@@ -338,6 +338,8 @@ def run_features(lm_args: ActivationArguments, data_args: DataArguments, args: F
         top_n=args.top_n,
         before=args.context_before,
         after=args.context_after,
+        sample_size=args.sample_size,
+        skip_after_special=args.skip_after_special,
         outlier_factor=lm_args.outlier_factor,
         autocast_dtype=resolve_lm_dtype(lm_args.lm_dtype, model.device),
         settings={"data": dataclasses.asdict(data_args)},

@@ -152,7 +152,7 @@ def big_browser(tmp_path_factory) -> Path:
     for _ in range(2):
         z = torch.rand(2, 128, 16384, generator=generator).sub_(0.97).relu_()  # about 3% of latents fire per token
         collector.update(z, torch.randint(3, 99, (2, 128), generator=generator), torch.ones(2, 128, dtype=torch.bool))
-    stats, examples = build_tables(collector, None, {i: f"w{i}" for i in range(99)})
+    stats, examples, _ = build_tables(collector, None, {i: f"w{i}" for i in range(99)})
     metadata = {"num_latents": 16384, "histogram_edges": collector.edges.tolist(), "quantiles": [0.5, 0.9, 0.99]}
     return write_browser(FeatureMetadata(stats, examples, metadata), tmp_path_factory.mktemp("big") / "browser")
 

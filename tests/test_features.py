@@ -19,6 +19,7 @@ from hf_sae.features import (
     FeatureCollector,
     auto_label,
     collect_feature_metadata,
+    decoder_neighbours,
     logit_effects,
 )
 
@@ -53,6 +54,13 @@ def token_blocks(num_blocks: int = 12, seq: int = 16, seed: int = 1) -> torch.Te
     return ids
 
 
+def counted_by_hand(ids: torch.Tensor) -> torch.Tensor:
+    """(blocks, seq) True on the tokens feature statistics count: not position 0, not a special token, not the token
+    right after a special one."""
+    previous = torch.cat([torch.full_like(ids[:, :1], BOS_ID), ids[:, :-1]], 1)
+    return (ids > EOS_ID) & (previous > EOS_ID) & (torch.arange(ids.shape[1]) > 0)
+
+
 def brute_force(model, sae, hookpoint, ids, batch_size=4):
     """Latents of every token (num_blocks, seq, num_latents), zero where not counted, from a plain forward hook."""
     seen, chunks = [], []
@@ -62,7 +70,7 @@ def brute_force(model, sae, hookpoint, ids, batch_size=4):
             for start in range(0, len(ids), batch_size):
                 model(ids[start : start + batch_size])
                 z = sae.encode(seen.pop())  # (batch, seq, num_latents)
-                counted = (ids[start : start + batch_size] > EOS_ID) & (torch.arange(ids.shape[1]) > 0)
+                counted = counted_by_hand(ids[start : start + batch_size])
                 chunks.append(z * counted[..., None])
     finally:
         handle.remove()
@@ -89,7 +97,7 @@ def test_statistics_equal_a_direct_computation_over_all_tokens(setup, architectu
     z = brute_force(model, sae, hookpoint, ids)  # (blocks, seq, num_latents)
     flat = z.reshape(-1, z.shape[-1])
     stats = features.stats
-    num_tokens = int(((ids > EOS_ID) & (torch.arange(ids.shape[1]) > 0)).sum())
+    num_tokens = int(counted_by_hand(ids).sum())
     assert features.metadata["tokens"] == num_tokens
     counts = (flat > 0).sum(0)
     assert counts.sum() > 0 and stats["count"].tolist() == counts.tolist()
@@ -127,7 +135,7 @@ def test_max_tokens_counts_exactly_the_first_tokens(setup):
     sae, ids = tiny_sae(24), token_blocks()
     features = collect(model, tokenizer, sae, ids, max_tokens=50)
     z = brute_force(model, sae, hookpoint, ids)
-    counted = ((ids > EOS_ID) & (torch.arange(ids.shape[1]) > 0)).flatten()
+    counted = counted_by_hand(ids).flatten()
     first = counted & (counted.cumsum(0) <= 50)
     assert features.metadata["tokens"] == 50
     assert features.stats["count"].tolist() == (z.reshape(-1, 48)[first] > 0).sum(0).tolist()
@@ -169,10 +177,12 @@ def test_save_load_round_trip_with_pandas_datasets_and_from_pretrained(setup, tm
     features.save_pretrained(tmp_path / "sae" / "features")
     folder = tmp_path / "sae" / "features"
     assert sorted(p.name for p in folder.iterdir()) == [
-        "examples.parquet", "labels.json", "metadata.json", "stats.parquet"
+        "examples.parquet", "labels.json", "metadata.json", "quantile_examples.parquet", "stats.parquet"
     ]  # fmt: skip
     pd.testing.assert_frame_equal(pd.read_parquet(folder / "stats.parquet"), features.stats)
     pd.testing.assert_frame_equal(pd.read_parquet(folder / "examples.parquet"), features.examples())
+    sampled = pd.read_parquet(folder / "quantile_examples.parquet")
+    pd.testing.assert_frame_equal(sampled, features.quantile_examples_table().to_pandas())
     stats = load_dataset("parquet", data_files=str(folder / "stats.parquet"), split="train")
     examples = load_dataset("parquet", data_files=str(folder / "examples.parquet"), split="train")
     assert stats.num_rows == 48 and stats[5]["count"] == features[5]["count"]
@@ -183,6 +193,7 @@ def test_save_load_round_trip_with_pandas_datasets_and_from_pretrained(setup, tm
     loaded = SaeModel.from_pretrained(tmp_path / "sae")
     assert loaded.features[5].stats == features[5].stats
     assert loaded.features[5].examples == features[5].examples
+    assert loaded.features[5].quantile_examples == features[5].quantile_examples != []
     assert len(loaded.features) == 48 and loaded.features.label(5) == features[5].auto_label
 
     loaded.features.set_label(5, "five")
@@ -280,3 +291,104 @@ def test_feature_statistics_read_as_attributes(tmp_path):
     assert (feature.max_activation, feature["frequency"]) == (2.5, 0.01)
     with pytest.raises(AttributeError, match=r"no attribute or statistic 'nope'"):
         feature.nope
+
+
+def test_quantile_examples_are_a_uniform_sample_split_into_equal_count_bins(setup):
+    """Every sampled context is a real firing with its real window; a feature's sample holds min(count, size)
+    distinct firings, split by activation into 10 bins of equal count, bin 0 the weakest; and over many seeds each
+    firing is drawn about equally often."""
+    model, tokenizer, hookpoint = setup
+    sae, ids = tiny_sae(24, "relu"), token_blocks()
+    features = collect(model, tokenizer, sae, ids, sample_size=20)
+    z = brute_force(model, sae, hookpoint, ids)
+    counts = features.stats["count"]
+    many = int(counts.idxmax())
+    assert counts[many] > 20 and features.metadata["quantile_bins"] == 10
+    for i in (many, *counts.index[(counts > 0) & (counts < 20)][:3]):
+        sampled = features[i].quantile_examples
+        assert len(sampled) == min(counts[i], 20)
+        assert len({(e["block"], e["position"]) for e in sampled}) == len(sampled)
+        for e in sampled:
+            assert e["activation"] == z[e["block"], e["position"], i] > 0
+            lo = max(e["position"] - BEFORE, 0)
+            assert e["token_ids"] == ids[e["block"], lo : e["position"] + AFTER + 1].tolist()
+            assert e["activations"] == z[e["block"], lo : e["position"] + AFTER + 1, i].tolist()
+        by_bin = sorted(sampled, key=lambda e: (e["bin"], e["activation"]))
+        assert [e["activation"] for e in by_bin] == sorted(e["activation"] for e in sampled)
+        sizes = pd.Series([e["bin"] for e in sampled]).value_counts()
+        assert sizes.max() - sizes.min() <= 1 and sizes.index.max() == min(10, len(sampled)) - 1
+
+    column = z[..., many : many + 1]  # (blocks, seq, 1) that feature alone
+    firings = int((column > 0).sum())
+    rank = (column.flatten() > 0).cumsum(0) - 1  # each firing's index in reading order
+    drawn = torch.zeros(firings)
+    for seed in range(200):
+        collector = FeatureCollector(1, top_n=1, sample_size=6, before=0, after=0, seed=seed)
+        for start in range(0, len(z), 4):
+            collector.update(
+                column[start : start + 4], ids[start : start + 4], counted_by_hand(ids[start : start + 4])
+            )
+        where = collector.sample.where[0]  # (6, 2) block, position
+        drawn[rank[where[:, 0] * ids.shape[1] + where[:, 1]]] += 1
+    expected = 200 * 6 / firings
+    assert drawn.sum() == 1200 and (drawn - expected).abs().max() < 5 * expected**0.5  # binomial spread
+
+
+def test_tokens_after_special_ones_are_left_out_and_robust_peak_ignores_one_outlier(setup):
+    """A feature that fires hugely once, right after BOS: by default that token is not counted at all; without the
+    rule, max_activation is set by that one context while robust_peak (the top-N median) stays with the rest."""
+    model, tokenizer, hookpoint = setup
+    sae, ids = tiny_sae(24, "relu"), token_blocks()
+    z = brute_force(model, sae, hookpoint, ids)
+    counts = (z.reshape(-1, 48) > 0).sum(0)
+    feature = int(counts.argmax())
+    assert counts[feature] > TOP_N
+    plain, calls = sae.encode, []
+
+    def spiked(x):  # the first block's token after BOS fires `feature` at 100 more
+        out = plain(x)
+        if out.dim() == 3 and not calls:
+            out = out.clone()
+            out[0, 1, feature] += 100.0
+        calls.append(1)
+        return out
+
+    sae.encode = spiked
+    every = collect(model, tokenizer, sae, ids, skip_after_special=False)
+    calls.clear()
+    skipped = collect(model, tokenizer, sae, ids)
+    after = int(((ids > EOS_ID) & ~counted_by_hand(ids))[:, 1:].sum())  # after BOS or EOS, not special itself
+    assert skipped.metadata["after_special_tokens"] == after > 0 and every.metadata["after_special_tokens"] == 0
+    assert every.metadata["tokens"] == skipped.metadata["tokens"] + after
+    top = sorted(e["activation"] for e in every[feature].examples)
+    assert every[feature].max_activation == top[-1] > 100
+    assert every[feature].robust_peak == top[(len(top) - 1) // 2] < 10
+    assert skipped[feature].max_activation == float(z[..., feature].max()) < 100
+    assert all(e["position"] != 1 for e in skipped[feature].examples)
+
+
+def test_blocked_decoder_neighbours_equal_the_dense_computation():
+    torch.manual_seed(0)
+    W_dec = torch.randn(300, 24)
+    directions = torch.nn.functional.normalize(W_dec, dim=1)
+    dense = directions @ directions.T
+    dense.fill_diagonal_(-torch.inf)
+    values, ids = dense.topk(10, dim=1)
+    for block_bytes in (4 * 300 * 7, 4 * 300, 1, 2**30):  # 7 rows, 1 row, 1 row, all rows at once
+        got_ids, got = decoder_neighbours(W_dec, top=10, block_bytes=block_bytes)
+        assert torch.equal(got_ids, ids.int())
+        torch.testing.assert_close(got, values)
+    assert not (got_ids == torch.arange(300)[:, None]).any()  # never itself
+
+
+def test_logit_histogram_counts_every_vocabulary_entry():
+    lm = make_tiny_lm("llama")
+    sae = tiny_sae(lm.hidden_size, hookpoint=lm.blocks[1])
+    direct = (sae.W_dec.detach() * lm.model.model.norm.weight) @ lm.model.lm_head.weight.T  # (num_latents, vocab)
+    effects = logit_effects(lm.model, sae, top=7, bins=16)
+    histogram, ranges = effects["logit_histogram"], effects["logit_range"]
+    assert histogram.shape == (48, 16) and torch.equal(histogram.sum(1), torch.full((48,), direct.shape[1]))
+    torch.testing.assert_close(ranges, torch.stack([direct.min(1).values, direct.max(1).values], 1))
+    for i in range(48):
+        by_hand = torch.histc(direct[i], bins=16, min=float(ranges[i, 0]), max=float(ranges[i, 1]))
+        assert (by_hand.long() - histogram[i]).abs().sum() <= 2  # a value on a bin edge may round either way
