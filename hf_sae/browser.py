@@ -110,43 +110,79 @@ def _top_contexts(features: FeatureMetadata, examples: int) -> pa.Table:
     return table.filter(pc.field("rank") < examples).sort_by([("feature", "ascending"), ("rank", "ascending")])
 
 
-def _chunk(features: FeatureMetadata, ids: range, contexts: pa.Table, edges: np.ndarray) -> dict:
-    """The details of features `ids`: quantiles, histogram, logit effects, and their top contexts as flat columns,
-    with each token string stored once per chunk and activations as levels 0-255 of the feature's maximum."""
-    stats = features.stats_table.slice(ids.start, len(ids))
-    quantiles = [f"p{100 * q:g}" for q in features.metadata.get("quantiles", [])]
+def _sampled_contexts(features: FeatureMetadata) -> pa.Table | None:
+    """The contexts sampled by activation-quantile bin, ordered by (feature, bin, activation descending)."""
+    table = features.quantile_examples_table()
+    if table is None:
+        return None
+    table = table.select(["feature", "bin", "activation", "peak", "tokens", "activations"])
+    return table.sort_by([("feature", "ascending"), ("bin", "ascending"), ("activation", "descending")])
+
+
+def _context_columns(contexts: pa.Table, ids: range, maxima: np.ndarray) -> tuple[dict, pa.Array]:
+    """The contexts of features `ids` as flat columns, with activations as levels 0-255 of the feature's maximum,
+    and their token strings (to be encoded with the chunk's vocabulary)."""
     first, stop = np.searchsorted(contexts.column("feature").to_numpy(), [ids.start, ids.stop])
     rows = contexts.slice(first, stop - first)
     tokens, acts = rows.column("tokens").combine_chunks(), rows.column("activations").combine_chunks()
     lengths = pc.list_value_length(tokens).to_numpy(zero_copy_only=False).astype(np.int64)
-    keys = ("promoted_tokens", "promoted_logits", "suppressed_tokens", "suppressed_logits")
-    known = "promoted_tokens" in stats.column_names  # no logit effects when the SAE's width is not the model's
-    effects = {key: stats.column(key).to_pylist() if known else [[]] * len(ids) for key in keys}
-    effect_tokens = [t for k in range(len(ids)) for key in keys[::2] for t in effects[key][k]]
-    strings = pa.concat_arrays([tokens.flatten().cast(pa.string()), pa.array(effect_tokens, pa.string())])
-    encoded = strings.dictionary_encode()
-    codes = encoded.indices.to_numpy()
-    maxima = features.stats_table.column("max_activation").to_numpy()
     scale = np.repeat(maxima[rows.column("feature").to_numpy()], lengths)
     levels = np.rint(255 * acts.flatten().to_numpy(zero_copy_only=False) / scale)
-    effect_codes = iter(codes[len(levels) :].tolist())
-    out = {}
-    for k, row in enumerate(stats.select(["feature", "histogram", *quantiles]).to_pylist()):
-        out[row["feature"]] = {
-            "q": [_num(row[q]) for q in quantiles],
-            "h": _histogram(np.asarray(row["histogram"]), edges),
-            "pro": [[next(effect_codes), _num(v)] for v in effects["promoted_logits"][k]],
-            "sup": [[next(effect_codes), _num(v)] for v in effects["suppressed_logits"][k]],
-        }
     columns = {
         "feature": rows.column("feature").to_pylist(),
         "act": [_num(a) for a in rows.column("activation").to_pylist()],
         "peak": rows.column("peak").to_pylist(),
         "len": lengths.tolist(),
-        "tokens": codes[: len(levels)].tolist(),
         "acts": np.nan_to_num(levels).clip(0, 255).astype(int).tolist(),
     }
-    return {"vocab": encoded.dictionary.to_pylist(), "features": out, "quantiles": quantiles, "contexts": columns}
+    if "bin" in rows.column_names:
+        columns["bin"] = rows.column("bin").to_pylist()
+    return columns, tokens.flatten().cast(pa.string())
+
+
+def _chunk(
+    features: FeatureMetadata, ids: range, contexts: pa.Table, edges: np.ndarray, sampled: pa.Table | None = None
+) -> dict:
+    """The details of features `ids`: quantiles, histograms, logit effects, decoder neighbours, and their top and
+    sampled contexts as flat columns, with each token string stored once per chunk."""
+    stats = features.stats_table.slice(ids.start, len(ids))
+    quantiles = [f"p{100 * q:g}" for q in features.metadata.get("quantiles", [])]
+    maxima = features.stats_table.column("max_activation").to_numpy()
+    groups = [_context_columns(table, ids, maxima) for table in (contexts, sampled) if table is not None]
+    keys = ("promoted_tokens", "promoted_logits", "suppressed_tokens", "suppressed_logits")
+    known = "promoted_tokens" in stats.column_names  # no logit effects when the SAE's width is not the model's
+    effects = {key: stats.column(key).to_pylist() if known else [[]] * len(ids) for key in keys}
+    effect_tokens = [t for k in range(len(ids)) for key in keys[::2] for t in effects[key][k]]
+    strings = pa.concat_arrays([*(tokens for _, tokens in groups), pa.array(effect_tokens, pa.string())])
+    encoded = strings.dictionary_encode()
+    codes, start = encoded.indices.to_numpy(), 0
+    for columns, tokens in groups:
+        columns["tokens"] = codes[start : start + len(tokens)].tolist()
+        start += len(tokens)
+    effect_codes = iter(codes[start:].tolist())
+    optional = ("logit_histogram", "logit_range", "neighbour_ids", "neighbour_cosines")
+    present = [key for key in optional if key in stats.column_names]
+    out = {}
+    for k, row in enumerate(stats.select(["feature", "histogram", *quantiles, *present]).to_pylist()):
+        entry = {
+            "q": [_num(row[q]) for q in quantiles],
+            "h": _histogram(np.asarray(row["histogram"]), edges),
+            "pro": [[next(effect_codes), _num(v)] for v in effects["promoted_logits"][k]],
+            "sup": [[next(effect_codes), _num(v)] for v in effects["suppressed_logits"][k]],
+        }
+        if "logit_histogram" in row:  # [low, high, counts...] over equal-width bins
+            entry["lh"] = [*map(_num, row["logit_range"]), *row["logit_histogram"]]
+        if "neighbour_ids" in row:
+            entry["nb"] = [[j, _num(c)] for j, c in zip(row["neighbour_ids"], row["neighbour_cosines"])]
+        out[row["feature"]] = entry
+    samples = groups[1][0] if len(groups) > 1 else None
+    return {
+        "vocab": encoded.dictionary.to_pylist(),
+        "features": out,
+        "quantiles": quantiles,
+        "contexts": groups[0][0],
+        "samples": samples,
+    }
 
 
 def _index(features: FeatureMetadata, contexts: pa.Table) -> dict:
@@ -168,6 +204,9 @@ def _index(features: FeatureMetadata, contexts: pa.Table) -> dict:
         "freq": [_num(x) for x in table.column("frequency").to_pylist()],
         "max": [_num(x) for x in table.column("max_activation").to_pylist()],
         "mean": [_num(x) for x in table.column("mean_activation").to_pylist()],
+        "peak": [_num(x) for x in table.column("robust_peak").to_pylist()]
+        if "robust_peak" in table.column_names
+        else None,
         "search": search,
     }
 
@@ -194,9 +233,10 @@ def write_browser(
     features = features if isinstance(features, FeatureMetadata) else load_features(features)
     meta = features.metadata
     edges = np.asarray(meta["histogram_edges"])
-    contexts = _top_contexts(features, examples)
+    contexts, sampled = _top_contexts(features, examples), _sampled_contexts(features)
     num = features.stats_table.num_rows
-    info = {key: meta.get(key) for key in ("model_name_or_path", "hookpoint", "tokens", "num_latents", "top_n")}
+    keys = ("model_name_or_path", "hookpoint", "tokens", "num_latents", "top_n", "skip_after_special")
+    info = {key: meta.get(key) for key in keys}
     data = {
         "title": title or f"{meta.get('hookpoint') or 'SAE'} features",
         "meta": info,
@@ -212,7 +252,7 @@ def write_browser(
     with staging_folder(output_dir) as tmp:
         (tmp / "data").mkdir()
         for start in range(0, num, chunk_size):
-            chunk = _chunk(features, range(start, min(start + chunk_size, num)), contexts, edges)
+            chunk = _chunk(features, range(start, min(start + chunk_size, num)), contexts, edges, sampled)
             script = f"hfSaeChunk({start // chunk_size},{_js(chunk)});\n"
             (tmp / "data" / f"f{start // chunk_size:04d}.js").write_text(script, encoding="utf-8")
         template = resources.files("hf_sae").joinpath(TEMPLATE).read_text(encoding="utf-8")

@@ -119,6 +119,25 @@ def test_browser_in_headless_chromium(chrome, features, tmp_path):
     red, green, blue, alpha = re.findall(r"[\d.]+", peak.value_of_css_property("background-color"))
     assert (red, green, blue) == ("232", "89", "12") and float(alpha) > 0.95
 
+    assert chrome.find_element("css selector", "main .stats").text.count("robust peak") == 1
+    sampled = features[shown].quantile_examples
+    assert len(chrome.find_elements("css selector", "#quantiles .ctx")) == len(sampled) > 0
+    bins = [b.text for b in chrome.find_elements("css selector", "#quantiles .bin")]
+    assert len(bins) == len({e["bin"] for e in sampled}) and bins[0].startswith(
+        f"Decile {max(e['bin'] for e in sampled) + 1} "
+    )
+    shown_acts = [float(a.text) for a in chrome.find_elements("css selector", "#quantiles .ctx .act")]
+    assert shown_acts[0] == pytest.approx(max(e["activation"] for e in sampled), rel=1e-3)
+    counts = [c for c in features.stats["logit_histogram"][shown] if c]  # one bar per occupied bin
+    assert len(chrome.find_elements("css selector", "#logit-histogram rect.bar")) == len(
+        features.stats["logit_histogram"][shown]
+    )
+    assert sum(counts) == 99
+    links = chrome.find_elements("css selector", "#neighbours a")
+    assert [int(a.get_attribute("data-feature")) for a in links] == list(features[shown].neighbour_ids)
+    links[0].click()
+    wait_for(lambda: heading(chrome) == f"Feature {features[shown].neighbour_ids[0]}")
+
     chrome.execute_script("location.hash = '#17'")
     wait_for(lambda: heading(chrome) == "Feature 17")
     assert chrome.find_element("id", "feature-label").text == "Zebra stripes <b>not bold</b>"
