@@ -2,26 +2,21 @@
 
     token blocks -> frozen LM (`lm_forward`: no_grad, stopped after the deepest hookpoint, bf16 where faster)
                  -> {hookpoint: (tokens, d_in)} of the tokens that count (`lm_forward.counted_tokens`)
-                 -> optional on-disk cache (a `datasets` Arrow dataset) that can be replayed
                  -> a shuffling buffer that mixes many contexts before serving fixed-size batches
 
-Every stage is a plain iterator of `{hookpoint: Tensor}` chunks, so sources can be swapped (live LM or cache).
+Every stage is a plain iterator of `{hookpoint: Tensor}` chunks. A run can instead replay activations cached on
+disk (`activation_cache`).
 The buffer's state (chunks consumed, unserved activations, RNG) can be saved and restored, so a resumed run sees
 exactly the activations the interrupted run would have seen next.
 """
 
-import shutil
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
-from .errors import DataError
-from .layout import replace_folder, staging_folder
 from .lm_forward import counted_tokens, run_lm
 
 logger = logging.get_logger(__name__)
@@ -130,63 +125,3 @@ class ShufflingBuffer:
         self.chunks_consumed, self.batches_due = state["chunks_consumed"], state["batches_due"]
         self.pending = state["pending"]
         self.generator.set_state(state["generator"])
-
-
-# ---- on-disk cache ------------------------------------------------------------------------------
-
-
-def write_cache(chunks: Iterable[Chunk], path: str | Path, *, max_tokens: int | None = None) -> Path:
-    """Save harvested activations as a `datasets` Arrow dataset (one row per token, one column per hookpoint)."""
-    from datasets import Dataset
-
-    path = Path(path)
-
-    def rows():
-        written = 0
-        for chunk in chunks:
-            arrays = {h: acts.float().cpu().numpy() for h, acts in chunk.items()}
-            for i in range(next(iter(arrays.values())).shape[0]):
-                if max_tokens is not None and written >= max_tokens:
-                    return
-                yield {h: array[i] for h, array in arrays.items()}
-                written += 1
-
-    # A fresh fingerprint: datasets would otherwise try to hash (pickle) the live activation stream.
-    build = path.with_name(f".{path.name}.build")  # datasets' generator cache, removed once saved
-    dataset = Dataset.from_generator(rows, fingerprint=uuid.uuid4().hex, cache_dir=str(build))
-    with staging_folder(path) as tmp:
-        dataset.save_to_disk(str(tmp / "dataset"))
-        replace_folder(tmp / "dataset", path)
-    del dataset
-    shutil.rmtree(build, ignore_errors=True)
-    return path
-
-
-def read_cache(
-    path: str | Path,
-    hookpoints: Sequence[str],
-    *,
-    chunk_tokens: int = 4096,
-    skip: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-) -> Iterator[Chunk]:
-    """Replay a cache written by `write_cache`, `chunk_tokens` tokens at a time, cycling for several epochs."""
-    from datasets import load_from_disk
-
-    path = Path(path)
-    if not path.is_dir():
-        raise DataError(f"No activation cache at {path}; write one first with `--activation_cache {path}`.")
-    dataset = load_from_disk(str(path)).with_format("torch")
-    missing = [h for h in hookpoints if h not in dataset.column_names]
-    if missing:
-        raise DataError(f"Activation cache {path} holds {dataset.column_names}, not the hookpoints {missing}.")
-    starts = range(rank * chunk_tokens, len(dataset) - chunk_tokens + 1, world_size * chunk_tokens)
-    if not starts:
-        raise DataError(f"Activation cache {path} holds {len(dataset)} tokens, fewer than one chunk per process.")
-    index = skip
-    while True:
-        start = starts[index % len(starts)]
-        rows = dataset[start : start + chunk_tokens]
-        yield {h: rows[h] for h in hookpoints}
-        index += 1

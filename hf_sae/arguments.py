@@ -13,6 +13,7 @@ before the LM loads. Field values are checked in `check()` before any expensive 
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from .architectures import ARCHITECTURES, ArchitectureName
@@ -45,6 +46,12 @@ class SaeArguments:
     expansion_factor: float = _help("num_latents = expansion_factor * d_in.", 16)
     num_latents: int | None = _help("Overrides `expansion_factor` when set.", None)
     sparsity_coefficient: float = _help("Sparsity penalty weight (relu and gated: L1; jumprelu: L0).", 1.0)
+    sweep: str | None = _help(
+        "Several SAE configurations per hookpoint, trained on the same activations, each in its own folder: a YAML "
+        "list (a file, inline, or `sweep:` in the config file) of mappings of architecture, k, num_latents, "
+        "expansion_factor, sparsity_coefficient, learning_rate, name; unset keys take the flags' values.",
+        None,
+    )
 
     def check(self) -> None:
         _require(bool(self.hookpoints), "hookpoints", self.hookpoints, "at least one module path")
@@ -212,7 +219,12 @@ class SaeTrainingArguments:
     )
     shuffle_buffer_tokens: int = _help("Tokens mixed in the shuffling buffer (0: no shuffling).", 65536)
     activation_cache: str | None = _help(
-        "Arrow dataset of activations: replayed if it exists, else written first.", None
+        "A folder of cached activations (`hf-sae cache`): replayed if it exists, else written first with "
+        "--train_tokens tokens. Replay draws a fresh random order every epoch.",
+        None,
+    )
+    epochs: float | None = _help(
+        "With --activation_cache: train for this many passes over the cache (replaces --train_tokens).", None
     )
     mixed_precision: Literal["no", "bf16", "fp16"] | None = _help(
         "SAE step precision (autocast). Default: accelerate's setting.", None
@@ -261,6 +273,9 @@ class SaeTrainingArguments:
             _require(0 <= value <= 1, name, value, "a fraction in [0, 1]")
         dead = self.dead_after_tokens
         _require(dead is None or dead >= 1, "dead_after_tokens", dead, "a positive integer, or none")
+        epochs = self.epochs
+        _require(epochs is None or (math.isfinite(epochs) and epochs > 0), "epochs", epochs, "a number > 0, or none")
+        _require(epochs is None or bool(self.activation_cache), "epochs", epochs, "given with --activation_cache")
 
     @property
     def num_steps(self) -> int:
@@ -285,6 +300,28 @@ class SaeTrainingArguments:
 
 
 TRAIN_GROUPS = (SaeArguments, ActivationArguments, DataArguments, SaeTrainingArguments)
+
+
+@dataclass
+class CacheArguments:
+    """What `hf-sae cache` writes: activations of some hookpoints, for `hf-sae train --activation_cache`."""
+
+    output_dir: str = _help("The cache folder to write.")
+    hookpoints: list[str] = _help(
+        "Module paths whose outputs are cached, as `named_modules()` spells them.",
+        default_factory=lambda: ["model.layers.15"],
+    )
+    cache_tokens: int = _help(
+        "Tokens to cache (counted tokens: position 0 and special tokens are left out).", 1_000_000
+    )
+    cache_dtype: Literal["bfloat16", "float16"] = _help("The activations' precision on disk.", "bfloat16")
+    overwrite: bool = _help("Replace a cache already at output_dir.", False)
+
+    def check(self) -> None:
+        _require(bool(self.hookpoints), "hookpoints", self.hookpoints, "at least one module path")
+        _require(self.cache_tokens >= 1, "cache_tokens", self.cache_tokens, "a positive integer")
+        exists = Path(self.output_dir).exists()
+        _require(not exists or self.overwrite, "output_dir", self.output_dir, "a new folder, or pass --overwrite")
 
 
 @dataclass

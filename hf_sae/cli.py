@@ -2,6 +2,7 @@
 
 hf-sae prepare-corpus                 download the built-in offline corpus (once)
 hf-sae train [--flag value ...]       train SAEs; also `hf-sae train config.yaml` or a saved training_args.json
+hf-sae cache --output_dir DIR         harvest activations once, for `hf-sae train --activation_cache DIR` (many times)
 hf-sae eval --sae PATH --output_dir OUT   measure SAEs on held-out text: FVU, L0, dead latents, CE loss recovered
 hf-sae features --sae DIR             collect feature statistics into DIR/features; `--explain TEXT` lists features
 hf-sae browse --sae DIR --output_dir OUT   write a static HTML feature browser
@@ -121,6 +122,16 @@ def train_command(argv: list[str]) -> int:
     report = train_saes(*groups)
     if report:
         print(format_training_report(report, groups[-1].output_dir))
+    return 0
+
+
+def cache_command(argv: list[str]) -> int:
+    from .runners import write_activation_cache
+
+    groups = (A.ActivationArguments, A.DataArguments, A.CacheArguments)
+    lm_args, data_args, args = parse_arguments(groups, argv, "hf-sae cache")
+    path = write_activation_cache(lm_args, data_args, args)
+    print(f"Activations of {', '.join(args.hookpoints)} cached in {path}; train with --activation_cache {path}")
     return 0
 
 
@@ -282,6 +293,7 @@ def format_explanation(rows: list[dict]) -> str:
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "prepare-corpus": (prepare_corpus_command, "download the built-in offline corpus"),
     "train": (train_command, "train SAEs on a language model's activations"),
+    "cache": (cache_command, "harvest activations once to disk, to train many SAEs or epochs from"),
     "eval": (eval_command, "measure SAEs: reconstruction, sparsity, LM loss recovered"),
     "features": (features_command, "collect per-feature statistics and top contexts; explain a text"),
     "browse": (browse_command, "write a static HTML feature browser"),

@@ -10,11 +10,14 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 from datasets import IterableDataset
+from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .activations import Chunk, ShufflingBuffer, batched, harvest, read_cache, write_cache
+from .activation_cache import ActivationCache, CacheReplay, block_batches, harvest_records, replay_tokens, write_cache
+from .activations import Chunk, ShufflingBuffer, batched, harvest
 from .arguments import (
     ActivationArguments,
+    CacheArguments,
     DataArguments,
     EvaluationArguments,
     FeatureArguments,
@@ -44,7 +47,8 @@ from .layout import (
 from .lm_forward import resolve_lm_dtype, special_token_ids
 from .modeling_sae import SaeModel
 from .models import load_model
-from .offline.builtin_models import builtin_name
+from .offline.builtin_models import DEFAULT_MODEL, builtin_name
+from .sweeps import SweepRun, sweep_runs
 from .training import SaeTrainer, check_output_dir, make_accelerator
 
 logger = logging.get_logger(__name__)
@@ -73,7 +77,12 @@ def train_saes(
     sae_args, lm_args = sae_args or SaeArguments(), lm_args or ActivationArguments()
     data_args, args = data_args or DataArguments(), train_args or SaeTrainingArguments()
     check_all(sae_args, lm_args, data_args, args)
-    check_output_dir(args)  # before anything expensive
+    runs = sweep_runs(sae_args, args.learning_rate)  # every sweep entry checked before anything expensive
+    check_output_dir(args)
+    cache = _open_cache(args, lm_args, sae_args.hookpoints)  # an existing cache must match this run
+    if cache is not None:
+        args = dataclasses.replace(args, train_tokens=replay_tokens(cache, args.train_tokens, args.epochs,
+                                                                   args.batch_size))  # fmt: skip
     accelerator = make_accelerator(args)
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_batches = world * args.gradient_accumulation_steps
@@ -90,18 +99,37 @@ def train_saes(
     resolve_hookpoints(model, sae_args.hookpoints)  # unknown names fail here, listing the closest
     check_context_size(data_args.context_size, _max_positions(model))
     widths = activation_widths(model, sae_args.hookpoints)
+    if cache is not None:
+        cache.check_run(model_identity(lm_args.model_name_or_path), sae_args.hookpoints, widths)
     own = [h for h in widths if owners is None or owners[h] == rank]  # this process's SAEs
-    saes = {h: _new_sae(sae_args.config(h, widths[h], model.name_or_path), args.seed, sae_args.hookpoints.index(h))
-            for h in own}  # fmt: skip
-    saes = {h: sae.to(accelerator.device) for h, sae in saes.items()}
-    logger.info(f"Process {rank} of {world} trains the SAEs of {own}.")
+    saes, rates = {}, {}
+    for h in own:
+        for index, run in enumerate(runs):
+            config = run.sae_args.config(h, widths[h], model.name_or_path)
+            name = run.sae_name(h)
+            saes[name] = _new_sae(config, args.seed, sae_args.hookpoints.index(h) * len(runs) + index)
+            saes[name], rates[name] = saes[name].to(accelerator.device), run.learning_rate
+    logger.info(f"Process {rank} of {world} trains the SAEs of {own}: {list(saes)}.")
 
     autocast_dtype = resolve_lm_dtype(lm_args.lm_dtype, accelerator.device)
-    chunks = _activation_source(accelerator, model, tokenizer, sae_args, lm_args, data_args, args, autocast_dtype)
-    # No larger than this process's share of the run: a short run must not harvest more than it trains on first.
-    capacity = min(args.shuffle_buffer_tokens, args.train_tokens // world)
-    buffer = ShufflingBuffer(chunks, args.batch_size // micro_batches, capacity, seed=args.seed + rank)
-    trainer = SaeTrainer(args, saes, buffer, accelerator, owners)
+    micro = args.batch_size // micro_batches
+    if args.activation_cache:
+        if cache is None:  # written now from the text, then replayed like any cache
+            if world > 1:
+                raise TrainingError("Write the activation cache with one process first, then train from it with many.")
+            cache_args = CacheArguments(args.activation_cache, sae_args.hookpoints, args.train_tokens)
+            _write_cache(model, tokenizer, lm_args, data_args, cache_args, autocast_dtype)
+            cache = ActivationCache(args.activation_cache)
+            train_tokens = replay_tokens(cache, args.train_tokens, args.epochs, args.batch_size)
+            args = dataclasses.replace(args, train_tokens=train_tokens)
+        logger.info(f"Replaying {cache.tokens:,} cached tokens for {args.train_tokens / cache.tokens:.3g} epoch(s).")
+        buffer = CacheReplay(cache, sae_args.hookpoints, micro, seed=args.seed, rank=rank, world_size=world)
+    else:
+        chunks = _activation_source(accelerator, model, tokenizer, sae_args, lm_args, data_args, autocast_dtype)
+        # No larger than this process's share of the run: a short run must not harvest more than it trains on first.
+        capacity = min(args.shuffle_buffer_tokens, args.train_tokens // world)
+        buffer = ShufflingBuffer(chunks, micro, capacity, seed=args.seed + rank)
+    trainer = SaeTrainer(args, saes, buffer, accelerator, owners, learning_rates=rates)
     groups = (sae_args, lm_args, data_args, args)
     trainer.hparams = {key: value for group in groups for key, value in dataclasses.asdict(group).items()}
     start = time.perf_counter()
@@ -119,20 +147,35 @@ def train_saes(
                 "architecture": sae.config.architecture,
                 "num_latents": sae.config.num_latents,
                 "k": sae.config.k,
+                "learning_rate": trainer.learning_rates.get(name, args.learning_rate),
                 "train_tokens": trainer.state.tokens,
                 "train_seconds": round(seconds, 1),
             }
+            if cache is not None:
+                run["train_epochs"] = round(trainer.state.tokens / cache.tokens, 4)
             report[name] = {**run, **held_out.get(name, {}), **dead[name]}
-        out = Path(args.output_dir)
-        save_saes(trained, out, metrics={name: sae_metrics(metrics) for name, metrics in report.items()})
-        write_json(out / METRICS, report)
-        settings = [dataclasses.asdict(group) for group in (sae_args, lm_args, data_args, args)]
-        write_json(out / TRAINING_ARGS, {key: value for group in settings for key, value in group.items()})
+        _save_runs(runs, trained, report, Path(args.output_dir), groups)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and report:
         trainer.log_report(report, histograms)
     trainer.end()  # last: the trackers and the process group end after every collective
     return report
+
+
+def _save_runs(runs: list[SweepRun], trained: dict, report: dict, out: Path, groups: tuple) -> None:
+    """Each configuration's SAEs, metrics and arguments: in `out` itself without a sweep, else each in
+    `out/<name>`, with every SAE's metrics in `out/metrics.json` too."""
+    settings = {key: value for group in groups for key, value in dataclasses.asdict(group).items()}
+    for run in runs:
+        names = {h: name for name in trained if (h := trained[name].config.hookpoint) and run.sae_name(h) == name}
+        folder = out if run.name is None else out / run.name
+        save_saes({h: trained[name] for h, name in names.items()}, folder,
+                  metrics={h: sae_metrics(report[name]) for h, name in names.items()})  # fmt: skip
+        write_json(folder / METRICS, {h: report[name] for h, name in names.items()})
+        sae_settings = dataclasses.asdict(run.sae_args) | {"learning_rate": run.learning_rate}
+        write_json(folder / TRAINING_ARGS, settings | sae_settings)
+    if runs[0].name is not None:
+        write_json(out / METRICS, report)
 
 
 def _new_sae(config, seed: int, index: int) -> SaeModel:
@@ -162,9 +205,9 @@ def activation_widths(model, hookpoints: list[str]) -> dict[str, int]:
 
 
 def _activation_source(
-    accelerator, model, tokenizer, sae_args, lm_args, data_args, args, autocast_dtype
+    accelerator, model, tokenizer, sae_args, lm_args, data_args, autocast_dtype
 ) -> Callable[[int], Iterator[Chunk]]:
-    """`skip -> Iterator[Chunk]` over this process's share: live from the LM, or replayed from an on-disk cache."""
+    """`skip -> Iterator[Chunk]` over this process's share of the text, live from the LM."""
     world, rank = accelerator.num_processes, accelerator.process_index
     max_positions = _max_positions(model)
     with accelerator.main_process_first():  # tokenise once; the other processes reuse datasets' cache
@@ -182,16 +225,63 @@ def _activation_source(
             autocast_dtype=autocast_dtype,
         )
 
-    if not args.activation_cache:
-        return live
-    path = Path(args.activation_cache)
-    if not path.exists():
-        if world > 1:
-            raise TrainingError("Write the activation cache with one process first, then train from it with many.")
-        logger.info(f"Writing {args.train_tokens:,} tokens of activations to {path}.")
-        write_cache(live(0), path, max_tokens=args.train_tokens)
-    chunk_tokens = lm_batch * data_args.context_size
-    return lambda skip: read_cache(path, hookpoints, chunk_tokens=chunk_tokens, skip=skip, rank=rank, world_size=world)
+    return live
+
+
+# ---- cache ----------------------------------------------------------------------------------------------------------
+
+
+def write_activation_cache(lm_args: ActivationArguments, data_args: DataArguments, args: CacheArguments) -> Path:
+    """`hf-sae cache`: harvest `args.cache_tokens` tokens of activations at `args.hookpoints` into `args.output_dir`,
+    for any number of later training runs (`--activation_cache`)."""
+    check_all(lm_args, data_args, args)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = _load_lm(lm_args, device)
+    model.requires_grad_(False)
+    resolve_hookpoints(model, args.hookpoints)
+    autocast_dtype = resolve_lm_dtype(lm_args.lm_dtype, model.device)
+    return _write_cache(model, tokenizer, lm_args, data_args, args, autocast_dtype)
+
+
+def _write_cache(model, tokenizer, lm_args, data_args, args: CacheArguments, autocast_dtype) -> Path:
+    blocks = load_token_blocks(data_args, tokenizer, max_positions=_max_positions(model))
+    records = harvest_records(
+        model,
+        args.hookpoints,
+        block_batches(blocks, lm_args.lm_batch_size, data_args.source_column),
+        exclude_token_ids=special_token_ids(tokenizer),
+        outlier_factor=lm_args.outlier_factor,
+        autocast_dtype=autocast_dtype,
+    )
+    bar = tqdm(total=args.cache_tokens, unit="tok", desc=f"caching activations to {args.output_dir}")
+    metadata = {"model": model_identity(lm_args.model_name_or_path), "lm": dataclasses.asdict(lm_args),
+                "data": dataclasses.asdict(data_args)}  # fmt: skip
+    path = write_cache(_counting(records, bar), args.output_dir, max_tokens=args.cache_tokens,
+                       dtype=args.cache_dtype, metadata=metadata)  # fmt: skip
+    bar.close()
+    return path
+
+
+def _counting(records, bar):
+    for activations, provenance in records:
+        bar.update(next(iter(activations.values())).shape[0])
+        yield activations, provenance
+
+
+def _open_cache(args: SaeTrainingArguments, lm_args: ActivationArguments, hookpoints: list[str]):
+    """The run's existing activation cache, checked against its model and hookpoints; None when there is none yet."""
+    if not args.activation_cache or not Path(args.activation_cache).exists():
+        return None
+    cache = ActivationCache(args.activation_cache)
+    cache.check_run(model_identity(lm_args.model_name_or_path), hookpoints)
+    return cache
+
+
+def model_identity(name_or_path: str | None) -> str:
+    """What a cache records as its model, and a run must match: the built-in name, a local folder's full path, or
+    the Hub id."""
+    name = builtin_name(name_or_path) or DEFAULT_MODEL
+    return str(Path(name).resolve()) if Path(name).exists() else name
 
 
 def _skip_blocks(blocks, count: int):

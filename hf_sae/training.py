@@ -78,10 +78,13 @@ class SaeTrainer:
         buffer: ShufflingBuffer,
         accelerator: Accelerator | None = None,
         owners: dict[str, int] | None = None,
+        learning_rates: dict[str, float] | None = None,
     ):
         """`owners` (`{hookpoint: rank}`, from `distribution.hookpoint_owners`) spreads hookpoints over the
-        processes: `saes` are then this process's own, and it trains them on the whole global batch."""
+        processes: `saes` are then this process's own, and it trains them on the whole global batch.
+        `learning_rates` sets some SAEs' own rates (a sweep); the others take `args.learning_rate`."""
         self.args, self.buffer, self.owners = args, buffer, owners
+        self.learning_rates = {name: (learning_rates or {}).get(name, args.learning_rate) for name in saes}
         self.hparams = asdict(args)  # what the trackers record; a runner adds the other argument groups
         self.accelerator = accelerator or make_accelerator(args)
         self.saes = saes
@@ -123,7 +126,9 @@ class SaeTrainer:
         broadcasts rank 0's parameters when it wraps a module, so b_dec must already hold its data-derived value
         (the same on every rank, being averaged), and Adam must see the parameters it will step."""
         names = list(self.saes)
-        params = [p for sae in self.saes.values() for p in sae.parameters()]
+        params = [
+            {"params": list(sae.parameters()), "lr": self.learning_rates[name]} for name, sae in self.saes.items()
+        ]
         # The fused kernel updates all of Adam's state in one pass (it exists for CPU and CUDA).
         optimizer = torch.optim.Adam(params, lr=self.args.learning_rate, fused=True)
         models = [] if self.owners else list(self.saes.values())  # owned SAEs see global batches: no DDP

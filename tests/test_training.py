@@ -258,13 +258,15 @@ def test_an_activation_cache_is_written_once_and_replayed(tiny_run_inputs, tmp_p
     cache = tmp_path / "acts"
     args = run_args(tiny_run_inputs, tmp_path / "first", activation_cache=str(cache), eval_tokens=0)
     train_saes(*args)
-    from datasets import load_from_disk
+    from hf_sae.activation_cache import ActivationCache
 
-    stored = load_from_disk(str(cache))
-    assert stored.column_names == ["model.layers.1"] and len(stored) == 8192  # train_tokens, position 0 etc. dropped
+    stored = ActivationCache(cache)
+    assert list(stored.widths) == ["model.layers.1"] and stored.tokens == 8192  # train_tokens, position 0 etc. dropped
+    import hf_sae.activation_cache as activation_cache
     import hf_sae.activations as activations
 
-    monkeypatch.setattr(activations, "run_lm", lambda *a, **k: pytest.fail("the LM must not run"))
+    for module in (activations, activation_cache):
+        monkeypatch.setattr(module, "run_lm", lambda *a, **k: pytest.fail("the LM must not run"))
     args = run_args(tiny_run_inputs, tmp_path / "second", activation_cache=str(cache), eval_tokens=0,
                           architecture="batchtopk")  # fmt: skip
     report = train_saes(*args)  # a second SAE from the same activations, without the LM

@@ -1,0 +1,274 @@
+"""Harvest once, train many: LM activations written to disk in 16 bits and replayed for many SAEs and epochs.
+
+```
+<cache>/cache.json            what the cache holds: the model, each hookpoint's width, the dtype, the token count,
+                              and the text and settings it came from
+<cache>/activations.arrow     an Arrow IPC stream (the file format of `datasets`: `Dataset.from_file` opens it) of
+                              large record batches, one row per counted token: one column per hookpoint (the bf16
+                              or fp16 values' bits as a fixed-size list of int16) and the row's provenance,
+                              `block` (the block's index in the run's block order), `position` (in the block),
+                              `token_id`, and the block's `source` when the text names its sources
+```
+
+Writing converts whole LM batches at once (no Python per row). Reading memory-maps the file: the columns are
+zero-copy views of the mapped record batches, and `CacheReplay` serves batches from a fresh random permutation of
+all rows every epoch, so each row is seen once per epoch and a run may go on for several.
+"""
+
+import math
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import Tensor
+from transformers.utils import logging
+
+from .errors import ArgumentError, DataError
+from .layout import read_json, replace_folder, staging_folder, write_json
+from .lm_forward import counted_tokens, run_lm
+
+logger = logging.get_logger(__name__)
+
+CACHE_META, CACHE_DATA = "cache.json", "activations.arrow"
+CACHE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+PROVENANCE = ("block", "position", "token_id")
+RECORD_BATCH_TOKENS = 65_536  # rows per Arrow record batch: few enough batches that replay gathers from few chunks
+FORMAT_VERSION = 1
+
+Record = tuple[dict[str, Tensor], dict[str, np.ndarray | list]]  # ({hookpoint: (n, d_in)}, {provenance: (n,)})
+
+
+def block_batches(blocks, lm_batch_size: int, source_column: str | None) -> Iterator[tuple[Tensor, list | None]]:
+    """`(input_ids (batch, context), sources or None)` LM batches of a block dataset, a whole batch at a time."""
+    for batch in blocks.iter(batch_size=lm_batch_size):
+        sources = batch.get(source_column) if source_column else None
+        yield torch.tensor(batch["input_ids"], dtype=torch.long), sources
+
+
+def harvest_records(
+    model,
+    hookpoints: Sequence[str],
+    batches: Iterable[tuple[Tensor, list[str] | None]],
+    *,
+    exclude_token_ids: Tensor,
+    outlier_factor: float | None,
+    autocast_dtype: torch.dtype | None,
+) -> Iterator[Record]:
+    """The counted activations (`lm_forward.counted_tokens`) of each `(input_ids (batch, seq), sources)` LM batch,
+    with where each came from; `block` counts blocks from the first batch."""
+    first_block = 0
+    for input_ids, sources in batches:
+        input_ids = input_ids.to(model.device)
+        activations, _ = run_lm(model, hookpoints, input_ids, autocast_dtype=autocast_dtype)
+        keep, _ = counted_tokens(input_ids, activations.values(), exclude_token_ids, outlier_factor)
+        rows, positions = keep.nonzero(as_tuple=True)  # row-major: the order of `acts[keep]`
+        provenance = {
+            "block": (rows + first_block).cpu().numpy(),
+            "position": positions.cpu().numpy().astype(np.int32),
+            "token_id": input_ids[keep].cpu().numpy(),
+        }
+        if sources is not None:
+            provenance["source"] = np.asarray(sources, dtype=object)[rows.cpu().numpy()]
+        first_block += input_ids.shape[0]
+        yield {h: activations[h][keep] for h in hookpoints}, provenance
+
+
+def write_cache(
+    records: Iterable[Record],
+    path: str | Path,
+    *,
+    max_tokens: int,
+    dtype: str = "bfloat16",
+    metadata: dict | None = None,
+) -> Path:
+    """Write the first `max_tokens` rows of `records` to a cache folder at `path`, atomically (a reader, or a run
+    killed half-way, never sees part of one). `metadata` (the model, the text's settings) goes into cache.json."""
+    if dtype not in CACHE_DTYPES:
+        raise ArgumentError(f"--cache_dtype must be one of {list(CACHE_DTYPES)}; got {dtype!r}.")
+    path, written, writer = Path(path), 0, None
+    with staging_folder(path) as tmp:
+        for pending in _record_groups(records, max_tokens, CACHE_DTYPES[dtype]):
+            batch = _record_batch(pending)
+            writer = writer or pa.ipc.new_stream(str(tmp / CACHE_DATA), batch.schema)
+            writer.write_batch(batch)
+            written += batch.num_rows
+        if writer is None:
+            raise DataError("The text produced no activations to cache; check the dataset and context size.")
+        writer.close()
+        widths = {h: batch.schema.field(h).type.list_size for h in pending[0][0]}
+        meta = {"format_version": FORMAT_VERSION, "tokens": written, "dtype": dtype, "hookpoints": widths}
+        write_json(tmp / CACHE_META, meta | (metadata or {}))
+        replace_folder(tmp, path)
+    if written < max_tokens:
+        logger.warning(f"The text ran out after {written:,} of {max_tokens:,} tokens; the cache holds {written:,}.")
+    return path
+
+
+def _record_groups(records: Iterable[Record], max_tokens: int, dtype: torch.dtype) -> Iterator[list[Record]]:
+    """The first `max_tokens` rows of `records`, as 16-bit bits, in groups of about RECORD_BATCH_TOKENS rows."""
+    pending, pending_rows, written = [], 0, 0
+    for activations, provenance in records:
+        rows = min(next(iter(activations.values())).shape[0], max_tokens - written)
+        part = {h: _bits(acts[:rows], dtype) for h, acts in activations.items()}
+        pending.append((part, {key: value[:rows] for key, value in provenance.items()}))
+        written, pending_rows = written + rows, pending_rows + rows
+        if pending_rows >= RECORD_BATCH_TOKENS:
+            yield pending
+            pending, pending_rows = [], 0
+        if written >= max_tokens:
+            break
+    if pending_rows:
+        yield pending
+
+
+def _bits(acts: Tensor, dtype: torch.dtype) -> np.ndarray:
+    """(n, d_in) int16: the bits of `acts` in 16-bit `dtype`, which Arrow and numpy cannot name (bf16)."""
+    return acts.detach().to(dtype).cpu().contiguous().view(torch.int16).numpy()
+
+
+def _record_batch(parts: list[Record]) -> pa.RecordBatch:
+    columns = {}
+    for name in parts[0][0]:
+        values = np.concatenate([acts[name] for acts, _ in parts])  # (n, d_in)
+        columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+    for key in parts[0][1]:  # the provenance; `source` is an object array of strings
+        values = np.concatenate([prov[key] for _, prov in parts])
+        columns[key] = pa.array(values, pa.string() if values.dtype == object else None)
+    return pa.RecordBatch.from_pydict(columns)
+
+
+class ActivationCache:
+    """A cache folder opened for reading: `cache.meta` (cache.json), and its columns as memory-mapped tensors."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / CACHE_META).is_file() or not (self.path / CACHE_DATA).is_file():
+            raise DataError(
+                f"{self.path} is not an activation cache (expected {CACHE_META} and {CACHE_DATA} in it). Write one "
+                f"with `hf-sae cache --output_dir {self.path}`, or point --activation_cache at one."
+            )
+        self.meta = read_json(self.path / CACHE_META)
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise DataError(
+                f"{self.path} is a cache of format {self.meta.get('format_version')}, this hf_sae reads format "
+                f"{FORMAT_VERSION}. Write it again with `hf-sae cache`."
+            )
+        self.tokens, self.dtype = int(self.meta["tokens"]), CACHE_DTYPES[self.meta["dtype"]]
+        self.widths: dict[str, int] = self.meta["hookpoints"]
+        self.table = pa.ipc.open_stream(pa.memory_map(str(self.path / CACHE_DATA))).read_all()  # zero-copy
+        if self.table.num_rows != self.tokens:
+            raise DataError(f"{self.path} holds {self.table.num_rows:,} rows, its {CACHE_META} says {self.tokens:,}.")
+        sizes = [len(chunk) for chunk in self.table.column(PROVENANCE[0]).chunks]
+        self.offsets = torch.tensor([0, *np.cumsum(sizes)])  # (chunks + 1,) first row of each record batch
+        self._columns: dict[str, list[Tensor]] = {}
+
+    def check_run(self, model: str, hookpoints: Sequence[str], widths: dict[str, int] | None = None) -> None:
+        """Refuse to train from activations of another model, other hookpoints, or other widths."""
+        if self.meta.get("model") != model:
+            raise DataError(
+                f"Activation cache {self.path} holds activations of model {self.meta.get('model')!r}, but this run "
+                f"uses {model!r}. Pass --model_name_or_path {self.meta.get('model')}, or another cache."
+            )
+        if missing := [h for h in hookpoints if h not in self.widths]:
+            raise DataError(
+                f"Activation cache {self.path} holds hookpoints {list(self.widths)}, not {missing}. Train on those, "
+                f"or write a cache with `hf-sae cache --hookpoints {' '.join(hookpoints)}`."
+            )
+        for hookpoint, width in (widths or {}).items():
+            if self.widths[hookpoint] != width:
+                raise DataError(
+                    f"Activation cache {self.path} has d_in {self.widths[hookpoint]} at {hookpoint!r}; the model's "
+                    f"activation there has width {width}. The cache comes from another model: write it again."
+                )
+
+    def column(self, hookpoint: str) -> list[Tensor]:
+        """The record batches of `hookpoint` as (rows, d_in) tensors of the cache's dtype, views of the mapped file."""
+        if hookpoint not in self._columns:
+            width = self.widths[hookpoint]
+            with warnings.catch_warnings():  # read-only views of the file: replay never writes to them
+                warnings.simplefilter("ignore", UserWarning)
+                self._columns[hookpoint] = [
+                    torch.from_numpy(chunk.flatten().to_numpy(zero_copy_only=True)).view(self.dtype).view(-1, width)
+                    for chunk in self.table.column(hookpoint).chunks
+                ]
+        return self._columns[hookpoint]
+
+    def gather(self, hookpoint: str, rows: Tensor) -> Tensor:
+        """(len(rows), d_in) activations of `rows` (indices into the whole cache), in that order."""
+        chunks, index = self.column(hookpoint), torch.searchsorted(self.offsets, rows, right=True) - 1
+        out = torch.empty(len(rows), self.widths[hookpoint], dtype=self.dtype)
+        for chunk in index.unique().tolist():
+            where = (index == chunk).nonzero(as_tuple=True)[0]
+            out[where] = chunks[chunk].index_select(0, rows[where] - self.offsets[chunk])
+        return out
+
+    def provenance(self) -> dict[str, list]:
+        """Every row's `block`, `position`, `token_id` (and `source`), as Python lists (for inspection, not replay)."""
+        return {
+            name: self.table.column(name).to_pylist() for name in self.table.column_names if name not in self.widths
+        }
+
+
+class CacheReplay:
+    """Serve `batch_size`-token batches of `hookpoints` from a cache, epoch after epoch, each epoch a fresh random
+    permutation of every row (the same on every process, which each take their own `batch_size` slice of every
+    `world_size * batch_size` tokens), so that every row is served exactly once per epoch over all processes.
+
+    The interface of `activations.ShufflingBuffer` (iteration, `state_dict`), so the trainer takes either."""
+
+    def __init__(self, cache: ActivationCache, hookpoints: Sequence[str], batch_size: int, *, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, shuffle: bool = True):  # fmt: skip
+        self.cache, self.hookpoints, self.batch_size = cache, list(hookpoints), batch_size
+        self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
+        self.rounds = 0  # rounds of world_size batches served
+        self.on_refill = None  # the trainer's progress hook; replay never waits on a refill
+        self._order: tuple[int, Tensor] | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        while True:
+            start = (self.rounds * self.world_size + self.rank) * self.batch_size  # in the endless stream of epochs
+            rows = self.stream_rows(start, self.batch_size)
+            self.rounds += 1
+            yield {h: self.cache.gather(h, rows) for h in self.hookpoints}
+
+    def stream_rows(self, start: int, count: int) -> Tensor:
+        """The cache rows at positions [start, start + count) of the stream: epoch e is positions [e N, (e+1) N)."""
+        parts, tokens = [], self.cache.tokens
+        while count:
+            epoch, offset = divmod(start, tokens)
+            take = min(count, tokens - offset)
+            parts.append(self.epoch_order(epoch)[offset : offset + take])
+            start, count = start + take, count - take
+        return torch.cat(parts)
+
+    def epoch_order(self, epoch: int) -> Tensor:
+        if self._order is None or self._order[0] != epoch:
+            if self.shuffle:
+                order = torch.randperm(self.cache.tokens, generator=torch.Generator().manual_seed(self.seed + epoch))
+            else:
+                order = torch.arange(self.cache.tokens)
+            self._order = (epoch, order)
+        return self._order[1]
+
+    def state_dict(self) -> dict:
+        return {"rounds": self.rounds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rounds = int(state["rounds"])
+
+
+def replay_tokens(cache: ActivationCache, train_tokens: int, epochs: float | None, batch_size: int) -> int:
+    """The run's token budget over a cache: `epochs` times the cache (whole batches), else `train_tokens` (which
+    may exceed the cache: replay then goes round again)."""
+    if epochs is None:
+        return train_tokens
+    tokens = math.floor(epochs * cache.tokens / batch_size) * batch_size
+    if tokens < batch_size:
+        raise ArgumentError(
+            f"--epochs {epochs} of the {cache.tokens:,}-token cache {cache.path} is less than one batch of "
+            f"{batch_size}; raise --epochs or lower --batch_size."
+        )
+    return tokens

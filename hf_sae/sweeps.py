@@ -1,0 +1,118 @@
+"""Sweeps: several SAE configurations per hookpoint, all trained on the same activations (one LM forward, or one
+cache), each saved in a folder of its own.
+
+A sweep is a list of entries, each a mapping of some of `SWEEP_KEYS`; what an entry leaves out is the run's
+flag value. It comes from `--sweep FILE.yaml`, an inline `--sweep '[{k: 16}, {k: 64}]'`, or a `sweep:` list in
+the YAML file given to `hf-sae train`:
+
+```yaml
+sweep:
+  - {k: 16}
+  - {k: 64, learning_rate: 3.0e-4}
+  - {num_latents: 18432, name: wide}
+```
+
+Entry `name` (default: its settings, e.g. `k64-lr0.0003`) is its folder in `--output_dir`, which then holds a
+complete run for each entry, `<output_dir>/<name>/<hookpoint>/` with `metrics.json` beside the SAE.
+"""
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .arguments import SaeArguments
+from .errors import ArgumentError
+
+# Each key an entry may set, with the types its value may have.
+SWEEP_KEYS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "architecture": (str,),
+    "k": (int,),
+    "num_latents": (int,),
+    "expansion_factor": (int, float),
+    "sparsity_coefficient": (int, float),
+    "learning_rate": (int, float),
+}
+_SHORT = {"k": "k", "num_latents": "n", "expansion_factor": "x", "sparsity_coefficient": "s", "learning_rate": "lr"}
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]*")
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One configuration of the sweep: its SAEs' arguments and learning rate, and its folder name (None: the only
+    configuration of a run without a sweep, whose SAEs go straight into the output folder)."""
+
+    name: str | None
+    sae_args: SaeArguments
+    learning_rate: float
+
+    def sae_name(self, hookpoint: str) -> str:
+        """The trainer's and the report's name for this configuration's SAE at `hookpoint`."""
+        return hookpoint if self.name is None else f"{self.name}/{hookpoint}"
+
+
+def sweep_runs(sae_args: SaeArguments, learning_rate: float) -> list[SweepRun]:
+    """The configurations to train: every entry of `sae_args.sweep` checked (keys, types, values, unique names),
+    or the run's own flags alone when there is no sweep."""
+    entries = read_sweep(sae_args.sweep)
+    if not entries:
+        return [SweepRun(None, sae_args, learning_rate)]
+    runs = [_run(entry, index, sae_args, learning_rate) for index, entry in enumerate(entries)]
+    names = [run.name for run in runs]
+    if duplicates := sorted({name for name in names if names.count(name) > 1}):
+        raise ArgumentError(f"--sweep has several entries named {duplicates}; give each entry a distinct `name`.")
+    return runs
+
+
+def read_sweep(value) -> list:
+    """The entries of `--sweep`: a list already (from a YAML config or Python), a YAML / JSON file, or inline YAML."""
+    import yaml
+
+    if value is None or isinstance(value, list):
+        return value or []
+    text = Path(value).read_text() if Path(value).is_file() else value
+    try:
+        entries = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ArgumentError(f"--sweep {value!r} is neither a file nor a YAML list ({error}).") from None
+    if not isinstance(entries, list):
+        raise ArgumentError(
+            f"--sweep must be a list of configurations (a file, or inline such as '[{{k: 16}}, {{k: 64}}]'); "
+            f"{value!r} holds {type(entries).__name__}."
+        )
+    return entries
+
+
+def _run(entry, index: int, sae_args: SaeArguments, learning_rate: float) -> SweepRun:
+    where = f"--sweep entry {index} ({entry!r})"
+    if not isinstance(entry, dict):
+        raise ArgumentError(f"{where} must be a mapping such as {{k: 16}}; got {type(entry).__name__}.")
+    if unknown := sorted(set(map(str, entry)) - set(SWEEP_KEYS)):
+        raise ArgumentError(f"{where} has unknown key(s) {unknown}; an entry may set {list(SWEEP_KEYS)}.")
+    for key, value in entry.items():
+        if isinstance(value, bool) or not isinstance(value, SWEEP_KEYS[key]):
+            expected = " or ".join(t.__name__ for t in SWEEP_KEYS[key])
+            raise ArgumentError(f"{where}: `{key}` must be {expected}; got {value!r}.")
+    values = {key: value for key, value in entry.items() if key not in ("name", "learning_rate")}
+    if "expansion_factor" in values and "num_latents" not in values:
+        values["num_latents"] = None  # the entry's expansion factor wins over a --num_latents flag
+    run_args = dataclasses.replace(sae_args, sweep=None, **values)
+    try:
+        run_args.check()
+    except ArgumentError as error:
+        raise ArgumentError(f"{where}: {error}") from None
+    rate = entry.get("learning_rate", learning_rate)
+    if not (math.isfinite(rate) and rate > 0):
+        raise ArgumentError(f"{where}: `learning_rate` must be a number > 0; got {rate!r}.")
+    name = entry.get("name") or _default_name(entry, index)
+    if not _FOLDER_NAME.fullmatch(name):
+        raise ArgumentError(f"{where}: `name` {name!r} must be a folder name (letters, digits, . _ = + -).")
+    return SweepRun(name, run_args, float(rate))
+
+
+def _default_name(entry: dict, index: int) -> str:
+    parts = [entry["architecture"]] if "architecture" in entry else []
+    parts += [f"{_SHORT[key]}{entry[key]:g}" for key in _SHORT if key in entry]
+    return "-".join(parts) or f"sweep{index}"
