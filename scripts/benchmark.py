@@ -11,6 +11,9 @@ Sections:
             with peak memory; the TopK step is reported as a fraction of the roofline, its ideal cost being one
             dense encoder matmul (2 * d_in * num_latents FLOPs per token)
   e2e       the whole training loop (harvest + shuffle + SAE step) tokens/s, and its ratio to harvesting alone
+  replay    activation cache: write and replay tokens/s (random access, 16-bit, memory-mapped) against the SAE step
+            alone, and the trainer's tokens/s from the cache with 1 and `--sweep_saes` SAEs: the marginal cost of
+            each extra SAE in a sweep, against one SAE (and against a live run, when the harvest section ran)
   processes the whole loop with 1 and `--processes N` processes (torchrun, one thread each), and the scaling
             efficiency: N-process tokens/s over N times the 1-process tokens/s (not in the default sections)
 
@@ -152,6 +155,70 @@ def end_to_end(args) -> dict:
     return {"e2e_tokens_per_second": info["train_tokens"] / info["train_seconds"]}
 
 
+def replay(args) -> dict:
+    """Cache write / replay tokens/s and the trainer's rate from a cache with 1 and `args.sweep_saes` SAEs. The cache
+    holds random activations: writing and replaying them costs the same whatever the values."""
+    import tempfile
+
+    import numpy as np
+
+    from hf_sae.activation_cache import ActivationCache, CacheReplay, write_cache
+
+    tokens, hookpoint = args.replay_tokens, args.hookpoint
+    acts = torch.randn(tokens, args.d_in)
+    lm_batch = args.lm_batch_size * args.context_size  # the writer gets one LM batch at a time, as from the LM
+    records = [({hookpoint: acts[i : i + lm_batch]}, {"block": np.arange(i, min(i + lm_batch, tokens)) // 256})
+               for i in range(0, tokens, lm_batch)]  # fmt: skip
+    result = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        write_cache(records, Path(tmp) / "cache", max_tokens=tokens)
+        result["cache_write_tokens_per_second"] = tokens / (time.perf_counter() - start)
+        cache = ActivationCache(Path(tmp) / "cache")
+        batches = iter(CacheReplay(cache, [hookpoint], args.batch_size))
+        seconds = best_seconds(lambda: next(batches)[hookpoint].to(args.device, torch.float32), args.repeats * 3)
+        result["replay_tokens_per_second"] = args.batch_size / seconds
+        step = sae_step(args, "topk", "fp32")["tokens_per_second"]
+        result["replay_sae_step_tokens_per_second"] = step
+        result["replay_fraction_of_step"] = result["replay_tokens_per_second"] / step
+        for count in sorted({1, args.sweep_saes}):
+            result[f"replay_train_{count}_saes_tokens_per_second"] = train_from_cache(args, cache, count)
+    one, many = (
+        result["replay_train_1_saes_tokens_per_second"],
+        result[f"replay_train_{args.sweep_saes}_saes_tokens_per_second"],
+    )
+    # Seconds per token of each SAE beyond the first, as a fraction of the seconds per token of one.
+    result["sweep_marginal_cost_per_sae"] = (1 / many - 1 / one) / max(args.sweep_saes - 1, 1) / (1 / one)
+    result["replay_train_fraction_of_step"] = one / step
+    return result
+
+
+def train_from_cache(args, cache, count: int) -> float:
+    """The trainer's tokens/s over a cache with `count` TopK SAEs of different k (best of two short runs)."""
+    import tempfile
+
+    from hf_sae import SaeConfig, SaeModel
+    from hf_sae.activation_cache import CacheReplay
+    from hf_sae.arguments import SaeTrainingArguments
+    from hf_sae.training import SaeTrainer
+
+    rates = []
+    for _ in range(2):
+        with tempfile.TemporaryDirectory() as out:
+            saes = {f"k{args.k + i}": SaeModel(SaeConfig(d_in=args.d_in, num_latents=args.num_latents,
+                    architecture="topk", k=args.k + i, hookpoint=args.hookpoint)).to(args.device)
+                    for i in range(count)}  # fmt: skip
+            train = SaeTrainingArguments(train_tokens=args.batch_size * args.replay_steps, batch_size=args.batch_size,
+                                         report_to="none", save_steps=0, output_dir=out,
+                                         b_dec_init="mean")  # fmt: skip
+            trainer = SaeTrainer(train, saes, CacheReplay(cache, [args.hookpoint], args.batch_size))
+            start = time.perf_counter()
+            trainer.train()
+            rates.append(trainer.state.tokens / (time.perf_counter() - start))
+            trainer.end()
+    return max(rates)
+
+
 def processes(args) -> dict:
     """End-to-end tokens/s with 1 and `args.processes` processes of one thread each, launched by torchrun."""
     import os
@@ -201,6 +268,22 @@ def processes(args) -> dict:
     return result
 
 
+def report_replay(results: dict, count: int) -> None:
+    print(f"cache: write {results['cache_write_tokens_per_second']:,.0f} tok/s, replay "
+          f"{results['replay_tokens_per_second']:,.0f} tok/s = {results['replay_fraction_of_step']:.1f}x the TopK "
+          f"fp32 SAE step ({results['replay_sae_step_tokens_per_second']:,.0f} tok/s); training from the cache "
+          f"{results['replay_train_1_saes_tokens_per_second']:,.0f} tok/s "
+          f"({100 * results['replay_train_fraction_of_step']:.0f}% of the step)", flush=True)  # fmt: skip
+    marginal = results["sweep_marginal_cost_per_sae"]
+    line = f"sweep of {count} SAEs: each extra SAE costs {100 * marginal:.0f}% of one SAE's training time"
+    harvest_rate = results.get("harvest_stopped_bf16_tokens_per_second")
+    if harvest_rate:  # a live run pays the LM forward once for all SAEs
+        one = results["replay_train_1_saes_tokens_per_second"]
+        live = 1 / harvest_rate + 1 / one
+        line += f", {100 * marginal / one / live:.1f}% of a live one-SAE run's"
+    print(line, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", nargs="+", default=["roofline", "harvest", "sae", "e2e"])
@@ -217,6 +300,9 @@ def main() -> None:
     parser.add_argument("--e2e_tokens", type=int, default=4096 * 40)
     parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES))
     parser.add_argument("--processes", type=int, default=2, help="Processes for the `processes` section.")
+    parser.add_argument("--replay_tokens", type=int, default=4096 * 32, help="Tokens in the `replay` section's cache.")
+    parser.add_argument("--replay_steps", type=int, default=20, help="Trainer steps per `replay` measurement.")
+    parser.add_argument("--sweep_saes", type=int, default=4, help="SAEs in the `replay` section's sweep.")
     parser.add_argument("--json", default=None, help="Also write the results here.")
     parser.add_argument("--_one_step", nargs=2, help=argparse.SUPPRESS)  # internal: one SAE step in this process
     args = parser.parse_args()
@@ -256,6 +342,9 @@ def main() -> None:
             f"end to end: {results['e2e_tokens_per_second']:,.0f} tok/s"
             + (f" ({100 * results['e2e_fraction_of_harvest']:.0f}% of harvesting alone)" if harvest_rate else "")
         )
+    if "replay" in args.sections:
+        results.update(replay(args))
+        report_replay(results, args.sweep_saes)
     if "processes" in args.sections:
         results.update(processes(args))
         print(f"processes: 1 -> {results['processes_1_tokens_per_second']:,.0f} tok/s, {args.processes} -> "
