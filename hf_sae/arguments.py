@@ -379,6 +379,21 @@ class BrowseArguments:
 
 
 @dataclass
+class AppArguments:
+    """What `hf-sae app` serves, or writes as a Hub Space."""
+
+    sae: str = _help("The SAE: a folder with features/ (from `hf-sae features`) or a Hub repo id.")
+    hookpoint: str | None = _help("Which SAE, when the folder or repo holds several.", None)
+    host: str = _help("The address to serve on (0.0.0.0 to let other machines in).", "127.0.0.1")
+    port: int = _help("The port to serve on.", 7860)
+    device: str | None = _help("Where the LM runs, e.g. cpu or cuda:1 (default: the GPU where there is one).", None)
+    write_space: str | None = _help("Instead: write a Hub Space folder that runs this app on --sae (a repo id).", None)
+
+    def check(self) -> None:
+        _require(0 < self.port < 65536, "port", self.port, "a port number in 1-65535")
+
+
+@dataclass
 class PushArguments:
     """What `hf-sae push` uploads, and where."""
 

@@ -6,6 +6,7 @@ hf-sae cache --output_dir DIR         harvest activations once, for `hf-sae trai
 hf-sae eval --sae PATH --output_dir OUT   measure SAEs on held-out text: FVU, L0, dead latents, CE loss recovered
 hf-sae features --sae DIR             collect feature statistics into DIR/features; `--explain TEXT` lists features
 hf-sae browse --sae DIR --output_dir OUT   write a static HTML feature browser
+hf-sae app --sae DIR_OR_REPO          serve the interactive feature explorer (Gradio); `--write_space DIR` for a Space
 hf-sae push --sae DIR --repo_id ID    upload SAEs, feature metadata and a model card in one commit
 hf-sae pull --repo_id ID              download SAEs (only the hookpoints asked for) into the Hub cache or a folder
 hf-sae convert SRC DST --to FORMAT    convert SAEs from any known format to saelens, sparsify or hf_sae
@@ -173,6 +174,21 @@ def browse_command(argv: list[str]) -> int:
     return 0
 
 
+def app_command(argv: list[str]) -> int:
+    from .app import build_app, load_explorer, write_space
+
+    lm_args, args = parse_arguments((A.ActivationArguments, A.AppArguments), argv, "hf-sae app")
+    A.check_all(lm_args, args)
+    if args.write_space:
+        base = lm_args.model_name_or_path
+        folder = write_space(args.write_space, args.sae, hookpoint=args.hookpoint, base_model=base)
+        print(f"Space written to {folder}; upload it with `hf upload --repo-type space SPACE_ID {folder}`")
+        return 0
+    explorer = load_explorer(args.sae, lm_args, hookpoint=args.hookpoint, device=args.device)
+    build_app(explorer).launch(server_name=args.host, server_port=args.port)
+    return 0
+
+
 def push_command(argv: list[str]) -> int:
     from .hub import push_saes_to_hub
 
@@ -297,6 +313,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "eval": (eval_command, "measure SAEs: reconstruction, sparsity, LM loss recovered"),
     "features": (features_command, "collect per-feature statistics and top contexts; explain a text"),
     "browse": (browse_command, "write a static HTML feature browser"),
+    "app": (app_command, "serve the interactive feature explorer with a steering playground"),
     "push": (push_command, "upload SAEs with feature metadata and a model card to the Hub"),
     "pull": (pull_command, "download SAEs from the Hub"),
     "convert": (convert_command, "convert SAEs between hf_sae, SAELens, sparsify and other formats"),

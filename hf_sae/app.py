@@ -1,0 +1,366 @@
+"""An interactive feature explorer, as a Gradio app (what Hub Spaces run): `hf-sae app --sae DIR_OR_REPO`.
+
+Three tabs over one SAE, its feature metadata and its LM:
+
+    Features   the feature list (search, sort) and a feature's page: statistics, histograms, logit effects, decoder
+               neighbours, top contexts and contexts by activation quantile, explanations and scores where the
+               metadata has them
+    Prompt     a text's tokens, each with its most active features and their labels (`browser.explain`)
+    Steer      features clamped or added at chosen strengths (`SaeHooks.steer`), the greedy continuation beside the
+               unsteered one
+
+`write_space` writes the same app as a Hub Space folder (app.py, requirements.txt, README.md with `sdk: gradio`).
+Gradio is an optional dependency: `pip install 'hf-sae[app]'`.
+"""
+
+import html
+import math
+import os
+import re
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .browser import explain
+from .errors import ArgumentError, FeatureMetadataError
+from .feature_store import FeatureMetadata
+from .features import hookpoint_of, show_token
+from .hooks import SaeHooks
+from .modeling_sae import SaeModel
+from .version import __version__
+
+LIST_COLUMNS = ["feature", "label", "frequency", "max_activation", "robust_peak"]
+SORTS = {"feature id": "feature", "frequency": "frequency", "max activation": "max_activation"}
+SORTS["robust peak"] = "robust_peak"
+EXPLANATION_KEYS = re.compile(r"explanation|score|detection|fuzzing")  # what an explainer may add per feature
+
+
+def _require_gradio():
+    try:
+        import gradio
+    except ImportError:
+        raise ArgumentError(
+            "The explorer needs Gradio: pip install 'hf-sae[app]' (or `pip install gradio`)."
+        ) from None
+    return gradio
+
+
+def _num(x, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}g}"
+
+
+def _tokens_html(tokens: list[str], activations: list[float], peak: int, scale: float) -> str:
+    """A context as spans shaded by the feature's activation (0 to `scale`), the peak outlined."""
+    spans = []
+    for k, (token, act) in enumerate(zip(tokens, activations)):
+        alpha = min(max(act / scale, 0.0), 1.0) if scale > 0 else 0.0
+        outline = "outline:1.5px solid rgb(232,89,12);" if k == peak else ""
+        text = html.escape(token.replace("\n", "⏎"))
+        spans.append(
+            f'<span class="tok" title="{act:.3g}" style="white-space:pre;{outline}'
+            f'background:rgba(232,89,12,{alpha:.3f})">{text}</span>'
+        )
+    return "".join(spans)
+
+
+def _contexts_html(examples: list[dict], scale: float, css_class: str) -> str:
+    rows = [
+        f'<div class="{css_class}"><code>{e["activation"]:.3g}</code> '
+        f"<code>{_tokens_html(e['tokens'], e['activations'], e['peak'], scale)}</code></div>"
+        for e in examples
+    ]
+    return "".join(rows) or "<p>No contexts: it never fired.</p>"
+
+
+def _bars_html(counts: list[int], low: float, high: float, title: str, css_class: str) -> str:
+    """A histogram as a row of inline SVG bars, from `low` to `high`."""
+    if not counts or not any(counts):
+        return ""
+    width, height, peak = 360, 90, max(counts)
+    step = width / len(counts)
+    bars = "".join(
+        f'<rect class="{css_class}" x="{b * step:.1f}" y="{height - height * c / peak:.1f}" '
+        f'width="{max(step - 1, 1):.1f}" height="{height * c / peak:.1f}" fill="rgb(232,89,12)"></rect>'
+        for b, c in enumerate(counts)
+    )
+    return (
+        f"<div><b>{html.escape(title)}</b><br><svg width='{width}' height='{height}'>{bars}</svg>"
+        f"<br><small>{_num(low)} … {_num(high)}</small></div>"
+    )
+
+
+class Explorer:
+    """What the app shows, as plain methods (each returns what one Gradio output takes), over one SAE, its feature
+    metadata and its LM."""
+
+    def __init__(self, model: nn.Module, tokenizer, sae: SaeModel, features: FeatureMetadata, hookpoint=None):
+        self.model, self.tokenizer, self.sae, self.features = model, tokenizer, sae, features
+        self.hookpoint = hookpoint_of(sae, hookpoint)
+        self.hooks = SaeHooks(model, {self.hookpoint: sae})
+        self.table = features.stats
+
+    def feature_list(self, query: str = "", sort: str = "feature id", limit: int = 200):
+        """The features whose id (`#12`), label or top tokens match every word of `query`, sorted by `sort`."""
+        frame = self.table.reindex(columns=LIST_COLUMNS).copy()
+        frame["label"] = [self.features.label(i) for i in range(len(frame))]
+        terms = (query or "").lower().split()
+        if terms:
+            tokens = self.table.get("promoted_tokens")
+            haystack = [
+                f"#{i} {label} {' '.join(tokens[i][:5]) if tokens is not None else ''}".lower()
+                for i, label in enumerate(frame["label"])
+            ]
+            frame = frame[[all(t in h for t in terms) for h in haystack]]
+        key = SORTS.get(sort, "feature")
+        if key != "feature":
+            frame = frame.sort_values(key, ascending=False, na_position="last", kind="stable")
+        return frame.head(limit).round(4)
+
+    def feature_page(self, index) -> str:
+        """One feature's page as HTML."""
+        try:
+            feature = self.features[int(index)]
+        except (TypeError, ValueError, IndexError):
+            return f"<p>No feature {html.escape(str(index))}: pick one of 0 to {len(self.features) - 1}.</p>"
+        s, scale = feature.stats, feature.stats.get("max_activation") or 0.0
+        names = ["frequency", "mean_activation", "max_activation", "robust_peak"]
+        names += [k for k in s if re.fullmatch(r"p[\d.]+", k)]
+        stats = " · ".join(f"{k.replace('_activation', '')} <b>{_num(s.get(k))}</b>" for k in names if k in s)
+        notes = "".join(
+            f"<p><b>{html.escape(k.replace('_', ' '))}</b>: {html.escape(str(v))}</p>"
+            for k, v in s.items()
+            if EXPLANATION_KEYS.search(k) and v not in (None, "", [])
+        )
+        edges = self.features.metadata.get("histogram_edges") or [1e-4, 1e4]
+        hist = s.get("histogram") or []
+        occupied = [b for b, c in enumerate(hist) if c]
+        panels = []
+        if occupied:
+            lo, hi = occupied[0], occupied[-1] + 1
+            panels.append(_bars_html(hist[lo:hi], edges[lo], edges[hi], "Activation histogram (log)", "act-bar"))
+        if "logit_histogram" in s:
+            low, high = s["logit_range"]
+            panels.append(_bars_html(s["logit_histogram"], low, high, "Logit effect over the vocabulary", "logit-bar"))
+        logits = "".join(
+            f"<tr><td>{html.escape(show_token(t))}</td><td>{v:+.3g}</td></tr>"
+            for kind in ("promoted", "suppressed")
+            for t, v in zip(s.get(f"{kind}_tokens", []), s.get(f"{kind}_logits", []))
+        )
+        neighbours = "".join(
+            f'<tr class="neighbour"><td>#{j}</td><td>{html.escape(self.features.label(j))}</td><td>{c:.3f}</td></tr>'
+            for j, c in zip(s.get("neighbour_ids", []), s.get("neighbour_cosines", []))
+        )
+        bins = sorted({e["bin"] for e in feature.quantile_examples}, reverse=True)
+        sampled = "".join(
+            f"<h4>Decile {b + 1}</h4>"
+            + _contexts_html([e for e in feature.quantile_examples if e["bin"] == b], scale, "sampled")
+            for b in bins
+        )
+        return (
+            f'<div id="feature-page"><h2>Feature {feature.index}</h2><p id="feature-label">'
+            f"{html.escape(feature.label or '(no label)')}</p><p>{stats}</p>{notes}"
+            f'<div style="display:flex;gap:24px;flex-wrap:wrap">{"".join(panels)}</div>'
+            f'<div style="display:flex;gap:24px;flex-wrap:wrap"><table><tr><th colspan=2>Logit effects</th></tr>'
+            f"{logits}</table><table><tr><th colspan=3>Nearest by decoder cosine</th></tr>{neighbours}</table></div>"
+            f"<h3>Top contexts</h3>{_contexts_html(feature.examples, scale, 'top')}"
+            f"<h3>Contexts by activation quantile</h3>{sampled or '<p>None stored.</p>'}</div>"
+        )
+
+    def prompt_features(self, text: str, top: int = 5) -> str:
+        """Each token of `text` with its `top` most active features and their labels, as an HTML table."""
+        if not (text or "").strip():
+            return "<p>Type a text.</p>"
+        rows = explain(
+            self.model, self.tokenizer, self.sae, text, int(top), hookpoint=self.hookpoint, features=self.features
+        )
+        body = "".join(
+            f'<tr class="prompt-token"><td><code>{html.escape(repr(row["token"]))}</code></td><td>'
+            + ", ".join(
+                f'<span class="prompt-feature" data-feature="{f["feature"]}">#{f["feature"]} '
+                f"({f['activation']:.3g}) {html.escape(f['label'])}</span>"
+                for f in row["features"]
+            )
+            + "</td></tr>"
+            for row in rows
+        )
+        return f'<table id="prompt-table"><tr><th>token</th><th>top features</th></tr>{body}</table>'
+
+    def parse_strengths(self, spec: str) -> dict[int, float]:
+        """`"12:40, 7"` -> {12: 40.0, 7: 2 x robust peak of 7}: a feature alone gets twice its robust peak."""
+        strengths = {}
+        for part in filter(None, (p.strip() for p in (spec or "").split(","))):
+            name, _, value = part.partition(":")
+            try:
+                index = int(name.strip().lstrip("#"))
+                strengths[index] = float(value) if value.strip() else 2 * self._peak(index)
+            except ValueError:
+                raise ArgumentError(
+                    f"Expected features as `id:strength, id, ...`; got {part!r} in {spec!r}."
+                ) from None
+            if not 0 <= index < self.sae.config.num_latents:
+                raise ArgumentError(f"Feature {index} is not in [0, {self.sae.config.num_latents}).")
+        if not strengths:
+            raise ArgumentError("Name at least one feature to steer, e.g. `12:40` or `12` (twice its robust peak).")
+        return strengths
+
+    def _peak(self, index: int) -> float:
+        stats = self.features[index].stats
+        peak = stats.get("robust_peak", stats.get("max_activation"))
+        return float(peak) if peak is not None and math.isfinite(peak) else 1.0
+
+    @torch.no_grad()
+    def steer(self, prompt: str, spec: str, mode: str = "clamp", max_new_tokens: int = 30) -> tuple[str, str]:
+        """(unsteered, steered) greedy continuations of `prompt`, steering the features of `spec` with `mode`."""
+        strengths = self.parse_strengths(spec)
+        inputs = self.tokenizer([prompt or ""], return_tensors="pt").to(self.model.device)
+        settings = {"max_new_tokens": int(max_new_tokens), "do_sample": False}
+        settings["pad_token_id"] = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+        prompt_length = inputs["input_ids"].shape[1]
+
+        def generate() -> str:
+            out = self.model.generate(**inputs, **settings)[0, prompt_length:]
+            return self.tokenizer.decode(out, skip_special_tokens=True)
+
+        plain = generate()
+        with self.hooks.steer(strengths, mode=mode, hookpoint=self.hookpoint):
+            steered = generate()
+        return plain, steered
+
+
+def build_app(explorer: Explorer, title: str | None = None):
+    """The Gradio Blocks app over `explorer`; `.launch()` it, or let a Space run it."""
+    gr = _require_gradio()
+
+    def safely(function):  # a bad input shows as an error in the page, not a traceback
+        def run(*args):
+            try:
+                return function(*args)
+            except ArgumentError as error:
+                raise gr.Error(str(error)) from None
+
+        return run
+
+    title = title or f"{explorer.hookpoint} features"
+    with gr.Blocks(title=title, analytics_enabled=False) as app:
+        gr.Markdown(f"# {html.escape(title)}\n{len(explorer.features):,} features · hf-sae {__version__}")
+        with gr.Tab("Features"):
+            with gr.Row():
+                query = gr.Textbox(label="Search labels, tokens or #id", elem_id="search")
+                sort = gr.Dropdown(list(SORTS), value="feature id", label="Sort by", elem_id="sort")
+            table = gr.Dataframe(explorer.feature_list(), interactive=False, elem_id="feature-list", max_height=320)
+            index = gr.Number(value=0, precision=0, label="Feature", elem_id="feature-index")
+            page = gr.HTML(explorer.feature_page(0), elem_id="feature-html")
+            query.change(explorer.feature_list, [query, sort], table)
+            sort.change(explorer.feature_list, [query, sort], table)
+            index.change(explorer.feature_page, index, page)
+
+            def pick(frame, event: gr.SelectData):
+                row = event.index[0] if isinstance(event.index, list | tuple) else event.index
+                return int(frame.iloc[row]["feature"])
+
+            table.select(pick, table, index)
+        with gr.Tab("Prompt"):
+            text = gr.Textbox(label="Text", elem_id="prompt-text", value="The Eiffel Tower is in Paris.")
+            top = gr.Slider(1, 10, value=5, step=1, label="Features per token")
+            go = gr.Button("Show features", elem_id="prompt-go")
+            found = gr.HTML(elem_id="prompt-html")
+            go.click(safely(explorer.prompt_features), [text, top], found)
+            text.submit(safely(explorer.prompt_features), [text, top], found)
+        with gr.Tab("Steer"):
+            prompt = gr.Textbox(label="Prompt", value="The weather today is", elem_id="steer-prompt")
+            spec = gr.Textbox(
+                label="Features: id:strength, ... (an id alone: twice its robust peak)", elem_id="steer-features"
+            )
+            with gr.Row():
+                mode = gr.Radio(["clamp", "add"], value="clamp", label="Mode")
+                length = gr.Slider(1, 200, value=30, step=1, label="New tokens")
+            run = gr.Button("Generate", elem_id="steer-go")
+            with gr.Row():
+                plain = gr.Textbox(label="Unsteered", elem_id="steer-plain", interactive=False)
+                steered = gr.Textbox(label="Steered", elem_id="steer-steered", interactive=False)
+            run.click(safely(explorer.steer), [prompt, spec, mode, length], [plain, steered])
+    return app
+
+
+def load_explorer(sae: str, lm_args=None, *, hookpoint: str | None = None, device: str | None = None) -> Explorer:
+    """An `Explorer` for one SAE folder or Hub repo (one hookpoint of it) with its LM, by default its base model
+    (the built-in SmolLM2 offline)."""
+    from .arguments import ActivationArguments
+    from .runners import load_saes_and_lm
+
+    saes, model, tokenizer = load_saes_and_lm(
+        sae, [hookpoint] if hookpoint else None, lm_args or ActivationArguments(), device=device
+    )
+    if len(saes) != 1:
+        raise ArgumentError(f"{sae} holds {len(saes)} SAEs ({list(saes)}); pick one with --hookpoint.")
+    name, model_sae = next(iter(saes.items()))
+    try:
+        features = model_sae.features
+    except (FeatureMetadataError, FileNotFoundError):
+        raise FeatureMetadataError(
+            f"{sae} has no feature metadata for {name}; collect it with `hf-sae features --sae {sae}` first."
+        ) from None
+    return Explorer(model, tokenizer, model_sae, features, name)
+
+
+SPACE_APP = '''"""The hf_sae feature explorer for {repo_id}, as a Hub Space (written by `hf-sae app --write_space`)."""
+
+from hf_sae.app import build_app, load_explorer
+
+build_app(load_explorer({repo_id!r}, hookpoint={hookpoint!r})).launch()
+'''
+
+SPACE_README = """---
+title: {title}
+emoji: 🔬
+colorFrom: yellow
+colorTo: red
+sdk: gradio
+sdk_version: {gradio_version}
+app_file: app.py
+pinned: false
+models:
+{models}
+---
+
+# {title}
+
+The hf_sae feature explorer for [{repo_id}](https://huggingface.co/{repo_id}): the feature list with search and
+sort, each feature's statistics, contexts and logit effects, the features of a typed prompt, and a steering
+playground. The `hf_sae` folder is the package itself, so the Space needs nothing that is not on PyPI.
+"""
+
+
+def write_space(output_dir: str | os.PathLike, repo_id: str, *, hookpoint: str | None = None, base_model=None) -> Path:
+    """Write a Hub Space folder that runs the explorer on the SAE repo `repo_id`: app.py, requirements.txt,
+    README.md (Space front matter, `sdk: gradio`) and a copy of the hf_sae package. Push it with
+    `huggingface-cli upload --repo-type space SPACE_ID OUTPUT_DIR` (or `HfApi.upload_folder`)."""
+    gr = _require_gradio()
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise ArgumentError(f"Expected a new or empty folder for the Space; {output_dir} holds files. Choose another.")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "app.py").write_text(SPACE_APP.format(repo_id=repo_id, hookpoint=hookpoint))
+    requirements = _requirements() + [f"gradio=={gr.__version__}"]
+    (output_dir / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    models = "".join(f"  - {m}\n" for m in (repo_id, base_model) if m).rstrip("\n")
+    title = f"{repo_id.split('/')[-1]} explorer"
+    readme = SPACE_README.format(title=title, gradio_version=gr.__version__, models=models, repo_id=repo_id)
+    (output_dir / "README.md").write_text(readme)
+    package = Path(resources.files("hf_sae"))
+    shutil.copytree(package, output_dir / "hf_sae", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return output_dir
+
+
+def _requirements() -> list[str]:
+    """hf_sae's own dependencies, as installed (the Space installs them from PyPI)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        listed = requires("hf-sae") or []
+    except PackageNotFoundError:  # running from a source tree without an install
+        listed = []
+    return [r for r in listed if "extra ==" not in r]
