@@ -9,7 +9,8 @@ Three tabs over one SAE, its feature metadata and its LM:
     Steer      features clamped or added at chosen strengths (`SaeHooks.steer`), the greedy continuation beside the
                unsteered one
 
-`write_space` writes the same app as a Hub Space folder (app.py, requirements.txt, README.md with `sdk: gradio`).
+`write_space` writes the same app as a Hub Space folder (app.py, requirements.txt, README.md with `sdk: gradio`);
+`push_space` (`hf-sae push --space SPACE_ID`) uploads it.
 Gradio is an optional dependency: `pip install 'hf-sae[app]'`.
 """
 
@@ -18,6 +19,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -353,6 +355,27 @@ def write_space(output_dir: str | os.PathLike, repo_id: str, *, hookpoint: str |
     package = Path(resources.files("hf_sae"))
     shutil.copytree(package, output_dir / "hf_sae", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return output_dir
+
+
+def push_space(
+    space_id: str,
+    repo_id: str,
+    *,
+    hookpoint: str | None = None,
+    base_model: str | None = None,
+    token: str | None = None,
+    private: bool = False,
+):
+    """Create (if needed) the Gradio Space `space_id` and upload `write_space`'s folder for the SAE repo `repo_id`
+    to it in one commit. Returns the `CommitInfo`."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="hf-sae-space-") as tmp:
+        folder = write_space(Path(tmp) / "space", repo_id, hookpoint=hookpoint, base_model=base_model)
+        api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        message = f"Feature explorer for {repo_id}"
+        return api.upload_folder(repo_id=space_id, repo_type="space", folder_path=folder, commit_message=message)
 
 
 def _requirements() -> list[str]:

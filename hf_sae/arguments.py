@@ -407,6 +407,10 @@ class PushArguments:
     datasets: list[str] | None = _help("Hub ids of the datasets the SAEs were trained on, for the card.", None)
     license: str | None = _help("A license id for the card, e.g. apache-2.0.", None)
     tags: list[str] | None = _help("Extra tags for the card.", None)
+    space: str | None = _help(
+        "Also push a Gradio Space running `hf-sae app` on the repo, e.g. `you/saes-explorer`.", None
+    )
+    space_hookpoint: str | None = _help("With --space and several SAEs: the one the Space explores.", None)
 
 
 @dataclass

@@ -193,6 +193,7 @@ def push_command(argv: list[str]) -> int:
     from .hub import push_saes_to_hub
 
     (args,) = parse_arguments((A.PushArguments,), argv, "hf-sae push")
+    space = _space_target(args) if args.space else None  # checked before anything is uploaded
     commit = push_saes_to_hub(
         args.repo_id,
         args.sae,
@@ -206,7 +207,33 @@ def push_command(argv: list[str]) -> int:
         tags=args.tags,
     )
     print(f"Pushed to {commit.commit_url}")
+    if space is not None:
+        from .app import push_space
+
+        hookpoint, base_model = space
+        info = push_space(args.space, args.repo_id, hookpoint=hookpoint, base_model=base_model, token=args.token,
+                          private=args.private)  # fmt: skip
+        print(f"Space pushed to {info.commit_url}")
     return 0
+
+
+def _space_target(args) -> tuple[str | None, str | None]:
+    """(hookpoint, base model) of the SAE that `push --space` explores: the only one, or `--space_hookpoint`."""
+    from pathlib import Path
+
+    from .layout import CONFIG, find_sae_folders, read_json
+
+    folders, single = find_sae_folders(Path(args.sae))
+    hookpoint = args.space_hookpoint
+    if hookpoint is None and len(folders) > 1:
+        raise ArgumentError(
+            f"{args.sae} holds {len(folders)} SAEs ({list(folders)}); pick the Space's with --space_hookpoint."
+        )
+    if hookpoint is not None and hookpoint not in folders:
+        raise ArgumentError(f"--space_hookpoint {hookpoint!r} is not one of the SAEs pushed: {list(folders)}.")
+    folder = folders[hookpoint] if hookpoint else next(iter(folders.values()), None)
+    base_model = read_json(folder / CONFIG).get("base_model_name_or_path") if folder else None
+    return (None if single else hookpoint or next(iter(folders))), base_model
 
 
 def pull_command(argv: list[str]) -> int:

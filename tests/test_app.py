@@ -2,11 +2,13 @@
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
 from test_browser import chrome, wait_for  # noqa: F401  (chrome: the headless Chromium fixture)
 from test_features import collect, make_tiny_lm, tiny_sae, tiny_tokenizer, token_blocks
+from test_hub import api, hub, hub_server  # noqa: F401  (the Hub-protocol server on 127.0.0.1)
 
 from hf_sae.app import Explorer, write_space
 from hf_sae.browser import explain
@@ -147,3 +149,25 @@ def test_space_folder_runs_the_app_on_the_repo(tmp_path):
     with pytest.raises(ArgumentError, match="holds files"):
         write_space(folder, "you/other")
     assert "you/smollm2-saes" in (folder / "app.py").read_text()
+
+
+def test_push_space_uploads_the_app_beside_the_sae_repo(api, tmp_path):  # noqa: F811
+    from huggingface_hub import hf_hub_download
+    from test_hub import ALICE, BASE_MODEL, LAYERS, make_sae
+
+    from hf_sae.cli import main
+
+    for hookpoint in LAYERS[:2]:
+        make_sae(hookpoint).save_pretrained(tmp_path / "run" / hookpoint)
+    push = ["push", "--sae", str(tmp_path / "run"), "--repo_id", "alice/saes", "--token", ALICE]
+    with pytest.raises(ArgumentError, match="pick the Space's with --space_hookpoint"):
+        main([*push, "--space", "alice/saes-explorer"])
+    assert not api.repo_exists("alice/saes")  # refused before anything was uploaded
+    assert main([*push, "--space", "alice/saes-explorer", "--space_hookpoint", LAYERS[1]]) == 0
+    files = set(api.list_repo_files("alice/saes-explorer", repo_type="space"))
+    assert {"app.py", "requirements.txt", "README.md", "hf_sae/app.py", "hf_sae/hooks.py"} <= files
+    readme = Path(hf_hub_download("alice/saes-explorer", "README.md", repo_type="space", token=ALICE)).read_text()
+    assert "sdk: gradio\n" in readme.split("---\n")[1] and f"  - alice/saes\n  - {BASE_MODEL}\n" in readme
+    app = Path(hf_hub_download("alice/saes-explorer", "app.py", repo_type="space", token=ALICE)).read_text()
+    assert f"load_explorer('alice/saes', hookpoint={LAYERS[1]!r})" in app
+    assert f"{LAYERS[1]}/config.json" in api.list_repo_files("alice/saes")
