@@ -2,16 +2,20 @@
 
 Every architecture shares W_enc, b_enc, W_dec and b_dec; an entry says what else it has and how it differs:
 
-    pre = (x - b_dec) @ W_enc.T + b_enc        (b_dec subtracted when `apply_b_dec_to_input`)
-    z   = activation(pre), or a sparse selection of pre (the k family, see sparse_ops)
-    x̂   = z @ W_dec + b_dec
-    loss = ||x - x̂||² + penalty(z, pre)         (+ AuxK for the k family)
+    pre = (x - b_dec) @ W_enc.T + b_enc        (b_dec subtracted when `apply_b_dec_to_input`), one dense matmul
+    kept = select(pre)                         the entries the step touches: top k, pre > 0, pre near or above θ
+    z   = activate(kept)                       on those entries only
+    x̂   = z @ W_dec + b_dec                    a sparse decode (sparse_ops); Matryoshka: every nested prefix's x̂
+    loss = ||x - x̂||² + penalty(kept, z)       (+ AuxK for the k family)
 
-The functions take the `SaeModel` as their first argument; this module never imports it.
+After the encoder matmul every computation of a training step, backward included, involves only the kept entries
+(the approach of Gao et al. 2024 for TopK, applied here to every architecture). The functions take the `SaeModel` as
+their first argument; this module never imports it.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, Literal
 
 import torch
@@ -36,74 +40,126 @@ class ExtraTensor:
 
 @dataclass(frozen=True)
 class Architecture:
-    """One row of the table. `select` makes the sparse selection from `k` for the k family (`None`: dense);
-    `activation` gives (z, pre) densely; `penalty(sae, x, z, pre, coefficient)` gives (sparsity, auxiliary) losses
-    of the dense path; `after_sparse_step(sae, code)` runs on each training batch's sparse code."""
+    """One row of the table. Every architecture trains on a sparse code (`sparse_ops`): `select(sae)` says which
+    pre-activation entries the step touches, `activate(sae, pre)` turns those entries into the latents z (the same
+    entries, some of them possibly 0), `penalty(sae, x, pre, z, coefficient)` gives the losses beyond the
+    reconstruction's by name, and `reconstruct(sae, x, z, with_loss)` gives (x̂, {name: loss}) where the decoder
+    is more than `z @ W_dec + b_dec`. `dense_inference(sae, x)` gives z at inference where that differs from
+    training (BatchTopK's threshold); `after_sparse_step(sae, z)` runs on each training batch's code."""
 
     name: str
     reference: str
+    select: Callable[[Any], Select]
+    activate: Callable[[Any, SparseCode], SparseCode] = lambda sae, pre: pre._replace(values=pre.values.relu())
+    penalty: Callable[..., dict[str, Tensor]] | None = None
+    reconstruct: Callable[..., tuple[Tensor, dict[str, Tensor]]] | None = None
     uses_k: bool = False
-    select: Callable[[int], Select] | None = None
-    sparse_at_inference: bool = True
-    activation: Callable[[Any, Tensor], tuple[Tensor, Tensor]] | None = None
-    penalty: Callable[..., tuple[Tensor | None, Tensor | None]] | None = None
+    dense_inference: Callable[[Any, Tensor], Tensor] | None = None
     after_sparse_step: Callable[[Any, SparseCode], None] | None = None
     extra_tensors: tuple[ExtraTensor, ...] = ()
     unit_norm_decoder: bool = True
     decoder_init_norm: float = 1.0
 
 
-# ---- dense activations ----------------------------------------------------------------------------------------------
+# ---- what a training step touches: the entries each architecture keeps ---------------------------------------------
 
 
-def _relu(sae, x: Tensor) -> tuple[Tensor, Tensor]:
-    pre = sae.pre_activation(x)  # (N, num_latents)
-    return pre.relu(), pre
+def _positive(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    rows, cols = (pre > 0).nonzero(as_tuple=True)  # row-major, so grouped by token
+    return rows, cols, pre[rows, cols]
 
 
-def _jumprelu(sae, x: Tensor) -> tuple[Tensor, Tensor]:
+def _jumprelu_support(sae) -> Select:
+    """Entries above the threshold, and those below it within the bandwidth of the straight-through kernel: the
+    only ones whose value or threshold gradient is not 0."""
+    bandwidth = sae.config.jumprelu_bandwidth
+
+    def select(pre: Tensor):
+        rows, cols = ((pre - sae.threshold.to(pre.dtype)) / bandwidth > -0.5).nonzero(as_tuple=True)
+        return rows, cols, pre[rows, cols]
+
+    return select
+
+
+# ---- from the kept pre-activations to the latents -------------------------------------------------------------------
+
+
+def _identity(sae, pre: SparseCode) -> SparseCode:
+    return pre
+
+
+def _jumprelu(sae, pre: SparseCode) -> SparseCode:
+    threshold = sae.threshold.to(pre.values.dtype)
+    return pre._replace(values=JumpReLU.apply(pre.values, pre.cols, threshold, sae.config.jumprelu_bandwidth))
+
+
+def _gated_magnitude(sae, pre: SparseCode) -> SparseCode:
+    """Where the gate (W_enc, b_enc) is open, z = relu of the magnitude path, whose weights are W_enc * exp(r_mag)
+    with bias b_mag: exp(r_mag) * (gate - b_enc) + b_mag on the same entries, with no second matmul."""
+    dtype, cols = pre.values.dtype, pre.cols
+    scale, b_enc, b_mag = (sae.r_mag.exp().to(dtype), sae.b_enc.to(dtype), sae.b_mag.to(dtype))
+    magnitude = scale[cols] * (pre.values - b_enc[cols]) + b_mag[cols]
+    return pre._replace(values=magnitude.relu())
+
+
+def _batchtopk_inference(sae, x: Tensor) -> Tensor:
     pre = sae.pre_activation(x)
-    return JumpReLU.apply(pre, sae.threshold.to(pre.dtype), sae.config.jumprelu_bandwidth), pre
+    return pre.relu() * (pre > sae.threshold.to(pre.dtype))
 
 
-def _batchtopk_inference(sae, x: Tensor) -> tuple[Tensor, Tensor]:
-    pre = sae.pre_activation(x)
-    return pre.relu() * (pre > sae.threshold.to(pre.dtype)), pre
-
-
-def _gated(sae, x: Tensor) -> tuple[Tensor, Tensor]:
-    """The gate uses W_enc with bias b_enc; the magnitude uses W_enc * exp(r_mag) with bias b_mag."""
-    x_enc = sae.encoder_input(x)
-    pre = torch.addmm(sae.b_enc.to(x.dtype), x_enc, sae.W_enc.to(x.dtype).T)  # the gate
-    magnitude_weight = sae.W_enc * sae.r_mag.exp()[:, None]
-    magnitude = torch.addmm(sae.b_mag.to(x.dtype), x_enc, magnitude_weight.to(x.dtype).T)
-    return (pre > 0).to(x.dtype) * magnitude.relu(), pre
-
-
-# ---- penalties ------------------------------------------------------------------------------------------------------
+# ---- penalties, on the kept entries ---------------------------------------------------------------------------------
 
 
 def _decoder_norms(sae, dtype: torch.dtype) -> Tensor:
     return sae.W_dec.norm(dim=-1).to(dtype)  # (num_latents,)
 
 
-def _l1_penalty(sae, x: Tensor, z: Tensor, pre: Tensor, coefficient: float):
+def _per_token(values: Tensor, num_rows: int) -> Tensor:
+    return values.sum() / max(num_rows, 1)
+
+
+def _l1_penalty(sae, x: Tensor, pre: SparseCode, z: SparseCode, coefficient: float):
     """L1 weighted by decoder norms: Anthropic, "Circuits Updates - April 2024"."""
-    return coefficient * (z.abs() * _decoder_norms(sae, z.dtype)).sum(-1).mean(), None
+    weights = _decoder_norms(sae, z.values.dtype)[z.cols]
+    return {"sparsity_loss": coefficient * _per_token(z.values.abs() * weights, z.num_rows)}
 
 
-def _l0_penalty(sae, x: Tensor, z: Tensor, pre: Tensor, coefficient: float):
+def _l0_penalty(sae, x: Tensor, pre: SparseCode, z: SparseCode, coefficient: float):
     """L0 through the step function's pseudo-gradient (Rajamanoharan et al. 2024, eq. 10)."""
-    step = Step.apply(pre, sae.threshold.to(pre.dtype), sae.config.jumprelu_bandwidth)
-    return coefficient * step.sum(-1).mean(), None
+    threshold = sae.threshold.to(pre.values.dtype)
+    step = Step.apply(pre.values, pre.cols, threshold, sae.config.jumprelu_bandwidth)
+    return {"sparsity_loss": coefficient * _per_token(step, z.num_rows)}
 
 
-def _gated_penalty(sae, x: Tensor, z: Tensor, pre: Tensor, coefficient: float):
-    """L1 on the gate's ReLU, and the gate alone must reconstruct x through a frozen decoder (their eq. 8)."""
-    gate = pre.relu()
-    sparsity = coefficient * (gate * _decoder_norms(sae, z.dtype).detach()).sum(-1).mean()
-    via_gate = gate @ sae.W_dec.detach().to(gate.dtype) + sae.b_dec.detach().to(gate.dtype)
-    return sparsity, (via_gate - x).pow(2).sum(-1).mean()
+def _gated_penalty(sae, x: Tensor, pre: SparseCode, z: SparseCode, coefficient: float):
+    """L1 on the gate's ReLU, and the gate alone must reconstruct x through a frozen decoder (their eq. 8). The
+    kept entries are where the gate is open, so its ReLU is the kept pre-activations themselves."""
+    weights = _decoder_norms(sae, pre.values.dtype).detach()[pre.cols]
+    sparsity = coefficient * _per_token(pre.values * weights, pre.num_rows)
+    via_gate = pre.decode(sae.W_dec.detach()) + sae.b_dec.detach().to(x.dtype)
+    return {"sparsity_loss": sparsity, "auxiliary_loss": (via_gate - x).pow(2).sum(-1).mean()}
+
+
+# ---- Matryoshka: nested prefixes of the dictionary ------------------------------------------------------------------
+
+
+def _nested_reconstruction(sae, x: Tensor, z: SparseCode, with_loss: bool):
+    """Each prefix of the dictionary (the first group, the first two, ...) reconstructs x on its own, and the loss
+    sums their squared errors (Bussmann, Nabeshima, Karvonen, Nanda 2025, "Learning Multi-Level Features with
+    Matryoshka Sparse Autoencoders", eq. 2; dictionary_learning's `MatryoshkaBatchTopKTrainer.loss` averages the
+    same terms with group weights, a constant factor). The whole dictionary's error is `mse_loss`; the smaller
+    prefixes' sum is `prefix_loss`. Each group's entries are decoded once and the prefixes accumulate."""
+    sizes = sae.config.matryoshka_group_sizes
+    ends = torch.tensor(list(accumulate(sizes)), device=z.cols.device)  # (groups,)
+    group = torch.bucketize(z.cols, ends, right=True)  # (entries,): the group of each entry's latent
+    reconstruction, prefix_loss = sae.b_dec.to(x.dtype).expand_as(x), None
+    for index in range(len(sizes)):
+        keep = group == index
+        reconstruction = reconstruction + SparseCode(*(t[keep] for t in z[:3]), z.num_rows).decode(sae.W_dec)
+        if with_loss and index < len(sizes) - 1:
+            error = (reconstruction - x).pow(2).sum(-1).mean()
+            prefix_loss = error if prefix_loss is None else prefix_loss + error
+    return reconstruction, {} if prefix_loss is None else {"prefix_loss": prefix_loss}
 
 
 @torch.no_grad()
@@ -121,6 +177,16 @@ def _track_batchtopk_threshold(sae, code: SparseCode) -> None:
 
 # ---- the table ------------------------------------------------------------------------------------------------------
 
+# () global inference threshold of the BatchTopK family, learned by EMA; -1 means unset until the first training batch
+_GLOBAL_THRESHOLD = ExtraTensor("threshold", per_latent=False, trainable=False, init=-1.0)
+_BATCHTOPK = {
+    "uses_k": True,
+    "select": lambda sae: select_batch_topk(sae.config.k),
+    "dense_inference": _batchtopk_inference,
+    "after_sparse_step": _track_batchtopk_threshold,
+    "extra_tensors": (_GLOBAL_THRESHOLD,),
+}
+
 ARCHITECTURES: dict[str, Architecture] = {
     arch.name: arch
     for arch in (
@@ -128,34 +194,33 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture(
             "relu",
             "Anthropic, Circuits Updates, April 2024",
-            activation=_relu,
+            select=lambda sae: _positive,
+            activate=_identity,
             penalty=_l1_penalty,
             unit_norm_decoder=False,
             decoder_init_norm=0.1,
         ),
-        Architecture("topk", "Gao et al. 2024", uses_k=True, select=select_topk),
+        Architecture("topk", "Gao et al. 2024", uses_k=True, select=lambda sae: select_topk(sae.config.k)),
+        Architecture("batchtopk", "Bussmann et al. 2024", **_BATCHTOPK),
         Architecture(
-            "batchtopk",
-            "Bussmann et al. 2024",
-            uses_k=True,
-            select=select_batch_topk,
-            sparse_at_inference=False,
-            activation=_batchtopk_inference,
-            after_sparse_step=_track_batchtopk_threshold,
-            # () global inference threshold, learned by EMA; -1 means unset until the first training batch
-            extra_tensors=(ExtraTensor("threshold", per_latent=False, trainable=False, init=-1.0),),
+            "matryoshka_batchtopk",
+            "Bussmann, Nabeshima, Karvonen, Nanda 2025, Matryoshka SAEs (arXiv 2503.17547); Nabeshima 2024",
+            reconstruct=_nested_reconstruction,
+            **_BATCHTOPK,
         ),
         Architecture(
             "jumprelu",
             "Rajamanoharan et al. 2024, Jumping Ahead",
-            activation=_jumprelu,
+            select=_jumprelu_support,
+            activate=_jumprelu,
             penalty=_l0_penalty,
             extra_tensors=(ExtraTensor("threshold", init="jumprelu_init_threshold"),),
         ),
         Architecture(
             "gated",
             "Rajamanoharan et al. 2024, Improving Dictionary Learning with Gated SAEs",
-            activation=_gated,
+            select=lambda sae: _positive,
+            activate=_gated_magnitude,
             penalty=_gated_penalty,
             extra_tensors=(ExtraTensor("r_mag"), ExtraTensor("b_mag")),
         ),
@@ -164,42 +229,49 @@ ARCHITECTURES: dict[str, Architecture] = {
 ArchitectureName = Literal[tuple(ARCHITECTURES)]  # for argument parsers: `--help` lists the choices
 
 
-# ---- straight-through pieces for JumpReLU (Rajamanoharan et al. 2024, "Jumping Ahead") ------------------------------
+# ---- straight-through pieces for JumpReLU (Rajamanoharan et al. 2024, "Jumping Ahead"), on the kept entries -------
+# `pre` holds one entry per kept (token, latent) pair and `cols` its latent; the threshold gradient is summed per
+# latent over the kept entries, which include every entry inside the kernel's support.
 
 
 def _rectangle(u: Tensor) -> Tensor:
     return ((u > -0.5) & (u < 0.5)).to(u.dtype)
 
 
+def _per_latent(values: Tensor, cols: Tensor, threshold: Tensor) -> Tensor:
+    return torch.zeros_like(threshold).index_add_(0, cols, values)
+
+
 class JumpReLU(torch.autograd.Function):
     """z = pre * H(pre - θ), with d/dθ = -(θ / bandwidth) * rectangle((pre - θ) / bandwidth)."""
 
     @staticmethod
-    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float):
-        ctx.save_for_backward(pre, threshold)
+    def forward(ctx, pre: Tensor, cols: Tensor, threshold: Tensor, bandwidth: float):
+        ctx.save_for_backward(pre, cols, threshold)
         ctx.bandwidth = bandwidth
-        return pre * (pre > threshold)
+        return pre * (pre > threshold[cols])
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        pre, threshold = ctx.saved_tensors
-        grad_pre = grad_out * (pre > threshold)
-        kernel = _rectangle((pre - threshold) / ctx.bandwidth)
-        grad_threshold = -(threshold / ctx.bandwidth) * kernel * grad_out
-        return grad_pre, grad_threshold.reshape(-1, threshold.shape[-1]).sum(0), None
+        pre, cols, threshold = ctx.saved_tensors
+        theta = threshold[cols]
+        grad_pre = grad_out * (pre > theta)
+        kernel = _rectangle((pre - theta) / ctx.bandwidth)
+        grad_threshold = _per_latent(-(theta / ctx.bandwidth) * kernel * grad_out, cols, threshold)
+        return grad_pre, None, grad_threshold, None
 
 
 class Step(torch.autograd.Function):
     """H(pre - θ) for the L0 penalty, with d/dθ = -(1 / bandwidth) * rectangle((pre - θ) / bandwidth)."""
 
     @staticmethod
-    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float):
-        ctx.save_for_backward(pre, threshold)
+    def forward(ctx, pre: Tensor, cols: Tensor, threshold: Tensor, bandwidth: float):
+        ctx.save_for_backward(pre, cols, threshold)
         ctx.bandwidth = bandwidth
-        return (pre > threshold).to(pre.dtype)
+        return (pre > threshold[cols]).to(pre.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        pre, threshold = ctx.saved_tensors
-        grad_threshold = -(1.0 / ctx.bandwidth) * _rectangle((pre - threshold) / ctx.bandwidth) * grad_out
-        return None, grad_threshold.reshape(-1, threshold.shape[-1]).sum(0), None
+        pre, cols, threshold = ctx.saved_tensors
+        kernel = _rectangle((pre - threshold[cols]) / ctx.bandwidth)
+        return None, None, _per_latent(-(1.0 / ctx.bandwidth) * kernel * grad_out, cols, threshold), None

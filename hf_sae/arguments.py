@@ -42,7 +42,12 @@ class SaeArguments:
         default_factory=lambda: ["model.layers.15"],
     )
     architecture: ArchitectureName = _help("The SAE architecture.", "topk")
-    k: int | None = _help("Active latents per token (topk, batchtopk; ignored by the others).", 32)
+    k: int | None = _help("Active latents per token (the topk and batchtopk family; ignored by the others).", 32)
+    matryoshka_group_sizes: list[int] | None = _help(
+        "matryoshka_batchtopk: sizes of the nested latent groups, summing to the number of latents "
+        "(e.g. `--matryoshka_group_sizes 2304 6912` for 9216 latents).",
+        None,
+    )
     expansion_factor: float = _help("num_latents = expansion_factor * d_in.", 16)
     num_latents: int | None = _help("Overrides `expansion_factor` when set.", None)
     sparsity_coefficient: float = _help("Sparsity penalty weight (relu and gated: L1; jumprelu: L0).", 1.0)
@@ -63,6 +68,32 @@ class SaeArguments:
         _require(self.expansion_factor > 0, "expansion_factor", self.expansion_factor, "a number > 0")
         _require(self.num_latents is None or self.num_latents >= 1, "num_latents", self.num_latents, "positive")
         _require(self.sparsity_coefficient >= 0, "sparsity_coefficient", self.sparsity_coefficient, ">= 0")
+        self._check_group_sizes()
+
+    def _check_group_sizes(self) -> None:
+        """What can be checked before the LM gives d_in; SaeConfig checks the sum against the resolved width."""
+        sizes, matryoshka = self.matryoshka_group_sizes, self.architecture == "matryoshka_batchtopk"
+        _require(
+            not sizes or matryoshka,
+            "matryoshka_group_sizes",
+            sizes,
+            f"left unset for architecture {self.architecture} (it applies only to matryoshka_batchtopk)",
+        )
+        if not matryoshka:
+            return
+        _require(
+            bool(sizes) and all(size >= 1 for size in sizes),
+            "matryoshka_group_sizes",
+            sizes,
+            "positive integers, one per nested group, for matryoshka_batchtopk (e.g. 2304 6912)",
+        )
+        if self.num_latents:
+            _require(
+                sum(sizes) == self.num_latents,
+                "matryoshka_group_sizes",
+                sizes,
+                f"sizes summing to --num_latents {self.num_latents} (they sum to {sum(sizes)})",
+            )
 
     def config(self, hookpoint: str, d_in: int, base_model: str | None) -> SaeConfig:
         """The `SaeConfig` of the SAE at `hookpoint`, whose activation has width `d_in`."""
@@ -72,6 +103,7 @@ class SaeArguments:
             **size,
             architecture=self.architecture,
             k=self.k if ARCHITECTURES[self.architecture].uses_k else None,
+            matryoshka_group_sizes=self.matryoshka_group_sizes,
             sparsity_coefficient=self.sparsity_coefficient,
             hookpoint=hookpoint,
             base_model_name_or_path=base_model,

@@ -43,9 +43,12 @@ class SaeConfig(PreTrainedConfig):
         expansion_factor (`float`, *optional*):
             Convenience for `num_latents = round(expansion_factor * d_in)`; resolved at construction and not stored.
         architecture (`str`, *optional*, defaults to `"topk"`):
-            A name in `hf_sae.ARCHITECTURES`: `relu`, `topk`, `batchtopk`, `jumprelu`, `gated`.
+            A name in `hf_sae.ARCHITECTURES`: `relu`, `topk`, `batchtopk`, `matryoshka_batchtopk`, `jumprelu`, `gated`.
         k (`int`, *optional*):
-            Active latents per token for `topk`, average active latents per token for `batchtopk`.
+            Active latents per token for `topk`, average active latents per token for the BatchTopK family.
+        matryoshka_group_sizes (`list[int]`, *optional*):
+            `matryoshka_batchtopk` only: the sizes of the dictionary's consecutive latent groups, summing to
+            `num_latents`; each prefix (the first group, the first two, ...) is trained to reconstruct on its own.
         sparsity_coefficient (`float`, *optional*, defaults to 1.0):
             Weight of the sparsity penalty: L1 for `relu` and `gated`, L0 for `jumprelu`. Unused by the k family.
         jumprelu_init_threshold (`float`, *optional*, defaults to 0.001):
@@ -81,6 +84,7 @@ class SaeConfig(PreTrainedConfig):
     num_latents: int | None = None
     architecture: ArchitectureName = "topk"
     k: int | None = None
+    matryoshka_group_sizes: list[int] | None = None
     sparsity_coefficient: float = 1.0
     jumprelu_init_threshold: float = 0.001
     jumprelu_bandwidth: float = 0.001
@@ -144,9 +148,10 @@ class SaeConfig(PreTrainedConfig):
                 )
         elif self.k is not None:
             raise SaeConfigError(
-                f"`k` applies only to {' and '.join(K_ARCHITECTURES)}; got k={self.k} with architecture "
+                f"`k` applies only to {', '.join(K_ARCHITECTURES)}; got k={self.k} with architecture "
                 f"{self.architecture!r}. Drop `k` or change the architecture."
             )
+        self._validate_group_sizes()
         for name in ("sparsity_coefficient", "auxk_coefficient"):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
@@ -155,6 +160,33 @@ class SaeConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not _is_number(value) or value <= 0:
                 raise SaeConfigError(f"`{name}` must be a number > 0; got {value!r}.")
+
+    def _validate_group_sizes(self) -> None:
+        sizes = self.matryoshka_group_sizes
+        if self.architecture != "matryoshka_batchtopk":
+            if sizes is not None:
+                raise SaeConfigError(
+                    f"`matryoshka_group_sizes` applies only to matryoshka_batchtopk; got {sizes!r} with architecture "
+                    f"{self.architecture!r}. Drop it or use architecture='matryoshka_batchtopk'."
+                )
+            return
+        example = f"e.g. [{self.num_latents // 4}, {self.num_latents - self.num_latents // 4}]"
+        if (
+            not isinstance(sizes, list | tuple)
+            or not sizes
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)
+        ):
+            raise SaeConfigError(
+                f"matryoshka_batchtopk needs `matryoshka_group_sizes`, a list of positive integers (the sizes of the "
+                f"nested latent groups); got {sizes!r}. Pass {example}."
+            )
+        if sum(sizes) != self.num_latents:
+            raise SaeConfigError(
+                f"`matryoshka_group_sizes` {list(sizes)} sum to {sum(sizes)}, but the groups must cover the "
+                f"dictionary: num_latents={self.num_latents}. Change the sizes to sum to {self.num_latents}, "
+                f"{example}."
+            )
+        self.matryoshka_group_sizes = list(sizes)
 
     def __setattr__(self, key: str, value: Any) -> None:
         # Configs are immutable once built: an SAE's shape and sparsity rule are fixed by its weights.

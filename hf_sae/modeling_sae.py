@@ -1,8 +1,8 @@
 """`SaeModel`: a sparse autoencoder as a `transformers.PreTrainedModel`.
 
 The architecture (`config.architecture`) is looked up once, at construction, in `architectures.ARCHITECTURES`: its
-extra tensors, initialisation, activation or sparse selection and penalty. The k family (topk, batchtopk) trains on
-a sparse code with the kernels of `sparse_ops`; the others compute a dense code.
+extra tensors, initialisation, sparse selection, activation and penalty. Every architecture trains on a sparse code
+with the kernels of `sparse_ops`; BatchTopK and Matryoshka switch to a dense threshold at inference.
 """
 
 from dataclasses import dataclass
@@ -37,6 +37,8 @@ class SaeOutput(ModelOutput):
         mse_loss (`torch.Tensor`, *optional*): squared error summed over d_in, averaged over tokens.
         sparsity_loss (`torch.Tensor`, *optional*): the architecture's sparsity penalty, coefficient applied.
         auxiliary_loss (`torch.Tensor`, *optional*): AuxK (k family) or the gated auxiliary reconstruction loss.
+        prefix_loss (`torch.Tensor`, *optional*): Matryoshka: the squared errors of the dictionary's smaller nested
+            prefixes, summed (the whole dictionary's is `mse_loss`).
     """
 
     reconstruction: Tensor | None = None
@@ -47,6 +49,7 @@ class SaeOutput(ModelOutput):
     mse_loss: Tensor | None = None
     sparsity_loss: Tensor | None = None
     auxiliary_loss: Tensor | None = None
+    prefix_loss: Tensor | None = None
 
 
 class _Pass(NamedTuple):
@@ -55,8 +58,7 @@ class _Pass(NamedTuple):
     reconstruction: Tensor  # (N, d_in)
     latents: Tensor | None  # (N, num_latents) when asked for
     latent_counts: Tensor  # (num_latents,)
-    sparsity_loss: Tensor | None
-    auxiliary_loss: Tensor | None
+    losses: dict[str, Tensor]  # the terms beyond mse_loss, by SaeOutput field name
 
 
 class SaePreTrainedModel(PreTrainedModel):
@@ -149,12 +151,13 @@ class SaeModel(SaePreTrainedModel):
         return torch.addmm(self.b_enc.to(x.dtype), self.encoder_input(x), self.W_enc.to(x.dtype).T)
 
     def _uses_sparse_code(self) -> bool:
-        arch = self.architecture
-        return arch.select is not None and (self.training or arch.sparse_at_inference)
+        return self.training or self.architecture.dense_inference is None
 
     def _sparse_code(self, x: Tensor, dead: Tensor | None = None) -> tuple[SparseCode, SparseCode | None]:
-        """The active latents of a (N, d_in) batch, and the AuxK entries among `dead` latents when given."""
-        select, k_aux = self.architecture.select(self.config.k), _auxk_width(self.config, dead)
+        """The kept pre-activation entries of a (N, d_in) batch, and for the k family the AuxK entries among `dead`
+        latents when given."""
+        arch = self.architecture
+        select, k_aux = arch.select(self), _auxk_width(self.config, dead) if arch.uses_k else 0
         select = with_auxk(select, dead, k_aux) if k_aux else select
         return sparse_encode(self.encoder_input(x), self.W_enc, self.b_enc, select, k_aux)
 
@@ -162,9 +165,9 @@ class SaeModel(SaePreTrainedModel):
         """Latent activations z of shape `(..., num_latents)` for activations x of shape `(..., d_in)`."""
         flat = self._check_input(x).reshape(-1, self.config.d_in)
         if self._uses_sparse_code():
-            z = self._sparse_code(flat)[0].dense(self.config.num_latents)
+            z = self.architecture.activate(self, self._sparse_code(flat)[0]).dense(self.config.num_latents)
         else:
-            z, _ = self.architecture.activation(self, flat)
+            z = self.architecture.dense_inference(self, flat)
         return z.reshape(*x.shape[:-1], self.config.num_latents)
 
     def decode(self, z: Tensor) -> Tensor:
@@ -193,15 +196,17 @@ class SaeModel(SaePreTrainedModel):
         cfg = self.config
         flat = self._check_input(x).reshape(-1, cfg.d_in)  # (N, d_in)
         return_loss = self.training if return_loss is None else return_loss
+        coefficient = cfg.sparsity_coefficient if sparsity_coefficient is None else sparsity_coefficient
         if self._uses_sparse_code():
-            result = self._sparse_pass(flat, dead_latents if return_loss else None, return_latents)
+            dead = dead_latents if return_loss else None
+            result = self._sparse_pass(flat, dead, coefficient if return_loss else None, return_latents)
         else:
-            coefficient = cfg.sparsity_coefficient if sparsity_coefficient is None else sparsity_coefficient
-            result = self._dense_pass(flat, coefficient if return_loss else None, return_latents)
+            latents = self.architecture.dense_inference(self, flat)
+            result = _Pass(self.decode(latents), latents if return_latents else None, (latents != 0).sum(0), {})
         mse_loss = loss = None
         if return_loss:
             mse_loss = (result.reconstruction - flat).pow(2).sum(-1).mean()
-            loss = mse_loss + sum(t for t in (result.sparsity_loss, result.auxiliary_loss) if t is not None)
+            loss = mse_loss + sum(result.losses.values())
         latents = result.latents
         return SaeOutput(
             reconstruction=result.reconstruction.reshape(x.shape),
@@ -210,31 +215,28 @@ class SaeModel(SaePreTrainedModel):
             l0=result.latent_counts.sum() / max(flat.shape[0], 1),
             loss=loss,
             mse_loss=mse_loss,
-            sparsity_loss=result.sparsity_loss,
-            auxiliary_loss=result.auxiliary_loss,
+            **result.losses,
         )
 
-    def _sparse_pass(self, x: Tensor, dead: Tensor | None, return_latents: bool) -> _Pass:
-        code, aux = self._sparse_code(x, dead)
-        if self.training and self.architecture.after_sparse_step is not None:
-            self.architecture.after_sparse_step(self, code)
-        reconstruction = code.decode(self.W_dec) + self.b_dec.to(x.dtype)
-        auxiliary_loss = None
+    def _sparse_pass(self, x: Tensor, dead: Tensor | None, coefficient: float | None, return_latents: bool) -> _Pass:
+        """`coefficient` None: no losses."""
+        arch, with_loss = self.architecture, coefficient is not None
+        pre, aux = self._sparse_code(x, dead)
+        z = arch.activate(self, pre)
+        if self.training and arch.after_sparse_step is not None:
+            arch.after_sparse_step(self, z)
+        if arch.reconstruct is None:
+            reconstruction, losses = z.decode(self.W_dec) + self.b_dec.to(x.dtype), {}
+        else:
+            reconstruction, losses = arch.reconstruct(self, x, z, with_loss)
+        if with_loss and arch.penalty is not None:
+            losses |= arch.penalty(self, x, pre, z, coefficient)
         if aux is not None:
             residual = (x - reconstruction).detach()
-            auxiliary_loss = self.config.auxk_coefficient * _auxk_loss(x, residual, aux.decode(self.W_dec))
+            aux_reconstruction = aux._replace(values=aux.values.relu()).decode(self.W_dec)
+            losses["auxiliary_loss"] = self.config.auxk_coefficient * _auxk_loss(x, residual, aux_reconstruction)
         num_latents = self.config.num_latents
-        latents = code.dense(num_latents) if return_latents else None
-        return _Pass(reconstruction, latents, code.counts(num_latents), None, auxiliary_loss)
-
-    def _dense_pass(self, x: Tensor, coefficient: float | None, return_latents: bool) -> _Pass:
-        """`coefficient` None: no losses."""
-        latents, pre = self.architecture.activation(self, x)
-        penalty = self.architecture.penalty
-        losses = (
-            (None, None) if coefficient is None or penalty is None else penalty(self, x, latents, pre, coefficient)
-        )
-        return _Pass(self.decode(latents), latents if return_latents else None, (latents != 0).sum(0), *losses)
+        return _Pass(reconstruction, z.dense(num_latents) if return_latents else None, z.counts(num_latents), losses)
 
     def _check_input(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.config.d_in:

@@ -1,4 +1,4 @@
-"""Sparse autograd kernels for SAEs whose code is a few active latents per token (the k family).
+"""Sparse autograd kernels for SAEs whose code is a few active latents per token (every architecture in training).
 
 A sparse code is three flat tensors: `rows` (token), `cols` (latent) and `values`, the entries of each token next to
 each other (rows sorted). The decoder and the encoder's backward touch only these entries, so a training step costs
@@ -31,8 +31,8 @@ class SparseCode(NamedTuple):
         return z.index_put_((self.rows, self.cols), self.values, accumulate=True)
 
     def counts(self, num_latents: int) -> Tensor:
-        """(num_latents,) long: tokens on which each latent fired (a value > 0)."""
-        return torch.bincount(self.cols, weights=(self.values > 0).float(), minlength=num_latents).long()
+        """(num_latents,) long: tokens on which each latent fired (a value other than 0)."""
+        return torch.bincount(self.cols, weights=(self.values != 0).float(), minlength=num_latents).long()
 
     def decode(self, W_dec: Tensor) -> Tensor:  # noqa: N803
         """z @ W_dec, (num_rows, d_in)."""
@@ -152,10 +152,9 @@ def with_auxk(select: Select, dead: Tensor, k_aux: int) -> Select:
 
 
 def sparse_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, select: Select, k_aux: int = 0):  # noqa: N803
-    """(main code, AuxK code or None) of a (N, d_in) batch: ReLU'd selected entries; the last `k_aux` per token
-    are the AuxK entries when `select` was wrapped by `with_auxk`."""
+    """(main code, AuxK code or None) of a (N, d_in) batch: the selected pre-activation entries; the last `k_aux`
+    per token are the AuxK entries when `select` was wrapped by `with_auxk`."""
     rows, cols, values = SparseEncode.apply(x, W_enc, b_enc, select)
-    values = values.relu()
     num_rows = x.shape[0]
     main = rows.shape[0] - k_aux * num_rows
     code = SparseCode(rows[:main], cols[:main], values[:main], num_rows)

@@ -291,7 +291,7 @@ class SaeTrainer:
             terms = {"loss": out.loss, "mse_loss": out.mse_loss, "fvu": out.mse_loss / variance, "l0": out.l0,
                      "dead_fraction": self.dead_latents(name).float().mean(), "grad_norm": self.grad_norms[name],
                      "explained_variance": 1 - out.mse_loss / variance}  # fmt: skip
-            for term in ("sparsity_loss", "auxiliary_loss"):
+            for term in ("sparsity_loss", "auxiliary_loss", "prefix_loss"):
                 if getattr(out, term) is not None:
                     terms[term] = getattr(out, term)
             names += [f"{name}/{key}" for key in terms]

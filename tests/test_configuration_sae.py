@@ -72,7 +72,7 @@ def test_unknown_key_from_a_newer_version_warns_and_loads(tmp_path, caplog):
         (
             dict(d_in=8, num_latents=16, architecture="matryoshka"),
             (
-                r"one of relu, topk, batchtopk, jumprelu, gated; "
+                r"one of relu, topk, batchtopk, matryoshka_batchtopk, jumprelu, gated; "
                 r"got 'matryoshka'"
             ),
         ),  # fmt: skip
@@ -87,7 +87,30 @@ def test_unknown_key_from_a_newer_version_warns_and_loads(tmp_path, caplog):
                 r"`expansion_factor=2` \(which gives 16"
             ),
         ),  # fmt: skip
-        (dict(d_in=8, num_latents=16, architecture="relu", k=4), r"`k` applies only to topk and batchtopk; got k=4"),
+        (
+            dict(d_in=8, num_latents=16, architecture="relu", k=4),
+            r"`k` applies only to topk, batchtopk, matryoshka_batchtopk; got k=4",
+        ),  # fmt: skip
+        (
+            dict(d_in=8, num_latents=16, architecture="matryoshka_batchtopk", k=2, matryoshka_group_sizes=[4, 8]),
+            r"`matryoshka_group_sizes` \[4, 8\] sum to 12, .* num_latents=16\. Change the sizes to sum to 16, e\.g\.",
+        ),  # fmt: skip
+        (
+            dict(d_in=8, num_latents=16, architecture="matryoshka_batchtopk", k=2, matryoshka_group_sizes=[0, 16]),
+            r"needs `matryoshka_group_sizes`, a list of positive integers .*; got \[0, 16\]\. Pass e\.g\. \[4, 12\]",
+        ),  # fmt: skip
+        (
+            dict(d_in=8, num_latents=16, architecture="matryoshka_batchtopk", k=2, matryoshka_group_sizes=[-4, 20]),
+            r"a list of positive integers .*; got \[-4, 20\]",
+        ),  # fmt: skip
+        (
+            dict(d_in=8, num_latents=16, architecture="matryoshka_batchtopk", k=2),
+            r"matryoshka_batchtopk needs `matryoshka_group_sizes`.*; got None",
+        ),  # fmt: skip
+        (
+            dict(d_in=8, num_latents=16, k=2, matryoshka_group_sizes=[4, 12]),
+            r"`matryoshka_group_sizes` applies only to matryoshka_batchtopk; got \[4, 12\] with architecture 'topk'",
+        ),  # fmt: skip
         (
             dict(d_in=8, num_latents=16, architecture="relu", sparsity_coefficient=-1.0),
             r"`sparsity_coefficient` must be a number >= 0; got -1.0",

@@ -63,6 +63,7 @@ CASES = {
                 "AutoEncoder": "relu",
                 "AutoEncoderNew": "relu",
                 "AutoEncoderTopK": "topk",
+                "MatryoshkaBatchTopKSAE": "matryoshka_batchtopk",
                 "JumpReluAutoEncoder": "jumprelu",
                 "GatedAutoEncoder": "gated",
             }.get(name, "batchtopk"),
@@ -139,6 +140,24 @@ def test_folded_scales_and_semantics():
     raw = load_file(FIXTURES / "saelens_topk_checkpoint/sae_weights.safetensors")
     assert not torch.allclose(checkpoint.W_dec, raw["W_dec"])
     assert torch.allclose(checkpoint.W_dec.norm(dim=-1), torch.full((256,), 1 / 2.5))
+
+
+def test_dictionary_learning_matryoshka_keeps_its_groups_and_exports_to_saelens(tmp_path):
+    folder = FIXTURES / "dictionary_learning_run/trainer_4"
+    sae = read_sae(folder)
+    raw = torch.load(folder / "ae.pt", weights_only=True)
+    assert sae.config.matryoshka_group_sizes == raw["group_sizes"].tolist() == [64, 192]
+    assert sae.config.k == 16 and torch.equal(sae.threshold, raw["threshold"])
+    out = export_sae(sae, tmp_path / "saelens", "saelens")
+    cfg = json.loads((out / "cfg.json").read_text())
+    assert cfg["architecture"] == "jumprelu"  # inference is one threshold per latent, as SAELens saves its own
+    details = cfg["metadata"]["training_architecture_details"]
+    assert cfg["metadata"]["training_architecture"] == "matryoshka_batchtopk"
+    assert details == {"k": 16, "matryoshka_widths": [64, 256]}
+    back = read_sae(out)
+    assert (back.config.architecture, back.config.matryoshka_group_sizes) == ("matryoshka_batchtopk", [64, 192])
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in sae.state_dict().items())
+    assert_matches(back, "dictionary_learning_MatryoshkaBatchTopKSAE")
 
 
 def test_gemma_scope_site_and_base_model_from_the_release_name():

@@ -12,7 +12,9 @@ from hf_sae import ARCHITECTURES, SaeConfig, SaeModel, WeightsError
 
 def make_sae(architecture: str, d_in: int = 16, num_latents: int = 64, seed: int = 0, **kwargs) -> SaeModel:
     torch.manual_seed(seed)
-    k = kwargs.pop("k", 4 if architecture in ("topk", "batchtopk") else None)
+    k = kwargs.pop("k", 4 if ARCHITECTURES[architecture].uses_k else None)
+    if architecture == "matryoshka_batchtopk":
+        kwargs.setdefault("matryoshka_group_sizes", [num_latents // 4, num_latents - num_latents // 4])
     return SaeModel(SaeConfig(d_in=d_in, num_latents=num_latents, architecture=architecture, k=k, **kwargs))
 
 
@@ -157,7 +159,7 @@ def test_auxk_loss_appears_only_with_dead_latents_and_trains_them():
 # ---- gradients against finite differences ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("architecture", ["relu", "topk", "batchtopk", "jumprelu", "gated"])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_gradients_match_finite_differences(architecture):
     sae = make_sae(architecture, d_in=6, num_latents=12, k=3 if "topk" in architecture else None)
     sae.double().train()
@@ -211,6 +213,117 @@ def test_sparse_kernels_match_the_dense_computation():
     (reconstruction - x).pow(2).sum(-1).mean().backward()
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         torch.testing.assert_close(getattr(sae, name).grad, getattr(dense, name).grad, rtol=1e-4, atol=1e-5)
+
+
+# ---- sparse training steps against the dense computation of each paper's loss ----------------------------------
+
+
+def calibrate_density_(sae: SaeModel, x: torch.Tensor, density: float) -> None:
+    """Shift the encoder bias (JumpReLU: the thresholds) so that about `density` of the entries of x are active."""
+    with torch.no_grad():
+        pre = (x - sae.b_dec) @ sae.W_enc.T + sae.b_enc
+        cut = pre.flatten().quantile(1 - density)
+        if sae.config.architecture == "jumprelu":
+            sae.threshold.copy_(cut + 0.3 * torch.randn_like(sae.threshold).abs())
+        else:
+            sae.b_enc.sub_(cut)
+
+
+def dense_reference(sae: SaeModel, x: torch.Tensor, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each architecture's loss terms written densely over (N, num_latents), from the papers' formulas."""
+    cfg, arch = sae.config, sae.config.architecture
+    pre = (x - p["b_dec"]) @ p["W_enc"].T + p["b_enc"]
+    norms, c = p["W_dec"].norm(dim=-1), cfg.sparsity_coefficient
+    terms = {}
+    if arch == "relu":
+        z = pre.relu()
+        terms["sparsity_loss"] = c * (z * norms).sum(-1).mean()
+    elif arch == "jumprelu":
+        z = pre * (pre > p["threshold"])
+        terms["sparsity_loss"] = c * (pre > p["threshold"]).sum(-1).double().mean()  # no gradient but θ's
+    elif arch == "gated":
+        gate = pre.relu()
+        magnitude = (x - p["b_dec"]) @ (p["W_enc"] * p["r_mag"].exp()[:, None]).T + p["b_mag"]
+        z = (pre > 0) * magnitude.relu()
+        terms["sparsity_loss"] = c * (gate * norms.detach()).sum(-1).mean()
+        via_gate = gate @ p["W_dec"].detach() + p["b_dec"].detach()
+        terms["auxiliary_loss"] = (via_gate - x).pow(2).sum(-1).mean()
+    else:  # matryoshka_batchtopk: BatchTopK, and every nested prefix reconstructs x
+        kept = torch.zeros(pre.numel(), dtype=pre.dtype).scatter(0, pre.flatten().topk(cfg.k * len(x)).indices, 1.0)
+        z = (pre * kept.reshape(pre.shape)).relu()
+        ends = torch.tensor(cfg.matryoshka_group_sizes).cumsum(0).tolist()
+        terms["prefix_loss"] = sum(
+            (z[:, :end] @ p["W_dec"][:end] + p["b_dec"] - x).pow(2).sum(-1).mean() for end in ends[:-1]
+        )
+    z.retain_grad()
+    terms["mse_loss"] = (z @ p["W_dec"] + p["b_dec"] - x).pow(2).sum(-1).mean()
+    return {**terms, "z": z, "pre": pre}
+
+
+@pytest.mark.parametrize("architecture", ["relu", "jumprelu", "gated", "matryoshka_batchtopk"])
+def test_sparse_step_gradients_equal_the_dense_reference(architecture):
+    k = {"k": 3} if architecture == "matryoshka_batchtopk" else {}
+    sae = make_sae(architecture, d_in=12, num_latents=40, **k, jumprelu_bandwidth=0.5, sparsity_coefficient=0.3)
+    sae.double().train()
+    x = torch.randn(30, 12, dtype=torch.float64) * 2
+    with torch.no_grad():
+        for name in ("r_mag", "b_mag", "b_dec"):
+            if hasattr(sae, name):
+                getattr(sae, name).copy_(torch.randn_like(getattr(sae, name)) * 0.3)
+    calibrate_density_(sae, x, 0.15)
+    out = sae(x)
+    out.loss.backward()
+
+    p = {n: t.detach().clone().requires_grad_(True) for n, t in sae.named_parameters()}
+    ref = dense_reference(sae, x, p)
+    terms = [n for n in ("mse_loss", "sparsity_loss", "auxiliary_loss", "prefix_loss") if n in ref]
+    for name in terms:
+        torch.testing.assert_close(getattr(out, name), ref[name], msg=name)
+    assert all(getattr(out, n) is None for n in ("sparsity_loss", "auxiliary_loss", "prefix_loss") if n not in ref)
+    torch.testing.assert_close(out.latents, ref["z"].detach())
+    assert 0.05 < (out.latents != 0).double().mean() < 0.3  # the step ran on a sparse code
+    sum(ref[n] for n in terms).backward()
+    for name, param in sae.named_parameters():
+        if name == "threshold":  # the pseudo-gradients, summed over the entries in the kernel's support
+            eps, theta, pre = sae.config.jumprelu_bandwidth, p["threshold"].detach(), ref["pre"].detach()
+            kernel = (((pre - theta) / eps).abs() < 0.5).double()
+            from_mse = (-(theta / eps) * kernel * ref["z"].grad).sum(0)
+            from_l0 = sae.config.sparsity_coefficient * (-(1 / eps) * kernel).sum(0) / len(x)
+            assert kernel.sum() > 10  # entries on both sides of the thresholds are inside the kernel
+            torch.testing.assert_close(param.grad, from_mse + from_l0)
+        else:
+            torch.testing.assert_close(param.grad, p[name].grad, msg=name)
+
+
+@pytest.mark.parametrize("architecture", ["relu", "jumprelu", "gated", "topk", "matryoshka_batchtopk"])
+def test_a_training_step_keeps_nothing_of_the_dense_latent_shape_for_backward(architecture):
+    sae = make_sae(architecture, d_in=16, num_latents=256).train()
+    x = torch.randn(512, 16)
+    calibrate_density_(sae, x, 0.03) if not ARCHITECTURES[architecture].uses_k else None
+    shapes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(t.shape) or t, lambda t: t):
+        out = sae(x, return_latents=False)
+    out.loss.backward()
+    assert shapes and out.l0 < 16
+    assert max(math.prod(shape) for shape in shapes) < 512 * 256 / 8, shapes  # (N, num_latents) / 8
+
+
+def test_matryoshka_trains_its_first_group_to_reconstruct_alone():
+    """The point of the nested loss (Bussmann et al. 2025): the first group of latents alone reconstructs much
+    better than the same latents of a BatchTopK SAE trained on the same data, at a similar full reconstruction."""
+    torch.manual_seed(3)
+    data = torch.randn(60, 256, 16) * torch.linspace(0.3, 3.0, 16)
+    x, fvu = data[0], lambda estimate: ((estimate - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
+    first, full = {}, {}
+    for architecture in ("matryoshka_batchtopk", "batchtopk"):
+        sae = make_sae(architecture, k=4)  # Matryoshka groups [16, 48]
+        train_steps(sae, data, steps=150, lr=3e-3)
+        with torch.no_grad():
+            out = sae(x)
+            first[architecture] = fvu(out.latents[:, :16] @ sae.W_dec[:16] + sae.b_dec)
+            full[architecture] = fvu(out.reconstruction)
+    assert first["matryoshka_batchtopk"] < 0.75 * first["batchtopk"], first
+    assert full["matryoshka_batchtopk"] < 1.1 * full["batchtopk"], full
 
 
 # ---- save / load -------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import save_tiny_llama_and_corpus
 
-from hf_sae import DataError, HookpointError, SaeConfigError, SaeModel, TrainingError
+from hf_sae import ArgumentError, DataError, HookpointError, SaeConfigError, SaeModel, TrainingError
 from hf_sae.activations import ShufflingBuffer
 from hf_sae.arguments import (
     TRAIN_GROUPS,
@@ -187,6 +187,18 @@ def test_nan_activations_stop_training_naming_step_and_hookpoint(tiny_run_inputs
         (dict(hookpoints=["model.layers.9"]), HookpointError, r"model.layers.9.*closest"),
         (dict(context_size=100), DataError, r"context_size <= 64"),
         (dict(k=96), SaeConfigError, r"`k` must be smaller than `num_latents` \(96\); got k=96"),
+        (
+            dict(architecture="matryoshka_batchtopk", matryoshka_group_sizes=[24, 48]),
+            SaeConfigError,
+            r"`matryoshka_group_sizes` \[24, 48\] sum to 72, .* num_latents=96\. Change the sizes to sum to 96",
+        ),  # fmt: skip
+        (
+            dict(architecture="matryoshka_batchtopk", matryoshka_group_sizes=[24, 48], num_latents=80),
+            ArgumentError,
+            r"--matryoshka_group_sizes must be sizes summing to --num_latents 80 \(they sum to 72\); got \[24, 48\]",
+        ),  # fmt: skip
+        (dict(architecture="matryoshka_batchtopk", matryoshka_group_sizes=[0, 96]), ArgumentError, r"positive"),
+        (dict(matryoshka_group_sizes=[24, 72]), ArgumentError, r"applies only to matryoshka_batchtopk"),
         (dict(batch_size=255, train_tokens=1000), None, None),
     ],
 )
@@ -200,6 +212,24 @@ def test_bad_input_fails_before_training_with_a_clear_error(tiny_run_inputs, tmp
         return
     with pytest.raises(error, match=message):
         train_saes(*args)
+
+
+def test_matryoshka_trains_from_the_command_line_and_loads_and_evaluates(tiny_run_inputs, tmp_path):
+    from hf_sae.cli import main
+
+    root, out = tiny_run_inputs, tmp_path / "run"
+    flags = dict(model_name_or_path=root / "lm", hookpoints="model.layers.1", architecture="matryoshka_batchtopk",
+                 k=4, num_latents=96, dataset_name=root / "text", context_size=32, train_tokens=8192, batch_size=256,
+                 shuffle_buffer_tokens=2048, output_dir=out, report_to="none", eval_tokens=2000, save_steps=0,
+                 lm_dtype="float32")  # fmt: skip
+    argv = [part for name, value in flags.items() for part in (f"--{name}", str(value))]
+    assert main(["train", *argv, "--matryoshka_group_sizes", "24", "72"]) == 0
+    sae = SaeModel.from_pretrained(out / "model.layers.1")
+    assert (sae.config.architecture, sae.config.matryoshka_group_sizes) == ("matryoshka_batchtopk", [24, 72])
+    assert sae.threshold.item() > 0  # learned in training, used at inference
+    report = json.loads((out / "metrics.json").read_text())["model.layers.1"]
+    assert report["architecture"] == "matryoshka_batchtopk"
+    assert 0 < report["fvu"] < 1 and report["l0"] == pytest.approx(4, rel=0.5)  # held out, through the threshold
 
 
 def test_an_output_directory_holding_another_run_is_refused(tiny_run_inputs, tmp_path):

@@ -195,14 +195,20 @@ def read_saelens(folder: Path) -> tuple[SaeConfig, dict[str, Tensor]]:
             t["threshold"] = _take(raw, "threshold", (n,), src)
         t["threshold"] = _nonnegative(t["threshold"])
         details = meta.get("training_architecture_details") or {}
-        # BatchTopK saves as JumpReLU with its one global threshold repeated (SAELens `BatchTopKTrainingSAE`).
+        # BatchTopK and Matryoshka BatchTopK save as JumpReLU with their one global threshold repeated (SAELens
+        # `BatchTopKTrainingSAE`, `MatryoshkaBatchTopKTrainingSAE`, whose `matryoshka_widths` are the prefix ends).
+        trained_as = meta.get("training_architecture")
         if (
-            meta.get("training_architecture") == "batchtopk"
+            trained_as in ("batchtopk", "matryoshka_batchtopk")
             and details.get("k")
             and (t["threshold"] == t["threshold"][0]).all()
         ):
-            arch, fields["k"] = "batchtopk", int(details["k"])
+            arch, fields["k"] = trained_as, int(details["k"])
             t["threshold"] = t["threshold"][0].clone()
+            if arch == "matryoshka_batchtopk":
+                ends = [int(w) for w in details.get("matryoshka_widths") or []]
+                ends += [] if ends and ends[-1] == n else [n]  # SAELens appends d_sae when it is left out
+                fields["matryoshka_group_sizes"] = [b - a for a, b in zip([0, *ends], ends)]
     if arch == "topk":
         fields["k"] = int(cfg["k"])
         if cfg.get("rescale_acts_by_decoder_norm"):
@@ -340,9 +346,12 @@ def read_dictionary_learning(folder: Path) -> tuple[SaeConfig, dict[str, Tensor]
         t["b_enc"] = _take(raw, "b_enc", (n,), src, "encoder.bias")
         t["b_dec"] = _take(raw, "b_dec", (d_in,), src)
         fields["k"] = int(raw["k"]) if "k" in raw else int(trainer["k"])
-        arch = "topk" if dict_class == "AutoEncoderTopK" else "batchtopk"
-        if arch == "batchtopk":  # inference keeps relu(pre) above one global threshold (use_threshold=True)
+        arch = {"AutoEncoderTopK": "topk", "BatchTopKSAE": "batchtopk"}.get(dict_class, "matryoshka_batchtopk")
+        if arch != "topk":  # inference keeps relu(pre) above one global threshold (use_threshold=True)
             t["threshold"] = _take(raw, "threshold", (), src)
+        if arch == "matryoshka_batchtopk":  # the `group_sizes` buffer; the trainer's config.json has them too
+            sizes = raw["group_sizes"].tolist() if "group_sizes" in raw else trainer.get("group_sizes")
+            fields["matryoshka_group_sizes"] = sizes
     elif dict_class == "JumpReluAutoEncoder":
         t = parameters() | {"b_enc": _take(raw, "b_enc", (n,), src), "b_dec": _take(raw, "b_dec", (d_in,), src)}
         t["threshold"] = _nonnegative(_take(raw, "threshold", (n,), src))

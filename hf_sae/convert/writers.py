@@ -3,11 +3,13 @@
 - SAELens 6.x: what `SAE.load_from_disk` loads, and so what SAEDashboard, SAEBench and Neuronpedia's upload read.
   `metadata.hook_name` is the module path and `model_class_name` is `AutoModelForCausalLM`, so that SAELens'
   `HookedProxyLM` attaches the SAE to the Hugging Face model. BatchTopK is written as SAELens writes its own: a
-  JumpReLU SAE with the global threshold repeated per latent.
+  JumpReLU SAE with the global threshold repeated per latent, and Matryoshka BatchTopK too, its nested widths in
+  `training_architecture_details.matryoshka_widths`.
 - sparsify: `SparseCoder.load_from_disk`'s cfg.json + sae.safetensors, top-k SAEs only.
 """
 
 import json
+from itertools import accumulate
 from pathlib import Path
 
 import torch
@@ -43,12 +45,15 @@ def to_saelens(sae: SaeModel, folder: Path) -> Path:
                 "would zero the negative latents hf_sae keeps. Clamp them (`sae.threshold.clamp_(min=0)`) first."
             )
         weights["threshold"] = t["threshold"]
-    elif arch == "batchtopk":  # an unset threshold (< 0) keeps every positive latent, as 0 does
+    elif arch in ("batchtopk", "matryoshka_batchtopk"):  # an unset threshold (< 0) keeps every positive latent
         weights["threshold"] = t["threshold"].clamp_min(0).expand(cfg.num_latents).contiguous()
-        training = {"training_architecture": "batchtopk", "training_architecture_details": {"k": cfg.k}}
+        details = {"k": cfg.k}
+        if arch == "matryoshka_batchtopk":
+            details["matryoshka_widths"] = list(accumulate(cfg.matryoshka_group_sizes))
+        training = {"training_architecture": arch, "training_architecture_details": details}
     elif arch == "topk":
         fields = {"k": cfg.k, "rescale_acts_by_decoder_norm": False}
-    saelens_arch = {"relu": "standard", "batchtopk": "jumprelu"}.get(arch, arch)
+    saelens_arch = {"relu": "standard", "batchtopk": "jumprelu", "matryoshka_batchtopk": "jumprelu"}.get(arch, arch)
     config = {
         "architecture": saelens_arch,
         "d_in": cfg.d_in,
