@@ -10,7 +10,6 @@ an SAE, stays as it was. `AutoModelForCausalLM` and the other Auto classes are u
 import functools
 
 import torch
-
 from transformers import AutoConfig, AutoModel
 
 from .configuration_sae import SaeConfig
