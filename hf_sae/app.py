@@ -54,6 +54,10 @@ def _num(x, digits: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}g}"
 
 
+def _note(value) -> str:
+    return _num(value) if isinstance(value, float) else str(value)
+
+
 def _tokens_html(tokens: list[str], activations: list[float], peak: int, scale: float) -> str:
     """A context as spans shaded by the feature's activation (0 to `scale`), the peak outlined."""
     spans = []
@@ -131,10 +135,12 @@ class Explorer:
         names = ["frequency", "mean_activation", "max_activation", "robust_peak"]
         names += [k for k in s if re.fullmatch(r"p[\d.]+", k)]
         stats = " · ".join(f"{k.replace('_activation', '')} <b>{_num(s.get(k))}</b>" for k in names if k in s)
+        explained = getattr(feature, "explanation", None)  # an explainer's dict, where the metadata has one
+        explained = explained if isinstance(explained, dict) else {}
         notes = "".join(
-            f"<p><b>{html.escape(k.replace('_', ' '))}</b>: {html.escape(str(v))}</p>"
-            for k, v in s.items()
-            if EXPLANATION_KEYS.search(k) and v not in (None, "", [])
+            f'<p class="explanation"><b>{html.escape(k.replace("_", " "))}</b>: {html.escape(_note(v))}</p>'
+            for k, v in {**s, **explained}.items()
+            if EXPLANATION_KEYS.search(k) and v not in (None, "", [], {}) and v == v  # v == v: not NaN
         )
         edges = self.features.metadata.get("histogram_edges") or [1e-4, 1e4]
         hist = s.get("histogram") or []

@@ -50,6 +50,24 @@ def test_steering_changes_the_text_and_leaves_the_unsteered_one_alone(explorer):
         explorer.parse_strengths(" , ")
 
 
+def test_feature_page_shows_explanations_and_scores_where_the_metadata_has_them(explorer):
+    import pyarrow as pa
+
+    from hf_sae.feature_store import FeatureMetadata
+
+    f = explorer.features
+    assert 'class="explanation"' not in explorer.feature_page(3)
+    explanations = pa.array(["", "", "", "Names of <b>rivers</b>"] + [""] * 44)
+    stats = f.stats_table.append_column("explanation", explanations)
+    stats = stats.append_column("detection_score", pa.array([float("nan")] * 3 + [0.8125] + [None] * 44))
+    with_notes = Explorer(explorer.model, explorer.tokenizer, explorer.sae, FeatureMetadata(
+        stats, f.examples_table(), f.metadata, quantile_examples=f.quantile_examples_table()))  # fmt: skip
+    page = with_notes.feature_page(3)
+    assert "<b>explanation</b>: Names of &lt;b&gt;rivers&lt;/b&gt;" in page and "<b>detection score</b>: 0.812" in page
+    assert 'class="explanation"' not in with_notes.feature_page(4)
+    assert "No feature 99" in with_notes.feature_page(99) and "No feature x" in with_notes.feature_page("x")
+
+
 def test_feature_list_searches_and_sorts(explorer):
     assert explorer.feature_list("zebra")["feature"].tolist() == [5]
     assert explorer.feature_list("#17")["feature"].tolist() == [17]
@@ -171,3 +189,20 @@ def test_push_space_uploads_the_app_beside_the_sae_repo(api, tmp_path):  # noqa:
     app = Path(hf_hub_download("alice/saes-explorer", "app.py", repo_type="space", token=ALICE)).read_text()
     assert f"load_explorer('alice/saes', hookpoint={LAYERS[1]!r})" in app
     assert f"{LAYERS[1]}/config.json" in api.list_repo_files("alice/saes")
+
+
+def test_load_explorer_needs_feature_metadata_and_names_the_command(explorer, tmp_path):
+    from hf_sae.app import load_explorer
+    from hf_sae.arguments import ActivationArguments
+    from hf_sae.errors import FeatureMetadataError
+
+    explorer.model.save_pretrained(tmp_path / "lm")
+    explorer.tokenizer.save_pretrained(tmp_path / "lm")
+    explorer.sae.save_pretrained(tmp_path / "sae")
+    lm_args = ActivationArguments(model_name_or_path=str(tmp_path / "lm"))
+    with pytest.raises(FeatureMetadataError, match=f"hf-sae features --sae {tmp_path / 'sae'}"):
+        load_explorer(str(tmp_path / "sae"), lm_args, device="cpu")
+    explorer.features.save_pretrained(tmp_path / "sae" / "features")
+    loaded = load_explorer(str(tmp_path / "sae"), lm_args, device="cpu")
+    assert loaded.hookpoint == "model.layers.1" and len(loaded.features) == 48
+    assert loaded.steer(PROMPT, "3:30", "clamp", 5) == explorer.steer(PROMPT, "3:30", "clamp", 5)
