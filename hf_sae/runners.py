@@ -1,4 +1,4 @@
-"""From arguments to files: what `hf-sae train`, `hf-sae eval` and `hf-sae features` run. Each runner checks every
+"""From arguments to files: what `hf-sae train`, `cache`, `eval` and `features` run. Each runner checks every
 argument first, then loads the LM (and the SAEs, whose base model is the default LM), the text, does its work and
 writes its results through `layout` and `hub.save_saes`."""
 
@@ -164,18 +164,19 @@ def train_saes(
 
 def _save_runs(runs: list[SweepRun], trained: dict, report: dict, out: Path, groups: tuple) -> None:
     """Each configuration's SAEs, metrics and arguments: in `out` itself without a sweep, else each in
-    `out/<name>`, with every SAE's metrics in `out/metrics.json` too."""
+    `out/<name>`, with every SAE's metrics and the sweep's arguments in `out` too."""
     settings = {key: value for group in groups for key, value in dataclasses.asdict(group).items()}
     for run in runs:
         names = {h: name for name in trained if (h := trained[name].config.hookpoint) and run.sae_name(h) == name}
         folder = out if run.name is None else out / run.name
         save_saes({h: trained[name] for h, name in names.items()}, folder,
                   metrics={h: sae_metrics(report[name]) for h, name in names.items()})  # fmt: skip
-        write_json(folder / METRICS, {h: report[name] for h, name in names.items()})
-        sae_settings = dataclasses.asdict(run.sae_args) | {"learning_rate": run.learning_rate}
-        write_json(folder / TRAINING_ARGS, settings | sae_settings)
-    if runs[0].name is not None:
-        write_json(out / METRICS, report)
+        if run.name is not None:  # what reproduces this configuration alone
+            write_json(folder / METRICS, {h: report[name] for h, name in names.items()})
+            sae_settings = dataclasses.asdict(run.sae_args) | {"learning_rate": run.learning_rate}
+            write_json(folder / TRAINING_ARGS, settings | sae_settings | {"output_dir": str(folder)})
+    write_json(out / METRICS, report)
+    write_json(out / TRAINING_ARGS, settings)
 
 
 def _new_sae(config, seed: int, index: int) -> SaeModel:

@@ -209,9 +209,11 @@ def test_a_sweep_trains_every_configuration_from_one_cache_each_in_its_folder(ti
         assert list(load_saes(str(tmp_path / "run" / name))) == ["model.layers.1"]
         settings = json.loads((tmp_path / "run" / name / "training_args.json").read_text())
         assert (settings["k"], settings["learning_rate"], settings["sweep"]) == (k or 4, rate, None)
+        assert settings["output_dir"] == str(tmp_path / "run" / name)
         weights.append(sae.W_dec.detach())
     assert not torch.equal(weights[0], weights[1])
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == report
+    assert json.loads((tmp_path / "run" / "training_args.json").read_text())["sweep"] == SWEEP  # the whole sweep
 
 
 def test_a_sweep_from_the_live_lm_runs_the_lm_once_for_all_configurations(tiny, tmp_path, monkeypatch):
