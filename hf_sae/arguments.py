@@ -426,6 +426,38 @@ class AppArguments:
 
 
 @dataclass
+class ExplainArguments:
+    """What `hf-sae explain` explains and scores, and with which LLM."""
+
+    sae: str = _help("The SAE's folder, with features/ (from `hf-sae features`).")
+    explainer: str | None = _help(
+        "The LLM that explains and scores: a local chat model (built-in name, Hub id or folder; default: the "
+        "built-in smollm2-135m-instruct), or with --explainer_endpoint the model name to ask the server for.",
+        None,
+    )
+    explainer_endpoint: str | None = _help(
+        "An OpenAI-compatible server to use instead of a local model, e.g. http://127.0.0.1:8000/v1.", None
+    )
+    api_key: str | None = _help("A key for the endpoint, sent as a Bearer token.", None)
+    features: list[int] | None = _help("Only these feature ids (default: every feature that fired).", None)
+    max_features: int | None = _help("Explain at most this many features in this run.", None)
+    batch_size: int = _help("Features explained per batch; explanations.json is saved after each.", 8)
+    explain_examples: int = _help("Activating contexts shown to the explainer.", 10)
+    score_examples: int = _help("Held-out activating contexts per score, and as many non-activating ones.", 5)
+    fuzzing: bool = _help("Also score by fuzzing (marked tokens), besides detection.", True)
+    control: bool = _help("Also score the explanations shuffled across features, as a control.", False)
+    overwrite: bool = _help("Explain again the features explained before (default: skip them).", False)
+    seed: int = _help("Seed of the context sampling.", 0)
+    device: str | None = _help("Where a local explainer runs, e.g. cpu or cuda:0.", None)
+
+    def check(self) -> None:
+        for name in ("batch_size", "explain_examples", "score_examples"):
+            _require(getattr(self, name) >= 1, name, getattr(self, name), "a positive integer")
+        if self.max_features is not None:
+            _require(self.max_features >= 1, "max_features", self.max_features, "a positive integer")
+
+
+@dataclass
 class PushArguments:
     """What `hf-sae push` uploads, and where."""
 

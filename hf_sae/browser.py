@@ -198,7 +198,11 @@ def _index(features: FeatureMetadata, contexts: pa.Table) -> dict:
         " ".join(filter(None, [*sorted(peaks[i]), *(t.strip() for t in (promoted[i][:5] if promoted else []))]))
         for i in range(num)
     ]
+    explained = features.explanations.get("features", {})  # from `hf-sae explain`, when it ran
+    entries = [explained.get(str(i), {}) for i in range(num)] if explained else []
     return {
+        "explanation": [e.get("explanation") for e in entries],
+        "scores": [[_num(e.get("detection"), 2), _num(e.get("fuzzing"), 2)] for e in entries],
         "label": [features.label(i) for i in range(num)],
         "user": [i in features.labels for i in range(num)],
         "freq": [_num(x) for x in table.column("frequency").to_pylist()],

@@ -5,6 +5,7 @@ hf-sae train [--flag value ...]       train SAEs; also `hf-sae train config.yaml
 hf-sae cache --output_dir DIR         harvest activations once, for `hf-sae train --activation_cache DIR` (many times)
 hf-sae eval --sae PATH --output_dir OUT   measure SAEs on held-out text: FVU, L0, dead latents, CE loss recovered
 hf-sae features --sae DIR             collect feature statistics into DIR/features; `--explain TEXT` lists features
+hf-sae explain --sae DIR              an LLM explains each feature; detection and fuzzing scores into DIR/features
 hf-sae browse --sae DIR --output_dir OUT   write a static HTML feature browser
 hf-sae app --sae DIR_OR_REPO          serve the interactive feature explorer (Gradio); `--write_space DIR` for a Space
 hf-sae push --sae DIR --repo_id ID    upload SAEs, feature metadata and a model card in one commit
@@ -162,6 +163,15 @@ def features_command(argv: list[str]) -> int:
     features = run_features(lm_args, data_args, args)
     tokens = features.metadata["tokens"]
     print(f"Saved metadata of {len(features):,} features over {tokens:,} tokens to {features.path}")
+    return 0
+
+
+def explain_command(argv: list[str]) -> int:
+    from .autointerp import run_explain
+
+    (args,) = parse_arguments((A.ExplainArguments,), argv, "hf-sae explain")
+    done, control = run_explain(args)
+    print(format_explanation_scores(done, control))
     return 0
 
 
@@ -333,12 +343,30 @@ def format_explanation(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_explanation_scores(done: Mapping[int, Mapping], control: Mapping | None) -> str:
+    """What `hf-sae explain` did this run: counts, mean scores, and the shuffled control's."""
+    ok = [e for e in done.values() if e.get("status") == "ok"]
+    unusable = sum(e.get("status") == "unusable" for e in done.values())
+    silent = len(done) - len(ok) - unusable
+    lines = [f"Explained {len(ok)} features ({unusable} unusable answers, {silent} without contexts)."]
+    for key in ("detection", "detection_auroc", "fuzzing", "fuzzing_auroc"):
+        values = [e[key] for e in ok if e.get(key) is not None]
+        if values:
+            lines.append(f"  mean {key}: {sum(values) / len(values):.3f} over {len(values)} features")
+    for key in ("detection", "detection_auroc") if control else ():
+        lines.append(
+            f"  shuffled control, mean {key}: {_cell(control[f'shuffled_{key}'])} (real {_cell(control[key])})"
+        )
+    return "\n".join(lines)
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "prepare-corpus": (prepare_corpus_command, "download the built-in offline corpus"),
     "train": (train_command, "train SAEs on a language model's activations"),
     "cache": (cache_command, "harvest activations once to disk, to train many SAEs or epochs from"),
     "eval": (eval_command, "measure SAEs: reconstruction, sparsity, LM loss recovered"),
     "features": (features_command, "collect per-feature statistics and top contexts; explain a text"),
+    "explain": (explain_command, "explain features with an LLM, scored by detection and fuzzing"),
     "browse": (browse_command, "write a static HTML feature browser"),
     "app": (app_command, "serve the interactive feature explorer with a steering playground"),
     "push": (push_command, "upload SAEs with feature metadata and a model card to the Hub"),

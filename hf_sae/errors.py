@@ -41,6 +41,10 @@ class FeatureMetadataError(HfSaeError, OSError):
     """Feature metadata is missing or cannot be read."""
 
 
+class ExplainerError(HfSaeError, RuntimeError):
+    """The LLM that explains and scores features cannot be reached or loaded."""
+
+
 class MissingDependencyError(HfSaeError, ImportError):
     """An optional package that this feature needs is not installed."""
 

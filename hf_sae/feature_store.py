@@ -8,6 +8,8 @@
                            feature's firings, with the same columns as the top contexts
         labels.json        labels people set, {"<feature>": "<label>"}
         metadata.json      how the metadata was made: model, hookpoint, data, tokens, histogram bin edges, ...
+        random_contexts.parquet   random windows of the text with the features firing in each (`random_contexts`)
+        explanations.json  explanations written by an LLM and their detection / fuzzing scores (`autointerp`)
 
 `features.collect_feature_metadata` makes it; `SaeModel.features` reads it through `load_features`.
 """
@@ -26,6 +28,7 @@ from .layout import FEATURES, replace_folder, staging_folder, write_json
 
 STATS, EXAMPLES, QUANTILE_EXAMPLES = "stats.parquet", "examples.parquet", "quantile_examples.parquet"
 LABELS, METADATA = "labels.json", "metadata.json"
+RANDOM_CONTEXTS, EXPLANATIONS = "random_contexts.parquet", "explanations.json"
 
 
 @dataclass(repr=False)
@@ -38,9 +41,10 @@ class Feature:
     stats: dict
     examples: list[dict] = field(default_factory=list)
     quantile_examples: list[dict] = field(default_factory=list)  # sampled contexts by activation-quantile bin
+    explanation: dict = field(default_factory=dict)  # an LLM's explanation and its scores, when `hf-sae explain` ran
 
     def __getitem__(self, key: str):
-        fields = ("index", "label", "auto_label", "examples", "quantile_examples")
+        fields = ("index", "label", "auto_label", "examples", "quantile_examples", "explanation")
         return getattr(self, key) if key in fields else self.stats[key]
 
     def __getattr__(self, key: str):  # statistics as attributes too: feature.max_activation, feature.frequency
@@ -54,7 +58,10 @@ class Feature:
         return (
             f"Feature({self.index}, label={self.label!r}, frequency={s['frequency']:.3g}, "
             f"max_activation={s['max_activation']:.3g}, promoted={s.get('promoted_tokens', [])[:5]}, "
-            f"examples={len(self.examples)})"
+            f"examples={len(self.examples)}"
+            + (f", explanation={self.explanation.get('explanation')!r}" if self.explanation else "")
+            + (f", detection={self.explanation['detection']:.2f}" if self.explanation.get("detection") else "")
+            + ")"
         )
 
 
@@ -82,9 +89,11 @@ class FeatureMetadata:
         labels: dict[int, str] | None = None,
         path: str | os.PathLike | None = None,
         quantile_examples: pa.Table | None = None,
+        random_contexts: pa.Table | None = None,
     ):
         self._stats, self._examples, self._stats_frame = stats, examples, None
         self._quantile_examples = quantile_examples
+        self._random_contexts, self._explanations = random_contexts, None
         self.metadata = metadata or {}
         self.labels: dict[int, str] = dict(labels or {})
         self.path = Path(path) if path is not None else None
@@ -125,6 +134,27 @@ class FeatureMetadata:
             return self._examples if index is None else self._examples.filter(pc.field("feature") == index)
         return pq.read_table(self.path / EXAMPLES, filters=None if index is None else [("feature", "==", index)])
 
+    @property
+    def random_contexts(self) -> pa.Table | None:
+        """Random windows of the text, with the features that fire in each (`None` in metadata made before them)."""
+        if self._random_contexts is None and self.path is not None and (self.path / RANDOM_CONTEXTS).is_file():
+            self._random_contexts = pq.read_table(self.path / RANDOM_CONTEXTS)
+        return self._random_contexts
+
+    @property
+    def explanations(self) -> dict:
+        """`explanations.json` as saved: `{"features": {"<i>": {"explanation": ..., "detection": ...}}, ...}`."""
+        if self._explanations is None:
+            file = None if self.path is None else self.path / EXPLANATIONS
+            self._explanations = json.loads(file.read_text()) if file is not None and file.is_file() else {}
+        return self._explanations
+
+    def save_explanations(self, explanations: dict) -> None:
+        """Replace `explanations.json` (atomically, when on disk) by `explanations`."""
+        self._explanations = explanations
+        if self.path is not None:
+            write_json(self.path / EXPLANATIONS, explanations, indent=1)
+
     def examples(self, index: int | None = None):
         """`examples_table` as a pandas DataFrame."""
         return self.examples_table(index).to_pandas()
@@ -150,7 +180,8 @@ class FeatureMetadata:
         table = self.quantile_examples_table(index)
         order = [("bin", "ascending"), ("activation", "descending")]
         sampled = [] if table is None else table.sort_by(order).to_pylist()
-        return Feature(index, self.label(index), stats.get("auto_label", ""), stats, examples, sampled)
+        explanation = self.explanations.get("features", {}).get(str(index), {})
+        return Feature(index, self.label(index), stats.get("auto_label", ""), stats, examples, sampled, explanation)
 
     def label(self, index: int) -> str:
         """The label a person set, else the automatic one."""
@@ -177,6 +208,7 @@ class FeatureMetadata:
         path.parent.mkdir(parents=True, exist_ok=True)
         stats, examples = self.stats_table, self.examples_table()  # read in full before `path` may be replaced
         sampled = self.quantile_examples_table()
+        random_contexts, explanations = self.random_contexts, self.explanations
         with staging_folder(path) as tmp:
             pq.write_table(stats, tmp / STATS)
             pq.write_table(examples, tmp / EXAMPLES, row_group_size=2048)  # small groups: filtered reads skip most
@@ -184,6 +216,10 @@ class FeatureMetadata:
                 pq.write_table(sampled, tmp / QUANTILE_EXAMPLES, row_group_size=2048)
             write_json(tmp / LABELS, {str(k): v for k, v in sorted(self.labels.items())}, indent=1)
             write_json(tmp / METADATA, self.metadata, indent=1)
+            if random_contexts is not None:
+                pq.write_table(random_contexts, tmp / RANDOM_CONTEXTS)
+            if explanations:
+                write_json(tmp / EXPLANATIONS, explanations, indent=1)
             replace_folder(tmp, path)
         self.path = path
         return path

@@ -34,6 +34,7 @@ from .errors import HookpointError
 from .feature_store import FeatureMetadata
 from .lm_forward import counted_tokens, run_lm, special_token_ids
 from .modeling_sae import SaeModel
+from .random_contexts import RandomContextSampler
 
 logger = logging.get_logger(__name__)
 
@@ -421,6 +422,7 @@ def collect_feature_metadata(
     collector = FeatureCollector(
         sae.config.num_latents, top_n=top_n, sample_size=sample_size, before=before, after=after
     )
+    sampler = RandomContextSampler(before + 1 + after)
     special = special_token_ids(tokenizer)
     device = getattr(model, "device", torch.device("cpu"))
     after_special = 0
@@ -435,16 +437,19 @@ def collect_feature_metadata(
                 after_special += int(follows.sum())
             if max_tokens is not None:  # keep exactly the first `max_tokens` counted tokens
                 mask &= mask.flatten().cumsum(0).reshape(mask.shape) <= max_tokens - collector.tokens
-            collector.update(sae.encode(acts.to(sae.device, sae.dtype)), input_ids, mask)
+            latents = sae.encode(acts.to(sae.device, sae.dtype))  # (B, T, num_latents)
+            collector.update(latents, input_ids, mask)
+            sampler.update(latents, input_ids)
             bar.update(int(mask.sum()))
             if max_tokens is not None and collector.tokens >= max_tokens:
                 break
     effects = logit_effects(model, sae, num_logits)
     neighbours = decoder_neighbours(sae.W_dec, num_neighbours) if num_neighbours else None
-    tables = (collector.top.tokens, collector.sample.tokens)
+    tables = (collector.top.tokens, collector.sample.tokens, sampler.token_ids())
     ids = [*tables] + ([] if effects is None else [effects["promoted_ids"], effects["suppressed_ids"]])
     ids = torch.cat([t.flatten() for t in ids]).unique().tolist()
-    stats, examples, sampled = build_tables(collector, effects, token_strings(tokenizer, ids), neighbours=neighbours)
+    strings = token_strings(tokenizer, ids)
+    stats, examples, sampled = build_tables(collector, effects, strings, neighbours=neighbours)
     skipped = ", the tokens right after one" if skip_after_special else ""
     metadata = {
         "format_version": 1,
@@ -469,7 +474,9 @@ def collect_feature_metadata(
         "logit_effects": "W_U (g * c(W_dec[i])): final-norm gain g and centring c, not its bias or 1/rms",
         **(settings or {}),
     }
-    return FeatureMetadata(stats, examples, metadata, quantile_examples=sampled)
+    return FeatureMetadata(
+        stats, examples, metadata, quantile_examples=sampled, random_contexts=sampler.table(strings)
+    )
 
 
 def hookpoint_of(sae: SaeModel, hookpoint: str | None) -> str:

@@ -29,7 +29,7 @@ from .data import check_context_size, iter_blocks, load_token_blocks, read_block
 from .distribution import hookpoint_owners
 from .errors import ArgumentError, DataError, TrainingError
 from .evaluation import evaluate_saes, plot_firing_density
-from .feature_store import LABELS, FeatureMetadata
+from .feature_store import EXPLANATIONS, LABELS, FeatureMetadata
 from .features import collect_feature_metadata
 from .hookpoints import capture_activations, resolve_hookpoints
 from .hub import load_saes, save_saes
@@ -436,8 +436,10 @@ def run_features(lm_args: ActivationArguments, data_args: DataArguments, args: F
         settings={"data": dataclasses.asdict(data_args)},
     )
     folder = Path(args.sae) / FEATURES
-    if (folder / LABELS).is_file():
-        features.labels = FeatureMetadata.load(folder).labels
+    if (folder / LABELS).is_file() or (folder / EXPLANATIONS).is_file():  # what people and explainers wrote stays
+        earlier = FeatureMetadata.load(folder)
+        features.labels = earlier.labels
+        features.save_explanations(earlier.explanations)  # in memory until saved below
     features.save_pretrained(folder)
     return features
 

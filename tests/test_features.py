@@ -177,7 +177,8 @@ def test_save_load_round_trip_with_pandas_datasets_and_from_pretrained(setup, tm
     features.save_pretrained(tmp_path / "sae" / "features")
     folder = tmp_path / "sae" / "features"
     assert sorted(p.name for p in folder.iterdir()) == [
-        "examples.parquet", "labels.json", "metadata.json", "quantile_examples.parquet", "stats.parquet"
+        "examples.parquet", "labels.json", "metadata.json", "quantile_examples.parquet", "random_contexts.parquet",
+        "stats.parquet",
     ]  # fmt: skip
     pd.testing.assert_frame_equal(pd.read_parquet(folder / "stats.parquet"), features.stats)
     pd.testing.assert_frame_equal(pd.read_parquet(folder / "examples.parquet"), features.examples())

@@ -1,0 +1,416 @@
+"""Automatic interpretability: an LLM explains each feature from its contexts, and the explanation is scored by how
+well an LLM, given only the explanation, predicts where the feature fires.
+
+The method is that of Bills et al. 2023 ("Language models can explain neurons in language models") as simplified by
+Paulo et al. 2024 ("Automatically Interpreting Millions of Features in Large Language Models", arXiv 2410.13928;
+EleutherAI's delphi): the explainer sees activating contexts with the active tokens marked and writes a short
+explanation; two scores check it.
+
+- detection: the scorer is shown a context, unmarked, and asked whether the feature fires anywhere in it; half the
+  contexts are activating (held out from those the explainer saw), half are random contexts where it is silent.
+- fuzzing: the scorer is shown an activating context with some tokens marked and asked whether the marked tokens are
+  the ones the explanation describes; half are marked where the feature fires, half at as many tokens where it
+  does not.
+
+Each score is the balanced accuracy of the yes / no answers (0.5 is chance). A local scorer also gives the probability
+of "Yes" (from its next-token logits, so an answer never fails to parse), and with it the AUROC, which a scorer's bias
+towards one answer does not lower. An endpoint scorer answers in text; answers that say neither yes nor no are left
+out of the score and counted. Contexts come from `hf-sae features`: top activations (and the activation-quantile
+bins where the metadata has them) and its random contexts (`random_contexts.py`).
+
+    features/explanations.json   {"explainer", "settings", "features": {"<i>": entry}, "control"}, rewritten
+                                 atomically after every batch, so a stopped run keeps what it explained
+"""
+
+import dataclasses
+import json
+import urllib.error
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from tqdm.auto import tqdm
+from transformers.utils import logging
+
+from .errors import ArgumentError, ExplainerError, FeatureMetadataError
+from .feature_store import RANDOM_CONTEXTS, FeatureMetadata, load_features
+
+logger = logging.get_logger(__name__)
+
+METHOD = "explanation, detection and fuzzing scores after Bills et al. 2023 and Paulo et al. 2024 (arXiv 2410.13928)"
+MARK = "<<{}>>"
+
+EXPLAIN_PROMPT = (
+    "We are studying a feature of a language model. Below are text excerpts where it is active; the tokens where it "
+    "is most active are marked <<like this>>.\n\n{contexts}\n\nIn at most a dozen words, what does the feature "
+    "detect? Answer with the short explanation only."
+)
+DETECTION_PROMPT = (
+    'A feature of a language model is active on: "{explanation}".\n\nText: {text}\n\n'
+    "Is the feature active anywhere in this text? Answer Yes or No."
+)
+FUZZING_PROMPT = (
+    'A feature of a language model is active on: "{explanation}".\n\nIn the text below some tokens are marked '
+    "<<like this>>.\n\nText: {text}\n\nAre the marked tokens ones this feature would be active on? Answer Yes or No."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainSettings:
+    """How many contexts the explainer sees and the scorers are asked about, and how they are drawn."""
+
+    explain_examples: int = 10  # activating contexts shown to the explainer
+    score_examples: int = 5  # held-out activating contexts per score, and as many non-activating ones
+    mark_fraction: float = 0.25  # tokens at or above this fraction of a context's peak are marked
+    fuzzing: bool = True
+    max_new_tokens: int = 32
+    seed: int = 0
+
+
+# ---- the LLMs -------------------------------------------------------------------------------------------------------
+
+
+class LocalChat:
+    """A transformers chat model run here: batched greedy generation, and P(Yes) from the next-token logits."""
+
+    def __init__(self, model, tokenizer, name: str, batch_size: int = 16):
+        self.model, self.tokenizer, self.name, self.batch_size = model, tokenizer, name, batch_size
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        first = lambda words: sorted({tokenizer.encode(w, add_special_tokens=False)[0] for w in words})  # noqa: E731
+        self.yes, self.no = first(("Yes", "yes", " Yes")), first(("No", "no", " No"))
+
+    def _encode(self, prompts: list[str]):
+        texts = [
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+            )
+            for p in prompts
+        ]
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        return batch.to(self.model.device)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        out = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = self._encode(prompts[start : start + self.batch_size])
+            ids = self.model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
+            )
+            out += self.tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        return out
+
+    @torch.no_grad()
+    def yes_probability(self, prompts: list[str]) -> list[float | None]:
+        out = []
+        for start in range(0, len(prompts), self.batch_size):
+            logits = self.model(**self._encode(prompts[start : start + self.batch_size])).logits[:, -1].float()
+            margin = logits[:, self.yes].logsumexp(-1) - logits[:, self.no].logsumexp(-1)
+            out += torch.sigmoid(margin).tolist()
+        return out
+
+
+class EndpointChat:
+    """Any server speaking OpenAI's /v1/chat/completions (vLLM, `transformers serve`, OpenAI itself); its yes / no
+    answers are read from the text, so P(Yes) is 1, 0, or `None` where the answer says neither."""
+
+    def __init__(self, url: str, model: str | None = None, api_key: str | None = None, workers: int = 4):
+        self.base = url.rstrip("/").removesuffix("/v1") + "/v1"
+        self.headers = {"Content-Type": "application/json"} | (
+            {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        )
+        self.workers, self.timeout = workers, 600
+        try:
+            listed = self._request("models", None, timeout=10)["data"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ExplainerError(
+                f"Expected an OpenAI-compatible server at --explainer_endpoint {url}; {self.base}/models answered "
+                f"{error}. Start it (e.g. `transformers serve MODEL --port 8000`) or fix the URL."
+            ) from None
+        if model is None and not listed:
+            raise ExplainerError(f"The server at {url} lists no models; name one with --explainer.")
+        self.name = model or listed[0]["id"]
+
+    def _request(self, path: str, body: dict | None, timeout: float) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.base}/{path}", data=data, headers=self.headers)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def _complete(self, prompt: str, max_tokens: int) -> str:
+        body = {"model": self.name, "messages": [{"role": "user", "content": prompt}]}
+        body |= {"max_tokens": max_tokens, "temperature": 0, "stream": False}
+        try:
+            return self._request("chat/completions", body, self.timeout)["choices"][0]["message"]["content"] or ""
+        except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError) as error:
+            logger.warning("The explainer endpoint failed on one request (%s); recorded as no answer.", error)
+            return ""
+
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        with ThreadPoolExecutor(self.workers) as pool:
+            return list(pool.map(lambda p: self._complete(p, max_new_tokens), prompts))
+
+    def yes_probability(self, prompts: list[str]) -> list[float | None]:
+        return [parse_yes_no(answer) for answer in self.generate(prompts, 3)]
+
+
+def parse_yes_no(answer: str) -> float | None:
+    """1.0 for an answer that starts with yes, 0.0 for no, None for anything else."""
+    words = answer.strip().lower().lstrip("\"'*([").split()
+    word = words[0].strip(".,!:;\"'*)]") if words else ""
+    return {"yes": 1.0, "no": 0.0}.get(word)
+
+
+def parse_explanation(raw: str) -> str | None:
+    """The first line of the explainer's answer without a leading "Explanation:" or quotes; None when it holds no
+    words (the explanation is then recorded as unusable)."""
+    line = next((line.strip() for line in raw.strip().splitlines() if line.strip()), "")
+    line = line.split(":", 1)[1].strip() if line.lower().startswith(("explanation:", "answer:")) else line
+    line = line.strip("\"'` *").replace("<<", "").replace(">>", "")
+    return line[:200] if sum(ch.isalpha() for ch in line) >= 2 else None
+
+
+def load_chat(explainer: str | None, endpoint: str | None, *, api_key=None, device=None, batch_size=16):
+    """The explainer: a server at `endpoint` (checked now, before any work), else a local transformers model."""
+    if endpoint:
+        return EndpointChat(endpoint, explainer, api_key)
+    from .models import load_model
+
+    model, tokenizer = load_model(explainer, device=device)
+    return LocalChat(model, tokenizer, explainer or getattr(model, "name_or_path", "local"), batch_size)
+
+
+# ---- contexts and prompts -------------------------------------------------------------------------------------------
+
+
+def render(tokens: list[str], marked=()) -> str:
+    """A context as one line of text, with the tokens at positions `marked` wrapped in << >>."""
+    marked = set(marked)
+    text = "".join(MARK.format(t) if i in marked else t for i, t in enumerate(tokens))
+    return " ".join(text.replace("\n", " ").split())
+
+
+def _active(activations: list[float], fraction: float) -> list[int]:
+    peak = max(activations, default=0.0)
+    return [i for i, a in enumerate(activations) if peak > 0 and a >= fraction * peak]
+
+
+def sample_contexts(features: FeatureMetadata, index: int, settings: ExplainSettings) -> dict:
+    """Feature `index`'s contexts: `explain` (for the explainer), `activating` (held out, for scoring) and `silent`
+    (random contexts where it does not fire). The explainer gets every other top context. The scorers get contexts
+    sampled from the activation-quantile bins where the metadata has them, as Paulo et al. score across the whole
+    range of activations (round-robin over the bins, never a context the explainer saw); else the other top ones."""
+    rng = np.random.default_rng([settings.seed, index])
+    top = features.examples_table(index).sort_by("rank").to_pylist()
+    explain = top[0::2][: settings.explain_examples]
+    seen = {(e["block"], e["position"]) for e in explain}
+    binned = features.quantile_examples_table(index)
+    binned = [e for e in (binned.to_pylist() if binned is not None else []) if (e["block"], e["position"]) not in seen]
+    pool = [binned[int(i)] for i in rng.permutation(len(binned))] if binned else top[1::2]
+    seen_in_bin, turns = Counter(), []  # each context's turn within its bin: sorting by it interleaves the bins
+    for e in pool:
+        seen_in_bin[e.get("bin")] += 1
+        turns.append(seen_in_bin[e.get("bin")])
+    activating = [pool[i] for i in np.argsort(turns, kind="stable")[: settings.score_examples]]
+    randoms = features.random_contexts
+    fired = randoms.column("fired").combine_chunks()
+    rows = np.repeat(np.arange(len(fired)), pc.list_value_length(fired).to_numpy(zero_copy_only=False))
+    silent_rows = np.setdiff1d(np.arange(len(fired)), rows[fired.flatten().to_numpy() == index])
+    chosen = rng.choice(silent_rows, min(len(activating), len(silent_rows)), replace=False)
+    silent = [randoms.column("tokens")[int(i)].as_py() for i in sorted(chosen)]
+    return {"explain": explain, "activating": activating, "silent": silent}
+
+
+def explain_prompt(examples: list[dict], fraction: float) -> str:
+    lines = [f"{n}. {render(e['tokens'], _active(e['activations'], fraction))}" for n, e in enumerate(examples, 1)]
+    return EXPLAIN_PROMPT.format(contexts="\n".join(lines))
+
+
+def scoring_prompts(explanation: str, contexts: dict, settings: ExplainSettings, rng) -> list[tuple[str, str, bool]]:
+    """(score, prompt, whether the answer should be yes) for one feature's detection and fuzzing questions."""
+    items = [("detection", render(e["tokens"]), True) for e in contexts["activating"]]
+    items += [("detection", render(tokens), False) for tokens in contexts["silent"]]
+    for e in contexts["activating"] if settings.fuzzing else ():
+        active = _active(e["activations"], settings.mark_fraction)
+        others = [i for i in range(len(e["tokens"])) if i not in set(active)]
+        wrong = rng.choice(others, min(len(active), len(others)), replace=False).tolist() if others else []
+        items += [("fuzzing", render(e["tokens"], active), True), ("fuzzing", render(e["tokens"], wrong), False)]
+    template = {"detection": DETECTION_PROMPT, "fuzzing": FUZZING_PROMPT}
+    return [(kind, template[kind].format(explanation=explanation, text=text), label) for kind, text, label in items]
+
+
+def balanced_accuracy(labels: list[bool], probabilities: list[float | None]) -> float | None:
+    """The mean of the true-positive and true-negative rates of `p > 0.5`; None without both classes answered."""
+    hits = {True: [], False: []}
+    for label, p in zip(labels, probabilities):
+        if p is not None:
+            hits[label].append((p > 0.5) == label)
+    return float(np.mean([np.mean(hits[True]), np.mean(hits[False])])) if hits[True] and hits[False] else None
+
+
+def auroc(labels: list[bool], probabilities: list[float | None]) -> float | None:
+    """P(a positive's probability > a negative's), ties counting half (Mann-Whitney); equals the balanced accuracy
+    for 0 / 1 answers."""
+    pos = np.array([p for label, p in zip(labels, probabilities) if label and p is not None])
+    neg = np.array([p for label, p in zip(labels, probabilities) if not label and p is not None])
+    if not len(pos) or not len(neg):
+        return None
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0) + 0.5 * (diff == 0)).mean())
+
+
+def score_explanations(chat, todo: dict[int, tuple[str, dict]], settings: ExplainSettings) -> dict[int, dict]:
+    """Detection (and fuzzing) scores of `{feature: (explanation, contexts)}`, every question asked in one batch."""
+    asked = []
+    for index, (explanation, contexts) in todo.items():
+        rng = np.random.default_rng([settings.seed, index, 1])
+        asked += [(index, *item) for item in scoring_prompts(explanation, contexts, settings, rng)]
+    answers = chat.yes_probability([prompt for _, _, prompt, _ in asked])
+    scores = {}
+    for index in todo:
+        entry = {"unanswered": 0}
+        for kind in ("detection", "fuzzing") if settings.fuzzing else ("detection",):
+            mine = [(label, p) for (i, k, _, label), p in zip(asked, answers) if i == index and k == kind]
+            labels, probabilities = [m[0] for m in mine], [m[1] for m in mine]
+            entry[kind], entry[f"{kind}_auroc"] = (
+                balanced_accuracy(labels, probabilities),
+                auroc(labels, probabilities),
+            )
+            entry[f"{kind}_questions"] = len(mine)
+            entry["unanswered"] += sum(p is None for p in probabilities)
+        scores[index] = entry
+    return scores
+
+
+# ---- the run --------------------------------------------------------------------------------------------------------
+
+
+def _explain_batch(features: FeatureMetadata, chat, batch: list[int], settings: ExplainSettings) -> dict[str, dict]:
+    contexts = {i: sample_contexts(features, i, settings) for i in batch}
+    ready = [i for i in batch if contexts[i]["explain"]]
+    raws = chat.generate(
+        [explain_prompt(contexts[i]["explain"], settings.mark_fraction) for i in ready], settings.max_new_tokens
+    )
+    out = {str(i): {"status": "no_contexts", "explanation": None} for i in batch if i not in ready}
+    explained = {}
+    for index, raw in zip(ready, raws):
+        if (explanation := parse_explanation(raw)) is None:
+            logger.info(
+                "Feature %d: the explainer's answer %r holds no explanation; recorded as unusable.", index, raw
+            )
+            out[str(index)] = {"status": "unusable", "explanation": None, "raw": raw[:500], "explainer": chat.name}
+        else:
+            explained[index] = (explanation, contexts[index])
+    for index, scores in score_explanations(chat, explained, settings).items():
+        out[str(index)] = {"status": "ok", "explanation": explained[index][0], "explainer": chat.name, **scores}
+    return out
+
+
+def _record(features: FeatureMetadata) -> dict:
+    record = dict(features.explanations)
+    record.setdefault("method", METHOD)
+    record["features"] = dict(record.get("features", {}))
+    return record
+
+
+def explain_features(
+    features: FeatureMetadata,
+    chat,
+    indices: list[int] | None = None,
+    *,
+    max_features: int | None = None,
+    batch_size: int = 8,
+    settings: ExplainSettings = ExplainSettings(),
+    overwrite: bool = False,
+) -> dict[int, dict]:
+    r"""
+    Explain and score features `indices` (default: every feature that fired) with `chat` (`LocalChat` or
+    `EndpointChat`), `batch_size` features at a time, saving `explanations.json` after each batch. Features explained
+    before are skipped unless `overwrite`; at most `max_features` are explained. Returns the new entries.
+
+    Example:
+
+    ```python
+    >>> chat = load_chat("smollm2-135m-instruct", None)
+    >>> explain_features(sae.features, chat, [12, 40], settings=ExplainSettings(explain_examples=8))
+    {12: {'status': 'ok', 'explanation': 'the word "the"', 'detection': 0.6, 'fuzzing': 0.5, ...}, 40: {...}}
+    ```
+    """
+    require_contexts(features)
+    if indices is None:
+        indices = np.flatnonzero(features.stats_table.column("count").to_numpy() > 0).tolist()
+    record = _record(features)
+    todo = [i for i in indices if overwrite or str(i) not in record["features"]][:max_features]
+    record |= {"explainer": chat.name, "settings": dataclasses.asdict(settings)}
+    with tqdm(total=len(todo), desc="Explaining features", unit="feature") as bar:
+        for start in range(0, len(todo), batch_size):
+            record["features"] |= _explain_batch(features, chat, todo[start : start + batch_size], settings)
+            features.save_explanations(record)
+            bar.update(len(todo[start : start + batch_size]))
+    return {i: record["features"][str(i)] for i in todo}
+
+
+def shuffled_control(
+    features: FeatureMetadata, chat, indices: list[int], *, batch_size: int = 8, settings=ExplainSettings()
+) -> dict:
+    """Detection scores of features `indices` with each one's explanation swapped for another feature's (a random
+    derangement), on the same contexts as the real scores, beside the real scores' means: an explanation that means
+    something scores above its shuffled control. Saved as `control` in `explanations.json`."""
+    record = _record(features)
+    ok = [i for i in indices if record["features"].get(str(i), {}).get("status") == "ok"]
+    if len(ok) < 2:
+        raise ArgumentError(
+            f"The shuffled control needs at least 2 features with explanations; {len(ok)} of {indices} have one."
+        )
+    order = np.random.default_rng(settings.seed).permutation(ok)
+    donor = dict(zip(order.tolist(), np.roll(order, 1).tolist()))  # a cycle: nobody keeps their own explanation
+    detection_only = dataclasses.replace(settings, fuzzing=False)
+    control = {}
+    for start in tqdm(range(0, len(ok), batch_size), desc="Shuffled control", unit="batch"):
+        todo = {
+            i: (record["features"][str(donor[i])]["explanation"], sample_contexts(features, i, settings))
+            for i in ok[start : start + batch_size]
+        }
+        control |= score_explanations(chat, todo, detection_only)
+    mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
+    summary = {"features": len(ok)}
+    for key in ("detection", "detection_auroc"):
+        summary[key] = mean([v for i in ok if (v := record["features"][str(i)].get(key)) is not None])
+        summary[f"shuffled_{key}"] = mean([v for i in ok if (v := control[i][key]) is not None])
+    record["control"] = summary
+    features.save_explanations(record)
+    return summary
+
+
+def require_contexts(features: FeatureMetadata) -> None:
+    if features.random_contexts is None:
+        where = features.path.parent if features.path is not None else "DIR"
+        raise FeatureMetadataError(
+            f"The feature metadata in {features.path} has no {RANDOM_CONTEXTS}, which scoring draws non-activating "
+            f"contexts from (metadata from an older hf-sae). Collect it again with `hf-sae features --sae {where}`."
+        )
+
+
+def run_explain(args) -> tuple[dict[int, dict], dict | None]:
+    """`hf-sae explain`: every check first (metadata, feature ids, the explainer), then explain, score and save."""
+    args.check()
+    features = load_features(Path(args.sae).expanduser())
+    require_contexts(features)
+    bad = [i for i in args.features or () if not 0 <= i < len(features)]
+    if bad:
+        raise ArgumentError(f"--features must be feature ids in [0, {len(features)}); got {bad}.")
+    chat = load_chat(args.explainer, args.explainer_endpoint, api_key=args.api_key, device=args.device)
+    settings = ExplainSettings(args.explain_examples, args.score_examples, fuzzing=args.fuzzing, seed=args.seed)
+    done = explain_features(
+        features, chat, args.features, max_features=args.max_features, batch_size=args.batch_size,
+        settings=settings, overwrite=args.overwrite,
+    )  # fmt: skip
+    control = None
+    if args.control:
+        control = shuffled_control(features, chat, list(done), batch_size=args.batch_size, settings=settings)
+    return done, control
