@@ -243,6 +243,18 @@ def test_browser_shows_explanations_in_headless_chromium(chrome, saved, tmp_path
     assert not [e for e in chrome.get_log("browser") if e["level"] == "SEVERE"]
 
 
+def test_explorer_page_shows_explanations(saved):
+    pytest.importorskip("gradio", reason="needs Gradio: pip install -e '.[dev]'")
+    from hf_sae.app import Explorer
+
+    saved.save_explanations({"features": {"3": {"status": "ok", "explanation": "w7 words", "detection": 0.75}}})
+    lm = make_tiny_lm("llama")
+    explorer = Explorer(lm.model, tiny_tokenizer(), tiny_sae(lm.hidden_size, hookpoint=lm.blocks[1]), saved)
+    page = explorer.feature_page(3)
+    assert "<b>explanation</b>: w7 words" in page and "<b>detection</b>: 0.75" in page  # from `hf-sae explain`
+    assert "w7 words" not in explorer.feature_page(2)
+
+
 def test_bad_input_fails_before_any_work(saved, tmp_path):
     sae_dir = saved.path.parent
     with pytest.raises(FeatureMetadataError, match=r"Collect it with `hf-sae features --sae "):
