@@ -250,6 +250,11 @@ class SaeTrainingArguments:
         "Scale activations to mean norm sqrt(d_in) while training (folded into the saved weights).", True
     )
     shuffle_buffer_tokens: int = _help("Tokens mixed in the shuffling buffer (0: no shuffling).", 65536)
+    prefetch_chunks: int | None = _help(
+        "LM batches harvested ahead on a background thread, so that harvesting overlaps the SAE step. Default: 2 on "
+        "a GPU, 0 on the CPU (where both would compete for the same cores).",
+        None,
+    )
     activation_cache: str | None = _help(
         "A folder of cached activations (`hf-sae cache`): replayed if it exists, else written first with "
         "--train_tokens tokens. Replay draws a fresh random order every epoch.",
@@ -258,8 +263,10 @@ class SaeTrainingArguments:
     epochs: float | None = _help(
         "With --activation_cache: train for this many passes over the cache (replaces --train_tokens).", None
     )
-    mixed_precision: Literal["no", "bf16", "fp16"] | None = _help(
-        "SAE step precision (autocast). Default: accelerate's setting.", None
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] | None = _help(
+        "SAE step precision (autocast): auto picks bf16 where the hardware multiplies it faster, `no` is fp32; "
+        "none leaves it to accelerate's setting.",
+        "auto",
     )
     output_dir: str = _help("Where the SAEs, logs and checkpoints go.", "outputs/sae")
     overwrite_output_dir: bool = _help("Replace a previous run in output_dir.", False)
@@ -293,6 +300,8 @@ class SaeTrainingArguments:
         _require(self.save_total_limit >= 1, "save_total_limit", self.save_total_limit, positive)
         _require(self.eval_tokens >= 0, "eval_tokens", self.eval_tokens, "0 (skip) or a positive integer")
         _require(self.shuffle_buffer_tokens >= 0, "shuffle_buffer_tokens", self.shuffle_buffer_tokens, ">= 0")
+        prefetch = self.prefetch_chunks
+        _require(prefetch is None or prefetch >= 0, "prefetch_chunks", prefetch, "0 (off), a positive integer or none")
         _require(
             math.isfinite(self.learning_rate) and self.learning_rate > 0,
             "learning_rate",

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from .activation_cache import ActivationCache, CacheReplay, block_batches, harvest_records, replay_tokens, write_cache
-from .activations import Chunk, ShufflingBuffer, batched, harvest
+from .activations import Chunk, ShufflingBuffer, batched, harvest, prefetch
 from .arguments import (
     ActivationArguments,
     CacheArguments,
@@ -128,7 +128,9 @@ def train_saes(
         chunks = _activation_source(accelerator, model, tokenizer, sae_args, lm_args, data_args, autocast_dtype)
         # No larger than this process's share of the run: a short run must not harvest more than it trains on first.
         capacity = min(args.shuffle_buffer_tokens, args.train_tokens // world)
-        buffer = ShufflingBuffer(chunks, micro, capacity, seed=args.seed + rank)
+        depth = args.prefetch_chunks if args.prefetch_chunks is not None else 2 * (accelerator.device.type == "cuda")
+        buffer = ShufflingBuffer(lambda skip: prefetch(chunks(skip), depth), micro, capacity, seed=args.seed + rank,
+                                 max_tokens=args.num_steps * args.batch_size // world)  # fmt: skip
     trainer = SaeTrainer(args, saes, buffer, accelerator, owners, learning_rates=rates)
     groups = (sae_args, lm_args, data_args, args)
     trainer.hparams = {key: value for group in groups for key, value in dataclasses.asdict(group).items()}

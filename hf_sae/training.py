@@ -29,6 +29,7 @@ from .arguments import SaeTrainingArguments
 from .configuration_sae import SaeConfig
 from .distribution import gather_to_main, send_to_owners
 from .errors import TrainingError
+from .lm_forward import bf16_is_faster
 from .modeling_sae import SaeModel
 
 logger = get_logger(__name__)
@@ -153,7 +154,10 @@ class SaeTrainer:
         args, acc = self.args, self.accelerator
         micro_steps = args.gradient_accumulation_steps
         bar = tqdm(total=args.num_steps, disable=not acc.is_local_main_process, unit="step")
-        self.buffer.on_refill = lambda wanted: bar.set_description(f"harvesting {wanted:,} tokens into the buffer")
+        if hasattr(self.buffer, "on_status"):  # the bar says what the buffer is doing from the first chunk
+            self.buffer.on_status = bar.set_description
+        else:  # a source that never waits on harvesting (a cache replay)
+            bar.set_description("training")
         batches = self._batches()
         resumed = self._maybe_resume()
         if not resumed:
@@ -175,7 +179,6 @@ class SaeTrainer:
             if len(micro_batches) < micro_steps:
                 logger.warning(f"The data ran out after {self.state.step} steps of {args.num_steps}.")
                 break
-            bar.set_description("training")
             metrics = self._step(micro_batches)
             self.state.step += 1
             self.state.tokens += args.batch_size
@@ -255,8 +258,9 @@ class SaeTrainer:
                 x = x.pin_memory()
             x = x.to(sae.device, torch.float32, non_blocking=True) * self.state.scales[name]
             coefficient = sae.config.sparsity_coefficient * self.args.sparsity_scale(self.state.step)
-            out = wrapped(x, dead_latents=self.dead_latents(name), return_latents=False, return_loss=True,
-                          sparsity_coefficient=coefficient)  # fmt: skip
+            with self.accelerator.autocast():  # the SAE step's precision (`mixed_precision`), prepared or not
+                out = wrapped(x, dead_latents=self.dead_latents(name), return_latents=False, return_loss=True,
+                              sparsity_coefficient=coefficient)  # fmt: skip
             finite = torch.stack([torch.isfinite(x).all(), torch.isfinite(out.loss)])  # (activations, loss)
             bad = self.first_bad[name]
             bad.copy_(torch.where((bad < 0) & ~finite, self.state.step, bad))
@@ -430,7 +434,7 @@ def make_accelerator(args: SaeTrainingArguments) -> Accelerator:
         cpu=not torch.cuda.is_available(),
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=args.output_dir,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=resolve_mixed_precision(args.mixed_precision),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         kwargs_handlers=[timeout],
     )
@@ -438,6 +442,13 @@ def make_accelerator(args: SaeTrainingArguments) -> Accelerator:
         seen = f"{accelerator.num_processes} process(es) in accelerate"
         raise TrainingError(_LAUNCH_HELP.format(launched=launched, seen=seen))
     return accelerator
+
+
+def resolve_mixed_precision(mixed_precision: str | None) -> str | None:
+    """`auto`: bf16 autocast for the SAE step where this machine multiplies bf16 faster (as for the LM), else fp32."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    return "bf16" if bf16_is_faster("cuda" if torch.cuda.is_available() else "cpu") else "no"
 
 
 def geometric_median(points: torch.Tensor, iterations: int = 50) -> torch.Tensor:

@@ -9,7 +9,6 @@ import torch
 from conftest import save_tiny_llama_and_corpus
 
 from hf_sae import ArgumentError, DataError, HookpointError, SaeConfigError, SaeModel, TrainingError
-from hf_sae.activations import ShufflingBuffer
 from hf_sae.arguments import (
     TRAIN_GROUPS,
     ActivationArguments,
@@ -259,29 +258,6 @@ def test_geometric_median_resists_outliers():
     points = torch.cat([torch.randn(200, 3) * 0.1 + torch.tensor([1.0, 2.0, 3.0]), torch.full((20, 3), 1000.0)])
     torch.testing.assert_close(geometric_median(points), torch.tensor([1.0, 2.0, 3.0]), atol=0.05, rtol=0)
     assert (points.mean(0) - torch.tensor([1.0, 2.0, 3.0])).norm() > 50
-
-
-def test_shuffling_buffer_mixes_serves_everything_once_and_restores_exactly():
-    chunks = [{"h": torch.arange(i * 10, i * 10 + 10, dtype=torch.float32)[:, None]} for i in range(20)]
-
-    def source(skip):
-        return iter(chunks[skip:])
-
-    buffer = ShufflingBuffer(source, batch_size=8, capacity=40, seed=0)
-    served = [batch["h"].flatten() for batch in buffer]
-    values = torch.cat(served)
-    assert sorted(values.tolist()) == list(range(200))  # every activation served exactly once
-    assert values.tolist() != list(range(200))  # and mixed
-    assert max(abs(a - b) for a, b in zip(values[:8].tolist(), range(8))) > 10  # first batch spans chunks
-
-    restored_run = ShufflingBuffer(source, batch_size=8, capacity=40, seed=0)
-    iterator = iter(restored_run)
-    first = [next(iterator)["h"].flatten() for _ in range(7)]
-    state = restored_run.state_dict()
-    fresh = ShufflingBuffer(source, batch_size=8, capacity=40, seed=123)
-    fresh.load_state_dict(state)
-    rest = [batch["h"].flatten() for batch in fresh]
-    assert torch.equal(torch.cat(first + rest), values)
 
 
 def test_an_activation_cache_is_written_once_and_replayed(tiny_run_inputs, tmp_path, monkeypatch):
