@@ -113,8 +113,36 @@ def token_batches(args, tokenizer, count: int) -> list[torch.Tensor]:
     return [torch.stack([next(iterator) for _ in range(args.lm_batch_size)]) for _ in range(count)]
 
 
-def harvest(args) -> dict:
+def forward_roofline(model, hookpoint: str, ids: torch.Tensor, dtype: torch.dtype | None) -> dict:
+    """The stopped forward's FLOP roofline: 2 x the parameters of the modules that run up to the hookpoint per token
+    (embedding lookups excluded: no multiply), at the matmul rate this machine reaches on the forward's largest
+    linear layer (`tokens x in @ in x out`), measured now. Attention scores add a little on top (not counted)."""
     from hf_sae.hookpoints import capture_activations
+
+    ran, handles = [], []
+    for module in model.modules():
+        if not list(module.children()):
+            handles.append(module.register_forward_hook(lambda m, args, out: ran.append(m)))
+    with torch.no_grad():
+        capture_activations(model, [hookpoint], ids[:1, :8].to(model.device))
+    for handle in handles:
+        handle.remove()
+    ran = list({id(m): m for m in ran}.values())
+    params = sum(p.numel() for m in ran if not isinstance(m, torch.nn.Embedding) for p in m.parameters())
+    widest = max((m for m in ran if isinstance(m, torch.nn.Linear)), key=lambda m: m.weight.numel())
+    a = torch.randn(ids.numel(), widest.in_features, device=model.device, dtype=dtype or torch.float32)
+    b = torch.randn(widest.in_features, widest.out_features, device=model.device, dtype=a.dtype)
+    gflops = 2 * a.shape[0] * b.shape[0] * b.shape[1] / best_seconds(lambda: a @ b, 5) / 1e9
+    return {"forward_params": params, "forward_matmul_gflops": gflops,
+            "forward_roofline_tokens_per_second": gflops * 1e9 / (2 * params)}  # fmt: skip
+
+
+def harvest(args) -> dict:
+    """Tokens/s of the LM forward, full and stopped, in fp32 and bf16; then the training pipeline's own harvest
+    (stopped forward at the run's `lm_dtype`, counted tokens) against the forward's FLOP roofline, in the same run."""
+    from hf_sae.activations import harvest as harvest_chunks
+    from hf_sae.hookpoints import capture_activations
+    from hf_sae.lm_forward import resolve_lm_dtype, special_token_ids
     from hf_sae.models import load_model
 
     model, tokenizer = load_model(args.model, device=args.device)
@@ -134,6 +162,18 @@ def harvest(args) -> dict:
 
             seconds = best_seconds(forward, max(args.repeats // 3, 2), warmup=1)
             result[f"harvest_{mode}_{precision}_tokens_per_second"] = len(batches) * tokens / seconds
+    dtype, excluded = resolve_lm_dtype("auto", args.device), special_token_ids(tokenizer)
+
+    def pipeline():
+        return list(harvest_chunks(model, [args.hookpoint], batches, exclude_token_ids=excluded, autocast_dtype=dtype))
+
+    seconds = best_seconds(pipeline, max(args.repeats // 3, 2), warmup=1)
+    result["harvest_lm_dtype"] = str(dtype or torch.float32).removeprefix("torch.")
+    result["harvest_tokens_per_second"] = len(batches) * tokens / seconds  # LM tokens in, as the e2e counts none
+    result.update(forward_roofline(model, args.hookpoint, batches[0], dtype))
+    result["harvest_fraction_of_roofline"] = (
+        result["harvest_tokens_per_second"] / result["forward_roofline_tokens_per_second"]
+    )
     return result
 
 
@@ -322,7 +362,11 @@ def main() -> None:
               f"bf16 {results['matmul_bf16_gflops']:.0f} GFLOP/s", flush=True)  # fmt: skip
     if "harvest" in args.sections:
         results.update(harvest(args))
-        print({k: round(v) for k, v in results.items() if k.startswith("harvest")}, flush=True)
+        print({k: round(v) for k, v in results.items() if k.startswith("harvest_") and k.endswith("second")})
+        print(f"harvest (pipeline, {results['harvest_lm_dtype']}): {results['harvest_tokens_per_second']:,.0f} tok/s, "
+              f"{100 * results['harvest_fraction_of_roofline']:.0f}% of the forward's roofline "
+              f"({results['forward_roofline_tokens_per_second']:,.0f} tok/s: {results['forward_params'] / 1e6:.1f}M "
+              f"parameters at {results['forward_matmul_gflops']:.0f} GFLOP/s)", flush=True)  # fmt: skip
     if "sae" in args.sections:
         for architecture in args.architectures:
             for precision in ("fp32", "bf16"):
@@ -335,7 +379,7 @@ def main() -> None:
                       flush=True)  # fmt: skip
     if "e2e" in args.sections:
         results.update(end_to_end(args))
-        harvest_rate = results.get("harvest_stopped_bf16_tokens_per_second")
+        harvest_rate = results.get("harvest_tokens_per_second")  # the same forward, dtype and shapes as the run
         if harvest_rate:
             results["e2e_fraction_of_harvest"] = results["e2e_tokens_per_second"] / harvest_rate
         print(
