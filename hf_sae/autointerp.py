@@ -412,5 +412,6 @@ def run_explain(args) -> tuple[dict[int, dict], dict | None]:
     )  # fmt: skip
     control = None
     if args.control:
-        control = shuffled_control(features, chat, list(done), batch_size=args.batch_size, settings=settings)
+        indices = list(done) if args.features is None else args.features  # with --features: a stopped run's too
+        control = shuffled_control(features, chat, indices, batch_size=args.batch_size, settings=settings)
     return done, control
