@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .selection import batch_top_k, top_k_per_row
+
 Select = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]  # pre-activations (N, L) -> (rows, cols, values)
 
 
@@ -117,7 +119,7 @@ def select_topk(k: int) -> Select:
     """Top k latents per token (Gao et al. 2024)."""
 
     def select(pre: Tensor):
-        values, cols = pre.topk(k, dim=-1, sorted=False)  # (N, k)
+        values, cols = top_k_per_row(pre, k)  # (N, k)
         rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k)
         return rows, cols.flatten(), values.flatten()
 
@@ -125,26 +127,22 @@ def select_topk(k: int) -> Select:
 
 
 def select_batch_topk(k: int) -> Select:
-    """Top k * N entries over a whole batch of N tokens (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders")."""
-
-    def select(pre: Tensor):
-        values, flat = pre.flatten().topk(min(k * pre.shape[0], pre.numel()), sorted=False)
-        flat, order = flat.sort()  # group the entries by token, as the decoder needs
-        return flat // pre.shape[1], flat % pre.shape[1], values[order]
-
-    return select
+    """Top k * N entries over a whole batch of N tokens (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders"),
+    grouped by token as the decoder needs."""
+    return lambda pre: batch_top_k(pre, k)
 
 
 def with_auxk(select: Select, dead: Tensor, k_aux: int) -> Select:
     """Append the top `k_aux` pre-activations among dead latents per token, for AuxK (Gao et al. 2024, A.2)."""
+    dead_cols = dead.nonzero().squeeze(1)
 
     def select_both(pre: Tensor):
         rows, cols, values = select(pre)
-        aux_values, aux_cols = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False)
+        aux_values, aux_picked = top_k_per_row(pre[:, dead_cols], k_aux)
         aux_rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k_aux)
         return (
             torch.cat([rows, aux_rows]),
-            torch.cat([cols, aux_cols.flatten()]),
+            torch.cat([cols, dead_cols[aux_picked].flatten()]),
             torch.cat([values, aux_values.flatten()]),
         )
 
