@@ -12,6 +12,8 @@ before the LM loads. Field values are checked in `check()` before any expensive 
 
 import dataclasses
 import math
+import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,6 +21,7 @@ from typing import Literal
 from .architectures import ARCHITECTURES, ArchitectureName
 from .configuration_sae import SaeConfig
 from .errors import ArgumentError
+from .layout import EVAL_REPORT, FEATURES, looks_like_local_path, missing_path_error
 from .lm_forward import LmDtype
 
 
@@ -33,8 +36,92 @@ def _require(condition: bool, flag: str, value, expected: str) -> None:
         raise ArgumentError(f"--{flag} must be {expected}; got {value!r}.")
 
 
+class _Checked:
+    """Validated on construction, from flags, a file or Python alike: every field's type, choices and finiteness
+    (`check_fields`), then the group's ranges and consistency (`check`), before any expensive work."""
+
+    def __post_init__(self):
+        check_fields(self)
+        self.check()
+
+    def check(self) -> None:
+        """Ranges and consistency of this group's values; its types are checked already."""
+
+
+def check_fields(group) -> None:
+    """Each field's value against its annotation: int, float (finite), str, bool, a `Literal`'s choices, a list of
+    them, or None where the field is optional."""
+    for name, hint in typing.get_type_hints(type(group)).items():
+        value = getattr(group, name)
+        options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else (hint,)
+        if value is None and type(None) in options:
+            continue
+        options = [option for option in options if option is not type(None)]
+        if not any(_matches(value, option) for option in options):
+            raise ArgumentError(f"--{name} must be {' or '.join(map(_describe, options))}; got {value!r}.")
+
+
+def _matches(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list | tuple) and all(_matches(v, item) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, hint)
+
+
+def _describe(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return f"one of {list(typing.get_args(hint))}"
+    if origin is list:
+        return f"a list of ({_describe(typing.get_args(hint)[0])})"
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(hint, str(hint))
+
+
+# Bytes per latent per input dimension while training in fp32: weight, gradient and Adam's two moments, for the
+# encoder and the decoder.
+TRAINING_BYTES_PER_WEIGHT = 4 * 4 * 2
+
+
+def memory_bytes(device: str | None = None) -> int:
+    """The memory of `device` (a GPU's, else this machine's RAM), what an SAE has to fit in."""
+    import torch
+
+    if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits_in_memory(num_latents: int, d_in: int, count: int = 1, device: str | None = None) -> None:
+    """Refuse SAEs whose training state would not fit in memory, before trying to allocate it."""
+    need, have = count * num_latents * d_in * TRAINING_BYTES_PER_WEIGHT, memory_bytes(device)
+    if need > have:
+        raise ArgumentError(
+            f"--num_latents {num_latents:,} (d_in {d_in}, {count} SAE(s)) needs about {need / 2**30:,.1f} GiB to "
+            f"train, more than the {have / 2**30:,.1f} GiB of memory here. Lower --num_latents or "
+            "--expansion_factor, or train fewer hookpoints per process (--distribute_hookpoints)."
+        )
+
+
+def check_batch_division(batch_size: int, processes: int, accumulation_steps: int) -> None:
+    micro_batches = processes * accumulation_steps
+    if batch_size % micro_batches:
+        raise ArgumentError(
+            f"--batch_size {batch_size} must divide evenly over {processes} process(es) x {accumulation_steps} "
+            f"accumulation step(s); pick a multiple of {micro_batches}."
+        )
+
+
 @dataclass
-class SaeArguments:
+class SaeArguments(_Checked):
     """What SAEs to train: one per hookpoint, all of the same shape and sparsity rule."""
 
     hookpoints: list[str] = _help(
@@ -69,6 +156,8 @@ class SaeArguments:
         _require(self.num_latents is None or self.num_latents >= 1, "num_latents", self.num_latents, "positive")
         _require(self.sparsity_coefficient >= 0, "sparsity_coefficient", self.sparsity_coefficient, ">= 0")
         self._check_group_sizes()
+        if self.num_latents is not None:  # the smallest activation width: what cannot fit even then is refused now
+            check_fits_in_memory(self.num_latents, 1, len(self.hookpoints))
 
     def _check_group_sizes(self) -> None:
         """What can be checked before the LM gives d_in; SaeConfig checks the sum against the resolved width."""
@@ -111,7 +200,7 @@ class SaeArguments:
 
 
 @dataclass
-class ActivationArguments:
+class ActivationArguments(_Checked):
     """The LM to study and how its activations are taken; the same for training, evaluation and features."""
 
     model_name_or_path: str | None = _help(
@@ -137,7 +226,7 @@ class ActivationArguments:
 
 
 @dataclass
-class DataArguments:
+class DataArguments(_Checked):
     """Where the text comes from and how it is cut into token blocks."""
 
     dataset_name: list[str] | None = _help(
@@ -173,6 +262,9 @@ class DataArguments:
     num_proc: int | None = _help("Processes for tokenization (not used when streaming).", None)
 
     def __post_init__(self):
+        if isinstance(self.dataset_name, str):
+            self.dataset_name = [self.dataset_name]
+        super().__post_init__()
         # One source stays a plain string, as it always was, for the code and the saved arguments that read it.
         if isinstance(self.dataset_name, list | tuple) and len(self.dataset_name) == 1:
             self.dataset_name = self.dataset_name[0]
@@ -229,7 +321,7 @@ class EvalDataArguments(DataArguments):
 
 
 @dataclass
-class SaeTrainingArguments:
+class SaeTrainingArguments(_Checked):
     """How to train: the schedule, the activation stream, and where results go."""
 
     train_tokens: int = _help("Tokens to train on (the default: about ten minutes on 2 CPU cores).", 1_000_000)
@@ -317,6 +409,9 @@ class SaeTrainingArguments:
         epochs = self.epochs
         _require(epochs is None or (math.isfinite(epochs) and epochs > 0), "epochs", epochs, "a number > 0, or none")
         _require(epochs is None or bool(self.activation_cache), "epochs", epochs, "given with --activation_cache")
+        schedule = self.lr_warmup_fraction + self.lr_decay_fraction
+        _require(schedule <= 1, "lr_decay_fraction", self.lr_decay_fraction, "at most 1 - --lr_warmup_fraction")
+        check_batch_division(self.batch_size, self.num_processes, self.gradient_accumulation_steps)
 
     @property
     def num_steps(self) -> int:
@@ -344,7 +439,7 @@ TRAIN_GROUPS = (SaeArguments, ActivationArguments, DataArguments, SaeTrainingArg
 
 
 @dataclass
-class CacheArguments:
+class CacheArguments(_Checked):
     """What `hf-sae cache` writes: activations of some hookpoints, for `hf-sae train --activation_cache`."""
 
     output_dir: str = _help("The cache folder to write.")
@@ -366,7 +461,7 @@ class CacheArguments:
 
 
 @dataclass
-class EvaluationArguments:
+class EvaluationArguments(_Checked):
     """What `hf-sae eval` measures, on how much text, and where the results go."""
 
     sae: str = _help("A folder with config.json, a training run's folder, or a Hub repo id.")
@@ -376,16 +471,26 @@ class EvaluationArguments:
     dense_threshold: float = _help("Latents firing on more than this share of tokens are dense.", 0.1)
     lm_metrics: bool = _help("Measure CE loss and KL (four LM forwards per block).", True)
     save_beside_saes: bool = _help("Also write metrics.json in each SAE folder.", False)
+    overwrite: bool = _help("Replace an earlier report in output_dir.", False)
     revision: str | None = _help("Branch, tag or commit of a Hub repo.", None)
     device: str | None = _help("Where the LM runs, e.g. cpu or cuda:1 (default: the GPU where there is one).", None)
 
     def check(self) -> None:
         _require(self.eval_tokens >= 1, "eval_tokens", self.eval_tokens, "a positive integer")
         _require(0 < self.dense_threshold <= 1, "dense_threshold", self.dense_threshold, "a fraction in (0, 1]")
+        check_sae_source(self.sae)
+        report = Path(self.output_dir) / EVAL_REPORT
+        _require(
+            self.overwrite or not report.exists(),
+            "output_dir",
+            self.output_dir,
+            f"a folder without an earlier report ({report} exists): pass --overwrite to replace it, or choose "
+            "another --output_dir",
+        )
 
 
 @dataclass
-class FeatureArguments:
+class FeatureArguments(_Checked):
     """What `hf-sae features` collects, or explains; the text comes from `DataArguments`."""
 
     sae: str = _help("The SAE's folder (config.json, model.safetensors); features/ goes inside.")
@@ -399,8 +504,18 @@ class FeatureArguments:
     explain: str | None = _help("Instead: list the features that fire on this text.", None)
     top: int = _help("With --explain: features listed per token.", 5)
     device: str | None = _help("Where the LM runs, e.g. cpu or cuda:1 (default: the GPU where there is one).", None)
+    overwrite: bool = _help("Replace the statistics of an earlier run in <sae>/features (its labels are kept).", False)
 
     def check(self) -> None:
+        check_local_sae_folder(self.sae)
+        statistics = Path(self.sae).expanduser() / FEATURES
+        _require(
+            self.overwrite or self.explain is not None or not statistics.is_dir(),
+            "sae",
+            self.sae,
+            f"an SAE folder without earlier statistics ({statistics} exists): pass --overwrite to replace them "
+            "(labels are kept), or copy the SAE folder first",
+        )
         for name in ("max_tokens", "top_n", "top", "sample_size"):
             _require(getattr(self, name) >= 1, name, getattr(self, name), "a positive integer")
         for name in ("context_before", "context_after"):
@@ -408,7 +523,7 @@ class FeatureArguments:
 
 
 @dataclass
-class BrowseArguments:
+class BrowseArguments(_Checked):
     """What `hf-sae browse` writes."""
 
     sae: str = _help("The SAE's folder, with features/ (from `hf-sae features`).")
@@ -416,11 +531,12 @@ class BrowseArguments:
     examples: int = _help("Top contexts shown per feature.", 10)
 
     def check(self) -> None:
+        check_local_sae_folder(self.sae)
         _require(self.examples >= 1, "examples", self.examples, "a positive integer")
 
 
 @dataclass
-class AppArguments:
+class AppArguments(_Checked):
     """What `hf-sae app` serves, or writes as a Hub Space."""
 
     sae: str = _help("The SAE: a folder with features/ (from `hf-sae features`) or a Hub repo id.")
@@ -435,7 +551,7 @@ class AppArguments:
 
 
 @dataclass
-class ExplainArguments:
+class ExplainArguments(_Checked):
     """What `hf-sae explain` explains and scores, and with which LLM."""
 
     sae: str = _help("The SAE's folder, with features/ (from `hf-sae features`).")
@@ -467,7 +583,7 @@ class ExplainArguments:
 
 
 @dataclass
-class PushArguments:
+class PushArguments(_Checked):
     """What `hf-sae push` uploads, and where."""
 
     sae: str = _help("An SAE folder, or a training output with hookpoint folders.")
@@ -487,7 +603,7 @@ class PushArguments:
 
 
 @dataclass
-class PullArguments:
+class PullArguments(_Checked):
     """What `hf-sae pull` downloads."""
 
     repo_id: str = _help("The Hub repo to download from.")
@@ -498,7 +614,7 @@ class PullArguments:
 
 
 @dataclass
-class ConvertArguments:
+class ConvertArguments(_Checked):
     """What `hf-sae convert` reads and writes."""
 
     src: str = _help("SAEs in any known format: a folder, a Hub repo, or a release name (`gemma-scope-2b-pt-res`).")
@@ -511,9 +627,12 @@ class ConvertArguments:
     token: str | None = _help("A read token for private repos.", None)
     overwrite: bool = _help("Replace DST if it is not empty.", False)
 
+    def check(self) -> None:
+        check_sae_source(self.src, "src")
+
 
 @dataclass
-class CorpusArguments:
+class CorpusArguments(_Checked):
     """How `hf-sae prepare-corpus` builds the built-in corpus."""
 
     output_dir: str | None = _help("Where to save it (default: the hf_sae cache).", None)
@@ -524,6 +643,18 @@ class CorpusArguments:
 
     def check(self) -> None:
         _require(0 < self.test_fraction < 1, "test_fraction", self.test_fraction, "a fraction in (0, 1)")
+
+
+def check_sae_source(source: str, flag: str = "sae") -> None:
+    """A mistyped local path is refused here, never sent to the Hub as a repo id."""
+    if looks_like_local_path(source) and not Path(source).expanduser().exists():
+        raise missing_path_error(source, f"--{flag}")
+
+
+def check_local_sae_folder(folder: str) -> None:
+    check_sae_source(folder)
+    if not Path(folder).expanduser().is_dir():
+        raise ArgumentError(f"--sae must be a local SAE folder (config.json, model.safetensors); got {folder!r}.")
 
 
 def group_arguments(groups: tuple[type, ...], **values) -> tuple:

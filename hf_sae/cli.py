@@ -15,6 +15,8 @@ hf-sae convert SRC DST --to FORMAT    convert SAEs from any known format to sael
 Every subcommand parses the same way: flags, or one YAML / JSON file first (its values become the defaults) with
 flags after it overriding. `none` (or `null`) as a flag value, or `null` in the file, sets an optional field to None;
 a `null` for a field that cannot be None means its default.
+An error hf_sae raises on purpose is printed as one message with exit status 1; `--debug` (or HF_SAE_DEBUG=1) shows
+its traceback instead.
 """
 
 import argparse
@@ -27,11 +29,12 @@ import typing
 from collections.abc import Callable, Mapping
 
 from . import arguments as A
-from .errors import ArgumentError
+from .errors import ArgumentError, HfSaeError
 from .layout import EVAL_REPORT, METRICS, PER_SOURCE, QUALITY_KEYS
 from .version import __version__
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+DEBUG_VARIABLE = "HF_SAE_DEBUG"  # set (or pass --debug) to see the traceback of an hf_sae error
 
 
 def parse_arguments(groups: tuple[type, ...], argv: list[str], prog: str) -> tuple:
@@ -50,9 +53,7 @@ def parse_arguments(groups: tuple[type, ...], argv: list[str], prog: str) -> tup
         for name in values:
             actions[name].required = False
         argv = argv[1:]
-    parsed = parser.parse_args_into_dataclasses(args=argv)
-    _check_choices(parsed)
-    return parsed
+    return parser.parse_args_into_dataclasses(args=argv)  # each group checks its values as it is built
 
 
 def _read_config_file(path: str) -> dict:
@@ -81,21 +82,6 @@ def _accept_none(parser, optional: set[str]) -> None:
         if action.dest in optional and callable(action.type):
             convert = action.type
             action.type = lambda value, convert=convert: None if value.lower() in ("none", "null") else convert(value)
-
-
-def _check_choices(parsed: tuple) -> None:
-    """Values from a file bypass argparse's `choices`: check every `Literal` field here, before any work."""
-    for group in parsed:
-        for name, hint in typing.get_type_hints(type(group)).items():
-            choices = [
-                arg
-                for option in (hint, *typing.get_args(hint))
-                if typing.get_origin(option) is typing.Literal
-                for arg in typing.get_args(option)
-            ]
-            value = getattr(group, name)
-            if choices and value is not None and value not in choices:
-                raise ArgumentError(f"--{name} must be one of {choices}; got {value!r}.")
 
 
 # ---- subcommands ----------------------------------------------------------------------------------------------------
@@ -391,7 +377,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return COMMANDS[known.command][0](argv[1:] + rest)
+    args = argv[1:] + rest
+    debug = "--debug" in args or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    try:
+        return COMMANDS[known.command][0]([arg for arg in args if arg != "--debug"])
+    except HfSaeError as error:
+        if debug:
+            raise
+        print(f"hf-sae {known.command}: error: {error}", file=sys.stderr)
+        print(f"(--debug or {DEBUG_VARIABLE}=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ sequence: 0 is its first real (non-padding) token, and under `generate()` with a
 the generated tokens. They come from the 2D attention mask the model is called with, else from the cache length.
 """
 
-from collections.abc import Iterator, Mapping, Sequence
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from transformers.utils import logging
@@ -227,7 +229,7 @@ class SaeHooks:
     @contextmanager
     def steer(
         self,
-        features: int | Sequence[int] | Mapping[int, float],
+        features: int | Sequence[int] | Tensor | Mapping[int, float],
         alpha: float = 1.0,
         *,
         mode: Literal["add", "clamp"] = "add",
@@ -361,17 +363,18 @@ def _run_sae(sae: SaeModel, x: Tensor, active: list, tokens: _Tokens, name: str)
     real = tokens.real if tokens.real is not None else torch.ones(z.shape[:-1], dtype=torch.bool, device=z.device)
     for recorder in recorders:
         recorder._add(name, z_edited, real, x, reconstruction)
+    # What keeps x (the error term, an edit's untouched part) is added in x's own dtype: x itself never makes the
+    # round trip through the SAE's dtype, so an edit that changes nothing leaves it bit-identical.
+    if splice is not None and not splice.error_term:
+        return reconstruction.to(device=x.device, dtype=x.dtype)
+    if not edits:
+        return None  # a splice with its error term is x itself
     if splice is not None:
-        out = reconstruction
-        if splice.error_term:
-            out = out + (x_sae - (sae.decode(z) if edits else reconstruction))
-    elif edits:
-        # Only the edited latents change, so only their decoder rows enter the delta: exact when nothing changes.
+        delta = reconstruction - sae.decode(z)
+    else:  # only the edited latents change, so only their decoder rows enter the delta: 0 when nothing changes
         features = torch.cat([edit.features for edit in edits]).unique().to(z.device)
-        out = x_sae + (z_edited[..., features] - z[..., features]) @ sae.W_dec[features].to(z.dtype)
-    else:
-        return None
-    return out.to(device=x.device, dtype=x.dtype)
+        delta = (z_edited[..., features] - z[..., features]) @ sae.W_dec[features].to(z.dtype)
+    return x + delta.to(device=x.device, dtype=x.dtype)
 
 
 def _saes_by_hookpoint(saes: Mapping[str, SaeModel] | Sequence[SaeModel]) -> dict[str, SaeModel]:
@@ -416,21 +419,67 @@ def _check_width(name: str, sae: SaeModel, width: int) -> None:
         )
 
 
-def _feature_values(features: int | Sequence[int] | Mapping[int, float], alpha: float, sae: SaeModel):
-    """Latent indices (k,) and their amounts (k,), checked against the SAE's width."""
-    features = [features] if isinstance(features, int) else features
-    by_feature = dict(features) if isinstance(features, Mapping) else dict.fromkeys(features, alpha)
-    if not by_feature or any(not 0 <= int(i) < sae.config.num_latents for i in by_feature):
+def _feature_values(features, alpha: float, sae: SaeModel) -> tuple[Tensor, Tensor]:
+    """Latent indices (k,) and their amounts (k,), checked against the SAE's width. Indices may be ints, numpy
+    integers, integer tensors (0-d, as `argmax` returns, or 1-d) and lists of them, or keys of `{latent: alpha}`."""
+    n = sae.config.num_latents
+    pairs = list(features.items()) if isinstance(features, Mapping) else [(i, alpha) for i in _indices(features)]
+    if not pairs:
+        raise SteeringError(f"Features must be latent indices in [0, {n}); got none ({features!r}).")
+    by_feature = {}
+    for index, value in pairs:
+        index, value = _index(index, n, "feature"), _amount(value, index)
+        by_feature[index] = value
+    return torch.tensor(list(by_feature), dtype=torch.long), torch.tensor(list(by_feature.values()))
+
+
+def _indices(values) -> list:
+    """A single index or a sequence / array / tensor of them, as a list (a string is neither, and is refused)."""
+    if isinstance(values, str | bytes) or values is None:
         raise SteeringError(
-            f"Features must be latent indices in [0, {sae.config.num_latents}); got {list(by_feature)}."
+            f"Latent indices must be integers (int, numpy integer, integer tensor) or a list of them; got "
+            f"{values!r}. Write `12`, not `'12'`."
         )
-    return torch.tensor([int(i) for i in by_feature]), torch.tensor([float(v) for v in by_feature.values()])
+    if isinstance(values, Tensor | np.ndarray):
+        return [values] if values.ndim == 0 else list(values.reshape(-1))
+    if isinstance(values, int | np.integer):
+        return [values]
+    if isinstance(values, Iterable):
+        return list(values)
+    return [values]  # one value of another type: `_index` names it
+
+
+def _index(value, n: int, what: str) -> int:
+    """An integer index in [0, n), from an int, a numpy integer or a 0-d integer tensor; anything else is refused."""
+    if isinstance(value, Tensor | np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise SteeringError(
+            f"A {what} index must be an integer (int, numpy integer or integer tensor); got {value!r} of type "
+            f"{type(value).__name__}."
+        )
+    if not 0 <= int(value) < n:
+        expected = f"latent indices in [0, {n})" if what == "feature" else "token positions >= 0"
+        raise SteeringError(f"{what.capitalize()}s must be {expected}; got {int(value)}.")
+    return int(value)
+
+
+def _amount(value, index: int) -> float:
+    if isinstance(value, Tensor | np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+        raise SteeringError(f"The amount for feature {index} must be a number; got {value!r}.")
+    if not math.isfinite(value):
+        raise SteeringError(f"The amount for feature {index} must be a finite number; got {value!r}.")
+    return float(value)
 
 
 def _positions(positions: Positions) -> Tensor | slice | None:
     if positions is None or (isinstance(positions, slice) and positions.step in (None, 1)):
         return positions
-    values = [positions] if isinstance(positions, int) else positions
-    if isinstance(values, slice) or not values or min(values) < 0:
+    if isinstance(positions, slice):
         raise SteeringError(f"`positions` must be token indices >= 0 or a slice with step 1; got {positions}.")
-    return torch.tensor([int(p) for p in values], dtype=torch.long)
+    values = _indices(positions)
+    if not values:
+        raise SteeringError(f"`positions` must be token indices >= 0 or a slice with step 1; got {positions}.")
+    return torch.tensor([_index(p, 2**62, "position") for p in values], dtype=torch.long)

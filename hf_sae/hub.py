@@ -12,7 +12,8 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,15 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from .configuration_sae import SaeConfig
-from .errors import ArgumentError, HookpointError, HubError, SaeConfigError, SaeNotFoundError, WeightsError
+from .errors import (
+    ArgumentError,
+    HfSaeError,
+    HookpointError,
+    HubError,
+    SaeConfigError,
+    SaeNotFoundError,
+    WeightsError,
+)
 from .layout import (
     CONFIG,
     FEATURES,
@@ -45,6 +54,8 @@ from .layout import (
     README,
     WEIGHTS,
     find_sae_folders,
+    looks_like_local_path,
+    missing_path_error,
     natural_key,
     read_json,
     safetensors_shapes,
@@ -55,6 +66,33 @@ from .model_card import card_data, render_card
 from .modeling_sae import SaeModel
 
 SaesLike = SaeModel | Mapping[str, SaeModel] | Iterable[SaeModel]
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client's connection and timeout errors (huggingface_hub speaks httpx2, older versions httpx)."""
+    errors = []
+    for name in ("httpx2", "httpx"):
+        try:
+            errors.append(__import__(name).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+TRANSPORT_ERRORS = _transport_errors()
+
+
+@contextmanager
+def network_errors(action: str) -> Iterator[None]:
+    """Turn a connection failure (endpoint down, DNS, timeout) into a `HubError` that names the endpoint."""
+    try:
+        yield
+    except TRANSPORT_ERRORS as error:
+        raise HubError(
+            f"{action} failed: the Hub endpoint {constants.ENDPOINT} could not be reached ({type(error).__name__}: "
+            f"{error}). Check the network connection and HF_ENDPOINT; to use only what is already in the cache, set "
+            "HF_HUB_OFFLINE=1."
+        ) from error
 
 
 def save_saes(
@@ -188,23 +226,24 @@ def push_saes_to_hub(
         _check_sae_folder(folder, None if single else hookpoint)
     api = HfApi(token=token)
     try:
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        if revision is not None and not revision.startswith("refs/pr/"):
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        operations = _push_operations(
-            api, repo_id, revision, directory, folders, single, model_card, card_and_save_kwargs
-        )
-        message = commit_message or f"Upload {len(folders)} SAE{'s' * (len(folders) > 1)} with hf_sae"
-        with warnings.catch_warnings():  # feature tables are parquet files in a model repo on purpose
-            warnings.filterwarnings("ignore", message=".*commit a data file.*", category=UserWarning)
-            return api.create_commit(
-                repo_id,
-                operations,
-                commit_message=message,
-                commit_description=commit_description,
-                revision=revision,
-                create_pr=create_pr,
+        with network_errors(f"Pushing to {repo_id!r}"):
+            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+            if revision is not None and not revision.startswith("refs/pr/"):
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            operations = _push_operations(
+                api, repo_id, revision, directory, folders, single, model_card, card_and_save_kwargs
             )
+            message = commit_message or f"Upload {len(folders)} SAE{'s' * (len(folders) > 1)} with hf_sae"
+            with warnings.catch_warnings():  # feature tables are parquet files in a model repo on purpose
+                warnings.filterwarnings("ignore", message=".*commit a data file.*", category=UserWarning)
+                return api.create_commit(
+                    repo_id,
+                    operations,
+                    commit_message=message,
+                    commit_description=commit_description,
+                    revision=revision,
+                    create_pr=create_pr,
+                )
     except (HfHubHTTPError, OSError, RuntimeError) as error:  # the client wraps a failed LFS upload in RuntimeError
         if isinstance(error, HubError | SaeNotFoundError | WeightsError):
             raise
@@ -257,8 +296,15 @@ def load_saes(
     ...     lm(input_ids)
     ```
     """
+    with network_errors(f"Loading SAEs from {str(repo_or_dir)!r}"):
+        return _load_saes(repo_or_dir, hookpoints, revision, token, device, dtype, cache_dir, local_files_only,
+                          width, l0)  # fmt: skip
+
+
+def _load_saes(repo_or_dir, hookpoints, revision, token, device, dtype, cache_dir, local_files_only, width, l0):
     wanted = [hookpoints] if isinstance(hookpoints, str) else None if hookpoints is None else list(hookpoints)
     root, source = Path(repo_or_dir).expanduser(), str(repo_or_dir)
+    _refuse_missing_local_path(source)
     from .convert import load_converted_saes  # convert loads through this module
 
     hub_kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
@@ -454,12 +500,8 @@ def _download_small_files(api: HfApi, repo_id: str, revision: str | None, hookpo
 
 
 def _download(repo_id, wanted, revision, token, cache_dir, local_files_only) -> Path:
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise HubError(f"{repo_id!r} is neither a local folder nor a Hub repo id ('user/name'). Check it.") from None
     api, offline = HfApi(token=token), local_files_only or constants.HF_HUB_OFFLINE
-    try:
+    with _hub_errors(repo_id, revision, api):
         resolved = api.resolve_revision(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=offline)
         patterns = None if wanted is None else [f"{glob.escape(h)}/*" for h in wanted] + [CONFIG, WEIGHTS]
         if not offline:
@@ -477,6 +519,64 @@ def _download(repo_id, wanted, revision, token, cache_dir, local_files_only) -> 
                 local_files_only=offline,
             )
         )
+
+
+def sae_folder_to_load(source, subfolder: str | None, *, revision=None, token=None, cache_dir=None,
+                       local_files_only: bool = False) -> Path:  # fmt: skip
+    """For `SaeModel.from_pretrained`: the local folder of the SAE at `source` (a folder, or a Hub repo whose config
+    and weights are downloaded, nothing else), checked as `load_saes` checks it (config, weights header) before any
+    tensor is allocated; a missing folder or an unknown `subfolder` is refused listing the SAEs there are."""
+    source, root = str(source), Path(source).expanduser()
+    _refuse_missing_local_path(source)
+    if root.is_dir():
+        folder = root / (subfolder or "")
+        if not (folder / CONFIG).is_file():
+            raise _no_sae_there(f"{folder}", list(find_sae_folders(root)[0]), subfolder)
+        _check_sae_folder(folder)
+        return folder
+    api, offline = HfApi(token=token), local_files_only or constants.HF_HUB_OFFLINE
+    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+    kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir, "local_files_only": offline}
+    with _hub_errors(source, revision, api), network_errors(f"Loading the SAE {source!r}"):
+        if not offline:
+            files = set(api.list_repo_files(source, revision=revision))
+            if f"{prefix}{CONFIG}" not in files:
+                present = ["(top)"] * (CONFIG in files) + _hookpoints_in(files)
+                raise _no_sae_there(f"repo {source!r} at {prefix or 'its top'}", present, subfolder)
+        folder = Path(hf_hub_download(source, CONFIG, subfolder=subfolder, **kwargs)).parent
+        if offline or f"{prefix}{WEIGHTS}" in files:
+            hf_hub_download(source, WEIGHTS, subfolder=subfolder, **kwargs)
+    _check_sae_folder(folder)
+    return folder
+
+
+def _no_sae_there(where: str, present: list[str], subfolder: str | None) -> SaeNotFoundError:
+    asked = f" (subfolder={subfolder!r})" if subfolder else ""
+    if not present:
+        return SaeNotFoundError(
+            f"No {CONFIG} in {where}{asked}, and no SAE folder there: expected {CONFIG} and {WEIGHTS} as "
+            "`SaeModel.save_pretrained` or `save_saes` write them."
+        )
+    return SaeNotFoundError(
+        f"No {CONFIG} in {where}{asked}. The SAE folders there are: {', '.join(present)}; pass one of them as "
+        "`subfolder=`."
+    )
+
+
+def _refuse_missing_local_path(source: str) -> None:
+    if looks_like_local_path(source) and not Path(source).expanduser().exists():
+        raise missing_path_error(source, "The SAE folder")
+
+
+@contextmanager
+def _hub_errors(repo_id: str, revision: str | None, api: HfApi) -> Iterator[None]:
+    """The Hub client's errors for `repo_id` as `HubError`s that say what to check."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise HubError(f"{repo_id!r} is neither a local folder nor a Hub repo id ('user/name'). Check it.") from None
+    try:
+        yield
     except RepositoryNotFoundError as error:
         raise HubError(
             f"Repo {repo_id!r} was not found on {api.endpoint}, and it is not a local folder. It does not exist, or "
@@ -488,13 +588,13 @@ def _download(repo_id, wanted, revision, token, cache_dir, local_files_only) -> 
             known = (
                 f"Branches: {', '.join(b.name for b in refs.branches)}; tags: {', '.join(t.name for t in refs.tags)}"
             )
-        except (HfHubHTTPError, OSError):
+        except (HfHubHTTPError, OSError, *TRANSPORT_ERRORS):
             known = "Its refs could not be listed"
         raise HubError(
             f"Repo {repo_id!r} has no revision {revision!r}. {known}. Pass one of those, or a sha."
         ) from error
     except (RevisionResolutionError, HfHubHTTPError, OSError) as error:
-        if isinstance(error, HubError | HookpointError):
+        if isinstance(error, HfSaeError):
             raise
         raise HubError(f"Could not download SAEs from {repo_id!r}: {_reason(error)}.") from error
 

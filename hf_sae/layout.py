@@ -113,6 +113,23 @@ def find_sae_folders(root: Path) -> tuple[dict[str, Path], bool]:
     return {h: root / h for h in sorted(found, key=natural_key)}, False
 
 
+def looks_like_local_path(name: str) -> bool:
+    """Whether `name` is spelled as a file system path (`./x`, `/x`, `~/x`, `a/b/c`) rather than a Hub id
+    (`user/name`): such a name that does not exist is a mistyped path, never sent to the Hub."""
+    name = str(name)
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def missing_path_error(name: str, what: str) -> SaeNotFoundError:
+    """The error for a local path that does not exist, naming the deepest part of it that does."""
+    path = Path(name).expanduser().absolute()
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    return SaeNotFoundError(
+        f"{what} {name!r} does not exist (it is spelled as a local path, so it was not looked up on the Hub; the "
+        f"deepest part that exists is {existing}). Check the path."
+    )
+
+
 def read_json(path: Path) -> dict:
     """A JSON object from `path`, or a clear error naming the file."""
     try:

@@ -303,13 +303,24 @@ class SaeModel(SaePreTrainedModel):
 
         A folder or Hub subfolder in another format (SAELens, sparsify, dictionary_learning, Gemma Scope, Llama
         Scope) is detected from its files and converted (`hf_sae.convert`)."""
-        from .convert import load_converted  # convert builds SaeModels, so it imports this module
+        from .hub import network_errors  # the Hub layer builds on this module
 
         source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        with network_errors(f"Loading the SAE {str(source)!r}"):
+            return cls._from_pretrained_checked(source, *args, **kwargs)
+
+    @classmethod
+    def _from_pretrained_checked(cls, source, *args, **kwargs):
+        from .convert import load_converted  # convert builds SaeModels, so it imports this module
+        from .hub import sae_folder_to_load
+
         hub_kwargs = {k: kwargs.get(k) for k in ("subfolder", "revision", "token", "cache_dir")}
         if source is not None and (converted := load_converted(source, **hub_kwargs)) is not None:
             dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
             return converted.to(dtype) if isinstance(dtype, torch.dtype) else converted
+        if source is not None and "config" not in kwargs:  # config and weights header, before any allocation
+            local = kwargs.get("local_files_only", False)
+            sae_folder_to_load(source, **hub_kwargs, local_files_only=local)
         want_info = kwargs.pop("output_loading_info", False)
         kwargs.setdefault("ignore_mismatched_sizes", True)  # so that we, not a generic report, explain the mismatch
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)

@@ -288,7 +288,8 @@ def test_hf_sae_eval_writes_the_report_plots_and_metrics_beside_the_sae(tiny_run
     assert by_type["fvu"].dataset_config == HOOKPOINT and "eval_tokens" not in by_type
 
 
-def test_save_beside_saes_refuses_a_hub_repo_before_any_work():
+def test_save_beside_saes_refuses_a_hub_repo_before_any_work(monkeypatch):
+    monkeypatch.setenv("HF_SAE_DEBUG", "1")  # the error itself, not its one-line print
     with pytest.raises(HfSaeError, match="not one"):
         main(["eval", "--sae", "someone/saes", "--output_dir", "unused", "--save_beside_saes"])
 

@@ -277,7 +277,9 @@ def test_cli_collects_and_explains(setup, tmp_path, capsys):
     features = load_features(tmp_path / "sae")
     assert features.metadata["tokens"] == 300 and features.stats["count"].sum() == 300 * 4
     features.set_label(int(features.stats["count"].idxmax()), "busiest")
-    assert main(["features", *args, "--max_tokens", "200"]) == 0  # a second run keeps the labels people set
+    assert main(["features", *args, "--max_tokens", "200"]) == 1  # earlier statistics are not replaced unasked
+    assert load_features(tmp_path / "sae").metadata["tokens"] == 300
+    assert main(["features", *args, "--max_tokens", "200", "--overwrite"]) == 0  # labels people set are kept
     assert load_features(tmp_path / "sae").labels == features.labels
     capsys.readouterr()
     assert main(["features", "--sae", str(tmp_path / "sae"), "--explain", "w5 w6 w7", "--top", "2"]) == 0

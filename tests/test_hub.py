@@ -25,7 +25,7 @@ from huggingface_hub.errors import (
 )
 from transformers import AutoModel
 
-from hf_sae import HookpointError, SaeConfig, SaeModel, WeightsError
+from hf_sae import HookpointError, SaeConfig, SaeModel, SaeNotFoundError, WeightsError
 from hf_sae.hub import HubError, load_saes, push_saes_to_hub, save_saes
 from hf_sae.model_card import metrics_to_eval_results
 
@@ -446,8 +446,8 @@ def test_invalid_sae_is_refused_before_any_upload(hub, tmp_path):
 def test_missing_repo_revision_and_hookpoint(api):
     with pytest.raises(HubError, match="'alice/nope' was not found"):
         load_saes("alice/nope")
-    with pytest.raises(HubError, match="neither a local folder nor a Hub repo id"):
-        load_saes("./no/such/dir")
+    with pytest.raises(SaeNotFoundError, match="'./no/such/dir' does not exist .*not looked up on the Hub"):
+        load_saes("./no/such/dir")  # a mistyped local path is never sent to the Hub
     push_saes_to_hub("alice/saes", {LAYERS[0]: make_sae(), LAYERS[1]: make_sae()}, token=ALICE)
     with pytest.raises(HubError, match="no revision 'v9'. Branches: main"):
         load_saes("alice/saes", revision="v9")

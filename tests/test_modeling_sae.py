@@ -364,7 +364,7 @@ def test_missing_weight_is_an_error(tmp_path):
     weights = load_file(tmp_path / "model.safetensors")
     del weights["threshold"]
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(WeightsError, match=r"lack \['threshold'\], which a 'jumprelu' SAE needs"):
+    with pytest.raises(WeightsError, match=r"model.safetensors lacks \['threshold'\], which a 'jumprelu' SAE needs"):
         SaeModel.from_pretrained(tmp_path)
 
 

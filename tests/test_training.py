@@ -319,6 +319,7 @@ def test_a_typo_in_a_choice_fails_before_the_lm_loads(tmp_path, monkeypatch):
     from hf_sae.cli import main
 
     monkeypatch.setattr("hf_sae.runners.load_model", lambda *a, **k: pytest.fail("the LM must not load"))
+    monkeypatch.setenv("HF_SAE_DEBUG", "1")  # the error itself, not its one-line print
     config = tmp_path / "run.yaml"
     config.write_text("architecture: topkk\nk: null\n")
     with pytest.raises(ArgumentError, match=r"--architecture must be one of \['relu', 'topk'"):
