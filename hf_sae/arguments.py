@@ -40,6 +40,9 @@ class _Checked:
     """Validated on construction, from flags, a file or Python alike: every field's type, choices and finiteness
     (`check_fields`), then the group's ranges and consistency (`check`), before any expensive work."""
 
+    # Flags whose string may also be YAML structure from a config file, which the group parses and checks itself.
+    parsed_later: typing.ClassVar[tuple[str, ...]] = ()
+
     def __post_init__(self):
         check_fields(self)
         self.check()
@@ -51,8 +54,9 @@ class _Checked:
 def check_fields(group) -> None:
     """Each field's value against its annotation: int, float (finite), str, bool, a `Literal`'s choices, a list of
     them, or None where the field is optional."""
-    for name, hint in typing.get_type_hints(type(group)).items():
-        value = getattr(group, name)
+    hints = typing.get_type_hints(type(group))
+    for name in (f.name for f in dataclasses.fields(group) if f.name not in group.parsed_later):
+        hint, value = hints[name], getattr(group, name)
         options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else (hint,)
         if value is None and type(None) in options:
             continue
@@ -144,6 +148,7 @@ class SaeArguments(_Checked):
         "expansion_factor, sparsity_coefficient, learning_rate, name; unset keys take the flags' values.",
         None,
     )
+    parsed_later = ("sweep",)
 
     def check(self) -> None:
         _require(bool(self.hookpoints), "hookpoints", self.hookpoints, "at least one module path")

@@ -98,9 +98,8 @@ def _run(entry, index: int, sae_args: SaeArguments, learning_rate: float) -> Swe
     values = {key: value for key, value in entry.items() if key not in ("name", "learning_rate")}
     if "expansion_factor" in values and "num_latents" not in values:
         values["num_latents"] = None  # the entry's expansion factor wins over a --num_latents flag
-    run_args = dataclasses.replace(sae_args, sweep=None, **values)
     try:
-        run_args.check()
+        run_args = dataclasses.replace(sae_args, sweep=None, **values)  # checked as it is built
     except ArgumentError as error:
         raise ArgumentError(f"{where}: {error}") from None
     rate = entry.get("learning_rate", learning_rate)

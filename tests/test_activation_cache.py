@@ -144,7 +144,8 @@ def forbid(monkeypatch, *targets) -> None:
         monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail(f"{name} must not run"))
 
 
-def test_hf_sae_cache_writes_the_run_settings_and_refuses_to_overwrite(tiny):
+def test_hf_sae_cache_writes_the_run_settings_and_refuses_to_overwrite(tiny, monkeypatch):
+    monkeypatch.setenv("HF_SAE_DEBUG", "1")  # the error itself, not its one-line print
     meta = json.loads((tiny / "cache" / CACHE_META).read_text())
     assert meta["tokens"] == 3000 and meta["hookpoints"] == {"model.layers.1": 24}
     assert meta["model"] == model_identity(str(tiny / "lm")) == str((tiny / "lm").resolve())

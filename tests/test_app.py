@@ -169,7 +169,8 @@ def test_space_folder_runs_the_app_on_the_repo(tmp_path):
     assert "you/smollm2-saes" in (folder / "app.py").read_text()
 
 
-def test_push_space_uploads_the_app_beside_the_sae_repo(api, tmp_path):  # noqa: F811
+def test_push_space_uploads_the_app_beside_the_sae_repo(api, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("HF_SAE_DEBUG", "1")  # the error itself, not its one-line print
     from huggingface_hub import hf_hub_download
     from test_hub import ALICE, BASE_MODEL, LAYERS, make_sae
 

@@ -406,9 +406,8 @@ def test_bad_mixing_arguments_are_clear_errors(tmp_path, overrides, message):
     from hf_sae.errors import ArgumentError
 
     first = write_source("jsonl", tmp_path, ["w1", "w2"])
-    args = DataArguments(dataset_name=[str(first), str(first)], **overrides)
-    with pytest.raises(ArgumentError, match=message):
-        check_all(args)
+    with pytest.raises(ArgumentError, match=message):  # refused as the arguments are built
+        check_all(DataArguments(dataset_name=[str(first), str(first)], **overrides))
 
 
 def test_a_source_without_the_text_column_fails_before_the_lm_loads(tmp_path, monkeypatch):
