@@ -255,7 +255,8 @@ def test_explorer_page_shows_explanations(saved):
     assert "w7 words" not in explorer.feature_page(2)
 
 
-def test_bad_input_fails_before_any_work(saved, tmp_path):
+def test_bad_input_fails_before_any_work(saved, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_SAE_DEBUG", "1")  # the error itself, not its one-line print
     sae_dir = saved.path.parent
     with pytest.raises(FeatureMetadataError, match=r"Collect it with `hf-sae features --sae "):
         main(["explain", "--sae", str(tmp_path / "elsewhere")])
