@@ -9,7 +9,7 @@ Sections:
   harvest   LM tokens/s: full forward vs forward stopped after the hookpoint, fp32 and bf16 autocast
   sae       one SAE training step (forward, backward, Adam) on stored activations, per architecture and precision,
             with peak memory; the TopK step is reported as a fraction of the roofline, its ideal cost being one
-            dense encoder matmul (2 * d_in * num_latents FLOPs per token)
+            dense encoder matmul (2 * d_in * num_latents FLOPs per token), and BatchTopK as a fraction of TopK
   e2e       the whole training loop (harvest + shuffle + SAE step) tokens/s, and its ratio to harvesting alone
   replay    activation cache: write and replay tokens/s (random access, 16-bit, memory-mapped) against the SAE step
             alone, and the trainer's tokens/s from the cache with 1 and `--sweep_saes` SAEs: the marginal cost of
@@ -377,6 +377,11 @@ def main() -> None:
                       f"({100 * step['fraction_of_roofline']:.0f}% of the {precision} encoder-matmul roofline), "
                       f"at {step['matmul_gflops']:.0f} GFLOP/s; peak RSS {step['peak_rss_mb'] or 0:,.0f} MB",
                       flush=True)  # fmt: skip
+        for precision in ("fp32", "bf16") if {"topk", "batchtopk"} <= set(args.architectures) else ():
+            ratio = results[f"sae_batchtopk_{precision}"]["tokens_per_second"]
+            ratio /= results[f"sae_topk_{precision}"]["tokens_per_second"]
+            results[f"sae_batchtopk_{precision}_fraction_of_topk"] = ratio
+            print(f"SAE step batchtopk {precision}: {100 * ratio:.0f}% of the TopK step's tok/s", flush=True)
     if "e2e" in args.sections:
         results.update(end_to_end(args))
         harvest_rate = results.get("harvest_tokens_per_second")  # the same forward, dtype and shapes as the run
