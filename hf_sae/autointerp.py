@@ -182,6 +182,12 @@ def load_chat(explainer: str | None, endpoint: str | None, *, api_key=None, devi
     from .models import load_model
 
     model, tokenizer = load_model(explainer, device=device)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ExplainerError(
+            f"Expected a chat model for --explainer; {explainer}'s tokenizer has no chat template. Name an "
+            "instruction-tuned one (e.g. smollm2-135m-instruct, Qwen/Qwen2.5-7B-Instruct) or serve one instead "
+            "(--explainer_endpoint)."
+        )
     return LocalChat(model, tokenizer, explainer or getattr(model, "name_or_path", "local"), batch_size)
 
 

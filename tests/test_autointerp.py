@@ -266,6 +266,14 @@ def test_bad_input_fails_before_any_work(saved, tmp_path, monkeypatch):
     assert not (saved.path / EXPLANATIONS).exists()
     with pytest.raises(Exception, match=r"--features must be feature ids in \[0, 48\); got \[48\]"):
         main(["explain", "--sae", str(sae_dir), "--features", "3", "48"])
+    base = saved.path.parent / "base-lm"  # a model without a chat template cannot be asked
+    make_tiny_lm("llama").model.save_pretrained(base)
+    tiny_tokenizer().save_pretrained(base)
+    with pytest.raises(
+        ExplainerError, match=r"Expected a chat model for --explainer; .*base-lm's tokenizer has no chat"
+    ):
+        main(["explain", "--sae", str(sae_dir), "--explainer", str(base)])
+    assert not (saved.path / EXPLANATIONS).exists()
     (saved.path / RANDOM_CONTEXTS).unlink()  # metadata written before random contexts were collected
     with pytest.raises(FeatureMetadataError, match=r"no random_contexts.parquet.*`hf-sae features --sae "):
         main(["explain", "--sae", str(sae_dir)])
