@@ -93,6 +93,8 @@ class ShufflingBuffer:
         try:
             while True:
                 self._fill(source)
+                if self._budget_in() and hasattr(source, "close"):
+                    source.close()  # nothing more is wanted: a prefetching thread stops now, not at the end
                 if self.size < self.batch_size:
                     return  # the source ran dry (or the budget is in); what is left is less than one batch
                 self.batches_served += 1

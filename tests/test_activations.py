@@ -100,6 +100,20 @@ def test_a_token_budget_stops_harvesting_and_drains_the_pool():
     assert statuses[:3] == ["harvesting the first batch (10 of 16 tokens)", filling.format(20), filling.format(22)]
     assert statuses[-1] == "training, draining the buffer" and "training" in statuses
 
+    stopped = []
+
+    def prefetched(skip):
+        try:
+            yield from prefetch(source(skip), 2)
+        finally:
+            stopped.append(buffer.batches_served)
+
+    source.pulls, buffer = [], ShufflingBuffer(prefetched, batch_size=8, capacity=40, seed=0, max_tokens=96)
+    source.buffer = buffer
+    assert torch.equal(torch.cat(serve_all(buffer)), values)  # the same batches from the thread
+    assert stopped == [7]  # harvesting stopped once the budget was in, not at the end of the run
+    assert len(source.pulls) <= 10 + 2 + 1  # what the pool took, plus at most the queue and the chunk in hand
+
 
 def test_a_buffer_state_of_the_old_format_is_refused_clearly():
     buffer = ShufflingBuffer(lambda skip: iter([]), batch_size=8, capacity=40)
