@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--eval_tokens", type=int, default=50_000)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--hookpoint", default="model.layers.15")
+    parser.add_argument("--batch_size", type=int, default=4096, help="Tokens per optimiser step.")
     args = parser.parse_args()
 
     out, big = Path(args.output_dir), ActivationCache(args.cache)
@@ -58,8 +59,9 @@ def main() -> None:
         folder = out / f"run{index}"
         if not (folder / "metrics.json").exists():
             groups = group_arguments(TRAIN_GROUPS, hookpoints=[args.hookpoint], activation_cache=str(cache),
+                                     model_name_or_path=big.meta["lm"]["model_name_or_path"],
                                      epochs=epochs, output_dir=str(folder), overwrite_output_dir=True, eval_tokens=0,
-                                     report_to="none", save_steps=0)  # fmt: skip
+                                     report_to="none", save_steps=0, batch_size=args.batch_size)  # fmt: skip
             train_saes(*groups)
         report = json.loads((folder / "metrics.json").read_text())[args.hookpoint]
         trained[label] = (load_saes(str(folder))[args.hookpoint], report)
