@@ -217,14 +217,13 @@ class CacheReplay:
     permutation of every row (the same on every process, which each take their own `batch_size` slice of every
     `world_size * batch_size` tokens), so that every row is served exactly once per epoch over all processes.
 
-    The interface of `activations.ShufflingBuffer` (iteration, `state_dict`), so the trainer takes either."""
+    Iteration and `state_dict` as `activations.ShufflingBuffer`, so the trainer takes either."""
 
     def __init__(self, cache: ActivationCache, hookpoints: Sequence[str], batch_size: int, *, seed: int = 0,
                  rank: int = 0, world_size: int = 1, shuffle: bool = True):  # fmt: skip
         self.cache, self.hookpoints, self.batch_size = cache, list(hookpoints), batch_size
         self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
         self.rounds = 0  # rounds of world_size batches served
-        self.on_refill = None  # the trainer's progress hook; replay never waits on a refill
         self._order: tuple[int, Tensor] | None = None
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
