@@ -21,6 +21,7 @@ from typing import Literal
 from .architectures import ARCHITECTURES, ArchitectureName
 from .configuration_sae import SaeConfig
 from .errors import ArgumentError
+from .hookpoints import INPUT_SUFFIX
 from .layout import EVAL_REPORT, FEATURES, looks_like_local_path, missing_path_error
 from .lm_forward import LmDtype
 
@@ -148,10 +149,39 @@ class SaeArguments(_Checked):
         "expansion_factor, sparsity_coefficient, learning_rate, name; unset keys take the flags' values.",
         None,
     )
+    transcode: bool = _help(
+        "Train transcoders: each one reads its --hookpoints module's input (`<hookpoint>.input`) and predicts the "
+        "module's output, e.g. `--hookpoints model.layers.3.mlp` for an MLP.",
+        False,
+    )
+    output_hookpoints: list[str] | None = _help(
+        "Train transcoders from each of --hookpoints to the activation named here, in the same order (one each).",
+        None,
+    )
+    skip_connection: bool = _help("Skip transcoders: each prediction adds a learned linear term x @ W_skip.T.", False)
     parsed_later = ("sweep",)
 
     def check(self) -> None:
         _require(bool(self.hookpoints), "hookpoints", self.hookpoints, "at least one module path")
+        outputs = self.output_hookpoints
+        _require(
+            not (self.transcode and outputs),
+            "output_hookpoints",
+            outputs,
+            "left out with --transcode, which predicts each hookpoint's output from its input; pass one of the two",
+        )
+        _require(
+            outputs is None or len(outputs) == len(self.hookpoints),
+            "output_hookpoints",
+            outputs,
+            f"{len(self.hookpoints)} module path(s), one per --hookpoints entry ({self.hookpoints}), in their order",
+        )
+        _require(
+            not self.skip_connection or self.transcode or bool(outputs),
+            "skip_connection",
+            self.skip_connection,
+            "used with transcoders only (--transcode or --output_hookpoints); an SAE has no skip term",
+        )
         _require(
             self.architecture in ARCHITECTURES, "architecture", self.architecture, f"one of {list(ARCHITECTURES)}"
         )
@@ -189,9 +219,28 @@ class SaeArguments(_Checked):
                 f"sizes summing to --num_latents {self.num_latents} (they sum to {sum(sizes)})",
             )
 
-    def config(self, hookpoint: str, d_in: int, base_model: str | None) -> SaeConfig:
-        """The `SaeConfig` of the SAE at `hookpoint`, whose activation has width `d_in`."""
+    def hookpoint_pairs(self) -> dict[str, str | None]:
+        """`{input hookpoint: output hookpoint}` of every SAE, the output `None` for an SAE (not a transcoder)."""
+        if self.transcode:
+            return {hookpoint + INPUT_SUFFIX: hookpoint for hookpoint in self.hookpoints}
+        return dict(zip(self.hookpoints, self.output_hookpoints or [None] * len(self.hookpoints)))
+
+    def harvested_hookpoints(self) -> list[str]:
+        """Every activation training reads: the SAEs' inputs, then the transcoders' targets."""
+        pairs = self.hookpoint_pairs()
+        return list(dict.fromkeys([*pairs, *(out for out in pairs.values() if out is not None)]))
+
+    def config(
+        self, hookpoint: str, d_in: int, base_model: str | None, output_hookpoint: str | None = None,
+        d_out: int | None = None,
+    ) -> SaeConfig:  # fmt: skip
+        """The `SaeConfig` of the SAE at `hookpoint`, whose activation has width `d_in`; a transcoder predicts
+        `output_hookpoint`, of width `d_out`, and reads its input as it is (no b_dec subtracted)."""
         size = {"num_latents": self.num_latents} if self.num_latents else {"expansion_factor": self.expansion_factor}
+        transcoder = {}
+        if output_hookpoint is not None:
+            transcoder = {"output_hookpoint": output_hookpoint, "d_out": d_out, "apply_b_dec_to_input": False,
+                          "skip_connection": self.skip_connection}  # fmt: skip
         return SaeConfig(
             d_in=d_in,
             **size,
@@ -201,6 +250,7 @@ class SaeArguments(_Checked):
             sparsity_coefficient=self.sparsity_coefficient,
             hookpoint=hookpoint,
             base_model_name_or_path=base_model,
+            **transcoder,
         )
 
 

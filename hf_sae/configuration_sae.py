@@ -61,6 +61,15 @@ class SaeConfig(PreTrainedConfig):
             Whether the encoder sees `x - b_dec` rather than `x`.
         hookpoint (`str`, *optional*):
             Module path of the activation in the language model, as `named_modules()` spells it.
+        output_hookpoint (`str`, *optional*):
+            Makes the SAE a transcoder (Dunefsky, Chlenski and Nanda 2024, arXiv 2406.11944): it reads `hookpoint`
+            and predicts the activation here instead of reconstructing its input, typically an MLP's input
+            (`model.layers.3.mlp.input`) and output (`model.layers.3.mlp`).
+        d_out (`int`, *optional*):
+            Width of the predicted activation; a transcoder's output width, `d_in` otherwise (the default).
+        skip_connection (`bool`, *optional*, defaults to `False`):
+            A skip transcoder (Paulo, Shabalin and Belrose 2025, arXiv 2501.18823): the prediction adds a learned
+            linear term `x @ W_skip.T`. Only for transcoders.
         base_model_name_or_path (`str`, *optional*):
             The language model the SAE was trained on.
         hf_sae_version (`str`, *optional*):
@@ -91,6 +100,9 @@ class SaeConfig(PreTrainedConfig):
     auxk_coefficient: float = 1 / 32
     apply_b_dec_to_input: bool = True
     hookpoint: str | None = None
+    output_hookpoint: str | None = None
+    d_out: int | None = None
+    skip_connection: bool = False
     base_model_name_or_path: str | None = None
     hf_sae_version: str | None = None
 
@@ -106,6 +118,7 @@ class SaeConfig(PreTrainedConfig):
                 kwargs.pop(key)
         self._resolve_num_latents(expansion_factor)
         self._validate()
+        self._validate_transcoder()
         super().__post_init__(**kwargs)
         self._frozen = True
 
@@ -187,6 +200,39 @@ class SaeConfig(PreTrainedConfig):
                 f"{example}."
             )
         self.matryoshka_group_sizes = list(sizes)
+
+    @property
+    def is_transcoder(self) -> bool:
+        """Whether the SAE predicts another activation (`output_hookpoint`) rather than reconstructing its input."""
+        return self.output_hookpoint is not None
+
+    def _validate_transcoder(self) -> None:
+        if self.d_out is None:
+            self.d_out = self.d_in
+        _check_positive_int("d_out", self.d_out)
+        if not self.is_transcoder:
+            for name, value, default in (
+                ("d_out", self.d_out, self.d_in),
+                ("skip_connection", self.skip_connection, 0),
+            ):
+                if value != default:
+                    raise SaeConfigError(
+                        f"`{name}={value!r}` applies only to a transcoder, which predicts another activation; this "
+                        f"config reconstructs its input (output_hookpoint=None). Set `output_hookpoint` to the "
+                        f"activation to predict, or drop `{name}`."
+                    )
+            return
+        if self.output_hookpoint == self.hookpoint:
+            raise SaeConfigError(
+                f"`output_hookpoint` equals `hookpoint` ({self.hookpoint!r}): a transcoder predicting what it reads "
+                "is an SAE. Drop `output_hookpoint`, or name the activation to predict (e.g. an MLP's output for its "
+                "`.input`)."
+            )
+        if self.apply_b_dec_to_input and self.d_out != self.d_in:
+            raise SaeConfigError(
+                f"`apply_b_dec_to_input=True` subtracts b_dec (width d_out={self.d_out}) from the input (width "
+                f"d_in={self.d_in}); a transcoder's b_dec is its output's bias. Pass `apply_b_dec_to_input=False`."
+            )
 
     def __setattr__(self, key: str, value: Any) -> None:
         # Configs are immutable once built: an SAE's shape and sparsity rule are fixed by its weights.

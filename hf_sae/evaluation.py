@@ -11,6 +11,10 @@ activation replaced by zeros or by its mean over the evaluation tokens. `loss_re
 dictionary_learning's `frac_recovered`; `loss_recovered_mean_ablation` the same against mean ablation. `kl_div` is
 KL(clean || spliced) per prediction, in nats (SAELens' `kl_div_with_sae`).
 
+Transcoders: every reconstruction metric compares the prediction with the output hookpoint's activation (the
+target), and the splice and the ablations replace that activation: CE loss with the transcoder standing in for the
+MLP it predicts. Tokens count when they count at both hookpoints.
+
 Positions: the splice and both ablations replace the activation only at the tokens the SAE is measured on; position
 0 (BOS) and outliers, which it never saw in training, keep their clean activation (SAELens splices the same way with
 its `ignore_tokens`). CE and KL average over the predictions made at those tokens: the logits at a kept position
@@ -104,6 +108,8 @@ def evaluate_saes(
     batches = _batches(_take_blocks(blocks, max_tokens), sources, batch_size)
     excluded = torch.tensor(sorted(set(exclude_token_ids)), dtype=torch.long)
     hookpoints = list(dict.fromkeys(sae.config.hookpoint or name for name, sae in saes.items()))
+    hookpoints += [h for h in dict.fromkeys(sae.config.output_hookpoint for sae in saes.values()) if h is not None]
+    hookpoints = list(dict.fromkeys(hookpoints))
     sites = resolve_hookpoints(model, hookpoints)
     lm = _LM(model, sites, autocast_dtype)
     tallies = {name: _Tally(sae, sae.config.hookpoint or name, sites) for name, sae in saes.items()}
@@ -116,9 +122,11 @@ def evaluate_saes(
         kept.append({})
         for name, tally in tallies.items():
             acts = activations[tally.hookpoint]  # (B, T, d_in)
-            keep, outliers = counted_tokens(input_ids, [acts], excluded, outlier_factor)
+            target = activations[tally.target]  # (B, T, d_out), acts itself for an SAE
+            counted = [acts] if target is acts else [acts, target]
+            keep, outliers = counted_tokens(input_ids, counted, excluded, outlier_factor)
             kept[-1][name] = keep
-            tally.measure(input_ids, acts, keep, outliers, logits, lm if lm_metrics else None, source)
+            tally.measure(input_ids, acts, keep, outliers, logits, lm if lm_metrics else None, source, target)
     if lm_metrics:  # mean ablation needs the mean over every evaluation token, hence a second pass
         for (input_ids, source), keeps in tqdm(list(zip(batches, kept)), desc="Mean ablation", leave=False):
             input_ids = input_ids.to(model.device)
@@ -205,11 +213,13 @@ class _Tally:
     """One SAE's sums over all the evaluation tokens (`pooled`) and over each source's (`by_source`)."""
 
     def __init__(self, sae: SaeModel, hookpoint: str, sites: dict[str, Hookpoint]):
-        self.sae, self.hookpoint, self.site = sae, hookpoint, sites[hookpoint]
+        # What is measured and replaced: the input for an SAE, the output hookpoint's activation for a transcoder.
+        self.target = sae.config.output_hookpoint or hookpoint
+        self.sae, self.hookpoint, self.site = sae, hookpoint, sites[self.target]
         self.pooled, self.by_source = self._new(), {}
 
     def _new(self) -> _Sums:
-        return _Sums(self.sae.config.d_in, self.sae.config.num_latents)
+        return _Sums(self.sae.config.d_out, self.sae.config.num_latents)
 
     def _sums(self, source: str | None) -> list[_Sums]:
         """Where a batch's sums go: the pooled ones, and its source's."""
@@ -226,13 +236,16 @@ class _Tally:
         clean_logits: Tensor | None,
         lm: "_LM | None",
         source: str | None = None,
+        target: Tensor | None = None,
     ):
-        """Reconstruction and sparsity of the kept tokens of acts (B, T, d_in); CE and KL too when given the LM."""
+        """Reconstruction and sparsity of the kept tokens of acts (B, T, d_in), against `target` (B, T, d_out) for a
+        transcoder; CE and KL too when given the LM, with the prediction replacing the target."""
         from .metrics.sae_reconstruction.sae_reconstruction import statistics_of
 
         x = acts[keep]  # (tokens, d_in)
+        acts = acts if target is None else target  # what the prediction is compared with and replaces
         out = self.sae(x.to(device=self.sae.device, dtype=self.sae.dtype), return_latents=False)
-        batch = statistics_of(x.double().cpu().numpy(), out.reconstruction.double().cpu().numpy())
+        batch = statistics_of(acts[keep].double().cpu().numpy(), out.reconstruction.double().cpu().numpy())
         for sums in self._sums(source):
             sums.stats = {key: sums.stats[key] + batch[key] for key in sums.stats}
             sums.fired += out.latent_counts.cpu()

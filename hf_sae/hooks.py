@@ -2,13 +2,15 @@
 reconstructions in, steer and ablate features.
 
 Edits keep the error term: x becomes x + decode(z') - decode(z), computed as (z' - z) @ W_dec over the edited latents
-only, so an edit that changes nothing leaves x bit-identical. Positions are absolute token indices within each
+only, so an edit that changes nothing leaves x bit-identical. A transcoder reads its input hookpoint and acts on its
+output hookpoint: a splice replaces the output y (an MLP's, say) by the prediction from the input, steering adds the
+edited latents' decoder rows to y, and the input passes unchanged. Positions are absolute token indices within each
 sequence: 0 is its first real (non-padding) token, and under `generate()` with a KV cache the count goes on through
 the generated tokens. They come from the 2D attention mask the model is called with, else from the cache length.
 """
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -134,7 +136,8 @@ class SaeHooks:
         model (`nn.Module`): any `AutoModelForCausalLM`, or a base model.
         saes (`Mapping[str, SaeModel]` or `Sequence[SaeModel]`): SAEs by hookpoint, or SAEs whose `config.hookpoint`
             says where they read. A key that is not a module path is a name, and the SAE reads its
-            `config.hookpoint`: several SAEs can share a hookpoint (`{"16k": sae_a, "65k": sae_b}`); their edits and
+            `config.hookpoint` (a transcoder always does, and acts on its `config.output_hookpoint`): several SAEs can
+            share a hookpoint (`{"16k": sae_a, "65k": sae_b}`); their edits and
             splices apply in the order given, each to what the one before it left.
 
     Example:
@@ -150,17 +153,24 @@ class SaeHooks:
     def __init__(self, model: nn.Module, saes: Mapping[str, SaeModel] | Sequence[SaeModel]):
         self.model = model
         self.saes = _saes_by_hookpoint(saes)
-        sites = {name: name if _is_module_path(model, name) else sae.config.hookpoint or name
-                 for name, sae in self.saes.items()}  # fmt: skip
+        sites = {name: name if _is_module_path(model, name) and not sae.config.is_transcoder
+                 else sae.config.hookpoint or name for name, sae in self.saes.items()}  # fmt: skip
         resolved = resolve_hookpoints(model, dict.fromkeys(sites.values()))
         self.hookpoints = {name: resolved[site] for name, site in sites.items()}
+        # Where each transcoder writes its prediction; an unknown name fails here, listing the closest.
+        targets = {name: sae.config.output_hookpoint for name, sae in self.saes.items() if sae.config.is_transcoder}
+        resolved = resolve_hookpoints(model, dict.fromkeys(targets.values()))
+        self.output_hookpoints = {name: resolved[site] for name, site in targets.items()}
         _warn_on_other_base_model(model, self.saes)
         for name, sae in self.saes.items():
             if (width := hookpoint_width(model, self.hookpoints[name])) is not None:
                 _check_width(name, sae, width)
+            if name in self.output_hookpoints and (width := hookpoint_width(model, self.output_hookpoints[name])):
+                _check_width(name, sae, width, output=True)
         self._active: dict[str, list[_Splice | _Edit | SaeRecorder]] = {name: [] for name in self.saes}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._call: tuple[Tensor | None, int] = (None, 0)  # the current forward's (attention mask, cache length)
+        self._pending: dict[str, tuple[Callable[[Tensor], Tensor], torch.Size]] = {}  # transcoders' output edits
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, repo_or_dir: str, hookpoints: str | list[str] | None = None,
@@ -214,7 +224,8 @@ class SaeHooks:
     @contextmanager
     def splice(self, error_term: bool = False, hookpoints: str | Sequence[str] | None = None) -> Iterator[None]:
         r"""
-        Replace each hooked activation x by the SAE's reconstruction x̂, plus the error x - x̂ if `error_term`.
+        Replace each hooked activation x by the SAE's reconstruction x̂, plus the error x - x̂ if `error_term`; a
+        transcoder replaces its output hookpoint's activation y by its prediction ŷ from the input (plus y - ŷ).
 
         Example:
 
@@ -307,6 +318,11 @@ class SaeHooks:
             register_activation_hook(self.hookpoints[names[0]], names[0], self._intervention(names))
             for names in by_site.values()
         ]
+        # Registered last, so first at their site: SAEs reading a transcoder's output see its prediction.
+        self._handles += [
+            register_activation_hook(site, name, self._transcoder_output(name))
+            for name, site in self.output_hookpoints.items()
+        ]
         logger.debug(f"SaeHooks attached at {list(self.hookpoints)}")
 
     def _detach(self) -> None:
@@ -314,6 +330,7 @@ class SaeHooks:
             handle.remove()
         self._handles.clear()
         self._call = (None, 0)
+        self._pending.clear()
 
     def _remember_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -322,6 +339,7 @@ class SaeHooks:
 
     def _forget_call(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._call = (None, 0)
+        self._pending.clear()
 
     def _intervention(self, names: list[str]):
         def run(x: Tensor) -> Tensor | None:
@@ -330,9 +348,37 @@ class SaeHooks:
                 if self._active[name]:
                     _check_width(name, self.saes[name], x.shape[-1])
                     current = x if out is None else out
-                    new = _run_sae(self.saes[name], current, self._active[name], _token_info(*self._call, x), name)
-                    out = new if new is not None else out
+                    sae = self.saes[name]
+                    edit = _run_sae(sae, current, self._active[name], _token_info(*self._call, x), name)
+                    if edit is not None and sae.config.is_transcoder:
+                        self._pending[name] = (edit, current.shape[:-1])  # applied at the output hookpoint
+                    elif edit is not None:
+                        out = edit(current)
             return out
+
+        return run
+
+    def _transcoder_output(self, name: str):
+        def run(y: Tensor) -> Tensor | None:
+            sae = self.saes[name]
+            if not self._active[name]:
+                return None
+            if name not in self._pending:
+                if any(isinstance(item, _Splice | _Edit) for item in self._active[name]):
+                    raise HookpointError(
+                        f"The transcoder `{name}` acts on `{sae.config.output_hookpoint}`, which ran before its input "
+                        f"`{sae.config.hookpoint}` in this forward. Its output hookpoint must come after its input."
+                    )
+                return None
+            edit, shape = self._pending.pop(name)
+            _check_width(name, sae, y.shape[-1], output=True)
+            if y.shape[:-1] != shape:
+                raise HookpointError(
+                    f"The transcoder `{name}` reads `{sae.config.hookpoint}` with tokens shaped {tuple(shape)} but "
+                    f"acts on `{sae.config.output_hookpoint}` shaped {tuple(y.shape[:-1])}; both hookpoints must "
+                    "hold the same tokens, e.g. an MLP's input and its output."
+                )
+            return edit(y)
 
         return run
 
@@ -348,8 +394,9 @@ class SaeHooks:
         return self._select(hookpoint)[0]
 
 
-def _run_sae(sae: SaeModel, x: Tensor, active: list, tokens: _Tokens, name: str) -> Tensor | None:
-    """The new activation for x, or None to leave it as it is; feeds the recorders on the way."""
+def _run_sae(sae: SaeModel, x: Tensor, active: list, tokens: _Tokens, name: str) -> Callable[[Tensor], Tensor] | None:
+    """How the SAE changes the activation it acts on, x itself or a transcoder's output y: a function of it that
+    returns the new one in its own dtype, or `None` to leave it as it is. Feeds the recorders on the way."""
     x_sae = x.to(device=sae.device, dtype=sae.dtype)
     z = sae.encode(x_sae)  # (..., num_latents)
     edits = [item for item in active if isinstance(item, _Edit)]
@@ -359,22 +406,27 @@ def _run_sae(sae: SaeModel, x: Tensor, active: list, tokens: _Tokens, name: str)
     splice = next((item for item in reversed(active) if isinstance(item, _Splice)), None)  # the innermost wins
     recorders = [item for item in active if isinstance(item, SaeRecorder)]
     wants_reconstruction = splice is not None or any(name in r.reconstructions for r in recorders)
-    reconstruction = sae.decode(z_edited) if wants_reconstruction else None  # (..., d_in)
+    skip = sae.skip(x_sae) if wants_reconstruction else None  # (..., d_out), a skip transcoder's linear term
+    reconstruction = _predict(sae, z_edited, skip) if wants_reconstruction else None  # (..., d_out)
     real = tokens.real if tokens.real is not None else torch.ones(z.shape[:-1], dtype=torch.bool, device=z.device)
     for recorder in recorders:
         recorder._add(name, z_edited, real, x, reconstruction)
-    # What keeps x (the error term, an edit's untouched part) is added in x's own dtype: x itself never makes the
-    # round trip through the SAE's dtype, so an edit that changes nothing leaves it bit-identical.
+    # What keeps the activation (the error term, an edit's untouched part) is added in its own dtype: it never makes
+    # the round trip through the SAE's dtype, so an edit that changes nothing leaves it bit-identical.
     if splice is not None and not splice.error_term:
-        return reconstruction.to(device=x.device, dtype=x.dtype)
+        return lambda y: reconstruction.to(device=y.device, dtype=y.dtype)
     if not edits:
-        return None  # a splice with its error term is x itself
+        return None  # a splice with its error term is the activation itself
     if splice is not None:
-        delta = reconstruction - sae.decode(z)
+        delta = reconstruction - _predict(sae, z, skip)
     else:  # only the edited latents change, so only their decoder rows enter the delta: 0 when nothing changes
         features = torch.cat([edit.features for edit in edits]).unique().to(z.device)
         delta = (z_edited[..., features] - z[..., features]) @ sae.W_dec[features].to(z.dtype)
-    return x + delta.to(device=x.device, dtype=x.dtype)
+    return lambda y: y + delta.to(device=y.device, dtype=y.dtype)
+
+
+def _predict(sae: SaeModel, z: Tensor, skip: Tensor | None) -> Tensor:
+    return sae.decode(z) if skip is None else sae.decode(z) + skip
 
 
 def _saes_by_hookpoint(saes: Mapping[str, SaeModel] | Sequence[SaeModel]) -> dict[str, SaeModel]:
@@ -410,12 +462,14 @@ def _warn_on_other_base_model(model: nn.Module, saes: Mapping[str, SaeModel]) ->
             )
 
 
-def _check_width(name: str, sae: SaeModel, width: int) -> None:
-    if width != sae.config.d_in:
+def _check_width(name: str, sae: SaeModel, width: int, output: bool = False) -> None:
+    cfg = sae.config
+    expected, field, site = (cfg.d_out, "d_out", cfg.output_hookpoint) if output else (cfg.d_in, "d_in", cfg.hookpoint)
+    if width != expected:
         raise HookpointError(
-            f"The SAE at `{name}` expects activations of width d_in={sae.config.d_in}, but the hookpoint's "
-            f"activation has width {width}. Attach an SAE trained on this hookpoint (this one's config says "
-            f"`{sae.config.hookpoint}`)."
+            f"The SAE at `{name}` expects activations of width {field}={expected}, but the "
+            f"{'output ' if output else ''}hookpoint's activation has width {width}. Attach an SAE trained on this "
+            f"hookpoint (this one's config says `{site}`)."
         )
 
 

@@ -76,10 +76,16 @@ class SaePreTrainedModel(PreTrainedModel):
         # Anthropic April 2024 update).
         directions = torch.randn(cfg.num_latents, cfg.d_in, dtype=torch.float32)
         directions *= arch.decoder_init_norm / directions.norm(dim=-1, keepdim=True)
-        init.copy_(module.W_dec, directions)
         init.copy_(module.W_enc, directions)
+        if cfg.is_transcoder:
+            # The decoder starts at zero, so the first prediction is b_dec, not noise (EleutherAI sparsify's choice).
+            init.zeros_(module.W_dec)
+        else:
+            init.copy_(module.W_dec, directions)
         init.zeros_(module.b_dec)
         init.zeros_(module.b_enc)
+        if cfg.skip_connection:
+            init.zeros_(module.W_skip)  # the skip term starts at zero (Paulo et al. 2025)
         for extra in arch.extra_tensors:
             value = getattr(cfg, extra.init) if isinstance(extra.init, str) else extra.init
             init.constant_(getattr(module, extra.name), value)
@@ -107,11 +113,13 @@ class SaeModel(SaePreTrainedModel):
 
     def __init__(self, config: SaeConfig):
         super().__init__(config)
-        d_in, n = config.d_in, config.num_latents
+        d_in, d_out, n = config.d_in, config.d_out, config.num_latents
         self.architecture: Architecture = ARCHITECTURES[config.architecture]
         self.W_enc = nn.Parameter(torch.empty(n, d_in))  # (num_latents, d_in)
-        self.W_dec = nn.Parameter(torch.empty(n, d_in))  # (num_latents, d_in); row i is feature i's direction
-        self.b_dec = nn.Parameter(torch.empty(d_in))  # (d_in,)
+        self.W_dec = nn.Parameter(torch.empty(n, d_out))  # (num_latents, d_out); row i is feature i's direction
+        self.b_dec = nn.Parameter(torch.empty(d_out))  # (d_out,); d_out is d_in but for transcoders
+        if config.skip_connection:
+            self.W_skip = nn.Parameter(torch.empty(d_out, d_in))  # (d_out, d_in), the skip transcoder's linear term
         self.b_enc = nn.Parameter(torch.empty(n))  # (num_latents,); the gate bias of `gated`
         for extra in self.architecture.extra_tensors:
             tensor = torch.empty(n if extra.per_latent else ())  # (num_latents,) or ()
@@ -124,12 +132,16 @@ class SaeModel(SaePreTrainedModel):
     def extra_repr(self) -> str:
         cfg = self.config
         k = f", k={cfg.k}" if cfg.k is not None else ""
-        return f"{cfg.architecture}, d_in={cfg.d_in}, num_latents={cfg.num_latents}{k}, hookpoint={cfg.hookpoint!r}"
+        out = f", output_hookpoint={cfg.output_hookpoint!r}, d_out={cfg.d_out}" if cfg.is_transcoder else ""
+        skip = ", skip_connection=True" if cfg.skip_connection else ""
+        return (f"{cfg.architecture}, d_in={cfg.d_in}, num_latents={cfg.num_latents}{k}, hookpoint={cfg.hookpoint!r}"
+                f"{out}{skip}")  # fmt: skip
 
     @property
     def uses_unit_norm_decoder(self) -> bool:
-        """Whether training keeps decoder rows at unit norm (all but `relu`, whose penalty weighs in the norms)."""
-        return self.architecture.unit_norm_decoder
+        """Whether training keeps decoder rows at unit norm: all but `relu`, whose penalty weighs in the norms, and
+        transcoders, whose decoder starts at zero and maps into another space (as sparsify trains them)."""
+        return self.architecture.unit_norm_decoder and not self.config.is_transcoder
 
     @property
     def features(self):
@@ -171,12 +183,18 @@ class SaeModel(SaePreTrainedModel):
         return z.reshape(*x.shape[:-1], self.config.num_latents)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Reconstruction x̂ of shape `(..., d_in)` from latents z of shape `(..., num_latents)`."""
+        """Reconstruction x̂ of shape `(..., d_out)` from latents z of shape `(..., num_latents)`; a skip
+        transcoder's prediction adds `skip(x)`."""
         return z @ self.W_dec.to(z.dtype) + self.b_dec.to(z.dtype)
+
+    def skip(self, x: Tensor) -> Tensor | None:
+        """A skip transcoder's linear term `x @ W_skip.T`, `(..., d_out)`; `None` without a skip connection."""
+        return x @ self.W_skip.to(x.dtype).T if self.config.skip_connection else None
 
     def forward(
         self,
         x: Tensor,
+        target: Tensor | None = None,
         *,
         return_loss: bool | None = None,
         return_latents: bool = True,
@@ -184,9 +202,11 @@ class SaeModel(SaePreTrainedModel):
         sparsity_coefficient: float | None = None,
     ) -> SaeOutput:
         r"""
-        Encode and decode x of shape `(..., d_in)`.
+        Encode and decode x of shape `(..., d_in)`: the reconstruction, or a transcoder's prediction of `target`.
 
         Args:
+            target (`torch.Tensor` of shape `(..., d_out)`, *optional*): what the loss compares the output with; x by
+                default, the output hookpoint's activation for a transcoder (which needs it for the loss).
             return_loss (`bool`, *optional*): compute the training loss; defaults to `self.training`.
             return_latents (`bool`, defaults to `True`): also return the dense latents (training can skip them).
             dead_latents (`torch.BoolTensor` of shape `(num_latents,)`, *optional*): latents that have not fired for
@@ -197,19 +217,27 @@ class SaeModel(SaePreTrainedModel):
         flat = self._check_input(x).reshape(-1, cfg.d_in)  # (N, d_in)
         return_loss = self.training if return_loss is None else return_loss
         coefficient = cfg.sparsity_coefficient if sparsity_coefficient is None else sparsity_coefficient
+        flat_target = self._check_target(x, target, return_loss)  # (N, d_out), None when there is none to compare
+        skip = self.skip(flat)  # (N, d_out) or None
+        # What the latents must explain: the target less the skip term, which trains through the MSE alone. Without
+        # a loss the architecture's pieces read only its shape.
+        explained = flat.new_empty(flat.shape[0], cfg.d_out) if flat_target is None else flat_target
+        explained = explained if skip is None or flat_target is None else flat_target - skip.detach()
         if self._uses_sparse_code():
             dead = dead_latents if return_loss else None
-            result = self._sparse_pass(flat, dead, coefficient if return_loss else None, return_latents)
+            result = self._sparse_pass(flat, explained, dead, coefficient if return_loss else None, return_latents)
         else:
             latents = self.architecture.dense_inference(self, flat)
             result = _Pass(self.decode(latents), latents if return_latents else None, (latents != 0).sum(0), {})
+        if skip is not None:
+            result = result._replace(reconstruction=result.reconstruction + skip)
         mse_loss = loss = None
         if return_loss:
-            mse_loss = (result.reconstruction - flat).pow(2).sum(-1).mean()
+            mse_loss = (result.reconstruction - flat_target).pow(2).sum(-1).mean()
             loss = mse_loss + sum(result.losses.values())
         latents = result.latents
         return SaeOutput(
-            reconstruction=result.reconstruction.reshape(x.shape),
+            reconstruction=result.reconstruction.reshape(*x.shape[:-1], cfg.d_out),
             latents=None if latents is None else latents.reshape(*x.shape[:-1], cfg.num_latents),
             latent_counts=result.latent_counts,
             l0=result.latent_counts.sum() / max(flat.shape[0], 1),
@@ -218,8 +246,11 @@ class SaeModel(SaePreTrainedModel):
             **result.losses,
         )
 
-    def _sparse_pass(self, x: Tensor, dead: Tensor | None, coefficient: float | None, return_latents: bool) -> _Pass:
-        """`coefficient` None: no losses."""
+    def _sparse_pass(
+        self, x: Tensor, target: Tensor, dead: Tensor | None, coefficient: float | None, return_latents: bool
+    ) -> _Pass:
+        """`coefficient` None: no losses. `target` (N, d_out) is what the decoder's output is compared with: x for
+        an SAE, what a transcoder's latents must explain."""
         arch, with_loss = self.architecture, coefficient is not None
         pre, aux = self._sparse_code(x, dead)
         z = arch.activate(self, pre)
@@ -228,13 +259,13 @@ class SaeModel(SaePreTrainedModel):
         if arch.reconstruct is None:
             reconstruction, losses = z.decode(self.W_dec) + self.b_dec.to(x.dtype), {}
         else:
-            reconstruction, losses = arch.reconstruct(self, x, z, with_loss)
+            reconstruction, losses = arch.reconstruct(self, target, z, with_loss)
         if with_loss and arch.penalty is not None:
-            losses |= arch.penalty(self, x, pre, z, coefficient)
+            losses |= arch.penalty(self, target, pre, z, coefficient)
         if aux is not None:
-            residual = (x - reconstruction).detach()
+            residual = (target - reconstruction).detach()
             aux_reconstruction = aux._replace(values=aux.values.relu()).decode(self.W_dec)
-            losses["auxiliary_loss"] = self.config.auxk_coefficient * _auxk_loss(x, residual, aux_reconstruction)
+            losses["auxiliary_loss"] = self.config.auxk_coefficient * _auxk_loss(target, residual, aux_reconstruction)
         num_latents = self.config.num_latents
         return _Pass(reconstruction, z.dense(num_latents) if return_latents else None, z.counts(num_latents), losses)
 
@@ -245,6 +276,24 @@ class SaeModel(SaePreTrainedModel):
                 "Check that the SAE matches the hookpoint it reads."
             )
         return x
+
+    def _check_target(self, x: Tensor, target: Tensor | None, return_loss: bool) -> Tensor | None:
+        """The (N, d_out) target: x for an SAE; a transcoder's loss needs the output hookpoint's activation."""
+        cfg = self.config
+        if target is None:
+            if cfg.is_transcoder and return_loss:
+                raise HookpointError(
+                    f"This transcoder predicts `{cfg.output_hookpoint}` from `{cfg.hookpoint}`; its loss needs that "
+                    "activation: pass it as `target`, shaped like x but of width d_out="
+                    f"{cfg.d_out}, or call with `return_loss=False`."
+                )
+            return x.reshape(-1, cfg.d_in) if cfg.d_out == cfg.d_in else None  # no loss: nothing to compare with
+        if target.shape[:-1] != x.shape[:-1] or target.shape[-1] != cfg.d_out:
+            raise HookpointError(
+                f"`target` must have shape {(*x.shape[:-1], cfg.d_out)} (x's tokens, width d_out={cfg.d_out}); got "
+                f"{tuple(target.shape)}. The output hookpoint's activation must hold the same tokens as the input's."
+            )
+        return target.reshape(-1, cfg.d_out)
 
     # --------------------------------------------------------------------------------------------------------------
     # Weight maintenance used by training.
@@ -263,11 +312,15 @@ class SaeModel(SaePreTrainedModel):
         self.W_dec.grad.sub_(parallel * self.W_dec)
 
     @torch.no_grad()
-    def fold_activation_scale_(self, scale: float) -> None:
-        """Make an SAE trained on `scale * x` take raw x: the encoder absorbs the scale, the decoder undoes it."""
+    def fold_activation_scale_(self, scale: float, output_scale: float | None = None) -> None:
+        """Make an SAE trained on `scale * x` take raw x: the encoder absorbs the scale, the decoder undoes it. A
+        transcoder trained to predict `output_scale * y` is made to predict raw y."""
+        output_scale = scale if output_scale is None else output_scale
         self.W_enc.mul_(scale)  # the gated magnitude path reuses W_enc, so it is folded too
-        self.W_dec.div_(scale)
-        self.b_dec.div_(scale)
+        self.W_dec.div_(output_scale)
+        self.b_dec.div_(output_scale)
+        if self.config.skip_connection:
+            self.W_skip.mul_(scale / output_scale)
 
     def save_pretrained(self, save_directory, *args, model_card: bool = True, **kwargs):
         """[`PreTrainedModel.save_pretrained`], plus hf_sae's model card as README.md (as PEFT writes one for an

@@ -79,7 +79,7 @@ def train_saes(
     check_all(sae_args, lm_args, data_args, args)
     runs = sweep_runs(sae_args, args.learning_rate)  # every sweep entry checked before anything expensive
     check_output_dir(args)
-    cache = _open_cache(args, lm_args, sae_args.hookpoints)  # an existing cache must match this run
+    cache = _open_cache(args, lm_args, sae_args.harvested_hookpoints())  # an existing cache must match this run
     if cache is not None:
         args = dataclasses.replace(args, train_tokens=replay_tokens(cache, args.train_tokens, args.epochs,
                                                                    args.batch_size))  # fmt: skip
@@ -92,22 +92,29 @@ def train_saes(
             f"{args.gradient_accumulation_steps} accumulation step(s); pick a multiple of {micro_batches}."
         )
     logger.info(f"Process {rank} of {world} on {accelerator.device} ({accelerator.distributed_type}).")
-    owners = hookpoint_owners(sae_args.hookpoints, world) if args.distribute_hookpoints else None
+    pairs = sae_args.hookpoint_pairs()  # {input hookpoint: output hookpoint, None for an SAE}
+    if args.distribute_hookpoints and any(pairs.values()):
+        raise ArgumentError(
+            "--distribute_hookpoints sends each hookpoint's activations to one owner, but a transcoder needs two "
+            f"({ {h: o for h, o in pairs.items() if o} }). Drop --distribute_hookpoints to train transcoders."
+        )
+    owners = hookpoint_owners(list(pairs), world) if args.distribute_hookpoints else None
     set_seed(args.seed)
     model, tokenizer = _load_lm(lm_args, accelerator.device)
     model.requires_grad_(False)
-    resolve_hookpoints(model, sae_args.hookpoints)  # unknown names fail here, listing the closest
+    harvested = sae_args.harvested_hookpoints()
+    resolve_hookpoints(model, harvested)  # unknown names fail here, listing the closest
     check_context_size(data_args.context_size, _max_positions(model))
-    widths = activation_widths(model, sae_args.hookpoints)
+    widths = activation_widths(model, harvested, pairs)
     if cache is not None:
-        cache.check_run(model_identity(lm_args.model_name_or_path), sae_args.hookpoints, widths)
-    own = [h for h in widths if owners is None or owners[h] == rank]  # this process's SAEs
+        cache.check_run(model_identity(lm_args.model_name_or_path), harvested, widths)
+    own = [h for h in pairs if owners is None or owners[h] == rank]  # this process's SAEs
     saes, rates = {}, {}
     for h in own:
         for index, run in enumerate(runs):
-            config = run.sae_args.config(h, widths[h], model.name_or_path)
+            config = run.sae_args.config(h, widths[h], model.name_or_path, pairs[h], widths.get(pairs[h]))
             name = run.sae_name(h)
-            saes[name] = _new_sae(config, args.seed, sae_args.hookpoints.index(h) * len(runs) + index)
+            saes[name] = _new_sae(config, args.seed, list(pairs).index(h) * len(runs) + index)
             saes[name], rates[name] = saes[name].to(accelerator.device), run.learning_rate
     logger.info(f"Process {rank} of {world} trains the SAEs of {own}: {list(saes)}.")
 
@@ -117,13 +124,15 @@ def train_saes(
         if cache is None:  # written now from the text, then replayed like any cache
             if world > 1:
                 raise TrainingError("Write the activation cache with one process first, then train from it with many.")
-            cache_args = CacheArguments(args.activation_cache, sae_args.hookpoints, args.train_tokens)
+            cache_args = CacheArguments(args.activation_cache, sae_args.harvested_hookpoints(), args.train_tokens)
             _write_cache(model, tokenizer, lm_args, data_args, cache_args, autocast_dtype)
             cache = ActivationCache(args.activation_cache)
             train_tokens = replay_tokens(cache, args.train_tokens, args.epochs, args.batch_size)
             args = dataclasses.replace(args, train_tokens=train_tokens)
         logger.info(f"Replaying {cache.tokens:,} cached tokens for {args.train_tokens / cache.tokens:.3g} epoch(s).")
-        buffer = CacheReplay(cache, sae_args.hookpoints, micro, seed=args.seed, rank=rank, world_size=world)
+        buffer = CacheReplay(
+            cache, sae_args.harvested_hookpoints(), micro, seed=args.seed, rank=rank, world_size=world
+        )
     else:
         chunks = _activation_source(accelerator, model, tokenizer, sae_args, lm_args, data_args, autocast_dtype)
         # No larger than this process's share of the run: a short run must not harvest more than it trains on first.
@@ -200,11 +209,20 @@ def _max_positions(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def activation_widths(model, hookpoints: list[str]) -> dict[str, int]:
-    """Each hookpoint's activation width, from one stopped forward on two tokens."""
-    probe = torch.zeros(1, 2, dtype=torch.long, device=model.device)
+def activation_widths(model, hookpoints: list[str], pairs: dict[str, str | None] | None = None) -> dict[str, int]:
+    """Each hookpoint's activation width, from one stopped forward on two blocks of two tokens; each transcoder's
+    two hookpoints of `pairs` (`{input: output}`) must hold the same tokens."""
+    probe = torch.zeros(2, 2, dtype=torch.long, device=model.device)
     with torch.no_grad():
-        return {h: acts.shape[-1] for h, acts in capture_activations(model, hookpoints, probe).items()}
+        shapes = {h: acts.shape for h, acts in capture_activations(model, hookpoints, probe).items()}
+    for source, target in (pairs or {}).items():
+        if target is not None and shapes[source][:-1] != shapes[target][:-1]:
+            raise ArgumentError(
+                f"A transcoder from `{source}` to `{target}` needs one activation per token at both, but on 2 blocks "
+                f"of 2 tokens `{source}` gives shape {tuple(shapes[source])} and `{target}` {tuple(shapes[target])}. "
+                "Pick two hookpoints that carry hidden states of the same tokens, e.g. an MLP's `.input` and the MLP."
+            )
+    return {h: shape[-1] for h, shape in shapes.items()}
 
 
 def _activation_source(
@@ -215,7 +233,8 @@ def _activation_source(
     max_positions = _max_positions(model)
     with accelerator.main_process_first():  # tokenise once; the other processes reuse datasets' cache
         blocks = load_token_blocks(data_args, tokenizer, max_positions=max_positions, rank=rank, world_size=world)
-    excluded, hookpoints, lm_batch = special_token_ids(tokenizer), sae_args.hookpoints, lm_args.lm_batch_size
+    excluded, lm_batch = special_token_ids(tokenizer), lm_args.lm_batch_size
+    hookpoints = sae_args.harvested_hookpoints()  # the SAEs' inputs and the transcoders' targets
 
     def live(skip: int) -> Iterator[Chunk]:
         rest = _skip_blocks(blocks, skip * lm_batch)

@@ -45,6 +45,7 @@ class TrainerState:
         self.step = 0
         self.tokens = 0
         self.scales: dict[str, float] = {}
+        self.output_scales: dict[str, float] = {}  # a transcoder's target scale
         self.tokens_since_fired: dict[str, torch.Tensor] = {}
         self.ever_fired: dict[str, torch.Tensor] = {}
         self.names = names
@@ -98,19 +99,25 @@ class SaeTrainer:
         """Activation scales and b_dec from the first optimiser step's tokens, averaged over processes so that all
         ranks agree."""
         for name, sae in self.saes.items():
-            x = batch[sae.config.hookpoint].to(sae.device, torch.float32)
-            mean_norm = self._across_ranks(x.norm(dim=-1).mean(), "mean").item()
-            scale = math.sqrt(sae.config.d_in) / mean_norm if self.args.normalize_activations else 1.0
-            self.state.scales[name] = scale
+            cfg = sae.config
+            self.state.scales[name] = self._scale(batch[cfg.hookpoint].to(sae.device, torch.float32))
+            # b_dec is the output's bias: a transcoder's starts at the centre of its target.
+            y = batch[cfg.output_hookpoint if cfg.is_transcoder else cfg.hookpoint].to(sae.device, torch.float32)
+            scale = self.state.output_scales[name] = self._scale(y) if cfg.is_transcoder else self.state.scales[name]
             if self.args.b_dec_init != "zero":
                 center = (
-                    geometric_median(x * scale) if self.args.b_dec_init == "geometric_median" else (x * scale).mean(0)
+                    geometric_median(y * scale) if self.args.b_dec_init == "geometric_median" else (y * scale).mean(0)
                 )
                 with torch.no_grad():
                     sae.b_dec.copy_(self._across_ranks(center, "mean"))
             n = sae.config.num_latents
             self.state.tokens_since_fired[name] = torch.zeros(n, dtype=torch.long, device=sae.device)
             self.state.ever_fired[name] = torch.zeros(n, dtype=torch.bool, device=sae.device)
+
+    def _scale(self, x: torch.Tensor) -> float:
+        """The factor that brings activations x (N, d) to mean norm sqrt(d), or 1 without normalisation."""
+        mean_norm = self._across_ranks(x.norm(dim=-1).mean(), "mean").item()
+        return math.sqrt(x.shape[-1]) / mean_norm if self.args.normalize_activations else 1.0
 
     def _across_ranks(self, value: torch.Tensor, reduction: str) -> torch.Tensor:
         """Reduced over the processes' shards; an owner of distributed hookpoints already holds the global batch."""
@@ -249,23 +256,31 @@ class SaeTrainer:
         return self._metrics(outputs)
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> dict:
-        """`{name: (output, scaled input)}` of every SAE on its hookpoint's activations in `batch`."""
+        """`{name: (output, scaled target)}` of every SAE on its hookpoint's activations in `batch` (the target is
+        the input for an SAE, the output hookpoint's activation for a transcoder)."""
         outputs = {}
         for name, wrapped in self.wrapped.items():
             sae = self.saes[name]
-            x = batch[sae.config.hookpoint]
-            if sae.device.type == "cuda" and x.device.type == "cpu":  # e.g. replayed from the cache
-                x = x.pin_memory()
-            x = x.to(sae.device, torch.float32, non_blocking=True) * self.state.scales[name]
+            x = self._scaled(batch[sae.config.hookpoint], sae, self.state.scales[name])
+            target = None
+            if sae.config.is_transcoder:
+                target = self._scaled(batch[sae.config.output_hookpoint], sae, self.state.output_scales[name])
             coefficient = sae.config.sparsity_coefficient * self.args.sparsity_scale(self.state.step)
             with self.accelerator.autocast():  # the SAE step's precision (`mixed_precision`), prepared or not
-                out = wrapped(x, dead_latents=self.dead_latents(name), return_latents=False, return_loss=True,
-                              sparsity_coefficient=coefficient)  # fmt: skip
-            finite = torch.stack([torch.isfinite(x).all(), torch.isfinite(out.loss)])  # (activations, loss)
+                out = wrapped(x, target, dead_latents=self.dead_latents(name), return_latents=False,
+                              return_loss=True, sparsity_coefficient=coefficient)  # fmt: skip
+            target = x if target is None else target
+            finite = torch.stack([torch.isfinite(x).all() & torch.isfinite(target).all(), torch.isfinite(out.loss)])
             bad = self.first_bad[name]
             bad.copy_(torch.where((bad < 0) & ~finite, self.state.step, bad))
-            outputs[name] = (out, x)
+            outputs[name] = (out, target)
         return outputs
+
+    @staticmethod
+    def _scaled(x: torch.Tensor, sae: SaeModel, scale: float) -> torch.Tensor:
+        if sae.device.type == "cuda" and x.device.type == "cpu":  # e.g. replayed from the cache
+            x = x.pin_memory()
+        return x.to(sae.device, torch.float32, non_blocking=True) * scale
 
     def check_finite(self) -> None:
         """Raise if any SAE saw non-finite activations or loss, naming the first such step (one host sync)."""
@@ -392,7 +407,7 @@ class SaeTrainer:
                 sae.threshold.copy_(self._across_ranks(sae.threshold.detach().clone(), "mean"))
             copy = SaeModel(sae.config)
             copy.load_state_dict(sae.state_dict())
-            copy.fold_activation_scale_(self.state.scales[name])
+            copy.fold_activation_scale_(self.state.scales[name], self.state.output_scales.get(name))
             result[name] = copy.eval()
         return result
 

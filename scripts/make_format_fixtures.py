@@ -306,6 +306,72 @@ def llama_scope_fixture(x: torch.Tensor) -> None:
     record("llama_scope", x, latents, sae.decode(latents))
 
 
+# ---- transcoders --------------------------------------------------------------------------------------------------
+
+
+def transcoder_fixtures(x: torch.Tensor) -> None:
+    """SAELens' four transcoder classes (one into a narrower output) and a sparsify skip transcoder; the expected
+    reconstruction is the package's own forward, the skip term included."""
+    from sae_lens import SAE
+    from sae_lens.saes import (
+        JumpReLUSkipTranscoder,
+        JumpReLUSkipTranscoderConfig,
+        JumpReLUTranscoder,
+        JumpReLUTranscoderConfig,
+        SkipTranscoder,
+        SkipTranscoderConfig,
+        Transcoder,
+        TranscoderConfig,
+    )
+    from sae_lens.saes.sae import SAEMetadata
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    def metadata(layer: int, model: str) -> SAEMetadata:
+        hooks = {"hook_name": f"blocks.{layer}.ln2.hook_normalized", "hook_name_out": f"blocks.{layer}.hook_mlp_out"}
+        return SAEMetadata(**hooks, model_name=model, model_class_name="HookedTransformer")
+
+    transcoders = {
+        "saelens_transcoder": Transcoder(
+            TranscoderConfig(D_IN, LATENTS, d_out=D_IN, apply_b_dec_to_input=False, metadata=metadata(2, "gpt2-small"))
+        ),
+        "saelens_skip_transcoder": SkipTranscoder(
+            SkipTranscoderConfig(
+                D_IN, LATENTS, d_out=48, apply_b_dec_to_input=False, metadata=metadata(3, "gpt2-small")
+            )
+        ),
+        "saelens_jumprelu_transcoder": JumpReLUTranscoder(
+            JumpReLUTranscoderConfig(
+                D_IN, LATENTS, d_out=D_IN, apply_b_dec_to_input=False, metadata=metadata(4, "gemma-2-2b")
+            )
+        ),
+        "saelens_jumprelu_skip_transcoder": JumpReLUSkipTranscoder(
+            JumpReLUSkipTranscoderConfig(
+                D_IN, LATENTS, d_out=D_IN, apply_b_dec_to_input=False, metadata=metadata(5, "gemma-2-2b")
+            )
+        ),
+    }
+    for seed, (name, sae) in enumerate(transcoders.items()):
+        randomize(sae, 50 + seed)
+        sae.save_model(ROOT / name)
+        loaded = SAE.load_from_disk(ROOT / name)
+        with torch.no_grad():
+            record(name, x, loaded.encode(x), loaded(x))
+
+    run = ROOT / "sparsify_transcoder_run"
+    sae = SparseCoder(D_IN, SparseCoderConfig(num_latents=LATENTS, k=K, transcode=True, skip_connection=True))
+    randomize(sae, 60)
+    sae.save_to_disk(run / "layers.2.mlp")
+    loaded = SparseCoder.load_from_disk(run / "layers.2.mlp")
+    with torch.no_grad():
+        out = loaded(x)
+    latents = torch.zeros(x.shape[0], loaded.num_latents).scatter_(-1, out.latent_indices, out.latent_acts)
+    record("sparsify_layers_2_mlp", x, latents, out.sae_out)
+    from sparsify.config import TrainConfig
+
+    train_cfg = TrainConfig(SparseCoderConfig(k=K, transcode=True, skip_connection=True), hookpoints=["layers.2.mlp"])
+    (run / "config.json").write_text(json.dumps({**train_cfg.to_dict(), "model": "EleutherAI/pythia-70m"}, indent=2))
+
+
 # ---- exports, read back by the peer packages ----------------------------------------------------------------------
 
 EXPORTS = {  # fixture -> (SAE folder, target format)
@@ -316,6 +382,9 @@ EXPORTS = {  # fixture -> (SAE folder, target format)
     "saelens_topk": ("saelens_topk", "saelens"),
     "sparsify_layers_3": ("sparsify_run/layers.3", "sparsify"),
     "dictionary_learning_AutoEncoderTopK": ("dictionary_learning_run/trainer_2", "sparsify"),
+    "saelens_jumprelu_skip_transcoder": ("saelens_jumprelu_skip_transcoder", "saelens"),
+    "saelens_skip_transcoder": ("saelens_skip_transcoder", "saelens"),
+    "sparsify_layers_2_mlp": ("sparsify_transcoder_run/layers.2.mlp", "sparsify"),
 }
 
 
@@ -336,7 +405,7 @@ def check_exports(hf_sae_python: str) -> None:
             if target == "saelens":
                 sae = SAE.load_from_disk(out / name)
                 latents = sae.encode(x)
-                reconstruction = sae.decode(latents)
+                reconstruction = sae(x)  # a transcoder's forward adds its skip term
             else:
                 sae = SparseCoder.load_from_disk(out / name)
                 result = sae(x)
@@ -363,10 +432,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hf-sae-python", help="hf_sae's Python, to export fixtures and check them here")
     parser.add_argument("--exports-only", action="store_true", help="only redo the export check")
+    parser.add_argument("--transcoders-only", action="store_true", help="only write the transcoder fixtures")
     args = parser.parse_args()
     torch.manual_seed(0)
     x = inputs()
+    if args.transcoders_only:
+        transcoder_fixtures(x)
+        return 0
     if not args.exports_only:
+        transcoder_fixtures(x)
         saelens_fixtures(x)
         sparsify_fixtures(x)
         dictionary_learning_fixtures(x)

@@ -73,6 +73,23 @@ CASES = {
         for i, name in enumerate(DICTIONARY_CLASSES)
     },  # fmt: skip
 }
+# transcoder fixture -> (folder, format, architecture, hookpoint, output hookpoint, d_out, skip, base model)
+TRANSCODERS = {
+    "saelens_transcoder": ("saelens_transcoder", "saelens", "relu", "transformer.h.2.mlp.input", "transformer.h.2.mlp",
+                           64, False, "gpt2"),
+    "saelens_skip_transcoder": ("saelens_skip_transcoder", "saelens", "relu", "transformer.h.3.mlp.input",
+                                "transformer.h.3.mlp", 48, True, "gpt2"),
+    "saelens_jumprelu_transcoder": ("saelens_jumprelu_transcoder", "saelens", "jumprelu", "model.layers.4.mlp.input",
+                                    "model.layers.4.post_feedforward_layernorm", 64, False, "google/gemma-2-2b"),
+    "saelens_jumprelu_skip_transcoder": ("saelens_jumprelu_skip_transcoder", "saelens", "jumprelu",
+                                         "model.layers.5.mlp.input", "model.layers.5.post_feedforward_layernorm", 64,
+                                         True, "google/gemma-2-2b"),
+    "sparsify_layers_3_mlp": ("sparsify_run/layers.3.mlp", "sparsify", "topk", "gpt_neox.layers.3.mlp.input",
+                              "gpt_neox.layers.3.mlp", 64, False, "EleutherAI/pythia-70m"),
+    "sparsify_layers_2_mlp": ("sparsify_transcoder_run/layers.2.mlp", "sparsify", "topk",
+                              "gpt_neox.layers.2.mlp.input", "gpt_neox.layers.2.mlp", 64, True,
+                              "EleutherAI/pythia-70m"),
+}  # fmt: skip
 ALICE = "hf_alice_write"
 
 
@@ -127,6 +144,37 @@ def test_automodel_keeps_transformers_errors_for_what_is_no_sae(tmp_path):
         AutoModel.from_pretrained(tmp_path / "not-here")
     with pytest.raises(ValueError, match="Unrecognized model"):  # the other Auto classes are untouched
         AutoModelForCausalLM.from_pretrained(FIXTURES / CASES["saelens_topk"][0])
+
+
+@pytest.mark.parametrize("name", list(TRANSCODERS))
+def test_each_transcoder_format_loads_as_its_package_computes(name):
+    folder, fmt, architecture, hookpoint, output_hookpoint, d_out, skip, base_model = TRANSCODERS[name]
+    assert detect_format(FIXTURES / folder) == fmt
+    sae = SaeModel.from_pretrained(FIXTURES / folder)
+    cfg = sae.config
+    assert (cfg.architecture, cfg.hookpoint, cfg.output_hookpoint) == (architecture, hookpoint, output_hookpoint)
+    assert (cfg.d_in, cfg.d_out, cfg.skip_connection, cfg.apply_b_dec_to_input) == (64, d_out, skip, False)
+    assert cfg.base_model_name_or_path == base_model
+    assert_matches(sae, name)  # the package's forward: the prediction, its skip term included
+    if skip:  # the skip term is there and matters: without it the prediction is off
+        with torch.no_grad():
+            x = expected(name)["x"]
+            assert relative_error(sae(x).reconstruction - sae.skip(x), expected(name)["reconstruction"]) > 0.1
+
+
+def test_a_sparsify_run_with_an_sae_and_a_transcoder_loads_both_by_their_input_hookpoints():
+    saes = load_saes(FIXTURES / "sparsify_run")
+    assert sorted(saes) == ["gpt_neox.layers.3", "gpt_neox.layers.3.mlp.input"]
+    assert saes["gpt_neox.layers.3.mlp.input"].config.output_hookpoint == "gpt_neox.layers.3.mlp"
+    assert_matches(saes["gpt_neox.layers.3.mlp.input"], "sparsify_layers_3_mlp")
+
+
+def test_a_loaded_transcoder_round_trips_through_hf_sae_format(tmp_path):
+    sae = read_sae(FIXTURES / "saelens_jumprelu_skip_transcoder")
+    sae.save_pretrained(tmp_path)
+    loaded = SaeModel.from_pretrained(tmp_path)
+    assert {**loaded.config.to_dict(), "_name_or_path": ""} == {**sae.config.to_dict(), "_name_or_path": ""}
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in sae.state_dict().items())
 
 
 def test_folded_scales_and_semantics():
@@ -208,7 +256,7 @@ def test_mis_shaped_and_missing_tensors_are_named(tmp_path):
     [
         ("normalize_activations", "layer_norm", "normalize_activations='layer_norm'.*per-token layer norm"),
         ("normalize_activations", "expected_average_only_in", "neither folded in nor in activation_scaler.json"),
-        ("architecture", "transcoder", "architecture='transcoder'"),
+        ("architecture", "temporal", "architecture='temporal'"),
     ],
 )
 def test_what_cannot_be_represented_is_refused(tmp_path, field, value, message):
@@ -219,9 +267,23 @@ def test_what_cannot_be_represented_is_refused(tmp_path, field, value, message):
         read_sae(folder)
 
 
-def test_sparsify_transcoder_is_refused():
-    with pytest.raises(SaeConfigError, match="transcode=True.*transcoder predicts another activation"):
-        load_saes(FIXTURES / "sparsify_run")
+def test_what_a_transcoder_cannot_be_is_refused(tmp_path):
+    folder = copy("dictionary_learning_run/trainer_0", tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "buffer": {**config["buffer"], "io": "in_and_out"}}))
+    with pytest.raises(SaeConfigError, match=r"buffer.io='in_and_out'.*none reads one activation and predicts"):
+        read_sae(folder)
+    folder = copy("sparsify_transcoder_run/layers.2.mlp", tmp_path)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    (folder / "cfg.json").write_text(json.dumps({**cfg, "transcode": False}))
+    with pytest.raises(SaeConfigError, match=r"skip_connection=True.*applies to transcoders only"):
+        read_sae(folder)
+    folder = copy("saelens_transcoder", tmp_path)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    del cfg["metadata"]["hook_name_out"]
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(SaeConfigError, match=r"metadata.hook_name_out=None.*needs the activation it predicts"):
+        read_sae(folder)
 
 
 class _Trap:
@@ -395,3 +457,17 @@ def test_gemma_scope_from_the_hub_by_release_name(gemma_hub):
     assert torch.equal(by_repo.W_enc, sae.W_enc)
     auto = AutoModel.from_pretrained("google/gemma-scope-2b-pt-res", subfolder="layer_3/width_256/average_l0_40")
     assert type(auto) is SaeModel and torch.equal(auto.W_enc, sae.W_enc)
+
+
+def test_transcoder_exports_refuse_what_the_target_format_cannot_hold(tmp_path):
+    gated = SaeModel(SaeConfig(d_in=8, num_latents=16, architecture="gated", hookpoint="model.layers.1.mlp.input",
+                               output_hookpoint="model.layers.1.mlp", apply_b_dec_to_input=False))  # fmt: skip
+    with pytest.raises(SaeConfigError, match=r"SAELens' transcoders are relu or jumprelu; this transcoder is 'gated'"):
+        export_sae(gated, tmp_path / "a", "saelens")
+    across = SaeModel(SaeConfig(d_in=8, num_latents=16, k=2, hookpoint="model.layers.1.input",
+                                output_hookpoint="model.layers.2", apply_b_dec_to_input=False))  # fmt: skip
+    with pytest.raises(
+        SaeConfigError, match=r"predicts a module's output from its input.*reads 'model.layers.1.input'"
+    ):
+        export_sae(across, tmp_path / "b", "sparsify")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -372,15 +372,15 @@ def test_unknown_weight_and_config_key_from_a_newer_version_warn_instead_of_cras
     sae = make_sae("topk")
     sae.save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
-    weights["W_skip"] = torch.zeros(16, 16)
+    weights["W_future"] = torch.zeros(16, 16)
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     config = json.loads((tmp_path / "config.json").read_text())
-    config["skip_connection"] = True
+    config["future_option"] = True
     (tmp_path / "config.json").write_text(json.dumps(config))
     with caplog.at_level("WARNING"):
         loaded = AutoModel.from_pretrained(tmp_path)
-    assert "Ignoring weights ['W_skip']" in caplog.text
-    assert "unknown keys ['skip_connection']" in caplog.text
+    assert "Ignoring weights ['W_future']" in caplog.text
+    assert "unknown keys ['future_option']" in caplog.text
     assert torch.equal(loaded.W_dec, sae.W_dec)
 
 

@@ -58,7 +58,7 @@ _ALIAS_PREFIXES = {"gemma-": "google/", "pythia-": "EleutherAI/"}
 
 _TL_HOOK = re.compile(
     r"blocks\.(?P<layer>\d+)\.(?P<site>hook_resid_pre|hook_resid_mid|hook_resid_post|hook_mlp_out|hook_attn_out|"
-    r"attn\.hook_z)"
+    r"attn\.hook_z|ln2\.hook_normalized)"
 )
 
 
@@ -96,6 +96,8 @@ def transformer_lens_to_module(hook: str, model: str | None) -> str:
             return block
         if site == "hook_resid_pre":
             return block + INPUT_SUFFIX
+        if site == "ln2.hook_normalized":  # the normalised residual the MLP reads: a transcoder's input
+            return f"{block}.mlp{INPUT_SUFFIX}"
         sub = names[
             {"hook_resid_mid": "resid_mid", "hook_mlp_out": "mlp_out", "hook_attn_out": "attn_out"}.get(site, "z")
         ]
@@ -106,8 +108,9 @@ def transformer_lens_to_module(hook: str, model: str | None) -> str:
         return hook
     raise HookpointError(
         f"Cannot translate the TransformerLens hook {hook!r} to a module path: known are blocks.L.hook_resid_pre, "
-        "hook_resid_mid, hook_resid_post, hook_mlp_out, hook_attn_out, attn.hook_z and hook_embed. Load the SAE "
-        "and set its hookpoint yourself: `SaeConfig(**{**sae.config.to_dict(), 'hookpoint': ...})`."
+        "hook_resid_mid, hook_resid_post, hook_mlp_out, hook_attn_out, attn.hook_z, ln2.hook_normalized and "
+        "hook_embed. Load the SAE and set its hookpoint yourself: "
+        "`SaeConfig(**{**sae.config.to_dict(), 'hookpoint': ...})`."
     )
 
 

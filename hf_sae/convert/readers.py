@@ -4,10 +4,12 @@
 The formats, as their own save and load code writes and reads them:
 
 - SAELens 6.x (`sae_lens/saes/*.py`): cfg.json + sae_weights.safetensors, `W_enc` (d_in, d_sae); pre-6.0 configs are
-  flat. Checkpoints keep TopK's decoder norms unfolded (`rescale_acts_by_decoder_norm`) and the activation scale in
-  activation_scaler.json.
+  flat. Its transcoders (`saes/transcoder.py`) decode to `d_out`, name their target `metadata.hook_name_out`, and the
+  skip ones add `x @ W_skip.T`, `W_skip` (d_out, d_in). Checkpoints keep TopK's decoder norms unfolded
+  (`rescale_acts_by_decoder_norm`) and the activation scale in activation_scaler.json.
 - sparsify (`sparsify/sparse_coder.py`): cfg.json + sae.safetensors, `encoder.weight` (d_sae, d_in), `W_dec`
-  (d_sae, d_in); the encoder reads x - b_dec unless the coder is a transcoder.
+  (d_sae, d_in); the encoder reads x - b_dec unless the coder is a transcoder (`transcode`: it reads the module's
+  input and predicts its output, adding `x @ W_skip.T` (d_in, d_in) with `skip_connection`).
 - dictionary_learning (`dictionary_learning/dictionary.py`, `trainers/*.py`): ae.pt (a plain state dict) +
   config.json; biases and thresholds are already rescaled to raw activations by the training loop.
 - Gemma Scope (Lieberum et al. 2024): params.npz, JumpReLU that does not subtract b_dec.
@@ -159,8 +161,11 @@ def read_saelens(folder: Path) -> tuple[SaeConfig, dict[str, Tensor]]:
     meta = cfg.get("metadata") or {}
     d_in, n, arch = cfg.get("d_in"), cfg.get("d_sae"), cfg.get("architecture")
     kinds = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
+    if arch in _SAELENS_TRANSCODERS:
+        return _read_saelens_transcoder(folder, cfg)
     if arch not in kinds:
-        raise _refuse(folder, "architecture", arch, f"hf_sae reads the SAELens architectures {list(kinds)}.")
+        known = [*kinds, *_SAELENS_TRANSCODERS]
+        raise _refuse(folder, "architecture", arch, f"hf_sae reads the SAELens architectures {known}.")
     if meta.get("hook_head_index") is not None:
         raise _refuse(folder, "hook_head_index", meta["hook_head_index"], "an SAE on one attention head's output.")
     if cfg.get("reshape_activations", "none") not in ("none", "hook_z"):
@@ -229,6 +234,54 @@ def read_saelens(folder: Path) -> tuple[SaeConfig, dict[str, Tensor]]:
     return config, t
 
 
+# SAELens' transcoder architectures (`saes/transcoder.py`) -> (hf_sae architecture, skip connection)
+_SAELENS_TRANSCODERS = {
+    "transcoder": ("relu", False),
+    "skip_transcoder": ("relu", True),
+    "jumprelu_transcoder": ("jumprelu", False),
+    "jumprelu_skip_transcoder": ("jumprelu", True),
+}
+
+
+def _read_saelens_transcoder(folder: Path, cfg: dict[str, Any]) -> tuple[SaeConfig, dict[str, Tensor]]:
+    """A SAELens transcoder: the encoder reads x as it is (`process_sae_in` skips b_dec), the decoder maps to d_out,
+    and the target is `metadata.hook_name_out`."""
+    meta = cfg.get("metadata") or {}
+    arch, skip = _SAELENS_TRANSCODERS[cfg["architecture"]]
+    d_in, d_out, n = cfg.get("d_in"), cfg.get("d_out"), cfg.get("d_sae")
+    if not meta.get("hook_name_out"):
+        why = "a transcoder needs the activation it predicts; add it to cfg.json's metadata (blocks.3.hook_mlp_out)."
+        raise _refuse(folder, "metadata.hook_name_out", meta.get("hook_name_out"), why)
+    if cfg.get("normalize_activations", "none") != "none":
+        raise _refuse(folder, "normalize_activations", cfg["normalize_activations"], "a transcoder's input transform "
+                      "that is not folded into its weights.")  # fmt: skip
+    src = folder / "sae_weights.safetensors"
+    raw = _load_safetensors(src)
+    t = {
+        "W_enc": _take(raw, "W_enc", (d_in, n), src).T,
+        "W_dec": _take(raw, "W_dec", (n, d_out), src),
+        "b_enc": _take(raw, "b_enc", (n,), src),
+        "b_dec": _take(raw, "b_dec", (d_out,), src),
+    }
+    if skip:
+        t["W_skip"] = _take(raw, "W_skip", (d_out, d_in), src)
+    if arch == "jumprelu":
+        t["threshold"] = _nonnegative(_take(raw, "threshold", (n,), src))
+    model = names.hub_model_id(meta.get("model_name"))
+    config = _config(
+        d_in,
+        n,
+        arch,
+        d_out=d_out,
+        apply_b_dec_to_input=False,
+        hookpoint=names.transformer_lens_to_module(meta["hook_name"], model),
+        output_hookpoint=names.transformer_lens_to_module(meta["hook_name_out"], model),
+        skip_connection=skip,
+        base_model_name_or_path=model,
+    )
+    return config, t
+
+
 # ---- sparsify -------------------------------------------------------------------------------------------------------
 
 
@@ -244,18 +297,16 @@ def _sparsify_hookpoint(folder: Path) -> tuple[str, str | None]:
 def describe_sparsify(folder: Path) -> Found:
     cfg = read_json(folder / "cfg.json")
     n = cfg.get("num_latents") or cfg.get("d_in", 0) * cfg.get("expansion_factor", 0)
-    return Found("sparsify", _sparsify_hookpoint(folder)[0], n or None)
+    hookpoint = _sparsify_hookpoint(folder)[0]
+    return Found("sparsify", hookpoint + INPUT_SUFFIX if cfg.get("transcode") else hookpoint, n or None)
 
 
 def read_sparsify(folder: Path) -> tuple[SaeConfig, dict[str, Tensor]]:
     cfg = read_json(folder / "cfg.json")
-    if cfg.get("transcode"):
-        raise _refuse(
-            folder, "transcode", True, "a transcoder predicts another activation (the module's output from its "
-            "input), and an hf_sae SAE reconstructs the activation it reads.",
-        )  # fmt: skip
-    if cfg.get("skip_connection"):
-        raise _refuse(folder, "skip_connection", True, "a linear skip connection (W_skip) beside the SAE.")
+    transcode, skip = bool(cfg.get("transcode")), bool(cfg.get("skip_connection"))
+    if skip and not transcode:
+        raise _refuse(folder, "skip_connection", True, "a skip term (W_skip) applies to transcoders only, and "
+                      "this coder reconstructs its input (transcode is false).")  # fmt: skip
     if cfg.get("activation", "topk") != "topk":
         raise _refuse(folder, "activation", cfg["activation"], "hf_sae has top-k but not group-max selection.")
     d_in = cfg["d_in"]
@@ -269,8 +320,14 @@ def read_sparsify(folder: Path) -> tuple[SaeConfig, dict[str, Tensor]]:
         "b_dec": _take(raw, "b_dec", (d_in,), src),
     }
     hookpoint, model = _sparsify_hookpoint(folder)
-    # The encoder subtracts b_dec although cfg.json does not say so (SparseCoder.encode).
-    return _config(d_in, n, "topk", k=cfg["k"], hookpoint=hookpoint, base_model_name_or_path=model), t
+    fields: dict[str, Any] = {"hookpoint": hookpoint}
+    if transcode:  # the module's input predicts its output; the encoder reads x as it is (SparseCoder.encode)
+        fields = {"hookpoint": hookpoint + INPUT_SUFFIX, "output_hookpoint": hookpoint, "apply_b_dec_to_input": False}
+    if skip:
+        t["W_skip"] = _take(raw, "W_skip", (d_in, d_in), src)
+        fields["skip_connection"] = True
+    # Otherwise the encoder subtracts b_dec although cfg.json does not say so (SparseCoder.encode).
+    return _config(d_in, n, "topk", k=cfg["k"], base_model_name_or_path=model, **fields), t
 
 
 # ---- dictionary_learning --------------------------------------------------------------------------------------------
@@ -316,6 +373,11 @@ def read_dictionary_learning(folder: Path) -> tuple[SaeConfig, dict[str, Tensor]
         )
     config = read_json(folder / "config.json")
     trainer = config.get("trainer", {})
+    if (io := config.get("buffer", {}).get("io")) not in (None, "in", "out"):
+        # 0.1.0's buffer can serve (input, output) pairs, but no dictionary class or trainer predicts one from the
+        # other: what such a folder computes is not defined by the package.
+        raise _refuse(folder / "config.json", "buffer.io", io, "dictionary_learning's dictionaries reconstruct "
+                      "their input; none reads one activation and predicts another.")  # fmt: skip
     dict_class, d_in, n = trainer.get("dict_class"), trainer.get("activation_dim"), trainer.get("dict_size")
     src = folder / "ae.pt"
     raw = _load_state_dict(src)

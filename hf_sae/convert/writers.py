@@ -6,6 +6,9 @@
   JumpReLU SAE with the global threshold repeated per latent, and Matryoshka BatchTopK too, its nested widths in
   `training_architecture_details.matryoshka_widths`.
 - sparsify: `SparseCoder.load_from_disk`'s cfg.json + sae.safetensors, top-k SAEs only.
+
+Transcoders go out as SAELens' transcoder classes (relu and jumprelu, with or without skip term; `hook_name_out` names
+the target) and as sparsify transcoders (top-k, from a module's input to its output, of the same width).
 """
 
 import json
@@ -16,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import SaeConfigError
+from ..hookpoints import INPUT_SUFFIX
 from ..layout import replace_folder, staging_folder, write_json
 from ..modeling_sae import SaeModel
 from ..version import __version__
@@ -26,7 +30,16 @@ SAELENS_LAYOUT_VERSION = "6.0.0"
 
 
 def _tensors(sae: SaeModel) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sae.state_dict().items()}
+    t = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sae.state_dict().items()}
+    if sae.config.is_transcoder and sae.config.apply_b_dec_to_input:
+        # SAELens' and sparsify's transcoders encode x as it is: b_dec's share moves into the encoder bias.
+        t["b_enc"] = t["b_enc"] - t["W_enc"] @ t["b_dec"]
+    return t
+
+
+# hf_sae architecture -> SAELens transcoder architecture, without and with a skip term (`saes/transcoder.py`)
+_SAELENS_TRANSCODERS = {"relu": ("transcoder", "skip_transcoder"),
+                        "jumprelu": ("jumprelu_transcoder", "jumprelu_skip_transcoder")}  # fmt: skip
 
 
 def to_saelens(sae: SaeModel, folder: Path) -> Path:
@@ -34,6 +47,15 @@ def to_saelens(sae: SaeModel, folder: Path) -> Path:
     arch = cfg.architecture
     weights = {"W_enc": t["W_enc"].T.contiguous(), "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
     fields, training = {}, {}
+    if cfg.is_transcoder:
+        if arch not in _SAELENS_TRANSCODERS:
+            raise SaeConfigError(
+                f"SAELens' transcoders are relu or jumprelu; this transcoder is {arch!r}. Export it with `--to hf_sae`"
+                + (" or `--to sparsify`." if arch == "topk" else ".")
+            )
+        fields = {"d_out": cfg.d_out}
+        if cfg.skip_connection:
+            weights["W_skip"] = t["W_skip"]
     if arch == "gated":
         weights |= {"b_gate": t["b_enc"], "r_mag": t["r_mag"], "b_mag": t["b_mag"]}
     else:
@@ -54,13 +76,16 @@ def to_saelens(sae: SaeModel, folder: Path) -> Path:
     elif arch == "topk":
         fields = {"k": cfg.k, "rescale_acts_by_decoder_norm": False}
     saelens_arch = {"relu": "standard", "batchtopk": "jumprelu", "matryoshka_batchtopk": "jumprelu"}.get(arch, arch)
+    if cfg.is_transcoder:
+        saelens_arch = _SAELENS_TRANSCODERS[arch][cfg.skip_connection]
+        training = {"hook_name_out": cfg.output_hookpoint}
     config = {
         "architecture": saelens_arch,
         "d_in": cfg.d_in,
         "d_sae": cfg.num_latents,
         "dtype": "float32",
         "device": "cpu",
-        "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
+        "apply_b_dec_to_input": cfg.apply_b_dec_to_input and not cfg.is_transcoder,
         "normalize_activations": "none",
         "reshape_activations": "none",
         **fields,
@@ -88,10 +113,18 @@ def to_sparsify(sae: SaeModel, folder: Path) -> Path:
         raise SaeConfigError(
             f"sparsify holds top-k SAEs only; this SAE is {cfg.architecture!r}. Export it with `--to saelens`."
         )
+    if cfg.is_transcoder and (cfg.hookpoint != f"{cfg.output_hookpoint}{INPUT_SUFFIX}" or cfg.d_out != cfg.d_in):
+        raise SaeConfigError(
+            f"A sparsify transcoder predicts a module's output from its input, of the same width; this one reads "
+            f"{cfg.hookpoint!r} (d_in={cfg.d_in}) and predicts {cfg.output_hookpoint!r} (d_out={cfg.d_out}). Export "
+            "it with `--to hf_sae`."
+        )
     bias = t["b_enc"]
-    if not cfg.apply_b_dec_to_input:  # sparsify always encodes x - b_dec: move b_dec's share into the bias
+    if not cfg.apply_b_dec_to_input and not cfg.is_transcoder:  # sparsify encodes x - b_dec: move b_dec into the bias
         bias = bias + t["W_enc"] @ t["b_dec"]
     weights = {"encoder.weight": t["W_enc"], "encoder.bias": bias, "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
+    if cfg.skip_connection:
+        weights["W_skip"] = t["W_skip"]
     config = {
         "activation": "topk",
         "expansion_factor": max(cfg.num_latents // cfg.d_in, 1),
@@ -99,8 +132,8 @@ def to_sparsify(sae: SaeModel, folder: Path) -> Path:
         "num_latents": cfg.num_latents,
         "k": cfg.k,
         "multi_topk": False,
-        "skip_connection": False,
-        "transcode": False,
+        "skip_connection": cfg.skip_connection,
+        "transcode": cfg.is_transcoder,
         "d_in": cfg.d_in,
     }
     with staging_folder(folder) as tmp:
@@ -111,8 +144,8 @@ def to_sparsify(sae: SaeModel, folder: Path) -> Path:
 
 
 def sparsify_folder_name(sae: SaeModel) -> str:
-    """sparsify names hookpoints relative to the base model (`layers.3`)."""
-    return names.module_to_relative(sae.config.hookpoint or "sae")
+    """sparsify names hookpoints relative to the base model (`layers.3`), a transcoder by its module."""
+    return names.module_to_relative(sae.config.output_hookpoint or sae.config.hookpoint or "sae")
 
 
 def to_hf_sae(sae: SaeModel, folder: Path) -> Path:
