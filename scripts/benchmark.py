@@ -9,7 +9,9 @@ Sections:
   harvest   LM tokens/s: full forward vs forward stopped after the hookpoint, fp32 and bf16 autocast
   sae       one SAE training step (forward, backward, Adam) on stored activations, per architecture and precision,
             with peak memory; the TopK step is reported as a fraction of the roofline, its ideal cost being one
-            dense encoder matmul (2 * d_in * num_latents FLOPs per token), and BatchTopK as a fraction of TopK
+            dense encoder matmul (2 * d_in * num_latents FLOPs per token), and BatchTopK as a fraction of TopK;
+            `topk_transcoder` and `topk_skip_transcoder` are the TopK step predicting a second activation of the same
+            width (the skip term adds a d_in x d_in matmul)
   e2e       the whole training loop (harvest + shuffle + SAE step) tokens/s, and its ratio to harvesting alone
   replay    activation cache: write and replay tokens/s (random access, 16-bit, memory-mapped) against the SAE step
             alone, and the trainer's tokens/s from the cache with 1 and `--sweep_saes` SAEs: the marginal cost of
@@ -32,7 +34,9 @@ from pathlib import Path
 
 import torch
 
-ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu", "gated")
+# The TopK step as a transcoder (with a skip term or not), predicting another activation of the same width.
+TRANSCODERS = {"topk_transcoder": ("topk", False), "topk_skip_transcoder": ("topk", True)}
+ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu", "gated", *TRANSCODERS)
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -75,17 +79,24 @@ def sae_step(args, architecture: str, precision: str) -> dict:
     from hf_sae import SaeConfig, SaeModel
 
     torch.manual_seed(0)
+    architecture, skip = TRANSCODERS.get(architecture, (architecture, None))
+    transcoder = (
+        {} if skip is None else {"output_hookpoint": "out", "skip_connection": skip, "apply_b_dec_to_input": False}
+    )
     k = args.k if architecture in ("topk", "batchtopk") else None
-    sae = SaeModel(SaeConfig(d_in=args.d_in, num_latents=args.num_latents, architecture=architecture, k=k))
+    sae = SaeModel(
+        SaeConfig(d_in=args.d_in, num_latents=args.num_latents, architecture=architecture, k=k, **transcoder)
+    )
     sae.to(args.device).train()
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
     x = torch.randn(args.batch_size, args.d_in, device=args.device)
+    target = torch.randn(args.batch_size, args.d_in, device=args.device) if transcoder else None
     dead = torch.zeros(args.num_latents, dtype=torch.bool, device=args.device)
     dtype = torch.bfloat16 if precision == "bf16" else None
 
     def step():
         with autocast(args.device, dtype):
-            out = sae(x, return_latents=False, dead_latents=dead)
+            out = sae(x, target, return_latents=False, dead_latents=dead)
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -373,7 +384,7 @@ def main() -> None:
                 command = [sys.executable, __file__, "--_one_step", architecture, precision, *sys.argv[1:]]
                 step = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
                 results[f"sae_{architecture}_{precision}"] = step
-                print(f"SAE step {architecture:>9} {precision}: {step['tokens_per_second']:>9,.0f} tok/s "
+                print(f"SAE step {architecture:>20} {precision}: {step['tokens_per_second']:>9,.0f} tok/s "
                       f"({100 * step['fraction_of_roofline']:.0f}% of the {precision} encoder-matmul roofline), "
                       f"at {step['matmul_gflops']:.0f} GFLOP/s; peak RSS {step['peak_rss_mb'] or 0:,.0f} MB",
                       flush=True)  # fmt: skip

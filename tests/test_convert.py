@@ -284,6 +284,13 @@ def test_what_a_transcoder_cannot_be_is_refused(tmp_path):
     (folder / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(SaeConfigError, match=r"metadata.hook_name_out=None.*needs the activation it predicts"):
         read_sae(folder)
+    folder = copy("llama_scope/Llama3_1-8B-Base-L3R-8x", tmp_path)
+    hyper = json.loads((folder / "hyperparams.json").read_text())
+    (folder / "hyperparams.json").write_text(json.dumps({**hyper, "hook_point_out": "blocks.3.hook_mlp_out"}))
+    with pytest.raises(
+        SaeConfigError, match=r"hook_point_out='blocks.3.hook_mlp_out'.*save it as a SAELens transcoder"
+    ):
+        read_sae(folder)
 
 
 class _Trap:

@@ -246,7 +246,7 @@ _SAELENS_TRANSCODERS = {
 def _read_saelens_transcoder(folder: Path, cfg: dict[str, Any]) -> tuple[SaeConfig, dict[str, Tensor]]:
     """A SAELens transcoder: the encoder reads x as it is (`process_sae_in` skips b_dec), the decoder maps to d_out,
     and the target is `metadata.hook_name_out`."""
-    meta = cfg.get("metadata") or {}
+    meta = {"hook_name_out": cfg.get("hook_name_out"), **(cfg.get("metadata") or {})}  # older configs: at the top
     arch, skip = _SAELENS_TRANSCODERS[cfg["architecture"]]
     d_in, d_out, n = cfg.get("d_in"), cfg.get("d_out"), cfg.get("d_sae")
     if not meta.get("hook_name_out"):
@@ -500,7 +500,11 @@ def describe_llama_scope(folder: Path) -> Found:
 def read_llama_scope(folder: Path) -> tuple[SaeConfig, dict[str, Tensor]]:
     hyper = read_json(folder / "hyperparams.json")
     if hyper.get("hook_point_in") != hyper.get("hook_point_out"):
-        raise _refuse(folder, "hook_point_out", hyper.get("hook_point_out"), "a transcoder (in and out differ).")
+        why = (
+            "a Llama Scope transcoder (in and out differ), whose output normalisation no package here defines to "
+            "check against; save it as a SAELens transcoder (d_out, metadata.hook_name_out), which hf_sae reads."
+        )
+        raise _refuse(folder, "hook_point_out", hyper.get("hook_point_out"), why)
     d_in, n = hyper["d_model"], hyper["d_sae"]
     src = folder / "checkpoints" / "final.safetensors"
     raw = _load_safetensors(src)
