@@ -170,7 +170,7 @@ class SaeHooks:
         self._active: dict[str, list[_Splice | _Edit | SaeRecorder]] = {name: [] for name in self.saes}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._call: tuple[Tensor | None, int] = (None, 0)  # the current forward's (attention mask, cache length)
-        self._pending: dict[str, tuple[Callable[[Tensor], Tensor], torch.Size]] = {}  # transcoders' output edits
+        self._pending: dict[str, tuple[Callable[[Tensor], Tensor] | None, torch.Size]] = {}  # transcoders' edits
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, repo_or_dir: str, hookpoints: str | list[str] | None = None,
@@ -350,8 +350,8 @@ class SaeHooks:
                     current = x if out is None else out
                     sae = self.saes[name]
                     edit = _run_sae(sae, current, self._active[name], _token_info(*self._call, x), name)
-                    if edit is not None and sae.config.is_transcoder:
-                        self._pending[name] = (edit, current.shape[:-1])  # applied at the output hookpoint
+                    if sae.config.is_transcoder:  # applied at the output hookpoint (None: it stays as it is)
+                        self._pending[name] = (edit, current.shape[:-1])
                     elif edit is not None:
                         out = edit(current)
             return out
@@ -378,7 +378,7 @@ class SaeHooks:
                     f"acts on `{sae.config.output_hookpoint}` shaped {tuple(y.shape[:-1])}; both hookpoints must "
                     "hold the same tokens, e.g. an MLP's input and its output."
                 )
-            return edit(y)
+            return None if edit is None else edit(y)
 
         return run
 
