@@ -546,3 +546,25 @@ def test_the_readmes_hub_layout_is_what_a_push_writes(api, tmp_path):
     expected |= {f"model.layers.15/features/{name}" for name in feature_files}
     assert names[:2] == ["README.md", "model.layers.15/"] and len(expected) == 8
     assert set(api.list_repo_files("alice/layout")) - {".gitattributes"} == expected
+
+
+def test_a_skip_transcoder_pushes_and_loads_by_its_input_hookpoint_with_its_card(api, hub):
+    pair = {"hookpoint": "model.layers.2.mlp.input", "output_hookpoint": "model.layers.2.mlp"}
+    config = SaeConfig(
+        d_in=16, d_out=12, num_latents=64, k=4, skip_connection=True, apply_b_dec_to_input=False, **pair
+    )
+    torch.manual_seed(0)
+    transcoder = SaeModel(config)
+    with torch.no_grad():
+        for tensor in transcoder.parameters():
+            tensor.normal_()
+    push_saes_to_hub("alice/transcoders", [transcoder], token=ALICE)
+    loaded = load_saes("alice/transcoders", ["model.layers.2.mlp.input"])["model.layers.2.mlp.input"]
+    assert (loaded.config.output_hookpoint, loaded.config.d_out, loaded.config.skip_connection) == (
+        "model.layers.2.mlp",
+        12,
+        True,
+    )
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in transcoder.state_dict().items())
+    card = ModelCard.load("alice/transcoders", token=ALICE).text
+    assert "skip transcoder to `model.layers.2.mlp`" in card
