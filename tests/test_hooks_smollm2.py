@@ -91,3 +91,33 @@ def test_steering_inside_generate_changes_the_text(smollm2, sae):
     assert len(recorder.latents[HOOKPOINT]) == steered.shape[1] - prompt  # one entry per step, the KV cache in use
     new = torch.cat(recorder.latents[HOOKPOINT][1:], dim=1)  # the generated tokens
     assert torch.all(new[..., feature] == 400.0)
+
+
+def test_a_transcoder_splices_into_a_real_mlp_as_replacing_it_by_hand(smollm2):
+    model, tokenizer = smollm2
+    mlp_in, mlp = "model.layers.3.mlp.input", "model.layers.3.mlp"
+    config = SaeConfig(d_in=576, num_latents=2304, k=16, hookpoint=mlp_in, output_hookpoint=mlp, skip_connection=True,
+                       apply_b_dec_to_input=False)  # fmt: skip
+    torch.manual_seed(0)
+    tc = SaeModel(config).eval()
+    with torch.no_grad():
+        for tensor in tc.parameters():
+            tensor.normal_(std=0.05)
+    ids = tokenizer(PROMPTS[0], return_tensors="pt").input_ids
+
+    def by_hand(module, args, y):  # top-k of the pre-activations, decoded, plus the skip term
+        pre = args[0] @ tc.W_enc.T + tc.b_enc
+        values, indices = pre.topk(16, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, indices, values) @ tc.W_dec + tc.b_dec + args[0] @ tc.W_skip.T
+
+    with torch.no_grad():
+        handle = model.get_submodule(mlp).register_forward_hook(by_hand)
+        try:
+            expected = model(ids).logits
+        finally:
+            handle.remove()
+        clean = model(ids).logits
+        with SaeHooks(model, [tc]).splice():
+            spliced = model(ids).logits
+    torch.testing.assert_close(spliced, expected, rtol=1e-4, atol=1e-4)
+    assert (spliced - clean).abs().max() > 0.1
