@@ -33,6 +33,7 @@ from .errors import (
     SteeringError,
     TrainingError,
     WeightsError,
+    WriteError,
 )
 from .evaluation import evaluate_saes
 from .feature_store import FeatureMetadata, load_features
@@ -81,6 +82,7 @@ __all__ = [
     "SteeringError",
     "TrainingError",
     "WeightsError",
+    "WriteError",
     "__version__",
     "capture_activations",
     "collect_feature_metadata",

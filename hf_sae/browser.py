@@ -80,9 +80,15 @@ def explain(
     ]
 
 
+# Inside <script>, `<!--`, `<script` and `</script` change how the HTML parser reads the rest of the page: every
+# markup character is written as a JSON escape, which reads back as the same string. U+2028/9 end lines in old JS.
+_SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
 def _js(value) -> str:
-    """JSON that is safe inside a <script> element."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    """JSON that is safe inside a <script> element, whatever the strings in it hold."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.translate(str.maketrans(_SCRIPT_ESCAPES))
 
 
 def _num(x, digits: int = 4) -> float | None:

@@ -1,5 +1,6 @@
 """`SaeConfig`: what a sparse autoencoder is. Never training schedules, devices or run-time dtypes."""
 
+import math
 from typing import Any
 
 from transformers import PreTrainedConfig
@@ -260,4 +261,5 @@ def _check_positive_int(name: str, value: Any) -> None:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite int or float (NaN and infinity would train or load silently into nonsense)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

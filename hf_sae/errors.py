@@ -57,6 +57,11 @@ class TrainingError(HfSaeError, RuntimeError):
     """Training cannot go on (non-finite loss or activations, an output directory in use, a bad checkpoint)."""
 
 
+class WriteError(HfSaeError, OSError):
+    """A result cannot be written where asked (no permission, no space); the error says what is intact, and where
+    a result that was already computed went instead."""
+
+
 class HubError(HfSaeError, OSError):
     """A repo or revision cannot be found or read, or a push did not go through."""
 

@@ -36,6 +36,7 @@ from huggingface_hub.errors import (
     RevisionResolutionError,
 )
 from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError
 
 from .configuration_sae import SaeConfig
 from .errors import (
@@ -46,6 +47,7 @@ from .errors import (
     SaeConfigError,
     SaeNotFoundError,
     WeightsError,
+    WriteError,
 )
 from .layout import (
     CONFIG,
@@ -59,6 +61,7 @@ from .layout import (
     natural_key,
     read_json,
     safetensors_shapes,
+    write_failure,
     write_json,
     write_text,
 )
@@ -135,6 +138,13 @@ def save_saes(
             f"{output_dir} holds a single SAE (config.json at the top); save_saes writes one subfolder per hookpoint "
             "and the two layouts would mix. Choose another `output_dir`."
         )
+    need = sum(t.numel() * t.element_size() for sae in saes.values() for t in sae.state_dict().values())
+    if shutil.disk_usage(output_dir).free < need:  # known before writing: refuse rather than fill the disk
+        raise WriteError(
+            f"Saving {len(saes)} SAE(s) to {output_dir} needs about {need:,} bytes, but only "
+            f"{shutil.disk_usage(output_dir).free:,} are free there. Nothing was written; free some space or choose "
+            "another folder."
+        )
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
     try:
         for hookpoint, sae in saes.items():
@@ -154,6 +164,13 @@ def save_saes(
         write_text(staging / README, str(card))
         _swap_in(staging, output_dir, list(saes))
         os.replace(staging / README, output_dir / README)
+    except (OSError, SafetensorError) as error:  # safetensors reports a full disk as its own error
+        if isinstance(error, HfSaeError):
+            raise
+        raise WriteError(
+            f"Saving the SAEs to {output_dir}: {write_failure(error, output_dir, need)}. The temporary folder was "
+            f"removed and the SAEs already in {output_dir} are intact."
+        ) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir

@@ -19,10 +19,10 @@ import shutil
 import struct
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from .errors import SaeNotFoundError, WeightsError
+from .errors import SaeNotFoundError, WeightsError, WriteError
 
 CONFIG, WEIGHTS, FEATURES, README = "config.json", "model.safetensors", "features", "README.md"
 METRICS, TRAINING_ARGS, EVAL_REPORT = "metrics.json", "training_args.json", "eval_results.json"
@@ -163,6 +163,35 @@ def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 # ---- atomic writes --------------------------------------------------------------------------------------------------
+
+
+def probe_writable(folder: Path, flag: str) -> None:
+    """Refuse a folder that cannot take results before the work that would produce them: create it (and its
+    parents), write and remove a file there, then remove what this created, so that a refused run leaves nothing."""
+    folder = Path(folder).expanduser().absolute()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".hf_sae-write-test-{os.getpid()}"
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as error:
+        raise WriteError(
+            f"--{flag} {folder} cannot be written ({error.strerror or error}); nothing was done. Choose a folder you "
+            "can write to, or fix its permissions."
+        ) from None
+    finally:
+        for path in created:
+            with suppress(OSError):
+                path.rmdir()
+
+
+def write_failure(error: Exception, target: Path, need: int | None = None) -> str:
+    """What a failed write says: which file, how much space it needed against what was free, and why."""
+    free = shutil.disk_usage(next(p for p in (Path(target), *Path(target).parents) if p.exists())).free
+    space = f"; it needed about {need:,} bytes and {free:,} are free there" if need else f"; {free:,} bytes free"
+    reason = getattr(error, "strerror", None) or str(error)
+    return f"writing {getattr(error, 'filename', None) or target} failed ({reason}){space}"
 
 
 def write_text(path: Path, data: str | bytes) -> None:

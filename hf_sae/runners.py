@@ -3,6 +3,7 @@ argument first, then loads the LM (and the SAEs, whose base model is the default
 writes its results through `layout` and `hub.save_saes`."""
 
 import dataclasses
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from .arguments import (
 )
 from .data import check_context_size, iter_blocks, load_token_blocks, read_blocks, split_label
 from .distribution import hookpoint_owners
-from .errors import ArgumentError, DataError, TrainingError
+from .errors import ArgumentError, DataError, TrainingError, WriteError
 from .evaluation import evaluate_saes, plot_firing_density
 from .feature_store import EXPLANATIONS, LABELS, FeatureMetadata
 from .features import collect_feature_metadata
@@ -40,6 +41,7 @@ from .layout import (
     PER_SOURCE,
     TRAINING_ARGS,
     find_sae_folders,
+    probe_writable,
     read_json,
     sae_metrics,
     write_json,
@@ -79,6 +81,7 @@ def train_saes(
     check_all(sae_args, lm_args, data_args, args)
     runs = sweep_runs(sae_args, args.learning_rate)  # every sweep entry checked before anything expensive
     check_output_dir(args)
+    probe_writable(Path(args.output_dir), "output_dir")  # not after hours of training
     cache = _open_cache(args, lm_args, sae_args.harvested_hookpoints())  # an existing cache must match this run
     if cache is not None:
         args = dataclasses.replace(args, train_tokens=replay_tokens(cache, args.train_tokens, args.epochs,
@@ -165,12 +168,26 @@ def train_saes(
             if cache is not None:
                 run["train_epochs"] = round(trainer.state.tokens / cache.tokens, 4)
             report[name] = {**run, **held_out.get(name, {}), **dead[name]}
-        _save_runs(runs, trained, report, Path(args.output_dir), groups)
+        _save_or_rescue(runs, trained, report, Path(args.output_dir), groups)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and report:
         trainer.log_report(report, histograms)
     trainer.end()  # last: the trackers and the process group end after every collective
     return report
+
+
+def _save_or_rescue(runs: list[SweepRun], trained: dict, report: dict, out: Path, groups: tuple) -> None:
+    """`_save_runs`, and where `out` cannot take them, the trained SAEs go to a new temporary folder that the error
+    names: hours of training are never lost to a full disk or a changed permission."""
+    try:
+        _save_runs(runs, trained, report, out, groups)
+    except OSError as error:
+        rescue = Path(tempfile.mkdtemp(prefix="hf_sae-unsaved-"))
+        _save_runs(runs, trained, report, rescue, groups)
+        raise WriteError(
+            f"The trained SAEs could not be saved to {out} ({error}). They were saved to {rescue} instead: move them "
+            f"where they belong. What was in {out} before is intact."
+        ) from error
 
 
 def _save_runs(runs: list[SweepRun], trained: dict, report: dict, out: Path, groups: tuple) -> None:
@@ -392,6 +409,7 @@ def load_saes_and_lm(
 def run_evaluation(lm_args: ActivationArguments, data_args: DataArguments, args: EvaluationArguments) -> dict:
     """Load the SAEs, their LM and the text, evaluate, and write the report and plots to `args.output_dir`."""
     check_all(lm_args, data_args, args)
+    probe_writable(Path(args.output_dir), "output_dir")
     if args.save_beside_saes and not Path(args.sae).expanduser().is_dir():
         raise ArgumentError(f"--save_beside_saes writes into local SAE folders, but {args.sae!r} is not one. Drop it.")
     saes, model, tokenizer = load_saes_and_lm(
@@ -438,6 +456,7 @@ def run_evaluation(lm_args: ActivationArguments, data_args: DataArguments, args:
 def run_features(lm_args: ActivationArguments, data_args: DataArguments, args: FeatureArguments) -> FeatureMetadata:
     """`hf-sae features`: collect and save `<sae>/features/`, keeping the labels people set on an earlier run."""
     check_all(lm_args, data_args, args)
+    probe_writable(Path(args.sae), "sae")  # features/ goes inside
     sae, model, tokenizer = load_sae_and_lm(args.sae, lm_args, device=args.device)
     blocks = load_token_blocks(data_args, tokenizer, max_positions=_max_positions(model))
     features = collect_feature_metadata(

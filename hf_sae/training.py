@@ -7,6 +7,7 @@ or several configurations on one hookpoint) train from one LM forward. The hot l
 on logging steps and checkpoints: metrics and the non-finite check are read there, in one transfer.
 """
 
+import errno
 import itertools
 import json
 import math
@@ -29,12 +30,17 @@ from .arguments import SaeTrainingArguments
 from .configuration_sae import SaeConfig
 from .distribution import gather_to_main, send_to_owners
 from .errors import TrainingError
+from .layout import write_failure
 from .lm_forward import bf16_is_faster
 from .modeling_sae import SaeModel
 
 logger = get_logger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
+RUN_KEY = "run"  # in trainer_state.pt: the run's signature, compared on resume
+# The arguments a resumed run must share with its checkpoint: they decide the text, its order and the batches.
+RESUME_ARGUMENTS = ("dataset_name", "dataset_config_name", "dataset_split", "dataset_weights", "context_size",
+                    "shuffle_seed", "batch_size", "gradient_accumulation_steps", "activation_cache")  # fmt: skip
 
 
 class TrainerState:
@@ -343,13 +349,28 @@ class SaeTrainer:
         final = self.output_dir / f"{CHECKPOINT_PREFIX}{self.state.step}"
         tmp = final.with_name(final.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
+        files = {f"buffer_rank{rank}.pt": self.buffer.state_dict()}
         if self.owners or acc.is_main_process:
-            weights = {"saes": {n: sae.state_dict() for n, sae in self.saes.items()}, "state": self.state.state_dict(),
-                       "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}  # fmt: skip
-            torch.save(weights, tmp / f"weights_rank{rank}.pt")
-        torch.save(self.buffer.state_dict(), tmp / f"buffer_rank{rank}.pt")
+            files[f"weights_rank{rank}.pt"] = {
+                "saes": {n: sae.state_dict() for n, sae in self.saes.items()}, "state": self.state.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}  # fmt: skip
         if acc.is_main_process:
-            torch.save(self.state.state_dict(), tmp / "trainer_state.pt")
+            files["trainer_state.pt"] = {**self.state.state_dict(), RUN_KEY: self.run_signature()}
+        need = sum(_tensor_bytes(value) for value in files.values())
+        name = next(iter(files))
+        try:
+            if shutil.disk_usage(tmp).free < need:  # refuse before writing half a checkpoint
+                raise OSError(errno.ENOSPC, "not enough free space for the checkpoint", str(tmp))
+            for name, value in files.items():
+                torch.save(value, tmp / name)
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+            shutil.rmtree(tmp, ignore_errors=True)
+            failure = error if isinstance(error, OSError) else OSError(errno.EIO, str(error), str(tmp / name))
+            raise TrainingError(
+                f"Checkpoint {final.name} could not be saved: {write_failure(failure, tmp, need)}. Its temporary "
+                f"folder was removed; the intact checkpoints are {[p.name for p in _checkpoints(self.output_dir)]} "
+                f"in {self.output_dir}. Free some space, then resume with --resume_from_checkpoint latest."
+            ) from error
         acc.wait_for_everyone()
         if acc.is_main_process:
             tmp.rename(final)
@@ -373,6 +394,7 @@ class SaeTrainer:
                 f"hf_sae (found: {[p.name for p in _checkpoints(self.output_dir)]})."
             )
         saved = _load_checkpoint_file(path / "trainer_state.pt")
+        self._check_same_run(path, saved.pop(RUN_KEY, None))
         world = self.accelerator.num_processes
         if saved.get("world_size", 1) != world:
             raise TrainingError(
@@ -386,6 +408,34 @@ class SaeTrainer:
         self.buffer.load_state_dict(_load_checkpoint_file(path / f"buffer_rank{self.accelerator.process_index}.pt"))
         logger.info(f"Resuming from {path} at step {self.state.step}.", main_process_only=True)
         return path
+
+    def run_signature(self) -> dict:
+        """What a checkpoint must share with the run that resumes it: each SAE's config (architecture, widths, k,
+        hookpoint, base model) and the arguments that decide the data and its batches."""
+        saes = {name: {key: sae.config.to_dict().get(key) for key in sorted(SaeConfig.__annotations__)
+                       if key != "hf_sae_version"} for name, sae in self.saes.items()}  # fmt: skip
+        return {"saes": saes, "args": {key: self.hparams.get(key) for key in RESUME_ARGUMENTS}}
+
+    def _check_same_run(self, path: Path, saved: dict | None) -> None:
+        if saved is None:
+            return  # written before checkpoints recorded their run
+        now, differences = self.run_signature(), []
+        for name in sorted(set(saved["saes"]) | set(now["saes"])):
+            before, after = saved["saes"].get(name), now["saes"].get(name)
+            if before is None or after is None:
+                differences.append(f"SAE {name!r}: {'not in the checkpoint' if before is None else 'not in this run'}")
+                continue
+            keys = sorted(set(before) | set(after))
+            differences += [f"{name} {key}: checkpoint {before.get(key)!r}, now {after.get(key)!r}"
+                            for key in keys if before.get(key) != after.get(key)]  # fmt: skip
+        differences += [f"--{key}: checkpoint {value!r}, now {now['args'].get(key)!r}"
+                        for key, value in saved["args"].items() if value != now["args"].get(key)]  # fmt: skip
+        if differences:
+            raise TrainingError(
+                f"{path} is from a run with other arguments: {'; '.join(differences)}. Resume with the arguments it "
+                f"was trained with (the run's {self.output_dir}/training_args.json has them), or start a new run in "
+                "another --output_dir."
+            )
 
     def _weights_file(self, path: Path) -> Path:
         return path / f"weights_rank{self.accelerator.process_index if self.owners else 0}.pt"
@@ -496,14 +546,41 @@ def _load_checkpoint_file(path: Path):
     code, or a damaged one, is refused and never executed."""
     try:
         return torch.load(path, weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        older = [p.name for p in _checkpoints(path.parent.parent) if p != path.parent]
+    except CHECKPOINT_ERRORS as error:
+        others = [p for p in _checkpoints(path.parent.parent) if p != path.parent]
+        intact = next((p for p in reversed(others) if _is_intact(p)), None)
+        advice = (f"the newest intact one is {intact}: resume from it with --resume_from_checkpoint {intact}"
+                  if intact else "none is intact, so the run must start again")  # fmt: skip
         raise TrainingError(
             f"{path} cannot be loaded as a checkpoint hf_sae wrote ({type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''}); it is damaged, or holds more than tensors and "
             f"plain values and is refused rather than run. Other checkpoints in {path.parent.parent}: "
-            f"{older or 'none'}; resume from one of them with --resume_from_checkpoint PATH."
+            f"{[p.name for p in others] or 'none'}; {advice}."
         ) from None
+
+
+CHECKPOINT_ERRORS = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError)
+
+
+def _tensor_bytes(value) -> int:
+    """Bytes of the tensors in a nested state dict: about what `torch.save` writes."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _is_intact(checkpoint: Path) -> bool:
+    """Whether every file of `checkpoint` loads (tensors and plain values only)."""
+    try:
+        for file in checkpoint.glob("*.pt"):
+            torch.load(file, weights_only=True)
+    except CHECKPOINT_ERRORS:
+        return False
+    return (checkpoint / "trainer_state.pt").is_file()
 
 
 def _merge_parts(parts: list) -> tuple[dict[str, SaeModel], dict]:
