@@ -25,6 +25,7 @@ from .arguments import (
     SaeArguments,
     SaeTrainingArguments,
     check_all,
+    check_fits_in_memory,
 )
 from .data import check_context_size, iter_blocks, load_token_blocks, read_blocks, split_label
 from .distribution import hookpoint_owners
@@ -112,10 +113,14 @@ def train_saes(
     if cache is not None:
         cache.check_run(model_identity(lm_args.model_name_or_path), harvested, widths)
     own = [h for h in pairs if owners is None or owners[h] == rank]  # this process's SAEs
+    configs = {(h, index): run.sae_args.config(h, widths[h], model.name_or_path, pairs[h], widths.get(pairs[h]))
+               for h in own for index, run in enumerate(runs)}  # fmt: skip
+    for config in configs.values():  # the exact width is known now: refuse before allocating what cannot fit
+        check_fits_in_memory(config.num_latents, config.d_in, len(configs), str(accelerator.device))
     saes, rates = {}, {}
     for h in own:
         for index, run in enumerate(runs):
-            config = run.sae_args.config(h, widths[h], model.name_or_path, pairs[h], widths.get(pairs[h]))
+            config = configs[h, index]
             name = run.sae_name(h)
             saes[name] = _new_sae(config, args.seed, list(pairs).index(h) * len(runs) + index)
             saes[name], rates[name] = saes[name].to(accelerator.device), run.learning_rate

@@ -219,6 +219,7 @@ ROWS = [
     Row("expansion_factor inf", lambda w, t: T(w, expansion_factor="inf"), ArgumentError, r"expansion_factor must be a finite"),
     Row("expansion_factor 0", lambda w, t: T(w, expansion_factor=0), ArgumentError, r"--expansion_factor must be a number > 0"),
     Row("num_latents 1e10", lambda w, t: T(w, num_latents=10**10), ArgumentError, r"--num_latents 10,000,000,000 .*GiB .*Lower"),
+    Row("expansion_factor 1e8", lambda w, t: T(w, expansion_factor=1e8), ArgumentError, r"--num_latents 2,400,000,000 \(d_in 24, 1 SAE\(s\)\) needs about [\d,.]+ GiB"),
     Row("k 0", lambda w, t: T(w, k=0), ArgumentError, r"--k must be a positive integer for topk; got 0"),
     Row("k too large", lambda w, t: T(w, k=96), SaeConfigError, r"`k` must be smaller than `num_latents` \(96\)"),
     Row("sparsity_coefficient -1", lambda w, t: T(w, sparsity_coefficient=-1), ArgumentError, r"--sparsity_coefficient must be >= 0"),
