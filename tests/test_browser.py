@@ -55,7 +55,7 @@ def features() -> FeatureMetadata:
     lm = make_tiny_lm("llama")
     features = collect(lm.model, tiny_tokenizer(), tiny_sae(24), token_blocks(num_blocks=16))
     features.set_label(5, "zebra crossing")
-    features.set_label(17, "Zebra stripes <b>not bold</b>")  # markup in a label must show as text
+    features.set_label(17, "Zebra stripes <b>not bold</b> <!--<script>")  # markup in a label must show as text
     return features
 
 
@@ -140,7 +140,7 @@ def test_browser_in_headless_chromium(chrome, features, tmp_path):
 
     chrome.execute_script("location.hash = '#17'")
     wait_for(lambda: heading(chrome) == "Feature 17")
-    assert chrome.find_element("id", "feature-label").text == "Zebra stripes <b>not bold</b>"
+    assert chrome.find_element("id", "feature-label").text == "Zebra stripes <b>not bold</b> <!--<script>"
     chrome.execute_script("location.hash = '#5'")
     wait_for(lambda: heading(chrome) == "Feature 5")
 
@@ -155,7 +155,8 @@ def test_page_is_self_contained_and_never_replaces_other_files(features, tmp_pat
     html = index.read_text()
     assert not re.findall(r"""(?:src|href)=["'](?!data:)[a-z]+:""", html)  # no network, no CDN
     assert re.findall(r"https?://", html) == ["http://"]  # only the SVG namespace name
-    assert "</b>" not in html and "not bold<\\/b>" in html  # a label cannot close the script element
+    # A label cannot close the script element, nor open a comment or a script in it: markup is escaped as \u003c.
+    assert "<b>not bold" not in html and "\\u003cb\\u003enot bold\\u003c/b\\u003e" in html
     write_browser(features, tmp_path / "browser")  # an earlier browser is replaced
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(HfSaeError, match="other files"):
