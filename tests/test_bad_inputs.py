@@ -296,7 +296,7 @@ ROWS = [
     Row("pickle-only folder", lambda w, t: load_saes(copy_sae(w, t, pickle_only)), WeightsError, r"has config.json but no model.safetensors"),
     Row("config not json", lambda w, t: load_saes(copy_sae(w, t, lambda f: (f / "config.json").write_text("{"))), SaeNotFoundError, r"config.json is not valid JSON"),
     Row("config other model_type", lambda w, t: load_saes(copy_sae(w, t, lambda f: write_config(f, model_type="llama"))), SaeConfigError, r"model_type 'llama', not 'hf_sae'"),
-    Row("weights of another width", lambda w, t: SaeModel.from_pretrained(copy_sae(w, t, lambda f: write_config(f, d_in=12))), WeightsError, r"W_enc: \(48, 24\) \(expected \(48, 12\)\)"),
+    Row("weights of another width", lambda w, t: SaeModel.from_pretrained(copy_sae(w, t, lambda f: write_config(f, d_in=12, d_out=12))), WeightsError, r"W_enc: \(48, 24\) \(expected \(48, 12\)\)"),
     Row("load_saes unknown hookpoint", lambda w, t: load_saes(w.root / "saes", ["model.layers.7"]), HookpointError, r"no SAE for hookpoint\(s\) \['model.layers.7'\]"),
     # ---- hooks -----------------------------------------------------------------------------------------------------
     Row("steer a string", lambda w, t: steer(w, "12"), SteeringError, r"got '12'. Write `12`, not `'12'`"),
