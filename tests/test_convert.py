@@ -2,6 +2,7 @@
 eai-sparsify 1.3.3, dictionary-learning 0.1.0; Gemma Scope and Llama Scope in their published layouts)."""
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -284,13 +285,39 @@ def test_what_a_transcoder_cannot_be_is_refused(tmp_path):
     (folder / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(SaeConfigError, match=r"metadata.hook_name_out=None.*needs the activation it predicts"):
         read_sae(folder)
-    folder = copy("llama_scope/Llama3_1-8B-Base-L3R-8x", tmp_path)
-    hyper = json.loads((folder / "hyperparams.json").read_text())
-    (folder / "hyperparams.json").write_text(json.dumps({**hyper, "hook_point_out": "blocks.3.hook_mlp_out"}))
-    with pytest.raises(
-        SaeConfigError, match=r"hook_point_out='blocks.3.hook_mlp_out'.*save it as a SAELens transcoder"
-    ):
-        read_sae(folder)
+
+
+def test_a_llama_scope_transcoder_predicts_as_openmoss_computes(tmp_path):
+    """Llama Scope's published layout with `hook_point_in` != `hook_point_out`; the expected numbers follow OpenMOSS'
+    own loader at the release (lm_saes commit 1e71036): dataset-wise scales folded into the biases and decoder, the
+    scalar threshold on the folded pre-activations."""
+    d, n, norm_in, norm_out, threshold = 64, 256, 12.0, 3.0, 0.02
+    generator = torch.Generator().manual_seed(0)
+    shapes = {"encoder.weight": (n, d), "encoder.bias": (n,), "decoder.weight": (d, n), "decoder.bias": (d,)}
+    weights = {name: torch.randn(shape, generator=generator) / 8 for name, shape in shapes.items()}
+    folder = tmp_path / "Llama3_1-8B-Base-L3TC-8x"
+    (folder / "checkpoints").mkdir(parents=True)
+    save_file(weights, folder / "checkpoints" / "final.safetensors")
+    hyper = {"d_model": d, "d_sae": n, "hook_point_in": "blocks.3.ln2.hook_normalized",
+             "hook_point_out": "blocks.3.hook_mlp_out", "act_fn": "jumprelu", "jump_relu_threshold": threshold,
+             "norm_activation": "dataset-wise",
+             "dataset_average_activation_norm": {"in": norm_in, "out": norm_out}}  # fmt: skip
+    (folder / "hyperparams.json").write_text(json.dumps(hyper))
+
+    scale_in, scale_out = math.sqrt(d) / norm_in, math.sqrt(d) / norm_out
+    x = torch.randn(32, d, generator=generator) * norm_in / math.sqrt(d)
+    pre = x @ weights["encoder.weight"].T + weights["encoder.bias"] / scale_in
+    latents = pre * (pre > threshold)
+    prediction = latents @ (weights["decoder.weight"] * scale_in / scale_out).T + weights["decoder.bias"] / scale_out
+
+    sae = SaeModel.from_pretrained(folder)
+    assert (sae.config.hookpoint, sae.config.output_hookpoint) == ("model.layers.3.mlp.input", "model.layers.3.mlp")
+    with torch.no_grad():
+        out = sae(x)
+    assert 0 < (latents != 0).float().mean() < 0.9
+    assert torch.equal(out.latents != 0, latents != 0)
+    torch.testing.assert_close(out.latents, latents * scale_in, rtol=1e-5, atol=1e-5)  # SAELens' latent scale
+    torch.testing.assert_close(out.reconstruction, prediction, rtol=1e-5, atol=1e-5)
 
 
 class _Trap:

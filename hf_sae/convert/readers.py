@@ -114,9 +114,11 @@ def _fold_decoder_norms(t: dict[str, Tensor]) -> None:
     t["W_dec"] = t["W_dec"] / norms[:, None]
 
 
-def _fold_input_scale(t: dict[str, Tensor], scale: float) -> None:
-    """An SAE that reads `scale * x` made to read x (as `SaeModel.fold_activation_scale_`)."""
-    t["W_enc"], t["W_dec"], t["b_dec"] = t["W_enc"] * scale, t["W_dec"] / scale, t["b_dec"] / scale
+def _fold_input_scale(t: dict[str, Tensor], scale: float, output_scale: float | None = None) -> None:
+    """An SAE that reads `scale * x` (and predicts `output_scale * y`, by default `scale * y`) made to read x and
+    predict y (as `SaeModel.fold_activation_scale_`)."""
+    output_scale = scale if output_scale is None else output_scale
+    t["W_enc"], t["W_dec"], t["b_dec"] = t["W_enc"] * scale, t["W_dec"] / output_scale, t["b_dec"] / output_scale
 
 
 def _config(d_in: int, num_latents: int, architecture: str, **fields) -> SaeConfig:
@@ -498,13 +500,8 @@ def describe_llama_scope(folder: Path) -> Found:
 
 
 def read_llama_scope(folder: Path) -> tuple[SaeConfig, dict[str, Tensor]]:
+    """An SAE, or a transcoder when `hook_point_in` and `hook_point_out` differ."""
     hyper = read_json(folder / "hyperparams.json")
-    if hyper.get("hook_point_in") != hyper.get("hook_point_out"):
-        why = (
-            "a Llama Scope transcoder (in and out differ), whose output normalisation no package here defines to "
-            "check against; save it as a SAELens transcoder (d_out, metadata.hook_name_out), which hf_sae reads."
-        )
-        raise _refuse(folder, "hook_point_out", hyper.get("hook_point_out"), why)
     d_in, n = hyper["d_model"], hyper["d_sae"]
     src = folder / "checkpoints" / "final.safetensors"
     raw = _load_safetensors(src)
@@ -514,20 +511,25 @@ def read_llama_scope(folder: Path) -> tuple[SaeConfig, dict[str, Tensor]]:
         "b_enc": _take(raw, "encoder.bias", (n,), src),
         "b_dec": _take(raw, "decoder.bias", (d_in,), src),
     }
-    # Inputs were scaled to mean norm sqrt(d_model) by a dataset-wide constant; folded as SAELens folds it, with the
-    # one scalar threshold scaled alike (sae_lens `get_llama_scope_config_from_hf`).
-    scale = math.sqrt(d_in) / hyper["dataset_average_activation_norm"]["in"]
-    t["threshold"] = torch.full((n,), max(float(hyper["jump_relu_threshold"]) * scale, 0.0))
-    _fold_input_scale(t, scale)
-    hook = hyper["hook_point_in"]
+    # Inputs (and targets) were scaled to mean norm sqrt(d_model) by dataset-wide constants. Folded as SAELens folds
+    # them, with the one scalar threshold scaled alike (sae_lens `get_llama_scope_config_from_hf`); this fires the
+    # same latents and predicts the same output as OpenMOSS' own loader at the release (lm_saes
+    # `standardize_parameters_of_dataset_activation_scaling`, commit 1e71036), whose latents are these / scale_in.
+    norms = hyper["dataset_average_activation_norm"]
+    scale_in, scale_out = (math.sqrt(d_in) / norms[side] for side in ("in", "out"))
+    t["threshold"] = torch.full((n,), max(float(hyper["jump_relu_threshold"]) * scale_in, 0.0))
+    _fold_input_scale(t, scale_in, scale_out)
     model = "meta-llama/Llama-3.1-8B"
+    hook_in, hook_out = hyper["hook_point_in"], hyper["hook_point_out"]
+    output = {} if hook_out == hook_in else {"output_hookpoint": names.transformer_lens_to_module(hook_out, model)}
     config = _config(
         d_in,
         n,
         "jumprelu",
         apply_b_dec_to_input=False,
-        hookpoint=names.transformer_lens_to_module(hook, model),
+        hookpoint=names.transformer_lens_to_module(hook_in, model),
         base_model_name_or_path=model,
+        **output,
     )
     return config, t
 
