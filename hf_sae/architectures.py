@@ -152,10 +152,12 @@ def _nested_reconstruction(sae, x: Tensor, z: SparseCode, with_loss: bool):
     sizes = sae.config.matryoshka_group_sizes
     ends = torch.tensor(list(accumulate(sizes)), device=z.cols.device)  # (groups,)
     group = torch.bucketize(z.cols, ends, right=True)  # (entries,): the group of each entry's latent
+    order = torch.argsort(group, stable=True)  # contiguous groups, each still grouped by token
+    per_group = torch.bincount(group, minlength=len(sizes)).tolist()
+    parts = zip(*(t[order].split(per_group) for t in (z.rows, z.cols, z.values)))
     reconstruction, prefix_loss = sae.b_dec.to(x.dtype).expand_as(x), None
-    for index in range(len(sizes)):
-        keep = group == index
-        reconstruction = reconstruction + SparseCode(*(t[keep] for t in z[:3]), z.num_rows).decode(sae.W_dec)
+    for index, (rows, cols, values) in enumerate(parts):
+        reconstruction = reconstruction + SparseCode(rows, cols, values, z.num_rows).decode(sae.W_dec)
         if with_loss and index < len(sizes) - 1:
             error = (reconstruction - x).pow(2).sum(-1).mean()
             prefix_loss = error if prefix_loss is None else prefix_loss + error

@@ -66,6 +66,8 @@ class SparseEncode(torch.autograd.Function):
     def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, select: Select):  # noqa: N803
         pre = torch.addmm(b_enc.to(x.dtype), x, W_enc.to(x.dtype).T)  # (N, num_latents)
         rows, cols, values = select(pre)
+        # Only AuxK's entries, appended after the main ones, break the grouping by token that the backward needs.
+        ctx.grouped = bool((rows[1:] >= rows[:-1]).all())
         ctx.save_for_backward(x, W_enc, rows, cols)
         ctx.mark_non_differentiable(rows, cols)
         return rows, cols, values
@@ -75,9 +77,13 @@ class SparseEncode(torch.autograd.Function):
         x, W_enc, rows, cols = ctx.saved_tensors  # noqa: N806
         grad_x = grad_W_enc = grad_b_enc = None
         if ctx.needs_input_grad[0]:
-            order = torch.argsort(rows, stable=True)  # the AuxK entries follow the main ones: regroup by token
-            offsets = row_offsets(rows[order], x.shape[0])
-            grad_x = sum_by_token(cols[order], W_enc.to(x.dtype), offsets, grad_values[order])
+            if ctx.grouped:
+                by_token, grad_by_token = (rows, cols), grad_values
+            else:  # regroup by token
+                order = torch.argsort(rows, stable=True)
+                by_token, grad_by_token = (rows[order], cols[order]), grad_values[order]
+            offsets = row_offsets(by_token[0], x.shape[0])
+            grad_x = sum_by_token(by_token[1], W_enc.to(x.dtype), offsets, grad_by_token)
         if ctx.needs_input_grad[1]:
             grad_W_enc = sum_by_latent(cols, rows, x, grad_values, W_enc.shape[0]).to(W_enc.dtype)
         if ctx.needs_input_grad[2]:

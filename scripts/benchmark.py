@@ -8,10 +8,12 @@ Sections:
   roofline  dense (batch, d_in) @ (d_in, num_latents) matmul throughput in fp32 and bf16: the SAE encoder's shape
   harvest   LM tokens/s: full forward vs forward stopped after the hookpoint, fp32 and bf16 autocast
   sae       one SAE training step (forward, backward, Adam) on stored activations, per architecture and precision,
-            with peak memory; the TopK step is reported as a fraction of the roofline, its ideal cost being one
-            dense encoder matmul (2 * d_in * num_latents FLOPs per token), and BatchTopK as a fraction of TopK;
-            `topk_transcoder` and `topk_skip_transcoder` are the TopK step predicting a second activation of the same
-            width (the skip term adds a d_in x d_in matmul)
+            with peak memory and L0; each step is reported as a fraction of the roofline, its ideal cost being one
+            dense encoder matmul (2 * d_in * num_latents FLOPs per token), and of the TopK step. The penalty
+            architectures (relu, jumprelu, gated) have their encoder bias or thresholds set so that their L0 is
+            about k, as after training, since their step's cost follows their L0; `topk_transcoder` and
+            `topk_skip_transcoder` are the TopK step predicting a second activation of the same width (the skip term
+            adds a d_in x d_in matmul)
   e2e       the whole training loop (harvest + shuffle + SAE step) tokens/s, and its ratio to harvesting alone
   replay    activation cache: write and replay tokens/s (random access, 16-bit, memory-mapped) against the SAE step
             alone, and the trainer's tokens/s from the cache with 1 and `--sweep_saes` SAEs: the marginal cost of
@@ -36,7 +38,7 @@ import torch
 
 # The TopK step as a transcoder (with a skip term or not), predicting another activation of the same width.
 TRANSCODERS = {"topk_transcoder": ("topk", False), "topk_skip_transcoder": ("topk", True)}
-ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu", "gated", *TRANSCODERS)
+ARCHITECTURES = ("topk", "batchtopk", "matryoshka_batchtopk", "relu", "jumprelu", "gated", *TRANSCODERS)
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -61,7 +63,7 @@ def matmul_gflops(args, dtype: torch.dtype) -> float:
 
 
 def roofline(args) -> dict:
-    return {f"matmul_{name}_gflops": matmul_gflops(args, dtype) for name, dtype in PRECISIONS.items()}
+    return {f"matmul_{name}_gflops": matmul_gflops(args, PRECISIONS[name]) for name in args.precisions}
 
 
 def peak_rss_mb() -> float:
@@ -76,21 +78,26 @@ def autocast(device: str, dtype: torch.dtype | None):
 
 def sae_step(args, architecture: str, precision: str) -> dict:
     """Run in a fresh process (see main) so that its peak resident memory is its own."""
-    from hf_sae import SaeConfig, SaeModel
+    from hf_sae import ARCHITECTURES, SaeConfig, SaeModel
 
     torch.manual_seed(0)
     architecture, skip = TRANSCODERS.get(architecture, (architecture, None))
     transcoder = (
         {} if skip is None else {"output_hookpoint": "out", "skip_connection": skip, "apply_b_dec_to_input": False}
     )
-    k = args.k if architecture in ("topk", "batchtopk") else None
-    sae = SaeModel(
-        SaeConfig(d_in=args.d_in, num_latents=args.num_latents, architecture=architecture, k=k, **transcoder)
-    )
-    sae.to(args.device).train()
+    n = args.num_latents
+    uses_k = ARCHITECTURES[architecture].uses_k
+    k = args.k if uses_k else None
+    groups = {"matryoshka_group_sizes": [n // 8, n // 8, n // 4, n - n // 2]} if "matryoshka" in architecture else {}
+    config = SaeConfig(d_in=args.d_in, num_latents=n, architecture=architecture, k=k, **groups, **transcoder)
+    sae = SaeModel(config).to(args.device).train()
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
     x = torch.randn(args.batch_size, args.d_in, device=args.device)
     target = torch.randn(args.batch_size, args.d_in, device=args.device) if transcoder else None
+    if not uses_k:
+        with torch.no_grad():  # about k active latents per token, as a trained SAE of this sparsity has
+            cut = sae.pre_activation(x).flatten()[: 2**24].quantile(1 - args.k / n)
+            (sae.threshold.fill_(cut) if architecture == "jumprelu" else sae.b_enc.sub_(cut))
     dead = torch.zeros(args.num_latents, dtype=torch.bool, device=args.device)
     dtype = torch.bfloat16 if precision == "bf16" else None
 
@@ -101,6 +108,8 @@ def sae_step(args, architecture: str, precision: str) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    with torch.no_grad():
+        l0 = sae(x, target, return_latents=False).l0.item()
     seconds = best_seconds(step, args.repeats)
     peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else None
     # The roofline is measured again here, right after the step, so that both see the same machine load.
@@ -108,6 +117,7 @@ def sae_step(args, architecture: str, precision: str) -> dict:
     return {
         "tokens_per_second": args.batch_size / seconds,
         "step_ms": 1000 * seconds,
+        "l0": l0,
         "matmul_gflops": gflops,
         "fraction_of_roofline": args.batch_size / seconds / (gflops * 1e9 / (2 * args.d_in * args.num_latents)),
         "peak_gpu_memory_mb": None if peak is None else peak / 2**20,
@@ -350,6 +360,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--e2e_tokens", type=int, default=4096 * 40)
     parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES))
+    parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS))
     parser.add_argument("--processes", type=int, default=2, help="Processes for the `processes` section.")
     parser.add_argument("--replay_tokens", type=int, default=4096 * 32, help="Tokens in the `replay` section's cache.")
     parser.add_argument("--replay_steps", type=int, default=20, help="Trainer steps per `replay` measurement.")
@@ -369,8 +380,8 @@ def main() -> None:
     }
     if "roofline" in args.sections or "sae" in args.sections:
         results.update(roofline(args))
-        print(f"matmul roofline: fp32 {results['matmul_fp32_gflops']:.0f} GFLOP/s, "
-              f"bf16 {results['matmul_bf16_gflops']:.0f} GFLOP/s", flush=True)  # fmt: skip
+        print("matmul roofline: " + ", ".join(f"{name} {results[f'matmul_{name}_gflops']:.0f} GFLOP/s"
+                                              for name in args.precisions), flush=True)  # fmt: skip
     if "harvest" in args.sections:
         results.update(harvest(args))
         print({k: round(v) for k, v in results.items() if k.startswith("harvest_") and k.endswith("second")})
@@ -380,19 +391,19 @@ def main() -> None:
               f"parameters at {results['forward_matmul_gflops']:.0f} GFLOP/s)", flush=True)  # fmt: skip
     if "sae" in args.sections:
         for architecture in args.architectures:
-            for precision in ("fp32", "bf16"):
+            for precision in args.precisions:
                 command = [sys.executable, __file__, "--_one_step", architecture, precision, *sys.argv[1:]]
                 step = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
                 results[f"sae_{architecture}_{precision}"] = step
-                print(f"SAE step {architecture:>20} {precision}: {step['tokens_per_second']:>9,.0f} tok/s "
-                      f"({100 * step['fraction_of_roofline']:.0f}% of the {precision} encoder-matmul roofline), "
-                      f"at {step['matmul_gflops']:.0f} GFLOP/s; peak RSS {step['peak_rss_mb'] or 0:,.0f} MB",
-                      flush=True)  # fmt: skip
-        for precision in ("fp32", "bf16") if {"topk", "batchtopk"} <= set(args.architectures) else ():
-            ratio = results[f"sae_batchtopk_{precision}"]["tokens_per_second"]
-            ratio /= results[f"sae_topk_{precision}"]["tokens_per_second"]
-            results[f"sae_batchtopk_{precision}_fraction_of_topk"] = ratio
-            print(f"SAE step batchtopk {precision}: {100 * ratio:.0f}% of the TopK step's tok/s", flush=True)
+                topk = results.get(f"sae_topk_{precision}")
+                if topk:
+                    step["fraction_of_topk"] = step["tokens_per_second"] / topk["tokens_per_second"]
+                    results[f"sae_{architecture}_{precision}_fraction_of_topk"] = step["fraction_of_topk"]
+                print(f"SAE step {architecture:>20} {precision}: {step['tokens_per_second']:>9,.0f} tok/s at L0 "
+                      f"{step['l0']:.1f} ({100 * step['fraction_of_roofline']:.0f}% of the {precision} encoder-matmul "
+                      f"roofline at {step['matmul_gflops']:.0f} GFLOP/s"
+                      + (f", {100 * step['fraction_of_topk']:.0f}% of TopK" if topk else "")
+                      + f"); peak RSS {step['peak_rss_mb'] or 0:,.0f} MB", flush=True)  # fmt: skip
     if "e2e" in args.sections:
         results.update(end_to_end(args))
         harvest_rate = results.get("harvest_tokens_per_second")  # the same forward, dtype and shapes as the run
