@@ -204,13 +204,12 @@ def test_nan_activations_stop_training_naming_step_and_hookpoint(tiny_run_inputs
 def test_bad_input_fails_before_training_with_a_clear_error(tiny_run_inputs, tmp_path, overrides, error, message,
                                                              monkeypatch):  # fmt: skip
     monkeypatch.setattr(SaeTrainer, "train", lambda self: pytest.fail("training must not start"))
-    args = run_args(tiny_run_inputs, tmp_path / "run", **overrides)
     if error is None:
         with pytest.raises(pytest.fail.Exception, match="training must not start"):
-            train_saes(*args)  # a valid configuration reaches the trainer
+            train_saes(*run_args(tiny_run_inputs, tmp_path / "run", **overrides))  # a valid one reaches the trainer
         return
-    with pytest.raises(error, match=message):
-        train_saes(*args)
+    with pytest.raises(error, match=message):  # refused as the arguments are built, or before training
+        train_saes(*run_args(tiny_run_inputs, tmp_path / "run", **overrides))
 
 
 def test_matryoshka_trains_from_the_command_line_and_loads_and_evaluates(tiny_run_inputs, tmp_path):
