@@ -18,6 +18,7 @@ all rows every epoch, so each row is seen once per epoch and a run may go on for
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,8 @@ import torch
 from torch import Tensor
 from transformers.utils import logging
 
-from .errors import ArgumentError, DataError
-from .layout import read_json, replace_folder, staging_folder, write_json
+from .errors import ArgumentError, DataError, HfSaeError, WriteError
+from .layout import read_json, refuse_if_no_space, replace_folder, staging_folder, write_failure, write_json
 from .lm_forward import counted_tokens, run_lm
 
 logger = logging.get_logger(__name__)
@@ -89,12 +90,21 @@ def write_cache(
     if dtype not in CACHE_DTYPES:
         raise ArgumentError(f"--cache_dtype must be one of {list(CACHE_DTYPES)}; got {dtype!r}.")
     path, written, writer = Path(path), 0, None
-    with staging_folder(path) as tmp:
-        for pending in _record_groups(records, max_tokens, CACHE_DTYPES[dtype]):
-            batch = _record_batch(pending)
-            writer = writer or pa.ipc.new_stream(str(tmp / CACHE_DATA), batch.schema)
-            writer.write_batch(batch)
-            written += batch.num_rows
+    with staging_folder(path) as tmp, _explaining_write_failures(tmp / CACHE_DATA, path):
+        try:
+            for pending in _record_groups(records, max_tokens, CACHE_DTYPES[dtype]):
+                batch = _record_batch(pending)
+                if writer is None:  # the row size is known from the first batch: the whole cache's size with it
+                    need = max_tokens * batch.nbytes // batch.num_rows
+                    refuse_if_no_space(tmp, need, f"A {max_tokens:,}-token cache")
+                    writer = pa.ipc.new_stream(str(tmp / CACHE_DATA), batch.schema)
+                writer.write_batch(batch)
+                written += batch.num_rows
+        except BaseException:
+            if writer is not None:  # or the half-written file stays open after its folder is removed
+                with suppress(OSError):
+                    writer.close()
+            raise
         if writer is None:
             raise DataError("The text produced no activations to cache; check the dataset and context size.")
         writer.close()
@@ -105,6 +115,19 @@ def write_cache(
     if written < max_tokens:
         logger.warning(f"The text ran out after {written:,} of {max_tokens:,} tokens; the cache holds {written:,}.")
     return path
+
+
+@contextmanager
+def _explaining_write_failures(file: Path, target: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:  # pyarrow reports a full disk as an OSError naming no file
+        if isinstance(error, HfSaeError):
+            raise
+        raise WriteError(
+            f"Writing the activation cache: {write_failure(error, file)}. The temporary folder was removed; nothing "
+            f"at {target} was changed."
+        ) from error
 
 
 def _record_groups(records: Iterable[Record], max_tokens: int, dtype: torch.dtype) -> Iterator[list[Record]]:

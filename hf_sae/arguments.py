@@ -666,6 +666,7 @@ class PullArguments(_Checked):
     revision: str | None = _help("Branch, tag or commit.", None)
     token: str | None = _help("A read token for private repos.", None)
     output_dir: str | None = _help("Also save them here (default: the Hub cache only).", None)
+    overwrite: bool = _help("Replace SAEs of the same hookpoints already in output_dir.", False)
 
 
 @dataclass

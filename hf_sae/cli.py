@@ -27,6 +27,7 @@ import subprocess
 import sys
 import typing
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from . import arguments as A
 from .errors import ArgumentError, HfSaeError
@@ -234,10 +235,17 @@ def _space_target(args) -> tuple[str | None, str | None]:
 
 def pull_command(argv: list[str]) -> int:
     from .hub import load_saes, save_saes
+    from .layout import find_sae_folders
 
     (args,) = parse_arguments((A.PullArguments,), argv, "hf-sae pull")
     saes = load_saes(args.repo_id, args.hookpoints, revision=args.revision, token=args.token)
     if args.output_dir:
+        there = set(find_sae_folders(Path(args.output_dir))[0]) if Path(args.output_dir).is_dir() else set()
+        if (clash := sorted(there & set(saes))) and not args.overwrite:
+            raise ArgumentError(
+                f"--output_dir {args.output_dir} already holds SAEs for {clash}; they were left as they are (the "
+                "download is in the Hub cache). Pass --overwrite to replace them, or choose another folder."
+            )
         save_saes(saes, args.output_dir)
     for hookpoint, sae in saes.items():
         print(f"{hookpoint}: {sae.config.architecture}, {sae.config.num_latents:,} latents, at {sae.name_or_path}")

@@ -60,6 +60,7 @@ from .layout import (
     missing_path_error,
     natural_key,
     read_json,
+    refuse_if_no_space,
     safetensors_shapes,
     write_failure,
     write_json,
@@ -139,12 +140,7 @@ def save_saes(
             "and the two layouts would mix. Choose another `output_dir`."
         )
     need = sum(t.numel() * t.element_size() for sae in saes.values() for t in sae.state_dict().values())
-    if shutil.disk_usage(output_dir).free < need:  # known before writing: refuse rather than fill the disk
-        raise WriteError(
-            f"Saving {len(saes)} SAE(s) to {output_dir} needs about {need:,} bytes, but only "
-            f"{shutil.disk_usage(output_dir).free:,} are free there. Nothing was written; free some space or choose "
-            "another folder."
-        )
+    refuse_if_no_space(output_dir, need, f"Saving {len(saes)} SAE(s)")
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
     try:
         for hookpoint, sae in saes.items():

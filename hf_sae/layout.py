@@ -186,6 +186,16 @@ def probe_writable(folder: Path, flag: str) -> None:
                 path.rmdir()
 
 
+def refuse_if_no_space(folder: Path, need: int, what: str) -> None:
+    """Known before writing: refuse rather than fill the disk."""
+    free = shutil.disk_usage(next(p for p in (Path(folder), *Path(folder).parents) if p.exists())).free
+    if free < need:
+        raise WriteError(
+            f"{what} to {folder} needs about {need:,} bytes, but only {free:,} are free there. Nothing was written; "
+            "free some space or choose another folder."
+        )
+
+
 def write_failure(error: Exception, target: Path, need: int | None = None) -> str:
     """What a failed write says: which file, how much space it needed against what was free, and why."""
     free = shutil.disk_usage(next(p for p in (Path(target), *Path(target).parents) if p.exists())).free

@@ -173,7 +173,8 @@ def train_saes(
             if cache is not None:
                 run["train_epochs"] = round(trainer.state.tokens / cache.tokens, 4)
             report[name] = {**run, **held_out.get(name, {}), **dead[name]}
-        _save_or_rescue(runs, trained, report, Path(args.output_dir), groups)
+        _write_or_rescue(lambda out: _save_runs(runs, trained, report, out, groups), Path(args.output_dir),
+                         "The trained SAEs")  # fmt: skip
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and report:
         trainer.log_report(report, histograms)
@@ -181,17 +182,17 @@ def train_saes(
     return report
 
 
-def _save_or_rescue(runs: list[SweepRun], trained: dict, report: dict, out: Path, groups: tuple) -> None:
-    """`_save_runs`, and where `out` cannot take them, the trained SAEs go to a new temporary folder that the error
-    names: hours of training are never lost to a full disk or a changed permission."""
+def _write_or_rescue(write: Callable[[Path], object], target: Path, what: str) -> None:
+    """`write(target)`, and where `target` cannot take it, `write` into a new temporary folder that the error names:
+    hours of computation are never lost to a full disk or a changed permission."""
     try:
-        _save_runs(runs, trained, report, out, groups)
+        write(target)
     except OSError as error:
         rescue = Path(tempfile.mkdtemp(prefix="hf_sae-unsaved-"))
-        _save_runs(runs, trained, report, rescue, groups)
+        write(rescue)
         raise WriteError(
-            f"The trained SAEs could not be saved to {out} ({error}). They were saved to {rescue} instead: move them "
-            f"where they belong. What was in {out} before is intact."
+            f"{what} could not be saved to {target} ({error}). They were saved to {rescue} instead: move them where "
+            f"they belong. What was in {target} before is intact."
         ) from error
 
 
@@ -439,20 +440,24 @@ def run_evaluation(lm_args: ActivationArguments, data_args: DataArguments, args:
     label = ", ".join(dict.fromkeys(split_label(name, data_args) for name in data_args.dataset_names))
     logger.info(f"Evaluated on {label} of {', '.join(map(str, data_args.dataset_names))}.")
     report = {name: {"eval_split": label, **metrics} for name, metrics in report.items()}
-    out = Path(args.output_dir)
-    write_json(out / EVAL_REPORT, report)
     settings = [dataclasses.asdict(group) for group in (lm_args, data_args, args)]
-    write_json(
-        out / "eval_args.json", {k: v for group in settings for k, v in group.items()} | {"model": model.name_or_path}
-    )
+    settings = {k: v for group in settings for k, v in group.items()} | {"model": model.name_or_path}
+    _write_or_rescue(lambda out: _write_eval_report(report, settings, out, args.dense_threshold),
+                     Path(args.output_dir), "The evaluation report and its plots")  # fmt: skip
     for name, metrics in report.items():
-        plot_firing_density(metrics, out / f"firing_density_{name}.png", title=name, threshold=args.dense_threshold)
         if args.save_beside_saes:
             beside = Path(saes[name].name_or_path) / METRICS
             existing = read_json(beside) if beside.is_file() else {}
             write_json(beside, existing | sae_metrics(metrics))
-    logger.info(f"Evaluation report written to {out / EVAL_REPORT}")
+    logger.info(f"Evaluation report written to {Path(args.output_dir) / EVAL_REPORT}")
     return report
+
+
+def _write_eval_report(report: dict, settings: dict, out: Path, dense_threshold: float) -> None:
+    write_json(out / EVAL_REPORT, report)
+    write_json(out / "eval_args.json", settings)
+    for name, metrics in report.items():
+        plot_firing_density(metrics, out / f"firing_density_{name}.png", title=name, threshold=dense_threshold)
 
 
 # ---- features -------------------------------------------------------------------------------------------------------
@@ -485,7 +490,7 @@ def run_features(lm_args: ActivationArguments, data_args: DataArguments, args: F
         earlier = FeatureMetadata.load(folder)
         features.labels = earlier.labels
         features.save_explanations(earlier.explanations)  # in memory until saved below
-    features.save_pretrained(folder)
+    _write_or_rescue(features.save_pretrained, folder, "The feature statistics")
     return features
 
 

@@ -324,6 +324,7 @@ ROWS = [
     Row("hub endpoint down, push", lambda w, t: down_endpoint(w, lambda: push_saes_to_hub("alice/more", w.root / "saes", token=ALICE)), HubError, r"Pushing to 'alice/more' failed: the Hub endpoint http://127.0.0.1:9"),
     Row("hub read-only token", lambda w, t: push_saes_to_hub("alice/more", w.root / "saes", token="hf_alice_read"), HubError, r"read-only"),
     Row("hub pull bad repo id", cli("pull", "--repo_id", "not a repo"), HubError, r"neither a local folder nor a Hub repo id"),
+    Row("hub pull over existing SAEs", cli("pull", "--repo_id", "alice/saes", "--output_dir", "{root}/saes"), ArgumentError, r"already holds SAEs for \['model.layers.0'\]; they were left as they are"),
 ]  # fmt: skip
 
 
@@ -434,6 +435,49 @@ def test_results_that_cannot_be_saved_go_to_a_named_fallback(world, tmp_path, mo
     shutil.rmtree(rescue)
 
 
+@pytest.mark.parametrize("command", ["eval", "features"])
+def test_an_evaluation_or_statistics_that_cannot_be_saved_go_to_a_named_fallback(
+    world, tmp_path, monkeypatch, command
+):
+    from hf_sae import feature_store, runners
+
+    shutil.copytree(world.root / "sae", tmp_path / "sae")
+    real_write, real_save, failed = runners.write_json, feature_store.FeatureMetadata.save_pretrained, []
+
+    def full_disk(write):
+        def writing(target, *args, **kwargs):
+            if "hf_sae-unsaved-" not in str(target):
+                failed.append(target)
+                raise OSError(errno.ENOSPC, "No space left on device", str(target))
+            return write(target, *args, **kwargs)
+
+        return writing
+
+    monkeypatch.setattr(runners, "write_json", full_disk(real_write))
+    monkeypatch.setattr(feature_store.FeatureMetadata, "save_pretrained",
+                        lambda self, folder: full_disk(lambda f: real_save(self, f))(folder))  # fmt: skip
+    monkeypatch.setenv("HF_SAE_DEBUG", "1")
+    flags = ["--sae", tmp_path / "sae", "--model_name_or_path", world.root / "lm", "--dataset_name", world.root / "text",
+             "--context_size", 32, "--lm_dtype", "float32", "--device", "cpu"]  # fmt: skip
+    flags += (
+        ["--output_dir", tmp_path / "e", "--eval_tokens", 256]
+        if command == "eval"
+        else ["--max_tokens", 256, "--overwrite"]
+    )
+    before = snapshot(tmp_path / "sae")
+    with pytest.raises(WriteError, match=r"could not be saved to .*No space left.*saved to (\S+) instead") as info:
+        main([command, *map(str, flags)])
+    assert failed  # the fault fired
+    rescue = Path(re.search(r"saved to (\S+) instead", str(info.value)).group(1))
+    if command == "eval":
+        assert HOOKPOINT in json.loads((rescue / "eval_results.json").read_text())
+        assert not (tmp_path / "e" / "eval_results.json").exists()
+    else:
+        assert feature_store.FeatureMetadata.load(rescue).metadata  # complete statistics, loadable
+        assert snapshot(tmp_path / "sae") == before  # the earlier statistics are intact
+    shutil.rmtree(rescue)
+
+
 def test_a_full_disk_refuses_the_save_and_keeps_what_was_there(tmp_path):
     disk = tmp_path / "small-disk"
     if not _mount_tmpfs(disk, "size=256k"):
@@ -455,6 +499,28 @@ def test_a_full_disk_refuses_the_save_and_keeps_what_was_there(tmp_path):
                            r"[\d,]+ bytes and [\d,]+ are free there. The temporary folder was removed .* intact"):  # fmt: skip
             save_saes({HOOKPOINT: half}, disk / "out")
         assert snapshot(disk / "out") == before  # no temporary folder left, the old SAE intact
+    finally:
+        _unmount(disk)
+
+
+def test_a_full_disk_refuses_an_activation_cache_and_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    from hf_sae import activation_cache
+    from hf_sae.activation_cache import write_cache
+
+    disk = tmp_path / "small-disk"
+    if not _mount_tmpfs(disk, "size=256k"):
+        pytest.skip("mounting a tmpfs needs root; the simulated ENOSPC tests cover the rest")
+    try:
+        rows = [({HOOKPOINT: torch.randn(512, 64)}, {"block": np.zeros(512, dtype=np.int64)}) for _ in range(8)]
+        with pytest.raises(WriteError, match=r"A 4,096-token cache to .* needs about [\d,]+ bytes, but only"):
+            write_cache(iter(rows), disk / "cache", max_tokens=4096)  # ~0.6 MB of bf16 rows on a 256 kB disk
+        assert sorted(disk.iterdir()) == []
+        # Another writer fills the disk after the space check: pyarrow's real ENOSPC, half-way through the file.
+        monkeypatch.setattr(activation_cache, "refuse_if_no_space", lambda *args: None)
+        with pytest.raises(WriteError, match=r"Writing the activation cache: writing .*activations.arrow failed .*No space left on device.*bytes free. The "
+                           r"temporary folder was removed; nothing at .*cache was changed"):  # fmt: skip
+            write_cache(iter(rows), disk / "cache", max_tokens=4096)
+        assert sorted(disk.iterdir()) == []
     finally:
         _unmount(disk)
 
