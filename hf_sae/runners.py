@@ -308,8 +308,9 @@ def _write_cache(model, tokenizer, lm_args, data_args, args: CacheArguments, aut
 
 
 def _counting(records, bar):
+    # The last record is cut to the cache's size by write_cache, so the bar stops at its total.
     for activations, provenance in records:
-        bar.update(next(iter(activations.values())).shape[0])
+        bar.update(min(next(iter(activations.values())).shape[0], bar.total - bar.n))
         yield activations, provenance
 
 

@@ -1,3 +1,4 @@
+import io
 import json
 import shutil
 
@@ -5,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_lm, save_tiny_llama_and_corpus
+from tqdm import tqdm
 
 import hf_sae.activation_cache as activation_cache
 import hf_sae.runners as runners
@@ -154,6 +156,13 @@ def test_hf_sae_cache_writes_the_run_settings_and_refuses_to_overwrite(tiny, mon
     assert blocks[:31] == [0] * 31 and blocks[31] == 1  # a block of 32 has 31 counted tokens (no EOS in it)
     with pytest.raises(ArgumentError, match="--output_dir must be a new folder, or pass --overwrite"):
         main(["cache", "--output_dir", str(tiny / "cache"), "--model_name_or_path", str(tiny / "lm")])
+
+
+def test_the_cache_progress_bar_stops_at_the_cache_size():
+    records = [({"h": torch.zeros(rows, 4)}, None) for rows in (4, 4, 4)]
+    bar = tqdm(total=10, file=io.StringIO())
+    assert len(list(runners._counting(records, bar))) == 3  # every record still goes to write_cache, which cuts it
+    assert bar.n == 10
 
 
 def test_training_replays_a_cache_for_several_epochs_without_the_lm(tiny, tmp_path, monkeypatch):
