@@ -248,15 +248,20 @@ def decoder_neighbours(W_dec: Tensor, top: int = 10, block_bytes: int = 2**28) -
     r"""
     Each feature's `top` nearest features by decoder-direction cosine: `(ids, cosines)`, each `(num_latents, top)`,
     most similar first, the feature itself left out. Rows go in blocks whose `(rows, num_latents)` similarities
-    take at most `block_bytes`, so a million latents need about 256 MB beyond the decoder itself.
+    take at most `block_bytes`, and each block is divided by the norms rather than the decoder copied normalised, so
+    a million latents need about 256 MB beyond an fp32 decoder itself.
     """
-    directions = nn.functional.normalize(W_dec.detach().float(), dim=1)  # (L, d_in)
+    directions = W_dec.detach().float()  # (L, d_in); no copy when the decoder is fp32 already
+    inverse_norms = 1 / directions.norm(dim=1).clamp_min(1e-12)  # as nn.functional.normalize does
     num_latents = len(directions)
     top = min(top, num_latents - 1)
     rows = max(1, block_bytes // (4 * num_latents))
     ids, cosines = [], []
     for start in range(0, num_latents, rows):
-        sims = directions[start : start + rows] @ directions.T  # (rows, L)
+        block = slice(start, start + rows)
+        sims = directions[block] @ directions.T  # (rows, L)
+        sims *= inverse_norms[block, None]
+        sims *= inverse_norms
         own = torch.arange(len(sims), device=sims.device)
         sims[own, own + start] = -torch.inf
         values, index = sims.topk(top, dim=1)
