@@ -14,6 +14,10 @@ Sections:
             about k, as after training, since their step's cost follows their L0; `topk_transcoder` and
             `topk_skip_transcoder` are the TopK step predicting a second activation of the same width (the skip term
             adds a d_in x d_in matmul)
+  forward   the stopped forward (capture_activations at the run's lm_dtype) under each setting worth trying, each
+            against the forward's FLOP roofline: as loaded (SDPA attention), eager attention, each decoder layer
+            `torch.compile`d, one thread, and the same tokens in other batch and context shapes (not in the
+            default sections)
   e2e       the whole training loop (harvest + shuffle + SAE step) tokens/s, and its ratio to harvesting alone
   replay    activation cache: write and replay tokens/s (random access, 16-bit, memory-mapped) against the SAE step
             alone, and the trainer's tokens/s from the cache with 1 and `--sweep_saes` SAEs: the marginal cost of
@@ -195,6 +199,57 @@ def harvest(args) -> dict:
     result["harvest_fraction_of_roofline"] = (
         result["harvest_tokens_per_second"] / result["forward_roofline_tokens_per_second"]
     )
+    return result
+
+
+def forward_settings(args) -> dict:
+    """Stopped-forward tokens/s per setting, all on the same tokens and in the same run, so the settings compare."""
+    from hf_sae.hookpoints import capture_activations
+    from hf_sae.lm_forward import resolve_lm_dtype
+    from hf_sae.models import load_model
+
+    model, tokenizer = load_model(args.model, device=args.device)
+    dtype = resolve_lm_dtype("auto", args.device)
+    tokens = torch.cat(token_batches(args, tokenizer, 3))  # (3 * lm_batch_size, context_size)
+    repeats = max(args.repeats // 3, 2)
+
+    def rate(batch_rows: int, context: int, warmup: int = 1) -> float:
+        batches = tokens.reshape(-1, context).split(batch_rows)
+
+        def forward():
+            for ids in batches:
+                with torch.no_grad(), autocast(args.device, dtype):
+                    capture_activations(model, [args.hookpoint], ids.to(args.device))
+
+        return tokens.numel() / best_seconds(forward, repeats, warmup=warmup)
+
+    rows, context = tokens.shape
+    settings = {f"as loaded, {args.lm_batch_size}x{context}": rate(args.lm_batch_size, context)}
+    model.set_attn_implementation("eager")
+    settings["eager attention"] = rate(args.lm_batch_size, context)
+    model.set_attn_implementation("sdpa")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    settings["one thread"] = rate(args.lm_batch_size, context)
+    torch.set_num_threads(threads)
+    for batch_rows in sorted({max(args.lm_batch_size // 2, 1), 2 * args.lm_batch_size, rows} - {args.lm_batch_size}):
+        settings[f"batch {batch_rows}x{context}"] = rate(batch_rows, context)
+    for length in (context // 2, 2 * context):  # the same tokens per batch in shorter or longer blocks
+        batch_rows = args.lm_batch_size * context // length
+        settings[f"batch {batch_rows}x{length}"] = rate(batch_rows, length)
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    result = {}
+    try:
+        for layer in layers:
+            layer.compile()
+        settings["compiled layers"] = rate(args.lm_batch_size, context, warmup=2)
+    except Exception as error:  # no compiler toolchain here: say so, measure the rest
+        result["forward_compile_error"] = f"{type(error).__name__}: {str(error)[:200]}"
+    for layer in layers:
+        layer._compiled_call_impl = None
+    result.update(forward_roofline(model, args.hookpoint, tokens[: args.lm_batch_size], dtype))
+    result["forward_lm_dtype"] = str(dtype or torch.float32).removeprefix("torch.")
+    result["forward_settings_tokens_per_second"] = settings
     return result
 
 
@@ -389,6 +444,14 @@ def main() -> None:
               f"{100 * results['harvest_fraction_of_roofline']:.0f}% of the forward's roofline "
               f"({results['forward_roofline_tokens_per_second']:,.0f} tok/s: {results['forward_params'] / 1e6:.1f}M "
               f"parameters at {results['forward_matmul_gflops']:.0f} GFLOP/s)", flush=True)  # fmt: skip
+    if "forward" in args.sections:
+        results.update(forward_settings(args))
+        ideal = results["forward_roofline_tokens_per_second"]
+        print(f"stopped forward ({results['forward_lm_dtype']}), against its roofline of {ideal:,.0f} tok/s:")
+        for name, value in results["forward_settings_tokens_per_second"].items():
+            print(f"  {name:>20}: {value:>7,.0f} tok/s ({100 * value / ideal:.0f}%)")
+        if "forward_compile_error" in results:
+            print(f"  compiled layers: {results['forward_compile_error']}")
     if "sae" in args.sections:
         for architecture in args.architectures:
             for precision in args.precisions:
