@@ -15,9 +15,9 @@ Sections:
             `topk_skip_transcoder` are the TopK step predicting a second activation of the same width (the skip term
             adds a d_in x d_in matmul)
   forward   the stopped forward (capture_activations at the run's lm_dtype) under each setting worth trying, each
-            against the forward's FLOP roofline: as loaded (SDPA attention), eager attention, each decoder layer
-            `torch.compile`d, one thread, and the same tokens in other batch and context shapes (not in the
-            default sections)
+            against the forward's FLOP roofline: as loaded (SDPA attention for most models), eager attention,
+            each decoder layer `torch.compile`d, one thread, and the same tokens in other batch and context shapes
+            (not in the default sections)
   e2e       the whole training loop (harvest + shuffle + SAE step) tokens/s, and its ratio to harvesting alone
   replay    activation cache: write and replay tokens/s (random access, 16-bit, memory-mapped) against the SAE step
             alone, and the trainer's tokens/s from the cache with 1 and `--sweep_saes` SAEs: the marginal cost of
@@ -225,9 +225,10 @@ def forward_settings(args) -> dict:
 
     rows, context = tokens.shape
     settings = {f"as loaded, {args.lm_batch_size}x{context}": rate(args.lm_batch_size, context)}
+    loaded = model.config._attn_implementation
     model.set_attn_implementation("eager")
     settings["eager attention"] = rate(args.lm_batch_size, context)
-    model.set_attn_implementation("sdpa")
+    model.set_attn_implementation(loaded)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     settings["one thread"] = rate(args.lm_batch_size, context)
@@ -235,6 +236,8 @@ def forward_settings(args) -> dict:
     for batch_rows in sorted({max(args.lm_batch_size // 2, 1), 2 * args.lm_batch_size, rows} - {args.lm_batch_size}):
         settings[f"batch {batch_rows}x{context}"] = rate(batch_rows, context)
     for length in (context // 2, 2 * context):  # the same tokens per batch in shorter or longer blocks
+        if tokens.numel() % length or args.lm_batch_size * context < length:
+            continue  # the tokens do not fill whole blocks of this length
         batch_rows = args.lm_batch_size * context // length
         settings[f"batch {batch_rows}x{length}"] = rate(batch_rows, length)
     layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
@@ -246,7 +249,7 @@ def forward_settings(args) -> dict:
     except Exception as error:  # no compiler toolchain here: say so, measure the rest
         result["forward_compile_error"] = f"{type(error).__name__}: {str(error)[:200]}"
     for layer in layers:
-        layer._compiled_call_impl = None
+        layer._compiled_call_impl = None  # what nn.Module.compile set: the rest of the section runs eagerly
     result.update(forward_roofline(model, args.hookpoint, tokens[: args.lm_batch_size], dtype))
     result["forward_lm_dtype"] = str(dtype or torch.float32).removeprefix("torch.")
     result["forward_settings_tokens_per_second"] = settings
