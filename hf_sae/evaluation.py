@@ -46,7 +46,7 @@ from transformers.utils import logging
 from .errors import DataError
 from .hookpoints import Hookpoint, register_activation_hook, resolve_hookpoints
 from .layout import PER_SOURCE, QUALITY_KEYS, SOURCE_KEYS, write_text
-from .lm_forward import counted_tokens, lm_autocast, run_lm
+from .lm_forward import counted_tokens, lm_kernels, run_lm
 from .modeling_sae import SaeModel
 
 logger = logging.get_logger(__name__)
@@ -171,7 +171,7 @@ class _LM:
         mean or a 0-dim zero."""
         handle = register_activation_hook(site, site.path, lambda x: torch.where(keep[..., None], fill.to(x.dtype), x))
         try:
-            with lm_autocast(input_ids.device, self.dtype):
+            with lm_kernels(input_ids.device, self.dtype):
                 return self.model(input_ids=input_ids, use_cache=False).logits  # (B, T, vocab)
         finally:
             handle.remove()

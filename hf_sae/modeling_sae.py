@@ -18,6 +18,7 @@ from transformers.utils import ModelOutput, logging
 from .architectures import ARCHITECTURES, Architecture
 from .configuration_sae import SaeConfig
 from .errors import HookpointError, WeightsError
+from .fast_linear import linear
 from .sparse_ops import SparseCode, sparse_encode, with_auxk
 
 logger = logging.get_logger(__name__)
@@ -160,7 +161,7 @@ class SaeModel(SaePreTrainedModel):
         return x - self.b_dec.to(x.dtype) if self.config.apply_b_dec_to_input else x
 
     def pre_activation(self, x: Tensor) -> Tensor:
-        return torch.addmm(self.b_enc.to(x.dtype), self.encoder_input(x), self.W_enc.to(x.dtype).T)
+        return linear(self.encoder_input(x), self.W_enc.to(x.dtype), self.b_enc.to(x.dtype))
 
     def _uses_sparse_code(self) -> bool:
         return self.training or self.architecture.dense_inference is None
@@ -171,7 +172,8 @@ class SaeModel(SaePreTrainedModel):
         arch = self.architecture
         select, k_aux = arch.select(self), _auxk_width(self.config, dead) if arch.uses_k else 0
         select = with_auxk(select, dead, k_aux) if k_aux else select
-        return sparse_encode(self.encoder_input(x), self.W_enc, self.b_enc, select, k_aux)
+        b_dec = self.b_dec if self.config.apply_b_dec_to_input else None
+        return sparse_encode(x, b_dec, self.W_enc, self.b_enc, select, k_aux)
 
     def encode(self, x: Tensor) -> Tensor:
         """Latent activations z of shape `(..., num_latents)` for activations x of shape `(..., d_in)`."""

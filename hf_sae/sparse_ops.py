@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .fast_linear import linear
 from .selection import batch_top_k, top_k_per_row
 
 Select = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]  # pre-activations (N, L) -> (rows, cols, values)
@@ -60,36 +61,43 @@ def row_offsets(rows: Tensor, num_rows: int) -> Tensor:
 
 
 class SparseEncode(torch.autograd.Function):
-    """pre = x @ W_enc.T + b_enc, then `select(pre)` keeps some entries; backward touches only the kept entries."""
+    """pre = (x - b_dec) @ W_enc.T + b_enc (b_dec may be None), then `select(pre)` keeps some entries; backward
+    touches only the kept entries."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, select: Select):  # noqa: N803
-        pre = torch.addmm(b_enc.to(x.dtype), x, W_enc.to(x.dtype).T)  # (N, num_latents)
+    def forward(ctx, x: Tensor, b_dec: Tensor | None, W_enc: Tensor, b_enc: Tensor, select: Select):  # noqa: N803
+        centered = x if b_dec is None else x - b_dec.to(x.dtype)
+        pre = linear(centered, W_enc.to(x.dtype), b_enc.to(x.dtype))  # (N, num_latents)
         rows, cols, values = select(pre)
         # Only AuxK's entries, appended after the main ones, break the grouping by token that the backward needs.
         ctx.grouped = bool((rows[1:] >= rows[:-1]).all())
-        ctx.save_for_backward(x, W_enc, rows, cols)
+        ctx.save_for_backward(centered, W_enc, rows, cols)
         ctx.mark_non_differentiable(rows, cols)
         return rows, cols, values
 
     @staticmethod
     def backward(ctx, _grad_rows, _grad_cols, grad_values: Tensor):
-        x, W_enc, rows, cols = ctx.saved_tensors  # noqa: N806
-        grad_x = grad_W_enc = grad_b_enc = None
-        if ctx.needs_input_grad[0]:
+        centered, W_enc, rows, cols = ctx.saved_tensors  # noqa: N806
+        needs_x, needs_b_dec, needs_W_enc, needs_b_enc, _ = ctx.needs_input_grad
+        grad_x = grad_b_dec = grad_W_enc = grad_b_enc = None
+        if needs_x:
             if ctx.grouped:
                 by_token, grad_by_token = (rows, cols), grad_values
             else:  # regroup by token
                 order = torch.argsort(rows, stable=True)
                 by_token, grad_by_token = (rows[order], cols[order]), grad_values[order]
-            offsets = row_offsets(by_token[0], x.shape[0])
-            grad_x = sum_by_token(by_token[1], W_enc.to(x.dtype), offsets, grad_by_token)
-        if ctx.needs_input_grad[1]:
-            grad_W_enc = sum_by_latent(cols, rows, x, grad_values, W_enc.shape[0]).to(W_enc.dtype)
-        if ctx.needs_input_grad[2]:
+            offsets = row_offsets(by_token[0], centered.shape[0])
+            grad_x = sum_by_token(by_token[1], W_enc.to(centered.dtype), offsets, grad_by_token)
+        if needs_W_enc:
+            grad_W_enc = sum_by_latent(cols, rows, centered, grad_values, W_enc.shape[0]).to(W_enc.dtype)
+        if needs_b_enc or needs_b_dec:
             grad_b_enc = torch.zeros(W_enc.shape[0], dtype=W_enc.dtype, device=W_enc.device)
             grad_b_enc.index_add_(0, cols, grad_values.to(W_enc.dtype))
-        return grad_x, grad_W_enc, grad_b_enc, None
+        if needs_b_dec:
+            # d pre / d b_dec = -W_enc.T for every token, so its gradient is the per-latent sum through W_enc: one
+            # (num_latents,) @ (num_latents, d_in) product where x's gradient would take a pass over every entry.
+            grad_b_dec = -(grad_b_enc @ W_enc)
+        return grad_x, grad_b_dec, grad_W_enc, grad_b_enc if needs_b_enc else None, None
 
 
 class SparseDecode(torch.autograd.Function):
@@ -155,10 +163,18 @@ def with_auxk(select: Select, dead: Tensor, k_aux: int) -> Select:
     return select_both
 
 
-def sparse_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, select: Select, k_aux: int = 0):  # noqa: N803
-    """(main code, AuxK code or None) of a (N, d_in) batch: the selected pre-activation entries; the last `k_aux`
-    per token are the AuxK entries when `select` was wrapped by `with_auxk`."""
-    rows, cols, values = SparseEncode.apply(x, W_enc, b_enc, select)
+def sparse_encode(
+    x: Tensor,
+    b_dec: Tensor | None,
+    W_enc: Tensor,  # noqa: N803
+    b_enc: Tensor,
+    select: Select,
+    k_aux: int = 0,
+):
+    """(main code, AuxK code or None) of a (N, d_in) batch, whose encoder input is x - b_dec (x when b_dec is None):
+    the selected pre-activation entries; the last `k_aux` per token are the AuxK entries when `select` was wrapped by
+    `with_auxk`."""
+    rows, cols, values = SparseEncode.apply(x, b_dec, W_enc, b_enc, select)
     num_rows = x.shape[0]
     main = rows.shape[0] - k_aux * num_rows
     code = SparseCode(rows[:main], cols[:main], values[:main], num_rows)

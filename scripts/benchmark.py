@@ -5,7 +5,8 @@
     python scripts/benchmark.py --device cuda --json results.json
 
 Sections:
-  roofline  dense (batch, d_in) @ (d_in, num_latents) matmul throughput in fp32 and bf16: the SAE encoder's shape
+  roofline  dense (batch, d_in) @ (d_in, num_latents) matmul throughput in fp32 and bf16: the SAE encoder's shape, by
+            the faster of torch's default matmul and oneDNN's (`hf_sae.fast_linear`, which the step uses on CPUs)
   harvest   LM tokens/s: full forward vs forward stopped after the hookpoint, fp32 and bf16 autocast
   sae       one SAE training step (forward, backward, Adam) on stored activations, per architecture and precision,
             with peak memory and L0; each step is reported as a fraction of the roofline, its ideal cost being one
@@ -14,8 +15,9 @@ Sections:
             about k, as after training, since their step's cost follows their L0; `topk_transcoder` and
             `topk_skip_transcoder` are the TopK step predicting a second activation of the same width (the skip term
             adds a d_in x d_in matmul)
-  forward   the stopped forward (capture_activations at the run's lm_dtype) under each setting worth trying, each
-            against the forward's FLOP roofline: as loaded (SDPA attention for most models), eager attention,
+  forward   the stopped forward (`run_lm` at the run's lm_dtype) under each setting worth trying, each against the
+            forward's FLOP roofline: as loaded (SDPA attention for most models, fp32 linear layers on oneDNN on CPUs),
+            the linear layers on torch's default kernel, eager attention,
             each decoder layer `torch.compile`d, one thread, and the same tokens in other batch and context shapes
             (not in the default sections)
   e2e       the whole training loop (harvest + shuffle + SAE step) tokens/s, and its ratio to harvesting alone
@@ -60,14 +62,32 @@ def best_seconds(fn, repeats: int, warmup: int = 2) -> float:
     return min(times)
 
 
+def best_matmul(rows: int, inner: int, outer: int, device: str, dtype: torch.dtype, repeats: int) -> tuple[float, str]:
+    """(GFLOP/s, kernel) of the faster of the kernels hf_sae can use for a (rows, inner) @ (inner, outer) product:
+    torch's default matmul, and oneDNN's (`hf_sae.fast_linear`) where it serves (CPUs, fp32). The roofline is
+    what this machine reaches by the best of them, so a faster kernel in a step cannot pass for less overhead."""
+    from hf_sae.fast_linear import linear, uses_onednn
+
+    a = torch.randn(rows, inner, device=device, dtype=dtype)
+    weight = torch.randn(outer, inner, device=device, dtype=dtype)
+    kernels = {"matmul": lambda: a @ weight.T}
+    if uses_onednn(a, weight):
+        kernels["oneDNN"] = lambda: linear(a, weight)
+    rates = {name: 2 * rows * inner * outer / best_seconds(fn, repeats) / 1e9 for name, fn in kernels.items()}
+    kernel = max(rates, key=rates.get)
+    return rates[kernel], kernel
+
+
 def matmul_gflops(args, dtype: torch.dtype) -> float:
-    a = torch.randn(args.batch_size, args.d_in, device=args.device, dtype=dtype)
-    b = torch.randn(args.d_in, args.num_latents, device=args.device, dtype=dtype)
-    return 2 * args.batch_size * args.d_in * args.num_latents / best_seconds(lambda: a @ b, args.repeats) / 1e9
+    return best_matmul(args.batch_size, args.d_in, args.num_latents, args.device, dtype, args.repeats)[0]
 
 
 def roofline(args) -> dict:
-    return {f"matmul_{name}_gflops": matmul_gflops(args, PRECISIONS[name]) for name in args.precisions}
+    results = {}
+    for name in args.precisions:
+        shape = (args.batch_size, args.d_in, args.num_latents, args.device, PRECISIONS[name], args.repeats)
+        results[f"matmul_{name}_gflops"], results[f"matmul_{name}_kernel"] = best_matmul(*shape)
+    return results
 
 
 def peak_rss_mb() -> float:
@@ -155,10 +175,9 @@ def forward_roofline(model, hookpoint: str, ids: torch.Tensor, dtype: torch.dtyp
     ran = list({id(m): m for m in ran}.values())
     params = sum(p.numel() for m in ran if not isinstance(m, torch.nn.Embedding) for p in m.parameters())
     widest = max((m for m in ran if isinstance(m, torch.nn.Linear)), key=lambda m: m.weight.numel())
-    a = torch.randn(ids.numel(), widest.in_features, device=model.device, dtype=dtype or torch.float32)
-    b = torch.randn(widest.in_features, widest.out_features, device=model.device, dtype=a.dtype)
-    gflops = 2 * a.shape[0] * b.shape[0] * b.shape[1] / best_seconds(lambda: a @ b, 5) / 1e9
-    return {"forward_params": params, "forward_matmul_gflops": gflops,
+    shape = (ids.numel(), widest.in_features, widest.out_features, model.device.type, dtype or torch.float32, 5)
+    gflops, kernel = best_matmul(*shape)
+    return {"forward_params": params, "forward_matmul_gflops": gflops, "forward_matmul_kernel": kernel,
             "forward_roofline_tokens_per_second": gflops * 1e9 / (2 * params)}  # fmt: skip
 
 
@@ -167,7 +186,7 @@ def harvest(args) -> dict:
     (stopped forward at the run's `lm_dtype`, counted tokens) against the forward's FLOP roofline, in the same run."""
     from hf_sae.activations import harvest as harvest_chunks
     from hf_sae.hookpoints import capture_activations
-    from hf_sae.lm_forward import resolve_lm_dtype, special_token_ids
+    from hf_sae.lm_forward import lm_kernels, resolve_lm_dtype, special_token_ids
     from hf_sae.models import load_model
 
     model, tokenizer = load_model(args.model, device=args.device)
@@ -179,7 +198,7 @@ def harvest(args) -> dict:
 
             def forward():
                 for ids in batches:
-                    with torch.no_grad(), autocast(args.device, dtype):
+                    with torch.no_grad(), lm_kernels(torch.device(args.device), dtype):  # as hf_sae runs the LM
                         if mode == "full":
                             model(input_ids=ids.to(args.device), use_cache=False)
                         else:
@@ -205,7 +224,7 @@ def harvest(args) -> dict:
 def forward_settings(args) -> dict:
     """Stopped-forward tokens/s per setting, all on the same tokens and in the same run, so the settings compare."""
     from hf_sae.hookpoints import capture_activations
-    from hf_sae.lm_forward import resolve_lm_dtype
+    from hf_sae.lm_forward import resolve_lm_dtype, run_lm
     from hf_sae.models import load_model
 
     model, tokenizer = load_model(args.model, device=args.device)
@@ -213,18 +232,24 @@ def forward_settings(args) -> dict:
     tokens = torch.cat(token_batches(args, tokenizer, 3))  # (3 * lm_batch_size, context_size)
     repeats = max(args.repeats // 3, 2)
 
-    def rate(batch_rows: int, context: int, warmup: int = 1) -> float:
+    def rate(batch_rows: int, context: int, warmup: int = 1, default_linears: bool = False) -> float:
+        """The pipeline's forward (`run_lm`), or with `default_linears` the same under plain autocast, whose
+        linear layers run on torch's default kernel instead of `fast_linear`'s."""
         batches = tokens.reshape(-1, context).split(batch_rows)
 
         def forward():
             for ids in batches:
-                with torch.no_grad(), autocast(args.device, dtype):
-                    capture_activations(model, [args.hookpoint], ids.to(args.device))
+                if default_linears:
+                    with torch.no_grad(), autocast(args.device, dtype):
+                        capture_activations(model, [args.hookpoint], ids.to(args.device))
+                else:
+                    run_lm(model, [args.hookpoint], ids.to(args.device), autocast_dtype=dtype)
 
         return tokens.numel() / best_seconds(forward, repeats, warmup=warmup)
 
     rows, context = tokens.shape
     settings = {f"as loaded, {args.lm_batch_size}x{context}": rate(args.lm_batch_size, context)}
+    settings["torch's default linear kernel"] = rate(args.lm_batch_size, context, default_linears=True)
     loaded = model.config._attn_implementation
     model.set_attn_implementation("eager")
     settings["eager attention"] = rate(args.lm_batch_size, context)
@@ -245,7 +270,7 @@ def forward_settings(args) -> dict:
     try:
         for layer in layers:
             layer.compile()
-        settings["compiled layers"] = rate(args.lm_batch_size, context, warmup=2)
+        settings["compiled layers"] = rate(args.lm_batch_size, context, warmup=2, default_linears=True)
     except Exception as error:  # no compiler toolchain here: say so, measure the rest
         result["forward_compile_error"] = f"{type(error).__name__}: {str(error)[:200]}"
     for layer in layers:
@@ -438,7 +463,8 @@ def main() -> None:
     }
     if "roofline" in args.sections or "sae" in args.sections:
         results.update(roofline(args))
-        print("matmul roofline: " + ", ".join(f"{name} {results[f'matmul_{name}_gflops']:.0f} GFLOP/s"
+        print("matmul roofline: " + ", ".join(f"{name} {results[f'matmul_{name}_gflops']:.0f} GFLOP/s "
+                                              f"({results[f'matmul_{name}_kernel']})"
                                               for name in args.precisions), flush=True)  # fmt: skip
     if "harvest" in args.sections:
         results.update(harvest(args))
@@ -446,7 +472,8 @@ def main() -> None:
         print(f"harvest (pipeline, {results['harvest_lm_dtype']}): {results['harvest_tokens_per_second']:,.0f} tok/s, "
               f"{100 * results['harvest_fraction_of_roofline']:.0f}% of the forward's roofline "
               f"({results['forward_roofline_tokens_per_second']:,.0f} tok/s: {results['forward_params'] / 1e6:.1f}M "
-              f"parameters at {results['forward_matmul_gflops']:.0f} GFLOP/s)", flush=True)  # fmt: skip
+              f"parameters at {results['forward_matmul_gflops']:.0f} GFLOP/s, {results['forward_matmul_kernel']})",
+              flush=True)  # fmt: skip
     if "forward" in args.sections:
         results.update(forward_settings(args))
         ideal = results["forward_roofline_tokens_per_second"]

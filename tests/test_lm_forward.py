@@ -5,6 +5,7 @@ import torch
 from conftest import BOS_ID, EOS_ID
 
 from hf_sae.errors import ArgumentError
+from hf_sae.fast_linear import fast_linears
 from hf_sae.hookpoints import capture_activations
 from hf_sae.lm_forward import counted_tokens, resolve_lm_dtype, run_lm
 
@@ -44,7 +45,7 @@ def test_run_lm_with_logits_gives_the_stopped_forwards_activations(tiny_llama, i
     full, logits = run_lm(tiny_llama.model, [hookpoint], input_ids, with_logits=True)
     assert no_logits is None and logits.shape == (*input_ids.shape, tiny_llama.model.config.vocab_size)
     assert torch.equal(stopped[hookpoint], full[hookpoint])
-    with torch.no_grad():
+    with torch.no_grad(), fast_linears():  # the fp32 forward's kernel
         assert torch.equal(capture_activations(tiny_llama.model, [hookpoint], input_ids)[hookpoint], full[hookpoint])
         assert torch.equal(tiny_llama.model(input_ids).logits, logits)
 

@@ -193,7 +193,7 @@ def test_auxk_gradients_match_a_dense_reference():
     aux_reconstruction = (pre * aux).relu() @ W_dec
     error = (aux_reconstruction - residual).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum()
     (sae.config.auxk_coefficient * error * (x - x.mean(0)).pow(2).sum(-1).mean()).backward()
-    for name, reference in zip(("W_enc", "b_enc", "W_dec"), (W_enc, b_enc, W_dec)):
+    for name, reference in zip(("W_enc", "b_enc", "W_dec", "b_dec"), (W_enc, b_enc, W_dec, b_dec)):
         torch.testing.assert_close(getattr(sae, name).grad, reference.grad)
 
 
@@ -203,16 +203,18 @@ def test_sparse_kernels_match_the_dense_computation():
     with torch.no_grad():
         dense.W_dec.copy_(sae.W_dec)
         dense.W_enc.copy_(sae.W_enc)
-    x = torch.randn(50, 16)
+    x = torch.randn(50, 16, requires_grad=True)  # an input gradient too, as attribution through an SAE needs
+    x_dense = x.detach().clone().requires_grad_(True)
     out = sae(x, return_loss=True)
     out.mse_loss.backward()
     # Dense reference: topk mask applied to a dense encoder and decoder
-    pre = (x - dense.b_dec) @ dense.W_enc.T + dense.b_enc
+    pre = (x_dense - dense.b_dec) @ dense.W_enc.T + dense.b_enc
     mask = torch.zeros_like(pre).scatter(-1, pre.topk(7).indices, 1.0)
     reconstruction = (pre * mask).relu() @ dense.W_dec + dense.b_dec
-    (reconstruction - x).pow(2).sum(-1).mean().backward()
+    (reconstruction - x_dense).pow(2).sum(-1).mean().backward()
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         torch.testing.assert_close(getattr(sae, name).grad, getattr(dense, name).grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x.grad, x_dense.grad, rtol=1e-4, atol=1e-5)
 
 
 # ---- sparse training steps against the dense computation of each paper's loss ----------------------------------
