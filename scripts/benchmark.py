@@ -249,7 +249,7 @@ def forward_settings(args) -> dict:
 
     rows, context = tokens.shape
     settings = {f"as loaded, {args.lm_batch_size}x{context}": rate(args.lm_batch_size, context)}
-    settings["torch's default linear kernel"] = rate(args.lm_batch_size, context, default_linears=True)
+    settings["F.linear kernel"] = rate(args.lm_batch_size, context, default_linears=True)
     loaded = model.config._attn_implementation
     model.set_attn_implementation("eager")
     settings["eager attention"] = rate(args.lm_batch_size, context)
