@@ -1,7 +1,7 @@
 """`linear(x, weight, bias)`: x @ weight.T + bias by the fastest kernel this machine has, and `fast_linears()`, which
 routes a frozen model's `nn.Linear` layers through it.
 
-On CPUs in fp32, oneDNN's matmul (the kernel that torch.compile's CPU backend emits for linear layers) runs 10 to 20%
+On CPUs in fp32, oneDNN's matmul (the kernel that torch.compile's CPU backend emits for linear layers) runs 10 to 25%
 faster than the MKL sgemm behind `torch.addmm` and `F.linear`, at the SAE encoder's shape and at an LM's projections
 (`scripts/benchmark.py --sections roofline` measures both). It has no autograd formula, so it serves computations that
 record no gradient: the frozen LM's forward and the encoder matmul inside the sparse training step, whose backward is

@@ -157,8 +157,13 @@ class SaeModel(SaePreTrainedModel):
 
     # ---- the pieces -----------------------------------------------------------------------------------------------
 
+    def _input_shift(self) -> Tensor | None:
+        """What the encoder subtracts from its input: b_dec when `apply_b_dec_to_input`, else nothing."""
+        return self.b_dec if self.config.apply_b_dec_to_input else None
+
     def encoder_input(self, x: Tensor) -> Tensor:
-        return x - self.b_dec.to(x.dtype) if self.config.apply_b_dec_to_input else x
+        shift = self._input_shift()
+        return x if shift is None else x - shift.to(x.dtype)
 
     def pre_activation(self, x: Tensor) -> Tensor:
         return linear(self.encoder_input(x), self.W_enc.to(x.dtype), self.b_enc.to(x.dtype))
@@ -172,8 +177,7 @@ class SaeModel(SaePreTrainedModel):
         arch = self.architecture
         select, k_aux = arch.select(self), _auxk_width(self.config, dead) if arch.uses_k else 0
         select = with_auxk(select, dead, k_aux) if k_aux else select
-        b_dec = self.b_dec if self.config.apply_b_dec_to_input else None
-        return sparse_encode(x, b_dec, self.W_enc, self.b_enc, select, k_aux)
+        return sparse_encode(x, self._input_shift(), self.W_enc, self.b_enc, select, k_aux)
 
     def encode(self, x: Tensor) -> Tensor:
         """Latent activations z of shape `(..., num_latents)` for activations x of shape `(..., d_in)`."""

@@ -38,7 +38,6 @@ def test_linear_takes_onednn_on_cpu_fp32_and_equals_the_product(onednn_calls):
     assert onednn_calls == [(3, 5, 64)]
     assert out.shape == (3, 5, 48)
     torch.testing.assert_close(out, float64_linear(x, weight, bias), rtol=1e-5, atol=1e-5)
-    assert torch.equal(linear(x[1:2], weight, bias), out[1:2])  # a row's result does not depend on its batch
 
 
 @needs_onednn
