@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from . import arguments as A
+from .cpu_memory import keep_freed_memory
 from .errors import ArgumentError, HfSaeError
 from .layout import EVAL_REPORT, METRICS, PER_SOURCE, QUALITY_KEYS
 from .version import __version__
@@ -387,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = argv[1:] + rest
     debug = "--debug" in args or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    keep_freed_memory()
     try:
         return COMMANDS[known.command][0]([arg for arg in args if arg != "--debug"])
     except HfSaeError as error:

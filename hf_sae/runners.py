@@ -27,6 +27,7 @@ from .arguments import (
     check_all,
     check_fits_in_memory,
 )
+from .cpu_memory import keep_freed_memory
 from .data import check_context_size, iter_blocks, load_token_blocks, read_blocks, split_label
 from .distribution import hookpoint_owners
 from .errors import ArgumentError, DataError, TrainingError, WriteError
@@ -80,6 +81,7 @@ def train_saes(
     sae_args, lm_args = sae_args or SaeArguments(), lm_args or ActivationArguments()
     data_args, args = data_args or DataArguments(), train_args or SaeTrainingArguments()
     check_all(sae_args, lm_args, data_args, args)
+    keep_freed_memory()  # every step's large tensors would fault in afresh otherwise
     runs = sweep_runs(sae_args, args.learning_rate)  # every sweep entry checked before anything expensive
     check_output_dir(args)
     probe_writable(Path(args.output_dir), "output_dir")  # not after hours of training

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import torch
 
+from hf_sae.cpu_memory import keep_freed_memory
+
 # The TopK step as a transcoder (with a skip term or not), predicting another activation of the same width.
 TRANSCODERS = {"topk_transcoder": ("topk", False), "topk_skip_transcoder": ("topk", True)}
 ARCHITECTURES = ("topk", "batchtopk", "matryoshka_batchtopk", "relu", "jumprelu", "gated", *TRANSCODERS)
@@ -451,6 +453,8 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="Also write the results here.")
     parser.add_argument("--_one_step", nargs=2, help=argparse.SUPPRESS)  # internal: one SAE step in this process
     args = parser.parse_args()
+    # As hf-sae runs (HF_SAE_KEEP_FREED_MEMORY=0 measures glibc's defaults): the roofline and the steps alike.
+    kept = keep_freed_memory()
     if args._one_step:
         print(json.dumps(sae_step(args, *args._one_step)))
         return
@@ -459,6 +463,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
         + (torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"),
         "torch": torch.__version__,
+        "keep_freed_memory": kept,
         "shape": {"d_in": args.d_in, "num_latents": args.num_latents, "k": args.k, "batch_size": args.batch_size},
     }
     if "roofline" in args.sections or "sae" in args.sections:
