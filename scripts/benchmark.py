@@ -3,6 +3,7 @@
     python scripts/benchmark.py                       # everything, on the default SmolLM2 layer-15 setup
     python scripts/benchmark.py --sections sae        # the SAE training step alone (no model or corpus needed)
     python scripts/benchmark.py --device cuda --json results.json
+    HF_SAE_KEEP_FREED_MEMORY=0 python scripts/benchmark.py   # glibc's malloc defaults, which hf-sae changes
 
 Sections:
   roofline  dense (batch, d_in) @ (d_in, num_latents) matmul throughput in fp32 and bf16: the SAE encoder's shape, by
