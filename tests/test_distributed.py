@@ -58,6 +58,8 @@ def common_flags(root: Path) -> list[str]:
         "0",
         "--lm_dtype",
         "float32",
+        "--mixed_precision",  # bf16 steps, which `auto` picks where bf16 is faster, differ with the batch split
+        "no",
         "--save_steps",
         "0",
         "--dead_after_tokens",

@@ -1,6 +1,7 @@
 """models.py: loading local and built-in LMs, the safetensors cache, and the errors on bad names."""
 
 import importlib.util
+import json
 import time
 from pathlib import Path
 
@@ -140,6 +141,25 @@ def test_builtin_is_converted_once_then_loaded_from_the_cache(home, monkeypatch)
 
     half, _ = load_model(dtype=torch.bfloat16)
     assert half.dtype == torch.bfloat16
+
+
+def test_builtin_copy_names_its_class_and_an_older_copy_without_it_is_made_again(home, monkeypatch):
+    calls = []
+
+    def fake_gguf(spec):
+        calls.append(spec.name)
+        return tiny_llama(), tiny_tokenizer()
+
+    monkeypatch.setattr(builtin_models, "_load_gguf", fake_gguf)
+    load_model(DEFAULT_MODEL)
+    config_file = home / "models" / DEFAULT_MODEL / "config.json"
+    config = json.loads(config_file.read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]  # what `transformers serve` reads to build the model
+    del config["architectures"]
+    config_file.write_text(json.dumps(config))  # as an older hf_sae wrote it
+    load_model(DEFAULT_MODEL)
+    assert calls == [DEFAULT_MODEL, DEFAULT_MODEL]
+    assert json.loads(config_file.read_text())["architectures"] == ["LlamaForCausalLM"]
 
 
 def test_builtin_conversion_keeps_a_copy_finished_by_another_process(home, monkeypatch):

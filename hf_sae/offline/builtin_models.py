@@ -75,9 +75,11 @@ def load_builtin(spec: BuiltinModel, model_kwargs: dict) -> tuple[PreTrainedMode
 
 
 def is_complete(folder: Path) -> bool:
-    """Whether `folder` holds a config with a model type and a whole safetensors weights file."""
+    """Whether `folder` holds a config with a model type and class and a whole safetensors weights file (a copy from
+    an older hf_sae, whose config names no class, is made again)."""
     try:
-        if not json.loads((folder / "config.json").read_text()).get("model_type"):
+        config = json.loads((folder / "config.json").read_text())
+        if not config.get("model_type") or not config.get("architectures"):
             return False
         safetensors_shapes(folder / WEIGHTS)
     except (OSError, ValueError):  # WeightsError is a ValueError
@@ -118,6 +120,8 @@ def _convert(spec: BuiltinModel, target: Path) -> None:
     from safetensors.torch import save_model
 
     model, tokenizer = _load_gguf(spec)
+    # What model.save_pretrained would record, so that tools reading the folder (`transformers serve`) find the class.
+    model.config.architectures = [type(model).__name__]
     with staging_folder(target) as tmp:
         model.config.save_pretrained(tmp)
         if model.generation_config is not None:
