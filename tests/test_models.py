@@ -118,7 +118,9 @@ def test_builtin_without_its_package_says_how_to_install(home, monkeypatch):
         load_model()
 
 
-def test_builtin_is_converted_once_then_loaded_from_the_cache(home, monkeypatch):
+@pytest.fixture
+def conversions(monkeypatch) -> list[str]:
+    """The built-in models converted from GGUF (a tiny Llama stands in for the file) during the test."""
     calls = []
 
     def fake_gguf(spec):
@@ -126,14 +128,18 @@ def test_builtin_is_converted_once_then_loaded_from_the_cache(home, monkeypatch)
         return tiny_llama(), tiny_tokenizer()
 
     monkeypatch.setattr(builtin_models, "_load_gguf", fake_gguf)
+    return calls
+
+
+def test_builtin_is_converted_once_then_loaded_from_the_cache(home, conversions):
     first, tokenizer = load_model(DEFAULT_MODEL)
     target = home / "models" / DEFAULT_MODEL
-    assert calls == [DEFAULT_MODEL] and (target / "model.safetensors").is_file()
+    assert conversions == [DEFAULT_MODEL] and (target / "model.safetensors").is_file()
     assert [p.name for p in target.parent.iterdir()] == [DEFAULT_MODEL]  # no temporary folder left behind
     assert first.name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct" == tokenizer.name_or_path
 
     second, tokenizer2 = load_model(None)
-    assert calls == [DEFAULT_MODEL]  # the cache was used
+    assert conversions == [DEFAULT_MODEL]  # the cache was used
     assert second.name_or_path == first.config.name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
     ids = torch.tensor([[1, 4, 5, 6]])
     assert torch.equal(first(ids).logits, second(ids).logits)
@@ -143,14 +149,7 @@ def test_builtin_is_converted_once_then_loaded_from_the_cache(home, monkeypatch)
     assert half.dtype == torch.bfloat16
 
 
-def test_builtin_copy_names_its_class_and_an_older_copy_without_it_is_made_again(home, monkeypatch):
-    calls = []
-
-    def fake_gguf(spec):
-        calls.append(spec.name)
-        return tiny_llama(), tiny_tokenizer()
-
-    monkeypatch.setattr(builtin_models, "_load_gguf", fake_gguf)
+def test_builtin_copy_names_its_class_and_an_older_copy_without_it_is_made_again(home, conversions):
     load_model(DEFAULT_MODEL)
     config_file = home / "models" / DEFAULT_MODEL / "config.json"
     config = json.loads(config_file.read_text())
@@ -158,7 +157,7 @@ def test_builtin_copy_names_its_class_and_an_older_copy_without_it_is_made_again
     del config["architectures"]
     config_file.write_text(json.dumps(config))  # as an older hf_sae wrote it
     load_model(DEFAULT_MODEL)
-    assert calls == [DEFAULT_MODEL, DEFAULT_MODEL]
+    assert conversions == [DEFAULT_MODEL, DEFAULT_MODEL]
     assert json.loads(config_file.read_text())["architectures"] == ["LlamaForCausalLM"]
 
 
