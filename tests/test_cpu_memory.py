@@ -20,8 +20,6 @@ for _ in range(4):
     torch.empty(16 * 2**20).fill_(1.0)
 print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
-PAGES = 64 * 2**20 // 4096
-
 glibc = pytest.mark.skipif(
     not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None, reason="glibc's malloc only"
 )
@@ -34,19 +32,26 @@ def last_allocation_faults(mode: str, **env) -> tuple[str, int]:
     return applied, int(faults)
 
 
+@pytest.fixture(scope="module")
+def default_faults() -> int:
+    """Page faults of the 4th allocation under glibc's defaults: the block was unmapped on free and faults in again
+    (one fault per 4 KiB page, or per 2 MiB page where transparent huge pages are always on)."""
+    applied, faults = last_allocation_faults("default")
+    assert applied == "False" and faults > 0  # the cost that keep_freed_memory removes is really there
+    return faults
+
+
 @glibc
-def test_a_freed_block_is_reused_without_page_faults():
+def test_a_freed_block_is_reused_without_page_faults(default_faults):
     applied, faults = last_allocation_faults("keep")
     assert applied == "True"
-    assert faults < PAGES // 20  # the block came back from the heap, already mapped
-    # glibc's default: the block is unmapped on free and faults in again, page by page
-    assert last_allocation_faults("default")[1] > PAGES // 2
+    assert faults <= default_faults // 10  # the block came back from the heap, already mapped
 
 
 @glibc
-def test_the_variable_turns_it_off():
+def test_the_variable_turns_it_off(default_faults):
     applied, faults = last_allocation_faults("keep", **{VARIABLE: "0"})
-    assert applied == "False" and faults > PAGES // 2
+    assert applied == "False" and faults >= default_faults // 2
 
 
 def test_off_linux_it_does_nothing(monkeypatch):
