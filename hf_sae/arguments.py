@@ -12,7 +12,6 @@ before the LM loads. Field values are checked in `check()` before any expensive 
 
 import dataclasses
 import math
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +101,9 @@ def memory_bytes(device: str | None = None) -> int:
 
     if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_properties(torch.device(device)).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    import psutil  # an accelerate dependency; portable where os.sysconf is not (Windows)
+
+    return psutil.virtual_memory().total
 
 
 def check_fits_in_memory(num_latents: int, d_in: int, count: int = 1, device: str | None = None) -> None:

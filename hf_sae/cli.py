@@ -21,6 +21,7 @@ its traceback instead.
 
 import argparse
 import dataclasses
+import difflib
 import logging
 import os
 import subprocess
@@ -43,10 +44,12 @@ def parse_arguments(groups: tuple[type, ...], argv: list[str], prog: str) -> tup
     """The dataclasses of `groups`, from flags or from a YAML / JSON file followed by flags."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(groups, prog=prog)
+    parser = HfArgumentParser(groups, prog=prog, epilog=f"--debug (or {DEBUG_VARIABLE}=1) shows an error's traceback.")
+    source = argv[0] if argv and argv[0].endswith(CONFIG_SUFFIXES) else None
+    parser.error = _raise_argument_error(prog, source)  # one line and exit status 1, as every other hf_sae error
     optional = _optional_fields(groups)
     _accept_none(parser, optional)
-    if argv and argv[0].endswith(CONFIG_SUFFIXES):
+    if source:
         values = {k: v for k, v in _read_config_file(argv[0]).items() if v is not None or k in optional}
         actions = {action.dest: action for action in parser._actions}
         if unknown := sorted(set(values) - set(actions)):
@@ -55,14 +58,35 @@ def parse_arguments(groups: tuple[type, ...], argv: list[str], prog: str) -> tup
         for name in values:
             actions[name].required = False
         argv = argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)  # each group checks its values as it is built
+    *groups_, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:  # each group checked its values as it was built; a typo'd flag must not pass unnoticed
+        flags = [flag for action in parser._actions for flag in action.option_strings if "-" not in flag[2:]]
+        hints = {flag: difflib.get_close_matches(flag, flags, 1, 0.6) for flag in unknown if flag.startswith("-")}
+        hint = "".join(f" {flag}: did you mean {close[0]}?" for flag, close in hints.items() if close)
+        raise ArgumentError(f"`{prog}` does not take {unknown}.{hint} `{prog} --help` lists every flag.")
+    return tuple(groups_)
+
+
+def _raise_argument_error(prog: str, source: str | None) -> Callable[[str], typing.NoReturn]:
+    """argparse's `error`, raising instead of printing the usage and exiting with status 2."""
+
+    def error(message: str) -> typing.NoReturn:
+        where = f" (the values of {source} count as flags)" if source else ""
+        raise ArgumentError(f"{message}{where}. `{prog} --help` lists every flag with its type and choices.")
+
+    return error
 
 
 def _read_config_file(path: str) -> dict:
     import yaml
 
-    with open(path) as handle:
-        values = yaml.safe_load(handle) or {}  # YAML is a superset of JSON
+    try:
+        with open(path) as handle:
+            values = yaml.safe_load(handle) or {}  # YAML is a superset of JSON
+    except OSError as error:
+        raise ArgumentError(f"Cannot read the argument file {path} ({error.strerror}). Check the path.") from None
+    except yaml.YAMLError as error:
+        raise ArgumentError(f"{path} is not valid YAML or JSON: {' '.join(str(error).split())}") from None
     if not isinstance(values, dict):
         raise ArgumentError(f"{path} must hold a mapping of argument names to values; got {type(values).__name__}.")
     return values
@@ -82,8 +106,15 @@ def _accept_none(parser, optional: set[str]) -> None:
     """Let `none` / `null` set an optional field to None (argparse would try `int('None')`)."""
     for action in parser._actions:
         if action.dest in optional and callable(action.type):
-            convert = action.type
-            action.type = lambda value, convert=convert: None if value.lower() in ("none", "null") else convert(value)
+            action.type = _none_or(action.type)
+
+
+def _none_or(convert: Callable[[str], object]) -> Callable[[str], object]:
+    def none_or(value: str):
+        return None if value.lower() in ("none", "null") else convert(value)
+
+    none_or.__name__ = getattr(convert, "__name__", "value")  # argparse names it: "invalid int value: 'abc'"
+    return none_or
 
 
 # ---- subcommands ----------------------------------------------------------------------------------------------------

@@ -462,7 +462,7 @@ def _select(available: Iterable[str], wanted: list[str] | None, source: str) -> 
     if wanted is not None and (missing := [h for h in wanted if h not in available]):
         raise HookpointError(
             f"{source} has no SAE for hookpoint(s) {missing}. It holds SAEs for: {', '.join(available) or 'none'}. "
-            "Pass some of those as `hookpoints`, or None for all."
+            "Pass some of those as `hookpoints` (`--hookpoints` on the command line), or None for all."
         )
     return available if wanted is None else list(dict.fromkeys(wanted))
 

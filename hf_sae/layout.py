@@ -122,7 +122,7 @@ def looks_like_local_path(name: str) -> bool:
 
 def missing_path_error(name: str, what: str) -> SaeNotFoundError:
     """The error for a local path that does not exist, naming the deepest part of it that does."""
-    path = Path(name).expanduser().absolute()
+    path = Path(name).expanduser().resolve()
     existing = next(parent for parent in (path, *path.parents) if parent.exists())
     return SaeNotFoundError(
         f"{what} {name!r} does not exist (it is spelled as a local path, so it was not looked up on the Hub; the "

@@ -17,7 +17,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.utils import logging
 
 from .errors import ModelNotFoundError
-from .offline.builtin_models import BUILTIN_MODELS, DEFAULT_MODEL, load_builtin, require_gguf
+from .offline.builtin_models import BUILTIN_MODELS, DEFAULT_MODEL, converted_copy, load_builtin, require_gguf
 
 logger = logging.get_logger(__name__)
 
@@ -68,6 +68,29 @@ def load_model(
         model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def model_skeleton(
+    name_or_path: str | os.PathLike | None = None, *, revision: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedModel | None:
+    """The LM's modules without their weights (on the meta device, from its config alone), so that hookpoints and
+    context sizes are checked before gigabytes are read or downloaded. None where the config itself is not at hand
+    cheaply: a GGUF file, or the built-in model before its first conversion (small and local: loading it is quick)."""
+    from accelerate import init_empty_weights
+
+    name = DEFAULT_MODEL if name_or_path is None else os.fspath(name_or_path)
+    if name in BUILTIN_MODELS and not os.path.exists(name):
+        folder = converted_copy(BUILTIN_MODELS[name])
+        if folder is None:
+            return None
+        config = AutoConfig.from_pretrained(folder)
+    else:
+        name, gguf_file = _resolve_source(name, None)
+        if gguf_file is not None:
+            return None
+        config = _load_config(name, {"revision": revision, "trust_remote_code": trust_remote_code})
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
 def _resolve_source(name: str, gguf_file: str | None) -> tuple[str, str | None]:

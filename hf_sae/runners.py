@@ -50,7 +50,7 @@ from .layout import (
 )
 from .lm_forward import resolve_lm_dtype, special_token_ids
 from .modeling_sae import SaeModel
-from .models import load_model
+from .models import load_model, model_skeleton
 from .offline.builtin_models import DEFAULT_MODEL, builtin_name
 from .sweeps import SweepRun, sweep_runs
 from .training import SaeTrainer, check_output_dir, make_accelerator
@@ -85,6 +85,7 @@ def train_saes(
     runs = sweep_runs(sae_args, args.learning_rate)  # every sweep entry checked before anything expensive
     check_output_dir(args)
     probe_writable(Path(args.output_dir), "output_dir")  # not after hours of training
+    check_against_lm_config(lm_args, sae_args.harvested_hookpoints(), data_args.context_size)
     cache = _open_cache(args, lm_args, sae_args.harvested_hookpoints())  # an existing cache must match this run
     if cache is not None:
         args = dataclasses.replace(args, train_tokens=replay_tokens(cache, args.train_tokens, args.epochs,
@@ -230,6 +231,14 @@ def _load_lm(lm_args: ActivationArguments, device):
     return load_model(lm_args.model_name_or_path, device=device)
 
 
+def check_against_lm_config(lm_args: ActivationArguments, hookpoints: list[str], context_size: int) -> None:
+    """Hookpoints and context size checked against the LM's config and module tree, before its weights load."""
+    skeleton = model_skeleton(lm_args.model_name_or_path)
+    if skeleton is not None:
+        resolve_hookpoints(skeleton, hookpoints)  # unknown names fail here, listing the closest
+        check_context_size(context_size, _max_positions(skeleton))
+
+
 def _max_positions(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
@@ -282,6 +291,7 @@ def write_activation_cache(lm_args: ActivationArguments, data_args: DataArgument
     """`hf-sae cache`: harvest `args.cache_tokens` tokens of activations at `args.hookpoints` into `args.output_dir`,
     for any number of later training runs (`--activation_cache`)."""
     check_all(lm_args, data_args, args)
+    check_against_lm_config(lm_args, args.hookpoints, data_args.context_size)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = _load_lm(lm_args, device)
     model.requires_grad_(False)

@@ -382,17 +382,9 @@ class SaeTrainer:
     def _maybe_resume(self) -> Path | None:
         """Restore step, counters and the data position from a checkpoint (weights follow in `_load_weights`, once
         the optimiser exists)."""
-        choice = self.args.resume_from_checkpoint
-        if not choice:
+        path = resume_checkpoint(self.args)
+        if path is None:
             return None
-        path = (
-            _checkpoints(self.output_dir)[-1] if choice == "latest" and _checkpoints(self.output_dir) else Path(choice)
-        )
-        if not (path / "trainer_state.pt").exists():
-            raise TrainingError(
-                f"No complete checkpoint at {path}. Expected a `{CHECKPOINT_PREFIX}<step>` folder written by "
-                f"hf_sae (found: {[p.name for p in _checkpoints(self.output_dir)]})."
-            )
         saved = _load_checkpoint_file(path / "trainer_state.pt")
         self._check_same_run(path, saved.pop(RUN_KEY, None))
         world = self.accelerator.num_processes
@@ -528,10 +520,27 @@ def geometric_median(points: torch.Tensor, iterations: int = 50) -> torch.Tensor
     return median
 
 
+def resume_checkpoint(args: SaeTrainingArguments) -> Path | None:
+    """The checkpoint `--resume_from_checkpoint` names (`latest`: the newest in output_dir), or None for a new run."""
+    choice = args.resume_from_checkpoint
+    if not choice:
+        return None
+    found = _checkpoints(Path(args.output_dir))
+    path = (found[-1] if found else None) if choice == "latest" else Path(choice)
+    if path is None or not (path / "trainer_state.pt").exists():
+        where = f"{args.output_dir} holds no checkpoint" if path is None else f"No complete checkpoint at {path}"
+        raise TrainingError(
+            f"--resume_from_checkpoint {choice}: {where}. Expected a `{CHECKPOINT_PREFIX}<step>` folder written by "
+            f"hf_sae (found in {args.output_dir}: {[p.name for p in found]}). Drop the flag to start a new run."
+        )
+    return path
+
+
 def check_output_dir(args: SaeTrainingArguments) -> None:
-    """Refuse an output directory holding another run unless told to overwrite it or resume from it."""
+    """Refuse an output directory holding another run unless told to overwrite it or resume from it (which must
+    exist: checked here, before anything loads)."""
     path = Path(args.output_dir)
-    if not path.exists() or not any(path.iterdir()) or args.resume_from_checkpoint:
+    if resume_checkpoint(args) or not path.exists() or not any(path.iterdir()):
         return
     if not args.overwrite_output_dir:
         raise TrainingError(

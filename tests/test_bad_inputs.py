@@ -238,6 +238,13 @@ ROWS = [
     Row("outlier_factor 0", lambda w, t: T(w, outlier_factor=0), ArgumentError, r"--outlier_factor must be a number > 0"),
     Row("num_processes 0", lambda w, t: T(w, num_processes=0), ArgumentError, r"--num_processes must be a positive"),
     Row("ddp_timeout 0", lambda w, t: T(w, ddp_timeout=0), ArgumentError, r"--ddp_timeout must be a positive"),
+    Row("unknown flag", cli("train", "--batchsize", "3"), ArgumentError, r"does not take \['--batchsize', '3'\]\. --batchsize: did you mean --batch_size\?"),
+    Row("k not a number", lambda w, t: T(w, k="abc"), ArgumentError, r"argument --k: invalid int value: 'abc'\. `hf-sae train --help`"),
+    Row("architecture typo flag", lambda w, t: T(w, architecture="topkk"), ArgumentError, r"argument --architecture: invalid choice: 'topkk'"),
+    Row("yaml missing file", lambda w, t: main(["train", f"{t}/none.yaml"]), ArgumentError, r"Cannot read the argument file .*none.yaml \(No such file"),
+    Row("yaml malformed", lambda w, t: main(["train", yaml_file(t, "k: [1\n")]), ArgumentError, r"run.yaml is not valid YAML or JSON: while parsing"),
+    Row("yaml k not a number", lambda w, t: main(["train", yaml_file(t, "k: abc\n")]), ArgumentError, r"invalid int value: 'abc' \(the values of .*run.yaml count as flags\)"),
+    Row("resume latest without checkpoints", lambda w, t: T(w, output_dir=t / "empty", resume_from_checkpoint="latest"), TrainingError, r"--resume_from_checkpoint latest: .*empty holds no checkpoint\. .*Drop the flag"),
     Row("missing model", lambda w, t: T(w, model_name_or_path="./no/such/model"), ModelNotFoundError, r"'./no/such/model', which does not exist locally"),
     Row("missing dataset", lambda w, t: T(w, dataset_name="./no/such.jsonl"), DataError, r"does not exist"),
     Row("unknown hookpoint", lambda w, t: T(w, hookpoints="model.layers.9"), HookpointError, r"model.layers.9.*closest"),
@@ -411,6 +418,29 @@ def test_a_read_only_output_folder_is_refused_before_the_lm_loads(world, read_on
     args = run_args(world.root, read_only_folder / "run")
     with pytest.raises(WriteError, match=r"--output_dir .*read-only/run cannot be written .*nothing was done"):
         train_saes(*args)
+
+
+@pytest.mark.parametrize(
+    "flags, error, fragment",
+    [
+        ({"hookpoints": "model.layers.9"}, HookpointError, r"model.layers.9.*closest"),
+        ({"context_size": 100}, DataError, r"context_size <= 64"),
+        ({"resume_from_checkpoint": "no/such/checkpoint-3"}, TrainingError, r"No complete checkpoint at no/such"),
+    ],
+    ids=["hookpoint", "context", "checkpoint"],
+)
+def test_what_the_lm_config_decides_is_refused_before_its_weights_load(world, flags, error, fragment, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("HF_SAE_DEBUG", "1")
+    monkeypatch.setattr("hf_sae.runners.load_model", lambda *a, **k: pytest.fail("the LM must not load"))
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("no weights are read"))
+    with pytest.raises(error, match=fragment):
+        train(world, **flags)
+    if "hookpoints" in flags:
+        with pytest.raises(error, match=fragment):
+            main(["cache", "--model_name_or_path", str(world.root / "lm"), "--dataset_name", str(world.root / "text"),
+                  "--hookpoints", "model.layers.9", "--output_dir", str(world.root / "no-cache")])  # fmt: skip
 
 
 def test_results_that_cannot_be_saved_go_to_a_named_fallback(world, tmp_path, monkeypatch):

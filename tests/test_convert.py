@@ -432,8 +432,8 @@ def test_convert_command(tmp_path, capsys):
     assert_matches(SaeModel.from_pretrained(tmp_path / "hf"), "saelens_gated")
     with pytest.raises(ArgumentError, match="exists and is not empty"):
         convert(FIXTURES / "saelens_gated", tmp_path / "hf", "saelens")
-    with pytest.raises(SystemExit):
-        main(["convert", str(FIXTURES / "saelens_gated"), str(tmp_path / "x"), "--to", "neuronpedia"])
+    assert main(["convert", str(FIXTURES / "saelens_gated"), str(tmp_path / "x"), "--to", "neuronpedia"]) == 1
+    assert "hf-sae convert: error: argument --to: invalid choice: 'neuronpedia'" in capsys.readouterr().err
 
 
 # ---- the Hub: a Gemma-Scope-layout repo and the README quickstart ---------------------------------------------------

@@ -12,7 +12,7 @@ from tokenizers import models as tokenizer_models
 from transformers import AutoConfig, DistilBertConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from hf_sae.errors import MissingDependencyError, ModelNotFoundError
-from hf_sae.models import load_model
+from hf_sae.models import load_model, model_skeleton
 from hf_sae.offline import builtin_models, cache_dir
 from hf_sae.offline.builtin_models import BUILTIN_MODELS, DEFAULT_MODEL
 
@@ -159,6 +159,19 @@ def test_builtin_copy_names_its_class_and_an_older_copy_without_it_is_made_again
     load_model(DEFAULT_MODEL)
     assert conversions == [DEFAULT_MODEL, DEFAULT_MODEL]
     assert json.loads(config_file.read_text())["architectures"] == ["LlamaForCausalLM"]
+
+
+def test_a_skeleton_has_the_modules_without_reading_weights(tiny_dir, home, conversions):
+    skeleton = model_skeleton(tiny_dir)
+    real, _ = load_model(tiny_dir)
+    assert [n for n, _ in skeleton.named_modules()] == [n for n, _ in real.named_modules()]
+    assert {p.device.type for p in skeleton.parameters()} == {"meta"}  # nothing read or allocated
+    assert model_skeleton(DEFAULT_MODEL) is None and conversions == []  # not converted yet: nothing cheap to read
+    load_model(DEFAULT_MODEL)
+    skeleton = model_skeleton(DEFAULT_MODEL)  # the cached copy's config
+    assert skeleton.config.num_hidden_layers == 2 and conversions == [DEFAULT_MODEL]
+    with pytest.raises(ModelNotFoundError, match="does not exist locally"):
+        model_skeleton("./no/such/model")
 
 
 def test_builtin_conversion_keeps_a_copy_finished_by_another_process(home, monkeypatch):

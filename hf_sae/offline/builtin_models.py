@@ -60,6 +60,12 @@ def require_gguf() -> None:
         )
 
 
+def converted_copy(spec: BuiltinModel) -> Path | None:
+    """The folder of the model's safetensors copy, where a complete one was made before."""
+    folder = cache_dir("models", spec.name)
+    return folder if is_complete(folder) else None
+
+
 def load_builtin(spec: BuiltinModel, model_kwargs: dict) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     target = cache_dir("models", spec.name)
     if not is_complete(target):
