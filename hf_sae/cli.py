@@ -176,7 +176,7 @@ def features_command(argv: list[str]) -> int:
         from .browser import explain
 
         A.check_all(lm_args, args)
-        sae, model, tokenizer = load_sae_and_lm(args.sae, lm_args, device=args.device)
+        sae, model, tokenizer = load_sae_and_lm(args.sae, lm_args, device=args.device, read_at=args.hookpoint)
         print(format_explanation(explain(model, tokenizer, sae, args.explain, args.top, hookpoint=args.hookpoint)))
         return 0
     features = run_features(lm_args, data_args, args)

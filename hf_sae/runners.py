@@ -231,12 +231,13 @@ def _load_lm(lm_args: ActivationArguments, device):
     return load_model(lm_args.model_name_or_path, device=device)
 
 
-def check_against_lm_config(lm_args: ActivationArguments, hookpoints: list[str], context_size: int) -> None:
+def check_against_lm_config(lm_args: ActivationArguments, hookpoints: list[str], context_size: int | None = None):
     """Hookpoints and context size checked against the LM's config and module tree, before its weights load."""
     skeleton = model_skeleton(lm_args.model_name_or_path)
     if skeleton is not None:
         resolve_hookpoints(skeleton, hookpoints)  # unknown names fail here, listing the closest
-        check_context_size(context_size, _max_positions(skeleton))
+        if context_size is not None:
+            check_context_size(context_size, _max_positions(skeleton))
 
 
 def _max_positions(model) -> int | None:
@@ -402,10 +403,12 @@ def load_saes_and_lm(
     *,
     revision: str | None = None,
     device: str | None = None,
+    read_at: str | None = None,
 ):
     """`(saes, model, tokenizer)`: SAEs by hookpoint from a local folder (a training run's too: only its SAE
     folders count, not its checkpoints or logs) or a Hub repo, and their LM, by default their base model (the
-    built-in offline copy when that is the built-in model's Hub id)."""
+    built-in offline copy when that is the built-in model's Hub id). The SAEs' hookpoints (or `read_at`, where
+    they are read elsewhere) must be modules of that LM, checked before its weights load."""
     path = Path(source).expanduser()
     if path.is_dir() and hookpoints is None:
         hookpoints = list(find_sae_folders(path)[0]) or None
@@ -416,8 +419,11 @@ def load_saes_and_lm(
         if len(names) > 1:
             raise ArgumentError(f"These SAEs come from different models ({sorted(names)}); pass --model_name_or_path.")
         name = builtin_name(names.pop() if names else None)
+    lm_args = dataclasses.replace(lm_args, model_name_or_path=name)
+    sites = [h for n, sae in saes.items() for h in (sae.config.hookpoint or n, sae.config.output_hookpoint) if h]
+    check_against_lm_config(lm_args, [read_at] if read_at else sites)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")  # the GPU where there is one
-    model, tokenizer = _load_lm(dataclasses.replace(lm_args, model_name_or_path=name), device)
+    model, tokenizer = _load_lm(lm_args, device)
     model.requires_grad_(False)
     return {h: sae.to(model.device).eval() for h, sae in saes.items()}, model, tokenizer
 
@@ -480,7 +486,7 @@ def run_features(lm_args: ActivationArguments, data_args: DataArguments, args: F
     """`hf-sae features`: collect and save `<sae>/features/`, keeping the labels people set on an earlier run."""
     check_all(lm_args, data_args, args)
     probe_writable(Path(args.sae), "sae")  # features/ goes inside
-    sae, model, tokenizer = load_sae_and_lm(args.sae, lm_args, device=args.device)
+    sae, model, tokenizer = load_sae_and_lm(args.sae, lm_args, device=args.device, read_at=args.hookpoint)
     blocks = load_token_blocks(data_args, tokenizer, max_positions=_max_positions(model))
     features = collect_feature_metadata(
         model,
@@ -507,12 +513,12 @@ def run_features(lm_args: ActivationArguments, data_args: DataArguments, args: F
     return features
 
 
-def load_sae_and_lm(sae_dir: str, lm_args: ActivationArguments, *, device: str | None = None):
+def load_sae_and_lm(sae_dir: str, lm_args: ActivationArguments, *, device: str | None = None, read_at=None):
     """`(sae, model, tokenizer)` for one SAE folder, as `load_saes_and_lm`."""
     path = Path(sae_dir).expanduser()
     if not path.is_dir():
         raise ArgumentError(f"--sae must be a local SAE folder (config.json, model.safetensors); got {sae_dir!r}.")
-    saes, model, tokenizer = load_saes_and_lm(str(path), None, lm_args, device=device)
+    saes, model, tokenizer = load_saes_and_lm(str(path), None, lm_args, device=device, read_at=read_at)
     if len(saes) != 1:
         raise ArgumentError(f"{sae_dir} holds {len(saes)} SAEs ({list(saes)}); pass the folder of one of them.")
     return next(iter(saes.values())), model, tokenizer

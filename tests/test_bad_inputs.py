@@ -438,9 +438,12 @@ def test_what_the_lm_config_decides_is_refused_before_its_weights_load(world, fl
     with pytest.raises(error, match=fragment):
         train(world, **flags)
     if "hookpoints" in flags:
+        lm_and_text = ["--model_name_or_path", str(world.root / "lm"), "--dataset_name", str(world.root / "text")]
         with pytest.raises(error, match=fragment):
-            main(["cache", "--model_name_or_path", str(world.root / "lm"), "--dataset_name", str(world.root / "text"),
-                  "--hookpoints", "model.layers.9", "--output_dir", str(world.root / "no-cache")])  # fmt: skip
+            main(["cache", *lm_and_text, "--hookpoints", "model.layers.9", "--output_dir", str(world.root / "no")])
+        with pytest.raises(error, match=fragment):  # the SAE loads (small); its LM does not
+            main(["features", *lm_and_text, "--sae", str(world.root / "sae"), "--hookpoint", "model.layers.9",
+                  "--overwrite"])  # fmt: skip
 
 
 def test_results_that_cannot_be_saved_go_to_a_named_fallback(world, tmp_path, monkeypatch):
