@@ -9,11 +9,10 @@ an SAE, stays as it was. `AutoModelForCausalLM` and the other Auto classes are u
 
 import functools
 
-import torch
 from transformers import AutoConfig, AutoModel
 
 from .configuration_sae import SaeConfig
-from .modeling_sae import SaeModel
+from .modeling_sae import SaeModel, converted_as_asked
 
 _HUB_KWARGS = ("subfolder", "revision", "token", "cache_dir")
 
@@ -36,8 +35,7 @@ def _or_another_sae_format(from_pretrained):
             hub_kwargs = {key: kwargs.get(key) for key in _HUB_KWARGS}
             if (sae := load_converted(pretrained_model_name_or_path, **hub_kwargs)) is None:
                 raise refusal
-            dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
-            return sae.to(dtype) if isinstance(dtype, torch.dtype) else sae
+            return converted_as_asked(sae, kwargs)
 
     load.opens_other_sae_formats = True
     return load

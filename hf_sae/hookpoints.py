@@ -38,7 +38,7 @@ def resolve_hookpoints(model: nn.Module, hookpoints: Iterable[str]) -> dict[str,
     True
     """
     resolved, missing = {}, []
-    for name in hookpoints:
+    for name in [hookpoints] if isinstance(hookpoints, str) else hookpoints:  # one name, not its letters
         found = _find_module(model, name)
         is_input = found is None and name.endswith(INPUT_SUFFIX)
         found = _find_module(model, name.removesuffix(INPUT_SUFFIX)) if is_input else found

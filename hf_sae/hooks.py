@@ -9,6 +9,7 @@ sequence: 0 is its first real (non-padding) token, and under `generate()` with a
 the generated tokens. They come from the 2D attention mask the model is called with, else from the cache length.
 """
 
+import inspect
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -95,8 +96,10 @@ class SaeRecorder:
     grows with `top_k`, not with the SAE's width.
     """
 
-    def __init__(self, hookpoints: Sequence[str], inputs: bool, reconstructions: bool, top_k: int | None = None):
-        self.top_k = top_k
+    def __init__(
+        self, hookpoints: Sequence[str], inputs: bool, reconstructions: bool, top_k: int | None = None, detach=True
+    ):
+        self.top_k, self.detach = top_k, detach
         self.latents: dict[str, list[Tensor]] = {name: [] for name in hookpoints}
         self.top_values: dict[str, list[Tensor]] = {name: [] for name in hookpoints} if top_k else {}
         self.top_indices: dict[str, list[Tensor]] = {name: [] for name in hookpoints} if top_k else {}
@@ -113,6 +116,9 @@ class SaeRecorder:
         return torch.cat([t[mask] for t, mask in zip(getattr(self, kind)[hookpoint], self.masks[hookpoint])])
 
     def _add(self, name: str, z: Tensor, real: Tensor, x: Tensor, reconstruction: Tensor | None) -> None:
+        if self.detach:
+            z, x = z.detach(), x.detach()
+            reconstruction = None if reconstruction is None else reconstruction.detach()
         if self.top_k:
             values, indices = z.topk(min(self.top_k, z.shape[-1]), dim=-1)
             self.top_values[name].append(values)
@@ -153,6 +159,8 @@ class SaeHooks:
     def __init__(self, model: nn.Module, saes: Mapping[str, SaeModel] | Sequence[SaeModel]):
         self.model = model
         self.saes = _saes_by_hookpoint(saes)
+        for sae in self.saes.values():  # inside a model an SAE codes token by token: BatchTopK's batch-wide
+            sae.eval()  # selection would make one sequence's latents depend on the others in its batch
         sites = {name: name if _is_module_path(model, name) and not sae.config.is_transcoder
                  else sae.config.hookpoint or name for name, sae in self.saes.items()}  # fmt: skip
         resolved = resolve_hookpoints(model, dict.fromkeys(sites.values()))
@@ -195,6 +203,7 @@ class SaeHooks:
         reconstructions: bool = False,
         hookpoints: str | Sequence[str] | None = None,
         top_k: int | None = None,
+        detach: bool = True,
     ) -> Iterator[SaeRecorder]:
         r"""
         Collect the latents, and optionally the inputs and reconstructions, of every forward run inside.
@@ -205,6 +214,8 @@ class SaeHooks:
             hookpoints (`str` or `Sequence[str]`, *optional*): only these; every SAE by default.
             top_k (`int`, *optional*): keep only each token's `top_k` largest latents (`recorder.top_values`,
                 `recorder.top_indices`) instead of the dense latents, e.g. to record a long generation.
+            detach (`bool`, defaults to `True`): keep the recorded tensors out of autograd, so that each forward's
+                graph is freed; `False` keeps them attached, to take gradients through the latents (attribution).
 
         Example:
 
@@ -217,7 +228,7 @@ class SaeHooks:
         names = self._select(hookpoints)
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise HookpointError(f"`top_k` must be a positive integer or None; got {top_k!r}.")
-        recorder = SaeRecorder(names, inputs, reconstructions, top_k)
+        recorder = SaeRecorder(names, inputs, reconstructions, top_k, detach)
         with self._activate(recorder, names):
             yield recorder
 
@@ -333,6 +344,11 @@ class SaeHooks:
         self._pending.clear()
 
     def _remember_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if args:  # `lm(ids, mask)`: the mask passed by position counts as well
+            try:
+                kwargs = {**inspect.signature(module.forward).bind_partial(*args).arguments, **kwargs}
+            except TypeError:
+                pass  # a call its own forward will refuse
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0  # read before the layers extend it
         self._call = (kwargs.get("attention_mask"), int(past))
@@ -430,9 +446,16 @@ def _predict(sae: SaeModel, z: Tensor, skip: Tensor | None) -> Tensor:
 
 
 def _saes_by_hookpoint(saes: Mapping[str, SaeModel] | Sequence[SaeModel]) -> dict[str, SaeModel]:
+    if isinstance(saes, str) or not isinstance(saes, Mapping | SaeModel | Iterable):
+        raise HookpointError(
+            f"SaeHooks takes SAEs: a SaeModel, a list of them or a dict {{hookpoint: SaeModel}}; got {saes!r}. Load "
+            "them with `hf_sae.load_saes(repo_or_dir)`, or use `SaeHooks.from_pretrained(model, repo_or_dir)`."
+        )
     if isinstance(saes, Mapping):
+        _check_are_saes(saes.values())
         return dict(saes)
     saes = [saes] if isinstance(saes, SaeModel) else list(saes)
+    _check_are_saes(saes)
     names = [sae.config.hookpoint for sae in saes]
     if None in names or len(set(names)) < len(names):
         raise HookpointError(
@@ -440,6 +463,14 @@ def _saes_by_hookpoint(saes: Mapping[str, SaeModel] | Sequence[SaeModel]) -> dic
             "Pass a dict `{hookpoint: sae}` instead."
         )
     return dict(zip(names, saes))
+
+
+def _check_are_saes(saes: Iterable) -> None:
+    if others := [sae for sae in saes if not isinstance(sae, SaeModel)]:
+        raise HookpointError(
+            f"SaeHooks takes SaeModel objects; got {others[0]!r} ({type(others[0]).__name__}). Load SAEs with "
+            "`hf_sae.load_saes(repo_or_dir)` or `SaeModel.from_pretrained(path)`."
+        )
 
 
 def _is_module_path(model: nn.Module, name: str) -> bool:

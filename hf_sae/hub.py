@@ -67,7 +67,7 @@ from .layout import (
     write_text,
 )
 from .model_card import card_data, render_card
-from .modeling_sae import SaeModel
+from .modeling_sae import SaeModel, as_torch_dtype
 
 SaesLike = SaeModel | Mapping[str, SaeModel] | Iterable[SaeModel]
 
@@ -210,6 +210,11 @@ def push_saes_to_hub(
     CommitInfo(commit_url='https://huggingface.co/me/smollm2-saes/commit/...', ...)
     ```
     """
+    if not isinstance(repo_id, str) or (Path(repo_id).is_dir() and not Path(str(saes_or_dir)).is_dir()):
+        raise ArgumentError(
+            f"`repo_id` must be a Hub repo id like 'you/name'; got {repo_id!r}. The SAEs come second: "
+            "`push_saes_to_hub(repo_id, saes_or_dir)`."
+        )
     if not isinstance(saes_or_dir, str | os.PathLike):
         card_kwargs = {k: v for k, v in card_and_save_kwargs.items() if k in ("datasets", "license", "tags")}
         with tempfile.TemporaryDirectory(prefix="hf-sae-push-") as tmp:
@@ -315,14 +320,21 @@ def load_saes(
 
 
 def _load_saes(repo_or_dir, hookpoints, revision, token, device, dtype, cache_dir, local_files_only, width, l0):
-    wanted = [hookpoints] if isinstance(hookpoints, str) else None if hookpoints is None else list(hookpoints)
+    wanted = hookpoints
+    if isinstance(hookpoints, str | Iterable):
+        wanted = [hookpoints] if isinstance(hookpoints, str) else list(hookpoints)
+    if wanted is not None and (not isinstance(wanted, list) or not all(isinstance(h, str) for h in wanted)):
+        raise ArgumentError(
+            f"`hookpoints` must be a hookpoint name, a list of them or None (all); got {hookpoints!r}, e.g. "
+            "`hookpoints=['model.layers.6']`."
+        )
     root, source = Path(repo_or_dir).expanduser(), str(repo_or_dir)
     _refuse_missing_local_path(source)
     from .convert import load_converted_saes  # convert loads through this module
 
     hub_kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
     if (converted := load_converted_saes(repo_or_dir, wanted, width=width, l0=l0, **hub_kwargs)) is not None:
-        return {h: sae.to(device=device, dtype=dtype) for h, sae in converted.items()}
+        return {h: sae.to(device=device, dtype=as_torch_dtype(dtype)) for h, sae in converted.items()}
     if root.is_dir():
         if revision is not None:
             raise ArgumentError(f"`revision` applies to Hub repos, but {root} is a local folder. Drop `revision`.")

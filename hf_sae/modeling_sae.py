@@ -5,6 +5,7 @@ extra tensors, initialisation, sparse selection, activation and penalty. Every a
 with the kernels of `sparse_ops`; BatchTopK and Matryoshka switch to a dense threshold at inference.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -17,7 +18,7 @@ from transformers.utils import ModelOutput, logging
 
 from .architectures import ARCHITECTURES, Architecture
 from .configuration_sae import SaeConfig
-from .errors import HookpointError, WeightsError
+from .errors import HookpointError, SaeConfigError, WeightsError
 from .fast_linear import linear
 from .sparse_ops import SparseCode, sparse_encode, with_auxk
 
@@ -90,6 +91,10 @@ class SaePreTrainedModel(PreTrainedModel):
         for extra in arch.extra_tensors:
             value = getattr(cfg, extra.init) if isinstance(extra.init, str) else extra.init
             init.constant_(getattr(module, extra.name), value)
+
+
+# What `save_pretrained(push_to_hub=True)` passes on to `push_to_hub`.
+PUSH_ARGUMENTS = ("repo_id", "private", "token", "revision", "commit_message", "create_pr")
 
 
 class SaeModel(SaePreTrainedModel):
@@ -189,8 +194,8 @@ class SaeModel(SaePreTrainedModel):
         return z.reshape(*x.shape[:-1], self.config.num_latents)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Reconstruction x̂ of shape `(..., d_out)` from latents z of shape `(..., num_latents)`; a skip
-        transcoder's prediction adds `skip(x)`."""
+        """Reconstruction x̂ of shape `(..., d_out)` from latents z of shape `(..., num_latents)`. A skip
+        transcoder's prediction is `decode(z) + skip(x)`, which needs x: `forward` adds it, `decode` cannot."""
         return z @ self.W_dec.to(z.dtype) + self.b_dec.to(z.dtype)
 
     def skip(self, x: Tensor) -> Tensor | None:
@@ -328,9 +333,11 @@ class SaeModel(SaePreTrainedModel):
         if self.config.skip_connection:
             self.W_skip.mul_(scale / output_scale)
 
-    def save_pretrained(self, save_directory, *args, model_card: bool = True, **kwargs):
+    def save_pretrained(self, save_directory, *args, model_card: bool = True, push_to_hub: bool = False, **kwargs):
         """[`PreTrainedModel.save_pretrained`], plus hf_sae's model card as README.md (as PEFT writes one for an
-        adapter): library_name hf_sae, base model, metrics and usage. `model_card=False` leaves it out."""
+        adapter): library_name hf_sae, base model, metrics and usage. `model_card=False` leaves it out.
+        `push_to_hub=True` then uploads through [`SaeModel.push_to_hub`] (`repo_id`, by default the folder's name)."""
+        push = {k: kwargs.pop(k) for k in PUSH_ARGUMENTS if k in kwargs} if push_to_hub else {}
         super().save_pretrained(save_directory, *args, **kwargs)
         if model_card and kwargs.get("is_main_process", True):
             from .layout import README, write_text
@@ -340,6 +347,8 @@ class SaeModel(SaePreTrainedModel):
             hookpoint = self.config.hookpoint or "sae"
             card = render_card({hookpoint: folder}, folder.resolve().name, None, card_data(folder / README), True)
             write_text(folder / README, str(card))
+        if push_to_hub:  # hf_sae's checked one-commit upload, not transformers' generic one
+            return self.push_to_hub(push.pop("repo_id", Path(save_directory).resolve().name), **push)
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | bool | None = None,
                     revision: str | None = None, commit_message: str | None = None, create_pr: bool = False,
@@ -375,8 +384,7 @@ class SaeModel(SaePreTrainedModel):
 
         hub_kwargs = {k: kwargs.get(k) for k in ("subfolder", "revision", "token", "cache_dir")}
         if source is not None and (converted := load_converted(source, **hub_kwargs)) is not None:
-            dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
-            return converted.to(dtype) if isinstance(dtype, torch.dtype) else converted
+            return converted_as_asked(converted, kwargs)
         if source is not None and "config" not in kwargs:  # config and weights header, before any allocation
             local = kwargs.get("local_files_only", False)
             sae_folder_to_load(source, **hub_kwargs, local_files_only=local)
@@ -417,3 +425,27 @@ def _auxk_loss(x: Tensor, residual: Tensor, aux_reconstruction: Tensor) -> Tenso
     residual_variance = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
     input_variance_per_token = (x - x.mean(0)).pow(2).sum(-1).mean().detach()
     return error / residual_variance * input_variance_per_token
+
+
+def as_torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A loading argument's dtype: a torch.dtype or its name (`"bfloat16"`, `"torch.float16"`); None or `"auto"`
+    keep the saved one."""
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return None if dtype == "auto" else dtype
+    value = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise SaeConfigError(f"`dtype` must be a floating torch dtype or its name (e.g. 'bfloat16'); got {dtype!r}.")
+    return value
+
+
+def converted_as_asked(sae: SaeModel, kwargs: Mapping) -> SaeModel | tuple[SaeModel, dict]:
+    """An SAE converted from another format, with the dtype, device and loading info that `from_pretrained`'s
+    arguments ask for, as an SAE in hf_sae's own format gets them."""
+    device = kwargs.get("device_map")
+    device = device.get("") if isinstance(device, Mapping) else device  # {"": device}: the whole model there
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else None
+    sae = sae.to(device=device, dtype=as_torch_dtype(kwargs.get("dtype", kwargs.get("torch_dtype")))).eval()
+    if kwargs.get("output_loading_info"):
+        return sae, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+    return sae

@@ -124,6 +124,18 @@ def test_each_format_loads_as_its_package_computes(name):
     assert_matches(sae, name)
 
 
+def test_another_format_takes_the_loading_arguments_as_hf_sae_s_own_does():
+    folder = FIXTURES / CASES["saelens_topk"][0]
+    for load in (SaeModel.from_pretrained, AutoModel.from_pretrained):
+        sae, info = load(folder, dtype="bfloat16", device_map="cpu", output_loading_info=True)
+        assert sae.W_enc.dtype == torch.bfloat16 and sae.device.type == "cpu" and not sae.training
+        assert info["missing_keys"] == [] and info["mismatched_keys"] == []
+    (sae,) = load_saes(folder, dtype="torch.float16").values()
+    assert sae.W_enc.dtype == torch.float16
+    with pytest.raises(SaeConfigError, match=r"`dtype` must be a floating torch dtype or its name .*got 'int8'"):
+        SaeModel.from_pretrained(folder, dtype="int8")
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_automodel_opens_each_format_as_sae_model_does(name):
     folder = FIXTURES / CASES[name][0]

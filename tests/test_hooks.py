@@ -492,3 +492,56 @@ def test_an_sae_from_another_base_model_warns_naming_both(tiny_llama, caplog):
     with caplog.at_level("WARNING"):
         SaeHooks(tiny_llama.model, [SaeModel(config)])
     assert "trained on 'someone/other-model', but it is attached to 'me/tiny-llama'" in caplog.text
+
+
+def test_a_mask_passed_by_position_places_edits_as_one_passed_by_name(tiny_llama):
+    model, block = tiny_llama.model, "model.layers.1"
+    ids = torch.tensor([[BOS_ID, 5, 17, 33], [PAD_ID, PAD_ID, BOS_ID, 9]])
+    mask = (ids != PAD_ID).long()
+    hooks = SaeHooks(model, {block: make_sae(24)})
+    with torch.no_grad(), hooks.steer(2, 7.0, mode="clamp", positions=[0]), hooks.record() as recorder:
+        by_name = model(input_ids=ids, attention_mask=mask).logits
+        by_position = model(ids, mask).logits
+    named, positional = (z[..., 2] for z in recorder.latents[block])
+    assert named[1, 2] == 7.0 and named[1, 0] != 7.0  # the condition: the padded row's first real token is clamped
+    assert torch.equal(positional, named) and torch.equal(by_position, by_name)
+
+
+def test_hooks_code_each_token_alone_even_for_an_sae_left_in_train_mode(tiny_llama):
+    model, block = tiny_llama.model, "model.layers.1"
+    torch.manual_seed(0)
+    sae = SaeModel(SaeConfig(d_in=24, num_latents=40, architecture="batchtopk", k=3, hookpoint=block))
+    with torch.no_grad():
+        sae.threshold.fill_(0.05)
+    assert sae.training  # as a freshly built SAE is
+    hooks, ids = SaeHooks(model, [sae]), torch.tensor([[BOS_ID, 5, 17, 33], [BOS_ID, 9, 40, 61]])
+    with torch.no_grad(), hooks.record() as recorder:
+        model(ids)
+        model(ids[:1])
+    together, alone = recorder.latents[block]
+    assert not sae.training and torch.equal(together[0], alone[0])  # the other row changes nothing
+
+
+def test_recorded_tensors_leave_autograd_unless_asked(tiny_llama, input_ids):
+    model, block = tiny_llama.model, "model.layers.1"
+    hooks = SaeHooks(model, {block: make_sae(24)})
+    with hooks.record(inputs=True, reconstructions=True) as kept_out:
+        logits = model(input_ids).logits
+    assert logits.requires_grad  # the forward did build a graph
+    assert not any(t[block][0].requires_grad for t in (kept_out.latents, kept_out.inputs, kept_out.reconstructions))
+    with hooks.record(detach=False) as attached:
+        model(input_ids)
+    attached.latents[block][0].sum().backward()  # gradients reach the LM through the recorded latents
+    assert model.model.embed_tokens.weight.grad is not None
+
+
+def test_saes_of_the_wrong_type_are_refused_clearly(tiny_llama):
+    with pytest.raises(HookpointError, match=r"SaeHooks takes SAEs: a SaeModel, .*got 'model.layers.0'"):
+        SaeHooks(tiny_llama.model, "model.layers.0")
+    with pytest.raises(HookpointError, match=r"SaeHooks takes SaeModel objects; got 'x' \(str\)"):
+        SaeHooks(tiny_llama.model, {"model.layers.0": "x"})
+
+
+def test_one_hookpoint_name_is_one_hookpoint_not_its_letters(tiny_llama, input_ids):
+    acts = capture_activations(tiny_llama.model, "model.layers.0", input_ids)
+    assert list(acts) == ["model.layers.0"]

@@ -8,6 +8,7 @@ huggingface_hub, before this one, so each test points the already imported clien
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -518,6 +519,25 @@ def test_save_pretrained_and_push_to_hub_write_hf_sae_s_card(api, tmp_path):
     assert_same(SaeModel.from_pretrained("alice/one-sae"), sae)
 
 
+def test_save_pretrained_with_push_to_hub_uploads_hf_sae_s_card(api, tmp_path):
+    sae = make_sae(LAYERS[0])
+    sae.save_pretrained(tmp_path / "two", push_to_hub=True, repo_id="alice/two-sae", token=ALICE)
+    assert set(api.list_repo_files("alice/two-sae")) == {".gitattributes", "README.md", *SAE_FILES}
+    assert ModelCard.load("alice/two-sae").data.library_name == "hf_sae"  # not transformers' generic card
+    assert_same(SaeModel.from_pretrained("alice/two-sae"), sae)
+
+
+def test_arguments_of_the_wrong_kind_are_refused_naming_the_signature(api, tmp_path):
+    from hf_sae import ArgumentError
+
+    save_saes({LAYERS[0]: make_sae(LAYERS[0])}, tmp_path / "saes")
+    with pytest.raises(ArgumentError, match=r"`repo_id` must be a Hub repo id .*push_saes_to_hub\(repo_id, saes_or"):
+        push_saes_to_hub(str(tmp_path / "saes"), "alice/swapped", token=ALICE)
+    with pytest.raises(ArgumentError, match=r"`hookpoints` must be a hookpoint name, a list of them or None .*got 1"):
+        load_saes(tmp_path / "saes", 1)
+    assert list(load_saes(tmp_path / "saes", (h for h in [LAYERS[0]]))) == [LAYERS[0]]  # any iterable of names
+
+
 def test_hf_sae_push_takes_the_card_metadata(api, tmp_path, monkeypatch):
     from hf_sae.cli import main
 
@@ -534,7 +554,7 @@ def test_hf_sae_push_takes_the_card_metadata(api, tmp_path, monkeypatch):
 def test_the_readmes_hub_layout_is_what_a_push_writes(api, tmp_path):
     block = (Path(__file__).parents[1] / "README.md").read_text().split("## The Hub layout")[1].split("```")[1]
     names = [line.split("── ")[1].split()[0] for line in block.splitlines() if "── " in line]
-    feature_files = block.split("features`: ")[1].split("\n")[0].split(", ")
+    feature_files = re.findall(r"\w+\.(?:parquet|json)", block.split("features`: ")[1])
     run = tmp_path / "run"
     make_sae("model.layers.15").save_pretrained(run / "model.layers.15")
     (run / "model.layers.15" / "metrics.json").write_text('{"fvu": 0.2}')
@@ -544,7 +564,7 @@ def test_the_readmes_hub_layout_is_what_a_push_writes(api, tmp_path):
     push_saes_to_hub("alice/layout", run, token=ALICE)
     expected = {"README.md"} | {f"model.layers.15/{n}" for n in names[2:] if not n.endswith("/")}
     expected |= {f"model.layers.15/features/{name}" for name in feature_files}
-    assert names[:2] == ["README.md", "model.layers.15/"] and len(expected) == 8
+    assert names[:2] == ["README.md", "model.layers.15/"] and len(expected) == 11
     assert set(api.list_repo_files("alice/layout")) - {".gitattributes"} == expected
 
 
