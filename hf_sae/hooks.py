@@ -144,7 +144,8 @@ class SaeHooks:
             says where they read. A key that is not a module path is a name, and the SAE reads its
             `config.hookpoint` (a transcoder always does, and acts on its `config.output_hookpoint`): several SAEs can
             share a hookpoint (`{"16k": sae_a, "65k": sae_b}`); their edits and
-            splices apply in the order given, each to what the one before it left.
+            splices apply in the order given, each to what the one before it left. They are put in eval mode:
+            each token is coded on its own (BatchTopK by its threshold), whatever else is in the batch.
 
     Example:
 
@@ -159,8 +160,8 @@ class SaeHooks:
     def __init__(self, model: nn.Module, saes: Mapping[str, SaeModel] | Sequence[SaeModel]):
         self.model = model
         self.saes = _saes_by_hookpoint(saes)
-        for sae in self.saes.values():  # inside a model an SAE codes token by token: BatchTopK's batch-wide
-            sae.eval()  # selection would make one sequence's latents depend on the others in its batch
+        for sae in self.saes.values():  # batch-wide selection would tie a sequence's latents to its batch
+            sae.eval()
         sites = {name: name if _is_module_path(model, name) and not sae.config.is_transcoder
                  else sae.config.hookpoint or name for name, sae in self.saes.items()}  # fmt: skip
         resolved = resolve_hookpoints(model, dict.fromkeys(sites.values()))
