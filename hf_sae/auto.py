@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModel
 from .configuration_sae import SaeConfig
 from .modeling_sae import SaeModel, converted_as_asked
 
-_HUB_KWARGS = ("subfolder", "revision", "token", "cache_dir")
+_HUB_KWARGS = ("subfolder", "revision", "token", "cache_dir", "local_files_only")
 
 
 def register_auto_classes() -> None:

@@ -383,10 +383,11 @@ class SaeModel(SaePreTrainedModel):
         from .hub import sae_folder_to_load
 
         hub_kwargs = {k: kwargs.get(k) for k in ("subfolder", "revision", "token", "cache_dir")}
-        if source is not None and (converted := load_converted(source, **hub_kwargs)) is not None:
+        local = kwargs.get("local_files_only", False)
+        converted = None if source is None else load_converted(source, **hub_kwargs, local_files_only=local)
+        if converted is not None:
             return converted_as_asked(converted, kwargs)
         if source is not None and "config" not in kwargs:  # config and weights header, before any allocation
-            local = kwargs.get("local_files_only", False)
             sae_folder_to_load(source, **hub_kwargs, local_files_only=local)
         want_info = kwargs.pop("output_loading_info", False)
         kwargs.setdefault("ignore_mismatched_sizes", True)  # so that we, not a generic report, explain the mismatch

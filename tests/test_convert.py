@@ -17,6 +17,7 @@ from transformers import AutoModel, AutoModelForCausalLM, Gemma2Config, Gemma2Fo
 from hf_sae import (
     ArgumentError,
     HookpointError,
+    HubError,
     SaeConfig,
     SaeConfigError,
     SaeHooks,
@@ -503,6 +504,21 @@ def test_gemma_scope_from_the_hub_by_release_name(gemma_hub):
     assert torch.equal(by_repo.W_enc, sae.W_enc)
     auto = AutoModel.from_pretrained("google/gemma-scope-2b-pt-res", subfolder="layer_3/width_256/average_l0_40")
     assert type(auto) is SaeModel and torch.equal(auto.W_enc, sae.W_enc)
+
+    # Offline, what was downloaded loads from the Hub cache alone.
+    from huggingface_hub import constants
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+        with pytest.raises(HubError, match="could not be reached"):  # the Hub is really out of reach
+            load_saes("gemma-scope-2b-pt-res", hookpoints=["model.layers.3"], width=256, l0=40)
+        offline = load_saes("gemma-scope-2b-pt-res", hookpoints=["model.layers.3"], width=256, l0=40,
+                            local_files_only=True)  # fmt: skip
+        assert torch.equal(offline["model.layers.3"].W_enc, sae.W_enc)
+        for load in (SaeModel.from_pretrained, AutoModel.from_pretrained):
+            again = load("google/gemma-scope-2b-pt-res", subfolder="layer_3/width_256/average_l0_40",
+                         local_files_only=True)  # fmt: skip
+            assert torch.equal(again.W_enc, sae.W_enc)
 
 
 def test_transcoder_exports_refuse_what_the_target_format_cannot_hold(tmp_path):

@@ -109,10 +109,12 @@ def load_converted(name: str | os.PathLike, *, subfolder: str | None = None, **h
         return None if detect_format(local) in (None, "hf_sae") else read_sae(local)
     if Path(name).expanduser().exists() or str(name).count("/") > 1 or str(name).startswith((".", "/")):
         return None
-    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+    from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError
 
-    repo, kwargs = str(name), {k: hub_kwargs.get(k) for k in ("revision", "token", "cache_dir")}
+    repo = str(name)
+    kwargs = {k: hub_kwargs.get(k) for k in ("revision", "token", "cache_dir")}
+    kwargs["local_files_only"] = bool(hub_kwargs.get("local_files_only"))
     try:
         config = hf_hub_download(repo, CONFIG, subfolder=subfolder, **kwargs)
         if read_json(Path(config)).get("model_type") == "hf_sae":
@@ -122,7 +124,7 @@ def load_converted(name: str | os.PathLike, *, subfolder: str | None = None, **h
     except (HfHubHTTPError, HFValidationError, OSError, ValueError):
         return None
     try:
-        files = HfApi(token=kwargs["token"]).list_repo_files(repo, revision=kwargs["revision"])
+        files = _repo_files(repo, **kwargs)
     except (HfHubHTTPError, OSError):
         return None
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""
@@ -191,23 +193,21 @@ def _load_from_hub(repo, entry, wanted, width, l0, revision, token, cache_dir, l
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 
+    kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
     try:
         api = HfApi(token=token)
-        files = api.list_repo_files(repo, revision=revision) if not local_files_only else None
+        files = _repo_files(repo, **kwargs)
     except (HFValidationError, RepositoryNotFoundError):
         if entry is None:
             return None  # not a repo we can read: the ordinary path reports it
         raise HubError(f"Release {source!r} lives in {repo}, which was not found on {api.endpoint}.") from None
-    except (HfHubHTTPError, OSError):
-        return None
-    if files is None:
+    except (HfHubHTTPError, OSError):  # offline: not in the Hub cache either
         return None
     folders = _sae_folders(files)
     if not folders:
         if entry is not None:
             raise SaeNotFoundError(f"Release {source!r} ({repo}) holds no {entry['format']} SAE folder.")
         return None
-    kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir}
     if entry is not None:
         candidates = [_Candidate(f, m) for f in folders if (m := _match_release(entry, f)) is not None]
     else:  # the small files say where each SAE reads
@@ -220,6 +220,22 @@ def _load_from_hub(repo, entry, wanted, width, l0, revision, token, cache_dir, l
     root = Path(snapshot_download(repo, allow_patterns=patterns, **kwargs))
     base_model = entry.get("base_model") if entry else None
     return {h: read_sae(root / c.folder, hint=repo, hookpoint=h, base_model=base_model) for h, c in chosen.items()}
+
+
+def _repo_files(repo: str, *, revision, token, cache_dir, local_files_only: bool) -> list[str]:
+    """The repo's files: from the Hub, or offline (`local_files_only`) those already in the Hub cache."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    if not local_files_only:
+        return HfApi(token=token).list_repo_files(repo, revision=revision)
+    # The cached snapshot's own files: snapshot_download offline refuses a snapshot holding only some folders.
+    folder = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model")
+    ref = folder / "refs" / (revision or "main")
+    root = folder / "snapshots" / (ref.read_text().strip() if ref.is_file() else revision or "main")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{repo} at {revision or 'main'} is not in the Hub cache.")
+    return [path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()]
 
 
 def _choose(candidates: list[_Candidate], wanted, width, l0, source: str) -> dict[str, _Candidate]:
