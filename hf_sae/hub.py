@@ -70,6 +70,7 @@ from .model_card import card_data, render_card
 from .modeling_sae import SaeModel, as_torch_dtype
 
 SaesLike = SaeModel | Mapping[str, SaeModel] | Iterable[SaeModel]
+CARD_ARGUMENTS = ("datasets", "license", "tags")  # the model card metadata a push takes
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -216,7 +217,7 @@ def push_saes_to_hub(
             "`push_saes_to_hub(repo_id, saes_or_dir)`."
         )
     if not isinstance(saes_or_dir, str | os.PathLike):
-        card_kwargs = {k: v for k, v in card_and_save_kwargs.items() if k in ("datasets", "license", "tags")}
+        card_kwargs = {k: v for k, v in card_and_save_kwargs.items() if k in CARD_ARGUMENTS}
         with tempfile.TemporaryDirectory(prefix="hf-sae-push-") as tmp:
             save_saes(saes_or_dir, tmp, **card_and_save_kwargs)
             return push_saes_to_hub(
@@ -232,7 +233,7 @@ def push_saes_to_hub(
                 **card_kwargs,
             )
     directory = Path(saes_or_dir)
-    if unknown := set(card_and_save_kwargs) - {"datasets", "license", "tags"}:
+    if unknown := set(card_and_save_kwargs) - set(CARD_ARGUMENTS):
         raise TypeError(f"{sorted(unknown)} apply when pushing SAEs, not a folder: save them with `save_saes` first.")
     folders, single = find_sae_folders(directory) if directory.is_dir() else ({}, False)
     if not folders:

@@ -357,8 +357,13 @@ class SaeModel(SaePreTrainedModel):
         [`hf_sae.push_saes_to_hub`] (checked before upload); `card_kwargs`: `datasets`, `license`, `tags`."""
         import tempfile
 
-        from .hub import push_saes_to_hub
+        from .hub import CARD_ARGUMENTS, push_saes_to_hub
 
+        if unknown := sorted(set(card_kwargs) - set(CARD_ARGUMENTS)):
+            raise TypeError(
+                f"SaeModel.push_to_hub does not take {unknown}: besides the repo and commit arguments it takes "
+                f"{', '.join(CARD_ARGUMENTS)} for the model card, and uploads the SAE as one safetensors file."
+            )
         with tempfile.TemporaryDirectory(prefix="hf-sae-push-") as tmp:
             self.save_pretrained(tmp, model_card=False)
             return push_saes_to_hub(repo_id, tmp, private=bool(private), token=token, revision=revision,

@@ -525,6 +525,9 @@ def test_save_pretrained_with_push_to_hub_uploads_hf_sae_s_card(api, tmp_path):
     assert set(api.list_repo_files("alice/two-sae")) == {".gitattributes", "README.md", *SAE_FILES}
     assert ModelCard.load("alice/two-sae").data.library_name == "hf_sae"  # not transformers' generic card
     assert_same(SaeModel.from_pretrained("alice/two-sae"), sae)
+    with pytest.raises(TypeError, match=r"does not take \['max_shard_size'\]: .* datasets, license, tags"):
+        sae.push_to_hub("alice/three-sae", token=ALICE, max_shard_size="1GB")
+    assert api.repo_exists("alice/two-sae") and not api.repo_exists("alice/three-sae")  # refused before creating it
 
 
 def test_arguments_of_the_wrong_kind_are_refused_naming_the_signature(api, tmp_path):
