@@ -198,7 +198,7 @@ class _Sums:
         report["l0"] = self.fired.sum().item() / n
         report["dead_fraction"] = (self.fired == 0).double().mean().item()
         report["dense_fraction"] = (frequency > dense_threshold).double().mean().item()
-        if lm_metrics:
+        if lm_metrics and self.predictions:  # none where no kept token has a next token (blocks of 2, say)
             ce = {run: self.ce[run] / self.predictions for run in CE_RUNS}
             report |= {f"ce_loss_{run}": value for run, value in ce.items()}
             report["loss_recovered"] = _recovered(ce["zero_ablated"], ce)

@@ -30,7 +30,7 @@ from .arguments import SaeTrainingArguments
 from .configuration_sae import SaeConfig
 from .distribution import gather_to_main, send_to_owners
 from .errors import TrainingError
-from .layout import write_failure
+from .layout import replace_folder, write_failure
 from .lm_forward import bf16_is_faster
 from .modeling_sae import SaeModel
 
@@ -245,12 +245,14 @@ class SaeTrainer:
                     for sae in self.saes.values():
                         if sae.uses_unit_norm_decoder:
                             sae.remove_gradient_parallel_to_decoder_()
+                    acc.unscale_gradients()  # once: fp16's scaler refuses to unscale the one optimizer twice a step
                     for name, sae in self.saes.items():  # per SAE: one's large gradient must not shrink another's
-                        norm = acc.clip_grad_norm_(sae.parameters(), args.max_grad_norm or math.inf)
+                        norm = torch.nn.utils.clip_grad_norm_(sae.parameters(), args.max_grad_norm or math.inf)
                         self.grad_norms[name] = norm.detach() if isinstance(norm, torch.Tensor) else torch.tensor(norm)
                 self.optimizer.step()  # steps, and zero_grad zeroes, only once the gradients are synchronised
                 self.optimizer.zero_grad(set_to_none=True)
             self._track(outputs, batch_tokens=args.batch_size // args.gradient_accumulation_steps)
+        self.step_lr = self.scheduler.get_last_lr()[0]  # the rate this step trained at, before the schedule moves
         self.scheduler.step()
         for sae in self.saes.values():
             if sae.uses_unit_norm_decoder:
@@ -324,7 +326,7 @@ class SaeTrainer:
         metrics = dict(zip(names, torch.stack(values).tolist()))
         if self.owners:  # every rank logs on the same steps, so all take part in this gather
             metrics = {k: v for part in gather_object([metrics]) for k, v in part.items()}
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["lr"] = self.step_lr
         return metrics
 
     def _log_start(self) -> None:
@@ -372,8 +374,8 @@ class SaeTrainer:
                 f"in {self.output_dir}. Free some space, then resume with --resume_from_checkpoint latest."
             ) from error
         acc.wait_for_everyone()
-        if acc.is_main_process:
-            tmp.rename(final)
+        if acc.is_main_process:  # a run resumed from an older checkpoint replaces the abandoned later ones
+            replace_folder(tmp, final)
             for old in _checkpoints(self.output_dir)[: -self.args.save_total_limit or None]:
                 shutil.rmtree(old)
         acc.wait_for_everyone()

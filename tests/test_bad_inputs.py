@@ -607,3 +607,20 @@ def test_a_run_killed_mid_way_resumes_to_the_same_weights(world, straight_run, t
     expected = load_file(straight_run / HOOKPOINT / "model.safetensors")
     got = load_file(tmp_path / "killed" / HOOKPOINT / "model.safetensors")
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_a_run_resumed_from_an_older_checkpoint_replaces_the_later_ones_and_ends_alike(world, straight_run, tmp_path,
+                                                                                       monkeypatch):  # fmt: skip
+    monkeypatch.setenv("HF_SAE_DEBUG", "1")
+    copy = tmp_path / "run"
+    shutil.copytree(straight_run, copy)
+    later = copy / "checkpoint-25" / "trainer_state.pt"
+    assert later.is_file()  # the condition: checkpoints after the one resumed from exist
+    before = later.stat().st_mtime_ns
+    flags = world.train_flags(output_dir=copy, train_tokens=256 * 40, save_steps=5, save_total_limit=20)
+    assert main(["train", *flags, "--resume_from_checkpoint", str(copy / "checkpoint-20")]) == 0
+    assert later.stat().st_mtime_ns != before  # written again by the resumed run
+    expected = load_file(straight_run / HOOKPOINT / "model.safetensors")
+    got = load_file(copy / HOOKPOINT / "model.safetensors")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert not list(copy.glob("*.tmp")) and not list(copy.glob(".*old*"))

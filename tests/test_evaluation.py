@@ -132,6 +132,12 @@ def test_an_exact_sae_has_fvu_0_loss_recovered_1_and_kl_0(tiny_llama, blocks):
     assert sum(report["firing_density_histogram"]["counts"]) == 2 * tiny_llama.hidden_size
 
 
+def test_blocks_of_two_tokens_give_reconstruction_metrics_and_no_lm_loss(tiny_llama, blocks):
+    report = evaluate(tiny_llama, exact_sae(tiny_llama.hidden_size), blocks[:, :2])  # BOS and one token
+    assert report["eval_tokens"] == 12 and report["fvu"] == 0  # each kept token is a block's last: nothing to predict
+    assert "ce_loss_clean" not in report and "loss_recovered" not in report
+
+
 def test_an_sae_that_outputs_zeros_recovers_nothing_against_zero_ablation(tiny_llama, blocks):
     d = tiny_llama.hidden_size
     sae = relu_sae(d, torch.randn(3 * d, d), torch.zeros(3 * d, d))

@@ -380,6 +380,11 @@ def test_tensorboard_gets_the_loss_terms_the_held_out_report_and_clean_hparams(t
     for term in ("loss", "mse_loss", "sparsity_loss", "fvu", "explained_variance", "l0", "dead_fraction", "grad_norm"):
         assert f"model.layers.1/{term}" in tags, term
     assert {"lr", "tokens_per_second", "model.layers.1/heldout_fvu"} <= tags
+    training = args[-1]  # each step logs the rate it trained at: the last one's is not yet 0
+    logged = [(event.step, event.value) for event in events.Scalars("lr")]
+    assert logged[-1][0] == training.num_steps and logged[-1][1] > 0
+    for step, value in logged:
+        assert value == pytest.approx(training.learning_rate * training.lr_lambda(step - 1))
     assert events.Scalars("model.layers.1/heldout_fvu")[-1].value == pytest.approx(report["model.layers.1"]["fvu"])
     histogram = events.Histograms("model.layers.1/heldout_log10_firing_frequency")[-1].histogram_value
     metrics = report["model.layers.1"]
