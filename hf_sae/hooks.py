@@ -321,6 +321,7 @@ class SaeHooks:
 
     def _attach(self) -> None:
         # Positions need what the whole model was called with: the hooked module may never see the mask.
+        self._signature = inspect.signature(self.model.forward)  # once, not at every forward
         self._handles.append(self.model.register_forward_pre_hook(self._remember_call, with_kwargs=True))
         self._handles.append(self.model.register_forward_hook(self._forget_call, always_call=True))
         by_site: dict[tuple[str, bool], list[str]] = {}  # one hook per hookpoint, running its SAEs in order
@@ -347,7 +348,7 @@ class SaeHooks:
     def _remember_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if args:  # `lm(ids, mask)`: the mask passed by position counts as well
             try:
-                kwargs = {**inspect.signature(module.forward).bind_partial(*args).arguments, **kwargs}
+                kwargs = {**self._signature.bind_partial(*args).arguments, **kwargs}
             except TypeError:
                 pass  # a call its own forward will refuse
         cache = kwargs.get("cache", kwargs.get("past_key_values"))

@@ -211,7 +211,7 @@ def push_saes_to_hub(
     CommitInfo(commit_url='https://huggingface.co/me/smollm2-saes/commit/...', ...)
     ```
     """
-    if not isinstance(repo_id, str) or (Path(repo_id).is_dir() and not Path(str(saes_or_dir)).is_dir()):
+    if not isinstance(repo_id, str) or (Path(repo_id).is_dir() and find_sae_folders(Path(repo_id))[0]):
         raise ArgumentError(
             f"`repo_id` must be a Hub repo id like 'you/name'; got {repo_id!r}. The SAEs come second: "
             "`push_saes_to_hub(repo_id, saes_or_dir)`."

@@ -513,7 +513,8 @@ def run_features(lm_args: ActivationArguments, data_args: DataArguments, args: F
     return features
 
 
-def load_sae_and_lm(sae_dir: str, lm_args: ActivationArguments, *, device: str | None = None, read_at=None):
+def load_sae_and_lm(sae_dir: str, lm_args: ActivationArguments, *, device: str | None = None,
+                    read_at: str | None = None):  # fmt: skip
     """`(sae, model, tokenizer)` for one SAE folder, as `load_saes_and_lm`."""
     path = Path(sae_dir).expanduser()
     if not path.is_dir():
