@@ -138,12 +138,19 @@ def train_command(argv: list[str]) -> int:
     groups = parse_arguments(A.TRAIN_GROUPS, argv, "hf-sae train")
     processes = groups[-1].num_processes
     if processes > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command again
-        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
-        return subprocess.run([*launch, "-m", "hf_sae.cli", "train", *argv]).returncode
+        return subprocess.run([*local_launch(processes), "-m", "hf_sae.cli", "train", *argv]).returncode
     report = train_saes(*groups)
     if report:
         print(format_training_report(report, groups[-1].output_dir))
     return 0
+
+
+def local_launch(processes: int) -> list[str]:
+    """torchrun starting `processes` processes on this machine. `--standalone` picks a free port, so two runs side by
+    side do not collide; the loopback address replaces torchrun's default, the hostname, which need not resolve to
+    this machine (the processes would then wait for each other forever)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local_addr", "127.0.0.1",
+            "--nproc_per_node", str(processes)]  # fmt: skip
 
 
 def cache_command(argv: list[str]) -> int:

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from hf_sae.cli import local_launch
 from hf_sae.cpu_memory import keep_freed_memory
 
 # The TopK step as a transcoder (with a skip term or not), predicting another activation of the same width.
@@ -376,11 +377,7 @@ def processes(args) -> dict:
     for count in (1, args.processes):
         with tempfile.TemporaryDirectory() as out:
             command = [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--nproc_per_node",
-                str(count),
+                *local_launch(count),
                 str(Path(__file__).parent / "train_sae.py"),
                 "--model_name_or_path",
                 args.model,

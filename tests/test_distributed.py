@@ -3,6 +3,7 @@ that dies, gradient accumulation, and launches that would be misread. Each multi
 processes ran: each logs its rank and the world size it saw."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from test_training import run_args, tiny_run_inputs  # noqa: F401  (the module-s
 from hf_sae import SaeConfig, SaeModel, TrainingError
 from hf_sae.activations import ShufflingBuffer
 from hf_sae.arguments import SaeTrainingArguments
+from hf_sae.cli import local_launch
 from hf_sae.training import SaeTrainer, make_accelerator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,11 +69,30 @@ def common_flags(root: Path) -> list[str]:
     ]
 
 
+UNRESOLVABLE_HOSTNAME = REPO / "tests" / "fixtures" / "unresolvable_hostname"  # its sitecustomize breaks getfqdn()
+
+
 def environment() -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    path = os.pathsep.join(map(str, (REPO, UNRESOLVABLE_HOSTNAME)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_CPU"):
         env.pop(key, None)
     return env
+
+
+def launch_all(commands: list[list[str]], timeout: int = 300) -> list[subprocess.CompletedProcess]:
+    """Run the commands side by side and wait for all of them. One that hangs past `timeout` fails the test and is
+    killed with its whole process group, so that no worker outlives the test holding its ports and cores."""
+    launches = [subprocess.Popen(command, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 start_new_session=True) for command in commands]  # fmt: skip
+    try:
+        outputs = [launch.communicate(timeout=timeout) for launch in launches]
+    finally:
+        for launch in launches:
+            if launch.poll() is None:
+                os.killpg(launch.pid, signal.SIGKILL)
+    return [subprocess.CompletedProcess(launch.args, launch.returncode, *output)
+            for launch, output in zip(launches, outputs)]  # fmt: skip
 
 
 def free_port() -> int:
@@ -100,10 +121,17 @@ def assert_same_weights(a: SaeModel, b: SaeModel) -> None:
 def one_process(tiny_run_inputs, tmp_path_factory) -> SaeModel:  # noqa: F811
     out = tmp_path_factory.mktemp("p1") / "run"
     command = [sys.executable, SCRIPT, *common_flags(tiny_run_inputs), "--output_dir", str(out)]
-    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+    result = launch_all([command])[0]
     assert result.returncode == 0, result.stderr[-3000:]
     assert ran(result.stderr, 1) == {0}
     return trained(out)
+
+
+def test_the_processes_here_see_a_hostname_that_resolves_nowhere():
+    probe = "import socket; name = socket.getfqdn(); print(name); socket.getaddrinfo(name, None)"
+    result = subprocess.run([sys.executable, "-c", probe], env=environment(), capture_output=True, text=True)
+    assert result.stdout.strip() == "unresolvable.invalid"
+    assert "socket.gaierror" in result.stderr  # so a launch that advertised the hostname would wait forever
 
 
 def test_two_processes_on_one_machine_reach_the_weights_of_one(tiny_run_inputs, one_process, tmp_path):  # noqa: F811
@@ -119,7 +147,7 @@ def test_two_processes_on_one_machine_reach_the_weights_of_one(tiny_run_inputs, 
         "--output_dir",
         str(out),
     ]
-    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+    result = launch_all([command])[0]
     assert result.returncode == 0, result.stderr[-3000:]
     assert ran(result.stderr, 2) == {0, 1}  # two real processes, each in a world of two
     two = trained(out)
@@ -128,8 +156,7 @@ def test_two_processes_on_one_machine_reach_the_weights_of_one(tiny_run_inputs, 
 
 
 def test_two_machines_with_a_c10d_rendezvous_reach_the_weights_of_one(tiny_run_inputs, one_process, tmp_path):  # noqa: F811
-    out, port = tmp_path / "run", free_port()
-    launches = []
+    out, port, launches = tmp_path / "run", free_port(), []
     for node in (0, 1):
         command = [
             sys.executable,
@@ -147,14 +174,17 @@ def test_two_machines_with_a_c10d_rendezvous_reach_the_weights_of_one(tiny_run_i
             f"127.0.0.1:{port}",
             "--rdzv_id",
             "two-machines",
+            "--local_addr",  # what each "machine" tells the other; else its hostname, which may not resolve here
+            "127.0.0.1",
             SCRIPT,
             *common_flags(tiny_run_inputs),
             "--output_dir",
             str(out),
         ]
-        launches.append(subprocess.Popen(command, env=environment(), stderr=subprocess.PIPE, text=True))
-    outputs = [launch.communicate(timeout=300)[1] for launch in launches]
-    assert [launch.returncode for launch in launches] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+        launches.append(command)
+    results = launch_all(launches)
+    outputs = [result.stderr for result in results]
+    assert [result.returncode for result in results] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     assert [len(ran(output, 2)) for output in outputs] == [1, 1]  # one process per "machine"
     assert ran("".join(outputs), 2) == {0, 1}  # c10d hands out the ranks in arrival order
     assert_same_weights(one_process, trained(out))
@@ -176,11 +206,7 @@ def test_a_rank_that_dies_stops_the_run_with_an_error_naming_it(tiny_run_inputs,
         "sys.exit(main(['train', *sys.argv[1:]]))\n"
     )
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
+        *local_launch(2),
         str(driver),
         *common_flags(tiny_run_inputs),
         "--output_dir",
@@ -188,7 +214,7 @@ def test_a_rank_that_dies_stops_the_run_with_an_error_naming_it(tiny_run_inputs,
         "--ddp_timeout",
         "60",
     ]
-    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=200)
+    result = launch_all([command], timeout=200)[0]
     assert "rank 1 dies now" in result.stderr  # the fault fired
     assert result.returncode != 0
     assert "exitcode  : 3" in result.stderr and "rank      : 1" in result.stderr  # torchrun names the rank
@@ -238,12 +264,12 @@ def test_hookpoints_spread_over_two_processes_match_one_process_training_both(ti
     both = ["--hookpoints", "model.layers.0", HOOKPOINT, "--save_steps", "10"]  # last flags win
     single = tmp_path / "one"
     command = [sys.executable, SCRIPT, *common_flags(tiny_run_inputs), *both, "--output_dir", str(single)]
-    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+    result = launch_all([command])[0]
     assert result.returncode == 0, result.stderr[-3000:]
     spread = tmp_path / "spread"
     command = [sys.executable, "-m", "hf_sae.cli", "train", *common_flags(tiny_run_inputs), *both,
                "--num_processes", "2", "--distribute_hookpoints", "--output_dir", str(spread)]  # fmt: skip
-    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
+    result = launch_all([command])[0]
     assert result.returncode == 0, result.stderr[-3000:]
     assert ran(result.stderr, 2) == {0, 1}
     # Each process holds only the SAE of its own hookpoint, and checkpoints its own.
