@@ -269,7 +269,8 @@ class CacheReplay:
     def epoch_order(self, epoch: int) -> Tensor:
         if self._order is None or self._order[0] != epoch:
             if self.shuffle:
-                order = torch.randperm(self.cache.tokens, generator=torch.Generator().manual_seed(self.seed + epoch))
+                generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+                order = torch.randperm(self.cache.tokens, generator=generator)
             else:
                 order = torch.arange(self.cache.tokens)
             self._order = (epoch, order)
@@ -280,6 +281,12 @@ class CacheReplay:
 
     def load_state_dict(self, state: dict) -> None:
         self.rounds = int(state["rounds"])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's order, unrelated for every (seed, epoch) pair. `seed + epoch` would replay seed 0's
+    second epoch as seed 1's first, so that two runs of a sweep over seeds would share orders."""
+    return int(np.random.SeedSequence([seed % 2**64, epoch]).generate_state(1, np.uint64)[0])
 
 
 def replay_tokens(cache: ActivationCache, train_tokens: int, epochs: float | None, batch_size: int) -> int:

@@ -419,7 +419,9 @@ class SaeTrainingArguments(_Checked):
     output_dir: str = _help("Where the SAEs, logs and checkpoints go.", "outputs/sae")
     overwrite_output_dir: bool = _help("Replace a previous run in output_dir.", False)
     resume_from_checkpoint: str | None = _help(
-        "A checkpoint directory, or `latest` for the newest in output_dir.", None
+        "A checkpoint directory (a bare `checkpoint-N` is also looked for in output_dir), or `latest` for the "
+        "newest in output_dir.",
+        None,
     )
     save_steps: int = _help("Save a resumable checkpoint every N steps (0: never).", 1000)
     save_total_limit: int = _help("Checkpoints kept; older ones are deleted.", 2)

@@ -345,8 +345,8 @@ class SaeTrainer:
 
         Tensors and plain values only, loaded back with `weights_only=True` (accelerate's `save_state` would pickle
         registered objects and load them with code execution): `trainer_state.pt` (step, counters, scales),
-        `weights_rank{r}.pt` (SAEs, optimiser, scheduler; rank 0's only under data parallelism, where they are the
-        same on every rank) and `buffer_rank{r}.pt` (each rank's place in its data)."""
+        `weights_rank{r}.pt` (SAEs, optimiser, scheduler, fp16 loss scaler; rank 0's only under data parallelism,
+        where they are the same on every rank) and `buffer_rank{r}.pt` (each rank's place in its data)."""
         acc, rank = self.accelerator, self.accelerator.process_index
         final = self.output_dir / f"{CHECKPOINT_PREFIX}{self.state.step}"
         tmp = final.with_name(final.name + ".tmp")
@@ -356,6 +356,8 @@ class SaeTrainer:
             files[f"weights_rank{rank}.pt"] = {
                 "saes": {n: sae.state_dict() for n, sae in self.saes.items()}, "state": self.state.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}  # fmt: skip
+            if acc.scaler is not None:  # fp16: a resumed run goes on with the loss scale it had learnt
+                files[f"weights_rank{rank}.pt"]["scaler"] = acc.scaler.state_dict()
         if acc.is_main_process:
             files["trainer_state.pt"] = {**self.state.state_dict(), RUN_KEY: self.run_signature()}
         need = sum(_tensor_bytes(value) for value in files.values())
@@ -440,6 +442,8 @@ class SaeTrainer:
             sae.load_state_dict(weights["saes"][name])
         self.optimizer.load_state_dict(weights["optimizer"])
         self.scheduler.load_state_dict(weights["scheduler"])
+        if self.accelerator.scaler is not None and "scaler" in weights:
+            self.accelerator.scaler.load_state_dict(weights["scaler"])
 
     # ---- results --------------------------------------------------------------------------------
 
@@ -523,12 +527,15 @@ def geometric_median(points: torch.Tensor, iterations: int = 50) -> torch.Tensor
 
 
 def resume_checkpoint(args: SaeTrainingArguments) -> Path | None:
-    """The checkpoint `--resume_from_checkpoint` names (`latest`: the newest in output_dir), or None for a new run."""
+    """The checkpoint `--resume_from_checkpoint` names (`latest`: the newest in output_dir; a bare name such as
+    `checkpoint-500` that is no folder here: the one in output_dir), or None for a new run."""
     choice = args.resume_from_checkpoint
     if not choice:
         return None
     found = _checkpoints(Path(args.output_dir))
     path = (found[-1] if found else None) if choice == "latest" else Path(choice)
+    if path is not None and not path.exists() and not path.is_absolute() and (Path(args.output_dir) / path).exists():
+        path = Path(args.output_dir) / path
     if path is None or not (path / "trainer_state.pt").exists():
         where = f"{args.output_dir} holds no checkpoint" if path is None else f"No complete checkpoint at {path}"
         raise TrainingError(

@@ -108,6 +108,8 @@ def test_replay_serves_every_row_exactly_once_per_epoch_over_all_processes(tmp_p
     for epoch in epochs:
         assert sorted(epoch) == list(range(tokens))
     assert epochs[0] != epochs[1] != epochs[2] and epochs[0] != list(range(tokens))  # a fresh order every epoch
+    next_seed = served_rows([CacheReplay(cache, ["h"], 30, seed=4)], rounds=10)
+    assert next_seed[:tokens] not in epochs and next_seed[tokens:] not in epochs  # no order shared with seed 3's
     two = served_rows([CacheReplay(cache, ["h"], 16, seed=3, rank=r, world_size=2) for r in (0, 1)], rounds=15)
     assert two == one  # two processes split every batch of the same stream
 

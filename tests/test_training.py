@@ -396,3 +396,32 @@ def test_tensorboard_gets_the_loss_terms_the_held_out_report_and_clean_hparams(t
     assert sorted(mse) == [4, 8, 12, 16, 20, 24, 28, 32]  # logging steps only
     hparams = (tmp_path / "run").rglob("events.out.tfevents*")
     assert all(b"null" not in path.read_bytes() for path in hparams)  # unset arguments are left out, not 'null'
+
+
+def test_the_fp16_loss_scale_is_checkpointed_and_resumed(tmp_path):
+    """accelerate makes a GradScaler only for fp16 on an accelerator; a CPU GradScaler stands in here. Growing after
+    every finite step, its scale counts the steps it has seen."""
+    from hf_sae import SaeConfig
+    from hf_sae.activations import ShufflingBuffer
+    from hf_sae.training import make_accelerator
+
+    torch.manual_seed(0)
+    stream = [{"h": torch.randn(64, 8)} for _ in range(10)]
+
+    def trainer(**overrides) -> SaeTrainer:
+        args = SaeTrainingArguments(train_tokens=64 * 10, batch_size=64, report_to="none", save_steps=5,
+                                    save_total_limit=5, output_dir=str(tmp_path), **overrides)  # fmt: skip
+        accelerator = make_accelerator(args)
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1)
+        sae = SaeModel(SaeConfig(d_in=8, num_latents=32, k=4, hookpoint="h"))
+        buffer = ShufflingBuffer(lambda skip: iter(stream[skip:]), batch_size=64, capacity=0)
+        return SaeTrainer(args, {"h": sae}, buffer, accelerator=accelerator)
+
+    straight = trainer()
+    straight.train()
+    assert straight.accelerator.scaler.get_scale() == 1024 * 2**10  # the scaler scaled and grew at every step
+    saved = torch.load(tmp_path / "checkpoint-5" / "weights_rank0.pt", weights_only=True)["scaler"]
+    assert saved["scale"] == 1024 * 2**5
+    resumed = trainer(resume_from_checkpoint="checkpoint-5")
+    resumed.train()
+    assert resumed.accelerator.scaler.get_scale() == 1024 * 2**10  # a fresh scaler would end at 1024 * 2**5
