@@ -28,3 +28,5 @@ test: setup
 lint: $(BIN)/hf-sae
 	$(BIN)/ruff check hf_sae tests scripts
 	$(BIN)/ruff format --check hf_sae tests scripts
+	# The layers and the absence of import cycles ([tool.importlinter] in pyproject.toml).
+	$(BIN)/lint-imports

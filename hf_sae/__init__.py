@@ -1,8 +1,8 @@
 """hf_sae: sparse autoencoders for language-model interpretability, native to the Hugging Face stack.
 
 Importing the package registers `SaeConfig` and `SaeModel` with `AutoConfig` and `AutoModel`, so
-`AutoModel.from_pretrained(path)` loads an SAE with no remote code, in hf_sae's format or another one `hf_sae.convert`
-reads (`hf_sae.auto`), and gives `SaeModel.features` its reader.
+`AutoModel.from_pretrained(path)` loads an SAE with no remote code, in hf_sae's format or another one `hf_sae.formats`
+reads (`hf_sae.auto`).
 """
 
 from .architectures import ARCHITECTURES
@@ -24,6 +24,7 @@ from .errors import (
     DataError,
     ExplainerError,
     FeatureMetadataError,
+    FileFormatError,
     HfSaeError,
     HookpointError,
     HubError,
@@ -50,7 +51,6 @@ from .training import SaeTrainer
 from .version import __version__
 
 register_auto_classes()
-SaeModel.feature_loader = load_features
 
 __all__ = [
     "ARCHITECTURES",
@@ -65,6 +65,7 @@ __all__ = [
     "FeatureArguments",
     "FeatureMetadata",
     "FeatureMetadataError",
+    "FileFormatError",
     "HfSaeError",
     "HookpointError",
     "HubError",

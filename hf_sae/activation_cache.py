@@ -30,11 +30,12 @@ from transformers.utils import logging
 from .errors import ArgumentError, DataError, HfSaeError, WriteError
 from .layout import read_json, refuse_if_no_space, replace_folder, staging_folder, write_failure, write_json
 from .lm_forward import counted_tokens, run_lm
+from .offline.builtin_models import DEFAULT_MODEL, builtin_name
+from .precision import cache_dtype
 
 logger = logging.get_logger(__name__)
 
 CACHE_META, CACHE_DATA = "cache.json", "activations.arrow"
-CACHE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 PROVENANCE = ("block", "position", "token_id")
 RECORD_BATCH_TOKENS = 65_536  # rows per Arrow record batch: few enough batches that replay gathers from few chunks
 FORMAT_VERSION = 1
@@ -87,12 +88,11 @@ def write_cache(
 ) -> Path:
     """Write the first `max_tokens` rows of `records` to a cache folder at `path`, atomically (a reader, or a run
     killed half-way, never sees part of one). `metadata` (the model, the text's settings) goes into cache.json."""
-    if dtype not in CACHE_DTYPES:
-        raise ArgumentError(f"--cache_dtype must be one of {list(CACHE_DTYPES)}; got {dtype!r}.")
+    torch_dtype = cache_dtype(dtype)
     path, written, writer = Path(path), 0, None
     with staging_folder(path) as tmp, _explaining_write_failures(tmp / CACHE_DATA, path):
         try:
-            for pending in _record_groups(records, max_tokens, CACHE_DTYPES[dtype]):
+            for pending in _record_groups(records, max_tokens, torch_dtype):
                 batch = _record_batch(pending)
                 if writer is None:  # the row size is known from the first batch: the whole cache's size with it
                     need = max_tokens * batch.nbytes // batch.num_rows
@@ -179,7 +179,7 @@ class ActivationCache:
                 f"{self.path} is a cache of format {self.meta.get('format_version')}, this hf_sae reads format "
                 f"{FORMAT_VERSION}. Write it again with `hf-sae cache`."
             )
-        self.tokens, self.dtype = int(self.meta["tokens"]), CACHE_DTYPES[self.meta["dtype"]]
+        self.tokens, self.dtype = int(self.meta["tokens"]), cache_dtype(self.meta["dtype"])
         self.widths: dict[str, int] = self.meta["hookpoints"]
         self.table = pa.ipc.open_stream(pa.memory_map(str(self.path / CACHE_DATA))).read_all()  # zero-copy
         if self.table.num_rows != self.tokens:
@@ -301,3 +301,10 @@ def replay_tokens(cache: ActivationCache, train_tokens: int, epochs: float | Non
             f"{batch_size}; raise --epochs or lower --batch_size."
         )
     return tokens
+
+
+def model_identity(name_or_path: str | None) -> str:
+    """What a cache records as its model, and a run must match: the built-in name, a local folder's full path, or
+    the Hub id."""
+    name = builtin_name(name_or_path) or DEFAULT_MODEL
+    return str(Path(name).resolve()) if Path(name).exists() else name

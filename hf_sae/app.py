@@ -5,7 +5,7 @@ Three tabs over one SAE, its feature metadata and its LM:
     Features   the feature list (search, sort) and a feature's page: statistics, histograms, logit effects, decoder
                neighbours, top contexts and contexts by activation quantile, explanations and scores where the
                metadata has them
-    Prompt     a text's tokens, each with its most active features and their labels (`browser.explain`)
+    Prompt     a text's tokens, each with its most active features and their labels (`features.explain`)
     Steer      features clamped or added at chosen strengths (`SaeHooks.steer`), the greedy continuation beside the
                unsteered one
 
@@ -26,12 +26,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .browser import explain
+from .arguments import LanguageModelArguments
 from .errors import ArgumentError, FeatureMetadataError
 from .feature_store import FeatureMetadata
-from .features import hookpoint_of, show_token
+from .features import explain, hookpoint_of, show_token
 from .hooks import SaeHooks
 from .modeling_sae import SaeModel
+from .models import load_saes_and_lm
 from .version import __version__
 
 LIST_COLUMNS = ["feature", "label", "frequency", "max_activation", "robust_peak"]
@@ -296,11 +297,8 @@ def build_app(explorer: Explorer, title: str | None = None):
 def load_explorer(sae: str, lm_args=None, *, hookpoint: str | None = None, device: str | None = None) -> Explorer:
     """An `Explorer` for one SAE folder or Hub repo (one hookpoint of it) with its LM, by default its base model
     (the built-in SmolLM2 offline)."""
-    from .arguments import ActivationArguments
-    from .runners import load_saes_and_lm
-
     saes, model, tokenizer = load_saes_and_lm(
-        sae, [hookpoint] if hookpoint else None, lm_args or ActivationArguments(), device=device
+        sae, [hookpoint] if hookpoint else None, lm_args or LanguageModelArguments(), device=device
     )
     if len(saes) != 1:
         raise ArgumentError(f"{sae} holds {len(saes)} SAEs ({list(saes)}); pick one with --hookpoint.")

@@ -1,10 +1,10 @@
 """The Auto classes: `import hf_sae` registers `SaeConfig` and `SaeModel`, so `AutoModel.from_pretrained` opens an
-hf_sae folder or repo with no remote code, and teaches `AutoModel` the other SAE formats `hf_sae.convert` reads.
+hf_sae folder or repo with no remote code, and teaches `AutoModel` the other SAE formats `SaeModel` reads.
 
 Those formats (SAELens' `cfg.json`, sparsify, dictionary_learning's `ae.pt`, Gemma Scope's `params.npz`, ...) have no
-`config.json` with a `model_type`, so transformers refuses them before any registered class is asked. `AutoModel`
-then tries them, and only then: every load transformers itself can do, and every error it raises for what is not
-an SAE, stays as it was. `AutoModelForCausalLM` and the other Auto classes are untouched.
+`config.json` with a `model_type`, so transformers refuses them before any registered class is asked. The policy:
+only then is `SaeModel.from_pretrained` asked, which detects the format; where it finds no SAE, transformers' own
+error is raised. Every load transformers itself can do stays as it was; the other Auto classes are untouched.
 """
 
 import functools
@@ -12,9 +12,8 @@ import functools
 from transformers import AutoConfig, AutoModel
 
 from .configuration_sae import SaeConfig
-from .modeling_sae import SaeModel, converted_as_asked
-
-_HUB_KWARGS = ("subfolder", "revision", "token", "cache_dir", "local_files_only")
+from .errors import HubError, SaeNotFoundError
+from .modeling_sae import SaeModel
 
 
 def register_auto_classes() -> None:
@@ -30,12 +29,10 @@ def _or_another_sae_format(from_pretrained):
         try:
             return from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
         except (OSError, ValueError) as refusal:  # no config.json, or one without a known model_type
-            from .convert import load_converted  # convert builds SaeModels; imported when first needed
-
-            hub_kwargs = {key: kwargs.get(key) for key in _HUB_KWARGS}
-            if (sae := load_converted(pretrained_model_name_or_path, **hub_kwargs)) is None:
-                raise refusal
-            return converted_as_asked(sae, kwargs)
+            try:
+                return SaeModel.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            except (SaeNotFoundError, HubError):  # no SAE there either: what transformers said is the answer
+                raise refusal from None
 
     load.opens_other_sae_formats = True
     return load

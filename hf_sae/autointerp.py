@@ -28,7 +28,6 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
@@ -37,7 +36,8 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from .errors import ArgumentError, ExplainerError, FeatureMetadataError
-from .feature_store import RANDOM_CONTEXTS, FeatureMetadata, load_features
+from .feature_store import RANDOM_CONTEXTS, FeatureMetadata
+from .models import load_model
 
 logger = logging.get_logger(__name__)
 
@@ -179,8 +179,6 @@ def load_chat(explainer: str | None, endpoint: str | None, *, api_key=None, devi
     """The explainer: a server at `endpoint` (checked now, before any work), else a local transformers model."""
     if endpoint:
         return EndpointChat(endpoint, explainer, api_key)
-    from .models import load_model
-
     model, tokenizer = load_model(explainer, device=device)
     if not getattr(tokenizer, "chat_template", None):
         raise ExplainerError(
@@ -400,24 +398,3 @@ def require_contexts(features: FeatureMetadata) -> None:
             f"The feature metadata in {features.path} has no {RANDOM_CONTEXTS}, which scoring draws non-activating "
             f"contexts from (metadata from an older hf-sae). Collect it again with `hf-sae features --sae {where}`."
         )
-
-
-def run_explain(args) -> tuple[dict[int, dict], dict | None]:
-    """`hf-sae explain`: every check first (metadata, feature ids, the explainer), then explain, score and save."""
-    args.check()
-    features = load_features(Path(args.sae).expanduser())
-    require_contexts(features)
-    bad = [i for i in args.features or () if not 0 <= i < len(features)]
-    if bad:
-        raise ArgumentError(f"--features must be feature ids in [0, {len(features)}); got {bad}.")
-    chat = load_chat(args.explainer, args.explainer_endpoint, api_key=args.api_key, device=args.device)
-    settings = ExplainSettings(args.explain_examples, args.score_examples, fuzzing=args.fuzzing, seed=args.seed)
-    done = explain_features(
-        features, chat, args.features, max_features=args.max_features, batch_size=args.batch_size,
-        settings=settings, overwrite=args.overwrite,
-    )  # fmt: skip
-    control = None
-    if args.control:
-        indices = list(done) if args.features is None else args.features  # with --features: a stopped run's too
-        control = shuffled_control(features, chat, indices, batch_size=args.batch_size, settings=settings)
-    return done, control

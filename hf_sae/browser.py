@@ -1,5 +1,4 @@
-"""Looking at features: which ones fire on a text (`explain`, a terminal table), and a static HTML feature browser
-that opens from its folder (file://), with no server, no network and no CDN.
+"""A static HTML feature browser that opens from its folder (file://), with no server, no network and no CDN.
 
     <output_dir>/index.html           the page: inline CSS and JS, and the feature list as inline JSON
     <output_dir>/data/fNNNN.js         one script per `chunk_size` features: histograms, logit effects, top contexts
@@ -19,65 +18,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
-from torch import nn
 
 from .errors import ArgumentError
-from .feature_store import METADATA, FeatureMetadata, load_features
-from .features import hookpoint_of, token_strings
-from .layout import FEATURES, replace_folder, staging_folder
-from .lm_forward import run_lm
-from .modeling_sae import SaeModel
+from .feature_store import FeatureMetadata, load_features
+from .features import explain as explain  # its home before features.py; hf_sae/__init__ still imports it here
+from .layout import replace_folder, staging_folder
 
 TEMPLATE = "browser_template.html"
 MAX_HIST_BARS = 40
 DATA_MARKER = "/*HF_SAE_DATA*/"
-
-
-@torch.no_grad()
-def explain(
-    model: nn.Module,
-    tokenizer,
-    sae: SaeModel,
-    text: str,
-    top: int = 5,
-    *,
-    hookpoint: str | None = None,
-    features: FeatureMetadata | None = None,
-) -> list[dict]:
-    r"""
-    Which features fire on `text`: per token, the `top` most active features with their labels. The text is
-    tokenized as training blocks are (BOS prepended, no other special tokens); BOS itself is not listed.
-
-    Example:
-
-    ```python
-    >>> rows = explain(lm, tokenizer, sae, "The Eiffel Tower is in Paris", top=3)
-    >>> rows[-1]["token"], rows[-1]["features"][0]  # ' Paris', {'feature': 4121, 'activation': 9.8, 'label': ...}
-    ```
-    """
-    hookpoint = hookpoint_of(sae, hookpoint)
-    if features is None and (Path(sae.name_or_path or "") / FEATURES / METADATA).is_file():
-        features = sae.features
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    prefix = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
-    input_ids = torch.tensor([prefix + ids], device=getattr(model, "device", None))
-    acts = run_lm(model, [hookpoint], input_ids)[0][hookpoint][0, len(prefix) :]  # (tokens, d_in)
-    values, latents = sae.encode(acts.to(sae.device, sae.dtype)).topk(min(top, sae.config.num_latents), dim=-1)
-    strings = token_strings(tokenizer, ids)
-    return [
-        {
-            "position": t,
-            "token_id": token,
-            "token": strings[token],
-            "features": [
-                {"feature": int(i), "activation": float(v), "label": features.label(int(i)) if features else ""}
-                for v, i in zip(values[t], latents[t])
-                if v > 0
-            ],
-        }
-        for t, token in enumerate(ids)
-    ]
 
 
 # Inside <script>, `<!--`, `<script` and `</script` change how the HTML parser reads the rest of the page: every

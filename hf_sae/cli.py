@@ -28,12 +28,30 @@ import subprocess
 import sys
 import typing
 from collections.abc import Callable, Mapping
-from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
 
 from . import arguments as A
+from .app import build_app, load_explorer, push_space, write_space
+from .browser import write_browser
 from .cpu_memory import keep_freed_memory
+from .distribution import local_launch
 from .errors import ArgumentError, HfSaeError
+from .hub import push_saes_to_hub
 from .layout import EVAL_REPORT, METRICS, PER_SOURCE, QUALITY_KEYS
+from .offline.corpus import prepare_corpus
+from .runners import (
+    explain_text,
+    run_convert,
+    run_evaluation,
+    run_explain,
+    run_features,
+    run_pull,
+    space_target,
+    train_saes,
+    write_activation_cache,
+)
 from .version import __version__
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -42,8 +60,6 @@ DEBUG_VARIABLE = "HF_SAE_DEBUG"  # set (or pass --debug) to see the traceback of
 
 def parse_arguments(groups: tuple[type, ...], argv: list[str], prog: str) -> tuple:
     """The dataclasses of `groups`, from flags or from a YAML / JSON file followed by flags."""
-    from transformers import HfArgumentParser
-
     parser = HfArgumentParser(groups, prog=prog, epilog=f"--debug (or {DEBUG_VARIABLE}=1) shows an error's traceback.")
     source = argv[0] if argv and argv[0].endswith(CONFIG_SUFFIXES) else None
     parser.error = _raise_argument_error(prog, source)  # one line and exit status 1, as every other hf_sae error
@@ -78,8 +94,6 @@ def _raise_argument_error(prog: str, source: str | None) -> Callable[[str], typi
 
 
 def _read_config_file(path: str) -> dict:
-    import yaml
-
     try:
         with open(path) as handle:
             values = yaml.safe_load(handle) or {}  # YAML is a superset of JSON
@@ -121,10 +135,7 @@ def _none_or(convert: Callable[[str], object]) -> Callable[[str], object]:
 
 
 def prepare_corpus_command(argv: list[str]) -> int:
-    from .offline.corpus import prepare_corpus
-
     (args,) = parse_arguments((A.CorpusArguments,), argv, "hf-sae prepare-corpus")
-    args.check()
     path = prepare_corpus(
         args.output_dir, test_fraction=args.test_fraction, seed=args.seed, force=args.force, sources=args.sources
     )
@@ -133,8 +144,6 @@ def prepare_corpus_command(argv: list[str]) -> int:
 
 
 def train_command(argv: list[str]) -> int:
-    from .runners import train_saes
-
     groups = parse_arguments(A.TRAIN_GROUPS, argv, "hf-sae train")
     processes = groups[-1].num_processes
     if processes > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command again
@@ -145,18 +154,8 @@ def train_command(argv: list[str]) -> int:
     return 0
 
 
-def local_launch(processes: int) -> list[str]:
-    """torchrun starting `processes` processes on this machine. `--standalone` picks a free port, so two runs side by
-    side do not collide; the loopback address replaces torchrun's default, the hostname, which need not resolve to
-    this machine (the processes would then wait for each other forever)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local_addr", "127.0.0.1",
-            "--nproc_per_node", str(processes)]  # fmt: skip
-
-
 def cache_command(argv: list[str]) -> int:
-    from .runners import write_activation_cache
-
-    groups = (A.ActivationArguments, A.DataArguments, A.CacheArguments)
+    groups = (A.LanguageModelArguments, A.DataArguments, A.CacheArguments)
     lm_args, data_args, args = parse_arguments(groups, argv, "hf-sae cache")
     path = write_activation_cache(lm_args, data_args, args)
     print(f"Activations of {', '.join(args.hookpoints)} cached in {path}; train with --activation_cache {path}")
@@ -164,9 +163,7 @@ def cache_command(argv: list[str]) -> int:
 
 
 def eval_command(argv: list[str]) -> int:
-    from .runners import run_evaluation
-
-    groups = (A.ActivationArguments, A.EvalDataArguments, A.EvaluationArguments)
+    groups = (A.LanguageModelArguments, A.EvalDataArguments, A.EvaluationArguments)
     lm_args, data_args, args = parse_arguments(groups, argv, "hf-sae eval")
     report = run_evaluation(lm_args, data_args, args)
     print(format_report(report))
@@ -175,16 +172,10 @@ def eval_command(argv: list[str]) -> int:
 
 
 def features_command(argv: list[str]) -> int:
-    from .runners import load_sae_and_lm, run_features
-
-    groups = (A.ActivationArguments, A.DataArguments, A.FeatureArguments)
+    groups = (A.LanguageModelArguments, A.DataArguments, A.FeatureArguments)
     lm_args, data_args, args = parse_arguments(groups, argv, "hf-sae features")
     if args.explain is not None:
-        from .browser import explain
-
-        A.check_all(lm_args, args)
-        sae, model, tokenizer = load_sae_and_lm(args.sae, lm_args, device=args.device, read_at=args.hookpoint)
-        print(format_explanation(explain(model, tokenizer, sae, args.explain, args.top, hookpoint=args.hookpoint)))
+        print(format_explanation(explain_text(lm_args, args)))
         return 0
     features = run_features(lm_args, data_args, args)
     tokens = features.metadata["tokens"]
@@ -193,8 +184,6 @@ def features_command(argv: list[str]) -> int:
 
 
 def explain_command(argv: list[str]) -> int:
-    from .autointerp import run_explain
-
     (args,) = parse_arguments((A.ExplainArguments,), argv, "hf-sae explain")
     done, control = run_explain(args)
     print(format_explanation_scores(done, control))
@@ -202,19 +191,13 @@ def explain_command(argv: list[str]) -> int:
 
 
 def browse_command(argv: list[str]) -> int:
-    from .browser import write_browser
-
     (args,) = parse_arguments((A.BrowseArguments,), argv, "hf-sae browse")
-    args.check()
     print(f"Feature browser written to {write_browser(args.sae, args.output_dir, examples=args.examples)}")
     return 0
 
 
 def app_command(argv: list[str]) -> int:
-    from .app import build_app, load_explorer, write_space
-
-    lm_args, args = parse_arguments((A.ActivationArguments, A.AppArguments), argv, "hf-sae app")
-    A.check_all(lm_args, args)
+    lm_args, args = parse_arguments((A.LanguageModelArguments, A.AppArguments), argv, "hf-sae app")
     if args.write_space:
         base = lm_args.model_name_or_path
         folder = write_space(args.write_space, args.sae, hookpoint=args.hookpoint, base_model=base)
@@ -226,26 +209,13 @@ def app_command(argv: list[str]) -> int:
 
 
 def push_command(argv: list[str]) -> int:
-    from .hub import push_saes_to_hub
-
     (args,) = parse_arguments((A.PushArguments,), argv, "hf-sae push")
-    space = _space_target(args) if args.space else None  # checked before anything is uploaded
-    commit = push_saes_to_hub(
-        args.repo_id,
-        args.sae,
-        private=args.private,
-        token=args.token,
-        revision=args.revision,
-        commit_message=args.commit_message,
-        create_pr=args.create_pr,
-        datasets=args.datasets,
-        license=args.license,
-        tags=args.tags,
-    )
+    space = space_target(args) if args.space else None  # checked before anything is uploaded
+    card = {"datasets": args.datasets, "license": args.license, "tags": args.tags}
+    commit = push_saes_to_hub(args.repo_id, args.sae, private=args.private, token=args.token, revision=args.revision,
+                              commit_message=args.commit_message, create_pr=args.create_pr, **card)  # fmt: skip
     print(f"Pushed to {commit.commit_url}")
     if space is not None:
-        from .app import push_space
-
         hookpoint, base_model = space
         info = push_space(args.space, args.repo_id, hookpoint=hookpoint, base_model=base_model, token=args.token,
                           private=args.private)  # fmt: skip
@@ -253,57 +223,21 @@ def push_command(argv: list[str]) -> int:
     return 0
 
 
-def _space_target(args) -> tuple[str | None, str | None]:
-    """(hookpoint, base model) of the SAE that `push --space` explores: the only one, or `--space_hookpoint`."""
-    from pathlib import Path
-
-    from .layout import CONFIG, find_sae_folders, read_json
-
-    folders, single = find_sae_folders(Path(args.sae))
-    hookpoint = args.space_hookpoint
-    if hookpoint is None and len(folders) > 1:
-        raise ArgumentError(
-            f"{args.sae} holds {len(folders)} SAEs ({list(folders)}); pick the Space's with --space_hookpoint."
-        )
-    if hookpoint is not None and hookpoint not in folders:
-        raise ArgumentError(f"--space_hookpoint {hookpoint!r} is not one of the SAEs pushed: {list(folders)}.")
-    folder = folders[hookpoint] if hookpoint else next(iter(folders.values()), None)
-    base_model = read_json(folder / CONFIG).get("base_model_name_or_path") if folder else None
-    return (None if single else hookpoint or next(iter(folders))), base_model
-
-
 def pull_command(argv: list[str]) -> int:
-    from .hub import load_saes, save_saes
-    from .layout import find_sae_folders
-
     (args,) = parse_arguments((A.PullArguments,), argv, "hf-sae pull")
-    saes = load_saes(args.repo_id, args.hookpoints, revision=args.revision, token=args.token)
-    if args.output_dir:
-        there = set(find_sae_folders(Path(args.output_dir))[0]) if Path(args.output_dir).is_dir() else set()
-        if (clash := sorted(there & set(saes))) and not args.overwrite:
-            raise ArgumentError(
-                f"--output_dir {args.output_dir} already holds SAEs for {clash}; they were left as they are (the "
-                "download is in the Hub cache). Pass --overwrite to replace them, or choose another folder."
-            )
-        save_saes(saes, args.output_dir)
-    for hookpoint, sae in saes.items():
+    for hookpoint, sae in run_pull(args).items():
         print(f"{hookpoint}: {sae.config.architecture}, {sae.config.num_latents:,} latents, at {sae.name_or_path}")
     return 0
 
 
 def convert_command(argv: list[str]) -> int:
-    from .convert import convert
-
     # SRC and DST may come first, as positionals; the dataclass takes them as --src and --dst.
     positionals = []
     while argv and not argv[0].startswith("-") and len(positionals) < 2 and not argv[0].endswith(CONFIG_SUFFIXES):
         positionals.append(argv.pop(0))
     argv = [*(f for name, value in zip(("--src", "--dst"), positionals) for f in (name, value)), *argv]
     (args,) = parse_arguments((A.ConvertArguments,), argv, "hf-sae convert")
-    load = {"hookpoints": args.hookpoints, "width": args.width, "l0": args.l0}
-    load |= {"revision": args.revision, "token": args.token}
-    written = convert(args.src, args.dst, args.to, overwrite=args.overwrite, **load)
-    for hookpoint, folder in written.items():
+    for hookpoint, folder in run_convert(args).items():
         print(f"{hookpoint}: {args.to} SAE written to {folder}")
     return 0
 

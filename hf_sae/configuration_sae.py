@@ -235,6 +235,16 @@ class SaeConfig(PreTrainedConfig):
                 f"d_in={self.d_in}); a transcoder's b_dec is its output's bias. Pass `apply_b_dec_to_input=False`."
             )
 
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor of an SAE of this config, by name, with its shape: what its weights file must hold."""
+        n, d_in, d_out = self.num_latents, self.d_in, self.d_out
+        shapes = {"W_enc": (n, d_in), "W_dec": (n, d_out), "b_dec": (d_out,), "b_enc": (n,)}
+        if self.skip_connection:
+            shapes["W_skip"] = (d_out, d_in)  # the skip transcoder's linear term
+        for extra in ARCHITECTURES[self.architecture].extra_tensors:
+            shapes[extra.name] = (n,) if extra.per_latent else ()
+        return shapes
+
     def __setattr__(self, key: str, value: Any) -> None:
         # Configs are immutable once built: an SAE's shape and sparsity rule are fixed by its weights.
         if key in _FROZEN_FIELDS and self.__dict__.get("_frozen", False):

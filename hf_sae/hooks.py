@@ -10,80 +10,29 @@ the generated tokens. They come from the 2D attention mask the model is called w
 """
 
 import inspect
-import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from transformers.utils import logging
 
 from .errors import HookpointError, SteeringError
 from .hookpoints import hookpoint_width, register_activation_hook, resolve_hookpoints
-from .modeling_sae import SaeModel
+from .hub import load_saes
+from .modeling_sae import SaeModel, saes_by_hookpoint
+from .steering import Edit, Positions, Tokens, feature_values, positions_of, token_info
 
 logger = logging.get_logger(__name__)
 
-Positions = int | Sequence[int] | slice | None
 RecordKind = Literal["latents", "inputs", "reconstructions", "top_values", "top_indices"]
 
 
 @dataclass(eq=False)
 class _Splice:
     error_term: bool
-
-
-class _Tokens(NamedTuple):
-    """Absolute positions (batch, seq) and the real-token mask (batch, seq) of an activation, when known."""
-
-    positions: Tensor | None
-    real: Tensor | None
-
-
-@dataclass(eq=False)
-class _Edit:
-    features: Tensor  # (k,) latent indices
-    values: Tensor  # (k,) amounts added, or values clamped to
-    mode: Literal["add", "clamp"]
-    positions: Tensor | slice | None
-
-    def apply_(self, z: Tensor, tokens: _Tokens) -> None:
-        """Edit the latents z of shape (..., num_latents) in place at the selected tokens."""
-        features, values = self.features.to(z.device), self.values.to(device=z.device, dtype=z.dtype)
-        old = z[..., features]  # (..., k)
-        new = old + values if self.mode == "add" else values.expand_as(old)
-        if (selected := self._select(tokens)) is not None:
-            new = torch.where(selected[..., None], new, old)
-        z[..., features] = new
-
-    def _select(self, tokens: _Tokens) -> Tensor | None:
-        if self.positions is None:
-            return tokens.real  # every real token; padding is left alone
-        if (at := tokens.positions) is None:
-            raise HookpointError(
-                "Steering at `positions` needs activations shaped (batch, seq, width); this hookpoint's are not. "
-                "Drop `positions` or hook a decoder block."
-            )
-        if isinstance(self.positions, slice):
-            stop = torch.inf if self.positions.stop is None else self.positions.stop
-            chosen = (at >= (self.positions.start or 0)) & (at < stop)
-        else:
-            chosen = torch.isin(at, self.positions.to(at.device))
-        return chosen if tokens.real is None else chosen & tokens.real
-
-
-def _token_info(attention_mask: Tensor | None, past_length: int, x: Tensor) -> _Tokens:
-    if x.ndim != 3:
-        return _Tokens(None, None)
-    (batch, seq), mask = x.shape[:2], attention_mask
-    if mask is not None and mask.ndim == 2 and mask.shape[0] == batch and mask.shape[1] >= seq:
-        # Padding on the left shifts a sequence right; counting its real tokens gives each one's own position.
-        positions = mask.long().cumsum(-1)[:, -seq:] - 1
-        return _Tokens(positions.to(x.device), mask[:, -seq:].to(device=x.device, dtype=torch.bool))
-    return _Tokens(torch.arange(past_length, past_length + seq, device=x.device).expand(batch, seq), None)
 
 
 class SaeRecorder:
@@ -159,7 +108,7 @@ class SaeHooks:
 
     def __init__(self, model: nn.Module, saes: Mapping[str, SaeModel] | Sequence[SaeModel]):
         self.model = model
-        self.saes = _saes_by_hookpoint(saes)
+        self.saes = saes_by_hookpoint(saes, "SaeHooks")
         for sae in self.saes.values():  # batch-wide selection would tie a sequence's latents to its batch
             sae.eval()
         sites = {name: name if _is_module_path(model, name) and not sae.config.is_transcoder
@@ -176,7 +125,7 @@ class SaeHooks:
                 _check_width(name, sae, width)
             if name in self.output_hookpoints and (width := hookpoint_width(model, self.output_hookpoints[name])):
                 _check_width(name, sae, width, output=True)
-        self._active: dict[str, list[_Splice | _Edit | SaeRecorder]] = {name: [] for name in self.saes}
+        self._active: dict[str, list[_Splice | Edit | SaeRecorder]] = {name: [] for name in self.saes}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._call: tuple[Tensor | None, int] = (None, 0)  # the current forward's (attention mask, cache length)
         self._pending: dict[str, tuple[Callable[[Tensor], Tensor] | None, torch.Size]] = {}  # transcoders' edits
@@ -192,8 +141,6 @@ class SaeHooks:
         >>> hooks = SaeHooks.from_pretrained(lm, "you/smollm2-saes", hookpoints=["model.layers.15"])
         ```
         """
-        from .hub import load_saes  # the Hub layer builds on this module, not the other way round
-
         device = next(model.parameters()).device
         return cls(model, load_saes(repo_or_dir, hookpoints, device=device, **load_kwargs))
 
@@ -282,7 +229,7 @@ class SaeHooks:
         if mode not in ("add", "clamp"):
             raise SteeringError(f"`mode` must be 'add' or 'clamp'; got {mode!r}.")
         name = self._single(hookpoint)
-        edit = _Edit(*_feature_values(features, alpha, self.saes[name]), mode, _positions(positions))
+        edit = Edit(*feature_values(features, alpha, self.saes[name]), mode, positions_of(positions))
         with self._activate(edit, [name]):
             yield
 
@@ -306,7 +253,7 @@ class SaeHooks:
             yield
 
     @contextmanager
-    def _activate(self, item: _Splice | _Edit | SaeRecorder, names: list[str]) -> Iterator[None]:
+    def _activate(self, item: _Splice | Edit | SaeRecorder, names: list[str]) -> Iterator[None]:
         if not self._handles:
             self._attach()
         for name in names:
@@ -367,7 +314,7 @@ class SaeHooks:
                     _check_width(name, self.saes[name], x.shape[-1])
                     current = x if out is None else out
                     sae = self.saes[name]
-                    edit = _run_sae(sae, current, self._active[name], _token_info(*self._call, x), name)
+                    edit = _run_sae(sae, current, self._active[name], token_info(*self._call, x), name)
                     if sae.config.is_transcoder:  # applied at the output hookpoint (None: it stays as it is)
                         self._pending[name] = (edit, current.shape[:-1])
                     elif edit is not None:
@@ -382,7 +329,7 @@ class SaeHooks:
             if not self._active[name]:
                 return None
             if name not in self._pending:
-                if any(isinstance(item, _Splice | _Edit) for item in self._active[name]):
+                if any(isinstance(item, _Splice | Edit) for item in self._active[name]):
                     raise HookpointError(
                         f"The transcoder `{name}` acts on `{sae.config.output_hookpoint}`, which ran before its input "
                         f"`{sae.config.hookpoint}` in this forward. Its output hookpoint must come after its input."
@@ -412,12 +359,12 @@ class SaeHooks:
         return self._select(hookpoint)[0]
 
 
-def _run_sae(sae: SaeModel, x: Tensor, active: list, tokens: _Tokens, name: str) -> Callable[[Tensor], Tensor] | None:
+def _run_sae(sae: SaeModel, x: Tensor, active: list, tokens: Tokens, name: str) -> Callable[[Tensor], Tensor] | None:
     """How the SAE changes the activation it acts on, x itself or a transcoder's output y: a function of it that
     returns the new one in its own dtype, or `None` to leave it as it is. Feeds the recorders on the way."""
     x_sae = x.to(device=sae.device, dtype=sae.dtype)
     z = sae.encode(x_sae)  # (..., num_latents)
-    edits = [item for item in active if isinstance(item, _Edit)]
+    edits = [item for item in active if isinstance(item, Edit)]
     z_edited = z.clone() if edits else z
     for edit in edits:
         edit.apply_(z_edited, tokens)
@@ -445,34 +392,6 @@ def _run_sae(sae: SaeModel, x: Tensor, active: list, tokens: _Tokens, name: str)
 
 def _predict(sae: SaeModel, z: Tensor, skip: Tensor | None) -> Tensor:
     return sae.decode(z) if skip is None else sae.decode(z) + skip
-
-
-def _saes_by_hookpoint(saes: Mapping[str, SaeModel] | Sequence[SaeModel]) -> dict[str, SaeModel]:
-    if isinstance(saes, str) or not isinstance(saes, Mapping | SaeModel | Iterable):
-        raise HookpointError(
-            f"SaeHooks takes SAEs: a SaeModel, a list of them or a dict {{hookpoint: SaeModel}}; got {saes!r}. Load "
-            "them with `hf_sae.load_saes(repo_or_dir)`, or use `SaeHooks.from_pretrained(model, repo_or_dir)`."
-        )
-    if isinstance(saes, Mapping):
-        _check_are_saes(saes.values())
-        return dict(saes)
-    saes = [saes] if isinstance(saes, SaeModel) else list(saes)
-    _check_are_saes(saes)
-    names = [sae.config.hookpoint for sae in saes]
-    if None in names or len(set(names)) < len(names):
-        raise HookpointError(
-            f"SAEs given as a list must each read their own hookpoint, set in `config.hookpoint`; got {names}. "
-            "Pass a dict `{hookpoint: sae}` instead."
-        )
-    return dict(zip(names, saes))
-
-
-def _check_are_saes(saes: Iterable) -> None:
-    if others := [sae for sae in saes if not isinstance(sae, SaeModel)]:
-        raise HookpointError(
-            f"SaeHooks takes SaeModel objects; got {others[0]!r} ({type(others[0]).__name__}). Load SAEs with "
-            "`hf_sae.load_saes(repo_or_dir)` or `SaeModel.from_pretrained(path)`."
-        )
 
 
 def _is_module_path(model: nn.Module, name: str) -> bool:
@@ -504,69 +423,3 @@ def _check_width(name: str, sae: SaeModel, width: int, output: bool = False) -> 
             f"{'output ' if output else ''}hookpoint's activation has width {width}. Attach an SAE trained on this "
             f"hookpoint (this one's config says `{site}`)."
         )
-
-
-def _feature_values(features, alpha: float, sae: SaeModel) -> tuple[Tensor, Tensor]:
-    """Latent indices (k,) and their amounts (k,), checked against the SAE's width. Indices may be ints, numpy
-    integers, integer tensors (0-d, as `argmax` returns, or 1-d) and lists of them, or keys of `{latent: alpha}`."""
-    n = sae.config.num_latents
-    pairs = list(features.items()) if isinstance(features, Mapping) else [(i, alpha) for i in _indices(features)]
-    if not pairs:
-        raise SteeringError(f"Features must be latent indices in [0, {n}); got none ({features!r}).")
-    by_feature = {}
-    for index, value in pairs:
-        index, value = _index(index, n, "feature"), _amount(value, index)
-        by_feature[index] = value
-    return torch.tensor(list(by_feature), dtype=torch.long), torch.tensor(list(by_feature.values()))
-
-
-def _indices(values) -> list:
-    """A single index or a sequence / array / tensor of them, as a list (a string is neither, and is refused)."""
-    if isinstance(values, str | bytes) or values is None:
-        raise SteeringError(
-            f"Latent indices must be integers (int, numpy integer, integer tensor) or a list of them; got "
-            f"{values!r}. Write `12`, not `'12'`."
-        )
-    if isinstance(values, Tensor | np.ndarray):
-        return [values] if values.ndim == 0 else list(values.reshape(-1))
-    if isinstance(values, int | np.integer):
-        return [values]
-    if isinstance(values, Iterable):
-        return list(values)
-    return [values]  # one value of another type: `_index` names it
-
-
-def _index(value, n: int, what: str) -> int:
-    """An integer index in [0, n), from an int, a numpy integer or a 0-d integer tensor; anything else is refused."""
-    if isinstance(value, Tensor | np.ndarray) and value.ndim == 0:
-        value = value.item()
-    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
-        raise SteeringError(
-            f"A {what} index must be an integer (int, numpy integer or integer tensor); got {value!r} of type "
-            f"{type(value).__name__}."
-        )
-    if not 0 <= int(value) < n:
-        expected = f"latent indices in [0, {n})" if what == "feature" else "token positions >= 0"
-        raise SteeringError(f"{what.capitalize()}s must be {expected}; got {int(value)}.")
-    return int(value)
-
-
-def _amount(value, index: int) -> float:
-    if isinstance(value, Tensor | np.ndarray) and value.ndim == 0:
-        value = value.item()
-    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
-        raise SteeringError(f"The amount for feature {index} must be a number; got {value!r}.")
-    if not math.isfinite(value):
-        raise SteeringError(f"The amount for feature {index} must be a finite number; got {value!r}.")
-    return float(value)
-
-
-def _positions(positions: Positions) -> Tensor | slice | None:
-    if positions is None or (isinstance(positions, slice) and positions.step in (None, 1)):
-        return positions
-    if isinstance(positions, slice):
-        raise SteeringError(f"`positions` must be token indices >= 0 or a slice with step 1; got {positions}.")
-    values = _indices(positions)
-    if not values:
-        raise SteeringError(f"`positions` must be token indices >= 0 or a slice with step 1; got {positions}.")
-    return torch.tensor([_index(p, 2**62, "position") for p in values], dtype=torch.long)

@@ -1,103 +1,40 @@
-"""Save, push and load several SAEs at once, with their feature metadata and a model card, in one Hub commit.
+"""Several SAEs at once, with their feature metadata, metrics and a model card: saved to a folder, pushed in one Hub
+commit, loaded by hookpoint from a folder, a Hub repo or a release name, in any format.
 
 The layout (`layout`) is the same on disk and on the Hub, and `save_saes` is its one writer: a training run saves
 through it too. A single SAE (config.json at the top, from `SaeModel.save_pretrained` or `push_to_hub`) loads the
-same way.
+same way. Where the files are and which to download is `hub_client`'s; building each SAE is `SaeModel`'s.
 """
 
-import glob
 import json
 import os
 import re
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import (
-    CommitInfo,
-    CommitOperationAdd,
-    CommitOperationDelete,
-    HfApi,
-    ModelCard,
-    constants,
-    hf_hub_download,
-    snapshot_download,
-)
-from huggingface_hub.errors import (
-    HfHubHTTPError,
-    HFValidationError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-    RevisionResolutionError,
-)
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub import CommitInfo, ModelCard
 from safetensors import SafetensorError
 
-from .configuration_sae import SaeConfig
-from .errors import (
-    ArgumentError,
-    HfSaeError,
-    HookpointError,
-    HubError,
-    SaeConfigError,
-    SaeNotFoundError,
-    WeightsError,
-    WriteError,
-)
+from .errors import ArgumentError, HfSaeError, HookpointError, SaeConfigError, SaeNotFoundError, WriteError
+from .hub_client import HubOptions, check_sae_folder, locate_saes, network_errors, push_folder
 from .layout import (
     CONFIG,
     FEATURES,
     METRICS,
     README,
-    WEIGHTS,
     find_sae_folders,
-    looks_like_local_path,
-    missing_path_error,
-    natural_key,
-    read_json,
     refuse_if_no_space,
-    safetensors_shapes,
     write_failure,
     write_json,
     write_text,
 )
-from .model_card import card_data, render_card
-from .modeling_sae import SaeModel, as_torch_dtype
-
-SaesLike = SaeModel | Mapping[str, SaeModel] | Iterable[SaeModel]
-CARD_ARGUMENTS = ("datasets", "license", "tags")  # the model card metadata a push takes
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """The HTTP client's connection and timeout errors (huggingface_hub speaks httpx2, older versions httpx)."""
-    errors = []
-    for name in ("httpx2", "httpx"):
-        try:
-            errors.append(__import__(name).TransportError)
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
-
-
-TRANSPORT_ERRORS = _transport_errors()
-
-
-@contextmanager
-def network_errors(action: str) -> Iterator[None]:
-    """Turn a connection failure (endpoint down, DNS, timeout) into a `HubError` that names the endpoint."""
-    try:
-        yield
-    except TRANSPORT_ERRORS as error:
-        raise HubError(
-            f"{action} failed: the Hub endpoint {constants.ENDPOINT} could not be reached ({type(error).__name__}: "
-            f"{error}). Check the network connection and HF_ENDPOINT; to use only what is already in the cache, set "
-            "HF_HUB_OFFLINE=1."
-        ) from error
+from .model_card import CARD_ARGUMENTS, card_data, render_card
+from .modeling_sae import SaeModel, SaesLike, saes_by_hookpoint
+from .precision import as_torch_dtype
 
 
 def save_saes(
@@ -133,7 +70,7 @@ def save_saes(
     PosixPath('out')
     ```
     """
-    saes, output_dir = _by_hookpoint(saes), Path(output_dir)
+    saes, output_dir = _named_folders(saes), Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if (output_dir / CONFIG).is_file():
         raise SaeNotFoundError(
@@ -232,45 +169,11 @@ def push_saes_to_hub(
                 model_card=model_card,
                 **card_kwargs,
             )
-    directory = Path(saes_or_dir)
     if unknown := set(card_and_save_kwargs) - set(CARD_ARGUMENTS):
         raise TypeError(f"{sorted(unknown)} apply when pushing SAEs, not a folder: save them with `save_saes` first.")
-    folders, single = find_sae_folders(directory) if directory.is_dir() else ({}, False)
-    if not folders:
-        raise SaeNotFoundError(
-            f"Found no SAE in {directory}: expected {directory}/<hookpoint>/{CONFIG} (from `save_saes`) or "
-            f"{directory}/{CONFIG} (from `SaeModel.save_pretrained`)."
-        )
-    for hookpoint, folder in folders.items():
-        _check_sae_folder(folder, None if single else hookpoint)
-    api = HfApi(token=token)
-    try:
-        with network_errors(f"Pushing to {repo_id!r}"):
-            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-            if revision is not None and not revision.startswith("refs/pr/"):
-                api.create_branch(repo_id, branch=revision, exist_ok=True)
-            operations = _push_operations(
-                api, repo_id, revision, directory, folders, single, model_card, card_and_save_kwargs
-            )
-            message = commit_message or f"Upload {len(folders)} SAE{'s' * (len(folders) > 1)} with hf_sae"
-            with warnings.catch_warnings():  # feature tables are parquet files in a model repo on purpose
-                warnings.filterwarnings("ignore", message=".*commit a data file.*", category=UserWarning)
-                return api.create_commit(
-                    repo_id,
-                    operations,
-                    commit_message=message,
-                    commit_description=commit_description,
-                    revision=revision,
-                    create_pr=create_pr,
-                )
-    except (HfHubHTTPError, OSError, RuntimeError) as error:  # the client wraps a failed LFS upload in RuntimeError
-        if isinstance(error, HubError | SaeNotFoundError | WeightsError):
-            raise
-        raise HubError(
-            f"Pushing the SAEs for {', '.join(folders)} to {repo_id}{f' (branch {revision})' * bool(revision)} "
-            f"failed: {_reason(error)}. A Hub commit is all or nothing, so the repo holds no part of this push. Fix "
-            "the cause (token, network, repo name) and call push_saes_to_hub again."
-        ) from error
+    return push_folder(repo_id, Path(saes_or_dir), private=private, token=token, revision=revision,
+                       commit_message=commit_message, commit_description=commit_description, create_pr=create_pr,
+                       model_card=model_card, **card_and_save_kwargs)  # fmt: skip
 
 
 def load_saes(
@@ -315,62 +218,30 @@ def load_saes(
     ...     lm(input_ids)
     ```
     """
-    with network_errors(f"Loading SAEs from {str(repo_or_dir)!r}"):
-        return _load_saes(repo_or_dir, hookpoints, revision, token, device, dtype, cache_dir, local_files_only,
-                          width, l0)  # fmt: skip
 
-
-def _load_saes(repo_or_dir, hookpoints, revision, token, device, dtype, cache_dir, local_files_only, width, l0):
-    wanted = hookpoints
-    if isinstance(hookpoints, str | Iterable):
-        wanted = [hookpoints] if isinstance(hookpoints, str) else list(hookpoints)
+    wanted = [hookpoints] if isinstance(hookpoints, str) else hookpoints
+    wanted = list(wanted) if isinstance(wanted, Iterable) else wanted
     if wanted is not None and (not isinstance(wanted, list) or not all(isinstance(h, str) for h in wanted)):
         raise ArgumentError(
             f"`hookpoints` must be a hookpoint name, a list of them or None (all); got {hookpoints!r}, e.g. "
             "`hookpoints=['model.layers.6']`."
         )
-    root, source = Path(repo_or_dir).expanduser(), str(repo_or_dir)
-    _refuse_missing_local_path(source)
-    from .convert import load_converted_saes  # convert loads through this module
-
-    hub_kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
-    if (converted := load_converted_saes(repo_or_dir, wanted, width=width, l0=l0, **hub_kwargs)) is not None:
-        return {h: sae.to(device=device, dtype=as_torch_dtype(dtype)) for h, sae in converted.items()}
-    if root.is_dir():
-        if revision is not None:
-            raise ArgumentError(f"`revision` applies to Hub repos, but {root} is a local folder. Drop `revision`.")
-    else:
-        root = _download(source, wanted, revision, token, cache_dir, local_files_only)
-    folders, single = find_sae_folders(root)
-    if not folders:
-        raise SaeNotFoundError(
-            f"Found no SAE in {source}: expected <hookpoint>/{CONFIG} folders or a {CONFIG} at the top."
-        )
-    saes = {}
-    for hookpoint in _select(folders, wanted, source):
-        _check_sae_folder(folders[hookpoint], None if single else hookpoint)
-        try:
-            sae = SaeModel.from_pretrained(folders[hookpoint], **({"dtype": dtype} if dtype is not None else {}))
-        except OSError as error:
-            raise WeightsError(f"Could not load the SAE in {folders[hookpoint]}: {error}. Re-save it.") from error
-        saes[hookpoint] = sae.to(device) if device is not None else sae
-    return saes
+    options = HubOptions(revision, token, cache_dir, local_files_only)
+    with network_errors(f"Loading SAEs from {str(repo_or_dir)!r}"):
+        located = locate_saes(repo_or_dir, wanted, options, width=width, l0=l0)
+    dtype = as_torch_dtype(dtype)
+    return {h: SaeModel.from_located(where).to(device=device, dtype=dtype) for h, where in located.items()}
 
 
 # ---- saving ---------------------------------------------------------------------------------------------------------
 
 
-def _by_hookpoint(saes: SaesLike) -> dict[str, SaeModel]:
-    saes = [saes] if isinstance(saes, SaeModel) else saes
-    pairs = list(saes.items()) if isinstance(saes, Mapping) else [(sae.config.hookpoint, sae) for sae in saes]
-    if not pairs:
+def _named_folders(saes: SaesLike) -> dict[str, SaeModel]:
+    """SAEs by hookpoint, each hookpoint a folder name that its SAE's config agrees with."""
+    result = saes_by_hookpoint(saes, "save_saes")
+    if not result:
         raise SaeNotFoundError("No SAEs given: pass a dict `{hookpoint: sae}` or a list of SAEs.")
-    result: dict[str, SaeModel] = {}
-    for hookpoint, sae in pairs:
-        if not isinstance(sae, SaeModel):
-            raise SaeConfigError(f"Expected SaeModel instances, got {type(sae).__name__} for {hookpoint!r}.")
-        if not hookpoint:
-            raise SaeConfigError("An SAE in the list has no `config.hookpoint`; pass a dict `{hookpoint: sae}`.")
+    for hookpoint, sae in result.items():
         if not re.fullmatch(r"[^/\\.][^/\\]*", hookpoint) or hookpoint == README:
             raise HookpointError(
                 f"Hookpoint {hookpoint!r} cannot name a folder: use a module path such as 'model.layers.6'."
@@ -380,9 +251,6 @@ def _by_hookpoint(saes: SaesLike) -> dict[str, SaeModel]:
                 f"The SAE given for {hookpoint!r} was trained on {sae.config.hookpoint!r} (its `config.hookpoint`). "
                 "Use that key, or build the config with the right hookpoint."
             )
-        if hookpoint in result:
-            raise HookpointError(f"Two SAEs for hookpoint {hookpoint!r}; a repo holds one SAE per hookpoint.")
-        result[hookpoint] = sae
     return result
 
 
@@ -410,7 +278,7 @@ def _stage_sae(folder: Path, sae: SaeModel, hookpoint: str, features: Any, metri
         write_json(folder / METRICS, dict(metrics))
     elif source is not None and (source / METRICS).is_file():
         shutil.copy2(source / METRICS, folder / METRICS)
-    _check_sae_folder(folder, hookpoint)
+    check_sae_folder(folder, hookpoint)
 
 
 def _swap_in(staging: Path, output_dir: Path, hookpoints: list[str]) -> None:
@@ -431,206 +299,3 @@ def _swap_in(staging: Path, output_dir: Path, hookpoints: list[str]) -> None:
             if old.exists():
                 old.rename(target)
         raise
-
-
-# ---- checks ---------------------------------------------------------------------------------------------------------
-
-
-def _check_sae_folder(folder: Path, hookpoint: str | None = None) -> SaeConfig:
-    """Refuse a folder whose config does not load or whose weights are corrupt or disagree with it."""
-    if not (folder / CONFIG).is_file():
-        raise SaeConfigError(
-            f"{folder} has no {CONFIG}. An SAE folder holds {CONFIG} and {WEIGHTS}, as `save_saes` or "
-            "`SaeModel.save_pretrained` write them: save the SAE again."
-        )
-    if (model_type := read_json(folder / CONFIG).get("model_type")) != SaeConfig.model_type:
-        raise SaeConfigError(f"{folder / CONFIG} has model_type {model_type!r}, not {SaeConfig.model_type!r}.")
-    config = SaeConfig.from_pretrained(folder)
-    if hookpoint is not None and config.hookpoint not in (None, hookpoint):
-        raise SaeConfigError(
-            f"{folder} is the folder of hookpoint {hookpoint!r} but its config says {config.hookpoint!r}. Rename the "
-            "folder or fix config.json."
-        )
-    if (folder / METRICS).is_file():
-        read_json(folder / METRICS)
-    if not (folder / WEIGHTS).is_file():
-        if (folder / f"{WEIGHTS}.index.json").is_file():
-            return config  # sharded weights: from_pretrained checks them
-        raise WeightsError(f"{folder} has {CONFIG} but no {WEIGHTS}: the save or upload was incomplete. Do it again.")
-    with torch.device("meta"):
-        expected = {name: tuple(t.shape) for name, t in SaeModel(config).state_dict().items()}
-    saved = safetensors_shapes(folder / WEIGHTS)
-    if missing := sorted(set(expected) - set(saved)):
-        raise WeightsError(f"{folder / WEIGHTS} lacks {missing}, which a {config.architecture!r} SAE needs.")
-    if wrong := [f"{n}: {saved[n]} (expected {expected[n]})" for n in sorted(expected) if saved[n] != expected[n]]:
-        raise WeightsError(
-            f"{folder / WEIGHTS} disagrees with its config (d_in={config.d_in}, num_latents={config.num_latents}): "
-            f"{'; '.join(wrong)}. The weights and config.json do not belong together; save the SAE again."
-        )
-    return config
-
-
-def _select(available: Iterable[str], wanted: list[str] | None, source: str) -> list[str]:
-    available = list(available)
-    if wanted is not None and (missing := [h for h in wanted if h not in available]):
-        raise HookpointError(
-            f"{source} has no SAE for hookpoint(s) {missing}. It holds SAEs for: {', '.join(available) or 'none'}. "
-            "Pass some of those as `hookpoints` (`--hookpoints` on the command line), or None for all."
-        )
-    return available if wanted is None else list(dict.fromkeys(wanted))
-
-
-# ---- Hub ------------------------------------------------------------------------------------------------------------
-
-
-def _push_operations(api, repo_id, revision, directory, folders, single, model_card, card_kwargs) -> list:
-    remote = set(api.list_repo_files(repo_id, revision=revision))
-    remote_single = CONFIG in remote
-    remote_hookpoints = _hookpoints_in(remote)
-    if (single and remote_hookpoints) or (not single and remote_single):
-        raise SaeNotFoundError(
-            f"{repo_id} holds {'one SAE at its top' if remote_single else 'SAEs in hookpoint folders'}, and this push "
-            f"is {'one SAE' if single else 'SAEs in hookpoint folders'}: the layouts would mix. Push to another repo, "
-            "or push a single SAE as `push_saes_to_hub(repo, {hookpoint: sae})`."
-        )
-    # The SAE folders only: not the checkpoints, logs or arguments a training run leaves beside them.
-    files = [p for folder in folders.values() for p in sorted(folder.rglob("*")) if p.is_file()]
-    local = {p.relative_to(directory).as_posix(): p for p in files}
-    # The repo's card is rendered below; one that `save_pretrained` left in a hookpoint folder is not uploaded.
-    local = {path: p for path, p in local.items() if Path(path).name != README and not re.search(r"(^|/)\.", path)}
-    operations: list = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(p)) for path, p in local.items()]
-    owned = (f"{FEATURES}/",) if single else tuple(f"{h}/" for h in folders)  # files there that we no longer have go
-    uploaded = {operation.path_in_repo for operation in operations}
-    operations += [CommitOperationDelete(p) for p in sorted(remote - uploaded) if p.startswith(owned)]
-    if model_card is None:
-        kept = [h for h in remote_hookpoints if h not in folders]
-        card_folders = dict(folders) | {h: _download_small_files(api, repo_id, revision, h, remote) for h in kept}
-        base = card_data(directory / README)
-        if not base and README in remote:
-            base = card_data(Path(hf_hub_download(repo_id, README, revision=revision, token=api.token)))
-        model_card = render_card(card_folders, repo_id.split("/")[-1], repo_id, base, single, **card_kwargs)
-    operations.append(CommitOperationAdd(path_in_repo=README, path_or_fileobj=str(model_card).encode()))
-    return operations
-
-
-def _hookpoints_in(files: Iterable[str]) -> list[str]:
-    return sorted({p.split("/")[0] for p in files if p.count("/") == 1 and p.endswith(f"/{CONFIG}")}, key=natural_key)
-
-
-def _download_small_files(api: HfApi, repo_id: str, revision: str | None, hookpoint: str, remote: set) -> Path:
-    """The config and metrics (not the weights) of an SAE that stays in the repo, for the card."""
-    for name in (CONFIG, METRICS):
-        if f"{hookpoint}/{name}" in remote:
-            path = hf_hub_download(repo_id, f"{hookpoint}/{name}", revision=revision, token=api.token)
-    return Path(path).parent
-
-
-def _download(repo_id, wanted, revision, token, cache_dir, local_files_only) -> Path:
-    api, offline = HfApi(token=token), local_files_only or constants.HF_HUB_OFFLINE
-    with _hub_errors(repo_id, revision, api):
-        resolved = api.resolve_revision(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=offline)
-        patterns = None if wanted is None else [f"{glob.escape(h)}/*" for h in wanted] + [CONFIG, WEIGHTS]
-        if not offline:
-            files = set(api.list_repo_files(repo_id, revision=resolved.resolved))
-            if CONFIG not in files:
-                selected = _select(_hookpoints_in(files), wanted, f"Repo {repo_id!r} at {resolved}")
-                patterns = [f"{glob.escape(h)}/*" for h in selected]
-        return Path(
-            snapshot_download(
-                repo_id,
-                revision=resolved,
-                allow_patterns=patterns,
-                token=token,
-                cache_dir=cache_dir,
-                local_files_only=offline,
-            )
-        )
-
-
-def sae_folder_to_load(source, subfolder: str | None, *, revision=None, token=None, cache_dir=None,
-                       local_files_only: bool = False) -> Path:  # fmt: skip
-    """For `SaeModel.from_pretrained`: the local folder of the SAE at `source` (a folder, or a Hub repo whose config
-    and weights are downloaded, nothing else), checked as `load_saes` checks it (config, weights header) before any
-    tensor is allocated; a missing folder or an unknown `subfolder` is refused listing the SAEs there are."""
-    source, root = str(source), Path(source).expanduser()
-    _refuse_missing_local_path(source)
-    if root.is_dir():
-        folder = root / (subfolder or "")
-        if not (folder / CONFIG).is_file():
-            raise _no_sae_there(f"{folder}", list(find_sae_folders(root)[0]), subfolder)
-        _check_sae_folder(folder)
-        return folder
-    api, offline = HfApi(token=token), local_files_only or constants.HF_HUB_OFFLINE
-    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
-    kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir, "local_files_only": offline}
-    with _hub_errors(source, revision, api), network_errors(f"Loading the SAE {source!r}"):
-        if not offline:
-            files = set(api.list_repo_files(source, revision=revision))
-            if f"{prefix}{CONFIG}" not in files:
-                present = ["(top)"] * (CONFIG in files) + _hookpoints_in(files)
-                raise _no_sae_there(f"repo {source!r} at {prefix or 'its top'}", present, subfolder)
-        folder = Path(hf_hub_download(source, CONFIG, subfolder=subfolder, **kwargs)).parent
-        if offline or f"{prefix}{WEIGHTS}" in files:
-            hf_hub_download(source, WEIGHTS, subfolder=subfolder, **kwargs)
-    _check_sae_folder(folder)
-    return folder
-
-
-def _no_sae_there(where: str, present: list[str], subfolder: str | None) -> SaeNotFoundError:
-    asked = f" (subfolder={subfolder!r})" if subfolder else ""
-    if not present:
-        return SaeNotFoundError(
-            f"No {CONFIG} in {where}{asked}, and no SAE folder there: expected {CONFIG} and {WEIGHTS} as "
-            "`SaeModel.save_pretrained` or `save_saes` write them."
-        )
-    return SaeNotFoundError(
-        f"No {CONFIG} in {where}{asked}. The SAE folders there are: {', '.join(present)}; pass one of them as "
-        "`subfolder=`."
-    )
-
-
-def _refuse_missing_local_path(source: str) -> None:
-    if looks_like_local_path(source) and not Path(source).expanduser().exists():
-        raise missing_path_error(source, "The SAE folder")
-
-
-@contextmanager
-def _hub_errors(repo_id: str, revision: str | None, api: HfApi) -> Iterator[None]:
-    """The Hub client's errors for `repo_id` as `HubError`s that say what to check."""
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise HubError(f"{repo_id!r} is neither a local folder nor a Hub repo id ('user/name'). Check it.") from None
-    try:
-        yield
-    except RepositoryNotFoundError as error:
-        raise HubError(
-            f"Repo {repo_id!r} was not found on {api.endpoint}, and it is not a local folder. It does not exist, or "
-            "it is private and this token cannot read it: check the name, or pass `token=` (or log in)."
-        ) from error
-    except RevisionNotFoundError as error:
-        try:
-            refs = api.list_repo_refs(repo_id)
-            known = (
-                f"Branches: {', '.join(b.name for b in refs.branches)}; tags: {', '.join(t.name for t in refs.tags)}"
-            )
-        except (HfHubHTTPError, OSError, *TRANSPORT_ERRORS):
-            known = "Its refs could not be listed"
-        raise HubError(
-            f"Repo {repo_id!r} has no revision {revision!r}. {known}. Pass one of those, or a sha."
-        ) from error
-    except (RevisionResolutionError, HfHubHTTPError, OSError) as error:
-        if isinstance(error, HfSaeError):
-            raise
-        raise HubError(f"Could not download SAEs from {repo_id!r}: {_reason(error)}.") from error
-
-
-def _reason(error: BaseException) -> str:
-    """What went wrong, in one line: the Hub's own message where there is one (the client wraps upload errors)."""
-    wrapper = ""
-    if isinstance(error, RuntimeError) and error.__cause__ is not None:
-        wrapper, error = f"{error} ".replace(" to the Hub.", ":"), error.__cause__
-    if isinstance(error, HfHubHTTPError) and error.response is not None:
-        request = error.response.request
-        return f"{wrapper}HTTP {error.response.status_code} on {request.method} {request.url}: {error.server_message}"
-    return wrapper + (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from .errors import SaeNotFoundError, WeightsError, WriteError
+from .errors import FileFormatError, WeightsError, WriteError
 
 CONFIG, WEIGHTS, FEATURES, README = "config.json", "model.safetensors", "features", "README.md"
 METRICS, TRAINING_ARGS, EVAL_REPORT = "metrics.json", "training_args.json", "eval_results.json"
@@ -113,31 +113,14 @@ def find_sae_folders(root: Path) -> tuple[dict[str, Path], bool]:
     return {h: root / h for h in sorted(found, key=natural_key)}, False
 
 
-def looks_like_local_path(name: str) -> bool:
-    """Whether `name` is spelled as a file system path (`./x`, `/x`, `~/x`, `a/b/c`) rather than a Hub id
-    (`user/name`): such a name that does not exist is a mistyped path, never sent to the Hub."""
-    name = str(name)
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def missing_path_error(name: str, what: str) -> SaeNotFoundError:
-    """The error for a local path that does not exist, naming the deepest part of it that does."""
-    path = Path(name).expanduser().resolve()
-    existing = next(parent for parent in (path, *path.parents) if parent.exists())
-    return SaeNotFoundError(
-        f"{what} {name!r} does not exist (it is spelled as a local path, so it was not looked up on the Hub; the "
-        f"deepest part that exists is {existing}). Check the path."
-    )
-
-
 def read_json(path: Path) -> dict:
     """A JSON object from `path`, or a clear error naming the file."""
     try:
         data = json.loads(Path(path).read_text())
     except (ValueError, UnicodeDecodeError) as error:
-        raise SaeNotFoundError(f"{path} is not valid JSON ({error}). Fix it, or save the SAE again.") from None
+        raise FileFormatError(f"{path} is not valid JSON ({error}). Fix it, or save the SAE again.") from None
     if not isinstance(data, dict):
-        raise SaeNotFoundError(f"{path} should hold a JSON object, got {type(data).__name__}.")
+        raise FileFormatError(f"{path} should hold a JSON object, got {type(data).__name__}.")
     return data
 
 

@@ -10,13 +10,16 @@ not special tokens (`tokenizer.all_special_ids`), and not the rare tokens whose 
 `outlier_factor` times the median norm of the other counted tokens of the same block (about one token in 8,700 on
 SmolLM2, which would otherwise dominate the reconstruction error). The median is taken per block, so that the rule,
 and every number built on it, does not depend on how blocks are batched.
+
+    LmReading           how a run reads the LM: device, blocks per forward, autocast dtype, outlier rule
+    run_lm              one forward, stopped after the deepest hookpoint unless the logits are wanted
+    counted_tokens      the tokens that count
+    activation_widths   each hookpoint's width, from a tiny forward
 """
 
 import contextlib
-import functools
-import time
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -25,38 +28,21 @@ from .errors import ArgumentError
 from .fast_linear import fast_linears
 from .hookpoints import capture_activations, register_activation_hook, resolve_hookpoints
 
-LmDtype = Literal["auto", "bfloat16", "float16", "float32"]
 
+@dataclass(frozen=True)
+class LmReading:
+    """How a run reads the LM (from `LanguageModelArguments.reading`): on which device, how many blocks per forward,
+    in which autocast dtype (None: fp32), and the outlier rule of the tokens that count."""
 
-@functools.cache
-def bf16_is_faster(device_type: str) -> bool:
-    """Whether this machine multiplies bf16 matrices clearly faster than fp32 (measured once, about 0.1 s)."""
-    if device_type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device_type != "cpu":
-        return False
+    device: torch.device
+    batch_size: int = 8
+    autocast_dtype: torch.dtype | None = None
+    outlier_factor: float | None = 10.0
 
-    def seconds(dtype: torch.dtype) -> float:
-        a, b = torch.randn(512, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
-        a @ b  # warm-up
-        start = time.perf_counter()
-        for _ in range(3):
-            a @ b
-        return time.perf_counter() - start
-
-    return seconds(torch.bfloat16) * 1.5 < seconds(torch.float32)
-
-
-def resolve_lm_dtype(lm_dtype: LmDtype, device: torch.device | str) -> torch.dtype | None:
-    """The autocast dtype for the LM forward, `None` for fp32: `auto` picks bf16 where the hardware is faster."""
-    device = torch.device(device)
-    if lm_dtype == "auto":
-        return torch.bfloat16 if bf16_is_faster(device.type) else None
-    if lm_dtype in ("bfloat16", "float16"):
-        return getattr(torch, lm_dtype)
-    if lm_dtype == "float32":
-        return None
-    raise ArgumentError(f"`lm_dtype` must be one of auto, bfloat16, float16, float32; got {lm_dtype!r}.")
+    @property
+    def keywords(self) -> dict:
+        """What `harvest`, `harvest_records`, `evaluate_saes` and `collect_feature_metadata` take of it."""
+        return {"autocast_dtype": self.autocast_dtype, "outlier_factor": self.outlier_factor}
 
 
 def lm_kernels(device: torch.device, dtype: torch.dtype | None):
@@ -119,3 +105,19 @@ def counted_tokens(
 def special_token_ids(tokenizer) -> Tensor:
     """The ids that never count: the tokenizer's special tokens (BOS, EOS, padding, chat markers)."""
     return torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+
+
+def activation_widths(model, hookpoints: list[str], pairs: dict[str, str | None] | None = None) -> dict[str, int]:
+    """Each hookpoint's activation width, from one stopped forward on two blocks of two tokens; each transcoder's
+    two hookpoints of `pairs` (`{input: output}`) must hold the same tokens."""
+    probe = torch.zeros(2, 2, dtype=torch.long, device=model.device)
+    with torch.no_grad():
+        shapes = {h: acts.shape for h, acts in capture_activations(model, hookpoints, probe).items()}
+    for source, target in (pairs or {}).items():
+        if target is not None and shapes[source][:-1] != shapes[target][:-1]:
+            raise ArgumentError(
+                f"A transcoder from `{source}` to `{target}` needs one activation per token at both, but on 2 blocks "
+                f"of 2 tokens `{source}` gives shape {tuple(shapes[source])} and `{target}` {tuple(shapes[target])}. "
+                "Pick two hookpoints that carry hidden states of the same tokens, e.g. an MLP's `.input` and the MLP."
+            )
+    return {h: shape[-1] for h, shape in shapes.items()}

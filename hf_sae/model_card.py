@@ -16,6 +16,7 @@ from .layout import METRIC_NAMES, METRICS, PER_SOURCE, RUN_KEYS, TRAIN_TOKENS, r
 
 CARD_TEMPLATE = "sae_card.md.j2"
 CARD_TAGS = ["sparse-autoencoder", "interpretability", "hf_sae"]
+CARD_ARGUMENTS = ("datasets", "license", "tags")  # the card metadata a push takes
 
 
 def metrics_to_eval_results(

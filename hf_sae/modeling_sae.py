@@ -1,14 +1,15 @@
-"""`SaeModel`: a sparse autoencoder as a `transformers.PreTrainedModel`.
+"""`SaeModel`: a sparse autoencoder as a `transformers.PreTrainedModel`, and its loading from any SAE format.
 
 The architecture (`config.architecture`) is looked up once, at construction, in `architectures.ARCHITECTURES`: its
 extra tensors, initialisation, sparse selection, activation and penalty. Every architecture trains on a sparse code
 with the kernels of `sparse_ops`; BatchTopK and Matryoshka switch to a dense threshold at inference.
 """
 
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -18,8 +19,14 @@ from transformers.utils import ModelOutput, logging
 
 from .architectures import ARCHITECTURES, Architecture
 from .configuration_sae import SaeConfig
-from .errors import HookpointError, SaeConfigError, WeightsError
+from .errors import HookpointError, WeightsError
 from .fast_linear import linear
+from .feature_store import load_features
+from .formats import detect_format, read_format, unknown_format_error
+from .hub_client import HubOptions, Located, locate_sae, network_errors, push_folder, wrong_shapes_error
+from .layout import README, SINGLE_SAE_KEY, write_text
+from .model_card import CARD_ARGUMENTS, card_data, render_card
+from .precision import as_torch_dtype, default_device
 from .sparse_ops import SparseCode, sparse_encode, with_auxk
 
 logger = logging.get_logger(__name__)
@@ -93,6 +100,7 @@ class SaePreTrainedModel(PreTrainedModel):
             init.constant_(getattr(module, extra.name), value)
 
 
+SaesLike = Union["SaeModel", Mapping[str, "SaeModel"], Iterable["SaeModel"]]
 # What `save_pretrained(push_to_hub=True)` passes on to `push_to_hub`.
 PUSH_ARGUMENTS = ("repo_id", "private", "token", "revision", "commit_message", "create_pr")
 
@@ -113,26 +121,18 @@ class SaeModel(SaePreTrainedModel):
     ```
     """
 
-    # Reads `features/` beside a loaded SAE; `hf_sae/__init__.py` registers the feature store's reader, so that
-    # this module does not import it.
-    feature_loader = None
-
     def __init__(self, config: SaeConfig):
         super().__init__(config)
-        d_in, d_out, n = config.d_in, config.d_out, config.num_latents
         self.architecture: Architecture = ARCHITECTURES[config.architecture]
-        self.W_enc = nn.Parameter(torch.empty(n, d_in))  # (num_latents, d_in)
-        self.W_dec = nn.Parameter(torch.empty(n, d_out))  # (num_latents, d_out); row i is feature i's direction
-        self.b_dec = nn.Parameter(torch.empty(d_out))  # (d_out,); d_out is d_in but for transcoders
-        if config.skip_connection:
-            self.W_skip = nn.Parameter(torch.empty(d_out, d_in))  # (d_out, d_in), the skip transcoder's linear term
-        self.b_enc = nn.Parameter(torch.empty(n))  # (num_latents,); the gate bias of `gated`
-        for extra in self.architecture.extra_tensors:
-            tensor = torch.empty(n if extra.per_latent else ())  # (num_latents,) or ()
-            if extra.trainable:
-                self.register_parameter(extra.name, nn.Parameter(tensor))
+        # W_enc (num_latents, d_in); W_dec (num_latents, d_out), row i is feature i's direction; b_dec (d_out,), d_out
+        # being d_in but for transcoders; b_enc (num_latents,), the gate bias of `gated`; W_skip (d_out, d_in), a skip
+        # transcoder's linear term; the architecture's extra tensors, (num_latents,) or ().
+        frozen = {extra.name for extra in self.architecture.extra_tensors if not extra.trainable}
+        for name, shape in config.tensor_shapes().items():
+            if name in frozen:
+                self.register_buffer(name, torch.empty(shape))
             else:
-                self.register_buffer(extra.name, tensor)
+                self.register_parameter(name, nn.Parameter(torch.empty(shape)))
         self.post_init()
 
     def extra_repr(self) -> str:
@@ -152,8 +152,8 @@ class SaeModel(SaePreTrainedModel):
     @property
     def features(self):
         """Feature metadata (`hf_sae.FeatureMetadata`) from `<folder>/features/`, read on first use."""
-        if getattr(self, "_features", None) is None and SaeModel.feature_loader is not None:
-            self._features = SaeModel.feature_loader(self)
+        if getattr(self, "_features", None) is None:
+            self._features = load_features(self)
         return getattr(self, "_features", None)
 
     @features.setter
@@ -340,11 +340,8 @@ class SaeModel(SaePreTrainedModel):
         push = {k: kwargs.pop(k) for k in PUSH_ARGUMENTS if k in kwargs} if push_to_hub else {}
         super().save_pretrained(save_directory, *args, **kwargs)
         if model_card and kwargs.get("is_main_process", True):
-            from .layout import README, write_text
-            from .model_card import card_data, render_card
-
             folder = Path(save_directory)
-            hookpoint = self.config.hookpoint or "sae"
+            hookpoint = self.config.hookpoint or SINGLE_SAE_KEY
             card = render_card({hookpoint: folder}, folder.resolve().name, None, card_data(folder / README), True)
             write_text(folder / README, str(card))
         if push_to_hub:  # hf_sae's checked one-commit upload, not transformers' generic one
@@ -353,12 +350,8 @@ class SaeModel(SaePreTrainedModel):
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | bool | None = None,
                     revision: str | None = None, commit_message: str | None = None, create_pr: bool = False,
                     **card_kwargs):  # fmt: skip
-        """Push this SAE to the top of `repo_id` with hf_sae's model card, in one commit, through
-        [`hf_sae.push_saes_to_hub`] (checked before upload); `card_kwargs`: `datasets`, `license`, `tags`."""
-        import tempfile
-
-        from .hub import CARD_ARGUMENTS, push_saes_to_hub
-
+        """Push this SAE to the top of `repo_id` with hf_sae's model card, in one commit, checked before upload;
+        `card_kwargs`: `datasets`, `license`, `tags`."""
         if unknown := sorted(set(card_kwargs) - set(CARD_ARGUMENTS)):
             raise TypeError(
                 f"SaeModel.push_to_hub does not take {unknown}: besides the repo and commit arguments it takes "
@@ -366,44 +359,58 @@ class SaeModel(SaePreTrainedModel):
             )
         with tempfile.TemporaryDirectory(prefix="hf-sae-push-") as tmp:
             self.save_pretrained(tmp, model_card=False)
-            return push_saes_to_hub(repo_id, tmp, private=bool(private), token=token, revision=revision,
-                                    commit_message=commit_message, create_pr=create_pr, **card_kwargs)  # fmt: skip
+            return push_folder(repo_id, Path(tmp), private=bool(private), token=token, revision=revision,
+                               commit_message=commit_message, create_pr=create_pr, **card_kwargs)  # fmt: skip
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """[`PreTrainedModel.from_pretrained`], strict about weights: a tensor whose shape disagrees with the config
         or that is missing raises [`WeightsError`]; a tensor this version does not know warns (a newer hf_sae).
 
-        A folder or Hub subfolder in another format (SAELens, sparsify, dictionary_learning, Gemma Scope, Llama
-        Scope) is detected from its files and converted (`hf_sae.convert`)."""
-        from .hub import network_errors  # the Hub layer builds on this module
-
-        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        The source (a folder, or a Hub repo and `subfolder`) is resolved once: from the Hub only the SAE's own files
+        are downloaded, and checked before any tensor is allocated. A folder in another format (SAELens, sparsify,
+        dictionary_learning, Gemma Scope, Llama Scope) is detected from its files and converted."""
+        source = pretrained_model_name_or_path
         with network_errors(f"Loading the SAE {str(source)!r}"):
-            return cls._from_pretrained_checked(source, *args, **kwargs)
+            if kwargs.get("config") is not None:  # the caller's config: only the weights are read from the source
+                return cls._checked_load(source, model_args, kwargs)
+            options = HubOptions(**{key: kwargs.pop(key) for key in HubOptions._fields if key in kwargs})
+            located = locate_sae(source, kwargs.pop("subfolder", None) or None, options)
+            if located.format == "hf_sae":
+                return cls._checked_load(located.folder, model_args, kwargs)
+            return converted_as_asked(cls.from_located(located), kwargs)
 
     @classmethod
-    def _from_pretrained_checked(cls, source, *args, **kwargs):
-        from .convert import load_converted  # convert builds SaeModels, so it imports this module
-        from .hub import sae_folder_to_load
+    def from_folder(cls, folder, *, hint: str | None = None, hookpoint: str | None = None,
+                    base_model: str | None = None) -> "SaeModel":  # fmt: skip
+        """The SAE in a local `folder` of any known format, every tensor mapped and every scale folded in; `hint` (a
+        release or repo name) says what a folder's own files may not, `hookpoint` and `base_model` override them."""
+        folder = Path(folder)
+        if (fmt := detect_format(folder)) is None:
+            raise unknown_format_error(folder)
+        return cls.from_located(Located(folder, fmt, hookpoint, hint, base_model))
 
-        hub_kwargs = {k: kwargs.get(k) for k in ("subfolder", "revision", "token", "cache_dir")}
-        local = kwargs.get("local_files_only", False)
-        converted = None if source is None else load_converted(source, **hub_kwargs, local_files_only=local)
-        if converted is not None:
-            return converted_as_asked(converted, kwargs)
-        if source is not None and "config" not in kwargs:  # config and weights header, before any allocation
-            sae_folder_to_load(source, **hub_kwargs, local_files_only=local)
+    @classmethod
+    def from_located(cls, located: Located) -> "SaeModel":
+        """Build the SAE a `hub_client.locate_sae(s)` found: hf_sae's own format through `from_pretrained`, another
+        one from the config and tensors its reader returns."""
+        if located.format == "hf_sae":
+            return cls.from_pretrained(located.folder)
+        config, tensors = read_format(located.folder, located.format, hint=located.hint, hookpoint=located.hookpoint,
+                                      base_model=located.base_model)  # fmt: skip
+        with torch.device("meta"):
+            sae = cls(config)
+        sae.load_state_dict({k: v.contiguous() for k, v in tensors.items()}, strict=True, assign=True)
+        sae.config._name_or_path = sae.name_or_path = str(located.folder)
+        return sae.eval()
+
+    @classmethod
+    def _checked_load(cls, source, model_args, kwargs):
         want_info = kwargs.pop("output_loading_info", False)
         kwargs.setdefault("ignore_mismatched_sizes", True)  # so that we, not a generic report, explain the mismatch
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-        for name, saved, expected in sorted(info["mismatched_keys"]):
-            raise WeightsError(
-                f"Weight `{name}` in {source} has shape {tuple(saved)} but its config (d_in={model.config.d_in}, "
-                f"num_latents={model.config.num_latents}) expects {tuple(expected)}. The weights file and "
-                "config.json do not belong together: re-save the SAE or fix config.json."
-            )
+        model, info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
+        if info["mismatched_keys"]:
+            raise wrong_shapes_error(source, model.config, sorted(info["mismatched_keys"]))
         if info["missing_keys"]:
             raise WeightsError(
                 f"The weights in {source} lack {sorted(info['missing_keys'])}, which a "
@@ -433,15 +440,33 @@ def _auxk_loss(x: Tensor, residual: Tensor, aux_reconstruction: Tensor) -> Tenso
     return error / residual_variance * input_variance_per_token
 
 
-def as_torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """A loading argument's dtype: a torch.dtype or its name (`"bfloat16"`, `"torch.float16"`); None or `"auto"`
-    keep the saved one."""
-    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
-        return None if dtype == "auto" else dtype
-    value = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise SaeConfigError(f"`dtype` must be a floating torch dtype or its name (e.g. 'bfloat16'); got {dtype!r}.")
-    return value
+def saes_by_hookpoint(saes: SaesLike, taker: str) -> dict[str, SaeModel]:
+    """`{hookpoint: sae}` from one SAE, a list of SAEs whose configs name their hookpoints, or such a dict; `taker`
+    names the function in the errors."""
+    if isinstance(saes, str) or not isinstance(saes, Mapping | SaeModel | Iterable):
+        raise HookpointError(
+            f"{taker} takes SAEs: a SaeModel, a list of them or a dict {{hookpoint: SaeModel}}; got {saes!r}. Load "
+            "them with `hf_sae.load_saes(repo_or_dir)`, or one with `SaeModel.from_pretrained(path)`."
+        )
+    pairs = (
+        list(saes.items())
+        if isinstance(saes, Mapping)
+        else [(None, sae) for sae in ([saes] if isinstance(saes, SaeModel) else saes)]
+    )
+    if others := [sae for _, sae in pairs if not isinstance(sae, SaeModel)]:
+        raise HookpointError(
+            f"{taker} takes SaeModel objects; got {others[0]!r} ({type(others[0]).__name__}). Load SAEs with "
+            "`hf_sae.load_saes(repo_or_dir)` or `SaeModel.from_pretrained(path)`."
+        )
+    if isinstance(saes, Mapping):
+        return dict(pairs)
+    names = [sae.config.hookpoint for _, sae in pairs]
+    if None in names or len(set(names)) < len(names):
+        raise HookpointError(
+            f"SAEs given as a list must each read their own hookpoint, set in `config.hookpoint`; got {names}. "
+            "Pass a dict `{hookpoint: sae}` instead."
+        )
+    return dict(zip(names, (sae for _, sae in pairs)))
 
 
 def converted_as_asked(sae: SaeModel, kwargs: Mapping) -> SaeModel | tuple[SaeModel, dict]:
@@ -450,7 +475,7 @@ def converted_as_asked(sae: SaeModel, kwargs: Mapping) -> SaeModel | tuple[SaeMo
     device = kwargs.get("device_map")
     device = device.get("") if isinstance(device, Mapping) else device  # {"": device}: the whole model there
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else None
+        device = default_device()
     sae = sae.to(device=device, dtype=as_torch_dtype(kwargs.get("dtype", kwargs.get("torch_dtype")))).eval()
     if kwargs.get("output_loading_info"):
         return sae, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}

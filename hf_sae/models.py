@@ -1,9 +1,17 @@
 """Load the language model to study: a Hub id, a local directory, or the built-in offline default
-(`hf_sae.offline.builtin_models`)."""
+(`hf_sae.offline.builtin_models`).
 
+    load_model                 an LM and its tokenizer, from the same source arguments
+    model_skeleton             its config and module tree without weights, to check names before loading
+    load_lm                    the frozen LM a run's `LanguageModelArguments` name, on a device or a device map
+    check_against_lm_config    hookpoints and context size against the LM, before its weights load
+    load_saes_and_lm           SAEs and their LM (by default their base model), checked against each other
+"""
+
+import dataclasses
 import os
-import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import (
@@ -16,13 +24,26 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.utils import logging
 
-from .errors import ModelNotFoundError
-from .offline.builtin_models import BUILTIN_MODELS, DEFAULT_MODEL, converted_copy, load_builtin, require_gguf
+from .data import check_context_size
+from .errors import ArgumentError, ModelNotFoundError
+from .hookpoints import resolve_hookpoints
+from .hub import load_saes
+from .layout import find_sae_folders
+from .offline.builtin_models import (
+    BUILTIN_MODELS,
+    DEFAULT_MODEL,
+    builtin_name,
+    converted_copy,
+    load_builtin,
+    require_gguf,
+)
+from .precision import default_device
+from .sources import is_hub_id, local_path
+
+if TYPE_CHECKING:  # the argument groups sit above the LM side; only their fields are read here
+    from .arguments import LanguageModelArguments
 
 logger = logging.get_logger(__name__)
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
 def load_model(
@@ -95,8 +116,8 @@ def model_skeleton(
 
 def _resolve_source(name: str, gguf_file: str | None) -> tuple[str, str | None]:
     """Check a local path or Hub id before anything heavy; a ``.gguf`` file path becomes (folder, file name)."""
-    path = Path(name).expanduser()
-    if path.exists():
+    path = local_path(name, "The model", ModelNotFoundError)
+    if path is not None:
         if path.is_file():
             if path.suffix != ".gguf":
                 raise ModelNotFoundError(
@@ -105,11 +126,10 @@ def _resolve_source(name: str, gguf_file: str | None) -> tuple[str, str | None]:
                 )
             return str(path.parent), path.name
         return str(path), gguf_file
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(".gguf") or "\\" in name
-    if looks_local or not _HUB_ID.match(name):
+    if not is_hub_id(name):
         raise ModelNotFoundError(
             f"Expected a built-in model name ({', '.join(BUILTIN_MODELS)}), a Hub id like 'org/name', or an "
-            f"existing local path; received {name!r}, which does not exist locally. Check the path."
+            f"existing local path; received {name!r}, which is none of them. Check the name."
         )
     return name, gguf_file
 
@@ -132,3 +152,68 @@ def _load_config(name: str, shared: dict):
             "AutoModelForCausalLM cannot load. Pick a decoder model (e.g. Llama, GPT-2, Gemma)."
         )
     return config
+
+
+def load_lm(lm_args: "LanguageModelArguments", device):
+    """The frozen LM on `device`, or spread over the GPUs of this machine by `--lm_device_map` (e.g. `auto`)."""
+    where = {"device_map": lm_args.lm_device_map} if lm_args.lm_device_map else {"device": device}
+    model, tokenizer = load_model(lm_args.model_name_or_path, **where)
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def check_against_lm_config(
+    lm_args: "LanguageModelArguments", hookpoints: list[str], context_size: int | None = None
+) -> None:
+    """Hookpoints and context size checked against the LM's config and module tree, before its weights load."""
+    skeleton = model_skeleton(lm_args.model_name_or_path)
+    if skeleton is not None:
+        resolve_hookpoints(skeleton, hookpoints)  # unknown names fail here, listing the closest
+        if context_size is not None:
+            check_context_size(context_size, max_positions(skeleton))
+
+
+def max_positions(model) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def load_saes_and_lm(
+    source: str,
+    hookpoints: list[str] | None,
+    lm_args: "LanguageModelArguments",
+    *,
+    revision: str | None = None,
+    device: str | None = None,
+    read_at: str | None = None,
+):
+    """`(saes, model, tokenizer)`: SAEs by hookpoint from a local folder (a training run's too: only its SAE
+    folders count, not its checkpoints or logs) or a Hub repo, and their LM, by default their base model (the
+    built-in offline copy when that is the built-in model's Hub id). The SAEs' hookpoints (or `read_at`, where
+    they are read elsewhere) must be modules of that LM, checked before its weights load."""
+    path = Path(source).expanduser()
+    if path.is_dir() and hookpoints is None:
+        hookpoints = list(find_sae_folders(path)[0]) or None
+    saes = load_saes(source, hookpoints, revision=revision)
+    name = lm_args.model_name_or_path
+    if name is None:
+        names = {sae.config.base_model_name_or_path for sae in saes.values()} - {None}
+        if len(names) > 1:
+            raise ArgumentError(f"These SAEs come from different models ({sorted(names)}); pass --model_name_or_path.")
+        name = builtin_name(names.pop() if names else None)
+    lm_args = dataclasses.replace(lm_args, model_name_or_path=name)
+    sites = [h for n, sae in saes.items() for h in (sae.config.hookpoint or n, sae.config.output_hookpoint) if h]
+    check_against_lm_config(lm_args, [read_at] if read_at else sites)
+    model, tokenizer = load_lm(lm_args, device or default_device())
+    return {h: sae.to(model.device).eval() for h, sae in saes.items()}, model, tokenizer
+
+
+def load_sae_and_lm(sae_dir: str, lm_args: "LanguageModelArguments", *, device: str | None = None,
+                    read_at: str | None = None):  # fmt: skip
+    """`(sae, model, tokenizer)` for one SAE folder, as `load_saes_and_lm`."""
+    path = Path(sae_dir).expanduser()
+    if not path.is_dir():
+        raise ArgumentError(f"--sae must be a local SAE folder (config.json, model.safetensors); got {sae_dir!r}.")
+    saes, model, tokenizer = load_saes_and_lm(str(path), None, lm_args, device=device, read_at=read_at)
+    if len(saes) != 1:
+        raise ArgumentError(f"{sae_dir} holds {len(saes)} SAEs ({list(saes)}); pass the folder of one of them.")
+    return next(iter(saes.values())), model, tokenizer

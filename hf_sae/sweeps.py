@@ -14,6 +14,9 @@ sweep:
 
 Entry `name` (default: its settings, e.g. `k64-lr0.0003`) is its folder in `--output_dir`, which then holds a
 complete run for each entry, `<output_dir>/<name>/<hookpoint>/` with `metrics.json` beside the SAE.
+
+    sweep_runs   the configurations to train, every entry checked before anything expensive
+    save_runs    each configuration's SAEs, metrics and arguments, in its folder
 """
 
 import dataclasses
@@ -24,6 +27,8 @@ from pathlib import Path
 
 from .arguments import SaeArguments
 from .errors import ArgumentError
+from .hub import save_saes
+from .layout import METRICS, TRAINING_ARGS, sae_metrics, write_json
 
 # Each key an entry may set, with the types its value may have.
 SWEEP_KEYS: dict[str, tuple[type, ...]] = {
@@ -115,3 +120,19 @@ def _default_name(entry: dict, index: int) -> str:
     parts = [entry["architecture"]] if "architecture" in entry else []
     parts += [f"{_SHORT[key]}{entry[key]:g}" for key in _SHORT if key in entry]
     return "-".join(parts) or f"sweep{index}"
+
+
+def save_runs(runs: list[SweepRun], trained: dict, report: dict, out: Path, settings: dict) -> None:
+    """Each configuration's SAEs, metrics and arguments (`settings`, the run's): in `out` itself without a sweep,
+    else each in `out/<name>`, with every SAE's metrics and the sweep's arguments in `out` too."""
+    for run in runs:
+        names = {h: name for name in trained if (h := trained[name].config.hookpoint) and run.sae_name(h) == name}
+        folder = out if run.name is None else out / run.name
+        save_saes({h: trained[name] for h, name in names.items()}, folder,
+                  metrics={h: sae_metrics(report[name]) for h, name in names.items()})  # fmt: skip
+        if run.name is not None:  # what reproduces this configuration alone
+            write_json(folder / METRICS, {h: report[name] for h, name in names.items()})
+            sae_settings = dataclasses.asdict(run.sae_args) | {"learning_rate": run.learning_rate}
+            write_json(folder / TRAINING_ARGS, settings | sae_settings | {"output_dir": str(folder)})
+    write_json(out / METRICS, report)
+    write_json(out / TRAINING_ARGS, settings)

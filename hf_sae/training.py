@@ -5,15 +5,17 @@ activations from its own shard of the text with its own frozen copy of the LM; o
 prepared, so gradients are averaged across processes and the SAEs stay identical. Several SAEs (several hookpoints,
 or several configurations on one hookpoint) train from one LM forward. The hot loop never waits on the host except
 on logging steps and checkpoints: metrics and the non-finite check are read there, in one transfer.
+
+    TrainerState       what a resumed run needs besides weights: step, scales, tokens since each latent fired
+    SaeTrainer         prepare (scales, b_dec, optimiser) -> step (one optimiser step) -> trained_saes
+    make_accelerator   the run's Accelerator, refusing a launch it would misread
+The schedules are `schedules.Schedule`'s; checkpoints are written and restored by `checkpoints`.
 """
 
-import errno
 import itertools
 import json
 import math
 import os
-import pickle
-import shutil
 import time
 from dataclasses import asdict
 from datetime import timedelta
@@ -27,20 +29,15 @@ from tqdm.auto import tqdm
 
 from .activations import ShufflingBuffer
 from .arguments import SaeTrainingArguments
+from .checkpoints import load_weights, restore_checkpoint, save_checkpoint
 from .configuration_sae import SaeConfig
 from .distribution import gather_to_main, send_to_owners
 from .errors import TrainingError
-from .layout import replace_folder, write_failure
-from .lm_forward import bf16_is_faster
 from .modeling_sae import SaeModel
+from .precision import default_device, resolve_mixed_precision
+from .schedules import Schedule
 
 logger = get_logger(__name__)
-
-CHECKPOINT_PREFIX = "checkpoint-"
-RUN_KEY = "run"  # in trainer_state.pt: the run's signature, compared on resume
-# The arguments a resumed run must share with its checkpoint: they decide the text, its order and the batches.
-RESUME_ARGUMENTS = ("dataset_name", "dataset_config_name", "dataset_split", "dataset_weights", "context_size",
-                    "shuffle_seed", "batch_size", "gradient_accumulation_steps", "activation_cache")  # fmt: skip
 
 
 class TrainerState:
@@ -97,6 +94,7 @@ class SaeTrainer:
         self.accelerator = accelerator or make_accelerator(args)
         self.saes = saes
         self.state = TrainerState(list(saes), self.accelerator.num_processes)
+        self.schedule = Schedule(args)
         self.output_dir = Path(args.output_dir)
 
     # ---- setup ----------------------------------------------------------------------------------
@@ -135,10 +133,13 @@ class SaeTrainer:
         for batch in self.buffer:
             yield send_to_owners(batch, self.owners, rank) if self.owners else batch
 
-    def _prepare(self) -> None:
-        """Optimiser, scheduler and (under several processes) DDP wrappers. `_initialise_from_data` runs first: DDP
-        broadcasts rank 0's parameters when it wraps a module, so b_dec must already hold its data-derived value
+    def prepare(self, first_batch: dict[str, torch.Tensor] | None = None) -> None:
+        """Optimiser, scheduler and (under several processes) DDP wrappers, after initialising scales and b_dec from
+        `first_batch` (a new run's first optimiser step; a resumed run has them from its checkpoint). In this order:
+        DDP broadcasts rank 0's parameters when it wraps a module, so b_dec must already hold its data-derived value
         (the same on every rank, being averaged), and Adam must see the parameters it will step."""
+        if first_batch is not None:
+            self._initialise_from_data(first_batch)
         names = list(self.saes)
         params = [
             {"params": list(sae.parameters()), "lr": self.learning_rates[name]} for name, sae in self.saes.items()
@@ -150,7 +151,7 @@ class SaeTrainer:
         self.wrapped = dict(zip(names, prepared[:-1])) if models else dict(self.saes)  # what the step calls
         self.optimizer = prepared[-1] if models else prepared
         # Not prepared: accelerate would step a prepared scheduler once per process at every optimiser step.
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, self.args.lr_lambda)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, self.schedule.lr_lambda)
         for sae in self.saes.values():
             if sae.uses_unit_norm_decoder:
                 sae.normalize_decoder_()
@@ -164,35 +165,35 @@ class SaeTrainer:
     def train(self) -> dict[str, SaeModel]:
         """Train, and return copies of the SAEs that take raw activations (`trained_saes`). Trackers stay open, and
         the process group with them, until `end()`."""
-        args, acc = self.args, self.accelerator
+        args, acc, num_steps = self.args, self.accelerator, self.schedule.num_steps
         micro_steps = args.gradient_accumulation_steps
-        bar = tqdm(total=args.num_steps, disable=not acc.is_local_main_process, unit="step")
+        bar = tqdm(total=num_steps, disable=not acc.is_local_main_process, unit="step")
         if hasattr(self.buffer, "on_status"):  # the bar says what the buffer is doing from the first chunk
             self.buffer.on_status = bar.set_description
         else:  # a source that never waits on harvesting (a cache replay)
             bar.set_description("training")
         batches = self._batches()
-        resumed = self._maybe_resume()
-        if not resumed:
+        resumed = restore_checkpoint(self)
+        if resumed:
+            self.prepare()
+            load_weights(self)
+        else:
             first = list(itertools.islice(batches, micro_steps))
             if not first:
                 raise TrainingError("The data produced no activations; check the dataset and context size.")
-            self._initialise_from_data({h: torch.cat([b[h] for b in first]) for h in first[0]})
+            self.prepare({h: torch.cat([b[h] for b in first]) for h in first[0]})
             batches = itertools.chain(first, batches)
-        self._prepare()
-        if resumed:
-            self._load_weights()
         if acc.is_main_process and args.report_to != "none":
             acc.init_trackers("hf_sae", config=_loggable(self.hparams))
         self._log_start()
         bar.update(self.state.step)
         start, start_tokens = time.perf_counter(), self.state.tokens
-        while self.state.step < args.num_steps:
+        while self.state.step < num_steps:
             micro_batches = list(itertools.islice(batches, micro_steps))
             if len(micro_batches) < micro_steps:
-                logger.warning(f"The data ran out after {self.state.step} steps of {args.num_steps}.")
+                logger.warning(f"The data ran out after {self.state.step} steps of {num_steps}.")
                 break
-            metrics = self._step(micro_batches)
+            metrics = self.step(micro_batches)
             self.state.step += 1
             self.state.tokens += args.batch_size
             bar.update(1)
@@ -200,7 +201,7 @@ class SaeTrainer:
                 rate = (self.state.tokens - start_tokens) / (time.perf_counter() - start)
                 bar.set_postfix(_postfix(metrics, rate))
                 acc.log({**metrics, "tokens_per_second": rate}, step=self.state.step)
-            if args.save_steps and self.state.step % args.save_steps == 0 and self.state.step < args.num_steps:
+            if args.save_steps and self.state.step % args.save_steps == 0 and self.state.step < num_steps:
                 self.check_finite()
                 self.save_checkpoint()
         bar.close()
@@ -233,9 +234,10 @@ class SaeTrainer:
         """Close the trackers (and accelerate's process group): the last call of a run, after every collective."""
         self.accelerator.end_training()
 
-    def _step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float] | None:
+    def step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float] | None:
         """One optimiser step over `gradient_accumulation_steps` micro-batches (the accelerate way: gradients
-        synchronise on the last one only). Returns the metrics on logging steps, else None (no host sync)."""
+        synchronise on the last one only), once `prepare` has run. Returns the metrics on logging steps, else None (no
+        host sync)."""
         args, acc = self.args, self.accelerator
         for batch in micro_batches:
             with acc.accumulate(*self.wrapped.values()):
@@ -258,7 +260,7 @@ class SaeTrainer:
             if sae.uses_unit_norm_decoder:
                 sae.normalize_decoder_()
         step = self.state.step + 1
-        if step % args.logging_steps and step != args.num_steps:
+        if step % args.logging_steps and step != self.schedule.num_steps:
             return None
         self.check_finite()
         return self._metrics(outputs)
@@ -273,7 +275,7 @@ class SaeTrainer:
             target = None
             if sae.config.is_transcoder:
                 target = self._scaled(batch[sae.config.output_hookpoint], sae, self.state.output_scales[name])
-            coefficient = sae.config.sparsity_coefficient * self.args.sparsity_scale(self.state.step)
+            coefficient = sae.config.sparsity_coefficient * self.schedule.sparsity_scale(self.state.step)
             with self.accelerator.autocast():  # the SAE step's precision (`mixed_precision`), prepared or not
                 out = wrapped(x, target, dead_latents=self.dead_latents(name), return_latents=False,
                               return_loss=True, sparsity_coefficient=coefficient)  # fmt: skip
@@ -332,118 +334,15 @@ class SaeTrainer:
     def _log_start(self) -> None:
         n_params = sum(p.numel() for sae in self.saes.values() for p in sae.parameters())
         logger.info(
-            f"Training {len(self.saes)} SAE(s) ({n_params:,} parameters) for {self.args.num_steps} steps of "
+            f"Training {len(self.saes)} SAE(s) ({n_params:,} parameters) for {self.schedule.num_steps} steps of "
             f"{self.args.batch_size} tokens on {self.accelerator.num_processes} process(es); "
-            f"lr {self.args.learning_rate}, dead after {self.args.dead_window():,} tokens.",
+            f"lr {self.args.learning_rate}, dead after {self.schedule.dead_window:,} tokens.",
             main_process_only=True,
         )
 
-    # ---- checkpoints ----------------------------------------------------------------------------
-
     def save_checkpoint(self) -> Path:
-        """Write `checkpoint-<step>` atomically: into a temporary folder, renamed once every process has written.
-
-        Tensors and plain values only, loaded back with `weights_only=True` (accelerate's `save_state` would pickle
-        registered objects and load them with code execution): `trainer_state.pt` (step, counters, scales),
-        `weights_rank{r}.pt` (SAEs, optimiser, scheduler, fp16 loss scaler; rank 0's only under data parallelism,
-        where they are the same on every rank) and `buffer_rank{r}.pt` (each rank's place in its data)."""
-        acc, rank = self.accelerator, self.accelerator.process_index
-        final = self.output_dir / f"{CHECKPOINT_PREFIX}{self.state.step}"
-        tmp = final.with_name(final.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        files = {f"buffer_rank{rank}.pt": self.buffer.state_dict()}
-        if self.owners or acc.is_main_process:
-            files[f"weights_rank{rank}.pt"] = {
-                "saes": {n: sae.state_dict() for n, sae in self.saes.items()}, "state": self.state.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}  # fmt: skip
-            if acc.scaler is not None:  # fp16: a resumed run goes on with the loss scale it had learnt
-                files[f"weights_rank{rank}.pt"]["scaler"] = acc.scaler.state_dict()
-        if acc.is_main_process:
-            files["trainer_state.pt"] = {**self.state.state_dict(), RUN_KEY: self.run_signature()}
-        need = sum(_tensor_bytes(value) for value in files.values())
-        name = next(iter(files))
-        try:
-            if shutil.disk_usage(tmp).free < need:  # refuse before writing half a checkpoint
-                raise OSError(errno.ENOSPC, "not enough free space for the checkpoint", str(tmp))
-            for name, value in files.items():
-                torch.save(value, tmp / name)
-        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
-            shutil.rmtree(tmp, ignore_errors=True)
-            failure = error if isinstance(error, OSError) else OSError(errno.EIO, str(error), str(tmp / name))
-            raise TrainingError(
-                f"Checkpoint {final.name} could not be saved: {write_failure(failure, tmp, need)}. Its temporary "
-                f"folder was removed; the intact checkpoints are {[p.name for p in _checkpoints(self.output_dir)]} "
-                f"in {self.output_dir}. Free some space, then resume with --resume_from_checkpoint latest."
-            ) from error
-        acc.wait_for_everyone()
-        if acc.is_main_process:  # a run resumed from an older checkpoint replaces the abandoned later ones
-            replace_folder(tmp, final)
-            for old in _checkpoints(self.output_dir)[: -self.args.save_total_limit or None]:
-                shutil.rmtree(old)
-        acc.wait_for_everyone()
-        return final
-
-    def _maybe_resume(self) -> Path | None:
-        """Restore step, counters and the data position from a checkpoint (weights follow in `_load_weights`, once
-        the optimiser exists)."""
-        path = resume_checkpoint(self.args)
-        if path is None:
-            return None
-        saved = _load_checkpoint_file(path / "trainer_state.pt")
-        self._check_same_run(path, saved.pop(RUN_KEY, None))
-        world = self.accelerator.num_processes
-        if saved.get("world_size", 1) != world:
-            raise TrainingError(
-                f"{path} was written by a run on {saved.get('world_size', 1)} process(es); this one has {world}. "
-                "Each process resumes its own shard of the data, so resume with the same number of processes."
-            )
-        self.resumed_weights = _load_checkpoint_file(self._weights_file(path))
-        if self.owners:  # each rank's counters and scales belong to its own SAEs
-            saved = self.resumed_weights["state"]
-        self.state.load_state_dict(saved, {name: sae.device for name, sae in self.saes.items()})
-        self.buffer.load_state_dict(_load_checkpoint_file(path / f"buffer_rank{self.accelerator.process_index}.pt"))
-        logger.info(f"Resuming from {path} at step {self.state.step}.", main_process_only=True)
-        return path
-
-    def run_signature(self) -> dict:
-        """What a checkpoint must share with the run that resumes it: each SAE's config (architecture, widths, k,
-        hookpoint, base model) and the arguments that decide the data and its batches."""
-        saes = {name: {key: sae.config.to_dict().get(key) for key in sorted(SaeConfig.__annotations__)
-                       if key != "hf_sae_version"} for name, sae in self.saes.items()}  # fmt: skip
-        return {"saes": saes, "args": {key: self.hparams.get(key) for key in RESUME_ARGUMENTS}}
-
-    def _check_same_run(self, path: Path, saved: dict | None) -> None:
-        if saved is None:
-            return  # written before checkpoints recorded their run
-        now, differences = self.run_signature(), []
-        for name in sorted(set(saved["saes"]) | set(now["saes"])):
-            before, after = saved["saes"].get(name), now["saes"].get(name)
-            if before is None or after is None:
-                differences.append(f"SAE {name!r}: {'not in the checkpoint' if before is None else 'not in this run'}")
-                continue
-            keys = sorted(set(before) | set(after))
-            differences += [f"{name} {key}: checkpoint {before.get(key)!r}, now {after.get(key)!r}"
-                            for key in keys if before.get(key) != after.get(key)]  # fmt: skip
-        differences += [f"--{key}: checkpoint {value!r}, now {now['args'].get(key)!r}"
-                        for key, value in saved["args"].items() if value != now["args"].get(key)]  # fmt: skip
-        if differences:
-            raise TrainingError(
-                f"{path} is from a run with other arguments: {'; '.join(differences)}. Resume with the arguments it "
-                f"was trained with (the run's {self.output_dir}/training_args.json has them), or start a new run in "
-                "another --output_dir."
-            )
-
-    def _weights_file(self, path: Path) -> Path:
-        return path / f"weights_rank{self.accelerator.process_index if self.owners else 0}.pt"
-
-    def _load_weights(self) -> None:
-        weights = self.resumed_weights
-        for name, sae in self.saes.items():
-            sae.load_state_dict(weights["saes"][name])
-        self.optimizer.load_state_dict(weights["optimizer"])
-        self.scheduler.load_state_dict(weights["scheduler"])
-        if self.accelerator.scaler is not None and "scaler" in weights:
-            self.accelerator.scaler.load_state_dict(weights["scaler"])
+        """Write `checkpoint-<step>` (see `checkpoints`): every process takes part."""
+        return save_checkpoint(self)
 
     # ---- results --------------------------------------------------------------------------------
 
@@ -460,8 +359,8 @@ class SaeTrainer:
         return result
 
     def dead_latents(self, name: str) -> torch.Tensor:
-        """(num_latents,) bool: latents that have not fired for `dead_window()` tokens."""
-        return self.state.tokens_since_fired[name] >= self.args.dead_window()
+        """(num_latents,) bool: latents that have not fired for the schedule's `dead_window` tokens."""
+        return self.state.tokens_since_fired[name] >= self.schedule.dead_window
 
     def dead_fractions(self) -> dict[str, dict[str, float]]:
         """Training-time dead and never-fired fractions of every SAE (on the main process, with distributed
@@ -494,7 +393,7 @@ def make_accelerator(args: SaeTrainingArguments) -> Accelerator:
         raise TrainingError(_LAUNCH_HELP.format(launched=launched, seen="no launcher's rank and rendezvous"))
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
+        cpu=default_device() == "cpu",
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=args.output_dir,
         mixed_precision=resolve_mixed_precision(args.mixed_precision),
@@ -505,13 +404,6 @@ def make_accelerator(args: SaeTrainingArguments) -> Accelerator:
         seen = f"{accelerator.num_processes} process(es) in accelerate"
         raise TrainingError(_LAUNCH_HELP.format(launched=launched, seen=seen))
     return accelerator
-
-
-def resolve_mixed_precision(mixed_precision: str | None) -> str | None:
-    """`auto`: bf16 autocast for the SAE step where this machine multiplies bf16 faster (as for the LM), else fp32."""
-    if mixed_precision != "auto":
-        return mixed_precision
-    return "bf16" if bf16_is_faster("cuda" if torch.cuda.is_available() else "cpu") else "no"
 
 
 def geometric_median(points: torch.Tensor, iterations: int = 50) -> torch.Tensor:
@@ -526,81 +418,6 @@ def geometric_median(points: torch.Tensor, iterations: int = 50) -> torch.Tensor
     return median
 
 
-def resume_checkpoint(args: SaeTrainingArguments) -> Path | None:
-    """The checkpoint `--resume_from_checkpoint` names (`latest`: the newest in output_dir; a bare name such as
-    `checkpoint-500` that is no folder here: the one in output_dir), or None for a new run."""
-    choice = args.resume_from_checkpoint
-    if not choice:
-        return None
-    found = _checkpoints(Path(args.output_dir))
-    path = (found[-1] if found else None) if choice == "latest" else Path(choice)
-    if path is not None and not path.exists() and not path.is_absolute() and (Path(args.output_dir) / path).exists():
-        path = Path(args.output_dir) / path
-    if path is None or not (path / "trainer_state.pt").exists():
-        where = f"{args.output_dir} holds no checkpoint" if path is None else f"No complete checkpoint at {path}"
-        raise TrainingError(
-            f"--resume_from_checkpoint {choice}: {where}. Expected a `{CHECKPOINT_PREFIX}<step>` folder written by "
-            f"hf_sae (found in {args.output_dir}: {[p.name for p in found]}). Drop the flag to start a new run."
-        )
-    return path
-
-
-def check_output_dir(args: SaeTrainingArguments) -> None:
-    """Refuse an output directory holding another run unless told to overwrite it or resume from it (which must
-    exist: checked here, before anything loads)."""
-    path = Path(args.output_dir)
-    if resume_checkpoint(args) or not path.exists() or not any(path.iterdir()):
-        return
-    if not args.overwrite_output_dir:
-        raise TrainingError(
-            f"Output directory {path} already holds a run ({', '.join(sorted(p.name for p in path.iterdir())[:5])}). "
-            "Pass --overwrite_output_dir to replace it, --resume_from_checkpoint latest to continue it, or choose "
-            "another --output_dir."
-        )
-
-
-def _load_checkpoint_file(path: Path):
-    """A checkpoint file hf_sae wrote: tensors and plain values only (`weights_only`), so a file that asks to run
-    code, or a damaged one, is refused and never executed."""
-    try:
-        return torch.load(path, weights_only=True)
-    except CHECKPOINT_ERRORS as error:
-        others = [p for p in _checkpoints(path.parent.parent) if p != path.parent]
-        intact = next((p for p in reversed(others) if _is_intact(p)), None)
-        advice = (f"the newest intact one is {intact}: resume from it with --resume_from_checkpoint {intact}"
-                  if intact else "none is intact, so the run must start again")  # fmt: skip
-        raise TrainingError(
-            f"{path} cannot be loaded as a checkpoint hf_sae wrote ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); it is damaged, or holds more than tensors and "
-            f"plain values and is refused rather than run. Other checkpoints in {path.parent.parent}: "
-            f"{[p.name for p in others] or 'none'}; {advice}."
-        ) from None
-
-
-CHECKPOINT_ERRORS = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError)
-
-
-def _tensor_bytes(value) -> int:
-    """Bytes of the tensors in a nested state dict: about what `torch.save` writes."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        return sum(_tensor_bytes(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return sum(_tensor_bytes(v) for v in value)
-    return 0
-
-
-def _is_intact(checkpoint: Path) -> bool:
-    """Whether every file of `checkpoint` loads (tensors and plain values only)."""
-    try:
-        for file in checkpoint.glob("*.pt"):
-            torch.load(file, weights_only=True)
-    except CHECKPOINT_ERRORS:
-        return False
-    return (checkpoint / "trainer_state.pt").is_file()
-
-
 def _merge_parts(parts: list) -> tuple[dict[str, SaeModel], dict]:
     """Rebuild the SAEs every rank sent (`gather_to_main`) and merge their dead fractions."""
     saes, dead = {}, {}
@@ -611,11 +428,6 @@ def _merge_parts(parts: list) -> tuple[dict[str, SaeModel], dict]:
             saes[name] = sae.eval()
         dead |= fractions
     return saes, dead
-
-
-def _checkpoints(output_dir: Path) -> list[Path]:
-    found = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
 def _postfix(metrics: dict[str, float], rate: float) -> dict[str, str]:

@@ -34,21 +34,24 @@ Sections:
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from hf_sae.cli import local_launch
+from hf_sae.architectures import ARCHITECTURES as SAE_ARCHITECTURES
 from hf_sae.cpu_memory import keep_freed_memory
+from hf_sae.distribution import local_launch
 
 # The TopK step as a transcoder (with a skip term or not), predicting another activation of the same width.
 TRANSCODERS = {"topk_transcoder": ("topk", False), "topk_skip_transcoder": ("topk", True)}
-ARCHITECTURES = ("topk", "batchtopk", "matryoshka_batchtopk", "relu", "jumprelu", "gated", *TRANSCODERS)
+ARCHITECTURES = (*SAE_ARCHITECTURES, *TRANSCODERS)
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -82,15 +85,15 @@ def best_matmul(rows: int, inner: int, outer: int, device: str, dtype: torch.dty
     return rates[kernel], kernel
 
 
-def matmul_gflops(args, dtype: torch.dtype) -> float:
-    return best_matmul(args.batch_size, args.d_in, args.num_latents, args.device, dtype, args.repeats)[0]
+def encoder_matmul(args, precision: str) -> tuple[float, str]:
+    """The encoder's matmul, (batch, d_in) @ (d_in, num_latents): the roofline of the SAE step."""
+    return best_matmul(args.batch_size, args.d_in, args.num_latents, args.device, PRECISIONS[precision], args.repeats)
 
 
 def roofline(args) -> dict:
     results = {}
     for name in args.precisions:
-        shape = (args.batch_size, args.d_in, args.num_latents, args.device, PRECISIONS[name], args.repeats)
-        results[f"matmul_{name}_gflops"], results[f"matmul_{name}_kernel"] = best_matmul(*shape)
+        results[f"matmul_{name}_gflops"], results[f"matmul_{name}_kernel"] = encoder_matmul(args, name)
     return results
 
 
@@ -100,48 +103,53 @@ def peak_rss_mb() -> float:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
 
+def lm_dtype(args) -> torch.dtype | None:
+    """The LM forward's autocast dtype as a run of `hf-sae train` reads it here (its default `lm_dtype`)."""
+    from hf_sae.arguments import LanguageModelArguments
+
+    return LanguageModelArguments().reading(args.device).autocast_dtype
+
+
 def autocast(device: str, dtype: torch.dtype | None):
     return torch.autocast(torch.device(device).type, dtype=dtype) if dtype else nullcontext()
 
 
 def sae_step(args, architecture: str, precision: str) -> dict:
-    """Run in a fresh process (see main) so that its peak resident memory is its own."""
-    from hf_sae import ARCHITECTURES, SaeConfig, SaeModel
+    """The trainer's own optimiser step (`SaeTrainer.step`: forward with its loss, backward, clipping, Adam, the
+    schedule), on one stored batch. Run in a fresh process (`step_in_process`), so that its peak resident memory
+    and its accelerate state (the mixed precision is set once per process) are its own."""
+    from hf_sae import SaeConfig, SaeModel
+    from hf_sae.arguments import SaeTrainingArguments
+    from hf_sae.training import SaeTrainer
 
     torch.manual_seed(0)
     architecture, skip = TRANSCODERS.get(architecture, (architecture, None))
-    transcoder = (
-        {} if skip is None else {"output_hookpoint": "out", "skip_connection": skip, "apply_b_dec_to_input": False}
-    )
-    n = args.num_latents
-    uses_k = ARCHITECTURES[architecture].uses_k
-    k = args.k if uses_k else None
+    transcoder = {"output_hookpoint": "out", "skip_connection": skip, "apply_b_dec_to_input": False}
+    transcoder = {} if skip is None else transcoder
+    n, k = args.num_latents, args.k if SAE_ARCHITECTURES[architecture].uses_k else None
     groups = {"matryoshka_group_sizes": [n // 8, n // 8, n // 4, n - n // 2]} if "matryoshka" in architecture else {}
-    config = SaeConfig(d_in=args.d_in, num_latents=n, architecture=architecture, k=k, **groups, **transcoder)
+    config = SaeConfig(d_in=args.d_in, num_latents=n, architecture=architecture, k=k, hookpoint="in", **groups,
+                       **transcoder)  # fmt: skip
     sae = SaeModel(config).to(args.device).train()
-    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
     x = torch.randn(args.batch_size, args.d_in, device=args.device)
-    target = torch.randn(args.batch_size, args.d_in, device=args.device) if transcoder else None
-    if not uses_k:
+    batch = {"in": x, "out": torch.randn_like(x)} if transcoder else {"in": x}
+    with tempfile.TemporaryDirectory() as out:  # no logging steps, no checkpoints: the step alone
+        train = SaeTrainingArguments(train_tokens=args.batch_size * 1000, batch_size=args.batch_size, output_dir=out,
+                                     learning_rate=1e-4, b_dec_init="zero", normalize_activations=False,
+                                     mixed_precision="no" if precision == "fp32" else precision, logging_steps=10**9,
+                                     report_to="none", save_steps=0)  # fmt: skip
+        trainer = SaeTrainer(train, {"sae": sae}, buffer=None)
+        trainer.prepare(batch)
+    if k is None:
         with torch.no_grad():  # about k active latents per token, as a trained SAE of this sparsity has
             cut = sae.pre_activation(x).flatten()[: 2**24].quantile(1 - args.k / n)
             (sae.threshold.fill_(cut) if architecture == "jumprelu" else sae.b_enc.sub_(cut))
-    dead = torch.zeros(args.num_latents, dtype=torch.bool, device=args.device)
-    dtype = torch.bfloat16 if precision == "bf16" else None
-
-    def step():
-        with autocast(args.device, dtype):
-            out = sae(x, target, return_latents=False, dead_latents=dead)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     with torch.no_grad():
-        l0 = sae(x, target, return_latents=False).l0.item()
-    seconds = best_seconds(step, args.repeats)
+        l0 = sae(x, batch.get("out"), return_latents=False).l0.item()
+    seconds = best_seconds(lambda: trainer.step([batch]), args.repeats)
     peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else None
     # The roofline is measured again here, right after the step, so that both see the same machine load.
-    gflops = matmul_gflops(args, PRECISIONS[precision])
+    gflops = encoder_matmul(args, precision)[0]
     return {
         "tokens_per_second": args.batch_size / seconds,
         "step_ms": 1000 * seconds,
@@ -151,6 +159,13 @@ def sae_step(args, architecture: str, precision: str) -> dict:
         "peak_gpu_memory_mb": None if peak is None else peak / 2**20,
         "peak_rss_mb": peak_rss_mb() if args.device == "cpu" else None,
     }
+
+
+def step_in_process(args, architecture: str, precision: str) -> dict:
+    """`sae_step` in a fresh process of this script; a CPU run there sees no GPU (accelerate would move the SAE)."""
+    command = [sys.executable, __file__, "--_one_step", architecture, precision, *sys.argv[1:]]
+    env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {})}
+    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout)
 
 
 def token_batches(args, tokenizer, count: int) -> list[torch.Tensor]:
@@ -190,7 +205,7 @@ def harvest(args) -> dict:
     (stopped forward at the run's `lm_dtype`, counted tokens) against the forward's FLOP roofline, in the same run."""
     from hf_sae.activations import harvest as harvest_chunks
     from hf_sae.hookpoints import capture_activations
-    from hf_sae.lm_forward import lm_kernels, resolve_lm_dtype, special_token_ids
+    from hf_sae.lm_forward import lm_kernels, special_token_ids
     from hf_sae.models import load_model
 
     model, tokenizer = load_model(args.model, device=args.device)
@@ -210,7 +225,7 @@ def harvest(args) -> dict:
 
             seconds = best_seconds(forward, max(args.repeats // 3, 2), warmup=1)
             result[f"harvest_{mode}_{precision}_tokens_per_second"] = len(batches) * tokens / seconds
-    dtype, excluded = resolve_lm_dtype("auto", args.device), special_token_ids(tokenizer)
+    dtype, excluded = lm_dtype(args), special_token_ids(tokenizer)
 
     def pipeline():
         return list(harvest_chunks(model, [args.hookpoint], batches, exclude_token_ids=excluded, autocast_dtype=dtype))
@@ -228,11 +243,11 @@ def harvest(args) -> dict:
 def forward_settings(args) -> dict:
     """Stopped-forward tokens/s per setting, all on the same tokens and in the same run, so the settings compare."""
     from hf_sae.hookpoints import capture_activations
-    from hf_sae.lm_forward import resolve_lm_dtype, run_lm
+    from hf_sae.lm_forward import run_lm
     from hf_sae.models import load_model
 
     model, tokenizer = load_model(args.model, device=args.device)
-    dtype = resolve_lm_dtype("auto", args.device)
+    dtype = lm_dtype(args)
     tokens = torch.cat(token_batches(args, tokenizer, 3))  # (3 * lm_batch_size, context_size)
     repeats = max(args.repeats // 3, 2)
 
@@ -285,20 +300,20 @@ def forward_settings(args) -> dict:
     return result
 
 
-def end_to_end(args) -> dict:
-    import tempfile
+def e2e_settings(args, out: str) -> dict:
+    """The `hf-sae train` settings of the end-to-end runs: the loop alone, no held-out report, no checkpoints."""
+    return {"model_name_or_path": args.model, "hookpoints": [args.hookpoint], "k": args.k,
+            "num_latents": args.num_latents, "batch_size": args.batch_size, "train_tokens": args.e2e_tokens,
+            "context_size": args.context_size, "lm_batch_size": args.lm_batch_size, "report_to": "none",
+            "eval_tokens": 0, "save_steps": 0, "output_dir": out}  # fmt: skip
 
+
+def end_to_end(args) -> dict:
     from hf_sae.arguments import TRAIN_GROUPS, group_arguments
     from hf_sae.runners import train_saes
 
     with tempfile.TemporaryDirectory() as out:
-        groups = group_arguments(
-            TRAIN_GROUPS, model_name_or_path=args.model, hookpoints=[args.hookpoint], k=args.k,
-            num_latents=args.num_latents, batch_size=args.batch_size, train_tokens=args.e2e_tokens,
-            context_size=args.context_size, lm_batch_size=args.lm_batch_size, output_dir=out, report_to="none",
-            eval_tokens=0, save_steps=0,
-        )  # fmt: skip
-        report = train_saes(*groups)
+        report = train_saes(*group_arguments(TRAIN_GROUPS, **e2e_settings(args, out)))
     info = report[args.hookpoint]
     return {"e2e_tokens_per_second": info["train_tokens"] / info["train_seconds"]}
 
@@ -306,8 +321,6 @@ def end_to_end(args) -> dict:
 def replay(args) -> dict:
     """Cache write / replay tokens/s and the trainer's rate from a cache with 1 and `args.sweep_saes` SAEs. The cache
     holds random activations: writing and replaying them costs the same whatever the values."""
-    import tempfile
-
     import numpy as np
 
     from hf_sae.activation_cache import ActivationCache, CacheReplay, write_cache
@@ -326,15 +339,13 @@ def replay(args) -> dict:
         batches = iter(CacheReplay(cache, [hookpoint], args.batch_size))
         seconds = best_seconds(lambda: next(batches)[hookpoint].to(args.device, torch.float32), args.repeats * 3)
         result["replay_tokens_per_second"] = args.batch_size / seconds
-        step = sae_step(args, "topk", "fp32")["tokens_per_second"]
+        step = step_in_process(args, "topk", "fp32")["tokens_per_second"]
         result["replay_sae_step_tokens_per_second"] = step
         result["replay_fraction_of_step"] = result["replay_tokens_per_second"] / step
         for count in sorted({1, args.sweep_saes}):
             result[f"replay_train_{count}_saes_tokens_per_second"] = train_from_cache(args, cache, count)
-    one, many = (
-        result["replay_train_1_saes_tokens_per_second"],
-        result[f"replay_train_{args.sweep_saes}_saes_tokens_per_second"],
-    )
+    one = result["replay_train_1_saes_tokens_per_second"]
+    many = result[f"replay_train_{args.sweep_saes}_saes_tokens_per_second"]
     # Seconds per token of each SAE beyond the first, as a fraction of the seconds per token of one.
     result["sweep_marginal_cost_per_sae"] = (1 / many - 1 / one) / max(args.sweep_saes - 1, 1) / (1 / one)
     result["replay_train_fraction_of_step"] = one / step
@@ -343,8 +354,6 @@ def replay(args) -> dict:
 
 def train_from_cache(args, cache, count: int) -> float:
     """The trainer's tokens/s over a cache with `count` TopK SAEs of different k (best of two short runs)."""
-    import tempfile
-
     from hf_sae import SaeConfig, SaeModel
     from hf_sae.activation_cache import CacheReplay
     from hf_sae.arguments import SaeTrainingArguments
@@ -369,41 +378,13 @@ def train_from_cache(args, cache, count: int) -> float:
 
 def processes(args) -> dict:
     """End-to-end tokens/s with 1 and `args.processes` processes of one thread each, launched by torchrun."""
-    import os
-    import tempfile
-
     result = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for count in (1, args.processes):
         with tempfile.TemporaryDirectory() as out:
-            command = [
-                *local_launch(count),
-                str(Path(__file__).parent / "train_sae.py"),
-                "--model_name_or_path",
-                args.model,
-                "--hookpoints",
-                args.hookpoint,
-                "--k",
-                str(args.k),
-                "--num_latents",
-                str(args.num_latents),
-                "--batch_size",
-                str(args.batch_size),
-                "--train_tokens",
-                str(args.e2e_tokens),
-                "--context_size",
-                str(args.context_size),
-                "--lm_batch_size",
-                str(args.lm_batch_size),
-                "--report_to",
-                "none",
-                "--eval_tokens",
-                "0",
-                "--save_steps",
-                "0",
-                "--output_dir",
-                out,
-            ]
+            command = [*local_launch(count), str(Path(__file__).parent / "train_sae.py")]
+            for name, value in e2e_settings(args, out).items():
+                command += [f"--{name}", *map(str, value if isinstance(value, list) else [value])]
             subprocess.run(command, env=env, check=True, capture_output=True, text=True)
             report = json.loads((Path(out) / "metrics.json").read_text())[args.hookpoint]
         result[f"processes_{count}_tokens_per_second"] = report["train_tokens"] / report["train_seconds"]
@@ -420,11 +401,9 @@ def report_replay(results: dict, count: int) -> None:
           f"({100 * results['replay_train_fraction_of_step']:.0f}% of the step)", flush=True)  # fmt: skip
     marginal = results["sweep_marginal_cost_per_sae"]
     line = f"sweep of {count} SAEs: each extra SAE costs {100 * marginal:.0f}% of one SAE's training time"
-    harvest_rate = results.get("harvest_stopped_bf16_tokens_per_second")
-    if harvest_rate:  # a live run pays the LM forward once for all SAEs
+    if harvest_rate := results.get("harvest_stopped_bf16_tokens_per_second"):  # a live run pays the LM forward once
         one = results["replay_train_1_saes_tokens_per_second"]
-        live = 1 / harvest_rate + 1 / one
-        line += f", {100 * marginal / one / live:.1f}% of a live one-SAE run's"
+        line += f", {100 * marginal / one / (1 / harvest_rate + 1 / one):.1f}% of a live one-SAE run's"
     print(line, flush=True)
 
 
@@ -432,16 +411,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", nargs="+", default=["roofline", "harvest", "sae", "e2e"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--hookpoint", default="model.layers.15")
-    parser.add_argument("--d_in", type=int, default=576)
-    parser.add_argument("--num_latents", type=int, default=9216)
-    parser.add_argument("--k", type=int, default=32)
-    parser.add_argument("--batch_size", type=int, default=4096, help="Tokens per SAE step.")
-    parser.add_argument("--context_size", type=int, default=256)
-    parser.add_argument("--lm_batch_size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=6)
-    parser.add_argument("--e2e_tokens", type=int, default=4096 * 40)
+    # The default setup: SmolLM2 layer 15, 9,216 latents, k 32, batches of 4,096 tokens per SAE step.
+    shape = {"model": "smollm2-135m-instruct", "hookpoint": "model.layers.15", "d_in": 576, "num_latents": 9216,
+             "k": 32, "batch_size": 4096, "context_size": 256, "lm_batch_size": 8, "repeats": 6,
+             "e2e_tokens": 4096 * 40}  # fmt: skip
+    for name, default in shape.items():
+        parser.add_argument(f"--{name}", type=type(default), default=default)
     parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES))
     parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS))
     parser.add_argument("--processes", type=int, default=2, help="Processes for the `processes` section.")
@@ -488,8 +463,7 @@ def main() -> None:
     if "sae" in args.sections:
         for architecture in args.architectures:
             for precision in args.precisions:
-                command = [sys.executable, __file__, "--_one_step", architecture, precision, *sys.argv[1:]]
-                step = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+                step = step_in_process(args, architecture, precision)
                 results[f"sae_{architecture}_{precision}"] = step
                 topk = results.get(f"sae_topk_{precision}")
                 if topk:
@@ -502,13 +476,11 @@ def main() -> None:
                       + f"); peak RSS {step['peak_rss_mb'] or 0:,.0f} MB", flush=True)  # fmt: skip
     if "e2e" in args.sections:
         results.update(end_to_end(args))
-        harvest_rate = results.get("harvest_tokens_per_second")  # the same forward, dtype and shapes as the run
-        if harvest_rate:
+        line = f"end to end: {results['e2e_tokens_per_second']:,.0f} tok/s"
+        if harvest_rate := results.get("harvest_tokens_per_second"):  # the same forward, dtype and shapes as the run
             results["e2e_fraction_of_harvest"] = results["e2e_tokens_per_second"] / harvest_rate
-        print(
-            f"end to end: {results['e2e_tokens_per_second']:,.0f} tok/s"
-            + (f" ({100 * results['e2e_fraction_of_harvest']:.0f}% of harvesting alone)" if harvest_rate else "")
-        )
+            line += f" ({100 * results['e2e_fraction_of_harvest']:.0f}% of harvesting alone)"
+        print(line)
     if "replay" in args.sections:
         results.update(replay(args))
         report_replay(results, args.sweep_saes)

@@ -16,11 +16,10 @@ from pathlib import Path
 import torch
 
 from hf_sae.activation_cache import ActivationCache, write_cache
-from hf_sae.arguments import TRAIN_GROUPS, DataArguments, group_arguments
+from hf_sae.arguments import TRAIN_GROUPS, DataArguments, LanguageModelArguments, group_arguments
 from hf_sae.data import load_token_blocks, read_blocks
 from hf_sae.evaluation import evaluate_saes
 from hf_sae.hub import load_saes
-from hf_sae.lm_forward import resolve_lm_dtype
 from hf_sae.models import load_model
 from hf_sae.runners import train_saes
 
@@ -66,12 +65,14 @@ def main() -> None:
         report = json.loads((folder / "metrics.json").read_text())[args.hookpoint]
         trained[label] = (load_saes(str(folder))[args.hookpoint], report)
 
-    model, tokenizer = load_model(big.meta["lm"]["model_name_or_path"])
+    lm_args = LanguageModelArguments(model_name_or_path=big.meta["lm"]["model_name_or_path"])
+    model, tokenizer = load_model(lm_args.model_name_or_path)
+    reading = lm_args.reading(model.device)
     blocks = load_token_blocks(DataArguments(dataset_split="test"), tokenizer)
     input_ids, _ = read_blocks(blocks, args.eval_tokens)
     metrics = evaluate_saes(model, {label: sae for label, (sae, _) in trained.items()}, input_ids,
                             exclude_token_ids=tokenizer.all_special_ids, max_tokens=args.eval_tokens, lm_metrics=False,
-                            autocast_dtype=resolve_lm_dtype("auto", model.device))  # fmt: skip
+                            batch_size=reading.batch_size, **reading.keywords)  # fmt: skip
     rows = {label: {"train_tokens": report["train_tokens"], "train_seconds": report["train_seconds"],
                     "fvu": metrics[label]["fvu"], "l0": metrics[label]["l0"],
                     "dead_fraction": metrics[label]["dead_fraction"], "eval_tokens": metrics[label]["eval_tokens"]}

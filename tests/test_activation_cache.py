@@ -178,7 +178,7 @@ def test_training_replays_a_cache_for_several_epochs_without_the_lm(tiny, tmp_pa
 
 
 def test_a_cache_that_does_not_match_the_run_is_refused_before_work_starts(tiny, tmp_path, monkeypatch):
-    forbid(monkeypatch, (runners, "_load_lm"))
+    forbid(monkeypatch, (runners, "load_lm"))
     with pytest.raises(DataError, match=r"holds hookpoints \['model.layers.1'\], not \['model.layers.0'\]"):
         train_saes(*tiny_args(tiny, tmp_path / "a", hookpoints=["model.layers.0", "model.layers.1"]))
     shutil.copytree(tiny / "lm", tmp_path / "other_lm")
@@ -242,7 +242,7 @@ def test_a_sweep_from_the_live_lm_runs_the_lm_once_for_all_configurations(tiny, 
 
 
 def test_bad_sweep_entries_are_refused_before_work_starts(tiny, tmp_path, monkeypatch):
-    forbid(monkeypatch, (runners, "_load_lm"))
+    forbid(monkeypatch, (runners, "load_lm"))
     cases = [
         ([{"k": 2, "widht": 8}], r"entry 0 .* has unknown key\(s\) \['widht'\]; an entry may set \['name',"),
         ([{"k": "8"}], "`k` must be int; got '8'"),

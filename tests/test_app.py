@@ -11,8 +11,8 @@ from test_features import collect, make_tiny_lm, tiny_sae, tiny_tokenizer, token
 from test_hub import api, hub, hub_server  # noqa: F401  (the Hub-protocol server on 127.0.0.1)
 
 from hf_sae.app import Explorer, write_space
-from hf_sae.browser import explain
 from hf_sae.errors import ArgumentError
+from hf_sae.features import explain
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no telemetry, no version check
 gradio = pytest.importorskip("gradio", reason="needs Gradio: pip install -e '.[dev]'")
@@ -194,13 +194,13 @@ def test_push_space_uploads_the_app_beside_the_sae_repo(api, tmp_path, monkeypat
 
 def test_load_explorer_needs_feature_metadata_and_names_the_command(explorer, tmp_path):
     from hf_sae.app import load_explorer
-    from hf_sae.arguments import ActivationArguments
+    from hf_sae.arguments import LanguageModelArguments
     from hf_sae.errors import FeatureMetadataError
 
     explorer.model.save_pretrained(tmp_path / "lm")
     explorer.tokenizer.save_pretrained(tmp_path / "lm")
     explorer.sae.save_pretrained(tmp_path / "sae")
-    lm_args = ActivationArguments(model_name_or_path=str(tmp_path / "lm"))
+    lm_args = LanguageModelArguments(model_name_or_path=str(tmp_path / "lm"))
     with pytest.raises(FeatureMetadataError, match=f"hf-sae features --sae {tmp_path / 'sae'}"):
         load_explorer(str(tmp_path / "sae"), lm_args, device="cpu")
     explorer.features.save_pretrained(tmp_path / "sae" / "features")

@@ -414,7 +414,7 @@ def read_only_folder(tmp_path):
 def test_a_read_only_output_folder_is_refused_before_the_lm_loads(world, read_only_folder, monkeypatch):
     with pytest.raises(OSError):
         (read_only_folder / "x").write_text("x")  # the fault is real
-    monkeypatch.setattr("hf_sae.runners.load_model", lambda *a, **k: pytest.fail("the LM must not load"))
+    monkeypatch.setattr("hf_sae.runners.load_lm", lambda *a, **k: pytest.fail("the LM must not load"))
     args = run_args(world.root, read_only_folder / "run")
     with pytest.raises(WriteError, match=r"--output_dir .*read-only/run cannot be written .*nothing was done"):
         train_saes(*args)
@@ -433,7 +433,7 @@ def test_what_the_lm_config_decides_is_refused_before_its_weights_load(world, fl
     from transformers import AutoModelForCausalLM
 
     monkeypatch.setenv("HF_SAE_DEBUG", "1")
-    monkeypatch.setattr("hf_sae.runners.load_model", lambda *a, **k: pytest.fail("the LM must not load"))
+    monkeypatch.setattr("hf_sae.runners.load_lm", lambda *a, **k: pytest.fail("the LM must not load"))
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("no weights are read"))
     with pytest.raises(error, match=fragment):
         train(world, **flags)
@@ -559,7 +559,7 @@ def test_a_full_disk_refuses_an_activation_cache_and_leaves_no_temporary_folder(
 
 
 def test_a_checkpoint_that_cannot_be_written_says_what_is_intact(world, tmp_path, monkeypatch):
-    from hf_sae import training
+    from hf_sae import checkpoints
 
     real_save, written = torch.save, []
 
@@ -569,7 +569,7 @@ def test_a_checkpoint_that_cannot_be_written_says_what_is_intact(world, tmp_path
         written.append(path)
         return real_save(value, path, *args, **kwargs)
 
-    monkeypatch.setattr(training.torch, "save", failing_save)
+    monkeypatch.setattr(checkpoints.torch, "save", failing_save)
     with pytest.raises(TrainingError, match=r"Checkpoint checkpoint-8 could not be saved: writing .*checkpoint-8.tmp/"
                        r"\w+.pt failed .*needed about [\d,]+ bytes .*intact checkpoints are \['checkpoint-4'\]"):  # fmt: skip
         train_saes(*run_args(world.root, tmp_path / "run", train_tokens=3072, save_steps=4))

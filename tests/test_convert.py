@@ -27,8 +27,11 @@ from hf_sae import (
     load_saes,
 )
 from hf_sae.cli import main
-from hf_sae.convert import convert, detect_format, export_sae, read_sae, releases
-from hf_sae.convert import names as N
+from hf_sae.arguments import ConvertArguments
+from hf_sae.convert import detect_format, export_sae, releases
+from hf_sae.formats import match_release
+from hf_sae.formats import names as N
+from hf_sae.runners import run_convert
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
 DICTIONARY_CLASSES = ["AutoEncoder", "AutoEncoderNew", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE",
@@ -133,7 +136,7 @@ def test_another_format_takes_the_loading_arguments_as_hf_sae_s_own_does():
         assert info["missing_keys"] == [] and info["mismatched_keys"] == []
     (sae,) = load_saes(folder, dtype="torch.float16").values()
     assert sae.W_enc.dtype == torch.float16
-    with pytest.raises(SaeConfigError, match=r"`dtype` must be a floating torch dtype or its name .*got 'int8'"):
+    with pytest.raises(ArgumentError, match=r"`dtype` must be a floating torch dtype or its name .*got 'int8'"):
         SaeModel.from_pretrained(folder, dtype="int8")
 
 
@@ -184,7 +187,7 @@ def test_a_sparsify_run_with_an_sae_and_a_transcoder_loads_both_by_their_input_h
 
 
 def test_a_loaded_transcoder_round_trips_through_hf_sae_format(tmp_path):
-    sae = read_sae(FIXTURES / "saelens_jumprelu_skip_transcoder")
+    sae = SaeModel.from_folder(FIXTURES / "saelens_jumprelu_skip_transcoder")
     sae.save_pretrained(tmp_path)
     loaded = SaeModel.from_pretrained(tmp_path)
     assert {**loaded.config.to_dict(), "_name_or_path": ""} == {**sae.config.to_dict(), "_name_or_path": ""}
@@ -193,12 +196,12 @@ def test_a_loaded_transcoder_round_trips_through_hf_sae_format(tmp_path):
 
 def test_folded_scales_and_semantics():
     # SAELens' BatchTopK keeps k and one global threshold; JumpReLU does not subtract b_dec in Gemma Scope.
-    batchtopk = read_sae(FIXTURES / "saelens_batchtopk")
+    batchtopk = SaeModel.from_folder(FIXTURES / "saelens_batchtopk")
     assert batchtopk.config.k == 16 and batchtopk.threshold.shape == ()
-    assert not read_sae(FIXTURES / CASES["gemma_scope"][0]).config.apply_b_dec_to_input
-    assert read_sae(FIXTURES / "sparsify_run/layers.3").config.apply_b_dec_to_input  # cfg.json does not say so
+    assert not SaeModel.from_folder(FIXTURES / CASES["gemma_scope"][0]).config.apply_b_dec_to_input
+    assert SaeModel.from_folder(FIXTURES / "sparsify_run/layers.3").config.apply_b_dec_to_input  # cfg.json does not say so
     # The checkpoint's activation scale (2.5) and decoder norms are folded: the SAE takes raw activations.
-    checkpoint = read_sae(FIXTURES / "saelens_topk_checkpoint")
+    checkpoint = SaeModel.from_folder(FIXTURES / "saelens_topk_checkpoint")
     raw = load_file(FIXTURES / "saelens_topk_checkpoint/sae_weights.safetensors")
     assert not torch.allclose(checkpoint.W_dec, raw["W_dec"])
     assert torch.allclose(checkpoint.W_dec.norm(dim=-1), torch.full((256,), 1 / 2.5))
@@ -206,7 +209,7 @@ def test_folded_scales_and_semantics():
 
 def test_dictionary_learning_matryoshka_keeps_its_groups_and_exports_to_saelens(tmp_path):
     folder = FIXTURES / "dictionary_learning_run/trainer_4"
-    sae = read_sae(folder)
+    sae = SaeModel.from_folder(folder)
     raw = torch.load(folder / "ae.pt", weights_only=True)
     assert sae.config.matryoshka_group_sizes == raw["group_sizes"].tolist() == [64, 192]
     assert sae.config.k == 16 and torch.equal(sae.threshold, raw["threshold"])
@@ -216,14 +219,14 @@ def test_dictionary_learning_matryoshka_keeps_its_groups_and_exports_to_saelens(
     details = cfg["metadata"]["training_architecture_details"]
     assert cfg["metadata"]["training_architecture"] == "matryoshka_batchtopk"
     assert details == {"k": 16, "matryoshka_widths": [64, 256]}
-    back = read_sae(out)
+    back = SaeModel.from_folder(out)
     assert (back.config.architecture, back.config.matryoshka_group_sizes) == ("matryoshka_batchtopk", [64, 192])
     assert all(torch.equal(back.state_dict()[k], v) for k, v in sae.state_dict().items())
     assert_matches(back, "dictionary_learning_MatryoshkaBatchTopKSAE")
 
 
 def test_gemma_scope_site_and_base_model_from_the_release_name():
-    sae = read_sae(FIXTURES / CASES["gemma_scope"][0], hint="google/gemma-scope-9b-it-mlp")
+    sae = SaeModel.from_folder(FIXTURES / CASES["gemma_scope"][0], hint="google/gemma-scope-9b-it-mlp")
     assert sae.config.hookpoint == "model.layers.3.post_feedforward_layernorm"
     assert sae.config.base_model_name_or_path == "google/gemma-2-9b-it"
 
@@ -247,7 +250,7 @@ def test_unknown_folder_lists_the_formats_and_files(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"0")
     with pytest.raises(SaeNotFoundError, match=r"no SAE format.*saelens \(cfg.json \+ sae_weights.safetensors\).*"
                        r"gemma_scope \(params.npz\).*\['weights.bin'\]"):  # fmt: skip
-        read_sae(tmp_path)
+        SaeModel.from_folder(tmp_path)
 
 
 def copy(folder: str, tmp_path: Path) -> Path:
@@ -262,7 +265,7 @@ def test_mis_shaped_and_missing_tensors_are_named(tmp_path):
         SaeModel.from_pretrained(folder)
     save_file({k: v for k, v in weights.items() if k != "b_enc"}, folder / "sae_weights.safetensors")
     with pytest.raises(WeightsError, match=r"lacks tensor 'b_enc' \(shape \(256,\)\)"):
-        read_sae(folder)
+        SaeModel.from_folder(folder)
 
 
 @pytest.mark.parametrize(
@@ -278,7 +281,7 @@ def test_what_cannot_be_represented_is_refused(tmp_path, field, value, message):
     cfg = json.loads((folder / "cfg.json").read_text())
     (folder / "cfg.json").write_text(json.dumps({**cfg, field: value}))
     with pytest.raises(SaeConfigError, match=message):
-        read_sae(folder)
+        SaeModel.from_folder(folder)
 
 
 def test_what_a_transcoder_cannot_be_is_refused(tmp_path):
@@ -286,18 +289,18 @@ def test_what_a_transcoder_cannot_be_is_refused(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "buffer": {**config["buffer"], "io": "in_and_out"}}))
     with pytest.raises(SaeConfigError, match=r"buffer.io='in_and_out'.*none reads one activation and predicts"):
-        read_sae(folder)
+        SaeModel.from_folder(folder)
     folder = copy("sparsify_transcoder_run/layers.2.mlp", tmp_path)
     cfg = json.loads((folder / "cfg.json").read_text())
     (folder / "cfg.json").write_text(json.dumps({**cfg, "transcode": False}))
     with pytest.raises(SaeConfigError, match=r"skip_connection=True.*applies to transcoders only"):
-        read_sae(folder)
+        SaeModel.from_folder(folder)
     folder = copy("saelens_transcoder", tmp_path)
     cfg = json.loads((folder / "cfg.json").read_text())
     del cfg["metadata"]["hook_name_out"]
     (folder / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(SaeConfigError, match=r"metadata.hook_name_out=None.*needs the activation it predicts"):
-        read_sae(folder)
+        SaeModel.from_folder(folder)
 
 
 def test_a_llama_scope_transcoder_predicts_as_openmoss_computes(tmp_path):
@@ -344,7 +347,7 @@ def test_a_pickle_with_code_is_refused_unrun(tmp_path):
     trap.unlink(missing_ok=True)
     torch.save({**torch.load(folder / "ae.pt", weights_only=True), "extra": _Trap()}, folder / "ae.pt")
     with pytest.raises(WeightsError, match=r"not a plain state dict.*weights_only=True"):
-        read_sae(folder)
+        SaeModel.from_folder(folder)
     assert not trap.exists()
 
 
@@ -382,17 +385,15 @@ def test_untranslatable_names_are_refused():
 
 
 def test_registry_is_shipped_and_maps_folders():
-    from hf_sae.convert import _match_release
-
     entry = releases()["gemma-scope-2b-pt-res"]
     assert (entry["repo_id"], entry["format"], entry["base_model"]) == (
         "google/gemma-scope-2b-pt-res", "gemma_scope", "google/gemma-2-2b")  # fmt: skip
-    found = _match_release(entry, "layer_20/width_16k/average_l0_71")
+    found = match_release(entry, "layer_20/width_16k/average_l0_71")
     assert (found.hookpoint, found.num_latents, found.l0) == ("model.layers.20", 16384, 71.0)
-    assert _match_release(releases()["gemma-scope-2b-pt-att"], "layer_2/width_65k/average_l0_9").hookpoint == (
+    assert match_release(releases()["gemma-scope-2b-pt-att"], "layer_2/width_65k/average_l0_9").hookpoint == (
         "model.layers.2.self_attn.o_proj.input")  # fmt: skip
     llama = releases()["llama-scope-lxm-32x"]
-    assert _match_release(llama, "Llama3_1-8B-Base-L7M-32x")[1:3] == ("model.layers.7.mlp", 131072)
+    assert match_release(llama, "Llama3_1-8B-Base-L7M-32x")[1:3] == ("model.layers.7.mlp", 131072)
 
 
 # ---- export ---------------------------------------------------------------------------------------------------------
@@ -407,7 +408,7 @@ def test_exports_load_in_the_packages_own_loaders():
         assert row["latents_max_relative_error"] < 1e-5 and row["reconstruction_max_relative_error"] < 1e-5, name
     for name, row in report.items():
         folder, to = row["source"], row["format"]
-        fresh = export_sae(read_sae(FIXTURES / folder), Path(f"/tmp/hf-sae-export-check/{name}"), to)
+        fresh = export_sae(SaeModel.from_folder(FIXTURES / folder), Path(f"/tmp/hf-sae-export-check/{name}"), to)
         committed = FIXTURES / "exports" / name
         weights = "sae_weights.safetensors" if to == "saelens" else "sae.safetensors"
         a, b = load_file(fresh / weights), load_file(committed / weights)
@@ -417,7 +418,7 @@ def test_exports_load_in_the_packages_own_loaders():
 
 
 def test_saelens_export_names_the_module_and_round_trips(tmp_path):
-    sae = read_sae(FIXTURES / "saelens_jumprelu")
+    sae = SaeModel.from_folder(FIXTURES / "saelens_jumprelu")
     out = export_sae(sae, tmp_path / "out", "saelens")
     cfg = json.loads((out / "cfg.json").read_text())
     assert cfg["metadata"]["hook_name"] == "model.layers.4.post_feedforward_layernorm"
@@ -426,17 +427,17 @@ def test_saelens_export_names_the_module_and_round_trips(tmp_path):
 
 
 def test_sparsify_export_folds_b_dec_and_refuses_other_architectures(tmp_path):
-    topk = read_sae(FIXTURES / "dictionary_learning_run/trainer_2")
+    topk = SaeModel.from_folder(FIXTURES / "dictionary_learning_run/trainer_2")
     config = SaeConfig(**{**topk.config.to_dict(), "apply_b_dec_to_input": False})
     shifted = SaeModel(config)
     shifted.load_state_dict(topk.state_dict())
     out = export_sae(shifted, tmp_path / "sp", "sparsify")
-    back = read_sae(out)  # reads x - b_dec, with b_dec's share moved into the bias
+    back = SaeModel.from_folder(out)  # reads x - b_dec, with b_dec's share moved into the bias
     x = expected("dictionary_learning_AutoEncoderTopK")["x"]
     with torch.no_grad():
         assert relative_error(back(x).reconstruction, shifted(x).reconstruction) < 1e-5
     with pytest.raises(SaeConfigError, match="sparsify holds top-k SAEs only; this SAE is 'gated'"):
-        export_sae(read_sae(FIXTURES / "saelens_gated"), tmp_path / "g", "sparsify")
+        export_sae(SaeModel.from_folder(FIXTURES / "saelens_gated"), tmp_path / "g", "sparsify")
 
 
 def test_convert_command(tmp_path, capsys):
@@ -444,7 +445,7 @@ def test_convert_command(tmp_path, capsys):
     assert "transformer.h.1.attn: hf_sae SAE written to" in capsys.readouterr().out
     assert_matches(SaeModel.from_pretrained(tmp_path / "hf"), "saelens_gated")
     with pytest.raises(ArgumentError, match="exists and is not empty"):
-        convert(FIXTURES / "saelens_gated", tmp_path / "hf", "saelens")
+        run_convert(ConvertArguments(src=str(FIXTURES / "saelens_gated"), dst=str(tmp_path / "hf"), to="saelens"))
     assert main(["convert", str(FIXTURES / "saelens_gated"), str(tmp_path / "x"), "--to", "neuronpedia"]) == 1
     assert "hf-sae convert: error: argument --to: invalid choice: 'neuronpedia'" in capsys.readouterr().err
 

@@ -402,17 +402,16 @@ def test_several_sources_are_mixed_and_named(tmp_path):
     ],
 )
 def test_bad_mixing_arguments_are_clear_errors(tmp_path, overrides, message):
-    from hf_sae.arguments import check_all
     from hf_sae.errors import ArgumentError
 
     first = write_source("jsonl", tmp_path, ["w1", "w2"])
     with pytest.raises(ArgumentError, match=message):  # refused as the arguments are built
-        check_all(DataArguments(dataset_name=[str(first), str(first)], **overrides))
+        DataArguments(dataset_name=[str(first), str(first)], **overrides)
 
 
 def test_a_source_without_the_text_column_fails_before_the_lm_loads(tmp_path, monkeypatch):
     from hf_sae import runners
-    from hf_sae.arguments import EvaluationArguments
+    from hf_sae.arguments import EvaluationArguments, LanguageModelArguments
 
     good = write_source("jsonl", tmp_path, ["w1", "w2"])
     bad = tmp_path / "bad.jsonl"
@@ -420,7 +419,7 @@ def test_a_source_without_the_text_column_fails_before_the_lm_loads(tmp_path, mo
     monkeypatch.setattr(runners, "load_saes_and_lm", lambda *a, **k: pytest.fail("the LM was loaded"))
     args = DataArguments(dataset_name=[str(good), str(bad)], dataset_split="train")
     with pytest.raises(DataError, match=rf"'text' in dataset '{bad}'.*\['body'\].*--text_column"):
-        runners.run_evaluation(runners.ActivationArguments(), args, EvaluationArguments(sae="x", output_dir="y"))
+        runners.run_evaluation(LanguageModelArguments(), args, EvaluationArguments(sae="x", output_dir="y"))
 
 
 @pytest.mark.parametrize("streaming", [False, True])

@@ -16,7 +16,7 @@ from test_training import run_args, tiny_run_inputs  # noqa: F401  (the module-s
 from hf_sae import SaeConfig, SaeModel, TrainingError
 from hf_sae.activations import ShufflingBuffer
 from hf_sae.arguments import SaeTrainingArguments
-from hf_sae.cli import local_launch
+from hf_sae.distribution import local_launch
 from hf_sae.training import SaeTrainer, make_accelerator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,13 +195,13 @@ def test_a_rank_that_dies_stops_the_run_with_an_error_naming_it(tiny_run_inputs,
     driver.write_text(
         "import os, sys\n"
         "from hf_sae.training import SaeTrainer\n"
-        "original = SaeTrainer._step\n"
+        "original = SaeTrainer.step\n"
         "def step(self, batches):\n"
         "    if self.state.step == 3 and self.accelerator.process_index == 1:\n"
         "        print('rank 1 dies now', file=sys.stderr, flush=True)\n"
         "        os._exit(3)\n"
         "    return original(self, batches)\n"
-        "SaeTrainer._step = step\n"
+        "SaeTrainer.step = step\n"
         "from hf_sae.cli import main\n"
         "sys.exit(main(['train', *sys.argv[1:]]))\n"
     )

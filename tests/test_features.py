@@ -11,17 +11,11 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from hf_sae import SaeConfig, SaeModel
-from hf_sae.browser import explain
 from hf_sae.cli import format_explanation, main
 from hf_sae.errors import HfSaeError
+from hf_sae.feature_directions import decoder_neighbours, logit_effects
 from hf_sae.feature_store import load_features
-from hf_sae.features import (
-    FeatureCollector,
-    auto_label,
-    collect_feature_metadata,
-    decoder_neighbours,
-    logit_effects,
-)
+from hf_sae.features import FeatureCollector, auto_label, collect_feature_metadata, explain
 
 TOP_N, BEFORE, AFTER = 6, 3, 2
 

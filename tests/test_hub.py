@@ -27,7 +27,8 @@ from huggingface_hub.errors import (
 from transformers import AutoModel
 
 from hf_sae import HookpointError, SaeConfig, SaeModel, SaeNotFoundError, WeightsError
-from hf_sae.hub import HubError, load_saes, push_saes_to_hub, save_saes
+from hf_sae.errors import HubError
+from hf_sae.hub import load_saes, push_saes_to_hub, save_saes
 from hf_sae.model_card import metrics_to_eval_results
 
 ALICE, ALICE_READ, BOB = "hf_alice_write", "hf_alice_read", "hf_bob_write"
@@ -439,7 +440,7 @@ def test_invalid_sae_is_refused_before_any_upload(hub, tmp_path):
     wrong = make_sae(num_latents=32)
     wrong.save_pretrained(tmp_path / "wrong")
     os.replace(tmp_path / "wrong" / "model.safetensors", out / LAYERS[1] / "model.safetensors")
-    with pytest.raises(WeightsError, match=r"W_enc: \(32, 16\) \(expected \(64, 16\)\)"):
+    with pytest.raises(WeightsError, match=r"`W_enc` in the file has shape \(32, 16\) where its config expects \(64, 16\)"):
         push_saes_to_hub("alice/invalid", out, token=ALICE)
     assert hub.requests == []  # not even the repo was created
 

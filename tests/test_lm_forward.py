@@ -7,7 +7,8 @@ from conftest import BOS_ID, EOS_ID
 from hf_sae.errors import ArgumentError
 from hf_sae.fast_linear import fast_linears
 from hf_sae.hookpoints import capture_activations
-from hf_sae.lm_forward import counted_tokens, resolve_lm_dtype, run_lm
+from hf_sae.lm_forward import counted_tokens, run_lm
+from hf_sae.precision import resolve_lm_dtype
 
 SPECIAL = torch.tensor([BOS_ID, EOS_ID])
 

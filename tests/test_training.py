@@ -11,14 +11,15 @@ from conftest import save_tiny_llama_and_corpus
 from hf_sae import ArgumentError, DataError, HookpointError, SaeConfigError, SaeModel, TrainingError
 from hf_sae.arguments import (
     TRAIN_GROUPS,
-    ActivationArguments,
     DataArguments,
+    LanguageModelArguments,
     SaeArguments,
     SaeTrainingArguments,
     group_arguments,
 )
 from hf_sae.offline.builtin_models import DEFAULT_MODEL
 from hf_sae.runners import train_saes
+from hf_sae.schedules import Schedule
 from hf_sae.training import SaeTrainer, geometric_median
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def run_args(root: Path, output_dir: Path, **overrides) -> tuple:
 
 
 def test_default_arguments_describe_the_offline_default_run():
-    sae, lm = SaeArguments(), ActivationArguments()
+    sae, lm = SaeArguments(), LanguageModelArguments()
     assert lm.model_name_or_path is None and DEFAULT_MODEL == "smollm2-135m-instruct"  # None: the built-in model
     assert (sae.hookpoints, sae.architecture, sae.k, sae.expansion_factor) == (["model.layers.15"], "topk", 32, 16)
     assert SaeTrainingArguments().report_to == "tensorboard"
@@ -108,13 +109,13 @@ def test_held_out_fvu_matches_a_direct_computation_and_training_lowers_it(tiny_r
 
 def test_resuming_continues_the_data_stream_exactly(tiny_run_inputs, tmp_path, monkeypatch):
     seen: list[list[float]] = []
-    original_step = SaeTrainer._step
+    original_step = SaeTrainer.step
 
     def recording_step(self, micro_batches):
         seen.append(micro_batches[0]["model.layers.1"].sum(-1).tolist())
         return original_step(self, micro_batches)
 
-    monkeypatch.setattr(SaeTrainer, "_step", recording_step)
+    monkeypatch.setattr(SaeTrainer, "step", recording_step)
     args = run_args(tiny_run_inputs, tmp_path / "straight", save_steps=0)
     train_saes(*args)
     straight, straight_batches = SaeModel.from_pretrained(tmp_path / "straight" / "model.layers.1"), list(seen)
@@ -125,14 +126,14 @@ def test_resuming_continues_the_data_stream_exactly(tiny_run_inputs, tmp_path, m
             raise KeyboardInterrupt  # the process dies after checkpoint-10, in the middle of the run
         return recording_step(self, micro_batches)
 
-    monkeypatch.setattr(SaeTrainer, "_step", crashing_step)
+    monkeypatch.setattr(SaeTrainer, "step", crashing_step)
     args = run_args(tiny_run_inputs, tmp_path / "resumed", save_steps=5, save_total_limit=5)
     with pytest.raises(KeyboardInterrupt):
         train_saes(*args)
     assert sorted(p.name for p in (tmp_path / "resumed").glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-5"]
     before_crash = list(seen[:10])
     seen.clear()
-    monkeypatch.setattr(SaeTrainer, "_step", recording_step)
+    monkeypatch.setattr(SaeTrainer, "step", recording_step)
     args = run_args(tiny_run_inputs, tmp_path / "resumed", save_steps=5, resume_from_checkpoint="latest")
     train_saes(*args)
     assert before_crash + seen == straight_batches  # no batch seen twice, none skipped, same order
@@ -162,14 +163,14 @@ def test_a_crash_while_checkpointing_leaves_the_previous_checkpoint_intact(tiny_
 
 def test_nan_activations_stop_training_naming_step_and_hookpoint(tiny_run_inputs, tmp_path, monkeypatch):
     args = run_args(tiny_run_inputs, tmp_path / "run", save_steps=4)
-    original_step = SaeTrainer._step
+    original_step = SaeTrainer.step
 
     def poisoned(self, micro_batches):
         if self.state.step == 6:
             micro_batches = [{h: torch.full_like(x, float("nan")) for h, x in b.items()} for b in micro_batches]
         return original_step(self, micro_batches)
 
-    monkeypatch.setattr(SaeTrainer, "_step", poisoned)
+    monkeypatch.setattr(SaeTrainer, "step", poisoned)
     with pytest.raises(TrainingError, match=r"Non-finite activations at step 6 for hookpoint 'model.layers.1'"):
         train_saes(*args)
     kept = tmp_path / "run" / "checkpoint-4"
@@ -244,13 +245,13 @@ def test_an_output_directory_holding_another_run_is_refused(tiny_run_inputs, tmp
 
 def test_schedules_fit_any_run_length():
     args = SaeTrainingArguments(train_tokens=4096 * 10, batch_size=4096)
-    lrs = [args.lr_lambda(step) for step in range(10)]
+    lrs = [Schedule(args).lr_lambda(step) for step in range(10)]
     assert lrs[0] == 1.0 and lrs[-1] == pytest.approx(0.5)  # a 10-step run: warm-up of 1 step, decay over 2
-    long = SaeTrainingArguments(train_tokens=4096 * 1000, batch_size=4096)
+    long = Schedule(SaeTrainingArguments(train_tokens=4096 * 1000, batch_size=4096))
     assert long.lr_lambda(0) == pytest.approx(1 / 20) and long.lr_lambda(500) == 1.0
     assert long.lr_lambda(999) == pytest.approx(1 / 200)
     assert long.sparsity_scale(0) == pytest.approx(1 / 50) and long.sparsity_scale(60) == 1.0
-    assert long.dead_window() == 1_024_000  # a quarter of the run, so "dead" means something on short runs
+    assert long.dead_window == 1_024_000  # a quarter of the run, so "dead" means something on short runs
 
 
 def test_geometric_median_resists_outliers():
@@ -317,7 +318,7 @@ def test_a_typo_in_a_choice_fails_before_the_lm_loads(tmp_path, monkeypatch):
     from hf_sae import ArgumentError
     from hf_sae.cli import main
 
-    monkeypatch.setattr("hf_sae.runners.load_model", lambda *a, **k: pytest.fail("the LM must not load"))
+    monkeypatch.setattr("hf_sae.runners.load_lm", lambda *a, **k: pytest.fail("the LM must not load"))
     monkeypatch.setenv("HF_SAE_DEBUG", "1")  # the error itself, not its one-line print
     config = tmp_path / "run.yaml"
     config.write_text("architecture: topkk\nk: null\n")
@@ -363,13 +364,13 @@ def test_tensorboard_gets_the_loss_terms_the_held_out_report_and_clean_hparams(t
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     capacities = []
-    original_step = SaeTrainer._step
+    original_step = SaeTrainer.step
 
     def step(self, micro_batches):
         capacities.append(self.buffer.capacity)
         return original_step(self, micro_batches)
 
-    monkeypatch.setattr(SaeTrainer, "_step", step)
+    monkeypatch.setattr(SaeTrainer, "step", step)
     args = run_args(tiny_run_inputs, tmp_path / "run", report_to="tensorboard", logging_steps=4,
                     shuffle_buffer_tokens=65536, architecture="relu", k=None)  # fmt: skip
     report = train_saes(*args)
@@ -382,9 +383,9 @@ def test_tensorboard_gets_the_loss_terms_the_held_out_report_and_clean_hparams(t
     assert {"lr", "tokens_per_second", "model.layers.1/heldout_fvu"} <= tags
     training = args[-1]  # each step logs the rate it trained at: the last one's is not yet 0
     logged = [(event.step, event.value) for event in events.Scalars("lr")]
-    assert logged[-1][0] == training.num_steps and logged[-1][1] > 0
+    assert logged[-1][0] == Schedule(training).num_steps and logged[-1][1] > 0
     for step, value in logged:
-        assert value == pytest.approx(training.learning_rate * training.lr_lambda(step - 1))
+        assert value == pytest.approx(training.learning_rate * Schedule(training).lr_lambda(step - 1))
     assert events.Scalars("model.layers.1/heldout_fvu")[-1].value == pytest.approx(report["model.layers.1"]["fvu"])
     histogram = events.Histograms("model.layers.1/heldout_log10_firing_frequency")[-1].histogram_value
     metrics = report["model.layers.1"]

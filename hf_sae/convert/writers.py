@@ -19,11 +19,11 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import SaeConfigError
+from ..formats import names
 from ..hookpoints import INPUT_SUFFIX
 from ..layout import replace_folder, staging_folder, write_json
 from ..modeling_sae import SaeModel
 from ..version import __version__
-from . import names
 
 # SAELens treats a config without a 6.x version as pre-6.0 and renames its keys; this is the layout version.
 SAELENS_LAYOUT_VERSION = "6.0.0"

@@ -1,0 +1,345 @@
+"""The groups of `hf-sae train`, as transformers' example scripts split them (`ModelArguments`,
+`DataTrainingArguments`, `TrainingArguments`); `cache`, `eval` and `features` share the LM's and the text's:
+
+    SaeArguments             the SAEs' shape and sparsity, where they read, and their `SaeConfig`
+    LanguageModelArguments   the LM and how its activations are read (`reading`: the `LmReading` of a run)
+    DataArguments            the text and its token blocks (`EvalDataArguments`: its held-out split)
+    SaeTrainingArguments     the trainer's schedule, its activation stream and outputs
+    check_batch_division     the one rule for splitting a batch over processes and accumulation steps
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..architectures import ARCHITECTURES, ArchitectureName
+from ..configuration_sae import SaeConfig
+from ..data import PACK_BATCH_DOCUMENTS
+from ..errors import ArgumentError
+from ..fields import Checked, flag, require
+from ..hookpoints import INPUT_SUFFIX
+from ..lm_forward import LmReading
+from ..memory import check_fits_in_memory
+from ..precision import LmDtype, MixedPrecision, default_device, resolve_lm_dtype
+
+
+def check_batch_division(batch_size: int, processes: int, accumulation_steps: int) -> None:
+    """The one rule for splitting a batch: over the processes (as asked, or as launched), then the accumulation."""
+    micro_batches = processes * accumulation_steps
+    if batch_size % micro_batches:
+        raise ArgumentError(
+            f"--batch_size {batch_size} must divide evenly over {processes} process(es) x {accumulation_steps} "
+            f"accumulation step(s); pick a multiple of {micro_batches}."
+        )
+
+
+@dataclass
+class SaeArguments(Checked):
+    """What SAEs to train: one per hookpoint, all of the same shape and sparsity rule."""
+
+    hookpoints: list[str] = flag(
+        "Module paths whose outputs the SAEs read, as `named_modules()` spells them.",
+        default_factory=lambda: ["model.layers.15"],
+    )
+    architecture: ArchitectureName = flag("The SAE architecture.", "topk")
+    k: int | None = flag("Active latents per token (the topk and batchtopk family; ignored by the others).", 32)
+    matryoshka_group_sizes: list[int] | None = flag(
+        "matryoshka_batchtopk: sizes of the nested latent groups, summing to the number of latents "
+        "(e.g. `--matryoshka_group_sizes 2304 6912` for 9216 latents).",
+        None,
+    )
+    expansion_factor: float = flag("num_latents = expansion_factor * d_in.", 16)
+    num_latents: int | None = flag("Overrides `expansion_factor` when set.", None)
+    sparsity_coefficient: float = flag("Sparsity penalty weight (relu and gated: L1; jumprelu: L0).", 1.0)
+    sweep: str | None = flag(
+        "Several SAE configurations per hookpoint, trained on the same activations, each in its own folder: a YAML "
+        "list (a file, inline, or `sweep:` in the config file) of mappings of architecture, k, num_latents, "
+        "expansion_factor, sparsity_coefficient, learning_rate, name; unset keys take the flags' values.",
+        None,
+    )
+    transcode: bool = flag(
+        "Train transcoders: each one reads its --hookpoints module's input (`<hookpoint>.input`) and predicts the "
+        "module's output, e.g. `--hookpoints model.layers.3.mlp` for an MLP.",
+        False,
+    )
+    output_hookpoints: list[str] | None = flag(
+        "Train transcoders from each of --hookpoints to the activation named here, in the same order (one each).",
+        None,
+    )
+    skip_connection: bool = flag("Skip transcoders: each prediction adds a learned linear term x @ W_skip.T.", False)
+    parsed_later = ("sweep",)
+
+    def check(self) -> None:
+        require(bool(self.hookpoints), "hookpoints", self.hookpoints, "at least one module path")
+        outputs = self.output_hookpoints
+        expected = "left out with --transcode, which predicts each hookpoint's output from its input"
+        require(not (self.transcode and outputs), "output_hookpoints", outputs, expected + "; pass one of the two")
+        expected = f"{len(self.hookpoints)} module path(s), one per --hookpoints entry ({self.hookpoints})"
+        require(outputs is None or len(outputs) == len(self.hookpoints), "output_hookpoints", outputs,
+                expected + ", in their order")  # fmt: skip
+        expected = "used with transcoders only (--transcode or --output_hookpoints); an SAE has no skip term"
+        require(not self.skip_connection or self.transcode or bool(outputs), "skip_connection", True, expected)
+        require(self.architecture in ARCHITECTURES, "architecture", self.architecture, f"one of {list(ARCHITECTURES)}")
+        if ARCHITECTURES[self.architecture].uses_k:
+            require(self.k is not None and self.k >= 1, "k", self.k, f"a positive integer for {self.architecture}")
+        require(self.expansion_factor > 0, "expansion_factor", self.expansion_factor, "a number > 0")
+        require(self.num_latents is None or self.num_latents >= 1, "num_latents", self.num_latents, "positive")
+        require(self.sparsity_coefficient >= 0, "sparsity_coefficient", self.sparsity_coefficient, ">= 0")
+        self._check_group_sizes()
+        if self.num_latents is not None:  # the smallest activation width: what cannot fit even then is refused now
+            check_fits_in_memory(self.num_latents, 1, len(self.hookpoints))
+
+    def _check_group_sizes(self) -> None:
+        """What can be checked before the LM gives d_in; SaeConfig checks the sum against the resolved width."""
+        flag, sizes = "matryoshka_group_sizes", self.matryoshka_group_sizes
+        matryoshka = self.architecture == "matryoshka_batchtopk"
+        expected = f"left unset for architecture {self.architecture} (it applies only to matryoshka_batchtopk)"
+        require(not sizes or matryoshka, flag, sizes, expected)
+        if not matryoshka:
+            return
+        expected = "positive integers, one per nested group, for matryoshka_batchtopk (e.g. 2304 6912)"
+        require(bool(sizes) and all(size >= 1 for size in sizes), flag, sizes, expected)
+        expected = f"sizes summing to --num_latents {self.num_latents} (they sum to {sum(sizes)})"
+        require(not self.num_latents or sum(sizes) == self.num_latents, flag, sizes, expected)
+
+    def hookpoint_pairs(self) -> dict[str, str | None]:
+        """`{input hookpoint: output hookpoint}` of every SAE, the output `None` for an SAE (not a transcoder)."""
+        if self.transcode:
+            return {hookpoint + INPUT_SUFFIX: hookpoint for hookpoint in self.hookpoints}
+        return dict(zip(self.hookpoints, self.output_hookpoints or [None] * len(self.hookpoints)))
+
+    def harvested_hookpoints(self) -> list[str]:
+        """Every activation training reads: the SAEs' inputs, then the transcoders' targets."""
+        pairs = self.hookpoint_pairs()
+        return list(dict.fromkeys([*pairs, *(out for out in pairs.values() if out is not None)]))
+
+    def config(
+        self, hookpoint: str, d_in: int, base_model: str | None, output_hookpoint: str | None = None,
+        d_out: int | None = None,
+    ) -> SaeConfig:  # fmt: skip
+        """The `SaeConfig` of the SAE at `hookpoint`, whose activation has width `d_in`; a transcoder predicts
+        `output_hookpoint`, of width `d_out`, and reads its input as it is (no b_dec subtracted)."""
+        size = {"num_latents": self.num_latents} if self.num_latents else {"expansion_factor": self.expansion_factor}
+        transcoder = {}
+        if output_hookpoint is not None:
+            transcoder = {"output_hookpoint": output_hookpoint, "d_out": d_out, "apply_b_dec_to_input": False,
+                          "skip_connection": self.skip_connection}  # fmt: skip
+        return SaeConfig(
+            d_in=d_in,
+            **size,
+            architecture=self.architecture,
+            k=self.k if ARCHITECTURES[self.architecture].uses_k else None,
+            matryoshka_group_sizes=self.matryoshka_group_sizes,
+            sparsity_coefficient=self.sparsity_coefficient,
+            hookpoint=hookpoint,
+            base_model_name_or_path=base_model,
+            **transcoder,
+        )
+
+
+@dataclass
+class LanguageModelArguments(Checked):
+    """The LM to study and how its activations are read; the same for training, caching, evaluation and features."""
+
+    model_name_or_path: str | None = flag(
+        "The LM: a Hub id, a local directory, or the built-in `smollm2-135m-instruct`. Default: the built-in model "
+        "for training, the SAEs' base model for eval and features.",
+        None,
+    )
+    lm_batch_size: int = flag("Blocks per LM forward.", 8)
+    lm_dtype: LmDtype = flag("LM forward precision (autocast): auto picks bf16 where the hardware is faster.", "auto")
+    outlier_factor: float | None = flag(
+        "Leave out tokens whose activation norm exceeds this times their block's median (none: keep all).", 10.0
+    )
+    lm_device_map: str | None = flag(
+        "Place the LM with transformers' device_map (e.g. `auto`: split over this machine's GPUs) instead of on "
+        "the process's device.",
+        None,
+    )
+
+    def check(self) -> None:
+        require(self.lm_batch_size >= 1, "lm_batch_size", self.lm_batch_size, "a positive integer")
+        factor = self.outlier_factor
+        require(factor is None or factor > 0, "outlier_factor", factor, "a number > 0, or none")
+
+    def reading(self, device: torch.device | str | None = None) -> LmReading:
+        """How to read the LM on `device` (default: the GPU where there is one): the one adapter from these
+        arguments to what the harvest, the cache, evaluation and feature collection take."""
+        device = torch.device(device or default_device())
+        dtype = resolve_lm_dtype(self.lm_dtype, device)
+        return LmReading(device, self.lm_batch_size, autocast_dtype=dtype, outlier_factor=self.outlier_factor)
+
+
+ActivationArguments = LanguageModelArguments  # the name before 0.2, kept for code that imports it
+
+
+@dataclass
+class DataArguments(Checked):
+    """Where the text comes from and how it is cut into token blocks."""
+
+    dataset_name: list[str] | None = flag(
+        "One or more sources, each a Hub dataset id, a local file (.txt, .jsonl, .json, .parquet, .csv) or folder, "
+        "or a folder written by save_to_disk; several are mixed (see --dataset_weights). Default: the built-in "
+        "corpus (run `hf-sae prepare-corpus` once).",
+        None,
+    )
+    dataset_weights: list[float] | None = flag(
+        "Mixing weights, one per --dataset_name source: documents are drawn from each with this probability "
+        "(normalised) until one runs out. Default: every document of every source once (map-style only).",
+        None,
+    )
+    dataset_config_name: str | None = flag("The dataset configuration (subset).", None)
+    dataset_split: str = flag("The split to read.", "train")
+    text_column: str = flag("The column that holds the documents' text.", "text")
+    source_column: str | None = flag(
+        "The column naming each document's source, when the text has one: blocks keep it and evaluation reports "
+        "per source. Mixed sources without it are named by their --dataset_name.",
+        "source",
+    )
+    streaming: bool = flag("Stream the dataset instead of downloading and tokenizing it up front.", False)
+    context_size: int = flag("Tokens per block, BOS included; at most the model's max positions.", 256)
+    max_documents: int | None = flag("Read at most this many documents (after shuffling). Default: all.", None)
+    shuffle_seed: int | None = flag(
+        "Shuffle documents with this seed before packing (it also seeds the mixing); none keeps the stored order.", 0
+    )
+    stream_shuffle_buffer: int = flag(
+        "Documents in the shuffle buffer of a streamed source (IterableDataset.shuffle): large enough to mix a "
+        "stream sorted by source, date or length; at least one packing batch.",
+        10_000,
+    )
+    num_proc: int | None = flag("Processes for tokenization (not used when streaming).", None)
+
+    def __post_init__(self):
+        if isinstance(self.dataset_name, str):
+            self.dataset_name = [self.dataset_name]
+        super().__post_init__()
+        # One source stays a plain string, as it always was, for the code and the saved arguments that read it.
+        if isinstance(self.dataset_name, list | tuple) and len(self.dataset_name) == 1:
+            self.dataset_name = self.dataset_name[0]
+
+    @property
+    def dataset_names(self) -> list[str | None]:
+        """The sources, as a list; `[None]` is the built-in corpus."""
+        return list(self.dataset_name) if isinstance(self.dataset_name, list | tuple) else [self.dataset_name]
+
+    def check(self) -> None:
+        require(self.context_size >= 2, "context_size", self.context_size, "at least 2 (BOS plus text)")
+        docs = self.max_documents
+        require(docs is None or docs >= 1, "max_documents", docs, "a positive integer, or none")
+        names, weights = self.dataset_names, self.dataset_weights
+        require(None not in names or len(names) == 1, "dataset_name", names, "paths or Hub ids (none only alone)")
+        if weights is not None:
+            count = f"{len(names)} number(s), one per --dataset_name source, in the same order"
+            require(len(weights) == len(names), "dataset_weights", weights, count)
+            expected = "finite numbers >= 0 (0 leaves a source out); make the negative ones positive or 0"
+            require(all(math.isfinite(w) and w >= 0 for w in weights), "dataset_weights", weights, expected)
+            require(sum(weights) > 0, "dataset_weights", weights, "weights with a positive sum; raise one above 0")
+        expected = "given to mix several streamed sources, whose sizes are unknown; pass one weight per source"
+        require(weights is not None or len(names) == 1 or not self.streaming, "dataset_weights", weights, expected)
+        buffer = self.stream_shuffle_buffer
+        expected = f"at least one packing batch ({PACK_BATCH_DOCUMENTS} documents), or a smaller buffer barely mixes"
+        require(buffer >= PACK_BATCH_DOCUMENTS, "stream_shuffle_buffer", buffer, expected + "; raise it")
+
+
+@dataclass
+class EvalDataArguments(DataArguments):
+    """`DataArguments` whose split defaults to `test`, the part of the built-in corpus that training never reads."""
+
+    dataset_split: str = flag("The split to evaluate on (held out from training).", "test")
+
+
+@dataclass
+class SaeTrainingArguments(Checked):
+    """How to train: the schedule, the activation stream, and where results go."""
+
+    train_tokens: int = flag("Tokens to train on (the default: about ten minutes on 2 CPU cores).", 1_000_000)
+    batch_size: int = flag("Tokens per optimiser step, over all processes and accumulation steps.", 4096)
+    gradient_accumulation_steps: int = flag(
+        "Micro-batches per optimiser step: each process computes batch_size / (processes x this) tokens at a time.", 1
+    )
+    learning_rate: float = flag("Adam learning rate.", 1e-3)
+    lr_warmup_fraction: float = flag("Fraction of steps with linear lr warm-up.", 0.02)
+    lr_decay_fraction: float = flag("Fraction of final steps decaying lr to 0.", 0.2)
+    sparsity_warmup_fraction: float = flag("Fraction of steps over which the sparsity coefficient ramps up.", 0.05)
+    max_grad_norm: float = flag("Gradient clipping norm (0 disables).", 1.0)
+    dead_after_tokens: int | None = flag(
+        "A latent is dead after this many tokens without firing (default: a quarter of the run, at most 10M).", None
+    )
+    b_dec_init: Literal["geometric_median", "mean", "zero"] = flag("How b_dec starts.", "geometric_median")
+    normalize_activations: bool = flag(
+        "Scale activations to mean norm sqrt(d_in) while training (folded into the saved weights).", True
+    )
+    shuffle_buffer_tokens: int = flag("Tokens mixed in the shuffling buffer (0: no shuffling).", 65536)
+    prefetch_chunks: int | None = flag(
+        "LM batches harvested ahead on a background thread, so that harvesting overlaps the SAE step. Default: 2 on "
+        "a GPU, 0 on the CPU (where both would compete for the same cores).",
+        None,
+    )
+    activation_cache: str | None = flag(
+        "A folder of cached activations (`hf-sae cache`): replayed if it exists, else written first with "
+        "--train_tokens tokens. Replay draws a fresh random order every epoch.",
+        None,
+    )
+    epochs: float | None = flag(
+        "With --activation_cache: train for this many passes over the cache (replaces --train_tokens).", None
+    )
+    mixed_precision: MixedPrecision | None = flag(
+        "SAE step precision (autocast): auto picks bf16 where the hardware multiplies it faster, `no` is fp32; "
+        "none leaves it to accelerate's setting.",
+        "auto",
+    )
+    output_dir: str = flag("Where the SAEs, logs and checkpoints go.", "outputs/sae")
+    overwrite_output_dir: bool = flag("Replace a previous run in output_dir.", False)
+    resume_from_checkpoint: str | None = flag(
+        "A checkpoint directory (a bare `checkpoint-N` is also looked for in output_dir), or `latest` for the "
+        "newest in output_dir.",
+        None,
+    )
+    save_steps: int = flag("Save a resumable checkpoint every N steps (0: never).", 1000)
+    save_total_limit: int = flag("Checkpoints kept; older ones are deleted.", 2)
+    logging_steps: int = flag("Log metrics every N steps.", 10)
+    report_to: Literal["tensorboard", "wandb", "none"] = flag("Where metrics are logged.", "tensorboard")
+    eval_tokens: int = flag("Held-out tokens for the final FVU / L0 (0: skip).", 100_000)
+    seed: int = flag("Random seed.", 0)
+    num_processes: int = flag(
+        "Processes to train with on this machine: `hf-sae train` starts them with torchrun (1: this process).", 1
+    )
+    ddp_timeout: int = flag("Seconds a process waits at a collective for a peer before the run stops.", 1800)
+    distribute_hookpoints: bool = flag(
+        "Give each process the SAEs of some hookpoints (round robin) instead of a copy of all: activations go to "
+        "their owner, so memory per process is the SAEs it owns. Needs at least as many hookpoints as processes.",
+        False,
+    )
+
+    def check(self) -> None:
+        positive = "a positive integer"
+        require(self.batch_size >= 1, "batch_size", self.batch_size, positive)
+        for name in ("gradient_accumulation_steps", "num_processes", "ddp_timeout"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), positive)
+        require(self.train_tokens >= self.batch_size, "train_tokens", self.train_tokens, "at least --batch_size")
+        require(self.logging_steps >= 1, "logging_steps", self.logging_steps, positive)
+        require(self.save_steps >= 0, "save_steps", self.save_steps, "0 (never) or a positive integer")
+        require(self.save_total_limit >= 1, "save_total_limit", self.save_total_limit, positive)
+        require(self.eval_tokens >= 0, "eval_tokens", self.eval_tokens, "0 (skip) or a positive integer")
+        require(self.shuffle_buffer_tokens >= 0, "shuffle_buffer_tokens", self.shuffle_buffer_tokens, ">= 0")
+        prefetch = self.prefetch_chunks
+        require(prefetch is None or prefetch >= 0, "prefetch_chunks", prefetch, "0 (off), a positive integer or none")
+        rate = self.learning_rate
+        require(math.isfinite(rate) and rate > 0, "learning_rate", rate, "a number > 0")
+        require(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "a number >= 0 (0 disables)")
+        for name in ("lr_warmup_fraction", "lr_decay_fraction", "sparsity_warmup_fraction"):
+            value = getattr(self, name)
+            require(0 <= value <= 1, name, value, "a fraction in [0, 1]")
+        dead = self.dead_after_tokens
+        require(dead is None or dead >= 1, "dead_after_tokens", dead, "a positive integer, or none")
+        epochs = self.epochs
+        require(epochs is None or (math.isfinite(epochs) and epochs > 0), "epochs", epochs, "a number > 0, or none")
+        require(epochs is None or bool(self.activation_cache), "epochs", epochs, "given with --activation_cache")
+        schedule = self.lr_warmup_fraction + self.lr_decay_fraction
+        require(schedule <= 1, "lr_decay_fraction", self.lr_decay_fraction, "at most 1 - --lr_warmup_fraction")
+        check_batch_division(self.batch_size, self.num_processes, self.gradient_accumulation_steps)
+
+
+TRAIN_GROUPS = (SaeArguments, LanguageModelArguments, DataArguments, SaeTrainingArguments)

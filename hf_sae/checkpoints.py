@@ -1,0 +1,224 @@
+"""Resumable checkpoints of a training run: `checkpoint-<step>` folders in its output_dir, written atomically (into
+a temporary folder, renamed once every process has written) and loaded back as tensors and plain values only
+(`weights_only=True`; accelerate's `save_state` would pickle registered objects and load them with code execution).
+
+    trainer_state.pt     step, counters, scales, and the run's signature, which a resumed run must match
+    weights_rank{r}.pt   SAEs, optimiser, scheduler, fp16 loss scaler (rank 0's only under data parallelism, where
+                         they are the same on every rank; each owner's with distributed hookpoints)
+    buffer_rank{r}.pt    each rank's place in its data
+
+    save_checkpoint, restore_checkpoint, load_weights   a trainer's state out, and back in
+    resume_checkpoint, check_output_dir                 what --resume_from_checkpoint and --output_dir name
+    run_signature                                       what a checkpoint shares with the run that resumes it
+"""
+
+from __future__ import annotations
+
+import errno
+import pickle
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from accelerate.logging import get_logger
+
+from .configuration_sae import SaeConfig
+from .errors import TrainingError
+from .layout import replace_folder, write_failure
+
+if TYPE_CHECKING:
+    from .arguments import SaeTrainingArguments
+    from .training import SaeTrainer
+
+logger = get_logger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINER_STATE = "trainer_state.pt"
+RUN_KEY = "run"  # in trainer_state.pt: the run's signature, compared on resume
+# The arguments a resumed run must share with its checkpoint: they decide the text, its order and the batches.
+RESUME_ARGUMENTS = ("dataset_name", "dataset_config_name", "dataset_split", "dataset_weights", "context_size",
+                    "shuffle_seed", "batch_size", "gradient_accumulation_steps", "activation_cache")  # fmt: skip
+CHECKPOINT_ERRORS = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError)
+
+
+def save_checkpoint(trainer: SaeTrainer) -> Path:
+    """Write the trainer's `checkpoint-<step>`, then keep only the newest `save_total_limit` checkpoints."""
+    acc, rank, output_dir = trainer.accelerator, trainer.accelerator.process_index, trainer.output_dir
+    final = output_dir / f"{CHECKPOINT_PREFIX}{trainer.state.step}"
+    tmp = final.with_name(final.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    files = {f"buffer_rank{rank}.pt": trainer.buffer.state_dict()}
+    if trainer.owners or acc.is_main_process:
+        files[f"weights_rank{rank}.pt"] = {
+            "saes": {n: sae.state_dict() for n, sae in trainer.saes.items()}, "state": trainer.state.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict()}  # fmt: skip
+        if acc.scaler is not None:  # fp16: a resumed run goes on with the loss scale it had learnt
+            files[f"weights_rank{rank}.pt"]["scaler"] = acc.scaler.state_dict()
+    if acc.is_main_process:
+        files[TRAINER_STATE] = {**trainer.state.state_dict(), RUN_KEY: run_signature(trainer)}
+    need = sum(_tensor_bytes(value) for value in files.values())
+    name = next(iter(files))
+    try:
+        if shutil.disk_usage(tmp).free < need:  # refuse before writing half a checkpoint
+            raise OSError(errno.ENOSPC, "not enough free space for the checkpoint", str(tmp))
+        for name, value in files.items():
+            torch.save(value, tmp / name)
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        failure = error if isinstance(error, OSError) else OSError(errno.EIO, str(error), str(tmp / name))
+        raise TrainingError(
+            f"Checkpoint {final.name} could not be saved: {write_failure(failure, tmp, need)}. Its temporary "
+            f"folder was removed; the intact checkpoints are {[p.name for p in checkpoint_folders(output_dir)]} "
+            f"in {output_dir}. Free some space, then resume with --resume_from_checkpoint latest."
+        ) from error
+    acc.wait_for_everyone()
+    if acc.is_main_process:  # a run resumed from an older checkpoint replaces the abandoned later ones
+        replace_folder(tmp, final)
+        for old in checkpoint_folders(output_dir)[: -trainer.args.save_total_limit or None]:
+            shutil.rmtree(old)
+    acc.wait_for_everyone()
+    return final
+
+
+def restore_checkpoint(trainer: SaeTrainer) -> Path | None:
+    """Restore step, counters and the data position from the checkpoint the arguments name, if any; its weights
+    wait in `trainer.resumed_weights` for `load_weights`, once the optimiser exists."""
+    path = resume_checkpoint(trainer.args)
+    if path is None:
+        return None
+    saved = _load_file(path / TRAINER_STATE)
+    _check_same_run(trainer, path, saved.pop(RUN_KEY, None))
+    world = trainer.accelerator.num_processes
+    if saved.get("world_size", 1) != world:
+        raise TrainingError(
+            f"{path} was written by a run on {saved.get('world_size', 1)} process(es); this one has {world}. "
+            "Each process resumes its own shard of the data, so resume with the same number of processes."
+        )
+    rank = trainer.accelerator.process_index
+    trainer.resumed_weights = _load_file(path / f"weights_rank{rank if trainer.owners else 0}.pt")
+    if trainer.owners:  # each rank's counters and scales belong to its own SAEs
+        saved = trainer.resumed_weights["state"]
+    trainer.state.load_state_dict(saved, {name: sae.device for name, sae in trainer.saes.items()})
+    trainer.buffer.load_state_dict(_load_file(path / f"buffer_rank{rank}.pt"))
+    logger.info(f"Resuming from {path} at step {trainer.state.step}.", main_process_only=True)
+    return path
+
+
+def load_weights(trainer: SaeTrainer) -> None:
+    """The restored SAEs, optimiser, scheduler and fp16 loss scale, into the prepared trainer."""
+    weights = trainer.resumed_weights
+    for name, sae in trainer.saes.items():
+        sae.load_state_dict(weights["saes"][name])
+    trainer.optimizer.load_state_dict(weights["optimizer"])
+    trainer.scheduler.load_state_dict(weights["scheduler"])
+    if trainer.accelerator.scaler is not None and "scaler" in weights:
+        trainer.accelerator.scaler.load_state_dict(weights["scaler"])
+
+
+def run_signature(trainer: SaeTrainer) -> dict:
+    """What a checkpoint must share with the run that resumes it: each SAE's config (architecture, widths, k,
+    hookpoint, base model) and the arguments that decide the data and its batches."""
+    saes = {name: {key: sae.config.to_dict().get(key) for key in sorted(SaeConfig.__annotations__)
+                   if key != "hf_sae_version"} for name, sae in trainer.saes.items()}  # fmt: skip
+    return {"saes": saes, "args": {key: trainer.hparams.get(key) for key in RESUME_ARGUMENTS}}
+
+
+def _check_same_run(trainer: SaeTrainer, path: Path, saved: dict | None) -> None:
+    if saved is None:
+        return  # written before checkpoints recorded their run
+    now, differences = run_signature(trainer), []
+    for name in sorted(set(saved["saes"]) | set(now["saes"])):
+        before, after = saved["saes"].get(name), now["saes"].get(name)
+        if before is None or after is None:
+            differences.append(f"SAE {name!r}: {'not in the checkpoint' if before is None else 'not in this run'}")
+            continue
+        keys = sorted(set(before) | set(after))
+        differences += [f"{name} {key}: checkpoint {before.get(key)!r}, now {after.get(key)!r}"
+                        for key in keys if before.get(key) != after.get(key)]  # fmt: skip
+    differences += [f"--{key}: checkpoint {value!r}, now {now['args'].get(key)!r}"
+                    for key, value in saved["args"].items() if value != now["args"].get(key)]  # fmt: skip
+    if differences:
+        raise TrainingError(
+            f"{path} is from a run with other arguments: {'; '.join(differences)}. Resume with the arguments it "
+            f"was trained with (the run's {trainer.output_dir}/training_args.json has them), or start a new run in "
+            "another --output_dir."
+        )
+
+
+def resume_checkpoint(args: SaeTrainingArguments) -> Path | None:
+    """The checkpoint `--resume_from_checkpoint` names (`latest`: the newest in output_dir; a bare name such as
+    `checkpoint-500` that is no folder here: the one in output_dir), or None for a new run."""
+    choice = args.resume_from_checkpoint
+    if not choice:
+        return None
+    found = checkpoint_folders(Path(args.output_dir))
+    path = (found[-1] if found else None) if choice == "latest" else Path(choice)
+    if path is not None and not path.exists() and not path.is_absolute() and (Path(args.output_dir) / path).exists():
+        path = Path(args.output_dir) / path
+    if path is None or not (path / TRAINER_STATE).exists():
+        where = f"{args.output_dir} holds no checkpoint" if path is None else f"No complete checkpoint at {path}"
+        raise TrainingError(
+            f"--resume_from_checkpoint {choice}: {where}. Expected a `{CHECKPOINT_PREFIX}<step>` folder written by "
+            f"hf_sae (found in {args.output_dir}: {[p.name for p in found]}). Drop the flag to start a new run."
+        )
+    return path
+
+
+def check_output_dir(args: SaeTrainingArguments) -> None:
+    """Refuse an output directory holding another run unless told to overwrite it or resume from it (which must
+    exist: checked here, before anything loads)."""
+    path = Path(args.output_dir)
+    if resume_checkpoint(args) or not path.exists() or not any(path.iterdir()):
+        return
+    if not args.overwrite_output_dir:
+        raise TrainingError(
+            f"Output directory {path} already holds a run ({', '.join(sorted(p.name for p in path.iterdir())[:5])}). "
+            "Pass --overwrite_output_dir to replace it, --resume_from_checkpoint latest to continue it, or choose "
+            "another --output_dir."
+        )
+
+
+def checkpoint_folders(output_dir: Path) -> list[Path]:
+    """The complete `checkpoint-<step>` folders of a run, oldest first (a `.tmp` one is an interrupted write)."""
+    found = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def _load_file(path: Path):
+    """A checkpoint file hf_sae wrote: tensors and plain values only (`weights_only`), so a file that asks to run
+    code, or a damaged one, is refused and never executed."""
+    try:
+        return torch.load(path, weights_only=True)
+    except CHECKPOINT_ERRORS as error:
+        others = [p for p in checkpoint_folders(path.parent.parent) if p != path.parent]
+        intact = next((p for p in reversed(others) if _is_intact(p)), None)
+        advice = (f"the newest intact one is {intact}: resume from it with --resume_from_checkpoint {intact}"
+                  if intact else "none is intact, so the run must start again")  # fmt: skip
+        raise TrainingError(
+            f"{path} cannot be loaded as a checkpoint hf_sae wrote ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); it is damaged, or holds more than tensors and "
+            f"plain values and is refused rather than run. Other checkpoints in {path.parent.parent}: "
+            f"{[p.name for p in others] or 'none'}; {advice}."
+        ) from None
+
+
+def _is_intact(checkpoint: Path) -> bool:
+    """Whether every file of `checkpoint` loads (tensors and plain values only)."""
+    try:
+        for file in checkpoint.glob("*.pt"):
+            torch.load(file, weights_only=True)
+    except CHECKPOINT_ERRORS:
+        return False
+    return (checkpoint / TRAINER_STATE).is_file()
+
+
+def _tensor_bytes(value) -> int:
+    """Bytes of the tensors in a nested state dict: about what `torch.save` writes."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0

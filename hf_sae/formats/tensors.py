@@ -1,0 +1,80 @@
+"""What every format reader shares: `Found` (what a folder holds, from its small files) and the tensor helpers that
+check shapes, read safetensors and fold scales so that a converted SAE takes raw activations."""
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor
+
+from ..configuration_sae import SaeConfig
+from ..errors import SaeConfigError, WeightsError
+
+
+class Found(NamedTuple):
+    """What a folder holds, read from its small files only: for choosing among many SAEs before downloading."""
+
+    format: str
+    hookpoint: str | None
+    num_latents: int | None
+    l0: float | None = None
+
+
+# ---- helpers --------------------------------------------------------------------------------------------------------
+
+
+def take(tensors: dict[str, Tensor], name: str, shape: tuple[int, ...], source: Path, *aliases: str) -> Tensor:
+    """`tensors[name]` (or the first alias present) as float32, checked against `shape`."""
+    key = next((k for k in (name, *aliases) if k in tensors), None)
+    if key is None:
+        raise WeightsError(
+            f"{source} lacks tensor {name!r} (shape {shape}); it has {sorted(tensors)}. The file is incomplete or "
+            "was saved for another architecture."
+        )
+    tensor = tensors[key]
+    if tuple(tensor.shape) != shape:
+        raise WeightsError(
+            f"Tensor {key!r} in {source} has shape {tuple(tensor.shape)}, but its config says {shape}. The weights "
+            "and config do not belong together."
+        )
+    return tensor.detach().to(torch.float32)
+
+
+def refuse(source: Path, field: str, value: Any, why: str) -> SaeConfigError:
+    return SaeConfigError(f"{source} sets {field}={value!r}, which hf_sae cannot represent: {why}")
+
+
+def load_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise WeightsError(
+            f"{path} is not a readable safetensors file ({error}). Download or save it again."
+        ) from None
+
+
+def nonnegative(threshold: Tensor) -> Tensor:
+    """SAELens, Gemma Scope and dictionary_learning compute relu(pre) * (pre > θ); hf_sae's JumpReLU is
+    pre * (pre > θ). The two agree for every pre once θ is raised to at least 0."""
+    return threshold.clamp_min(0)
+
+
+def fold_decoder_norms(t: dict[str, Tensor]) -> None:
+    """Latents scaled by decoder row norms (SAELens' `rescale_acts_by_decoder_norm`) folded into the weights."""
+    norms = t["W_dec"].norm(dim=-1).clamp_min(1e-8)
+    t["W_enc"] = t["W_enc"] * norms[:, None]
+    t["b_enc"] = t["b_enc"] * norms
+    t["W_dec"] = t["W_dec"] / norms[:, None]
+
+
+def fold_input_scale(t: dict[str, Tensor], scale: float, output_scale: float | None = None) -> None:
+    """An SAE that reads `scale * x` (and predicts `output_scale * y`, by default `scale * y`) made to read x and
+    predict y (as `SaeModel.fold_activation_scale_`)."""
+    output_scale = scale if output_scale is None else output_scale
+    t["W_enc"], t["W_dec"], t["b_dec"] = t["W_enc"] * scale, t["W_dec"] / output_scale, t["b_dec"] / output_scale
+
+
+def config_of(d_in: int, num_latents: int, architecture: str, **fields) -> SaeConfig:
+    return SaeConfig(d_in=d_in, num_latents=num_latents, architecture=architecture, **fields)

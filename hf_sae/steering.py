@@ -1,0 +1,132 @@
+"""What `SaeHooks.steer` and `ablate` do to latents: an `Edit` (which latents, by how much, at which positions) and
+the token information it needs (absolute positions and the padding mask); user input is checked here, as it comes."""
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import HookpointError, SteeringError
+from .modeling_sae import SaeModel
+
+Positions = int | Sequence[int] | slice | None
+
+
+class Tokens(NamedTuple):
+    """Absolute positions (batch, seq) and the real-token mask (batch, seq) of an activation, when known."""
+
+    positions: Tensor | None
+    real: Tensor | None
+
+
+@dataclass(eq=False)
+class Edit:
+    features: Tensor  # (k,) latent indices
+    values: Tensor  # (k,) amounts added, or values clamped to
+    mode: Literal["add", "clamp"]
+    positions: Tensor | slice | None
+
+    def apply_(self, z: Tensor, tokens: Tokens) -> None:
+        """Edit the latents z of shape (..., num_latents) in place at the selected tokens."""
+        features, values = self.features.to(z.device), self.values.to(device=z.device, dtype=z.dtype)
+        old = z[..., features]  # (..., k)
+        new = old + values if self.mode == "add" else values.expand_as(old)
+        if (selected := self._select(tokens)) is not None:
+            new = torch.where(selected[..., None], new, old)
+        z[..., features] = new
+
+    def _select(self, tokens: Tokens) -> Tensor | None:
+        if self.positions is None:
+            return tokens.real  # every real token; padding is left alone
+        if (at := tokens.positions) is None:
+            raise HookpointError(
+                "Steering at `positions` needs activations shaped (batch, seq, width); this hookpoint's are not. "
+                "Drop `positions` or hook a decoder block."
+            )
+        if isinstance(self.positions, slice):
+            stop = torch.inf if self.positions.stop is None else self.positions.stop
+            chosen = (at >= (self.positions.start or 0)) & (at < stop)
+        else:
+            chosen = torch.isin(at, self.positions.to(at.device))
+        return chosen if tokens.real is None else chosen & tokens.real
+
+
+def token_info(attention_mask: Tensor | None, past_length: int, x: Tensor) -> Tokens:
+    if x.ndim != 3:
+        return Tokens(None, None)
+    (batch, seq), mask = x.shape[:2], attention_mask
+    if mask is not None and mask.ndim == 2 and mask.shape[0] == batch and mask.shape[1] >= seq:
+        # Padding on the left shifts a sequence right; counting its real tokens gives each one's own position.
+        positions = mask.long().cumsum(-1)[:, -seq:] - 1
+        return Tokens(positions.to(x.device), mask[:, -seq:].to(device=x.device, dtype=torch.bool))
+    return Tokens(torch.arange(past_length, past_length + seq, device=x.device).expand(batch, seq), None)
+
+
+def feature_values(features, alpha: float, sae: SaeModel) -> tuple[Tensor, Tensor]:
+    """Latent indices (k,) and their amounts (k,), checked against the SAE's width. Indices may be ints, numpy
+    integers, integer tensors (0-d, as `argmax` returns, or 1-d) and lists of them, or keys of `{latent: alpha}`."""
+    n = sae.config.num_latents
+    pairs = list(features.items()) if isinstance(features, Mapping) else [(i, alpha) for i in _indices(features)]
+    if not pairs:
+        raise SteeringError(f"Features must be latent indices in [0, {n}); got none ({features!r}).")
+    by_feature = {}
+    for index, value in pairs:
+        index, value = _index(index, n, "feature"), _amount(value, index)
+        by_feature[index] = value
+    return torch.tensor(list(by_feature), dtype=torch.long), torch.tensor(list(by_feature.values()))
+
+
+def _indices(values) -> list:
+    """A single index or a sequence / array / tensor of them, as a list (a string is neither, and is refused)."""
+    if isinstance(values, str | bytes) or values is None:
+        raise SteeringError(
+            f"Latent indices must be integers (int, numpy integer, integer tensor) or a list of them; got "
+            f"{values!r}. Write `12`, not `'12'`."
+        )
+    if isinstance(values, Tensor | np.ndarray):
+        return [values] if values.ndim == 0 else list(values.reshape(-1))
+    if isinstance(values, int | np.integer):
+        return [values]
+    if isinstance(values, Iterable):
+        return list(values)
+    return [values]  # one value of another type: `_index` names it
+
+
+def _index(value, n: int, what: str) -> int:
+    """An integer index in [0, n), from an int, a numpy integer or a 0-d integer tensor; anything else is refused."""
+    if isinstance(value, Tensor | np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise SteeringError(
+            f"A {what} index must be an integer (int, numpy integer or integer tensor); got {value!r} of type "
+            f"{type(value).__name__}."
+        )
+    if not 0 <= int(value) < n:
+        expected = f"latent indices in [0, {n})" if what == "feature" else "token positions >= 0"
+        raise SteeringError(f"{what.capitalize()}s must be {expected}; got {int(value)}.")
+    return int(value)
+
+
+def _amount(value, index: int) -> float:
+    if isinstance(value, Tensor | np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+        raise SteeringError(f"The amount for feature {index} must be a number; got {value!r}.")
+    if not math.isfinite(value):
+        raise SteeringError(f"The amount for feature {index} must be a finite number; got {value!r}.")
+    return float(value)
+
+
+def positions_of(positions: Positions) -> Tensor | slice | None:
+    if positions is None or (isinstance(positions, slice) and positions.step in (None, 1)):
+        return positions
+    if isinstance(positions, slice):
+        raise SteeringError(f"`positions` must be token indices >= 0 or a slice with step 1; got {positions}.")
+    values = _indices(positions)
+    if not values:
+        raise SteeringError(f"`positions` must be token indices >= 0 or a slice with step 1; got {positions}.")
+    return torch.tensor([_index(p, 2**62, "position") for p in values], dtype=torch.long)

@@ -1,0 +1,18 @@
+"""The package's shape: modules small enough to read whole (the layers and the absence of import cycles are checked
+by `lint-imports` in `make lint`)."""
+
+from pathlib import Path
+
+import hf_sae
+
+MAX_LINES = 500
+
+
+def test_no_module_is_over_500_lines():
+    package = Path(hf_sae.__file__).parent
+    modules = sorted(package.rglob("*.py"))
+    assert len(modules) > 40  # the package itself was read, not an empty folder
+    long = {
+        str(path.relative_to(package)): n for path in modules if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}, f"split these modules: {long}"
