@@ -12,11 +12,12 @@ from .arguments import (
     EvalDataArguments,
     EvaluationArguments,
     FeatureArguments,
+    LanguageModelArguments,
     SaeArguments,
     SaeTrainingArguments,
 )
 from .auto import register_auto_classes
-from .browser import explain, write_browser
+from .browser import write_browser
 from .configuration_sae import SaeConfig
 from .errors import (
     ArgumentError,
@@ -39,7 +40,7 @@ from .errors import (
 )
 from .evaluation import evaluate_saes
 from .feature_store import FeatureMetadata, load_features
-from .features import collect_feature_metadata
+from .features import collect_feature_metadata, explain
 from .hookpoints import capture_activations, resolve_hookpoints
 from .hooks import SaeHooks, SaeRecorder
 from .hub import load_saes, push_saes_to_hub, save_saes
@@ -69,6 +70,7 @@ __all__ = [
     "HfSaeError",
     "HookpointError",
     "HubError",
+    "LanguageModelArguments",
     "MissingDependencyError",
     "ModelNotFoundError",
     "SaeArguments",

@@ -12,7 +12,7 @@ import functools
 from transformers import AutoConfig, AutoModel
 
 from .configuration_sae import SaeConfig
-from .errors import HubError, SaeNotFoundError
+from .errors import HubError, SaeConfigError, SaeNotFoundError
 from .modeling_sae import SaeModel
 
 
@@ -31,7 +31,7 @@ def _or_another_sae_format(from_pretrained):
         except (OSError, ValueError) as refusal:  # no config.json, or one without a known model_type
             try:
                 return SaeModel.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-            except (SaeNotFoundError, HubError):  # no SAE there either: what transformers said is the answer
+            except (SaeNotFoundError, SaeConfigError, HubError):  # no SAE there either: transformers' answer stands
                 raise refusal from None
 
     load.opens_other_sae_formats = True

@@ -21,7 +21,6 @@ import pyarrow.compute as pc
 
 from .errors import ArgumentError
 from .feature_store import FeatureMetadata, load_features
-from .features import explain as explain  # its home before features.py; hf_sae/__init__ still imports it here
 from .layout import replace_folder, staging_folder
 
 TEMPLATE = "browser_template.html"

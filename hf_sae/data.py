@@ -11,6 +11,10 @@ a block that starts mid-document still needs it. There is no padding: the tail o
 Order: documents are shuffled (seeded) before packing and several sources are mixed, so that a budget smaller than
 the text still sees all of it; blocks are sharded over ranks after that, so every rank and every resume sees the
 same order.
+
+    load_text_dataset, check_sources     the documents of every source, mixed; each source opened and checked
+    tokenize_and_pack, load_token_blocks the packed blocks (sharded over ranks)
+    skip_blocks, iter_blocks, read_blocks   reading them: from a resume point, one by one, or the first N tokens
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from .errors import DataError
 from .offline.corpus import default_corpus_path
 from .sources import COMPRESSION_SUFFIXES, local_path
 
-if TYPE_CHECKING:  # the argument classes live with the others; data needs nothing of ours at run time but errors
+if TYPE_CHECKING:  # the argument groups sit above the LM side; only their fields are read here
     from .arguments import DataArguments
 
 logger = logging.get_logger(__name__)

@@ -244,6 +244,8 @@ def locate_sae(source, subfolder: str | None, options: HubOptions) -> Located:
     if root is not None:
         folder = root / (subfolder or "")
         fmt = formats.detect_format(folder)
+        if fmt is None and (folder / CONFIG).is_file():
+            check_sae_folder(folder)  # says what is wrong with its config.json
         if fmt is None:
             raise no_sae_there(f"{folder}", list(find_sae_folders(root)[0]), subfolder)
         if fmt == "hf_sae":
@@ -310,25 +312,26 @@ def locate_saes(source, wanted: list[str] | None, options: HubOptions, width=Non
 
 
 def _locate_local(root: Path, wanted, width, l0, source: str) -> dict[str, Located]:
-    folders, single = find_sae_folders(root)
-    if any(formats.detect_format(folder) == "hf_sae" for folder in folders.values()):
-        candidates = [formats.Candidate(h, formats.Found("hf_sae", h, None)) for h in folders]
-        chosen = formats.choose(candidates, wanted, None, None, source)
-        for hookpoint in chosen:
-            check_sae_folder(folders[hookpoint], None if single else hookpoint)
-        return {h: Located(folders[h], "hf_sae") for h in chosen}
-    if fmt := formats.detect_format(root):  # one SAE in another format
+    fmt = formats.detect_format(root)
+    if fmt not in (None, "hf_sae"):  # one SAE in another format
         found = formats.describe(root, fmt, source)
         chosen = formats.choose([formats.Candidate(SINGLE_SAE_KEY, found)], wanted, width, l0, source)
         return {h: Located(root, fmt, found.hookpoint, source) for h in chosen}
+    folders, single = find_sae_folders(root)
     foreign = formats.sae_folders(formats.files_in(root))
-    if not foreign:
+    if foreign and not any(formats.detect_format(folder) == "hf_sae" for folder in folders.values()):
+        chosen = formats.choose(_describe(root, foreign, source), wanted, width, l0, source)
+        return {h: Located(root / c.folder, c.found.format, h, source) for h, c in chosen.items()}
+    if not folders:
         raise SaeNotFoundError(
             f"Found no SAE in {source}: expected <hookpoint>/{CONFIG} folders or a {CONFIG} at the top, or SAEs in "
             f"one of the formats {', '.join(formats.FORMATS)}."
         )
-    chosen = formats.choose(_describe(root, foreign, source), wanted, width, l0, source)
-    return {h: Located(root / c.folder, c.found.format, h, source) for h, c in chosen.items()}
+    candidates = [formats.Candidate(h, formats.Found("hf_sae", h, None)) for h in folders]
+    chosen = formats.choose(candidates, wanted, None, None, source)
+    for hookpoint in chosen:
+        check_sae_folder(folders[hookpoint], None if single else hookpoint)
+    return {h: Located(folders[h], "hf_sae") for h in chosen}
 
 
 def _describe(root: Path, foreign: Mapping[str, str], hint: str) -> list[formats.Candidate]:

@@ -9,7 +9,7 @@ Sections:
   roofline  dense (batch, d_in) @ (d_in, num_latents) matmul throughput in fp32 and bf16: the SAE encoder's shape, by
             the faster of torch's default matmul and oneDNN's (`hf_sae.fast_linear`, which the step uses on CPUs)
   harvest   LM tokens/s: full forward vs forward stopped after the hookpoint, fp32 and bf16 autocast
-  sae       one SAE training step (forward, backward, Adam) on stored activations, per architecture and precision,
+  sae       the trainer's own step (`SaeTrainer.step`) on stored activations, per architecture and precision,
             with peak memory and L0; each step is reported as a fraction of the roofline, its ideal cost being one
             dense encoder matmul (2 * d_in * num_latents FLOPs per token), and of the TopK step. The penalty
             architectures (relu, jumprelu, gated) have their encoder bias or thresholds set so that their L0 is
@@ -46,8 +46,10 @@ from pathlib import Path
 import torch
 
 from hf_sae.architectures import ARCHITECTURES as SAE_ARCHITECTURES
+from hf_sae.arguments import LanguageModelArguments
 from hf_sae.cpu_memory import keep_freed_memory
 from hf_sae.distribution import local_launch
+from hf_sae.precision import default_device
 
 # The TopK step as a transcoder (with a skip term or not), predicting another activation of the same width.
 TRANSCODERS = {"topk_transcoder": ("topk", False), "topk_skip_transcoder": ("topk", True)}
@@ -105,8 +107,6 @@ def peak_rss_mb() -> float:
 
 def lm_dtype(args) -> torch.dtype | None:
     """The LM forward's autocast dtype as a run of `hf-sae train` reads it here (its default `lm_dtype`)."""
-    from hf_sae.arguments import LanguageModelArguments
-
     return LanguageModelArguments().reading(args.device).autocast_dtype
 
 
@@ -410,7 +410,7 @@ def report_replay(results: dict, count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", nargs="+", default=["roofline", "harvest", "sae", "e2e"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     # The default setup: SmolLM2 layer 15, 9,216 latents, k 32, batches of 4,096 tokens per SAE step.
     shape = {"model": "smollm2-135m-instruct", "hookpoint": "model.layers.15", "d_in": 576, "num_latents": 9216,
              "k": 32, "batch_size": 4096, "context_size": 256, "lm_batch_size": 8, "repeats": 6,

@@ -1,5 +1,6 @@
-"""Other formats in and out, against files the real packages wrote (scripts/make_format_fixtures.py: sae-lens 6.54.12,
-eai-sparsify 1.3.3, dictionary-learning 0.1.0; Gemma Scope and Llama Scope in their published layouts)."""
+"""Other formats in and out, against files the real packages wrote (tests/fixtures/make_format_fixtures.py:
+sae-lens 6.54.12, eai-sparsify 1.3.3, dictionary-learning 0.1.0; Gemma Scope and Llama Scope in their published
+layouts)."""
 
 import json
 import math
@@ -26,8 +27,8 @@ from hf_sae import (
     WeightsError,
     load_saes,
 )
-from hf_sae.cli import main
 from hf_sae.arguments import ConvertArguments
+from hf_sae.cli import main
 from hf_sae.convert import detect_format, export_sae, releases
 from hf_sae.formats import match_release
 from hf_sae.formats import names as N
@@ -199,7 +200,9 @@ def test_folded_scales_and_semantics():
     batchtopk = SaeModel.from_folder(FIXTURES / "saelens_batchtopk")
     assert batchtopk.config.k == 16 and batchtopk.threshold.shape == ()
     assert not SaeModel.from_folder(FIXTURES / CASES["gemma_scope"][0]).config.apply_b_dec_to_input
-    assert SaeModel.from_folder(FIXTURES / "sparsify_run/layers.3").config.apply_b_dec_to_input  # cfg.json does not say so
+    assert SaeModel.from_folder(
+        FIXTURES / "sparsify_run/layers.3"
+    ).config.apply_b_dec_to_input  # cfg.json does not say so
     # The checkpoint's activation scale (2.5) and decoder norms are folded: the SAE takes raw activations.
     checkpoint = SaeModel.from_folder(FIXTURES / "saelens_topk_checkpoint")
     raw = load_file(FIXTURES / "saelens_topk_checkpoint/sae_weights.safetensors")

@@ -440,7 +440,9 @@ def test_invalid_sae_is_refused_before_any_upload(hub, tmp_path):
     wrong = make_sae(num_latents=32)
     wrong.save_pretrained(tmp_path / "wrong")
     os.replace(tmp_path / "wrong" / "model.safetensors", out / LAYERS[1] / "model.safetensors")
-    with pytest.raises(WeightsError, match=r"`W_enc` in the file has shape \(32, 16\) where its config expects \(64, 16\)"):
+    with pytest.raises(
+        WeightsError, match=r"`W_enc` in the file has shape \(32, 16\) where its config expects \(64, 16\)"
+    ):
         push_saes_to_hub("alice/invalid", out, token=ALICE)
     assert hub.requests == []  # not even the repo was created
 

@@ -172,7 +172,7 @@ class LanguageModelArguments(Checked):
         return LmReading(device, self.lm_batch_size, autocast_dtype=dtype, outlier_factor=self.outlier_factor)
 
 
-ActivationArguments = LanguageModelArguments  # the name before 0.2, kept for code that imports it
+ActivationArguments = LanguageModelArguments  # its former name, kept for code that imports it
 
 
 @dataclass
