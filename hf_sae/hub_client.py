@@ -71,6 +71,18 @@ class HubOptions(NamedTuple):
     def offline(self) -> bool:
         return self.local_files_only or constants.HF_HUB_OFFLINE
 
+    def download_file(self, repo_id: str, filename: str) -> Path:
+        return Path(
+            hf_hub_download(
+                repo_id,
+                filename,
+                revision=self.revision,
+                token=self.token,
+                cache_dir=self.cache_dir,
+                local_files_only=self.offline,
+            )
+        )
+
     def download(self, repo_id: str, patterns: list[str] | None) -> Path:
         return Path(
             _snapshot_download(
@@ -260,8 +272,8 @@ def locate_sae(source, subfolder: str | None, options: HubOptions) -> Located:
         if CONFIG not in here and not options.offline:  # offline, the cache may hold only part of the repo
             present = ["(top)"] * (CONFIG in files) + hookpoints_in(files)
             raise no_sae_there(f"repo {repo_id!r} at {prefix or 'its top'}", present, subfolder)
-        wanted = [CONFIG, *[WEIGHTS] * (WEIGHTS in here or options.offline)]
-        folder = options.download(repo_id, [glob.escape(prefix + name) for name in wanted]) / prefix
+        for name in [CONFIG, *[WEIGHTS] * (WEIGHTS in here or options.offline)]:  # the two files, nothing else
+            folder = Path(options.download_file(repo_id, prefix + name)).parent
     if not formats.is_hf_sae_config(folder / CONFIG):
         raise no_sae_there(f"repo {repo_id!r} at {prefix or 'its top'}", [], subfolder)
     check_sae_folder(folder)
