@@ -18,6 +18,7 @@ from .arguments import (
 )
 from .auto import register_auto_classes
 from .browser import write_browser
+from .configuration_clt import CltConfig
 from .configuration_sae import SaeConfig
 from .errors import (
     ArgumentError,
@@ -45,6 +46,7 @@ from .hookpoints import capture_activations, resolve_hookpoints
 from .hooks import SaeHooks, SaeRecorder
 from .hub import load_saes, push_saes_to_hub, save_saes
 from .model_card import metrics_to_eval_results
+from .modeling_clt import CltModel, CltOutput
 from .modeling_sae import SaeModel, SaeOutput, SaePreTrainedModel
 from .models import load_model
 from .runners import run_evaluation, run_features, train_saes
@@ -55,6 +57,9 @@ register_auto_classes()
 
 __all__ = [
     "ARCHITECTURES",
+    "CltConfig",
+    "CltModel",
+    "CltOutput",
     "ActivationArguments",
     "ArgumentError",
     "CorpusDownloadError",

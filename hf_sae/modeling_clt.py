@@ -1,0 +1,206 @@
+"""`CltModel`: a cross-layer transcoder as a `transformers.PreTrainedModel` (Ameisen et al. 2025, "Circuit Tracing:
+Revealing Computational Graphs in Language Models"; Lindsey et al. 2024 on crosscoders).
+
+One encoder per layer reads that layer's MLP input; layer l's latents decode into the MLP output of every layer
+l' >= l, so the prediction of layer l' sums the decoders of layers 0..l'. Inputs and targets stack the layers on the
+second-to-last axis: x `(..., n_layers, d_in)`, target `(..., n_layers, d_out)`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .architectures import BATCHTOPK_THRESHOLD_DECAY, JumpReLU
+from .configuration_clt import CltConfig
+from .errors import HookpointError
+
+
+@dataclass
+class CltOutput(ModelOutput):
+    """
+    Output of [`CltModel.forward`].
+
+    Args:
+        reconstruction (`torch.Tensor` of shape `(..., n_layers, d_out)`): the prediction of every MLP output.
+        latents (`torch.Tensor` of shape `(..., n_layers, num_latents)`): the latent activations.
+        l0 (`torch.Tensor`): mean active latents per token and layer.
+        loss (`torch.Tensor`, *optional*): `mse_loss + sparsity_loss + pre_act_loss`.
+        mse_loss (`torch.Tensor`, *optional*): each layer's squared error over its target's variance, summed over
+            layers (a sum of per-layer FVUs).
+        sparsity_loss (`torch.Tensor`, *optional*): JumpReLU's tanh penalty, coefficient applied.
+        pre_act_loss (`torch.Tensor`, *optional*): JumpReLU's pre-activation penalty, coefficient applied.
+    """
+
+    reconstruction: Tensor | None = None
+    latents: Tensor | None = None
+    l0: Tensor | None = None
+    loss: Tensor | None = None
+    mse_loss: Tensor | None = None
+    sparsity_loss: Tensor | None = None
+    pre_act_loss: Tensor | None = None
+
+
+class CltPreTrainedModel(PreTrainedModel):
+    config: CltConfig
+    base_model_prefix = "clt"
+    main_input_name = "x"
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if not isinstance(module, CltModel):
+            return
+        cfg = module.config
+        # Uniform in ±1/sqrt(fan-in): the encoder over d_in, each decoder over the layers it writes to (Ameisen et al.
+        # 2025 initialise the decoders at ±1/sqrt(n_layers · d_model)).
+        bound = cfg.d_in**-0.5
+        init.uniform_(module.W_enc, -bound, bound)
+        for decoder in module.W_dec:
+            bound = (cfg.n_layers * cfg.d_out) ** -0.5
+            init.uniform_(decoder, -bound, bound)
+        init.zeros_(module.b_enc)
+        init.zeros_(module.b_dec)
+        if cfg.architecture == "jumprelu":
+            init.constant_(module.threshold, cfg.jumprelu_init_threshold)
+        elif cfg.architecture == "batchtopk":
+            init.constant_(module.threshold, -1.0)  # unset until the first training batch
+
+
+class CltModel(CltPreTrainedModel):
+    r"""
+    A cross-layer transcoder that replaces the MLPs of `n_layers` layers.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_sae import CltConfig, CltModel
+    >>> clt = CltModel(CltConfig(n_layers=3, d_in=16, num_latents=32, architecture="topk", k=4)).eval()
+    >>> out = clt(torch.randn(5, 3, 16))
+    >>> out.reconstruction.shape, int((out.latents != 0).sum(-1).max())
+    (torch.Size([5, 3, 16]), 4)
+    ```
+    """
+
+    def __init__(self, config: CltConfig):
+        super().__init__(config)
+        L, n, shapes = config.n_layers, config.num_latents, config.tensor_shapes()  # noqa: N806
+        self.W_enc = nn.Parameter(torch.empty(shapes["W_enc"]))  # (n_layers, num_latents, d_in)
+        self.b_enc = nn.Parameter(torch.empty(shapes["b_enc"]))  # (n_layers, num_latents)
+        # W_dec[l]: (num_latents, n_layers - l, d_out), layer l's latents into layers l..n_layers-1
+        self.W_dec = nn.ParameterList(nn.Parameter(torch.empty(shapes[f"W_dec.{layer}"])) for layer in range(L))
+        self.b_dec = nn.Parameter(torch.empty(shapes["b_dec"]))  # (n_layers, d_out)
+        if config.architecture == "jumprelu":
+            self.threshold = nn.Parameter(torch.empty(L, n))  # (n_layers, num_latents), learned
+        elif config.architecture == "batchtopk":
+            self.register_buffer("threshold", torch.empty(L))  # (n_layers,), tracked during training
+        self.post_init()
+
+    # ---- the pieces -------------------------------------------------------------------------------------------------
+
+    def pre_activation(self, x: Tensor) -> Tensor:
+        """`(..., n_layers, num_latents)` from x `(..., n_layers, d_in)`."""
+        self._check(x, self.config.d_in, "x")
+        return torch.einsum("...ld,lnd->...ln", x, self.W_enc.to(x.dtype)) + self.b_enc.to(x.dtype)
+
+    def activate(self, pre: Tensor) -> Tensor:
+        """The latents from their pre-activations: JumpReLU, TopK per token and layer, or BatchTopK per layer."""
+        cfg = self.config
+        if cfg.architecture == "jumprelu":
+            if not self.training:
+                return pre * (pre > self.threshold.to(pre.dtype))
+            # The straight-through JumpReLU of the SAEs (Rajamanoharan et al. 2024), one latent per (layer, latent).
+            flat, width = pre.reshape(-1), pre.shape[-2] * pre.shape[-1]
+            cols = torch.arange(width, device=pre.device).repeat(flat.numel() // width)
+            return JumpReLU.apply(flat, cols, self.threshold.reshape(-1), cfg.jumprelu_bandwidth).reshape(pre.shape)
+        if cfg.architecture == "topk":
+            values, indices = pre.topk(cfg.k, dim=-1)
+            return torch.zeros_like(pre).scatter(-1, indices, values.relu())
+        if not self.training and bool((self.threshold >= 0).all()):
+            return pre.relu() * (pre > self.threshold.to(pre.dtype)[:, None])
+        return self._batch_topk(pre)
+
+    def _batch_topk(self, pre: Tensor) -> Tensor:
+        """k · tokens latents per layer over the whole batch (Bussmann et al. 2024), each layer on its own."""
+        per_layer = pre.reshape(-1, *pre.shape[-2:]).transpose(0, 1).reshape(pre.shape[-2], -1)  # (L, tokens · n)
+        keep = min(self.config.k * (per_layer.shape[1] // pre.shape[-1]), per_layer.shape[1])
+        values, indices = per_layer.topk(keep, dim=-1)
+        kept = torch.zeros_like(per_layer).scatter(-1, indices, values.relu())
+        if self.training:
+            self._track_threshold(values)
+        tokens = per_layer.shape[1] // pre.shape[-1]
+        return kept.reshape(pre.shape[-2], tokens, pre.shape[-1]).transpose(0, 1).reshape(pre.shape)
+
+    @torch.no_grad()
+    def _track_threshold(self, kept: Tensor) -> None:
+        """Each layer's inference threshold tracks the smallest positive activation BatchTopK kept there."""
+        smallest = torch.where(kept > 0, kept, torch.inf).amin(-1).to(self.threshold.dtype)  # (n_layers,)
+        seen = torch.isfinite(smallest)
+        fresh = seen & (self.threshold < 0)
+        self.threshold.copy_(torch.where(fresh, smallest, self.threshold))
+        tracked = seen & ~fresh
+        ema = self.threshold.lerp(smallest, 1 - BATCHTOPK_THRESHOLD_DECAY)
+        self.threshold.copy_(torch.where(tracked, ema, self.threshold))
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.activate(self.pre_activation(x))
+
+    def decode(self, z: Tensor) -> Tensor:
+        """`(..., n_layers, d_out)`: layer l' predicted from the latents of layers 0..l'."""
+        out = self.b_dec.to(z.dtype).expand(*z.shape[:-1], self.config.d_out).clone()
+        for layer, decoder in enumerate(self.W_dec):
+            out[..., layer:, :] += torch.einsum("...n,ntd->...td", z[..., layer, :], decoder.to(z.dtype))
+        return out
+
+    def decoder_norms(self) -> Tensor:
+        """`(n_layers, num_latents)`: each latent's decoder norm over every layer it writes to."""
+        return torch.stack([decoder.pow(2).sum((-2, -1)).sqrt() for decoder in self.W_dec])
+
+    def forward(self, x: Tensor, target: Tensor | None = None, *, return_loss: bool | None = None) -> CltOutput:
+        """
+        Encode every layer's MLP input and predict every layer's MLP output.
+
+        Args:
+            x (`torch.Tensor` of shape `(..., n_layers, d_in)`): the MLP inputs.
+            target (`torch.Tensor` of shape `(..., n_layers, d_out)`, *optional*): the MLP outputs; needed for the
+                loss.
+            return_loss (`bool`, *optional*): compute the training loss; defaults to `self.training`.
+        """
+        cfg = self.config
+        return_loss = self.training if return_loss is None else return_loss
+        pre = self.pre_activation(x)
+        z = self.activate(pre)
+        prediction = self.decode(z)
+        l0 = (z != 0).sum(-1).float().mean()
+        if not return_loss:
+            return CltOutput(reconstruction=prediction, latents=z, l0=l0)
+        if target is None:
+            raise HookpointError(
+                f"The loss of a cross-layer transcoder compares its prediction with every layer's MLP output: pass "
+                f"`target` of shape {tuple(x.shape[:-1]) + (cfg.d_out,)}, or call with `return_loss=False`."
+            )
+        self._check(target, cfg.d_out, "target")
+        flat_target = target.reshape(-1, cfg.n_layers, cfg.d_out)
+        error = (prediction.reshape(flat_target.shape) - flat_target).pow(2).sum(-1).mean(0)  # (n_layers,)
+        variance = (flat_target - flat_target.mean(0)).pow(2).sum(-1).mean(0).clamp_min(1e-12)  # (n_layers,)
+        mse_loss = (error / variance.detach()).sum()
+        losses = {"mse_loss": mse_loss}
+        if cfg.architecture == "jumprelu":
+            norms = self.decoder_norms().to(z.dtype)  # (n_layers, num_latents)
+            tokens = z.reshape(-1, cfg.n_layers, cfg.num_latents)
+            tanh = torch.tanh(cfg.sparsity_scale * tokens * norms).sum((-2, -1)).mean()
+            losses["sparsity_loss"] = cfg.sparsity_coefficient * tanh
+            below = (self.threshold.to(pre.dtype) - pre.reshape(tokens.shape)).relu()
+            losses["pre_act_loss"] = cfg.pre_act_coefficient * (below * norms).sum((-2, -1)).mean()
+        return CltOutput(reconstruction=prediction, latents=z, l0=l0, loss=sum(losses.values()), **losses)
+
+    def _check(self, tensor: Tensor, width: int, name: str) -> None:
+        if tensor.ndim < 2 or tuple(tensor.shape[-2:]) != (self.config.n_layers, width):
+            raise HookpointError(
+                f"CltModel expects `{name}` of shape (..., n_layers={self.config.n_layers}, {width}), the layers "
+                f"stacked on the second-to-last axis; got shape {tuple(tensor.shape)}."
+            )
