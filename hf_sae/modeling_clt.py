@@ -100,6 +100,15 @@ class CltModel(CltPreTrainedModel):
             self.register_buffer("threshold", torch.empty(L))  # (n_layers,), tracked during training
         self.post_init()
 
+    @classmethod
+    def from_tensors(cls, config: CltConfig, tensors: dict[str, Tensor], name_or_path: str = "") -> "CltModel":
+        """A transcoder holding exactly `tensors` (as a format reader returns them); no initialisation runs."""
+        with torch.device("meta"):
+            clt = cls(config)
+        clt.load_state_dict({k: v.contiguous() for k, v in tensors.items()}, strict=True, assign=True)
+        clt.config._name_or_path = clt.name_or_path = str(name_or_path)
+        return clt.eval()
+
     # ---- the pieces -------------------------------------------------------------------------------------------------
 
     def pre_activation(self, x: Tensor) -> Tensor:

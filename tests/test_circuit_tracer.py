@@ -1,0 +1,95 @@
+"""circuit-tracer's transcoder formats, against what circuit-tracer 0.5.0 computed from hf_sae's exports
+(tests/fixtures/circuit_tracer/make_fixtures.py ran it in a throwaway venv; CI needs no circuit-tracer)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_sae import CltConfig, CltModel, FileFormatError, SaeConfig, SaeConfigError, SaeModel
+from hf_sae.convert.circuit_tracer import layer_sites, to_circuit_tracer
+from hf_sae.formats.circuit_tracer import read_cross_layer_transcoder, read_transcoder_set
+
+FIXTURES = Path(__file__).parent / "fixtures" / "circuit_tracer"
+SETS = ("set_jumprelu_skip", "set_batchtopk", "set_relu")
+CLTS = ("clt_jumprelu", "clt_batchtopk")
+X = load_file(FIXTURES / "inputs.safetensors")["x"]  # (layer, token, d)
+
+
+def sae_from(config, tensors) -> SaeModel:
+    with torch.device("meta"):
+        sae = SaeModel(config)
+    sae.load_state_dict(tensors, strict=True, assign=True)
+    return sae.eval()
+
+
+def saved_prediction(name: str, by: str) -> torch.Tensor:
+    return load_file(FIXTURES / name / f"{by}_outputs.safetensors")["prediction"]
+
+
+@pytest.mark.parametrize("name", SETS + CLTS)
+def test_circuit_tracer_computed_what_hf_sae_computes_from_the_export(name):
+    hf_sae, circuit_tracer = saved_prediction(name, "hf_sae"), saved_prediction(name, "circuit_tracer")
+    assert hf_sae.abs().max() > 0.5  # the transcoders predict something, so agreement means something
+    torch.testing.assert_close(circuit_tracer, hf_sae, atol=2e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_a_transcoder_set_reads_back_into_saes_that_predict_as_circuit_tracer(name):
+    layers = read_transcoder_set(FIXTURES / name)
+    assert sorted(layers) == [0, 1, 2]
+    config, _ = layers[1]
+    assert (config.hookpoint, config.output_hookpoint) == layer_sites(1) and not config.apply_b_dec_to_input
+    saes = {layer: sae_from(*layers[layer]) for layer in layers}
+    prediction = torch.stack([saes[layer](X[layer]).reconstruction for layer in saes])
+    torch.testing.assert_close(prediction, saved_prediction(name, "circuit_tracer"), atol=2e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", CLTS)
+def test_a_cross_layer_transcoder_reads_back_and_predicts_as_circuit_tracer(name):
+    clt = CltModel.from_tensors(*read_cross_layer_transcoder(FIXTURES / name))
+    assert clt.config.architecture == "jumprelu" and clt.config.n_layers == 3
+    prediction = clt(X.transpose(0, 1)).reconstruction.transpose(0, 1)
+    torch.testing.assert_close(prediction, saved_prediction(name, "circuit_tracer"), atol=2e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", SETS + CLTS)
+def test_export_of_what_was_read_writes_the_same_tensors(tmp_path, name):
+    if name in SETS:
+        saes = {layer: sae_from(*pair) for layer, pair in read_transcoder_set(FIXTURES / name).items()}
+        exported = to_circuit_tracer(saes, tmp_path / name)
+    else:
+        exported = to_circuit_tracer(
+            CltModel.from_tensors(*read_cross_layer_transcoder(FIXTURES / name)), tmp_path / name
+        )
+    for original in sorted(FIXTURES.glob(f"{name}/*.safetensors")):
+        if original.name.endswith("_outputs.safetensors"):
+            continue
+        again, before = load_file(exported / original.name), load_file(original)
+        assert set(again) == set(before) and all(torch.equal(again[k], before[k]) for k in before), original.name
+    assert (exported / "config.yaml").read_text() == (FIXTURES / name / "config.yaml").read_text()
+
+
+def test_what_circuit_tracer_cannot_hold_is_refused_naming_why(tmp_path):
+    def transcoder(layer, architecture="topk", **fields):
+        hookpoint, output = layer_sites(layer)
+        k = 2 if "topk" in architecture else None
+        config = SaeConfig(d_in=8, num_latents=16, architecture=architecture, k=k, hookpoint=hookpoint,
+                           output_hookpoint=output, d_out=8, apply_b_dec_to_input=False, **fields)  # fmt: skip
+        return SaeModel(config)
+
+    with pytest.raises(SaeConfigError, match=r"JumpReLU or ReLU transcoders only, so a 'topk' one \(layer 0\)"):
+        to_circuit_tracer({0: transcoder(0)}, tmp_path / "topk")
+    with pytest.raises(SaeConfigError, match="has no inference threshold yet"):
+        to_circuit_tracer({0: transcoder(0, "batchtopk")}, tmp_path / "untrained")
+    with pytest.raises(Exception, match=r"one transcoder for every layer from 0; got layers \[0, 2\]"):
+        to_circuit_tracer({0: transcoder(0, "relu"), 2: transcoder(2, "relu")}, tmp_path / "gap")
+    clt = CltModel(CltConfig(n_layers=2, d_in=8, num_latents=16, architecture="topk", k=2))
+    with pytest.raises(SaeConfigError, match="'topk'"):
+        to_circuit_tracer(clt, tmp_path / "clt")
+    assert not any(tmp_path.iterdir())  # nothing half-written
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.yaml").write_text("model_kind: sparse_coder\n")
+    with pytest.raises(FileFormatError, match=r"should name `model_kind` transcoder_set or cross_layer_transcoder"):
+        read_transcoder_set(tmp_path / "bad")
