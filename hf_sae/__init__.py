@@ -16,6 +16,7 @@ from .arguments import (
     SaeArguments,
     SaeTrainingArguments,
 )
+from .attribution import AttributionGraph, ReplacementModel, attribute, read_graph_json, write_graph_json
 from .auto import register_auto_classes
 from .browser import write_browser
 from .configuration_clt import CltConfig
@@ -62,6 +63,7 @@ __all__ = [
     "CltOutput",
     "ActivationArguments",
     "ArgumentError",
+    "AttributionGraph",
     "CorpusDownloadError",
     "DataArguments",
     "DataError",
@@ -78,6 +80,7 @@ __all__ = [
     "LanguageModelArguments",
     "MissingDependencyError",
     "ModelNotFoundError",
+    "ReplacementModel",
     "SaeArguments",
     "SaeConfig",
     "SaeConfigError",
@@ -94,6 +97,7 @@ __all__ = [
     "WeightsError",
     "WriteError",
     "__version__",
+    "attribute",
     "capture_activations",
     "collect_feature_metadata",
     "evaluate_saes",
@@ -103,10 +107,12 @@ __all__ = [
     "load_saes",
     "metrics_to_eval_results",
     "push_saes_to_hub",
+    "read_graph_json",
     "resolve_hookpoints",
     "run_evaluation",
     "run_features",
     "save_saes",
     "train_saes",
     "write_browser",
+    "write_graph_json",
 ]

@@ -2,7 +2,7 @@
 
 ```
 <cache>/cache.json            what the cache holds: the model, each hookpoint's width, the dtype, the token count,
-                              and the text and settings it came from
+                              a checksum of each record batch, and the text and settings it came from
 <cache>/activations.arrow     an Arrow IPC stream (the file format of `datasets`: `Dataset.from_file` opens it) of
                               large record batches, one row per counted token: one column per hookpoint (the bf16
                               or fp16 values' bits as a fixed-size list of int16) and the row's provenance,
@@ -13,8 +13,14 @@
 Writing converts whole LM batches at once (no Python per row). Reading memory-maps the file: the columns are
 zero-copy views of the mapped record batches, and `CacheReplay` serves batches from a fresh random permutation of
 all rows every epoch, so each row is seen once per epoch and a run may go on for several.
+
+Opening a cache checks cache.json against the data before anything trains on it: the Arrow stream's schema carries
+the identity it was written with (format, dtype, model, hookpoints and widths), and every record batch must match
+its checksum, so an edited label, another model's cache relabelled, or altered values are refused, not trained on.
+
 """
 
+import json
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,11 +30,20 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
+import xxhash  # a dependency of datasets
 from torch import Tensor
 from transformers.utils import logging
 
 from .errors import ArgumentError, DataError, HfSaeError, WriteError
-from .layout import read_json, refuse_if_no_space, replace_folder, staging_folder, write_failure, write_json
+from .layout import (
+    claim_folder,
+    read_json,
+    refuse_if_no_space,
+    replace_folder,
+    staging_folder,
+    write_failure,
+    write_json,
+)
 from .lm_forward import counted_tokens, run_lm
 from .offline.builtin_models import DEFAULT_MODEL, builtin_name
 from .precision import cache_dtype
@@ -38,7 +53,9 @@ logger = logging.get_logger(__name__)
 CACHE_META, CACHE_DATA = "cache.json", "activations.arrow"
 PROVENANCE = ("block", "position", "token_id")
 RECORD_BATCH_TOKENS = 65_536  # rows per Arrow record batch: few enough batches that replay gathers from few chunks
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the identity in the stream's schema, a checksum per record batch
+IDENTITY = ("format_version", "dtype", "model", "hookpoints")  # what cache.json and the stream must agree on
+HEADER_KEY = b"hf_sae.cache"  # the schema metadata key of the identity
 
 Record = tuple[dict[str, Tensor], dict[str, np.ndarray | list]]  # ({hookpoint: (n, d_in)}, {provenance: (n,)})
 
@@ -87,18 +104,28 @@ def write_cache(
     metadata: dict | None = None,
 ) -> Path:
     """Write the first `max_tokens` rows of `records` to a cache folder at `path`, atomically (a reader, or a run
-    killed half-way, never sees part of one). `metadata` (the model, the text's settings) goes into cache.json."""
+    killed half-way, never sees part of one) and claimed (another writer of `path` is refused, not replaced).
+    `metadata` (the model, the text's settings) goes into cache.json."""
     torch_dtype = cache_dtype(dtype)
-    path, written, writer = Path(path), 0, None
-    with staging_folder(path) as tmp, _explaining_write_failures(tmp / CACHE_DATA, path):
+    path, written, writer, checksums = Path(path), 0, None, []
+    with (
+        claim_folder(path, "The activation cache"),
+        staging_folder(path) as tmp,
+        _explaining_write_failures(tmp / CACHE_DATA, path),
+    ):
         try:
             for pending in _record_groups(records, max_tokens, torch_dtype):
                 batch = _record_batch(pending)
                 if writer is None:  # the row size is known from the first batch: the whole cache's size with it
                     need = max_tokens * batch.nbytes // batch.num_rows
                     refuse_if_no_space(tmp, need, f"A {max_tokens:,}-token cache")
-                    writer = pa.ipc.new_stream(str(tmp / CACHE_DATA), batch.schema)
+                    widths = {h: batch.schema.field(h).type.list_size for h in pending[0][0]}
+                    identity = {"format_version": FORMAT_VERSION, "dtype": dtype,
+                                "model": (metadata or {}).get("model"), "hookpoints": widths}  # fmt: skip
+                    schema = batch.schema.with_metadata({HEADER_KEY: json.dumps(identity)})
+                    writer = pa.ipc.new_stream(str(tmp / CACHE_DATA), schema)
                 writer.write_batch(batch)
+                checksums.append(batch_checksum(batch))
                 written += batch.num_rows
         except BaseException:
             if writer is not None:  # or the half-written file stays open after its folder is removed
@@ -108,13 +135,30 @@ def write_cache(
         if writer is None:
             raise DataError("The text produced no activations to cache; check the dataset and context size.")
         writer.close()
-        widths = {h: batch.schema.field(h).type.list_size for h in pending[0][0]}
-        meta = {"format_version": FORMAT_VERSION, "tokens": written, "dtype": dtype, "hookpoints": widths}
+        meta = {"format_version": FORMAT_VERSION, "tokens": written, "dtype": dtype, "hookpoints": widths,
+                "checksums": checksums}  # fmt: skip
         write_json(tmp / CACHE_META, meta | (metadata or {}))
         replace_folder(tmp, path)
     if written < max_tokens:
         logger.warning(f"The text ran out after {written:,} of {max_tokens:,} tokens; the cache holds {written:,}.")
     return path
+
+
+def batch_checksum(batch: pa.RecordBatch) -> str:
+    """xxh3-64 of a record batch's values, column by column: what is written is what replay reads back."""
+    digest = xxhash.xxh3_64()
+    for name, column in zip(batch.schema.names, batch.columns):
+        digest.update(name.encode())
+        if pa.types.is_fixed_size_list(column.type):
+            column = column.flatten()
+        if pa.types.is_string(column.type):  # the source names: their offsets from 0, and their bytes
+            _, offsets, data = column.buffers()
+            offsets = np.frombuffer(offsets, np.int32)[column.offset : column.offset + len(column) + 1]
+            digest.update(offsets - offsets[0])
+            digest.update(memoryview(data or b"")[offsets[0] : offsets[-1]])
+        else:
+            digest.update(np.ascontiguousarray(column.to_numpy(zero_copy_only=False)))
+    return digest.hexdigest()
 
 
 @contextmanager
@@ -179,14 +223,52 @@ class ActivationCache:
                 f"{self.path} is a cache of format {self.meta.get('format_version')}, this hf_sae reads format "
                 f"{FORMAT_VERSION}. Write it again with `hf-sae cache`."
             )
-        self.tokens, self.dtype = int(self.meta["tokens"]), cache_dtype(self.meta["dtype"])
+        try:
+            self.table = pa.ipc.open_stream(pa.memory_map(str(self.path / CACHE_DATA))).read_all()  # zero-copy
+        except (pa.ArrowException, OSError) as error:
+            raise self._damaged(f"{CACHE_DATA} cannot be read ({' '.join(str(error).split())})") from None
+        self._check_header()
+        self.tokens, self.dtype = self.table.num_rows, cache_dtype(self.meta["dtype"])
         self.widths: dict[str, int] = self.meta["hookpoints"]
-        self.table = pa.ipc.open_stream(pa.memory_map(str(self.path / CACHE_DATA))).read_all()  # zero-copy
-        if self.table.num_rows != self.tokens:
-            raise DataError(f"{self.path} holds {self.table.num_rows:,} rows, its {CACHE_META} says {self.tokens:,}.")
         sizes = [len(chunk) for chunk in self.table.column(PROVENANCE[0]).chunks]
         self.offsets = torch.tensor([0, *np.cumsum(sizes)])  # (chunks + 1,) first row of each record batch
         self._columns: dict[str, list[Tensor]] = {}
+
+    def _damaged(self, what: str) -> DataError:
+        return DataError(
+            f"Activation cache {self.path} is damaged: {what}. Nothing was trained on it; write it again with "
+            f"`hf-sae cache --output_dir {self.path} --overwrite` (its settings are in {CACHE_META})."
+        )
+
+    def _check_header(self) -> None:
+        """cache.json against the stream: the identity the stream was written with, each hookpoint's column, the
+        token count, and every record batch's checksum (one pass over the file, before any training)."""
+        written = _written_identity(self.table.schema)
+        for key in IDENTITY:
+            if self.meta.get(key) != written.get(key):
+                raise self._damaged(
+                    f"{CACHE_META} says {key} {self.meta.get(key)!r}, but {CACHE_DATA} was written with "
+                    f"{written.get(key)!r} (was {CACHE_META} edited, or copied from another cache?)"
+                )
+        if self.meta.get("tokens") != self.table.num_rows:
+            raise self._damaged(f"{CACHE_META} says {self.meta.get('tokens')!r} tokens, {CACHE_DATA} holds "
+                                f"{self.table.num_rows:,}")  # fmt: skip
+        for hookpoint, width in written["hookpoints"].items():
+            kind = self.table.schema.field(hookpoint).type if hookpoint in self.table.schema.names else None
+            if kind != pa.list_(pa.int16(), width):
+                raise self._damaged(f"its column {hookpoint!r} is {kind}, not {width} 16-bit values a row")
+        batches, checksums = self.table.to_batches(), self.meta.get("checksums")
+        if not isinstance(checksums, list) or len(checksums) != len(batches):
+            raise self._damaged(f"{CACHE_META} has {len(checksums) if isinstance(checksums, list) else 'no'} record "
+                                f"batch checksums for {len(batches)} record batches")  # fmt: skip
+        first = 0
+        for number, (batch, checksum) in enumerate(zip(batches, checksums)):
+            if batch_checksum(batch) != checksum:
+                raise self._damaged(
+                    f"record batch {number} (rows {first:,} to {first + batch.num_rows - 1:,}) does not match its "
+                    "checksum: its values were altered after it was written"
+                )
+            first += batch.num_rows
 
     def check_run(self, model: str, hookpoints: Sequence[str], widths: dict[str, int] | None = None) -> None:
         """Refuse to train from activations of another model, other hookpoints, or other widths."""
@@ -233,6 +315,15 @@ class ActivationCache:
         return {
             name: self.table.column(name).to_pylist() for name in self.table.column_names if name not in self.widths
         }
+
+
+def _written_identity(schema: pa.Schema) -> dict:
+    """The identity a cache's stream was written with (`IDENTITY`), {} where it names none."""
+    try:
+        written = json.loads(schema.metadata[HEADER_KEY])
+    except (KeyError, TypeError, ValueError):
+        return {}
+    return written if isinstance(written, dict) and isinstance(written.get("hookpoints"), dict) else {}
 
 
 class CacheReplay:
@@ -308,3 +399,6 @@ def model_identity(name_or_path: str | None) -> str:
     the Hub id."""
     name = builtin_name(name_or_path) or DEFAULT_MODEL
     return str(Path(name).resolve()) if Path(name).exists() else name
+
+
+# ---- one writer per folder ------------------------------------------------------------------------------------------

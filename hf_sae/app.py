@@ -14,12 +14,15 @@ Three tabs over one SAE, its feature metadata and its LM:
 Gradio is an optional dependency: `pip install 'hf-sae[app]'`.
 """
 
+import functools
 import html
 import math
+import numbers
 import os
 import re
 import shutil
 import tempfile
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -27,18 +30,22 @@ import torch
 from torch import nn
 
 from .arguments import LanguageModelArguments
-from .errors import ArgumentError, FeatureMetadataError
+from .autointerp import explanations_of
+from .errors import ArgumentError, FeatureMetadataError, HfSaeError
 from .feature_store import FeatureMetadata
 from .features import explain, hookpoint_of, show_token
 from .hooks import SaeHooks
+from .hub_client import push_errors
+from .layout import probe_writable
 from .modeling_sae import SaeModel
-from .models import load_saes_and_lm
+from .models import load_saes_and_lm, max_positions
 from .version import __version__
 
 LIST_COLUMNS = ["feature", "label", "frequency", "max_activation", "robust_peak"]
 SORTS = {"feature id": "feature", "frequency": "frequency", "max activation": "max_activation"}
 SORTS["robust peak"] = "robust_peak"
 EXPLANATION_KEYS = re.compile(r"explanation|score|detection|fuzzing")  # what an explainer may add per feature
+MAX_STRENGTH, MAX_NEW_TOKENS, MAX_TOP = 1e4, 200, 10  # far beyond any activation, yet no overflow even in float16
 
 
 def _require_gradio():
@@ -108,6 +115,10 @@ class Explorer:
         self.hookpoint = hookpoint_of(sae, hookpoint)
         self.hooks = SaeHooks(model, {self.hookpoint: sae})
         self.table = features.stats
+        explanations_of(features)  # a damaged explanations.json: one clear error now, not a broken page later
+        self.context = max_positions(model)  # the longest text the model reads, new tokens included
+        # One model serves every user: a request's hooks would act inside another's forward, so one runs at a time.
+        self._model_lock = threading.Lock()
 
     def feature_list(self, query: str = "", sort: str = "feature id", limit: int = 200):
         """The features whose id (`#12`), label or top tokens match every word of `query`, sorted by `sort`."""
@@ -182,9 +193,12 @@ class Explorer:
         """Each token of `text` with its `top` most active features and their labels, as an HTML table."""
         if not (text or "").strip():
             return "<p>Type a text.</p>"
-        rows = explain(
-            self.model, self.tokenizer, self.sae, text, int(top), hookpoint=self.hookpoint, features=self.features
-        )
+        top = _whole(top, 1, MAX_TOP, "Features per token")
+        self._check_length(len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1, "The text")
+        with self._model_lock:
+            rows = explain(
+                self.model, self.tokenizer, self.sae, text, top, hookpoint=self.hookpoint, features=self.features
+            )
         body = "".join(
             f'<tr class="prompt-token"><td><code>{html.escape(repr(row["token"]))}</code></td><td>'
             + ", ".join(
@@ -203,14 +217,19 @@ class Explorer:
         for part in filter(None, (p.strip() for p in (spec or "").split(","))):
             name, _, value = part.partition(":")
             try:
-                index = int(name.strip().lstrip("#"))
-                strengths[index] = float(value) if value.strip() else 2 * self._peak(index)
+                index, amount = int(name.strip().lstrip("#")), float(value) if value.strip() else None
             except ValueError:
                 raise ArgumentError(
                     f"Expected features as `id:strength, id, ...`; got {part!r} in {spec!r}."
                 ) from None
             if not 0 <= index < self.sae.config.num_latents:
                 raise ArgumentError(f"Feature {index} is not in [0, {self.sae.config.num_latents}).")
+            strengths[index] = 2 * self._peak(index) if amount is None else amount
+            if not abs(strengths[index]) <= MAX_STRENGTH:  # NaN fails this too
+                raise ArgumentError(
+                    f"The strength of feature {index} must be a number from {-MAX_STRENGTH:g} to {MAX_STRENGTH:g} "
+                    f"(its robust peak is {self._peak(index):.3g}); got {strengths[index]:g}."
+                )
         if not strengths:
             raise ArgumentError("Name at least one feature to steer, e.g. `12:40` or `12` (twice its robust peak).")
         return strengths
@@ -224,35 +243,52 @@ class Explorer:
     def steer(self, prompt: str, spec: str, mode: str = "clamp", max_new_tokens: int = 30) -> tuple[str, str]:
         """(unsteered, steered) greedy continuations of `prompt`, steering the features of `spec` with `mode`."""
         strengths = self.parse_strengths(spec)
-        inputs = self.tokenizer([prompt or ""], return_tensors="pt").to(self.model.device)
-        settings = {"max_new_tokens": int(max_new_tokens), "do_sample": False}
+        settings = {"max_new_tokens": _whole(max_new_tokens, 1, MAX_NEW_TOKENS, "New tokens"), "do_sample": False}
         settings["pad_token_id"] = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+        inputs = self.tokenizer([prompt or ""], return_tensors="pt").to(self.model.device)
         prompt_length = inputs["input_ids"].shape[1]
+        self._check_length(prompt_length + settings["max_new_tokens"], "The prompt with its new tokens")
 
         def generate() -> str:
             out = self.model.generate(**inputs, **settings)[0, prompt_length:]
             return self.tokenizer.decode(out, skip_special_tokens=True)
 
-        plain = generate()
-        with self.hooks.steer(strengths, mode=mode, hookpoint=self.hookpoint):
-            steered = generate()
+        with self._model_lock:
+            plain = generate()
+            with self.hooks.steer(strengths, mode=mode, hookpoint=self.hookpoint):
+                steered = generate()
         return plain, steered
+
+    def _check_length(self, tokens: int, what: str) -> None:
+        if self.context is not None and tokens > self.context:
+            raise ArgumentError(
+                f"{what} makes {tokens:,} tokens; the model reads at most {self.context:,} (its context). Shorten it."
+            )
+
+
+def _whole(value, low: int, high: int, what: str) -> int:
+    """A count from the page (a slider, or anyone calling the app's API), checked."""
+    if not isinstance(value, numbers.Real) or not low <= value <= high or value != int(value):
+        raise ArgumentError(f"{what} must be a whole number from {low} to {high}; got {value!r}.")
+    return int(value)
 
 
 def build_app(explorer: Explorer, title: str | None = None):
     """The Gradio Blocks app over `explorer`; `.launch()` it, or let a Space run it."""
     gr = _require_gradio()
 
-    def safely(function):  # a bad input shows as an error in the page, not a traceback
+    def safely(function):  # a bad input shows as an error in the page, and not as a traceback in the server's log
+        @functools.wraps(function)  # the API takes the method's name and parameters
         def run(*args):
             try:
                 return function(*args)
-            except ArgumentError as error:
-                raise gr.Error(str(error)) from None
+            except HfSaeError as error:
+                raise gr.Error(str(error), print_exception=False) from None
 
         return run
 
     title = title or f"{explorer.hookpoint} features"
+    limit = f" (at most {explorer.context:,} tokens: the model's context)" if explorer.context else ""
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(f"# {html.escape(title)}\n{len(explorer.features):,} features · hf-sae {__version__}")
         with gr.Tab("Features"):
@@ -272,20 +308,21 @@ def build_app(explorer: Explorer, title: str | None = None):
 
             table.select(pick, table, index)
         with gr.Tab("Prompt"):
-            text = gr.Textbox(label="Text", elem_id="prompt-text", value="The Eiffel Tower is in Paris.")
-            top = gr.Slider(1, 10, value=5, step=1, label="Features per token")
+            text = gr.Textbox(label=f"Text{limit}", elem_id="prompt-text", value="The Eiffel Tower is in Paris.")
+            top = gr.Slider(1, MAX_TOP, value=5, step=1, label="Features per token")
             go = gr.Button("Show features", elem_id="prompt-go")
             found = gr.HTML(elem_id="prompt-html")
             go.click(safely(explorer.prompt_features), [text, top], found)
             text.submit(safely(explorer.prompt_features), [text, top], found)
         with gr.Tab("Steer"):
-            prompt = gr.Textbox(label="Prompt", value="The weather today is", elem_id="steer-prompt")
+            prompt = gr.Textbox(label=f"Prompt{limit}, new tokens included", value="The weather today is",
+                                elem_id="steer-prompt")  # fmt: skip
             spec = gr.Textbox(
                 label="Features: id:strength, ... (an id alone: twice its robust peak)", elem_id="steer-features"
             )
             with gr.Row():
                 mode = gr.Radio(["clamp", "add"], value="clamp", label="Mode")
-                length = gr.Slider(1, 200, value=30, step=1, label="New tokens")
+                length = gr.Slider(1, MAX_NEW_TOKENS, value=30, step=1, label="New tokens")
             run = gr.Button("Generate", elem_id="steer-go")
             with gr.Row():
                 plain = gr.Textbox(label="Unsteered", elem_id="steer-plain", interactive=False)
@@ -346,8 +383,10 @@ def write_space(output_dir: str | os.PathLike, repo_id: str, *, hookpoint: str |
     `huggingface-cli upload --repo-type space SPACE_ID OUTPUT_DIR` (or `HfApi.upload_folder`)."""
     gr = _require_gradio()
     output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise ArgumentError(f"Expected a new or empty folder for the Space; {output_dir} holds files. Choose another.")
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        there = "holds files" if output_dir.is_dir() else "is a file"
+        raise ArgumentError(f"Expected a new or empty folder for the Space; {output_dir} {there}. Choose another.")
+    probe_writable(output_dir, "write_space")  # a parent that is a file, or no permission: one clear line
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "app.py").write_text(SPACE_APP.format(repo_id=repo_id, hookpoint=hookpoint))
     requirements = _requirements() + [f"gradio=={gr.__version__}"]
@@ -375,11 +414,16 @@ def push_space(
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
+    intact = (f"Nothing of the Space was uploaded, and the SAE repo {repo_id} is as this step found it (SAEs pushed "
+              f"before it are there). Check that the token can write to {space_id}, then push the Space again "
+              f"(`hf-sae push ... --space {space_id}`, or `hf-sae app --write_space DIR` and `hf upload --repo-type "
+              f"space {space_id} DIR`).")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="hf-sae-space-") as tmp:
         folder = write_space(Path(tmp) / "space", repo_id, hookpoint=hookpoint, base_model=base_model)
-        api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-        message = f"Feature explorer for {repo_id}"
-        return api.upload_folder(repo_id=space_id, repo_type="space", folder_path=folder, commit_message=message)
+        with push_errors(f"Pushing the Space {space_id!r}", intact):
+            api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+            message = f"Feature explorer for {repo_id}"
+            return api.upload_folder(repo_id=space_id, repo_type="space", folder_path=folder, commit_message=message)
 
 
 def _requirements() -> list[str]:

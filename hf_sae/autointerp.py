@@ -23,8 +23,12 @@ bins where the metadata has them) and its random contexts (`random_contexts.py`)
 """
 
 import dataclasses
+import http.client
 import json
-import urllib.error
+import math
+import threading
+import time
+import urllib.parse
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +40,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from .errors import ArgumentError, ExplainerError, FeatureMetadataError
-from .feature_store import RANDOM_CONTEXTS, FeatureMetadata
+from .feature_store import EXPLANATIONS, RANDOM_CONTEXTS, FeatureMetadata
 from .models import load_model
 
 logger = logging.get_logger(__name__)
@@ -115,48 +119,104 @@ class LocalChat:
         return out
 
 
+MAX_ANSWER_BYTES = 8 * 2**20  # a chat answer of a few tokens is a few kB, a model list tens of kB
+FAILED_REQUEST = (OSError, ValueError, http.client.HTTPException)  # HTTP errors, timeouts, bytes that are no JSON
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to the scheme, host and port the user named: every request carries the API key."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlsplit(newurl)[:2] != urllib.parse.urlsplit(req.full_url)[:2]:  # scheme, host and port
+            fp.close()
+            raise ExplainerError(
+                f"The explainer endpoint redirected {req.full_url} to {newurl}, on another host; hf_sae does not "
+                "follow it, as the request carries the API key. If that server is the right one, name it in "
+                "--explainer_endpoint."
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 class EndpointChat:
     """Any server speaking OpenAI's /v1/chat/completions (vLLM, `transformers serve`, OpenAI itself); its yes / no
-    answers are read from the text, so P(Yes) is 1, 0, or `None` where the answer says neither."""
+    answers are read from the text, so P(Yes) is 1, 0, or `None` where the answer says neither. A failed request (an
+    HTTP error, no whole answer in `timeout` s or `MAX_ANSWER_BYTES`, no chat completion) answers `None` to
+    `generate`, NaN to `yes_probability`, and its reason goes to `failures`."""
 
     def __init__(self, url: str, model: str | None = None, api_key: str | None = None, workers: int = 4):
         self.base = url.rstrip("/").removesuffix("/v1") + "/v1"
-        self.headers = {"Content-Type": "application/json"} | (
-            {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        )
-        self.workers, self.timeout = workers, 600
+        key = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.headers = {"Content-Type": "application/json", **key}
+        self.workers, self.timeout, self.failures = workers, 600.0, []
+        self._opener = urllib.request.build_opener(_SameOriginRedirects)
         try:
             listed = self._request("models", None, timeout=10)["data"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            name = model or listed[0]["id"]
+        except IndexError:
+            raise ExplainerError(f"The server at {url} lists no models; name one with --explainer.") from None
+        except (*FAILED_REQUEST, KeyError, TypeError) as error:
             raise ExplainerError(
                 f"Expected an OpenAI-compatible server at --explainer_endpoint {url}; {self.base}/models answered "
-                f"{error}. Start it (e.g. `transformers serve MODEL --port 8000`) or fix the URL."
+                f"{type(error).__name__}: {error}. Start it (`transformers serve MODEL --port 8000`) or fix the URL."
             ) from None
-        if model is None and not listed:
-            raise ExplainerError(f"The server at {url} lists no models; name one with --explainer.")
-        self.name = model or listed[0]["id"]
+        self.name = name
 
     def _request(self, path: str, body: dict | None, timeout: float) -> dict:
+        """The server's JSON answer, whole within `timeout` seconds in all (a socket's timeout is per read: a byte at a
+        time never reaches it), in a worker that a stalled read leaves behind (a daemon, which cannot hold the run)."""
+        result, deadline = {}, time.monotonic() + timeout
+        worker = threading.Thread(target=self._fetch, args=(path, body, deadline, result), daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            raise TimeoutError(f"no complete answer from {self.base}/{path} within {timeout:g} s")
+        if isinstance(result["answer"], BaseException):
+            raise result["answer"]
+        return result["answer"]
+
+    def _fetch(self, path: str, body: dict | None, deadline: float, result: dict) -> None:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(f"{self.base}/{path}", data=data, headers=self.headers)
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
+        try:
+            with self._opener.open(request, timeout=max(deadline - time.monotonic(), 0.1)) as response:
+                answer = bytearray()
+                while chunk := response.read1(2**16):
+                    answer += chunk
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("no complete answer in time: it came too slowly")
+                    if len(answer) > MAX_ANSWER_BYTES:
+                        raise ValueError(f"its answer is over {MAX_ANSWER_BYTES:,} bytes")
+            result["answer"] = json.loads(answer)
+        except BaseException as error:  # noqa: BLE001 (raised again in the caller's thread)
+            result["answer"] = error
 
-    def _complete(self, prompt: str, max_tokens: int) -> str:
+    def _complete(self, prompt: str, max_tokens: int) -> str | None:
         body = {"model": self.name, "messages": [{"role": "user", "content": prompt}]}
         body |= {"max_tokens": max_tokens, "temperature": 0, "stream": False}
         try:
-            return self._request("chat/completions", body, self.timeout)["choices"][0]["message"]["content"] or ""
-        except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError) as error:
-            logger.warning("The explainer endpoint failed on one request (%s); recorded as no answer.", error)
-            return ""
+            return _answer_text(self._request("chat/completions", body, self.timeout))
+        except FAILED_REQUEST as error:
+            if not self.failures:
+                logger.warning("The explainer endpoint failed on a request (%s); the feature is not recorded.", error)
+            self.failures.append(f"{type(error).__name__}: {error}")
+            return None
 
-    def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[str | None]:
         with ThreadPoolExecutor(self.workers) as pool:
             return list(pool.map(lambda p: self._complete(p, max_new_tokens), prompts))
 
     def yes_probability(self, prompts: list[str]) -> list[float | None]:
-        return [parse_yes_no(answer) for answer in self.generate(prompts, 3)]
+        return [math.nan if answer is None else parse_yes_no(answer) for answer in self.generate(prompts, 3)]
+
+
+def _answer_text(answer) -> str:
+    try:
+        content = answer["choices"][0]["message"]["content"] or ""
+    except (KeyError, IndexError, TypeError):
+        content = None
+    if not isinstance(content, str):
+        raise ValueError(f"not an OpenAI chat completion: {json.dumps(answer)[:200]}")
+    return content
 
 
 def parse_yes_no(answer: str) -> float | None:
@@ -269,14 +329,16 @@ def auroc(labels: list[bool], probabilities: list[float | None]) -> float | None
 
 
 def score_explanations(chat, todo: dict[int, tuple[str, dict]], settings: ExplainSettings) -> dict[int, dict]:
-    """Detection (and fuzzing) scores of `{feature: (explanation, contexts)}`, every question asked in one batch."""
+    """Detection (and fuzzing) scores of `{feature: (explanation, contexts)}`, every question asked in one batch; a
+    feature with a failed question (NaN) has none."""
     asked = []
     for index, (explanation, contexts) in todo.items():
         rng = np.random.default_rng([settings.seed, index, 1])
         asked += [(index, *item) for item in scoring_prompts(explanation, contexts, settings, rng)]
     answers = chat.yes_probability([prompt for _, _, prompt, _ in asked])
+    failed = {index for (index, *_), p in zip(asked, answers) if p is not None and math.isnan(p)}
     scores = {}
-    for index in todo:
+    for index in (i for i in todo if i not in failed):
         entry = {"unanswered": 0}
         for kind in ("detection", "fuzzing") if settings.fuzzing else ("detection",):
             mine = [(label, p) for (i, k, _, label), p in zip(asked, answers) if i == index and k == kind]
@@ -295,6 +357,7 @@ def score_explanations(chat, todo: dict[int, tuple[str, dict]], settings: Explai
 
 
 def _explain_batch(features: FeatureMetadata, chat, batch: list[int], settings: ExplainSettings) -> dict[str, dict]:
+    """The batch's entries; a feature whose requests failed has none, so that a later run asks again."""
     contexts = {i: sample_contexts(features, i, settings) for i in batch}
     ready = [i for i in batch if contexts[i]["explain"]]
     raws = chat.generate(
@@ -303,10 +366,10 @@ def _explain_batch(features: FeatureMetadata, chat, batch: list[int], settings: 
     out = {str(i): {"status": "no_contexts", "explanation": None} for i in batch if i not in ready}
     explained = {}
     for index, raw in zip(ready, raws):
+        if raw is None:  # the request failed: nothing to record
+            continue
         if (explanation := parse_explanation(raw)) is None:
-            logger.info(
-                "Feature %d: the explainer's answer %r holds no explanation; recorded as unusable.", index, raw
-            )
+            logger.info("Feature %d: the explainer's answer %r holds no explanation: unusable.", index, raw)
             out[str(index)] = {"status": "unusable", "explanation": None, "raw": raw[:500], "explainer": chat.name}
         else:
             explained[index] = (explanation, contexts[index])
@@ -315,8 +378,24 @@ def _explain_batch(features: FeatureMetadata, chat, batch: list[int], settings: 
     return out
 
 
+def explanations_of(features: FeatureMetadata) -> dict:
+    """`explanations.json`, checked: a damaged file is one clear error naming it (in `explain`, `browse`, the app)."""
+    where = features.path / EXPLANATIONS if features.path is not None else EXPLANATIONS
+    try:
+        record = features.explanations
+    except ValueError as error:  # not JSON, not UTF-8
+        problem = f"is not valid JSON ({error})"
+    else:
+        entries = record.get("features", {}) if isinstance(record, dict) else None
+        if isinstance(entries, dict) and all(isinstance(entry, dict) for entry in entries.values()):
+            return record
+        problem = 'does not hold {"features": {"<id>": {"explanation": ...}}}'
+    fix = "Restore it, or delete it and explain the features again with `hf-sae explain`."
+    raise FeatureMetadataError(f"{where} {problem}: it is damaged. {fix}")
+
+
 def _record(features: FeatureMetadata) -> dict:
-    record = dict(features.explanations)
+    record = dict(explanations_of(features))
     record.setdefault("method", METHOD)
     record["features"] = dict(record.get("features", {}))
     return record
@@ -351,11 +430,24 @@ def explain_features(
     record = _record(features)
     todo = [i for i in indices if overwrite or str(i) not in record["features"]][:max_features]
     record |= {"explainer": chat.name, "settings": dataclasses.asdict(settings)}
+    failed = []
     with tqdm(total=len(todo), desc="Explaining features", unit="feature") as bar:
         for start in range(0, len(todo), batch_size):
-            record["features"] |= _explain_batch(features, chat, todo[start : start + batch_size], settings)
+            batch = todo[start : start + batch_size]
+            done = _explain_batch(features, chat, batch, settings)
+            record["features"] |= done
             features.save_explanations(record)
-            bar.update(len(todo[start : start + batch_size]))
+            bar.update(len(batch))
+            failed += [i for i in batch if str(i) not in done]
+            if failed and not done:  # every request of the batch failed: the server is down or refuses us
+                failed += todo[start + batch_size :]
+                break
+    if failed:
+        raise ExplainerError(
+            f"{len(failed)} of {len(todo)} features were not explained: the explainer's requests failed "
+            f"({'; '.join(getattr(chat, 'failures', [])[-1:])}). They are not recorded, so the same command run again "
+            f"asks for them; the {len(todo) - len(failed)} others are saved in {features.path or 'memory'}."
+        )
     return {i: record["features"][str(i)] for i in todo}
 
 
@@ -381,6 +473,11 @@ def shuffled_control(
             for i in ok[start : start + batch_size]
         }
         control |= score_explanations(chat, todo, detection_only)
+    if missing := [i for i in ok if i not in control]:
+        raise ExplainerError(
+            f"The shuffled control could not score features {missing[:20]}: the explainer's requests failed "
+            f"({'; '.join(getattr(chat, 'failures', [])[-1:])}). The explanations are saved; run again with --control."
+        )
     mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
     summary = {"features": len(ok)}
     for key in ("detection", "detection_auroc"):
@@ -392,9 +489,11 @@ def shuffled_control(
 
 
 def require_contexts(features: FeatureMetadata) -> None:
+    """What explaining reads: random contexts, and explanations.json when there is one (`explanations_of`)."""
     if features.random_contexts is None:
         where = features.path.parent if features.path is not None else "DIR"
         raise FeatureMetadataError(
             f"The feature metadata in {features.path} has no {RANDOM_CONTEXTS}, which scoring draws non-activating "
             f"contexts from (metadata from an older hf-sae). Collect it again with `hf-sae features --sae {where}`."
         )
+    explanations_of(features)

@@ -11,6 +11,7 @@ and paging need nothing else; a feature's details come in a chunk script the pag
 
 import json
 import math
+import numbers
 import os
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .autointerp import explanations_of
 from .errors import ArgumentError
 from .feature_store import FeatureMetadata, load_features
 from .layout import replace_folder, staging_folder
@@ -40,8 +42,9 @@ def _js(value) -> str:
 
 
 def _num(x, digits: int = 4) -> float | None:
-    """A float rounded to `digits` significant digits, or None for NaN, so that the JSON stays short."""
-    return None if x is None or not math.isfinite(x) else float(f"{x:.{digits}g}")
+    """A float rounded to `digits` significant digits, or None for NaN (or what is no number), so that the JSON stays
+    short."""
+    return None if not isinstance(x, numbers.Real) or not math.isfinite(x) else float(f"{x:.{digits}g}")
 
 
 def _histogram(counts: np.ndarray, edges: np.ndarray) -> list:
@@ -152,7 +155,7 @@ def _index(features: FeatureMetadata, contexts: pa.Table) -> dict:
         " ".join(filter(None, [*sorted(peaks[i]), *(t.strip() for t in (promoted[i][:5] if promoted else []))]))
         for i in range(num)
     ]
-    explained = features.explanations.get("features", {})  # from `hf-sae explain`, when it ran
+    explained = explanations_of(features).get("features", {})  # from `hf-sae explain`, when it ran
     entries = [explained.get(str(i), {}) for i in range(num)] if explained else []
     return {
         "explanation": [e.get("explanation") for e in entries],

@@ -25,6 +25,7 @@ from accelerate.logging import get_logger
 
 from .configuration_sae import SaeConfig
 from .errors import TrainingError
+from .formats.tensors import non_finite
 from .layout import replace_folder, write_failure
 
 if TYPE_CHECKING:
@@ -46,6 +47,12 @@ def save_checkpoint(trainer: SaeTrainer) -> Path:
     """Write the trainer's `checkpoint-<step>`, then keep only the newest `save_total_limit` checkpoints."""
     acc, rank, output_dir = trainer.accelerator, trainer.accelerator.process_index, trainer.output_dir
     final = output_dir / f"{CHECKPOINT_PREFIX}{trainer.state.step}"
+    if bad := non_finite(_sae_tensors({n: sae.state_dict() for n, sae in trainer.saes.items()})):
+        raise TrainingError(
+            f"The weights became non-finite by step {trainer.state.step}: {bad}. {final.name} was not written, so "
+            f"that no checkpoint holds them; {resume_advice(output_dir)}. Lower the learning rate or "
+            "--max_grad_norm."
+        )
     tmp = final.with_name(final.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     files = {f"buffer_rank{rank}.pt": trainer.buffer.state_dict()}
@@ -97,6 +104,11 @@ def restore_checkpoint(trainer: SaeTrainer) -> Path | None:
         )
     rank = trainer.accelerator.process_index
     trainer.resumed_weights = _load_file(path / f"weights_rank{rank if trainer.owners else 0}.pt")
+    if bad := non_finite(_sae_tensors(trainer.resumed_weights.get("saes", {}))):
+        raise TrainingError(
+            f"{path} holds non-finite weights ({bad}); a run resumed from it would train on NaN. Instead, "
+            f"{resume_advice(path.parent, but=path)}."
+        )
     if trainer.owners:  # each rank's counters and scales belong to its own SAEs
         saved = trainer.resumed_weights["state"]
     trainer.state.load_state_dict(saved, {name: sae.device for name, sae in trainer.saes.items()})
@@ -125,8 +137,13 @@ def run_signature(trainer: SaeTrainer) -> dict:
 
 
 def _check_same_run(trainer: SaeTrainer, path: Path, saved: dict | None) -> None:
-    if saved is None:
-        return  # written before checkpoints recorded their run
+    if missing := _missing_record(saved):  # without it nothing says which arguments the checkpoint belongs to
+        raise TrainingError(
+            f"{path / TRAINER_STATE} lacks the record of its run ({', '.join(missing)}): the SAEs' configs and the "
+            f"arguments that decide the data ({', '.join(RESUME_ARGUMENTS)}), so this run cannot be checked "
+            "against it and could go on with other arguments. Start a new run (--overwrite_output_dir, or another "
+            "--output_dir)."
+        )
     now, differences = run_signature(trainer), []
     for name in sorted(set(saved["saes"]) | set(now["saes"])):
         before, after = saved["saes"].get(name), now["saes"].get(name)
@@ -144,6 +161,15 @@ def _check_same_run(trainer: SaeTrainer, path: Path, saved: dict | None) -> None
             f"was trained with (the run's {trainer.output_dir}/training_args.json has them), or start a new run in "
             "another --output_dir."
         )
+
+
+def _missing_record(saved) -> list[str]:
+    """What the run record of a checkpoint lacks: the record itself, its parts, or arguments it must name."""
+    if not isinstance(saved, dict):
+        return [repr(RUN_KEY)]
+    if missing := [f"{RUN_KEY}.{part}" for part in ("saes", "args") if not isinstance(saved.get(part), dict)]:
+        return missing
+    return [f"{RUN_KEY}.args.{key}" for key in RESUME_ARGUMENTS if key not in saved["args"]]
 
 
 def resume_checkpoint(args: SaeTrainingArguments) -> Path | None:
@@ -192,25 +218,37 @@ def _load_file(path: Path):
         return torch.load(path, weights_only=True)
     except CHECKPOINT_ERRORS as error:
         others = [p for p in checkpoint_folders(path.parent.parent) if p != path.parent]
-        intact = next((p for p in reversed(others) if _is_intact(p)), None)
-        advice = (f"the newest intact one is {intact}: resume from it with --resume_from_checkpoint {intact}"
-                  if intact else "none is intact, so the run must start again")  # fmt: skip
         raise TrainingError(
             f"{path} cannot be loaded as a checkpoint hf_sae wrote ({type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''}); it is damaged, or holds more than tensors and "
             f"plain values and is refused rather than run. Other checkpoints in {path.parent.parent}: "
-            f"{[p.name for p in others] or 'none'}; {advice}."
+            f"{[p.name for p in others] or 'none'}; {resume_advice(path.parent.parent, but=path.parent)}."
         ) from None
 
 
+def resume_advice(output_dir: Path, but: Path | None = None) -> str:
+    """Where a stopped run can go on from: the newest checkpoint in `output_dir` (other than `but`) that loads and
+    whose weights are finite, which is not always the newest one."""
+    good = next((p for p in reversed(checkpoint_folders(output_dir)) if p != but and _is_intact(p)), None)
+    if good is None:
+        return f"no checkpoint in {output_dir} is intact, so the run must start again"
+    resume = f"--resume_from_checkpoint {good}"
+    return f"of the checkpoints in {output_dir}, the newest intact one is {good}: resume from it with {resume}"
+
+
 def _is_intact(checkpoint: Path) -> bool:
-    """Whether every file of `checkpoint` loads (tensors and plain values only)."""
+    """Whether every file of `checkpoint` loads (tensors and plain values only) and its weights are finite."""
     try:
-        for file in checkpoint.glob("*.pt"):
-            torch.load(file, weights_only=True)
+        files = {file.name: torch.load(file, weights_only=True) for file in checkpoint.glob("*.pt")}
     except CHECKPOINT_ERRORS:
         return False
-    return (checkpoint / TRAINER_STATE).is_file()
+    weights = [value.get("saes", {}) for name, value in files.items() if name.startswith("weights_rank")]
+    return TRAINER_STATE in files and not any(non_finite(_sae_tensors(saes)) for saes in weights)
+
+
+def _sae_tensors(saes: dict) -> dict[str, torch.Tensor]:
+    """`{"<sae>.<tensor>": tensor}` of `{sae: state dict}`."""
+    return {f"{name}.{key}": tensor for name, state in saes.items() for key, tensor in state.items()}
 
 
 def _tensor_bytes(value) -> int:

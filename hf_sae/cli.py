@@ -30,6 +30,7 @@ import typing
 from collections.abc import Callable, Mapping
 
 import yaml
+from tqdm.std import tqdm
 from transformers import HfArgumentParser
 
 from . import arguments as A
@@ -327,6 +328,12 @@ def format_explanation_scores(done: Mapping[int, Mapping], control: Mapping | No
     return "\n".join(lines)
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars an error stopped: each ends its line, so that the message starts on its own."""
+    for bar in list(tqdm._instances):
+        bar.close()
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "prepare-corpus": (prepare_corpus_command, "download the built-in offline corpus"),
     "train": (train_command, "train SAEs on a language model's activations"),
@@ -364,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[known.command][0]([arg for arg in args if arg != "--debug"])
     except HfSaeError as error:
+        _end_progress_bars()
         if debug:
             raise
         print(f"hf-sae {known.command}: error: {error}", file=sys.stderr)

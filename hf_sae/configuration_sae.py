@@ -8,6 +8,7 @@ from transformers.utils import logging
 
 from .architectures import ARCHITECTURES, ArchitectureName
 from .errors import SaeConfigError
+from .layout import hookpoint_folder
 from .version import __version__
 
 logger = logging.get_logger(__name__)
@@ -144,6 +145,7 @@ class SaeConfig(PreTrainedConfig):
 
     def _validate(self) -> None:
         _check_positive_int("num_latents", self.num_latents)
+        self._validate_types()
         if self.architecture not in ARCHITECTURES:
             raise SaeConfigError(
                 f"`architecture` must be one of {', '.join(ARCHITECTURES)}; got {self.architecture!r}."
@@ -174,6 +176,19 @@ class SaeConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not _is_number(value) or value <= 0:
                 raise SaeConfigError(f"`{name}` must be a number > 0; got {value!r}.")
+
+    def _validate_types(self) -> None:
+        """Flags are booleans and names are strings: `"no"` would be a truthy flag, and a hookpoint names a folder."""
+        for name in ("apply_b_dec_to_input", "skip_connection"):
+            if not isinstance(value := getattr(self, name), bool):
+                raise SaeConfigError(f"`{name}` must be True or False; got {value!r} ({type(value).__name__}).")
+        for name in ("architecture", "hookpoint", "output_hookpoint", "base_model_name_or_path", "hf_sae_version"):
+            value = getattr(self, name)
+            if not isinstance(value, str) and (value is not None or name == "architecture"):
+                raise SaeConfigError(f"`{name}` must be a string; got {value!r} ({type(value).__name__}).")
+        for name in ("hookpoint", "output_hookpoint"):
+            if getattr(self, name) is not None:  # SAEs are saved in a folder named after their hookpoint
+                hookpoint_folder(getattr(self, name), f"SaeConfig `{name}`")
 
     def _validate_group_sizes(self) -> None:
         sizes = self.matryoshka_group_sizes

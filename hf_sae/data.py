@@ -43,6 +43,7 @@ from datasets import (
     load_dataset,
     load_from_disk,
 )
+from datasets.exceptions import DatasetGenerationError
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
@@ -249,7 +250,8 @@ def _load_local(path: Path, args: DataArguments) -> Dataset | IterableDataset:
         return saved.to_iterable_dataset() if args.streaming else saved
     if path.is_dir():
         # datasets infers the builder and the splits (train.jsonl, test.jsonl, ...) from the folder's files.
-        return load_dataset(str(path), args.dataset_config_name, split=args.dataset_split, streaming=args.streaming)
+        return _load_files(path, str(path), args.dataset_config_name, split=args.dataset_split,
+                           streaming=args.streaming)  # fmt: skip
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
         suffixes.pop()
@@ -259,9 +261,24 @@ def _load_local(path: Path, args: DataArguments) -> Dataset | IterableDataset:
             f"Expected a file ending in one of {', '.join(BUILDERS)} (optionally compressed); received {path}. "
             "Convert it, or save it with datasets' save_to_disk."
         )
+    if path.stat().st_size == 0:
+        raise DataError(f"The dataset file {path} is empty; expected documents in it. Fill it, or name another file.")
     kwargs = {"delimiter": "\t"} if suffixes[-1] == ".tsv" else {}
     # A single file is the `train` split of its source, whatever split is asked for (see `_split_plan`).
-    return load_dataset(builder, data_files={"train": str(path)}, split="train", streaming=args.streaming, **kwargs)
+    return _load_files(path, builder, data_files={"train": str(path)}, split="train", streaming=args.streaming,
+                       **kwargs)  # fmt: skip
+
+
+def _load_files(path: Path, *args, **kwargs) -> Dataset | IterableDataset:
+    """`load_dataset(*args, **kwargs)` on local files: one it cannot parse is a DataError naming it."""
+    try:
+        return load_dataset(*args, **kwargs)
+    except (DatasetGenerationError, ValueError, StopIteration) as error:  # StopIteration: an empty json file
+        cause = error.__cause__ or error
+        raise DataError(
+            f"Could not read documents from {path} ({type(cause).__name__}: {cause}). Expected a file (or a folder "
+            f"of files) of the format its name says, with at least one document: {', '.join(BUILDERS)}."
+        ) from error
 
 
 def _check_text_column(dataset: Dataset | IterableDataset, column: str, name: str | None) -> None:
@@ -273,6 +290,22 @@ def _check_text_column(dataset: Dataset | IterableDataset, column: str, name: st
             f"Expected a text column {column!r} in dataset {name or 'built-in corpus'!r}; it has columns "
             f"{columns}. Set --text_column to the one that holds the text (every source needs it)."
         )
+    if (kind := _non_text(dataset, column)) is not None:
+        raise DataError(
+            f"The text column {column!r} of {name or 'the built-in corpus'!r} holds {kind} values, not text. Set "
+            f"--text_column to the column of strings that holds the documents (the columns are {columns})."
+        )
+
+
+def _non_text(dataset: Dataset | IterableDataset, column: str) -> str | None:
+    """The type of `column`'s values when it is not strings (read from the features, else from the first row)."""
+    kind = (dataset.features or {}).get(column)
+    if kind is None:  # a stream whose features are unknown until read
+        value = next(iter(dataset), {}).get(column)
+        return None if value is None or isinstance(value, str) else type(value).__name__
+    if isinstance(kind, Value) and kind.dtype in ("string", "large_string"):
+        return None
+    return kind.dtype if isinstance(kind, Value) else type(kind).__name__
 
 
 def _column_names(dataset: Dataset | IterableDataset) -> list[str]:
@@ -423,6 +456,12 @@ def read_blocks(
         raise DataError("Expected token blocks; received none. Check the dataset and its split.")
     count = math.ceil(max_tokens / len(first["input_ids"])) - 1 if max_tokens else None
     rows = [first, *islice(rows, count)]
+    if max_tokens and (held := len(rows) * len(first["input_ids"])) < max_tokens:
+        logger.warning(
+            f"--eval_tokens asks for {max_tokens:,} tokens, but the held-out text makes only {len(rows):,} blocks "
+            f"({held:,} tokens); evaluating on those (the report's eval_tokens counts the tokens measured). Lower "
+            "--eval_tokens, or give more held-out text."
+        )
     input_ids = torch.tensor([row["input_ids"] for row in rows], dtype=torch.long)
     sources = [row[source_column] for row in rows] if source_column and source_column in first else None
     return input_ids, sources

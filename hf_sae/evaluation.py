@@ -36,7 +36,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -45,8 +45,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .data import load_token_blocks, read_blocks, split_label
-from .errors import DataError
+from .data import (
+    HELD_OUT_EVERY,
+    PACK_BATCH_DOCUMENTS,
+    load_text_dataset,
+    load_token_blocks,
+    read_blocks,
+    split_label,
+)
+from .errors import ArgumentError, DataError
 from .hookpoints import Hookpoint, register_activation_hook, resolve_hookpoints
 from .layout import PER_SOURCE, QUALITY_KEYS, SOURCE_KEYS, sae_metrics, write_text
 from .lm_forward import LmReading, counted_tokens, lm_kernels, run_lm
@@ -359,30 +366,67 @@ def report_to_eval_results(
 # ---- training's final report ----------------------------------------------------------------------------------------
 
 
-def held_out_report(
-    model, tokenizer, saes: Mapping[str, SaeModel], reading: LmReading, data_args: "DataArguments", max_tokens: int
-) -> tuple[dict, dict]:
-    """FVU, L0 and dead fraction on the held-out split of the training text (training's final report), pooled and
-    per source when the text names its sources, with the training text's sources and weights (only those when
-    there is no such split); and each SAE's held-out firing-density histogram, for the trackers."""
-    names = [name or "built-in corpus" for name in data_args.dataset_names]
-    data = {"datasets": names, "dataset_weights": data_args.dataset_weights}
+class HeldOut(NamedTuple):
+    """The held-out blocks of the training text that the final report measures, read before training."""
+
+    input_ids: Tensor  # (num_blocks, context_size)
+    sources: list[str] | None
+    label: str  # the split, as the report and the card name it
+
+
+def load_held_out(tokenizer, data_args: "DataArguments", max_tokens: int) -> HeldOut | None:
+    """The held-out split of the training text (first `max_tokens` tokens) for training's final report, read before
+    training so that a split yielding no block is refused then, with the fix, rather than after hours of training;
+    None when `max_tokens` is 0 or the text has no held-out split (the report then has training metrics only)."""
     if not max_tokens:
-        return dict.fromkeys(saes, data), {}
+        return None
     held_out = dataclasses.replace(data_args, dataset_split=HELD_OUT_SPLIT)
     try:
         blocks = load_token_blocks(held_out, tokenizer)
     except (DataError, ValueError, KeyError) as error:
         logger.warning(f"No held-out split {HELD_OUT_SPLIT!r} ({error}); the report has training metrics only.")
+        return None
+    label = ", ".join(dict.fromkeys(split_label(name, held_out) for name in data_args.dataset_names))
+    try:
+        input_ids, sources = read_blocks(blocks, max_tokens, data_args.source_column)
+    except DataError:  # not one full block
+        raise _no_held_out_block(tokenizer, held_out, label) from None
+    return HeldOut(input_ids, sources, label)
+
+
+def _no_held_out_block(tokenizer, held_out: "DataArguments", label: str) -> ArgumentError:
+    """What to change when the held-out text makes no full block: its size says how small a context would do."""
+    documents = tokens = 0
+    for batch in load_text_dataset(held_out).iter(batch_size=PACK_BATCH_DOCUMENTS):
+        ids = tokenizer([text or "" for text in batch[held_out.text_column]], add_special_tokens=False)["input_ids"]
+        documents, tokens = documents + len(ids), tokens + sum(len(i) + 1 for i in ids if i)  # each ends with EOS
+    one_stream = tokens >= 1 and len(held_out.dataset_names) == 1  # sources are packed apart: their sizes differ
+    context = f"--context_size {tokens + 1} or less (its tokens fit one block), " if one_stream else ""
+    return ArgumentError(
+        f"The held-out text for the final report ({label}: {documents} document(s), {tokens} token(s) with EOS) "
+        f"makes no full block of --context_size {held_out.context_size}, so the report would fail after training. "
+        f"Pass {context}--eval_tokens 0 to train without the held-out report, or a text with a {HELD_OUT_SPLIT!r} "
+        f"split or more documents (every {HELD_OUT_EVERY}th document of 'train' is held out)."
+    )
+
+
+def held_out_report(
+    model, tokenizer, saes: Mapping[str, SaeModel], reading: LmReading, data_args: "DataArguments",
+    held_out: HeldOut | None,
+) -> tuple[dict, dict]:  # fmt: skip
+    """FVU, L0 and dead fraction on the held-out split of the training text (training's final report), pooled and
+    per source when the text names its sources, with the training text's sources and weights (only those when
+    there is no such split); and each SAE's held-out firing-density histogram, for the trackers."""
+    names = [name or "built-in corpus" for name in data_args.dataset_names]
+    data = {"datasets": names, "dataset_weights": data_args.dataset_weights}
+    if held_out is None:
         return dict.fromkeys(saes, data), {}
-    input_ids, sources = read_blocks(blocks, max_tokens, data_args.source_column)
-    report = evaluate_saes(model, saes, input_ids, exclude_token_ids=tokenizer.all_special_ids, max_tokens=max_tokens,
-                           batch_size=reading.batch_size, lm_metrics=False, sources=sources,
+    report = evaluate_saes(model, saes, held_out.input_ids, exclude_token_ids=tokenizer.all_special_ids,
+                           batch_size=reading.batch_size, lm_metrics=False, sources=held_out.sources,
                            **reading.keywords)  # fmt: skip
     log_per_source(report)
-    label = ", ".join(dict.fromkeys(split_label(name, held_out) for name in data_args.dataset_names))
     histograms = {name: metrics["firing_density_histogram"] for name, metrics in report.items()}
-    return {name: {**sae_metrics(m), "eval_split": label, **data} for name, m in report.items()}, histograms
+    return {name: {**sae_metrics(m), "eval_split": held_out.label, **data} for name, m in report.items()}, histograms
 
 
 def log_per_source(report: Mapping[str, Mapping]) -> None:

@@ -11,7 +11,8 @@
         random_contexts.parquet   random windows of the text with the features firing in each (`random_contexts`)
         explanations.json  explanations written by an LLM and their detection / fuzzing scores (`autointerp`)
 
-`features.collect_feature_metadata` makes it; `SaeModel.features` reads it through `load_features`.
+`features.collect_feature_metadata` makes it; `SaeModel.features` reads it through `load_features`. Every table is
+read through `read_parquet`, which bounds what a file (one from the Hub, say) may expand to in memory.
 """
 
 import json
@@ -29,6 +30,56 @@ from .layout import FEATURES, replace_folder, staging_folder, write_json
 STATS, EXAMPLES, QUANTILE_EXAMPLES = "stats.parquet", "examples.parquet", "quantile_examples.parquet"
 LABELS, METADATA = "labels.json", "metadata.json"
 RANDOM_CONTEXTS, EXPLANATIONS = "random_contexts.parquet", "explanations.json"
+# What reading a table may take in memory: this many times its file's size, and at least READ_FLOOR bytes. Statistics
+# hf_sae wrote expand a few times; a forged table (one long string referenced by every row) would by 100,000.
+MAX_EXPANSION, READ_FLOOR = 1000, 256 * 2**20
+_WIDTHS = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12}  # bytes a value, decoded
+
+
+def read_parquet(path: Path, **kwargs) -> pa.Table:
+    """`pq.read_table(path, **kwargs)`, refused where it would take more memory than the file's size allows: first
+    by what the file's metadata declares (values and their encoded sizes), then by what its strings decode to,
+    measured while they are still dictionary-encoded (one long string shared by every row is small on disk)."""
+    path = Path(path)
+    try:
+        limit, file = max(READ_FLOOR, MAX_EXPANSION * path.stat().st_size), pq.ParquetFile(path)
+        if (declared := _declared_bytes(file.metadata)) > limit:
+            raise _too_large(path, declared, limit, "its metadata declares")
+        strings = [column.path for column in file.schema if column.physical_type == "BYTE_ARRAY"]
+        table = pq.read_table(path, read_dictionary=strings, **kwargs)
+        if (decoded := sum(_decoded_bytes(chunk) for column in table.columns for chunk in column.chunks)) > limit:
+            raise _too_large(path, decoded, limit, "its strings decode to")
+        return table.cast(file.schema_arrow)
+    except (pa.ArrowException, OSError) as error:
+        if isinstance(error, FeatureMetadataError):
+            raise
+        raise FeatureMetadataError(f"{path} is not a readable feature table ({error}). {_AGAIN}") from None
+
+
+def _declared_bytes(meta: pq.FileMetaData) -> int:
+    """Every column chunk's encoded size, plus its values at their decoded width (a string: its offset)."""
+    chunks = [meta.row_group(g).column(c) for g in range(meta.num_row_groups) for c in range(meta.num_columns)]
+    return sum(c.total_uncompressed_size + c.num_values * _WIDTHS.get(c.physical_type, 4) for c in chunks)
+
+
+_AGAIN = "Collect the statistics again with `hf-sae features`, or download them again."
+
+
+def _too_large(path: Path, size: int, limit: int, what: str) -> FeatureMetadataError:
+    return FeatureMetadataError(
+        f"{path} was refused: {what} {size:,} bytes in memory, from a file of {path.stat().st_size:,} bytes (at most "
+        f"{limit:,} are read from it). It is not a table hf_sae wrote, or it was damaged. {_AGAIN}"
+    )
+
+
+def _decoded_bytes(array: pa.Array) -> int:
+    """What `array` takes once its dictionaries are decoded, computed without decoding them."""
+    if isinstance(array, pa.DictionaryArray):
+        lengths = pc.binary_length(array.dictionary).take(array.indices)
+        return 4 * len(array) + (pc.sum(lengths).as_py() or 0)
+    if isinstance(array, pa.ListArray | pa.LargeListArray | pa.FixedSizeListArray):
+        return 8 * len(array) + _decoded_bytes(array.flatten())
+    return array.nbytes
 
 
 @dataclass(repr=False)
@@ -118,7 +169,7 @@ class FeatureMetadata:
     def stats_table(self) -> pa.Table:
         """The per-feature table as Arrow, row i being feature i."""
         if self._stats is None:
-            self._stats = pq.read_table(self.path / STATS)
+            self._stats = read_parquet(self.path / STATS)
         return self._stats
 
     @property
@@ -132,13 +183,13 @@ class FeatureMetadata:
         """Top contexts of feature `index` (of every feature when `None`), best first."""
         if self._examples is not None:
             return self._examples if index is None else self._examples.filter(pc.field("feature") == index)
-        return pq.read_table(self.path / EXAMPLES, filters=None if index is None else [("feature", "==", index)])
+        return read_parquet(self.path / EXAMPLES, filters=None if index is None else [("feature", "==", index)])
 
     @property
     def random_contexts(self) -> pa.Table | None:
         """Random windows of the text, with the features that fire in each (`None` in metadata made before them)."""
         if self._random_contexts is None and self.path is not None and (self.path / RANDOM_CONTEXTS).is_file():
-            self._random_contexts = pq.read_table(self.path / RANDOM_CONTEXTS)
+            self._random_contexts = read_parquet(self.path / RANDOM_CONTEXTS)
         return self._random_contexts
 
     @property
@@ -168,7 +219,7 @@ class FeatureMetadata:
         if self.path is None or not (self.path / QUANTILE_EXAMPLES).is_file():
             return None
         filters = None if index is None else [("feature", "==", index)]
-        return pq.read_table(self.path / QUANTILE_EXAMPLES, filters=filters)
+        return read_parquet(self.path / QUANTILE_EXAMPLES, filters=filters)
 
     def __len__(self) -> int:
         return int(self.metadata.get("num_latents", self.stats_table.num_rows))

@@ -5,13 +5,16 @@ then the group's own `check()`, once, as the group is built from flags, a file o
     Checked          base of the groups: `__post_init__` runs `check_fields`, then `check`
     check_fields     int, float (finite), str, bool, a `Literal`'s choices, a list of them, None where optional
     require          one range or consistency rule, failing as `--flag must be ...; got ...`
+    require_distinct, require_folder   no value twice in a list flag; a folder to write that is not a file
     group_arguments  the groups built from one flat mapping (Python's way to say what `hf-sae` flags say)
     settings_of      the groups' values as one mapping, as a run records them
 """
 
 import dataclasses
 import math
+import os
 import typing
+from pathlib import Path
 from typing import Literal
 
 from .errors import ArgumentError
@@ -26,6 +29,25 @@ def flag(text: str, default=dataclasses.MISSING, **kwargs):
 def require(condition: bool, flag: str, value, expected: str) -> None:
     if not condition:
         raise ArgumentError(f"--{flag} must be {expected}; got {value!r}.")
+
+
+def require_distinct(flag: str, values: list | None) -> None:
+    """Each value of a list flag once: `--hookpoints a a` would make two SAEs of one name, one replacing the other."""
+    if twice := [value for i, value in enumerate(values or ()) if value in (values or ())[:i]]:
+        raise ArgumentError(f"--{flag} names {sorted(set(twice))} more than once; give each once.")
+
+
+def require_folder(flag: str, folder: str | os.PathLike | None) -> None:
+    """`folder` (when given) can be a folder: neither an existing file nor under one, refused before any work."""
+    if folder is None:
+        return
+    path = Path(folder).expanduser()
+    if file := next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None):
+        where = "is a file" if file == path else f"lies under {file}, which is a file"
+        raise ArgumentError(
+            f"--{flag}: {folder} must be a folder to write into, but it {where}. Choose another folder, or move the "
+            "file away."
+        )
 
 
 class Checked:

@@ -48,14 +48,33 @@ def resolve_hookpoints(model: nn.Module, hookpoints: Iterable[str]) -> dict[str,
             resolved[name] = Hookpoint(found[1], found[0], is_input)
     if missing:
         names = [name for name, _ in model.named_modules() if name]
-        spellings = names + [name + INPUT_SUFFIX for name in names]
-        hints = "; ".join(f"`{n}`: closest are {difflib.get_close_matches(n, spellings, 5, 0.5)}" for n in missing)
+        hints = "; ".join(f"`{n}`: closest are {closest_hookpoints(model, n)}" for n in missing)
         raise HookpointError(
             f"Hookpoints {missing} are not modules of {type(model).__name__} ({hints}). A hookpoint is a module path "
             f"as `model.named_modules()` spells it, e.g. `{names[-1]}`, optionally followed by `{INPUT_SUFFIX}` for "
             "the module's input."
         )
     return resolved
+
+
+def closest_hookpoints(model: nn.Module, name: str) -> list[str]:
+    """The valid spellings (module paths, and those with `INPUT_SUFFIX`) closest to `name`, closest first."""
+    paths = [path for path, _ in model.named_modules() if path]
+    return difflib.get_close_matches(name, paths + [path + INPUT_SUFFIX for path in paths], 5, 0.5)
+
+
+def not_an_activation(hookpoint: Hookpoint) -> str | None:
+    """Why what an SAE would read or replace at `hookpoint` is not one activation per token, or None when it is: a
+    container of modules never runs itself, and a rotary embedding returns its position tables (cos, sin)."""
+    module = hookpoint.module
+    if isinstance(module, nn.ModuleList | nn.ModuleDict):
+        return f"is a {type(module).__name__}, a container that never runs itself, so nothing would be hooked"
+    if not hookpoint.is_input and ("Rotary" in type(module).__name__ or hasattr(module, "inv_freq")):
+        return (
+            f"is a rotary embedding ({type(module).__name__}): its output is the cos / sin tables of the positions, "
+            "the same for every text, not hidden states, and an SAE there would replace them"
+        )
+    return None
 
 
 def _find_module(model: nn.Module, name: str) -> tuple[str, nn.Module] | None:

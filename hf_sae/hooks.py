@@ -20,7 +20,13 @@ from torch import Tensor, nn
 from transformers.utils import logging
 
 from .errors import HookpointError, SteeringError
-from .hookpoints import hookpoint_width, register_activation_hook, resolve_hookpoints
+from .hookpoints import (
+    closest_hookpoints,
+    hookpoint_width,
+    not_an_activation,
+    register_activation_hook,
+    resolve_hookpoints,
+)
 from .hub import load_saes
 from .modeling_sae import SaeModel, saes_by_hookpoint
 from .steering import Edit, Positions, Tokens, feature_values, positions_of, token_info
@@ -92,8 +98,9 @@ class SaeHooks:
         saes (`Mapping[str, SaeModel]` or `Sequence[SaeModel]`): SAEs by hookpoint, or SAEs whose `config.hookpoint`
             says where they read. A key that is not a module path is a name, and the SAE reads its
             `config.hookpoint` (a transcoder always does, and acts on its `config.output_hookpoint`): several SAEs can
-            share a hookpoint (`{"16k": sae_a, "65k": sae_b}`); their edits and
-            splices apply in the order given, each to what the one before it left. They are put in eval mode:
+            share a hookpoint (`{"16k": sae_a, "65k": sae_b}`). A name has no dot, or ends in `/<its hookpoint>`
+            (a sweep's `"k32/model.layers.6"`): a dotted key that is no module is a misspelling, refused. Their
+            edits and splices apply in the order given, each to what the one before it left. They are put in eval mode:
             each token is coded on its own (BatchTopK by its threshold), whatever else is in the batch.
 
     Example:
@@ -111,14 +118,20 @@ class SaeHooks:
         self.saes = saes_by_hookpoint(saes, "SaeHooks")
         for sae in self.saes.values():  # batch-wide selection would tie a sequence's latents to its batch
             sae.eval()
-        sites = {name: name if _is_module_path(model, name) and not sae.config.is_transcoder
-                 else sae.config.hookpoint or name for name, sae in self.saes.items()}  # fmt: skip
+        sites = {name: _site(model, name, sae) for name, sae in self.saes.items()}
         resolved = resolve_hookpoints(model, dict.fromkeys(sites.values()))
         self.hookpoints = {name: resolved[site] for name, site in sites.items()}
         # Where each transcoder writes its prediction; an unknown name fails here, listing the closest.
         targets = {name: sae.config.output_hookpoint for name, sae in self.saes.items() if sae.config.is_transcoder}
         resolved = resolve_hookpoints(model, dict.fromkeys(targets.values()))
         self.output_hookpoints = {name: resolved[site] for name, site in targets.items()}
+        writes = {**{n: h for n, h in self.hookpoints.items() if n not in targets}, **self.output_hookpoints}
+        for name, site in writes.items():  # where each SAE's splice and steering replace the activation
+            if reason := not_an_activation(site):
+                raise HookpointError(
+                    f"The SAE at `{name}` acts on `{site.path}`, which {reason}. Attach it where the activation is "
+                    "hidden states, one per token: a decoder block (`model.layers.N`) or a module inside one."
+                )
         _warn_on_other_base_model(model, self.saes)
         for name, sae in self.saes.items():
             if (width := hookpoint_width(model, self.hookpoints[name])) is not None:
@@ -232,6 +245,8 @@ class SaeHooks:
         edit = Edit(*feature_values(features, alpha, self.saes[name]), mode, positions_of(positions))
         with self._activate(edit, [name]):
             yield
+        if missed := edit.unreached():  # known only now: under `generate()` positions go on through new tokens
+            logger.warning(f"Steering at `{name}` with {missed}. Pick positions within the text.")
 
     @contextmanager
     def ablate(
@@ -394,12 +409,24 @@ def _predict(sae: SaeModel, z: Tensor, skip: Tensor | None) -> Tensor:
     return sae.decode(z) if skip is None else sae.decode(z) + skip
 
 
-def _is_module_path(model: nn.Module, name: str) -> bool:
+def _site(model: nn.Module, name: str, sae: SaeModel) -> str:
+    """Where the SAE given under `name` reads: `name` itself when it is a module path, else (and always for a
+    transcoder) its config's hookpoint, `name` being a label (`"16k"`, a sweep's `"k32/model.layers.6"`). A key
+    spelt as a module path that is none (a dot in it) and not the SAE's own hookpoint is a misspelt hookpoint:
+    refused, rather than attached silently where the config says."""
+    own = sae.config.hookpoint
     try:
         resolve_hookpoints(model, [name])
     except HookpointError:
-        return False
-    return True
+        if own is not None and "." in name and name.rpartition("/")[2] != own:
+            raise HookpointError(
+                f"SaeHooks got an SAE under the key {name!r}, which is not a module of {type(model).__name__}; "
+                f"closest are {closest_hookpoints(model, name)}. A key is the hookpoint where its SAE acts (this "
+                f"SAE's config says {own!r}); fix the spelling, or use a label without a dot (`'16k'`) to attach "
+                "it at its config's hookpoint."
+            ) from None
+        return own or name
+    return (own or name) if sae.config.is_transcoder else name
 
 
 def _warn_on_other_base_model(model: nn.Module, saes: Mapping[str, SaeModel]) -> None:

@@ -8,7 +8,6 @@ same way. Where the files are and which to download is `hub_client`'s; building 
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -19,7 +18,7 @@ import torch
 from huggingface_hub import CommitInfo, ModelCard
 from safetensors import SafetensorError
 
-from .errors import ArgumentError, HfSaeError, HookpointError, SaeConfigError, SaeNotFoundError, WriteError
+from .errors import ArgumentError, HfSaeError, SaeConfigError, SaeNotFoundError, WriteError
 from .hub_client import HubOptions, check_sae_folder, locate_saes, network_errors, push_folder
 from .layout import (
     CONFIG,
@@ -27,6 +26,7 @@ from .layout import (
     METRICS,
     README,
     find_sae_folders,
+    hookpoint_folder,
     refuse_if_no_space,
     write_failure,
     write_json,
@@ -242,10 +242,7 @@ def _named_folders(saes: SaesLike) -> dict[str, SaeModel]:
     if not result:
         raise SaeNotFoundError("No SAEs given: pass a dict `{hookpoint: sae}` or a list of SAEs.")
     for hookpoint, sae in result.items():
-        if not re.fullmatch(r"[^/\\.][^/\\]*", hookpoint) or hookpoint == README:
-            raise HookpointError(
-                f"Hookpoint {hookpoint!r} cannot name a folder: use a module path such as 'model.layers.6'."
-            )
+        hookpoint_folder(hookpoint)
         if sae.config.hookpoint not in (None, hookpoint):
             raise SaeConfigError(
                 f"The SAE given for {hookpoint!r} was trained on {sae.config.hookpoint!r} (its `config.hookpoint`). "

@@ -44,6 +44,7 @@ from .layout import (
     natural_key,
     read_json,
     safetensors_shapes,
+    symbolic_links,
 )
 from .model_card import card_data, render_card
 from .sources import local_path
@@ -395,27 +396,39 @@ def push_folder(
         )
     for hookpoint, folder in folders.items():
         check_sae_folder(folder, None if single else hookpoint)
-    api = HfApi(token=token)
-    try:
-        with network_errors(f"Pushing to {repo_id!r}"):
-            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-            if revision is not None and not revision.startswith("refs/pr/"):
-                api.create_branch(repo_id, branch=revision, exist_ok=True)
-            operations = _push_operations(api, repo_id, revision, directory, folders, single, model_card, card_kwargs)
-            message = commit_message or f"Upload {len(folders)} SAE{'s' * (len(folders) > 1)} with hf_sae"
-            with warnings.catch_warnings():  # feature tables are parquet files in a model repo on purpose
-                warnings.filterwarnings("ignore", message=".*commit a data file.*", category=UserWarning)
-                return api.create_commit(repo_id, operations, commit_message=message,
-                                         commit_description=commit_description, revision=revision,
-                                         create_pr=create_pr)  # fmt: skip
-    except (HfHubHTTPError, OSError, RuntimeError) as error:  # the client wraps a failed LFS upload in RuntimeError
-        if isinstance(error, HubError | SaeNotFoundError | WeightsError):
-            raise
+    if links := symbolic_links(directory.iterdir() if single else [*folders.values(), directory / README]):
         raise HubError(
-            f"Pushing the SAEs for {', '.join(folders)} to {repo_id}{f' (branch {revision})' * bool(revision)} "
-            f"failed: {reason(error)}. A Hub commit is all or nothing, so the repo holds no part of this push. Fix "
-            "the cause (token, network, repo name) and push again."
-        ) from error
+            f"Pushing {directory} refused, nothing was uploaded: it holds symbolic links "
+            f"({', '.join(map(str, links))}), which could point to any file on this machine (a token, a key). Replace "
+            "each with a copy of the file it should hold, or remove it."
+        )
+    api = HfApi(token=token)
+    intact = (f"A Hub commit is all or nothing, so the repo holds no part of this push (the SAEs for "
+              f"{', '.join(folders)}). Fix the cause (token, network, repo name) and push again.")  # fmt: skip
+    with push_errors(f"Pushing to {repo_id!r}{f' (branch {revision})' * bool(revision)}", intact):
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision is not None and not revision.startswith("refs/pr/"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        operations = _push_operations(api, repo_id, revision, directory, folders, single, model_card, card_kwargs)
+        message = commit_message or f"Upload {len(folders)} SAE{'s' * (len(folders) > 1)} with hf_sae"
+        with warnings.catch_warnings():  # feature tables are parquet files in a model repo on purpose
+            warnings.filterwarnings("ignore", message=".*commit a data file.*", category=UserWarning)
+            return api.create_commit(repo_id, operations, commit_message=message,
+                                     commit_description=commit_description, revision=revision,
+                                     create_pr=create_pr)  # fmt: skip
+
+
+@contextmanager
+def push_errors(action: str, intact: str) -> Iterator[None]:
+    """A failed push (the endpoint out of reach, an HTTP error, a refused upload) as one `HubError` that says what
+    failed (`action`), why, and what is intact and what to do (`intact`)."""
+    try:
+        with network_errors(action):
+            yield
+    except (HfHubHTTPError, OSError, RuntimeError) as error:  # the client wraps a failed LFS upload in RuntimeError
+        if isinstance(error, HfSaeError):
+            raise
+        raise HubError(f"{action} failed: {reason(error)}. {intact}") from error
 
 
 def _push_operations(api, repo_id, revision, directory, folders, single, model_card, card_kwargs) -> list:
@@ -428,7 +441,7 @@ def _push_operations(api, repo_id, revision, directory, folders, single, model_c
             "or push a single SAE as `push_saes_to_hub(repo, {hookpoint: sae})`."
         )
     # The SAE folders only: not the checkpoints, logs or arguments a training run leaves beside them.
-    files = [p for folder in folders.values() for p in sorted(folder.rglob("*")) if p.is_file()]
+    files = [p for folder in folders.values() for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()]
     local = {p.relative_to(directory).as_posix(): p for p in files}
     # The repo's card is rendered below; one that `save_pretrained` left in a hookpoint folder is not uploaded.
     local = {path: p for path, p in local.items() if Path(path).name != README and not re.search(r"(^|/)\.", path)}

@@ -12,17 +12,21 @@ A single SAE (config.json at the top, from `SaeModel.save_pretrained`) is read t
 under a temporary name and renamed, so a reader, or a run killed half-way, never sees half a file.
 """
 
+import fcntl
+import fnmatch
 import json
 import os
 import re
 import shutil
+import socket
 import struct
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from .errors import FileFormatError, WeightsError, WriteError
+from .errors import ArgumentError, FileFormatError, HookpointError, WeightsError, WriteError
 
 CONFIG, WEIGHTS, FEATURES, README = "config.json", "model.safetensors", "features", "README.md"
 METRICS, TRAINING_ARGS, EVAL_REPORT = "metrics.json", "training_args.json", "eval_results.json"
@@ -93,6 +97,39 @@ METRIC_NAMES = {
 def sae_metrics(report: dict) -> dict:
     """The part of a report that belongs in an SAE's metrics.json: quality, run and per-source keys, nothing bulky."""
     return {key: report[key] for key in (*RUN_KEYS, *QUALITY_KEYS, PER_SOURCE) if key in report}
+
+
+# ---- names that become paths ----------------------------------------------------------------------------------------
+
+# One name inside the folder the user named: no separator, no leading dot (`..`, hidden staging), no NUL.
+_FOLDER_NAME = re.compile(r"[^/\\.\x00][^/\\\x00]*")
+
+
+def folder_name(name, what: str, fix: str, *, reserved: tuple[str, ...] = (), error=ArgumentError) -> str:
+    """`name`, checked before anything is written: every name hf_sae turns into a path (a hookpoint from any format,
+    a sweep name, a Hub or release folder) goes through here, so that none can point outside the folder the user
+    named or take the place of a file hf_sae writes there (`reserved`: names and glob patterns, any case)."""
+    if not isinstance(name, str) or not _FOLDER_NAME.fullmatch(name) or len(name.encode()) > 255:
+        raise error(
+            f"{what} {name!r} must be a folder name: one name of at most 255 bytes, without '/' or '\\', not "
+            f"starting with '.', so that nothing is written outside the folder it belongs in. {fix}"
+        )
+    if clash := next((pattern for pattern in reserved if fnmatch.fnmatch(name.lower(), pattern.lower())), None):
+        raise error(f"{what} {name!r} clashes with {clash!r}, which hf_sae writes in the same folder. {fix}")
+    return name
+
+
+def hookpoint_folder(hookpoint, what: str = "Hookpoint") -> str:
+    """A hookpoint that names a folder (in a repo of SAEs, a sweep or a conversion): a module path, nothing else."""
+    fix = "A hookpoint is a module path as `named_modules()` spells it, such as 'model.layers.6'."
+    return folder_name(hookpoint, what, fix, reserved=(README,), error=HookpointError)
+
+
+def symbolic_links(paths: Iterable[Path]) -> list[Path]:
+    """The symbolic links among `paths` and under them (not followed): what a link points to can be any file on the
+    machine, a token or a key, so nothing that leaves the machine goes through one."""
+    tops = [Path(top) for top in paths]
+    return [p for top in tops for p in ([top] if top.is_symlink() else top.rglob("*")) if p.is_symlink()]
 
 
 # ---- finding SAEs ---------------------------------------------------------------------------------------------------
@@ -231,3 +268,59 @@ def replace_folder(new: Path, target: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- one writer per folder -----------------------------------------------------------------------------------------
+
+_CLAIMED: set[str] = set()  # the folders this process holds: a nested claim of one of them is its own
+
+
+@contextmanager
+def claim_folder(target: str | Path, what: str) -> Iterator[None]:
+    """Hold `target` against every other writer until the block ends, or refuse at once, naming the holder.
+
+    The claim is an exclusive `flock` on `.<name>.hf_sae-lock` beside `target`: atomic, and dropped by the kernel
+    when its process dies, so a killed run leaves no claim to clear by hand. Checks such as "a new folder" belong
+    inside the block, where no other writer can change the answer before the result is in place."""
+    target = Path(target).expanduser().absolute()
+    if str(target) in _CLAIMED:
+        yield
+        return
+    lock = target.parent / f".{target.name}.hf_sae-lock"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = _locked(lock)
+    except BlockingIOError:
+        holder = ""
+        with suppress(OSError):
+            holder = lock.read_text(errors="replace").strip()
+        raise WriteError(
+            f"{what} {target} is being written by another process ({holder or 'starting'}); two writers would "
+            "replace each other's work. Wait for that one to end, or choose another folder."
+        ) from None
+    except OSError as error:
+        raise WriteError(f"{what} {target} cannot be claimed: {write_failure(error, lock)}.") from None
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+    _CLAIMED.add(str(target))
+    try:
+        yield
+    finally:
+        _CLAIMED.discard(str(target))
+        lock.unlink(missing_ok=True)  # while still locked: a writer waiting on this file retries on a fresh one
+        os.close(fd)
+
+
+def _locked(lock: Path) -> int:
+    """A descriptor of `lock`, exclusively flocked; BlockingIOError while another process holds it."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with suppress(FileNotFoundError):  # its last holder has just removed it: try a fresh one
+                if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                    os.ftruncate(fd, 0)
+                    return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)

@@ -23,6 +23,7 @@ from .errors import HookpointError, WeightsError
 from .fast_linear import linear
 from .feature_store import load_features
 from .formats import detect_format, read_format, unknown_format_error
+from .formats.tensors import non_finite
 from .hub_client import HubOptions, Located, locate_sae, network_errors, push_folder, wrong_shapes_error
 from .layout import README, SINGLE_SAE_KEY, write_text
 from .model_card import CARD_ARGUMENTS, card_data, render_card
@@ -398,6 +399,7 @@ class SaeModel(SaePreTrainedModel):
             return cls.from_pretrained(located.folder)
         config, tensors = read_format(located.folder, located.format, hint=located.hint, hookpoint=located.hookpoint,
                                       base_model=located.base_model)  # fmt: skip
+        refuse_non_finite(tensors, located.folder)
         with torch.device("meta"):
             sae = cls(config)
         sae.load_state_dict({k: v.contiguous() for k, v in tensors.items()}, strict=True, assign=True)
@@ -417,12 +419,22 @@ class SaeModel(SaePreTrainedModel):
                 f"{model.config.architecture!r} SAE needs. The file is incomplete or was saved for another "
                 "architecture."
             )
+        refuse_non_finite(model.state_dict(), source)
         if info["unexpected_keys"]:
             logger.warning(
                 f"Ignoring weights {sorted(info['unexpected_keys'])} in {source}: this version of hf_sae does not use "
                 "them (they were probably written by a newer hf_sae). Upgrade hf_sae to use them."
             )
         return (model, info) if want_info else model
+
+
+def refuse_non_finite(tensors: Mapping[str, Tensor], source) -> None:
+    """Every SAE that loads, in any format, passes here: NaN or inf weights make every output NaN, silently."""
+    if bad := non_finite(tensors):
+        raise WeightsError(
+            f"{source} holds non-finite weights: {bad}. An SAE with NaN or inf weights outputs NaN; it was refused. "
+            "Use an earlier checkpoint of the run, or download or convert an intact copy."
+        )
 
 
 def _auxk_width(config: SaeConfig, dead: Tensor | None) -> int:

@@ -17,6 +17,7 @@ import dataclasses
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -63,8 +64,8 @@ from .data import (
     split_label,
 )
 from .distribution import hookpoint_owners
-from .errors import ArgumentError, TrainingError, WriteError
-from .evaluation import evaluate_saes, held_out_report, log_per_source, plot_firing_density
+from .errors import ArgumentError, HfSaeError, TrainingError, WriteError
+from .evaluation import HeldOut, evaluate_saes, held_out_report, load_held_out, log_per_source, plot_firing_density
 from .feature_store import EXPLANATIONS, LABELS, FeatureMetadata, load_features
 from .features import collect_feature_metadata, explain
 from .hookpoints import resolve_hookpoints
@@ -74,7 +75,9 @@ from .layout import (
     EVAL_REPORT,
     FEATURES,
     METRICS,
+    claim_folder,
     find_sae_folders,
+    hookpoint_folder,
     probe_writable,
     read_json,
     sae_metrics,
@@ -136,6 +139,8 @@ def train_saes(
     model, tokenizer = load_lm(lm_args, reading.device)
     resolve_hookpoints(model, harvested)  # unknown names fail here, listing the closest
     check_context_size(data_args.context_size, max_positions(model))
+    with accelerator.main_process_first():  # every process, so that none trains where the main one refuses
+        held_out = load_held_out(tokenizer, data_args, args.eval_tokens)  # no block: refused now, not after training
     widths = activation_widths(model, harvested, pairs)
     if cache is not None:
         cache.check_run(model_identity(lm_args.model_name_or_path), harvested, widths)
@@ -151,33 +156,63 @@ def train_saes(
     buffer = _activation_stream(args, cache, accelerator, model, tokenizer, harvested, reading, data_args)
     trainer = SaeTrainer(args, saes, buffer, accelerator, owners, learning_rates=rates)
     trainer.hparams = settings_of(sae_args, lm_args, data_args, args)
-    return _train_and_save(trainer, runs, cache, model, tokenizer, reading, data_args)
+    # One run per output folder: the main process holds it while anything is written there (checkpoints, SAEs).
+    with claim_folder(args.output_dir, "--output_dir") if accelerator.is_main_process else nullcontext():
+        check_output_dir(args)  # again, now that no other run can start writing there
+        return _train_and_save(trainer, runs, cache, model, tokenizer, reading, data_args, held_out)
 
 
-def _train_and_save(trainer: SaeTrainer, runs: list[SweepRun], cache, model, tokenizer, reading, data_args) -> dict:
-    """Train, then evaluate on held-out text and save every SAE with its metrics (on the main process)."""
-    args, accelerator = trainer.args, trainer.accelerator
+def _train_and_save(trainer: SaeTrainer, runs: list[SweepRun], cache, model, tokenizer, reading, data_args,
+                    held_out: HeldOut | None) -> dict:  # fmt: skip
+    """Train, save every SAE with its training metrics at once (on the main process), then evaluate them on the
+    held-out text and save them again with those metrics: what fails after training never loses the SAEs."""
+    args, accelerator, output_dir = trainer.args, trainer.accelerator, Path(trainer.args.output_dir)
     start = time.perf_counter()
     trained = trainer.train()
     seconds = time.perf_counter() - start
     dead = trainer.dead_fractions()  # a collective-free read of the trainer's state, on every rank
-    report, histograms = {}, {}
+    report, histograms, failure = {}, {}, None
     if accelerator.is_main_process:
-        held_out, histograms = held_out_report(model, tokenizer, trained, reading, data_args, args.eval_tokens)
-        for name, sae in trained.items():
-            run = {"architecture": sae.config.architecture, "num_latents": sae.config.num_latents,
-                   "k": sae.config.k, "learning_rate": trainer.learning_rates.get(name, args.learning_rate),
-                   "train_tokens": trainer.state.tokens, "train_seconds": round(seconds, 1)}  # fmt: skip
-            if cache is not None:
+        runs_of = {name: {"architecture": sae.config.architecture, "num_latents": sae.config.num_latents,
+                          "k": sae.config.k, "learning_rate": trainer.learning_rates.get(name, args.learning_rate),
+                          "train_tokens": trainer.state.tokens, "train_seconds": round(seconds, 1)}
+                   for name, sae in trained.items()}  # fmt: skip
+        if cache is not None:
+            for run in runs_of.values():
                 run["train_epochs"] = round(trainer.state.tokens / cache.tokens, 4)
-            report[name] = {**run, **held_out.get(name, {}), **dead[name]}
-        _write_or_rescue(lambda out: save_runs(runs, trained, report, out, trainer.hparams), Path(args.output_dir),
-                         "The trained SAEs")  # fmt: skip
+        report, saved = {name: {**run, **dead[name]} for name, run in runs_of.items()}, False
+        try:  # the SAEs first, with their training metrics; the held-out report and its card after them
+            _write_or_rescue(lambda out: save_runs(runs, trained, report, out, trainer.hparams), output_dir,
+                             "The trained SAEs")  # fmt: skip
+            saved = True
+            held, histograms = held_out_report(model, tokenizer, trained, reading, data_args, held_out)
+            report = {name: {**run, **held.get(name, {}), **dead[name]} for name, run in runs_of.items()}
+            save_runs(runs, trained, report, output_dir, trainer.hparams)
+        except Exception as error:  # raised once every process has finished its part
+            rescued = isinstance(error, WriteError) and not saved  # saved elsewhere, and it says where
+            failure = error if rescued else _after_saving(error, trained, output_dir, saved)
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process and report:
+    if accelerator.is_main_process and report and failure is None:
         trainer.log_report(report, histograms)
     trainer.end()  # last: the trackers and the process group end after every collective
+    if failure is not None:
+        raise failure
     return report
+
+
+def _after_saving(error: Exception, trained: dict[str, SaeModel], output_dir: Path, saved: bool) -> Exception:
+    """`error` (of its own class where it is hf_sae's), saying first where the trained SAEs are safe: in
+    `output_dir`, or, where saving them there failed, alone (weights and configs) in a new temporary folder."""
+    where = f"were saved to {output_dir} with their training metrics (`hf-sae eval --sae {output_dir}` measures them)"
+    if not saved:
+        rescue = Path(tempfile.mkdtemp(prefix="hf_sae-unsaved-"))
+        for name, sae in trained.items():
+            sae.save_pretrained(rescue / name, model_card=False)
+        where = f"could not be saved to {output_dir}; they were saved alone (weights and configs) to {rescue}"
+    failure_class = type(error) if isinstance(error, HfSaeError) else TrainingError
+    failure = failure_class(f"The trained SAEs {where}. What failed: {type(error).__name__}: {error}")
+    failure.__cause__ = error
+    return failure
 
 
 def _new_saes(runs: list[SweepRun], hookpoints: list[str], pairs: dict, widths: dict, base_model: str, seed: int,
@@ -246,10 +281,12 @@ def write_activation_cache(lm_args: LanguageModelArguments, data_args: DataArgum
     for any number of later training runs (`--activation_cache`)."""
     check_sources(data_args)
     check_against_lm_config(lm_args, args.hookpoints, data_args.context_size)
-    reading = lm_args.reading()
-    model, tokenizer = load_lm(lm_args, reading.device)
-    resolve_hookpoints(model, args.hookpoints)
-    return _write_cache(model, tokenizer, reading, lm_args, data_args, args)
+    with claim_folder(args.output_dir, "--output_dir"):  # held until the cache is in place
+        args.check()  # "a new folder" again, now that no other writer can create it before this one ends
+        reading = lm_args.reading()
+        model, tokenizer = load_lm(lm_args, reading.device)
+        resolve_hookpoints(model, args.hookpoints)
+        return _write_cache(model, tokenizer, reading, lm_args, data_args, args)
 
 
 def _write_cache(model, tokenizer, reading: LmReading, lm_args, data_args: DataArguments, args: CacheArguments):
@@ -333,7 +370,25 @@ def _write_eval_report(report: dict, settings: dict, out: Path, dense_threshold:
 def run_features(lm_args: LanguageModelArguments, data_args: DataArguments, args: FeatureArguments) -> FeatureMetadata:
     """`hf-sae features`: collect and save `<sae>/features/`, keeping the labels people set on an earlier run."""
     check_sources(data_args)
+    _refuse_a_folder_of_saes(args.sae)
     probe_writable(Path(args.sae), "sae")  # features/ goes inside
+    with claim_folder(Path(args.sae) / FEATURES, "--sae's features folder"):  # held until the statistics are in
+        args.check()  # "no earlier statistics" again, now that no other run can write them before this one ends
+        return _collect_features(lm_args, data_args, args)
+
+
+def _refuse_a_folder_of_saes(sae: str) -> None:
+    """Statistics go into one SAE's folder, where its loaders look; a run's folder holds one folder per SAE."""
+    folders, single = find_sae_folders(Path(sae).expanduser())
+    if folders and not single:
+        listed = " ".join(f"--sae {folder}" for folder in folders.values())
+        raise ArgumentError(
+            f"--sae {sae} is a folder of SAE folders ({', '.join(folders)}); statistics saved there would be read by "
+            f"no loader. Collect them for each SAE in its own folder: {listed}."
+        )
+
+
+def _collect_features(lm_args: LanguageModelArguments, data_args: DataArguments, args: FeatureArguments):
     sae, model, tokenizer = load_sae_and_lm(args.sae, lm_args, device=args.device, read_at=args.hookpoint)
     reading = lm_args.reading(model.device)
     blocks = load_token_blocks(data_args, tokenizer, max_positions=max_positions(model))
@@ -362,7 +417,7 @@ def run_explain(args: ExplainArguments) -> tuple[dict[int, dict], dict | None]:
     """`hf-sae explain`: every check first (metadata, feature ids, the explainer), then explain, score and save;
     returns the features explained this run and the shuffled control's scores (with `--control`)."""
     features = load_features(Path(args.sae).expanduser())
-    require_contexts(features)
+    require_contexts(features)  # and an explanations.json that can be read, before the explainer loads
     if bad := [i for i in args.features or () if not 0 <= i < len(features)]:
         raise ArgumentError(f"--features must be feature ids in [0, {len(features)}); got {bad}.")
     chat = load_chat(args.explainer, args.explainer_endpoint, api_key=args.api_key, device=args.device)
@@ -429,4 +484,5 @@ def run_convert(args: ConvertArguments) -> dict[str, Path]:
     if len(saes) == 1:
         return {hookpoint: export_sae(sae, dst, args.to) for hookpoint, sae in saes.items()}
     name = (lambda h, sae: sparsify_folder_name(sae)) if args.to == "sparsify" else (lambda h, sae: h)
-    return {h: export_sae(sae, dst / name(h, sae), args.to) for h, sae in saes.items()}
+    folders = {h: dst / hookpoint_folder(name(h, sae)) for h, sae in saes.items()}  # all checked before writing
+    return {h: export_sae(sae, folders[h], args.to) for h, sae in saes.items()}

@@ -29,6 +29,7 @@ class Edit:
     values: Tensor  # (k,) amounts added, or values clamped to
     mode: Literal["add", "clamp"]
     positions: Tensor | slice | None
+    last_position: Tensor | None = None  # the furthest token position seen, kept on the device (no sync per step)
 
     def apply_(self, z: Tensor, tokens: Tokens) -> None:
         """Edit the latents z of shape (..., num_latents) in place at the selected tokens."""
@@ -47,12 +48,33 @@ class Edit:
                 "Steering at `positions` needs activations shaped (batch, seq, width); this hookpoint's are not. "
                 "Drop `positions` or hook a decoder block."
             )
+        last = at.max()  # padding on the left counts -1, on the right repeats the last position: neither is past it
+        self.last_position = last if self.last_position is None else torch.maximum(self.last_position, last)
         if isinstance(self.positions, slice):
             stop = torch.inf if self.positions.stop is None else self.positions.stop
             chosen = (at >= (self.positions.start or 0)) & (at < stop)
         else:
             chosen = torch.isin(at, self.positions.to(at.device))
         return chosen if tokens.real is None else chosen & tokens.real
+
+    def unreached(self) -> str | None:
+        """After the forwards, which of the requested positions no text reached, said for a warning; None if all
+        were reached, or none are requested, or nothing ran."""
+        if self.positions is None or self.last_position is None:
+            return None
+        last = int(self.last_position)
+        if isinstance(self.positions, slice):
+            asked = f"positions={self.positions}"
+            missed = [] if (self.positions.start or 0) <= last else [self.positions.start]
+        else:
+            asked = f"positions={self.positions.tolist()}"
+            missed = [p for p in self.positions.tolist() if p > last]
+        if not missed:
+            return None
+        return (
+            f"{asked}: {missed} lie beyond the text, which ran through position {last} ({last + 1} tokens, counted "
+            "from each sequence's first real token and on through generated ones), so nothing was edited there"
+        )
 
 
 def token_info(attention_mask: Tensor | None, past_length: int, x: Tensor) -> Tokens:
@@ -122,7 +144,16 @@ def _amount(value, index: int) -> float:
 
 
 def positions_of(positions: Positions) -> Tensor | slice | None:
-    if positions is None or (isinstance(positions, slice) and positions.step in (None, 1)):
+    if isinstance(positions, slice) and positions.step in (None, 1):
+        start, stop = (_index(p, 2**62, "position") if p is not None else p for p in (positions.start, positions.stop))
+        if stop is not None and stop <= (start or 0):
+            raise SteeringError(
+                f"`positions={positions}` selects no token (it stops at or before it starts). Give a stop above "
+                f"the start, e.g. `slice({start or 0}, {(start or 0) + 1})`, or `slice({start or 0}, None)` for "
+                "every token from there on."
+            )
+        return positions
+    if positions is None:
         return positions
     if isinstance(positions, slice):
         raise SteeringError(f"`positions` must be token indices >= 0 or a slice with step 1; got {positions}.")

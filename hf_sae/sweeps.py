@@ -21,14 +21,25 @@ complete run for each entry, `<output_dir>/<name>/<hookpoint>/` with `metrics.js
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .arguments import SaeArguments
+from .checkpoints import CHECKPOINT_PREFIX
 from .errors import ArgumentError
 from .hub import save_saes
-from .layout import METRICS, TRAINING_ARGS, sae_metrics, write_json
+from .layout import (
+    CONFIG,
+    EVAL_REPORT,
+    FEATURES,
+    METRICS,
+    README,
+    TRAINING_ARGS,
+    WEIGHTS,
+    folder_name,
+    sae_metrics,
+    write_json,
+)
 
 # Each key an entry may set, with the types its value may have.
 SWEEP_KEYS: dict[str, tuple[type, ...]] = {
@@ -41,7 +52,9 @@ SWEEP_KEYS: dict[str, tuple[type, ...]] = {
     "learning_rate": (int, float),
 }
 _SHORT = {"k": "k", "num_latents": "n", "expansion_factor": "x", "sparsity_coefficient": "s", "learning_rate": "lr"}
-_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]*")
+# What the run itself writes beside the sweep's folders: its checkpoints (`resume_from_checkpoint latest` picks the
+# newest `checkpoint-<step>`), reports and arguments, and the trackers' logs (accelerate's project_dir/hf_sae).
+RUN_NAMES = (f"{CHECKPOINT_PREFIX}*", METRICS, TRAINING_ARGS, EVAL_REPORT, README, CONFIG, WEIGHTS, FEATURES, "hf_sae")
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,7 @@ def sweep_runs(sae_args: SaeArguments, learning_rate: float) -> list[SweepRun]:
     if not entries:
         return [SweepRun(None, sae_args, learning_rate)]
     runs = [_run(entry, index, sae_args, learning_rate) for index, entry in enumerate(entries)]
-    names = [run.name for run in runs]
+    names = [run.name.lower() for run in runs]  # `Wide` and `wide` are one folder on some file systems
     if duplicates := sorted({name for name in names if names.count(name) > 1}):
         raise ArgumentError(f"--sweep has several entries named {duplicates}; give each entry a distinct `name`.")
     return runs
@@ -77,7 +90,7 @@ def read_sweep(value) -> list:
 
     if value is None or isinstance(value, list):
         return value or []
-    text = Path(value).read_text() if Path(value).is_file() else value
+    text = value if _inline(value) else _read_file(value)
     try:
         entries = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -88,6 +101,22 @@ def read_sweep(value) -> list:
             f"{value!r} holds {type(entries).__name__}."
         )
     return entries
+
+
+def _inline(value: str) -> bool:
+    """Inline YAML (a flow list, a block list, several lines) is never taken for a file name: it may be longer than
+    any file name can be."""
+    return value.lstrip().startswith(("[", "{", "- ")) or "\n" in value
+
+
+def _read_file(value: str) -> str:
+    try:
+        return Path(value).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ArgumentError(
+            f"--sweep {value!r} is neither a readable YAML file ({getattr(error, 'strerror', None) or error}) nor an "
+            "inline list such as '[{k: 16}, {k: 64}]'. Fix the path, or write the list inline."
+        ) from None
 
 
 def _run(entry, index: int, sae_args: SaeArguments, learning_rate: float) -> SweepRun:
@@ -111,9 +140,8 @@ def _run(entry, index: int, sae_args: SaeArguments, learning_rate: float) -> Swe
     if not (math.isfinite(rate) and rate > 0):
         raise ArgumentError(f"{where}: `learning_rate` must be a number > 0; got {rate!r}.")
     name = entry.get("name") or _default_name(entry, index)
-    if not _FOLDER_NAME.fullmatch(name):
-        raise ArgumentError(f"{where}: `name` {name!r} must be a folder name (letters, digits, . _ = + -).")
-    return SweepRun(name, run_args, float(rate))
+    fix = "Give the entry another `name`: its folder in --output_dir."
+    return SweepRun(folder_name(name, f"{where}: `name`", fix, reserved=RUN_NAMES), run_args, float(rate))
 
 
 def _default_name(entry: dict, index: int) -> str:

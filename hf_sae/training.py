@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .activations import ShufflingBuffer
 from .arguments import SaeTrainingArguments
-from .checkpoints import load_weights, restore_checkpoint, save_checkpoint
+from .checkpoints import load_weights, restore_checkpoint, resume_advice, save_checkpoint
 from .configuration_sae import SaeConfig
 from .distribution import gather_to_main, send_to_owners
 from .errors import TrainingError
@@ -300,8 +300,8 @@ class SaeTrainer:
                 what, step = ("activations", activations_step) if activations_step >= 0 else ("loss", loss_step)
                 raise TrainingError(
                     f"Non-finite {what} at step {step} for hookpoint {self.saes[name].config.hookpoint!r} ({name}). "
-                    f"Training stopped; the last good checkpoint in {self.output_dir} is kept. Lower the "
-                    "learning rate, or check the LM's activations at this hookpoint."
+                    f"Training stopped; {resume_advice(self.output_dir)}. Lower the learning rate, or check the "
+                    "LM's activations at this hookpoint."
                 )
 
     def _track(self, outputs: dict, batch_tokens: int) -> None:

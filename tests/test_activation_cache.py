@@ -1,6 +1,11 @@
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,11 +91,13 @@ def test_a_cache_stops_at_its_token_budget(tmp_path):
     assert not (tmp_path / "other").exists()
 
 
-def write_index_cache(path, tokens: int, width: int = 4, metadata: dict | None = None) -> ActivationCache:
+def write_index_cache(path, tokens: int, width: int = 4, metadata: dict | None = None,
+                      hookpoint: str = "h") -> ActivationCache:  # fmt: skip
     """A cache whose row i holds the value i (exact in bf16 up to 256), written in LM-batch-sized records."""
     values = torch.zeros(tokens, width)
     values[:, 0] = torch.arange(tokens)
-    records = [({"h": values[i : i + 20]}, {"block": np.arange(i, min(i + 20, tokens))}) for i in range(0, tokens, 20)]
+    records = [({hookpoint: values[i : i + 20]}, {"block": np.arange(i, min(i + 20, tokens))})
+               for i in range(0, tokens, 20)]  # fmt: skip
     write_cache(records, path, max_tokens=tokens, metadata=metadata)
     return ActivationCache(path)
 
@@ -195,11 +202,8 @@ def test_a_cache_that_does_not_match_the_run_is_refused_before_work_starts(tiny,
 
 def test_a_cache_of_another_width_is_refused_once_the_model_shows_its_width(tiny, tmp_path):
     identity = {"model": model_identity(str(tiny / "lm"))}
-    cache = write_index_cache(tmp_path / "narrow", 600, width=7, metadata=identity)
-    assert cache.widths == {"h": 7}
-    (tmp_path / "narrow" / CACHE_META).write_text(  # the same cache under the run's hookpoint name
-        (tmp_path / "narrow" / CACHE_META).read_text().replace('"h"', '"model.layers.1"')
-    )
+    cache = write_index_cache(tmp_path / "narrow", 600, width=7, metadata=identity, hookpoint="model.layers.1")
+    assert cache.widths == {"model.layers.1": 7}
     with pytest.raises(DataError, match="has d_in 7 at 'model.layers.1'; the model's activation there has width 24"):
         train_saes(*tiny_args(tiny, tmp_path / "run", activation_cache=str(tmp_path / "narrow")))
     assert not (tmp_path / "run").exists()
@@ -270,3 +274,100 @@ def test_a_sweep_comes_from_a_yaml_config_a_file_or_an_inline_flag(tmp_path):
         runs = sweep_runs(sae_args, 1e-3)
         expected = [("k16", 16, 1e-3), ("k64-lr0.0003", 64, 3e-4)]
         assert [(run.name, run.sae_args.k, run.learning_rate) for run in runs] == expected
+
+
+# ---- a cache is checked against its header; one writer per folder (issue 32) ---------------------------------------
+
+
+def relabel(folder, **values) -> None:
+    meta = json.loads((folder / CACHE_META).read_text())
+    (folder / CACHE_META).write_text(json.dumps(meta | values))
+
+
+def alter_values(folder) -> None:
+    """Row 10's value 10 becomes 99 in the Arrow file itself (`write_index_cache`: row i holds i, then zeros)."""
+    rows = torch.tensor([[10.0] + [0.0] * 23, [11.0] + [0.0] * 23], dtype=torch.bfloat16).view(torch.int16)
+    data = (folder / CACHE_DATA).read_bytes()
+    at = data.index(rows.numpy().tobytes())
+    changed = torch.tensor([99.0], dtype=torch.bfloat16).view(torch.int16).numpy().tobytes()
+    (folder / CACHE_DATA).write_bytes(data[:at] + changed + data[at + 2 :])
+
+
+def truncate_data(folder) -> None:
+    data = (folder / CACHE_DATA).read_bytes()
+    (folder / CACHE_DATA).write_bytes(data[: len(data) // 2])
+
+
+OTHER_MODEL = "another/model"  # the model a cache was written from, where it is not the run's
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f, run: relabel(f, dtype="float16"),
+         r"cache.json says dtype 'float16', but activations.arrow was written with 'bfloat16' \(was cache.json"),
+        (lambda f, run: relabel(f, model=run), rf"says model '.*lm', but .* was written with '{OTHER_MODEL}'"),
+        (lambda f, run: alter_values(f), r"record batch 0 \(rows 0 to 299\) does not match its checksum: its values"),
+        (lambda f, run: relabel(f, tokens=599), r"cache.json says 599 tokens, activations.arrow holds 600"),
+        (lambda f, run: relabel(f, checksums=None), r"cache.json has no record batch checksums for 2 record batches"),
+        (lambda f, run: truncate_data(f), r"activations.arrow cannot be read \(.*\)\. Nothing was trained on it"),
+        (lambda f, run: (f / CACHE_META).write_text("{"), r"cache.json is not valid JSON"),
+    ],
+    ids=["dtype relabelled", "another model relabelled", "values altered", "token count", "no checksums",
+         "truncated", "cache.json damaged"],
+)  # fmt: skip
+def test_a_cache_that_disagrees_with_its_header_is_refused_before_training(tiny, tmp_path, monkeypatch, damage,
+                                                                           message):  # fmt: skip
+    from hf_sae.errors import FileFormatError
+
+    monkeypatch.setattr(activation_cache, "RECORD_BATCH_TOKENS", 300)  # two record batches
+    run_model = model_identity(str(tiny / "lm"))
+    written_model = OTHER_MODEL if OTHER_MODEL in message else run_model
+    folder = tmp_path / "cache"
+    write_index_cache(folder, 600, width=24, metadata={"model": written_model}, hookpoint="model.layers.1")
+    ActivationCache(folder).check_run(written_model, ["model.layers.1"], {"model.layers.1": 24})  # intact, it opens
+    before = (folder / CACHE_META).read_bytes(), (folder / CACHE_DATA).read_bytes()
+    damage(folder, run_model)
+    assert ((folder / CACHE_META).read_bytes(), (folder / CACHE_DATA).read_bytes()) != before  # the damage is real
+    forbid(monkeypatch, (runners, "load_lm"))  # refused before the LM loads, long before training
+    with pytest.raises(FileFormatError if "JSON" in message else DataError, match=message):
+        train_saes(*tiny_args(tiny, tmp_path / "run", activation_cache=str(folder)))
+    assert not (tmp_path / "run").exists()
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+import numpy as np, torch
+from hf_sae.activation_cache import write_cache
+
+folder, gate, value = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+
+def records():  # the first writer holds the folder until the test opens the gate
+    (gate / f"writing-{value:g}").touch()
+    while value == 1 and not (gate / "go").exists():
+        time.sleep(0.02)
+    yield {"h": torch.full((8, 4), value)}, {"block": np.arange(8)}
+
+write_cache(records(), folder, max_tokens=8)
+print(f"wrote {value:g}")
+"""
+
+
+def test_two_processes_writing_one_cache_cannot_replace_each_other(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_SAE_DEBUG": "1"}
+    write = [sys.executable, "-c", WRITER, str(tmp_path / "cache"), str(tmp_path)]
+    first = subprocess.Popen([*write, "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "writing-1").exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-2000:]
+        time.sleep(0.02)
+    second = subprocess.run([*write, "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert first.poll() is None and not (tmp_path / "cache").exists()  # both ran at once: the first still writing
+    assert second.returncode == 1 and not (tmp_path / "writing-2").exists()  # refused before harvesting a row
+    assert f"is being written by another process (pid {first.pid} on" in second.stderr
+    (tmp_path / "go").touch()
+    assert first.wait(timeout=120) == 0 and "wrote 1" in first.stdout.read()
+    cache = ActivationCache(tmp_path / "cache")
+    assert torch.equal(cache.gather("h", torch.arange(8)), torch.ones(8, 4, dtype=torch.bfloat16))  # the first's
+    assert not list(tmp_path.glob(".cache*"))  # no claim or staging folder left behind

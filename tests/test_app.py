@@ -207,3 +207,127 @@ def test_load_explorer_needs_feature_metadata_and_names_the_command(explorer, tm
     loaded = load_explorer(str(tmp_path / "sae"), lm_args, device="cpu")
     assert loaded.hookpoint == "model.layers.1" and len(loaded.features) == 48
     assert loaded.steer(PROMPT, "3:30", "clamp", 5) == explorer.steer(PROMPT, "3:30", "clamp", 5)
+
+
+# ---- several users, bounded prompts, checked values, clear errors (issue 32) ----------------------------------------
+
+
+def test_requests_that_use_the_model_run_one_at_a_time(explorer, monkeypatch):
+    import contextlib
+    import threading
+    import time
+
+    real, inside = explorer.model.generate, threading.Event()
+
+    def slow_generate(*args, **kwargs):  # a steering request that holds the model for a while
+        inside.set()
+        handle = explorer.model.model.layers[0].register_forward_hook(lambda *_: time.sleep(0.02))
+        try:
+            return real(*args, **kwargs)
+        finally:
+            handle.remove()
+
+    def race() -> tuple[list, dict]:
+        """A steering request, and prompt-box requests sent while its generate() runs: (errors, what each got)."""
+        inside.clear()
+        errors, seen = [], {"prompts": []}
+
+        def steer():
+            try:
+                seen["steered"] = explorer.steer(PROMPT, "3:30", "clamp", 5)
+            except Exception as error:  # noqa: BLE001 (what that user would see)
+                errors.append(error)
+            seen["steer done"] = time.monotonic()
+
+        user = threading.Thread(target=steer)
+        user.start()
+        inside.wait(10)
+        seen["prompt sent"] = time.monotonic()
+        while user.is_alive() or not seen["prompts"]:
+            try:
+                seen["prompts"].append(explorer.prompt_features(PROMPT))
+            except Exception as error:  # noqa: BLE001
+                errors.append(error)
+        user.join()
+        return errors, seen
+
+    solo_steer, solo_prompt = explorer.steer(PROMPT, "3:30", "clamp", 5), explorer.prompt_features(PROMPT)
+    monkeypatch.setattr(explorer.model, "generate", slow_generate)
+    with monkeypatch.context() as unlocked:  # the condition: without the lock, one user's hooks break the other's
+        unlocked.setattr(explorer, "_model_lock", contextlib.nullcontext())
+        errors, _ = race()
+        assert errors, "the requests did not collide"
+    errors, seen = race()
+    assert not errors and seen["prompt sent"] < seen["steer done"]  # a prompt came while the model was busy
+    assert seen["steered"] == solo_steer and seen["prompts"] == [solo_prompt]
+
+
+def test_prompts_are_capped_to_the_models_context_and_the_page_says_so(explorer):
+    long = " ".join(["w5"] * 200)
+    tokens = len(explorer.tokenizer(long, add_special_tokens=False)["input_ids"])
+    assert tokens > explorer.context == 64  # the condition: the text runs past the model's positions
+    with pytest.raises(ArgumentError, match=rf"The text makes {tokens + 1} tokens; the model reads at most 64 \(its"):
+        explorer.prompt_features(long)
+    prompt = " ".join(["w5"] * 40)
+    alone = len(explorer.tokenizer([prompt])["input_ids"][0])
+    assert alone <= 64 < alone + 30  # fits alone, not with its continuation
+    with pytest.raises(ArgumentError, match=rf"The prompt with its new tokens makes {alone + 30} tokens; the model"):
+        explorer.steer(prompt, "3:30", "clamp", 30)
+    from hf_sae.app import build_app
+
+    labels = {b.elem_id: b.label for b in build_app(explorer).blocks.values() if getattr(b, "elem_id", None)}
+    assert "(at most 64 tokens: the model's context)" in labels["prompt-text"]
+    assert "(at most 64 tokens: the model's context), new tokens included" in labels["steer-prompt"]
+
+
+@pytest.mark.parametrize("spec, fragment", [("3:nan", "got nan"), ("3:inf", "got inf"), ("3:1e308", "got 1e\\+308"),
+                                            ("3:-2e4", "got -20000"), ("48:2", "Feature 48 is not in")])  # fmt: skip
+def test_steering_values_are_checked(explorer, spec, fragment):
+    with pytest.raises(ArgumentError, match=rf"(must be a number from -10000 to 10000 .*)?{fragment}"):
+        explorer.steer(PROMPT, spec, "clamp", 5)
+    for tokens in (0, 201, 2.5, float("nan")):
+        with pytest.raises(ArgumentError, match=r"New tokens must be a whole number from 1 to 200"):
+            explorer.steer(PROMPT, "3:30", "clamp", tokens)
+
+
+def test_user_errors_show_in_the_page_and_never_as_tracebacks_in_the_log(served, capfd):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(served, verbose=False)
+    for inputs, endpoint, fragment in [
+        ((PROMPT, "3:nan", "clamp", 5), "/steer", "The strength of feature 3 must be a number"),
+        ((PROMPT, "3:1e308", "clamp", 5), "/steer", "got 1e\\+308"),
+        ((PROMPT, "3:lots", "clamp", 5), "/steer", "Expected features as `id:strength, id, ...`; got '3:lots'"),
+        ((" ".join(["w5"] * 200), 5), "/prompt_features", "the model reads at most 64"),
+    ]:
+        with pytest.raises(AppError, match=fragment):
+            client.predict(*inputs, api_name=endpoint)
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+
+
+def test_write_space_into_a_file_is_one_clear_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ArgumentError, match=r"Expected a new or empty folder for the Space; .*notes.txt is a file"):
+        write_space(tmp_path / "notes.txt", "you/saes")
+    from hf_sae.errors import WriteError
+
+    with pytest.raises(WriteError, match=r"--write_space .*notes.txt/space cannot be written"):
+        write_space(tmp_path / "notes.txt" / "space", "you/saes")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_space_push_without_write_access_says_what_was_pushed(api, tmp_path, capsys):  # noqa: F811
+    from test_hub import ALICE, LAYERS, make_sae
+
+    from hf_sae.cli import main
+
+    make_sae(LAYERS[0]).save_pretrained(tmp_path / "run" / LAYERS[0])
+    push = ["push", "--sae", str(tmp_path / "run"), "--repo_id", "alice/saes", "--token", ALICE]
+    assert main([*push, "--space", "bob/explorer"]) == 1  # alice cannot write to bob's namespace
+    out, err = capsys.readouterr()
+    assert "Pushed to " in out and f"{LAYERS[0]}/config.json" in api.list_repo_files("alice/saes")  # the SAEs went
+    assert "hf-sae push: error: Pushing the Space 'bob/explorer' failed: HTTP 403" in err and "Traceback" not in err
+    assert "the SAE repo alice/saes is as this step found it" in err
+    assert not api.repo_exists("bob/explorer", repo_type="space")

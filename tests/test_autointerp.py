@@ -228,6 +228,13 @@ def test_browser_shows_explanations(saved, tmp_path):
     assert index["explanation"][2] is None and index["scores"][2] == [None, None]
 
 
+def test_odd_values_in_a_well_formed_explanations_file_show_as_missing(saved, tmp_path):
+    saved.save_explanations({"features": {"3": {"explanation": "w7 words", "detection": "high", "fuzzing": [1]}}})
+    page = write_browser(saved, tmp_path / "browser").read_text()
+    index = json.loads(page.split("const DATA = ", 1)[1].split(";\n", 1)[0])["index"]
+    assert index["explanation"][3] == "w7 words" and index["scores"][3] == [None, None]
+
+
 def test_browser_shows_explanations_in_headless_chromium(chrome, saved, tmp_path):  # noqa: F811
     saved.save_explanations({"features": {"3": {"explanation": "zyzzyva words", "detection": 0.75, "fuzzing": 0.5}}})
     chrome.get(write_browser(saved, tmp_path / "browser").as_uri())
@@ -346,3 +353,185 @@ def test_endpoint_explains_through_transformers_serve(served, saved):
     if entry["status"] == "ok":
         assert entry["detection_questions"] == 2 and entry["detection"] in (0.0, 0.5, 1.0, None)
     assert load_features(saved.path.parent)[0].explanation == entry
+
+
+# ---- the explainer's HTTP: the key stays with its host, failures are retried, answers are bounded (issue 32) --------
+
+
+class FakeLLM:
+    """An OpenAI-compatible server on 127.0.0.1 (http.server): lists model `fake` (or `listing`), and answers chat
+    completions as `mode` says: `ok` (an explanation, or Yes to a scoring question), `500`, `401`, `html`, `garbage`
+    (random bytes, no HTTP), `not-chat` (JSON of another shape), `redirect` (302 to `target`, every path),
+    `drip-body` / `drip-headers` (a byte every 0.2 s), `huge` (MBs until the client hangs up), `huge-declared` (the
+    same under a Content-Length of 1.5 GB). It records (method, path, Authorization) of every request, and the bytes
+    each streamed answer sent."""
+
+    def __init__(self, mode: str = "ok", target: str | None = None, listing=None):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.mode, self.target, self.listing, self.seen, self.sent, self.closed = mode, target, listing, [], [], False
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                outer.answer(self)
+
+            do_POST = do_GET
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.closed = True  # ends the streams still running
+        self.server.shutdown()
+        self.server.server_close()
+
+    def answer(self, h):
+        body = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        self.seen.append((h.command, h.path, h.headers.get("Authorization")))
+        mode = "ok" if h.path.endswith("/models") and self.mode != "redirect" else self.mode
+        if mode == "redirect":
+            h.send_response(302)
+            h.send_header("Location", self.target + h.path)
+            h.end_headers()
+        elif mode == "ok":
+            prompt = json.loads(body)["messages"][0]["content"] if body else ""
+            text = "Yes" if "Answer Yes or No" in prompt else "the words w5 and w6"
+            listing = {"data": [{"id": "fake"}]} if self.listing is None else self.listing
+            self.reply(h, listing if h.path.endswith("/models") else {"choices": [{"message": {"content": text}}]})
+        elif mode in ("500", "401"):
+            h.send_error(int(mode))
+        elif mode in ("html", "not-chat"):
+            self.reply(h, b"<html><body>Bad gateway</body></html>" if mode == "html" else {"choices": "x"})
+        elif mode == "garbage":
+            h.wfile.write(os.urandom(512))
+        else:
+            self.stream(h, mode)
+
+    def reply(self, h, value):
+        data = value if isinstance(value, bytes) else json.dumps(value).encode()
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def stream(self, h, mode):
+        """Bytes until the client hangs up: slowly, or a lot of them."""
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        head += {"drip-body": b"Content-Length: 100000\r\n\r\n", "huge": b"Connection: close\r\n\r\n",
+                 "huge-declared": b"Content-Length: 1500000000\r\n\r\n"}.get(mode, b"X-Slow: ")  # fmt: skip
+        sent, chunk = 0, b" " * 65536
+        try:
+            h.wfile.write(head)
+            while sent < 1_500_000_000 and not self.closed:
+                slow = mode.startswith("drip")
+                h.wfile.write(b"x" if slow else chunk)
+                h.wfile.flush()
+                sent += 1 if slow else len(chunk)
+                time.sleep(0.2 if slow else 0)
+        except OSError:  # the client hung up
+            pass
+        self.sent.append(sent)
+
+
+@pytest.fixture
+def llm():
+    servers = []
+
+    def start(mode="ok", **kwargs):
+        servers.append(FakeLLM(mode, **kwargs))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_the_api_key_goes_only_to_the_host_the_user_named(llm):
+    other = llm()  # another port of 127.0.0.1: another origin
+    named = llm("redirect", target=other.url)
+    request = urllib.request.Request(f"{named.url}/v1/models", headers={"Authorization": "Bearer sk-secret"})
+    urllib.request.urlopen(request, timeout=10).read()  # the condition: plain urlopen hands the key to the other host
+    assert other.seen == [("GET", "/v1/models", "Bearer sk-secret")]
+    other.seen.clear(), named.seen.clear()
+    refused = rf"redirected {named.url}/v1/models to {other.url}/v1/models, on another host; hf_sae does not follow"
+    with pytest.raises(ExplainerError, match=refused):
+        EndpointChat(named.url, api_key="sk-secret")
+    assert named.seen == [("GET", "/v1/models", "Bearer sk-secret")] and other.seen == []
+
+    named.mode = "ok"
+    chat = EndpointChat(named.url, api_key="sk-secret")
+    named.mode = "redirect"  # now the completions go elsewhere: the run stops, and the key stays
+    with pytest.raises(ExplainerError, match=r"chat/completions to .* on another host; hf_sae does not follow it"):
+        chat.generate(["Explain this."], 4)
+    assert named.seen[-1] == ("POST", "/v1/chat/completions", "Bearer sk-secret") and other.seen == []
+
+
+@pytest.mark.parametrize("fault", ["500", "401", "html", "garbage", "not-chat"])
+def test_explanation_failures_are_not_recorded_and_a_rerun_retries_them(saved, llm, fault, monkeypatch, capsys):
+    server = llm(fault)
+    fired = [i for i in range(48) if saved.stats["count"][i] > 0][:3]
+    flags = ["explain", "--sae", str(saved.path.parent), "--explainer_endpoint", server.url, "--explain_examples",
+             "2", "--score_examples", "1", "--features", *map(str, fired)]  # fmt: skip
+    assert main(flags) == 1  # the run says it failed, in one line
+    err = capsys.readouterr().err
+    assert "hf-sae explain: error: 3 of 3 features were not explained: the explainer's requests failed (" in err
+    assert "the same command run again asks for them" in err and "Traceback" not in err
+    assert any(path == "/v1/chat/completions" for _, path, _ in server.seen)  # the fault fired on the completions
+    entries = load_features(saved.path.parent).explanations.get("features", {})
+    assert not set(map(str, fired)) & set(entries)  # none recorded as explained, or as unusable
+    server.mode = "ok"
+    assert main(flags) == 0
+    entries = load_features(saved.path.parent).explanations["features"]
+    assert all(entries[str(i)]["status"] == "ok" and entries[str(i)]["explainer"] == "fake" for i in fired)
+
+
+@pytest.mark.parametrize("mode", ["drip-body", "drip-headers", "huge", "huge-declared"])
+def test_a_slow_or_huge_answer_is_cut_off(llm, mode):
+    server = llm()
+    chat = EndpointChat(server.url)
+    chat.timeout = 2.0
+    server.mode = mode
+    start = time.monotonic()
+    assert chat.generate(["Explain this."], 4) == [None]  # a failed request, not an answer
+    assert time.monotonic() - start < 6
+    late = mode.startswith("drip")
+    assert ("TimeoutError: no complete answer" if late else "its answer is over 8,388,608 bytes") in chat.failures[-1]
+    if not late:  # the condition: the server would have sent 1.5 GB; the client hung up after the cap
+        wait_for(lambda: server.sent, timeout=10)
+        assert 8 * 2**20 < server.sent[0] < 1_500_000_000
+
+
+def test_a_listing_of_another_shape_is_one_clear_error(llm):
+    for listing in ({"data": [1]}, {"data": "fake"}, [], {"models": []}):
+        server = llm(listing=listing)
+        with pytest.raises(ExplainerError, match=r"Expected an OpenAI-compatible server at --explainer_endpoint .*"):
+            EndpointChat(server.url)
+    with pytest.raises(ExplainerError, match=r"lists no models; name one with --explainer"):
+        EndpointChat(llm(listing={"data": []}).url)
+
+
+@pytest.mark.parametrize("damage", ["{", "\xff\xfe", "[1, 2]", '{"features": {"3": "w7 words"}}'])
+def test_a_damaged_explanations_file_is_one_clear_error_in_explain_browse_and_the_app(saved, tmp_path, damage,
+                                                                                        monkeypatch):  # fmt: skip
+    (saved.path / EXPLANATIONS).write_bytes(damage.encode("latin-1"))
+    message = r"explanations.json (is not valid JSON \(.*\)|does not hold .*): it is damaged. Restore it, or delete it"
+    monkeypatch.setenv("HF_SAE_DEBUG", "1")  # the error itself, not its one-line print
+    with pytest.raises(FeatureMetadataError, match=message):
+        main(["explain", "--sae", str(saved.path.parent), "--explainer_endpoint", "http://127.0.0.1:9"])
+    with pytest.raises(FeatureMetadataError, match=message):
+        main(["browse", "--sae", str(saved.path.parent), "--output_dir", str(tmp_path / "browser")])
+    assert not (tmp_path / "browser").exists()
+    pytest.importorskip("gradio", reason="needs Gradio: pip install -e '.[dev]'")
+    from hf_sae.app import Explorer
+
+    lm = make_tiny_lm("llama")
+    with pytest.raises(FeatureMetadataError, match=message):
+        Explorer(lm.model, tiny_tokenizer(), tiny_sae(lm.hidden_size, hookpoint=lm.blocks[1]),
+                 FeatureMetadata.load(saved.path))  # fmt: skip

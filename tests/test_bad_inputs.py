@@ -35,6 +35,7 @@ from hf_sae import (
     FileFormatError,
     HookpointError,
     HubError,
+    MissingDependencyError,
     ModelNotFoundError,
     SaeConfig,
     SaeConfigError,
@@ -47,9 +48,12 @@ from hf_sae import (
     WriteError,
     load_saes,
     push_saes_to_hub,
+    save_saes,
 )
+from hf_sae.activation_cache import ActivationCache
 from hf_sae.arguments import TRAIN_GROUPS, group_arguments
 from hf_sae.cli import main
+from hf_sae.feature_store import load_features
 from hf_sae.runners import train_saes
 
 ALICE = "hf_alice_write"
@@ -200,6 +204,176 @@ def cli(*argv):
     return lambda w, tmp: main([str(a).format(root=w.root, tmp=tmp) for a in argv])
 
 
+# ---- issue 32, finished work and what is read from disk (helpers of its rows) --------------------------------------
+
+FORMATS = REPO / "tests" / "fixtures" / "formats"
+
+
+def seventy_nine_documents(tmp: Path) -> str:
+    """A text of 79 documents: the held-out one (every 50th) is 6 tokens, no block of 32."""
+    lines = [json.dumps({"text": " ".join(["w1"] * (5 if i == 49 else 40))}) for i in range(79)]
+    (tmp / "short.jsonl").write_text("\n".join(lines) + "\n")
+    return str(tmp / "short.jsonl")
+
+
+def damaged_cache(world: World, tmp: Path, damage: Callable[[Path], None], model: str | None = None) -> Path:
+    """A cache of the world's model at HOOKPOINT (or written from `model`), then damaged."""
+    from hf_sae.activation_cache import write_cache
+    from hf_sae.runners import model_identity
+
+    values = torch.arange(600 * 24, dtype=torch.float32).reshape(600, 24) / 100
+    write_cache([({HOOKPOINT: values}, {"block": np.arange(600)})], tmp / "cache", max_tokens=600,
+                metadata={"model": model or model_identity(str(world.root / "lm"))})  # fmt: skip
+    damage(tmp / "cache")
+    return tmp / "cache"
+
+
+def edit_json(path: Path, **values) -> None:
+    path.write_text(json.dumps(json.loads(path.read_text()) | values))
+
+
+def alter_bytes(path: Path, at: int = 4096) -> None:
+    data = bytearray(path.read_bytes())
+    data[at : at + 64] = bytes(64 * [0x7F])  # 32 bf16 values of the first record batch
+    path.write_bytes(bytes(data))
+
+
+def relabelled_cache(world: World, tmp: Path) -> Path:
+    from hf_sae.runners import model_identity
+
+    return damaged_cache(world, tmp, lambda f: edit_json(f / "cache.json", model=model_identity(str(world.root / "lm"))),
+                         model="another/model")  # fmt: skip
+
+
+def nan_weights(folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    weights = load_file(folder / "model.safetensors")
+    weights["W_enc"][0, 0] = float("nan")
+    save_file(weights, folder / "model.safetensors")
+
+
+def gemma_scope(tmp: Path, change: Callable[[Path], None]) -> Path:
+    folder = tmp / "gemma_scope" / "layer_3" / "width_256" / "average_l0_40"
+    shutil.copytree(FORMATS / "gemma_scope" / "layer_3" / "width_256" / "average_l0_40", folder)
+    change(folder / "params.npz")
+    return folder
+
+
+def claim_two_tebibytes(npz: Path) -> None:
+    """W_enc's .npy header in the npz made to claim shape (2^20, 2^19) of float32: 2 TiB, in a 100 kB file."""
+    import io
+    import zipfile
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(npz) as source, zipfile.ZipFile(archive, "w") as forged:
+        for entry in source.infolist():
+            data = source.read(entry)
+            if entry.filename == "W_enc.npy":
+                file = io.BytesIO(data)
+                np.lib.format.read_magic(file)
+                _, fortran, dtype = np.lib.format.read_array_header_1_0(file)
+                header = io.BytesIO()
+                np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                              "fortran_order": fortran, "shape": (2**20, 2**19)})  # fmt: skip
+                data = header.getvalue() + data[file.tell() :]
+            forged.writestr(entry, data)
+    npz.write_bytes(archive.getvalue())
+
+
+def sparsify_without(tmp: Path, key: str) -> Path:
+    folder = Path(shutil.copytree(FORMATS / "sparsify_run" / "layers.3", tmp / "layers.3"))
+    config = json.loads((folder / "cfg.json").read_text())
+    (folder / "cfg.json").write_text(json.dumps({k: v for k, v in config.items() if k != key}))
+    return folder
+
+
+def feature_bomb_repo(world: World, tmp: Path) -> str:
+    """A Hub repo whose SAE brings a 2.8 GB statistics table in a small file: one 28 kB label for 100,000 rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    features = tmp / "bomb" / HOOKPOINT / "features"
+    shutil.copytree(world.root / "saes" / "model.layers.1", features.parent)
+    features.mkdir()
+    (features / "metadata.json").write_text(json.dumps({"num_latents": 100_000}))
+    labels = pa.DictionaryArray.from_arrays(pa.array(np.zeros(100_000, dtype=np.int32)), pa.array(["x" * 28_000]))
+    pq.write_table(pa.table({"auto_label": labels}), features / "stats.parquet")
+    assert (features / "stats.parquet").stat().st_size < 30_000  # 100,000 times smaller than the table
+    push_saes_to_hub("alice/feature-bomb", tmp / "bomb", token=ALICE)
+    return "alice/feature-bomb"
+
+
+def drop_run_record(checkpoint: Path) -> None:
+    state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+    torch.save({key: value for key, value in state.items() if key != "run"}, checkpoint / "trainer_state.pt")
+
+
+def nan_checkpoint(checkpoint: Path) -> None:
+    weights = torch.load(checkpoint / "weights_rank0.pt", weights_only=True)
+    weights["saes"][HOOKPOINT]["W_enc"][0, 0] = float("nan")
+    torch.save(weights, checkpoint / "weights_rank0.pt")
+
+
+# ---- issue 32, point 6: silent cases and raw tracebacks (hooks, SaeConfig, arguments, text files; helpers) ---------
+
+
+def written(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def without_module(name: str, call: Callable):
+    """`call` as where package `name` is not installed: None in sys.modules fails its import and hides it from the
+    checks that look for it (importlib's find_spec, accelerate's list of trackers)."""
+    import importlib.util
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, name, None)
+        assert importlib.util.find_spec(name) is None  # the condition: the package cannot be found
+        return call()
+
+
+def features_file(folder: Path) -> None:
+    """A file where `hf-sae features` puts its statistics folder."""
+    shutil.rmtree(folder / "features")
+    (folder / "features").write_text("notes")
+
+
+# ---- issue 32, points 1, 2, 5: paths, links, the explainer and the app (helpers) -----------------------------------
+
+
+def convert_foreign(world: World, tmp: Path, from_hub: bool = False):
+    """`hf-sae convert` of two SAELens SAEs into the world, one whose `hook_name` is `../victim`, from a folder or a
+    Hub repo."""
+    from huggingface_hub import HfApi
+    from test_convert import foreign_pair
+
+    src = foreign_pair(tmp / "src")
+    if from_hub:
+        HfApi(token=ALICE).create_repo("alice/foreign", exist_ok=True)
+        HfApi(token=ALICE).upload_folder(repo_id="alice/foreign", folder_path=str(src))
+    src = "alice/foreign" if from_hub else str(src)
+    return main(["convert", src, str(world.root / "converted"), "--to", "hf_sae"])
+
+
+def push_with_link(world: World, tmp: Path):
+    """The world's SAEs pushed with a symbolic link to a token in one SAE folder."""
+    shutil.copytree(world.root / "saes", tmp / "saes")
+    (tmp / "token").write_text("hf_the_users_real_token")
+    (tmp / "saes" / "model.layers.0" / "notes.txt").symlink_to(tmp / "token")
+    return push_saes_to_hub("alice/leak", tmp / "saes", token=ALICE)
+
+
+def damaged_explanations(world: World, tmp: Path) -> Path:
+    """A copy of the world's SAE with the feature metadata `hf-sae features` writes, its explanations.json cut short."""
+    folder = copy_sae(world, tmp, lambda f: shutil.rmtree(f / "features"))
+    main(["features", "--sae", str(folder), "--model_name_or_path", str(world.root / "lm"), "--dataset_name",
+          str(world.root / "text"), "--context_size", "32", "--max_tokens", "512", "--lm_dtype", "float32"])  # fmt: skip
+    (folder / "features" / "explanations.json").write_text('{"features": {"3": {"explan')
+    return folder
+
+
 @dataclass(frozen=True)
 class Row:
     id: str
@@ -333,6 +507,52 @@ ROWS = [
     Row("hub read-only token", lambda w, t: push_saes_to_hub("alice/more", w.root / "saes", token="hf_alice_read"), HubError, r"read-only"),
     Row("hub pull bad repo id", cli("pull", "--repo_id", "not a repo"), HubError, r"neither a local folder nor a Hub repo id"),
     Row("hub pull over existing SAEs", cli("pull", "--repo_id", "alice/saes", "--output_dir", "{root}/saes"), ArgumentError, r"already holds SAEs for \['model.layers.0'\]; they were left as they are"),
+    # ---- issue 32: finished work, caches against their header, bounded tables, finite weights, checkpoints ---------
+    Row("held-out split without a block", lambda w, t: T(w, dataset_name=seventy_nine_documents(t), eval_tokens=256), ArgumentError, r"held-out text .*\(train\[every 50th document\]: 1 document\(s\), 6 token\(s\) with EOS\) makes no full block of --context_size 32, so the report would fail after training\. Pass --context_size 7 or less .*--eval_tokens 0"),
+    Row("cache dtype relabelled", lambda w, t: T(w, activation_cache=damaged_cache(w, t, lambda f: edit_json(f / "cache.json", dtype="float16"))), DataError, r"cache.json says dtype 'float16', but activations.arrow was written with 'bfloat16'"),
+    Row("cache of another model relabelled", lambda w, t: T(w, activation_cache=relabelled_cache(w, t)), DataError, r"cache.json says model '.*lm', but activations.arrow was written with 'another/model'"),
+    Row("cache values altered", lambda w, t: T(w, activation_cache=damaged_cache(w, t, lambda f: alter_bytes(f / "activations.arrow"))), DataError, r"record batch 0 \(rows 0 to 599\) does not match its checksum: its values were altered"),
+    Row("cache truncated", lambda w, t: T(w, activation_cache=damaged_cache(w, t, lambda f: truncate(f / "activations.arrow"))), DataError, r"activations.arrow cannot be read .*write it again with `hf-sae cache"),
+    Row("cache.json without its keys", lambda w, t: T(w, activation_cache=damaged_cache(w, t, lambda f: (f / "cache.json").write_text('{"format_version": 2}'))), DataError, r"cache.json says dtype None, but activations.arrow was written with 'bfloat16'"),
+    Row("features on a run folder", cli("features", "--sae", "{root}/run", "--model_name_or_path", "{root}/lm", "--dataset_name", "{root}/text"), ArgumentError, r"--sae \S+run is a folder of SAE folders \(model.layers.1\); statistics saved there would be read by no loader\. .*--sae \S+run/model.layers.1"),
+    Row("feature table bomb from the Hub", lambda w, t: load_saes(feature_bomb_repo(w, t))[HOOKPOINT].features.stats, FeatureMetadataError, r"stats.parquet was refused: its strings decode to 2,800,\d{3},\d{3} bytes in memory, from a file of [\d,]+ bytes"),
+    Row("nan weights load", lambda w, t: SaeModel.from_pretrained(copy_sae(w, t, nan_weights)), WeightsError, r"sae holds non-finite weights: 'W_enc' \(1 of 1,152 values NaN or inf\)"),
+    Row("nan weights load_saes", lambda w, t: load_saes(copy_sae(w, t, nan_weights)), WeightsError, r"holds non-finite weights: 'W_enc'"),
+    Row("nan weights convert", lambda w, t: main(["convert", str(copy_sae(w, t, nan_weights)), str(t / "out")]), WeightsError, r"holds non-finite weights: 'W_enc'"),
+    Row("npz header claims 2 TiB", lambda w, t: SaeModel.from_pretrained(gemma_scope(t, claim_two_tebibytes)), WeightsError, r"entry 'W_enc.npy' claims shape \(1048576, 524288\) of float32 \(2,199,023,255,552 bytes\) but holds [\d,]+ bytes"),
+    Row("npz truncated", lambda w, t: SaeModel.from_pretrained(gemma_scope(t, truncate)), WeightsError, r"params.npz is not a readable npz file of arrays \(.*\)\. Download it again"),
+    Row("foreign config missing key", lambda w, t: SaeModel.from_pretrained(sparsify_without(t, "d_in")), FileFormatError, r"layers.3: its sparsify files \(cfg.json\) lack the setting 'd_in'"),
+    Row("resume without its run record", lambda w, t: main(["train", *w.train_flags(output_dir=damaged_copy(w, t, drop_run_record), resume_from_checkpoint="latest", k=8)]), TrainingError, r"checkpoint-8/trainer_state.pt lacks the record of its run \('run'\)"),
+    Row("resume NaN weights", lambda w, t: resume_copy(w, damaged_copy(w, t, nan_checkpoint)), TrainingError, r"checkpoint-8 holds non-finite weights \('model.layers.1.W_enc' \(1 of 2,304 values NaN or inf\)\); .*the newest intact one is \S+checkpoint-4: resume"),
+    # ---- issue 32, point 6: silent cases and raw tracebacks (hooks, SaeConfig, arguments, text files) --------------
+    Row("hooks misspelt key", lambda w, t: SaeHooks(w.hooks.model, {"model.layers.99": SaeModel(SaeConfig(d_in=24, num_latents=48, k=4, hookpoint=HOOKPOINT))}), HookpointError, r"key 'model.layers.99', which is not a module of LlamaForCausalLM; closest are \[.*'model.layers.1'.*config says 'model.layers.1'"),
+    Row("hooks at the rotary embedding", lambda w, t: SaeHooks(w.hooks.model, {"model.rotary_emb": SaeModel(SaeConfig(d_in=6, num_latents=48, k=4))}), HookpointError, r"acts on `model.rotary_emb`, which is a rotary embedding .*cos / sin tables"),
+    Row("steer an empty slice", lambda w, t: steer(w, 3, positions=slice(2, 2)), SteeringError, r"`positions=slice\(2, 2, None\)` selects no token"),
+    Row("config flag a string", lambda w, t: SaeConfig(d_in=24, num_latents=48, k=4, apply_b_dec_to_input="no"), SaeConfigError, r"`apply_b_dec_to_input` must be True or False; got 'no'"),
+    Row("config hookpoint an int", lambda w, t: SaeConfig(d_in=24, num_latents=48, k=4, hookpoint=123), SaeConfigError, r"`hookpoint` must be a string; got 123"),
+    Row("config hookpoint a path", lambda w, t: SaeConfig(d_in=24, num_latents=48, k=4, hookpoint="../victim"), HookpointError, r"SaeConfig `hookpoint` '../victim' must be a folder name"),
+    Row("train hookpoint twice", lambda w, t: main(["train", *w.train_flags(), "--hookpoints", HOOKPOINT, HOOKPOINT]), ArgumentError, r"--hookpoints names \['model.layers.1'\] more than once"),
+    Row("cache hookpoint twice", cli("cache", "--model_name_or_path", "{root}/lm", "--hookpoints", HOOKPOINT, HOOKPOINT, "--output_dir", "{tmp}/c"), ArgumentError, r"--hookpoints names \['model.layers.1'\] more than once"),
+    Row("report_to wandb without wandb", lambda w, t: without_module("wandb", lambda: T(w, report_to="wandb")), MissingDependencyError, r"--report_to wandb needs the `wandb` package, which is not installed.*`pip install wandb`, or pass --report_to none"),
+    Row("train output_dir a file", lambda w, t: T(w, output_dir=w.root / "sae" / "config.json"), ArgumentError, r"--output_dir: \S+sae/config.json must be a folder to write into, but it is a file"),
+    Row("eval output_dir under a file", cli("eval", "--sae", "{root}/sae", "--output_dir", "{root}/sae/config.json/eval"), ArgumentError, r"--output_dir: \S+ must be a folder to write into, but it lies under \S+sae/config.json, which is a file"),
+    Row("cache output_dir a file", cli("cache", "--model_name_or_path", "{root}/lm", "--output_dir", "{root}/sae/config.json", "--overwrite"), ArgumentError, r"--output_dir: \S+config.json must be a folder to write into, but it is a file"),
+    Row("features folder a file", lambda w, t: main(["features", "--sae", str(copy_sae(w, t, features_file)), "--overwrite"]), ArgumentError, r"--sae: \S+sae/features must be a folder to write into, but it is a file"),
+    Row("empty text file", lambda w, t: T(w, dataset_name=written(t / "empty.txt", "")), DataError, r"The dataset file \S+empty.txt is empty; expected documents in it"),
+    Row("integer text column", lambda w, t: T(w, dataset_name=written(t / "ids.jsonl", '{"text": 7}\n{"text": 8}\n')), DataError, r"The text column 'text' of '\S+ids.jsonl' holds int64 values, not text"),
+    # ---- issue 32, points 1, 2, 5: nothing outside the folder named, nothing leaves, the explainer and the app -------
+    Row("convert foreign hook ../victim", lambda w, t: convert_foreign(w, t), HookpointError, r"Hook '\.\./victim' must be a folder name: .*without '/'"),
+    Row("convert foreign hook ../victim from the Hub", lambda w, t: convert_foreign(w, t, from_hub=True), HookpointError, r"Hook '\.\./victim' must be a folder name"),
+    Row("save_saes hookpoint ../victim", lambda w, t: save_saes({"../victim": SaeModel(SaeConfig(d_in=24, num_latents=48, k=4))}, w.root / "saes"), HookpointError, r"Hookpoint '\.\./victim' must be a folder name"),
+    Row("sweep named checkpoint-99", lambda w, t: T(w, sweep="[{k: 4, name: checkpoint-99}]"), ArgumentError, r"`name` 'checkpoint-99' clashes with 'checkpoint-\*', which hf_sae writes in the same folder"),
+    Row("sweep named metrics.json", lambda w, t: T(w, sweep="[{k: 4}, {k: 8, name: metrics.json}]"), ArgumentError, r"entry 1 .*`name` 'metrics.json' clashes with 'metrics.json'"),
+    Row("sweep name a path", lambda w, t: T(w, sweep="[{k: 4, name: ../run}]"), ArgumentError, r"`name` '\.\./run' must be a folder name"),
+    Row("sweep file missing", lambda w, t: T(w, sweep=f"{t}/sweep.yaml"), ArgumentError, r"--sweep '\S+sweep.yaml' is neither a readable YAML file \(No such file"),
+    Row("push a symbolic link", lambda w, t: push_with_link(w, t), HubError, r"Pushing \S+saes refused, nothing was uploaded: it holds symbolic links \(\S+notes.txt\)"),
+    Row("explain damaged explanations.json", lambda w, t: main(["explain", "--sae", str(damaged_explanations(w, t)), "--explainer_endpoint", "http://127.0.0.1:9"]), FeatureMetadataError, r"explanations.json is not valid JSON \(.*\): it is damaged"),
+    Row("browse damaged explanations.json", lambda w, t: main(["browse", "--sae", str(damaged_explanations(w, t)), "--output_dir", f"{t}/b"]), FeatureMetadataError, r"explanations.json is not valid JSON"),
+    Row("app write_space a file", cli("app", "--sae", "alice/saes", "--write_space", "{root}/sae/config.json"), ArgumentError, r"Expected a new or empty folder for the Space; \S+config.json is a file"),
+    Row("push space without write access", cli("push", "--sae", "{root}/saes", "--repo_id", "alice/pushed", "--token", ALICE, "--space", "bob/explorer", "--space_hookpoint", "model.layers.0"), HubError, r"Pushing the Space 'bob/explorer' failed: HTTP 403 .*the SAE repo alice/pushed is as this step found it"),
 ]  # fmt: skip
 
 
@@ -625,3 +845,64 @@ def test_a_run_resumed_from_an_older_checkpoint_replaces_the_later_ones_and_ends
     got = load_file(copy / HOOKPOINT / "model.safetensors")
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     assert not list(copy.glob("*.tmp")) and not list(copy.glob(".*old*"))
+
+
+# ---- issue 32: two writers of one folder --------------------------------------------------------------------------
+
+GATED = """
+import sys, time
+from pathlib import Path
+import hf_sae.runners as runners
+from hf_sae.cli import main
+
+gate, name = Path(sys.argv[1]), sys.argv[2]
+real = getattr(runners, name)
+
+def gated(*args, **kwargs):  # inside the command's claim: the folder is held until the test opens the gate
+    (gate / "claimed").touch()
+    while not (gate / "go").exists():
+        time.sleep(0.02)
+    return real(*args, **kwargs)
+
+setattr(runners, name, gated)
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("command", ["cache", "train", "features"])
+def test_a_second_writer_of_a_folder_is_refused_while_the_first_writes(world, tmp_path, command):
+    shutil.copytree(world.root / "sae", tmp_path / "sae")
+    lm_and_text = ["--model_name_or_path", world.root / "lm", "--dataset_name", world.root / "text", "--context_size",
+                   32, "--lm_dtype", "float32"]  # fmt: skip
+    argv, gated, folder = {
+        "cache": (["cache", *lm_and_text, "--hookpoints", HOOKPOINT, "--cache_tokens", 500, "--output_dir",
+                   tmp_path / "cache"], "load_lm", tmp_path / "cache"),
+        "train": (["train", *world.train_flags(output_dir=tmp_path / "run")], "_train_and_save", tmp_path / "run"),
+        "features": (["features", *lm_and_text, "--sae", tmp_path / "sae", "--max_tokens", 256, "--overwrite",
+                      "--device", "cpu"], "load_sae_and_lm", tmp_path / "sae" / "features"),
+    }[command]  # fmt: skip
+    argv = [str(a) for a in argv]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("HF_SAE_DEBUG", None)
+    first = subprocess.Popen([sys.executable, "-c", GATED, str(tmp_path), gated, *argv], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "claimed").exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-2000:]
+        time.sleep(0.05)
+    before = snapshot(folder) if folder.exists() else None
+    second = subprocess.run([sys.executable, "-m", "hf_sae.cli", *argv], env=env, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert first.poll() is None  # both ran at once: the first still holds the folder
+    assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-2000:]
+    assert f"{folder} is being written by another process (pid {first.pid} on" in second.stderr
+    assert (snapshot(folder) if folder.exists() else None) == before  # the second changed nothing
+    (tmp_path / "go").touch()
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    if command == "cache":
+        assert ActivationCache(folder).tokens == 500
+    elif command == "train":
+        assert SaeModel.from_pretrained(folder / HOOKPOINT).config.num_latents == 96
+    else:
+        assert len(load_features(tmp_path / "sae")) == 48
+    assert not list(folder.parent.glob(f".{folder.name}.hf_sae-lock"))  # the claim ended with its writer

@@ -1,6 +1,14 @@
 """cli.py: the terminal tables, and the parser every subcommand shares."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import torch
+from conftest import save_tiny_llama_and_corpus
+from transformers import AutoModelForCausalLM
 
 from hf_sae import ArgumentError
 from hf_sae.arguments import PushArguments
@@ -44,3 +52,24 @@ def test_a_null_in_a_config_file_means_none_where_allowed_and_the_default_elsewh
     data, training = (next(g for g in groups if isinstance(g, kind)) for kind in (DataArguments, SaeTrainingArguments))
     assert (training.batch_size, training.learning_rate, data.dataset_split) == (4096, 1e-3, "train")  # the defaults
     assert data.shuffle_seed is None and DataArguments.shuffle_seed == 0  # can be None: keeps the stored order
+
+
+def test_an_error_during_a_progress_bar_starts_on_its_own_line(tmp_path):
+    save_tiny_llama_and_corpus(tmp_path, num_words=90, hidden_size=24, intermediate_size=37, num_layers=2, heads=4,
+                               kv_heads=2, documents={"train": 100}, words_per_document=(20, 60))  # fmt: skip
+    lm = AutoModelForCausalLM.from_pretrained(tmp_path / "lm")
+    with torch.no_grad():  # the fault: NaN activations from layer 0 on, which training refuses mid-way
+        lm.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    lm.save_pretrained(tmp_path / "lm")
+    flags = {"model_name_or_path": tmp_path / "lm", "dataset_name": tmp_path / "text", "hookpoints": "model.layers.1",
+             "k": 4, "expansion_factor": 4, "context_size": 32, "train_tokens": 2048, "batch_size": 256,
+             "shuffle_buffer_tokens": 1024, "output_dir": tmp_path / "run", "report_to": "none", "eval_tokens": 0,
+             "lm_dtype": "float32"}  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("HF_SAE_DEBUG", None)
+    command = [sys.executable, "-m", "hf_sae.cli", "train", *(str(x) for k, v in flags.items() for x in (f"--{k}", v))]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    before, _, after = done.stderr.rpartition("hf-sae train: error: ")
+    assert done.returncode == 1 and after, done.stderr[-2000:]
+    assert "step/s]" in before.rsplit("\n", 2)[-2]  # the condition: a bar was drawn on the line above the error
+    assert before.endswith("\n") and "Traceback" not in done.stderr  # the message starts a line of its own

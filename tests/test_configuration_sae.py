@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from transformers import AutoConfig
@@ -124,3 +125,38 @@ def test_unknown_key_from_a_newer_version_warns_and_loads(tmp_path, caplog):
 def test_invalid_values_name_the_field_the_value_and_what_is_allowed(kwargs, message):
     with pytest.raises(SaeConfigError, match=message):
         SaeConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(apply_b_dec_to_input="no"), r"`apply_b_dec_to_input` must be True or False; got 'no' \(str\)"),
+        (dict(skip_connection=1), r"`skip_connection` must be True or False; got 1 \(int\)"),
+        (dict(hookpoint=123), r"`hookpoint` must be a string; got 123 \(int\)"),
+        (dict(base_model_name_or_path=["a"]), r"`base_model_name_or_path` must be a string; got \['a'\]"),
+        (dict(architecture=["topk"]), r"`architecture` must be a string; got \['topk'\]"),
+    ],
+)
+def test_flags_must_be_booleans_and_names_strings(kwargs, message):
+    assert all(bool(v) for v in kwargs.values())  # each would pass as a truthy flag or a name if stored unchecked
+    with pytest.raises(SaeConfigError, match=message):
+        SaeConfig(d_in=8, num_latents=16, k=2, **kwargs)
+
+
+def test_a_flag_spelt_as_a_string_in_config_json_is_refused_on_load(tmp_path):
+    SaeConfig(d_in=8, num_latents=16, k=2).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(saved | {"apply_b_dec_to_input": "false"}))
+    with pytest.raises(SaeConfigError, match=r"`apply_b_dec_to_input` must be True or False; got 'false'"):
+        SaeConfig.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["../victim", "model/layers.1", "model\\layers.1", ".hidden", ""])
+def test_a_hookpoint_cannot_be_a_path(name):
+    message = rf"SaeConfig `hookpoint` {re.escape(repr(name))} must be a folder name"
+    with pytest.raises(hf_sae.HookpointError, match=message):
+        SaeConfig(d_in=8, num_latents=16, k=2, hookpoint=name)
+    module = "model.layers.1.mlp"  # module paths, with dots and the input suffix, are folder names
+    config = SaeConfig(d_in=8, num_latents=16, k=2, hookpoint=f"{module}.input", output_hookpoint=module,
+                       apply_b_dec_to_input=False)  # fmt: skip
+    assert (config.hookpoint, config.output_hookpoint) == (f"{module}.input", module)

@@ -537,3 +537,85 @@ def test_transcoder_exports_refuse_what_the_target_format_cannot_hold(tmp_path):
     ):
         export_sae(across, tmp_path / "b", "sparsify")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ---- names that become paths (issue 32) -----------------------------------------------------------------------------
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def foreign_pair(folder: Path) -> Path:
+    """Two SAELens SAEs in `folder`, the second's `hook_name` a path out of any destination: `../victim`."""
+    for name, hook in (("a", "model.layers.1"), ("b", "../victim")):
+        export_sae(SaeModel(SaeConfig(d_in=8, num_latents=16, k=2, hookpoint="model.layers.1")), folder / name,
+                   "saelens")  # fmt: skip
+        cfg = json.loads((folder / name / "cfg.json").read_text())
+        cfg["metadata"]["hook_name"] = hook
+        (folder / name / "cfg.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def a_world_with_a_victim(tmp_path: Path) -> Path:
+    (tmp_path / "victim").mkdir(parents=True)
+    (tmp_path / "victim" / "keep.txt").write_text("what the user keeps beside the destination")
+    return tmp_path / "out"
+
+
+def test_the_payload_of_a_path_as_hookpoint_is_live(tmp_path):
+    """The condition: a writer handed `dst / '../victim'` replaces the folder beside dst, deleting what it held."""
+    dst = a_world_with_a_victim(tmp_path)
+    assert (dst / "../victim").resolve() == (tmp_path / "victim").resolve()
+    export_sae(SaeModel(SaeConfig(d_in=8, num_latents=16, k=2)), dst / "../victim", "saelens")
+    assert not (tmp_path / "victim" / "keep.txt").exists()
+
+
+def test_a_foreign_hookpoint_that_is_a_path_is_refused_before_anything_is_written(tmp_path):
+    src, dst = foreign_pair(tmp_path / "src"), a_world_with_a_victim(tmp_path / "world")
+    before = snapshot(tmp_path)
+    for to in ("hf_sae", "saelens", "sparsify"):
+        with pytest.raises(HookpointError, match=r"Hook '\.\./victim' must be a folder name: .*without '/'"):
+            run_convert(ConvertArguments(src=str(src), dst=str(dst), to=to, overwrite=True))
+    assert snapshot(tmp_path) == before  # the victim's file is there, nothing was written
+    with pytest.raises(HookpointError, match=r"'\.\./victim' must be a folder name"):
+        SaeModel.from_pretrained(src / "b")  # loading it alone says the same
+
+
+def test_a_foreign_hookpoint_that_is_a_path_is_refused_from_a_hub_repo(tmp_path, monkeypatch):
+    src, dst = foreign_pair(tmp_path / "src"), a_world_with_a_victim(tmp_path / "world")
+    with HubServer() as server:
+        point_client_at(monkeypatch, server.url, tmp_path / "hf-home")
+        api = HfApi(token=ALICE)
+        api.create_repo("alice/foreign")
+        api.upload_folder(repo_id="alice/foreign", folder_path=str(src))
+        assert {"a/cfg.json", "b/cfg.json"} <= set(api.list_repo_files("alice/foreign"))
+        before = snapshot(tmp_path / "world")
+        with pytest.raises(HookpointError, match=r"Hook '\.\./victim' must be a folder name"):
+            run_convert(ConvertArguments(src="alice/foreign", dst=str(dst), to="hf_sae", overwrite=True))
+        assert snapshot(tmp_path / "world") == before
+
+
+# ---- NaN or inf weights are refused on convert (issue 32) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("fixture", ["saelens_standard", "sparsify_run/layers.3"])
+def test_non_finite_weights_are_refused_on_convert_naming_the_tensor(tmp_path, fixture):
+    folder = copy(fixture, tmp_path)
+    weights_file = next(folder.glob("*.safetensors"))
+    weights = load_file(weights_file)
+    name = next(k for k in weights if k in ("W_enc", "encoder.weight"))
+    weights[name][3, 5] = float("nan")
+    save_file(weights, weights_file)
+    assert load_file(weights_file)[name].isnan().sum() == 1  # the file really holds a NaN
+    for to in ("hf_sae", "saelens", "sparsify"):
+        with pytest.raises(WeightsError, match=r"holds non-finite weights: 'W_enc' \(1 of [\d,]+ values NaN or inf\)"):
+            run_convert(ConvertArguments(src=str(folder), dst=str(tmp_path / to), to=to))
+        assert not (tmp_path / to).exists()
+    sae = SaeModel(SaeConfig(d_in=8, num_latents=16, k=2))
+    with torch.no_grad():
+        sae.b_dec[2] = float("inf")
+    sae.save_pretrained(tmp_path / "hf")  # hf_sae's own format, inf in one bias
+    with pytest.raises(WeightsError, match=r"hf holds non-finite weights: 'b_dec' \(1 of 8 values NaN or inf\)"):
+        run_convert(ConvertArguments(src=str(tmp_path / "hf"), dst=str(tmp_path / "out"), to="saelens"))
+    assert not (tmp_path / "out").exists()

@@ -218,6 +218,46 @@ def test_unknown_extension_is_a_clear_error(tmp_path):
         load_text_dataset(DataArguments(dataset_name=str(path)))
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_an_integer_text_column_is_named_before_tokenizing(tmp_path, tokenizer, streaming):
+    path = tmp_path / "ids.jsonl"
+    path.write_text("\n".join(json.dumps({"text": i, "body": "w1"}) for i in range(5)) + "\n")
+    with pytest.raises(ValueError, match="text input must be of type `str`"):  # what the tokenizer would say
+        tokenizer([row["text"] for row in Dataset.from_json(str(path))])
+    with pytest.raises(DataError, match=r"The text column 'text' of '.*ids.jsonl' holds int(64)? values, not text. "
+                       r"Set --text_column .*\['text', 'body'\]"):  # fmt: skip
+        load_text_dataset(DataArguments(dataset_name=str(path), streaming=streaming))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.txt", "", r"The dataset file .*empty.txt is empty; expected documents in it"),
+        ("empty.jsonl", "", r"empty.jsonl is empty"),
+        ("blank.jsonl", "\n\n", r"Could not read documents from .*blank.jsonl \(ValueError: .*no data"),
+        ("broken.jsonl", '{"text": "w1"\n', r"Could not read documents from .*broken.jsonl \(ArrowInvalid: JSON"),
+        ("broken.csv", '"a\n', r"Could not read documents from .*broken.csv"),
+    ],
+)
+def test_an_empty_or_unparsable_file_is_named(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DataError, match=message):
+        data.check_sources(DataArguments(dataset_name=str(tmp_path / name)))
+
+
+def test_an_eval_budget_beyond_the_text_warns_with_the_tokens_used(docs, tokenizer, caplog):
+    blocks = tokenize_and_pack(Dataset.from_dict({"text": docs}), tokenizer, 8)
+    with caplog.at_level("WARNING"):
+        input_ids, _ = data.read_blocks(blocks, 10_000)
+    assert input_ids.numel() == 8 * len(blocks) < 10_000  # the condition: all of the text is less than asked
+    assert (f"--eval_tokens asks for 10,000 tokens, but the held-out text makes only {len(blocks)} blocks "
+            f"({input_ids.numel():,} tokens)") in caplog.text  # fmt: skip
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        data.read_blocks(blocks, 16)
+    assert caplog.text == ""
+
+
 def test_missing_builtin_corpus_says_how_to_prepare_it(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_SAE_HOME", str(tmp_path))
     with pytest.raises(DataError, match="hf-sae prepare-corpus"):

@@ -5,7 +5,7 @@ import torch
 from conftest import BOS_ID, EOS_ID, PAD_ID, make_tiny_lm
 
 from hf_sae.configuration_sae import SaeConfig
-from hf_sae.errors import HookpointError
+from hf_sae.errors import HookpointError, SteeringError
 from hf_sae.hookpoints import capture_activations, resolve_hookpoints
 from hf_sae.hooks import SaeHooks
 from hf_sae.modeling_sae import SaeModel
@@ -370,6 +370,57 @@ def test_unknown_hookpoint_lists_close_names(tiny_llama):
         SaeHooks(tiny_llama.model, {"model.layer.1": make_sae(24)})
     with pytest.raises(HookpointError, match=r"'model\.layers\.2\.input'"):
         capture_activations(tiny_llama.model, ["model.layers.2.inptu"], torch.ones(1, 2, dtype=torch.long))
+
+
+def test_a_misspelt_hookpoint_key_is_refused_not_attached_at_the_config_hookpoint(tiny_llama, input_ids):
+    model, sae = tiny_llama.model, make_sae(24, hookpoint="model.layers.1")
+    assert "model.layers.99" not in dict(model.named_modules())  # the key names no module; the config's does
+    with pytest.raises(HookpointError, match=r"key 'model.layers.99', which is not a module of LlamaForCausalLM; "
+                       r"closest are \[.*'model.layers.1'.*config says 'model.layers.1'"):  # fmt: skip
+        SaeHooks(model, {"model.layers.99": sae})
+    # Labels still attach at the config's hookpoint: a name without a dot, and a sweep's name for the hookpoint.
+    x = capture_activations(model, ["model.layers.1"], input_ids)["model.layers.1"]
+    for label in ("16k", "k32/model.layers.1"):
+        with torch.no_grad(), SaeHooks(model, {label: sae}).record(inputs=True) as recorder:
+            model(input_ids)
+        assert torch.equal(recorder.cat(label, "inputs"), x)
+
+
+def test_positions_beyond_the_text_warn_naming_them_and_an_empty_slice_is_refused(tiny_llama, caplog):
+    model, block, after = tiny_llama.model, "model.layers.0", "model.layers.1"
+    hooks, ids = SaeHooks(model, {block: make_sae(24)}), torch.tensor([[BOS_ID, 5, 17, 33]])
+    with torch.no_grad():
+        clean = next_input(model, after, ids)
+        with caplog.at_level("WARNING"), hooks.steer(4, 2.0, positions=[2, 1000]):
+            steered = next_input(model, after, ids)
+    changed = (steered != clean).any(-1)[0]
+    assert changed.tolist() == [False, False, True, False]  # 1000 edited nothing: the condition the warning names
+    assert "positions=[2, 1000]: [1000] lie beyond the text, which ran through position 3 (4 tokens" in caplog.text
+    caplog.clear()
+    with torch.no_grad(), caplog.at_level("WARNING"), hooks.steer(4, 2.0, positions=slice(9, None)):
+        assert torch.equal(next_input(model, after, ids), clean)
+    assert "positions=slice(9, None, None): [9] lie beyond the text" in caplog.text
+    caplog.clear()
+    with torch.no_grad(), caplog.at_level("WARNING"), hooks.steer(4, 2.0, positions=[3]):
+        model(ids)
+    assert caplog.text == ""  # within the text: nothing to say
+    for empty in (slice(3, 3), slice(5, 2)):
+        with pytest.raises(SteeringError, match=r"selects no token \(it stops at or before it starts\)"):
+            with hooks.steer(4, 2.0, positions=empty):
+                pass
+
+
+@pytest.mark.parametrize("site", ["model.rotary_emb", "model.layers"])
+def test_an_sae_at_a_module_without_per_token_activations_is_refused(tiny_llama, input_ids, site):
+    model = tiny_llama.model
+    if site == "model.rotary_emb":  # the condition: its output is the position tables, the same for another text
+        cos, sin = block_io(model, site, input_ids)[0]
+        assert cos.shape[0] == 1 and torch.equal(cos, block_io(model, site, input_ids.flip(-1))[0][0])
+        width, reason = cos.shape[-1], r"is a rotary embedding \(LlamaRotaryEmbedding\): its output is the cos / sin"
+    else:  # the condition: a ModuleList's hooks never fire
+        width, reason = 24, r"is a ModuleList, a container that never runs itself"
+    with pytest.raises(HookpointError, match=rf"The SAE at `{site}` acts on `{site}`, which {reason}"):
+        SaeHooks(model, {site: make_sae(width)})
 
 
 # Sub-sites whose width is known without running: a norm and, where it is an nn.Linear, the MLP's output projection.

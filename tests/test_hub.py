@@ -594,3 +594,51 @@ def test_a_skip_transcoder_pushes_and_loads_by_its_input_hookpoint_with_its_card
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in transcoder.state_dict().items())
     card = ModelCard.load("alice/transcoders", token=ALICE).text
     assert "skip transcoder to `model.layers.2.mlp`" in card
+
+
+# ---- nothing written outside the folder, nothing pushed from outside it (issue 32) ----------------------------------
+
+
+@pytest.mark.parametrize("name", ["../victim", "a/b", "a\\b", ".hidden", "..", "", "x" * 256, "README.md", "a\x00"])
+def test_a_hookpoint_that_is_no_folder_name_is_refused_and_nothing_is_written(tmp_path, name):
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "victim" / "keep.txt").write_text("kept")
+    if name == "../victim":  # the condition: the name really points at the folder beside the output
+        assert (tmp_path / "out" / name).resolve() == (tmp_path / "victim").resolve()
+    with pytest.raises(HookpointError, match=r"must be a folder name|clashes with 'README.md'"):
+        save_saes({name: make_sae()}, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep.txt", "victim"]  # refused before anything
+
+
+def test_module_paths_are_folder_names():
+    from hf_sae.layout import hookpoint_folder
+
+    for name in ("model.layers.6", "transformer.h.3.input", "model.layers.4.mlp", "sae"):
+        assert hookpoint_folder(name) == name
+
+
+def test_a_push_refuses_symbolic_links_and_says_which(api, tmp_path):
+    secret = tmp_path / "token"
+    secret.write_text("hf_the_users_real_token")
+    out = save_saes({LAYERS[0]: make_sae(LAYERS[0]), LAYERS[1]: make_sae(LAYERS[1])}, tmp_path / "out")
+    single = tmp_path / "single"
+    make_sae(LAYERS[0]).save_pretrained(single)
+    elsewhere = save_saes({LAYERS[2]: make_sae(LAYERS[2])}, tmp_path / "elsewhere") / LAYERS[2]
+    cases = {  # a link to the token inside an SAE folder, in a single SAE, as the card, or as a whole SAE folder
+        "features": (out, out / LAYERS[0] / "features" / "notes.txt", secret),
+        "single": (single, single / "notes.txt", secret),
+        "card": (out, out / "README.md", secret),
+        "folder": (out, out / LAYERS[2], elsewhere),
+    }
+    for case, (folder, link, target) in cases.items():
+        link.parent.mkdir(exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+        assert link.exists() and link.is_symlink()  # the condition: `is_file()` / `rglob` would take it in
+        refused = rf"Pushing .*{folder.name} refused, nothing was uploaded: it holds symbolic links \(.*{link.name}\)"
+        with pytest.raises(HubError, match=refused + ", which could point to any file"):
+            push_saes_to_hub(f"alice/leak-{case}", folder, token=ALICE)
+        assert not api.repo_exists(f"alice/leak-{case}"), case
+        link.unlink()
+    push_saes_to_hub("alice/leak-features", out, token=ALICE)  # without the links, the same folder goes
+    assert f"{LAYERS[0]}/config.json" in api.list_repo_files("alice/leak-features")

@@ -171,7 +171,8 @@ def test_nan_activations_stop_training_naming_step_and_hookpoint(tiny_run_inputs
         return original_step(self, micro_batches)
 
     monkeypatch.setattr(SaeTrainer, "step", poisoned)
-    with pytest.raises(TrainingError, match=r"Non-finite activations at step 6 for hookpoint 'model.layers.1'"):
+    with pytest.raises(TrainingError, match=r"Non-finite activations at step 6 for hookpoint 'model.layers.1'.* the "
+                       r"newest intact one is \S+checkpoint-4: resume from it"):  # fmt: skip
         train_saes(*args)
     kept = tmp_path / "run" / "checkpoint-4"
     assert (kept / "trainer_state.pt").exists()
@@ -426,3 +427,102 @@ def test_the_fp16_loss_scale_is_checkpointed_and_resumed(tmp_path):
     resumed = trainer(resume_from_checkpoint="checkpoint-5")
     resumed.train()
     assert resumed.accelerator.scaler.get_scale() == 1024 * 2**10  # a fresh scaler would end at 1024 * 2**5
+
+
+# ---- finished work is never lost; checkpoints with NaN weights (issue 32) -------------------------------------------
+
+
+def short_then_long_documents(root: Path) -> Path:
+    """79 documents of 40 words, but the held-out one (every 50th: the 50th) has 5 words: 6 tokens with its EOS."""
+    words = [f"w{i}" for i in range(90)]
+    rng = random.Random(1)
+    lines = [json.dumps({"text": " ".join(rng.choices(words, k=5 if i == 49 else 40))}) for i in range(79)]
+    (root / "seventy_nine.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "seventy_nine.jsonl"
+
+
+def test_a_held_out_split_without_a_full_block_is_refused_before_training_with_the_fix(tiny_run_inputs, tmp_path,
+                                                                                      monkeypatch):  # fmt: skip
+    from transformers import AutoTokenizer
+
+    from hf_sae.data import load_token_blocks
+
+    text = short_then_long_documents(tmp_path)
+    args = run_args(tiny_run_inputs, tmp_path / "run", dataset_name=str(text), train_tokens=2048, eval_tokens=100)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_run_inputs / "lm")
+    held_out = DataArguments(dataset_name=str(text), dataset_split="test", context_size=32)
+    assert len(load_token_blocks(held_out, tokenizer)) == 0  # the condition: the held-out text makes no block
+    monkeypatch.setattr(SaeTrainer, "train", lambda self: pytest.fail("training must not start"))
+    message = (r"The held-out text for the final report \(train\[every 50th document\]: 1 document\(s\), 6 token\(s\) "
+               r"with EOS\) makes no full block of --context_size 32, so the report would fail after training\. Pass "
+               r"--context_size 7 or less .*--eval_tokens 0 to train without")  # fmt: skip
+    with pytest.raises(ArgumentError, match=message):
+        train_saes(*args)
+    assert not (tmp_path / "run").exists()
+    monkeypatch.undo()
+    fixed = run_args(tiny_run_inputs, tmp_path / "run", dataset_name=str(text), train_tokens=2048, eval_tokens=100,
+                     context_size=7)  # fmt: skip
+    report = train_saes(*fixed)  # the fix it names: the report now measures
+    assert report["model.layers.1"]["eval_tokens"] == 5 and report["model.layers.1"]["fvu"] > 0
+
+
+def failing(error: Exception, fired: list):
+    """A stand-in that records that it was called, then raises `error`."""
+
+    def fail(*args, **kwargs):
+        fired.append(True)
+        raise error
+
+    return fail
+
+
+def test_a_failure_after_training_says_where_the_saved_saes_are(tiny_run_inputs, tmp_path, monkeypatch):
+    import hf_sae.runners as runners
+
+    failed = []
+    monkeypatch.setattr(runners, "held_out_report", failing(DataError("the held-out text could not be read"), failed))
+    message = (r"The trained SAEs were saved to \S+run with their training metrics \(`hf-sae eval --sae \S+run` "
+               r"measures them\)\. What failed: DataError: the held-out text could not be read")  # fmt: skip
+    with pytest.raises(DataError, match=message):
+        train_saes(*run_args(tiny_run_inputs, tmp_path / "run", train_tokens=2048))
+    assert failed  # the fault fired, after training
+    sae = SaeModel.from_pretrained(tmp_path / "run" / "model.layers.1")
+    metrics = json.loads((tmp_path / "run" / "model.layers.1" / "metrics.json").read_text())
+    assert sae.config.num_latents == 96 and metrics["train_tokens"] == 2048 and "fvu" not in metrics
+
+
+def test_saes_whose_card_cannot_be_written_are_saved_alone_where_the_error_says(tiny_run_inputs, tmp_path,
+                                                                               monkeypatch):  # fmt: skip
+    import re
+    import shutil
+
+    import hf_sae.hub as hub
+
+    failed = []
+    monkeypatch.setattr(hub, "render_card", failing(RuntimeError("the card template is broken"), failed))
+    message = (r"The trained SAEs could not be saved to \S+run; they were saved alone \(weights and configs\) to "
+               r"(\S+)\. What failed: RuntimeError: the card template is broken")  # fmt: skip
+    with pytest.raises(TrainingError, match=message) as info:
+        train_saes(*run_args(tiny_run_inputs, tmp_path / "run", train_tokens=2048, eval_tokens=0))
+    assert failed  # the fault fired, at the first save after training
+    rescue = Path(re.search(r"to (\S+)\. What failed", str(info.value)).group(1))
+    assert SaeModel.from_pretrained(rescue / "model.layers.1").config.num_latents == 96
+    shutil.rmtree(rescue)
+
+
+def test_weights_that_turn_non_finite_are_never_checkpointed(tiny_run_inputs, tmp_path, monkeypatch):
+    original_step = SaeTrainer.step
+
+    def poisoned(self, micro_batches):  # the update of step 8 makes a weight NaN; its loss was still finite
+        metrics = original_step(self, micro_batches)
+        if self.state.step == 7:
+            with torch.no_grad():
+                self.saes["model.layers.1"].W_enc[0, 0] = float("nan")
+        return metrics
+
+    monkeypatch.setattr(SaeTrainer, "step", poisoned)
+    with pytest.raises(TrainingError, match=r"The weights became non-finite by step 8: 'model.layers.1.W_enc' \(1 of "
+                       r"2,304 values NaN or inf\)\. checkpoint-8 was not written.* the newest intact one is "
+                       r"\S+checkpoint-4: resume"):  # fmt: skip
+        train_saes(*run_args(tiny_run_inputs, tmp_path / "run", train_tokens=3072, save_steps=4))
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-4"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import ArgumentError, SaeNotFoundError
-from ..fields import Checked, flag, require
+from ..fields import Checked, flag, require, require_distinct, require_folder
 from ..layout import EVAL_REPORT, FEATURES
 from ..precision import CacheDtype
 from ..sources import local_path
@@ -34,7 +34,9 @@ class CacheArguments(Checked):
 
     def check(self) -> None:
         require(bool(self.hookpoints), "hookpoints", self.hookpoints, "at least one module path")
+        require_distinct("hookpoints", self.hookpoints)
         require(self.cache_tokens >= 1, "cache_tokens", self.cache_tokens, "a positive integer")
+        require_folder("output_dir", self.output_dir)  # a file is no cache to --overwrite
         exists = Path(self.output_dir).exists()
         require(not exists or self.overwrite, "output_dir", self.output_dir, "a new folder, or pass --overwrite")
 
@@ -57,6 +59,8 @@ class EvaluationArguments(Checked):
     def check(self) -> None:
         require(self.eval_tokens >= 1, "eval_tokens", self.eval_tokens, "a positive integer")
         require(0 < self.dense_threshold <= 1, "dense_threshold", self.dense_threshold, "a fraction in (0, 1]")
+        require_distinct("hookpoints", self.hookpoints)
+        require_folder("output_dir", self.output_dir)
         check_sae_source(self.sae)
         if self.save_beside_saes and not Path(self.sae).expanduser().is_dir():
             raise ArgumentError(
@@ -92,6 +96,7 @@ class FeatureArguments(Checked):
         expected = f"an SAE folder without earlier statistics ({statistics} exists): pass --overwrite to replace "
         expected += "them (labels are kept), or copy the SAE folder first"
         require(self.overwrite or self.explain is not None or not statistics.is_dir(), "sae", self.sae, expected)
+        require_folder("sae", statistics)
         for name in ("max_tokens", "top_n", "top", "sample_size"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "a positive integer")
         for name in ("context_before", "context_after"):
@@ -189,6 +194,10 @@ class PullArguments(Checked):
     output_dir: str | None = flag("Also save them here (default: the Hub cache only).", None)
     overwrite: bool = flag("Replace SAEs of the same hookpoints already in output_dir.", False)
 
+    def check(self) -> None:
+        require_distinct("hookpoints", self.hookpoints)
+        require_folder("output_dir", self.output_dir)
+
 
 @dataclass
 class ConvertArguments(Checked):
@@ -206,6 +215,8 @@ class ConvertArguments(Checked):
 
     def check(self) -> None:
         check_sae_source(self.src, "src")
+        require_distinct("hookpoints", self.hookpoints)
+        require_folder("dst", self.dst)
 
 
 @dataclass
@@ -220,6 +231,7 @@ class CorpusArguments(Checked):
 
     def check(self) -> None:
         require(0 < self.test_fraction < 1, "test_fraction", self.test_fraction, "a fraction in (0, 1)")
+        require_folder("output_dir", self.output_dir)
 
 
 def check_sae_source(source: str, flag: str = "sae") -> None:

@@ -13,16 +13,20 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from accelerate.utils import is_tensorboard_available, is_wandb_available
 
 from ..architectures import ARCHITECTURES, ArchitectureName
 from ..configuration_sae import SaeConfig
 from ..data import PACK_BATCH_DOCUMENTS
-from ..errors import ArgumentError
-from ..fields import Checked, flag, require
+from ..errors import ArgumentError, MissingDependencyError
+from ..fields import Checked, flag, require, require_distinct, require_folder
 from ..hookpoints import INPUT_SUFFIX
 from ..lm_forward import LmReading
 from ..memory import check_fits_in_memory
 from ..precision import LmDtype, MixedPrecision, default_device, resolve_lm_dtype
+
+# Whether each --report_to tracker's package is installed; accelerate would skip a missing one without a word.
+TRACKER_INSTALLED = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
 
 
 def check_batch_division(batch_size: int, processes: int, accumulation_steps: int) -> None:
@@ -73,6 +77,7 @@ class SaeArguments(Checked):
 
     def check(self) -> None:
         require(bool(self.hookpoints), "hookpoints", self.hookpoints, "at least one module path")
+        require_distinct("hookpoints", self.hookpoints)
         outputs = self.output_hookpoints
         expected = "left out with --transcode, which predicts each hookpoint's output from its input"
         require(not (self.transcode and outputs), "output_hookpoints", outputs, expected + "; pass one of the two")
@@ -340,6 +345,13 @@ class SaeTrainingArguments(Checked):
         schedule = self.lr_warmup_fraction + self.lr_decay_fraction
         require(schedule <= 1, "lr_decay_fraction", self.lr_decay_fraction, "at most 1 - --lr_warmup_fraction")
         check_batch_division(self.batch_size, self.num_processes, self.gradient_accumulation_steps)
+        require_folder("output_dir", self.output_dir)
+        require_folder("activation_cache", self.activation_cache)
+        if self.report_to != "none" and not TRACKER_INSTALLED[self.report_to]():  # accelerate's own tests
+            raise MissingDependencyError(
+                f"--report_to {self.report_to} needs the `{self.report_to}` package, which is not installed (the "
+                f"run would log nowhere without a word). `pip install {self.report_to}`, or pass --report_to none."
+            )
 
 
 TRAIN_GROUPS = (SaeArguments, LanguageModelArguments, DataArguments, SaeTrainingArguments)

@@ -15,7 +15,8 @@ base model and the hookpoint of each of its folders.
 import functools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,7 +24,7 @@ from typing import Any, NamedTuple
 from torch import Tensor
 
 from ..configuration_sae import SaeConfig
-from ..errors import ArgumentError, HookpointError, SaeNotFoundError
+from ..errors import ArgumentError, FileFormatError, HookpointError, SaeNotFoundError
 from ..layout import CONFIG, natural_key, read_json
 from .readers import (
     describe_dictionary_learning,
@@ -119,9 +120,25 @@ def unknown_format_error(folder: Path) -> SaeNotFoundError:
 # ---- reading --------------------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def _settings_of(folder: Path, fmt: str) -> Iterator[None]:
+    """A foreign file that lacks a setting, or holds one of the wrong kind, is one clear error naming both."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError, IndexError) as error:
+        missing = isinstance(error, KeyError)
+        what = f"lack the setting {error.args[0]!r}" if missing else f"hold a setting of the wrong kind ({error})"
+        files = [mark for mark in MARKERS[fmt] if mark.endswith(".json")] or list(MARKERS[fmt])
+        raise FileFormatError(
+            f"{folder}: its {fmt} files ({', '.join(files)}) {what}. They are incomplete or were edited: download "
+            "or save the SAE again."
+        ) from None
+
+
 def describe(folder: Path, fmt: str, hint: str | None = None) -> Found:
     """What the SAE in `folder` reads and how wide it is, from its small files only."""
-    return _DESCRIBERS[fmt](folder, hint) if fmt in _NEEDS_HINT else _DESCRIBERS[fmt](folder)
+    with _settings_of(folder, fmt):
+        return _DESCRIBERS[fmt](folder, hint) if fmt in _NEEDS_HINT else _DESCRIBERS[fmt](folder)
 
 
 def read_format(
@@ -133,7 +150,8 @@ def read_format(
         hint: a release or repo name that says what the folder's own files do not (Gemma Scope's site).
         hookpoint, base_model: override what the files say (a registry entry knows better).
     """
-    config, tensors = _READERS[fmt](folder, hint) if fmt in _NEEDS_HINT else _READERS[fmt](folder)
+    with _settings_of(folder, fmt):
+        config, tensors = _READERS[fmt](folder, hint) if fmt in _NEEDS_HINT else _READERS[fmt](folder)
     overrides = {k: v for k, v in (("hookpoint", hookpoint), ("base_model_name_or_path", base_model)) if v}
     if overrides:
         config = SaeConfig(**{**config.to_dict(), **overrides})

@@ -9,6 +9,7 @@ import re
 
 from ..errors import HookpointError
 from ..hookpoints import INPUT_SUFFIX
+from ..layout import hookpoint_folder
 
 # Module paths per family: the decoder blocks, and within block L the MLP output, attention output, the attention's
 # concatenated heads (TransformerLens `hook_z`, the input of the output projection) and the mid-block residual.
@@ -86,7 +87,8 @@ def block_path(layer: int, model: str | None) -> str:
 
 def transformer_lens_to_module(hook: str, model: str | None) -> str:
     """`blocks.L.hook_resid_post` -> the module path in `model`'s Hugging Face implementation. A name that is
-    already a module path (no `hook_` in it, as hf_sae's own SAELens export writes) is returned unchanged."""
+    already a module path (no `hook_` in it, as hf_sae's own SAELens export writes) is returned unchanged, once it
+    is checked as a folder name (`../victim` is no module path)."""
     names = _FAMILIES[family(model) or "llama"]
     if hook in ("hook_embed", "embed.hook_embed"):
         return names["embed"]
@@ -104,8 +106,8 @@ def transformer_lens_to_module(hook: str, model: str | None) -> str:
         if sub is None:
             raise HookpointError(f"Hook {hook!r} has no module in {model}'s family (parallel attention and MLP).")
         return f"{block}.{sub}"
-    if "hook_" not in hook:
-        return hook
+    if not isinstance(hook, str) or "hook_" not in hook:  # a module path already; it will name a folder
+        return hookpoint_folder(hook, "Hook")
     raise HookpointError(
         f"Cannot translate the TransformerLens hook {hook!r} to a module path: known are blocks.L.hook_resid_pre, "
         "hook_resid_mid, hook_resid_post, hook_mlp_out, hook_attn_out, attn.hook_z, ln2.hook_normalized and "

@@ -18,6 +18,8 @@ The formats, as their own save and load code writes and reads them:
 import math
 import pickle
 import re
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -212,11 +214,7 @@ def describe_gemma_scope(folder: Path, hint: str | None = None) -> Found:
 
 def read_gemma_scope(folder: Path, hint: str | None = None) -> tuple[SaeConfig, dict[str, Tensor]]:
     src = folder / "params.npz"
-    try:
-        with np.load(src, allow_pickle=False) as data:
-            raw = {("W_" + k[2:] if k.startswith("w_") else k): torch.from_numpy(data[k].copy()) for k in data.files}
-    except (ValueError, OSError) as error:
-        raise WeightsError(f"{src} is not a readable npz file of arrays ({error}). Download it again.") from None
+    raw = {("W_" + k[2:] if k.startswith("w_") else k): torch.from_numpy(v) for k, v in read_npz(src).items()}
     if "W_enc" not in raw:
         raise WeightsError(f"{src} lacks tensor 'W_enc'; it has {sorted(raw)}. It is not a Gemma Scope SAE.")
     d_in, n = raw["W_enc"].shape
@@ -236,6 +234,46 @@ def read_gemma_scope(folder: Path, hint: str | None = None) -> tuple[SaeConfig, 
         d_in, n, "jumprelu", apply_b_dec_to_input=False, hookpoint=found.hookpoint, base_model_name_or_path=model
     )
     return config, t
+
+
+# Deflate expands at most about 1032 times: an entry claiming more than this is a damaged or forged header.
+_MAX_DEFLATE_RATIO = 1100
+
+
+def read_npz(src: Path) -> dict[str, np.ndarray]:
+    """The arrays of an npz file, each entry's header checked against its size before anything is allocated (a
+    forged shape would otherwise ask for terabytes); a damaged file is one clear error, never a traceback."""
+    arrays = {}
+    try:
+        with zipfile.ZipFile(src) as archive:
+            for entry in archive.infolist():
+                with archive.open(entry) as file:
+                    shape, dtype, order = _npy_header(file, entry)
+                    count = math.prod(shape)
+                    data = np.frombuffer(file.read(count * dtype.itemsize), dtype=dtype, count=count)
+                arrays[entry.filename.removesuffix(".npy")] = data.reshape(shape, order=order).copy()
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise WeightsError(f"{src} is not a readable npz file of arrays ({error}). Download it again.") from None
+    return arrays
+
+
+def _npy_header(file, entry: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype, str]:
+    """(shape, dtype, order) of an .npy entry, once its header agrees with the entry's size; object arrays
+    (pickles) are refused."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    version = np.lib.format.read_magic(file)
+    if version not in readers:
+        raise ValueError(f"entry {entry.filename!r} is an .npy of version {version}, not 1.0 or 2.0")
+    shape, fortran, dtype = readers[version](file)
+    if dtype.hasobject:
+        raise ValueError(f"entry {entry.filename!r} holds Python objects, which hf_sae never unpickles")
+    need = math.prod(shape) * dtype.itemsize
+    if file.tell() + need != entry.file_size or entry.file_size > _MAX_DEFLATE_RATIO * max(entry.compress_size, 1):
+        raise ValueError(
+            f"entry {entry.filename!r} claims shape {shape} of {dtype} ({need:,} bytes) but holds "
+            f"{entry.file_size:,} bytes, {entry.compress_size:,} compressed"
+        )
+    return shape, dtype, "F" if fortran else "C"
 
 
 _LLAMA_SCOPE_FOLDER = re.compile(r"Llama3_1-8B-Base-L(?P<layer>\d+)(?P<site>[RMA])-(?P<x>\d+)x")

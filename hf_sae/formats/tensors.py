@@ -1,6 +1,8 @@
 """What every format reader shares: `Found` (what a folder holds, from its small files) and the tensor helpers that
-check shapes, read safetensors and fold scales so that a converted SAE takes raw activations."""
+check shapes, read safetensors and fold scales so that a converted SAE takes raw activations; `non_finite`, the one
+test for NaN or inf weights, which loading and checkpoints apply."""
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -53,6 +55,18 @@ def load_safetensors(path: Path) -> dict[str, Tensor]:
         raise WeightsError(
             f"{path} is not a readable safetensors file ({error}). Download or save it again."
         ) from None
+
+
+def non_finite(tensors: Mapping[str, Tensor]) -> str | None:
+    """The first floating-point tensor of `tensors` that holds NaN or inf, named with how many, or None. Checked in
+    slices, so that a large tensor needs no mask of its own size."""
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            continue
+        bad = sum(int((~torch.isfinite(part)).sum()) for part in tensor.detach().reshape(-1).split(1 << 24))
+        if bad:
+            return f"{name!r} ({bad:,} of {tensor.numel():,} values NaN or inf)"
+    return None
 
 
 def nonnegative(threshold: Tensor) -> Tensor:
