@@ -276,7 +276,7 @@ def test_a_sweep_comes_from_a_yaml_config_a_file_or_an_inline_flag(tmp_path):
         assert [(run.name, run.sae_args.k, run.learning_rate) for run in runs] == expected
 
 
-# ---- a cache is checked against its header; one writer per folder (issue 32) ---------------------------------------
+# ---- a cache is checked against its header; one writer per folder --------------------------------------------------
 
 
 def relabel(folder, **values) -> None:

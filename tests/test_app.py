@@ -209,7 +209,7 @@ def test_load_explorer_needs_feature_metadata_and_names_the_command(explorer, tm
     assert loaded.steer(PROMPT, "3:30", "clamp", 5) == explorer.steer(PROMPT, "3:30", "clamp", 5)
 
 
-# ---- several users, bounded prompts, checked values, clear errors (issue 32) ----------------------------------------
+# ---- several users, bounded prompts, checked values, clear errors ---------------------------------------------------
 
 
 def test_requests_that_use_the_model_run_one_at_a_time(explorer, monkeypatch):

@@ -355,7 +355,7 @@ def test_endpoint_explains_through_transformers_serve(served, saved):
     assert load_features(saved.path.parent)[0].explanation == entry
 
 
-# ---- the explainer's HTTP: the key stays with its host, failures are retried, answers are bounded (issue 32) --------
+# ---- the explainer's HTTP: the key stays with its host, failures are retried, answers are bounded -------------------
 
 
 class FakeLLM:

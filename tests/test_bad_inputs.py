@@ -204,7 +204,7 @@ def cli(*argv):
     return lambda w, tmp: main([str(a).format(root=w.root, tmp=tmp) for a in argv])
 
 
-# ---- issue 32, finished work and what is read from disk (helpers of its rows) --------------------------------------
+# ---- finished work and what is read from disk (helpers of its rows) ------------------------------------------------
 
 FORMATS = REPO / "tests" / "fixtures" / "formats"
 
@@ -315,7 +315,7 @@ def nan_checkpoint(checkpoint: Path) -> None:
     torch.save(weights, checkpoint / "weights_rank0.pt")
 
 
-# ---- issue 32, point 6: silent cases and raw tracebacks (hooks, SaeConfig, arguments, text files; helpers) ---------
+# ---- silent cases and raw tracebacks (hooks, SaeConfig, arguments, text files; helpers) ----------------------------
 
 
 def written(path: Path, text: str) -> Path:
@@ -340,7 +340,7 @@ def features_file(folder: Path) -> None:
     (folder / "features").write_text("notes")
 
 
-# ---- issue 32, points 1, 2, 5: paths, links, the explainer and the app (helpers) -----------------------------------
+# ---- paths, links, the explainer and the app (helpers) -------------------------------------------------------------
 
 
 def convert_foreign(world: World, tmp: Path, from_hub: bool = False):
@@ -507,7 +507,7 @@ ROWS = [
     Row("hub read-only token", lambda w, t: push_saes_to_hub("alice/more", w.root / "saes", token="hf_alice_read"), HubError, r"read-only"),
     Row("hub pull bad repo id", cli("pull", "--repo_id", "not a repo"), HubError, r"neither a local folder nor a Hub repo id"),
     Row("hub pull over existing SAEs", cli("pull", "--repo_id", "alice/saes", "--output_dir", "{root}/saes"), ArgumentError, r"already holds SAEs for \['model.layers.0'\]; they were left as they are"),
-    # ---- issue 32: finished work, caches against their header, bounded tables, finite weights, checkpoints ---------
+    # ---- finished work, caches against their header, bounded tables, finite weights, checkpoints -------------------
     Row("held-out split without a block", lambda w, t: T(w, dataset_name=seventy_nine_documents(t), eval_tokens=256), ArgumentError, r"held-out text .*\(train\[every 50th document\]: 1 document\(s\), 6 token\(s\) with EOS\) makes no full block of --context_size 32, so the report would fail after training\. Pass --context_size 7 or less .*--eval_tokens 0"),
     Row("cache dtype relabelled", lambda w, t: T(w, activation_cache=damaged_cache(w, t, lambda f: edit_json(f / "cache.json", dtype="float16"))), DataError, r"cache.json says dtype 'float16', but activations.arrow was written with 'bfloat16'"),
     Row("cache of another model relabelled", lambda w, t: T(w, activation_cache=relabelled_cache(w, t)), DataError, r"cache.json says model '.*lm', but activations.arrow was written with 'another/model'"),
@@ -524,7 +524,7 @@ ROWS = [
     Row("foreign config missing key", lambda w, t: SaeModel.from_pretrained(sparsify_without(t, "d_in")), FileFormatError, r"layers.3: its sparsify files \(cfg.json\) lack the setting 'd_in'"),
     Row("resume without its run record", lambda w, t: main(["train", *w.train_flags(output_dir=damaged_copy(w, t, drop_run_record), resume_from_checkpoint="latest", k=8)]), TrainingError, r"checkpoint-8/trainer_state.pt lacks the record of its run \('run'\)"),
     Row("resume NaN weights", lambda w, t: resume_copy(w, damaged_copy(w, t, nan_checkpoint)), TrainingError, r"checkpoint-8 holds non-finite weights \('model.layers.1.W_enc' \(1 of 2,304 values NaN or inf\)\); .*the newest intact one is \S+checkpoint-4: resume"),
-    # ---- issue 32, point 6: silent cases and raw tracebacks (hooks, SaeConfig, arguments, text files) --------------
+    # ---- silent cases and raw tracebacks (hooks, SaeConfig, arguments, text files) ---------------------------------
     Row("hooks misspelt key", lambda w, t: SaeHooks(w.hooks.model, {"model.layers.99": SaeModel(SaeConfig(d_in=24, num_latents=48, k=4, hookpoint=HOOKPOINT))}), HookpointError, r"key 'model.layers.99', which is not a module of LlamaForCausalLM; closest are \[.*'model.layers.1'.*config says 'model.layers.1'"),
     Row("hooks at the rotary embedding", lambda w, t: SaeHooks(w.hooks.model, {"model.rotary_emb": SaeModel(SaeConfig(d_in=6, num_latents=48, k=4))}), HookpointError, r"acts on `model.rotary_emb`, which is a rotary embedding .*cos / sin tables"),
     Row("steer an empty slice", lambda w, t: steer(w, 3, positions=slice(2, 2)), SteeringError, r"`positions=slice\(2, 2, None\)` selects no token"),
@@ -540,7 +540,7 @@ ROWS = [
     Row("features folder a file", lambda w, t: main(["features", "--sae", str(copy_sae(w, t, features_file)), "--overwrite"]), ArgumentError, r"--sae: \S+sae/features must be a folder to write into, but it is a file"),
     Row("empty text file", lambda w, t: T(w, dataset_name=written(t / "empty.txt", "")), DataError, r"The dataset file \S+empty.txt is empty; expected documents in it"),
     Row("integer text column", lambda w, t: T(w, dataset_name=written(t / "ids.jsonl", '{"text": 7}\n{"text": 8}\n')), DataError, r"The text column 'text' of '\S+ids.jsonl' holds int64 values, not text"),
-    # ---- issue 32, points 1, 2, 5: nothing outside the folder named, nothing leaves, the explainer and the app -------
+    # ---- nothing outside the folder named, nothing leaves, the explainer and the app ---------------------------------
     Row("convert foreign hook ../victim", lambda w, t: convert_foreign(w, t), HookpointError, r"Hook '\.\./victim' must be a folder name: .*without '/'"),
     Row("convert foreign hook ../victim from the Hub", lambda w, t: convert_foreign(w, t, from_hub=True), HookpointError, r"Hook '\.\./victim' must be a folder name"),
     Row("save_saes hookpoint ../victim", lambda w, t: save_saes({"../victim": SaeModel(SaeConfig(d_in=24, num_latents=48, k=4))}, w.root / "saes"), HookpointError, r"Hookpoint '\.\./victim' must be a folder name"),
@@ -847,7 +847,7 @@ def test_a_run_resumed_from_an_older_checkpoint_replaces_the_later_ones_and_ends
     assert not list(copy.glob("*.tmp")) and not list(copy.glob(".*old*"))
 
 
-# ---- issue 32: two writers of one folder --------------------------------------------------------------------------
+# ---- two writers of one folder ------------------------------------------------------------------------------------
 
 GATED = """
 import sys, time

@@ -539,7 +539,7 @@ def test_transcoder_exports_refuse_what_the_target_format_cannot_hold(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-# ---- names that become paths (issue 32) -----------------------------------------------------------------------------
+# ---- names that become paths ----------------------------------------------------------------------------------------
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
@@ -596,7 +596,7 @@ def test_a_foreign_hookpoint_that_is_a_path_is_refused_from_a_hub_repo(tmp_path,
         assert snapshot(tmp_path / "world") == before
 
 
-# ---- NaN or inf weights are refused on convert (issue 32) -----------------------------------------------------------
+# ---- NaN or inf weights are refused on convert ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fixture", ["saelens_standard", "sparsify_run/layers.3"])

@@ -596,7 +596,7 @@ def test_a_skip_transcoder_pushes_and_loads_by_its_input_hookpoint_with_its_card
     assert "skip transcoder to `model.layers.2.mlp`" in card
 
 
-# ---- nothing written outside the folder, nothing pushed from outside it (issue 32) ----------------------------------
+# ---- nothing written outside the folder, nothing pushed from outside it ---------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["../victim", "a/b", "a\\b", ".hidden", "..", "", "x" * 256, "README.md", "a\x00"])

@@ -429,7 +429,7 @@ def test_the_fp16_loss_scale_is_checkpointed_and_resumed(tmp_path):
     assert resumed.accelerator.scaler.get_scale() == 1024 * 2**10  # a fresh scaler would end at 1024 * 2**5
 
 
-# ---- finished work is never lost; checkpoints with NaN weights (issue 32) -------------------------------------------
+# ---- finished work is never lost; checkpoints with NaN weights ------------------------------------------------------
 
 
 def short_then_long_documents(root: Path) -> Path:
