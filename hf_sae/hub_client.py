@@ -67,6 +67,7 @@ class HubOptions(NamedTuple):
     token: str | bool | None = None
     cache_dir: str | None = None
     local_files_only: bool = False
+    force_download: bool = False  # fetch again what the cache holds (a corrupt file)
 
     @property
     def offline(self) -> bool:
@@ -81,6 +82,7 @@ class HubOptions(NamedTuple):
                 token=self.token,
                 cache_dir=self.cache_dir,
                 local_files_only=self.offline,
+                force_download=self.force_download,
             )
         )
 
@@ -93,6 +95,7 @@ class HubOptions(NamedTuple):
                 token=self.token,
                 cache_dir=self.cache_dir,
                 local_files_only=self.offline,
+                force_download=self.force_download,
             )
         )
 

@@ -24,6 +24,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from .arguments import SaeArguments
 from .checkpoints import CHECKPOINT_PREFIX
 from .errors import ArgumentError
@@ -86,8 +88,6 @@ def sweep_runs(sae_args: SaeArguments, learning_rate: float) -> list[SweepRun]:
 
 def read_sweep(value) -> list:
     """The entries of `--sweep`: a list already (from a YAML config or Python), a YAML / JSON file, or inline YAML."""
-    import yaml
-
     if value is None or isinstance(value, list):
         return value or []
     text = value if _inline(value) else _read_file(value)

@@ -358,16 +358,19 @@ def test_two_processes_writing_one_cache_cannot_replace_each_other(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_SAE_DEBUG": "1"}
     write = [sys.executable, "-c", WRITER, str(tmp_path / "cache"), str(tmp_path)]
     first = subprocess.Popen([*write, "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "writing-1").exists():
-        assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-2000:]
-        time.sleep(0.02)
-    second = subprocess.run([*write, "2"], env=env, capture_output=True, text=True, timeout=300)
-    assert first.poll() is None and not (tmp_path / "cache").exists()  # both ran at once: the first still writing
-    assert second.returncode == 1 and not (tmp_path / "writing-2").exists()  # refused before harvesting a row
-    assert f"is being written by another process (pid {first.pid} on" in second.stderr
-    (tmp_path / "go").touch()
-    assert first.wait(timeout=120) == 0 and "wrote 1" in first.stdout.read()
+    try:  # the first writer waits for a gate: never leave it waiting if an assertion fails
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "writing-1").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-2000:]
+            time.sleep(0.02)
+        second = subprocess.run([*write, "2"], env=env, capture_output=True, text=True, timeout=300)
+        assert first.poll() is None and not (tmp_path / "cache").exists()  # both ran at once: the first still writing
+        assert second.returncode == 1 and not (tmp_path / "writing-2").exists()  # refused before harvesting a row
+        assert f"is being written by another process (pid {first.pid} on" in second.stderr
+        (tmp_path / "go").touch()
+        assert first.wait(timeout=120) == 0 and "wrote 1" in first.stdout.read()
+    finally:
+        first.kill()
     cache = ActivationCache(tmp_path / "cache")
     assert torch.equal(cache.gather("h", torch.arange(8)), torch.ones(8, 4, dtype=torch.bfloat16))  # the first's
     assert not list(tmp_path.glob(".cache*"))  # no claim or staging folder left behind

@@ -886,19 +886,22 @@ def test_a_second_writer_of_a_folder_is_refused_while_the_first_writes(world, tm
     env.pop("HF_SAE_DEBUG", None)
     first = subprocess.Popen([sys.executable, "-c", GATED, str(tmp_path), gated, *argv], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not (tmp_path / "claimed").exists():
-        assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-2000:]
-        time.sleep(0.05)
-    before = snapshot(folder) if folder.exists() else None
-    second = subprocess.run([sys.executable, "-m", "hf_sae.cli", *argv], env=env, capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
-    assert first.poll() is None  # both ran at once: the first still holds the folder
-    assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-2000:]
-    assert f"{folder} is being written by another process (pid {first.pid} on" in second.stderr
-    assert (snapshot(folder) if folder.exists() else None) == before  # the second changed nothing
-    (tmp_path / "go").touch()
-    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    try:  # the first writer waits for a gate: never leave it waiting if an assertion fails
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "claimed").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-2000:]
+            time.sleep(0.05)
+        before = snapshot(folder) if folder.exists() else None
+        second = subprocess.run([sys.executable, "-m", "hf_sae.cli", *argv], env=env, capture_output=True, text=True,
+                                timeout=300)  # fmt: skip
+        assert first.poll() is None  # both ran at once: the first still holds the folder
+        assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-2000:]
+        assert f"{folder} is being written by another process (pid {first.pid} on" in second.stderr
+        assert (snapshot(folder) if folder.exists() else None) == before  # the second changed nothing
+        (tmp_path / "go").touch()
+        assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    finally:
+        first.kill()
     if command == "cache":
         assert ActivationCache(folder).tokens == 500
     elif command == "train":

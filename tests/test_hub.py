@@ -642,3 +642,16 @@ def test_a_push_refuses_symbolic_links_and_says_which(api, tmp_path):
         link.unlink()
     push_saes_to_hub("alice/leak-features", out, token=ALICE)  # without the links, the same folder goes
     assert f"{LAYERS[0]}/config.json" in api.list_repo_files("alice/leak-features")
+
+
+def test_a_corrupt_cached_download_is_fetched_again_with_force_download(api, hub):
+    sae = make_sae("model.layers.2")
+    sae.push_to_hub("alice/cached", token=ALICE)
+    weights = Path(SaeModel.from_pretrained("alice/cached").name_or_path) / "model.safetensors"
+    blob = weights.resolve()
+    blob.write_bytes(blob.read_bytes()[:-100])  # the cached copy is now truncated
+    with pytest.raises(WeightsError, match=r"truncated.*`force_download=True`"):
+        SaeModel.from_pretrained("alice/cached")
+    hub.requests.clear()
+    assert_same(SaeModel.from_pretrained("alice/cached", force_download=True), sae)
+    assert any(route == "resolve" and method == "GET" for method, route, _ in hub.requests)  # really downloaded
