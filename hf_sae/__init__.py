@@ -45,7 +45,7 @@ from .feature_store import FeatureMetadata, load_features
 from .features import collect_feature_metadata, explain
 from .hookpoints import capture_activations, resolve_hookpoints
 from .hooks import SaeHooks, SaeRecorder
-from .hub import load_saes, push_saes_to_hub, save_saes
+from .hub import load_saes, load_transcoders, push_saes_to_hub, save_saes
 from .model_card import metrics_to_eval_results
 from .modeling_clt import CltModel, CltOutput
 from .modeling_sae import SaeModel, SaeOutput, SaePreTrainedModel
@@ -105,6 +105,7 @@ __all__ = [
     "load_features",
     "load_model",
     "load_saes",
+    "load_transcoders",
     "metrics_to_eval_results",
     "push_saes_to_hub",
     "read_graph_json",

@@ -10,7 +10,10 @@ hf-sae browse --sae DIR --output_dir OUT   write a static HTML feature browser
 hf-sae app --sae DIR_OR_REPO          serve the interactive feature explorer (Gradio); `--write_space DIR` for a Space
 hf-sae push --sae DIR --repo_id ID    upload SAEs, feature metadata and a model card in one commit
 hf-sae pull --repo_id ID              download SAEs (only the hookpoints asked for) into the Hub cache or a folder
-hf-sae convert SRC DST --to FORMAT    convert SAEs from any known format to saelens, sparsify or hf_sae
+hf-sae convert SRC DST --to FORMAT    convert SAEs from any known format to saelens, sparsify or hf_sae, and
+                                      transcoders to circuit_tracer
+hf-sae attribute --prompt TEXT --transcoders DIR_OR_REPO   the attribution graph of one prompt, as circuit-tracer's
+                                      graph JSON (for Neuronpedia's viewer), with its replacement and completeness
 
 Every subcommand parses the same way: flags, or one YAML / JSON file first (its values become the defaults) with
 flags after it overriding. `none` (or `null`) as a flag value, or `null` in the file, sets an optional field to None;
@@ -36,6 +39,7 @@ from transformers import HfArgumentParser
 from . import arguments as A
 from .app import build_app, load_explorer, push_space, write_space
 from .browser import write_browser
+from .circuit_runners import run_attribute
 from .cpu_memory import keep_freed_memory
 from .distribution import local_launch
 from .errors import ArgumentError, HfSaeError
@@ -239,7 +243,19 @@ def convert_command(argv: list[str]) -> int:
     argv = [*(f for name, value in zip(("--src", "--dst"), positionals) for f in (name, value)), *argv]
     (args,) = parse_arguments((A.ConvertArguments,), argv, "hf-sae convert")
     for hookpoint, folder in run_convert(args).items():
-        print(f"{hookpoint}: {args.to} SAE written to {folder}")
+        print(f"{hookpoint}: {args.to} {'folder' if args.to == 'circuit_tracer' else 'SAE'} written to {folder}")
+    return 0
+
+
+def attribute_command(argv: list[str]) -> int:
+    (args,) = parse_arguments((A.AttributeArguments,), argv, "hf-sae attribute")
+    run = run_attribute(args)
+    data = run.graph_json
+    tokens, nodes, links = len(data["metadata"]["prompt_tokens"]), len(data["nodes"]), len(data["links"])
+    print(f"Graph of {tokens} tokens, {nodes:,} nodes and {links:,} links, written to {run.path}")
+    print(f"Replacement score {run.replacement_score:.3f}, completeness score {run.completeness_score:.3f}")
+    # GRAPH PAGE: once hf_sae/graph_page.py exists, write the static page beside the JSON with this line:
+    # print(f"Graph page written to {write_graph_page(data, run.path.with_suffix('.html'))}")
     return 0
 
 
@@ -346,6 +362,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "push": (push_command, "upload SAEs with feature metadata and a model card to the Hub"),
     "pull": (pull_command, "download SAEs from the Hub"),
     "convert": (convert_command, "convert SAEs between hf_sae, SAELens, sparsify and other formats"),
+    "attribute": (attribute_command, "trace one prompt through transcoders: an attribution graph as JSON"),
 }
 
 

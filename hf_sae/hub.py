@@ -4,10 +4,16 @@ commit, loaded by hookpoint from a folder, a Hub repo or a release name, in any 
 The layout (`layout`) is the same on disk and on the Hub, and `save_saes` is its one writer: a training run saves
 through it too. A single SAE (config.json at the top, from `SaeModel.save_pretrained` or `push_to_hub`) loads the
 same way. Where the files are and which to download is `hub_client`'s; building each SAE is `SaeModel`'s.
+
+Transcoders for attribution (`load_transcoders`) come from the same places: hf_sae's per-layer transcoders (one folder
+per `model.layers.{l}.mlp.input`), a saved `CltModel`, or circuit-tracer's `transcoder_set` and
+`cross_layer_transcoder` folders. A folder holding a `CltModel` is pushed whole (`clt_hub`).
 """
 
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -18,8 +24,27 @@ import torch
 from huggingface_hub import CommitInfo, ModelCard
 from safetensors import SafetensorError
 
-from .errors import ArgumentError, HfSaeError, SaeConfigError, SaeNotFoundError, WriteError
-from .hub_client import HubOptions, check_sae_folder, locate_saes, network_errors, push_folder
+from .clt_hub import holds_clt, push_clt_folder
+from .configuration_clt import CltConfig
+from .configuration_sae import SaeConfig
+from .errors import (
+    ArgumentError,
+    HfSaeError,
+    SaeConfigError,
+    SaeNotFoundError,
+    WriteError,
+)
+from .formats.circuit_tracer import CONFIG_YAML, read_cross_layer_transcoder, read_kind, read_transcoder_set
+from .hookpoints import INPUT_SUFFIX
+from .hub_client import (
+    HubOptions,
+    check_sae_folder,
+    hub_errors,
+    locate_saes,
+    network_errors,
+    push_folder,
+    repo_files,
+)
 from .layout import (
     CONFIG,
     FEATURES,
@@ -27,14 +52,21 @@ from .layout import (
     README,
     find_sae_folders,
     hookpoint_folder,
+    read_json,
     refuse_if_no_space,
     write_failure,
     write_json,
     write_text,
 )
 from .model_card import CARD_ARGUMENTS, card_data, render_card
-from .modeling_sae import SaeModel, SaesLike, saes_by_hookpoint
+from .modeling_clt import CltModel
+from .modeling_sae import SaeModel, SaesLike, refuse_non_finite, saes_by_hookpoint
 from .precision import as_torch_dtype
+from .sources import local_path
+
+# hf_sae's name of the MLP input of layer l, which a per-layer transcoder of that layer reads
+LAYER_MLP_INPUT = re.compile(rf"model\.layers\.(\d+)\.mlp{re.escape(INPUT_SUFFIX)}")
+CROSS_LAYER_KINDS = ("clt", "cross_layer_transcoder")  # hf_sae's saved CltModel, circuit-tracer's folder
 
 
 def save_saes(
@@ -171,7 +203,8 @@ def push_saes_to_hub(
             )
     if unknown := set(card_and_save_kwargs) - set(CARD_ARGUMENTS):
         raise TypeError(f"{sorted(unknown)} apply when pushing SAEs, not a folder: save them with `save_saes` first.")
-    return push_folder(repo_id, Path(saes_or_dir), private=private, token=token, revision=revision,
+    push = push_clt_folder if holds_clt(Path(saes_or_dir)) else push_folder
+    return push(repo_id, Path(saes_or_dir), private=private, token=token, revision=revision,
                        commit_message=commit_message, commit_description=commit_description, create_pr=create_pr,
                        model_card=model_card, **card_and_save_kwargs)  # fmt: skip
 
@@ -227,10 +260,150 @@ def load_saes(
             "`hookpoints=['model.layers.6']`."
         )
     options = HubOptions(revision, token, cache_dir, local_files_only)
-    with network_errors(f"Loading SAEs from {str(repo_or_dir)!r}"):
-        located = locate_saes(repo_or_dir, wanted, options, width=width, l0=l0)
     dtype = as_torch_dtype(dtype)
+    with network_errors(f"Loading SAEs from {str(repo_or_dir)!r}"):
+        try:
+            located = locate_saes(repo_or_dir, wanted, options, width=width, l0=l0)
+        except (SaeNotFoundError, SaeConfigError):
+            if (saes := _saes_of_circuit_tracer(repo_or_dir, wanted, options)) is None:
+                raise
+            return {h: sae.to(device=device, dtype=dtype) for h, sae in saes.items()}
     return {h: SaeModel.from_located(where).to(device=device, dtype=dtype) for h, where in located.items()}
+
+
+def load_transcoders(
+    source: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> dict[int, SaeModel] | CltModel:
+    r"""
+    Load the transcoders that replace a model's MLPs for attribution, from a local folder or a Hub repo.
+
+    `source` holds hf_sae's per-layer transcoders (one folder per `model.layers.{l}.mlp.input` hookpoint, as
+    `hf-sae train --transcode` saves them), a saved [`CltModel`], or a circuit-tracer folder (`config.yaml` with
+    `model_kind: transcoder_set` or `cross_layer_transcoder`, as `hf-sae convert --to circuit_tracer` writes it).
+
+    Args:
+        source (`str` or `os.PathLike`): a local folder, or a Hub repo id.
+        revision, token, cache_dir, local_files_only: as for [`load_saes`].
+        device, dtype: where and in which dtype to put the transcoders.
+
+    Returns:
+        `dict[int, SaeModel]` (per-layer transcoders by layer) or a `CltModel`, as `hf_sae.attribute` takes them.
+
+    Example:
+
+    ```python
+    >>> transcoders = load_transcoders("me/smollm2-transcoders")
+    >>> graph = attribute(lm, tokenizer, transcoders, "The capital of France is")
+    ```
+    """
+    options = HubOptions(revision, token, cache_dir, local_files_only)
+    with network_errors(f"Loading transcoders from {str(source)!r}"):
+        kind, where = _transcoders_at(source, options)
+    dtype = as_torch_dtype(dtype)
+    if kind == "saes":
+        try:
+            saes = load_saes(source, revision=revision, token=token, device=device, dtype=dtype, cache_dir=cache_dir,
+                             local_files_only=local_files_only)  # fmt: skip
+        except SaeNotFoundError as error:
+            raise SaeNotFoundError(
+                f"{error} Transcoders may also be a saved CltModel (config.json of model_type "
+                f"{CltConfig.model_type!r}) or a circuit-tracer folder ({CONFIG_YAML} beside layer_0.safetensors or "
+                "W_enc_0.safetensors)."
+            ) from None
+        return transcoders_by_layer(saes, str(source))
+    if kind == "transcoder_set":
+        return {layer: _sae_from(config, tensors, where).to(device=device, dtype=dtype)
+                for layer, (config, tensors) in read_transcoder_set(where).items()}  # fmt: skip
+    if kind == "clt":
+        clt = CltModel.from_pretrained(where, revision=revision, token=token, cache_dir=cache_dir,
+                                       local_files_only=local_files_only)  # fmt: skip
+    else:
+        clt = CltModel.from_tensors(*read_cross_layer_transcoder(where), name_or_path=str(where))
+    return clt.to(device=device, dtype=dtype)
+
+
+def transcoders_by_layer(saes: Mapping[str, SaeModel], source: str) -> dict[int, SaeModel]:
+    """Per-layer transcoders keyed by the layer whose MLP input each reads (`model.layers.{l}.mlp.input`)."""
+    by_layer, others = {}, []
+    for hookpoint, sae in saes.items():
+        match = LAYER_MLP_INPUT.fullmatch(sae.config.hookpoint or hookpoint)
+        if match is None or not sae.config.is_transcoder:
+            others.append(sae.config.hookpoint or hookpoint)
+        else:
+            by_layer[int(match[1])] = sae
+    if others or not by_layer:
+        raise SaeConfigError(
+            f"{source} holds SAEs that are not MLP transcoders ({others or 'none at all'}): attribution needs one "
+            "transcoder per layer reading `model.layers.{l}.mlp.input` and predicting `model.layers.{l}.mlp` (train "
+            "them with `hf-sae train --transcode`), a cross-layer transcoder, or a circuit-tracer folder."
+        )
+    return dict(sorted(by_layer.items()))
+
+
+def _transcoders_at(source, options: HubOptions) -> tuple[str, Path | str]:
+    """`(kind, where)`: `clt` (a saved `CltModel`), circuit-tracer's `transcoder_set` or `cross_layer_transcoder` (a
+    local folder, downloaded whole from the Hub), or `saes` (per-layer SAE folders, which `load_saes` reads)."""
+    root = local_path(source, "The transcoders folder", SaeNotFoundError)
+    if root is not None:
+        if not root.is_dir():
+            raise SaeNotFoundError(f"The transcoders must be a folder or a Hub repo id; {root} is a file.")
+        if (root / CONFIG).is_file() and read_json(root / CONFIG).get("model_type") == CltConfig.model_type:
+            return "clt", root
+        return (read_kind(root), root) if (root / CONFIG_YAML).is_file() else ("saes", root)
+    repo_id = str(source)
+    with hub_errors(repo_id, options.revision, options.token):
+        top = {name for name in repo_files(repo_id, options) if "/" not in name}
+        if CONFIG_YAML in top:  # circuit-tracer's folder: config.yaml and the weights beside it
+            wanted = [glob.escape(name) for name in top if name == CONFIG_YAML or name.endswith(".safetensors")]
+            root = options.download(repo_id, wanted)
+            return read_kind(root), root
+        if (
+            CONFIG in top
+            and read_json(options.download_file(repo_id, CONFIG)).get("model_type") == CltConfig.model_type
+        ):
+            return "clt", repo_id
+    return "saes", repo_id
+
+
+def _saes_of_circuit_tracer(source, wanted: list[str] | None, options: HubOptions) -> dict[str, SaeModel] | None:
+    """The per-layer transcoders of a circuit-tracer `transcoder_set` at `source`, by hookpoint; None where `source`
+    is no transcoder folder. A cross-layer transcoder is refused: it is one model over every layer."""
+    try:
+        kind, where = _transcoders_at(source, options)
+    except HfSaeError:
+        return None  # the error about SAEs stands
+    if kind in CROSS_LAYER_KINDS:
+        raise SaeNotFoundError(
+            f"{source} holds a cross-layer transcoder, one model over every layer rather than SAEs by hookpoint. Load "
+            f"it with `hf_sae.load_transcoders({str(source)!r})` (or `CltModel.from_pretrained`)."
+        )
+    if kind != "transcoder_set":
+        return None
+    saes = {
+        config.hookpoint: _sae_from(config, tensors, where) for config, tensors in read_transcoder_set(where).values()
+    }
+    if wanted is not None and (missing := [h for h in wanted if h not in saes]):
+        raise SaeNotFoundError(
+            f"{source} has no transcoder for hookpoint(s) {missing}. It has: {', '.join(saes)}. Pass some of those."
+        )
+    return {h: saes[h] for h in wanted} if wanted is not None else saes
+
+
+def _sae_from(config: SaeConfig, tensors: dict[str, torch.Tensor], folder: Path) -> SaeModel:
+    """An SAE holding exactly `tensors` (as a format reader returns them); no initialisation runs."""
+    refuse_non_finite(tensors, folder)
+    with torch.device("meta"):
+        sae = SaeModel(config)
+    sae.load_state_dict({k: v.contiguous() for k, v in tensors.items()}, strict=True, assign=True)
+    sae.config._name_or_path = sae.name_or_path = str(folder)
+    return sae.eval()
 
 
 # ---- saving ---------------------------------------------------------------------------------------------------------

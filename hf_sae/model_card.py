@@ -10,12 +10,15 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .configuration_clt import CltConfig
 from .configuration_sae import SaeConfig
 from .errors import SaeNotFoundError
-from .layout import METRIC_NAMES, METRICS, PER_SOURCE, RUN_KEYS, TRAIN_TOKENS, read_json
+from .layout import FEATURES, METRIC_NAMES, METRICS, PER_SOURCE, RUN_KEYS, TRAIN_TOKENS, read_json
 
 CARD_TEMPLATE = "sae_card.md.j2"
+CLT_CARD_TEMPLATE = "clt_card.md.j2"
 CARD_TAGS = ["sparse-autoencoder", "interpretability", "hf_sae"]
+CLT_TAGS = ["cross-layer-transcoder", "transcoder", "circuit-tracing", "interpretability", "hf_sae"]
 CARD_ARGUMENTS = ("datasets", "license", "tags")  # the card metadata a push takes
 
 
@@ -69,10 +72,10 @@ def card_data(readme: Path) -> dict:
     return ModelCard.load(readme, ignore_metadata_errors=True).data.to_dict() if readme.is_file() else {}
 
 
-def _card_template() -> str:
+def _card_template(name: str = CARD_TEMPLATE) -> str:
     candidates = [
-        resources.files("hf_sae") / "model_cards" / CARD_TEMPLATE,  # an installed package
-        Path(__file__).resolve().parent.parent / "model_cards" / CARD_TEMPLATE,  # a source checkout
+        resources.files("hf_sae") / "model_cards" / name,  # an installed package
+        Path(__file__).resolve().parent.parent / "model_cards" / name,  # a source checkout
     ]
     for candidate in candidates:
         if candidate.is_file():
@@ -80,6 +83,34 @@ def _card_template() -> str:
     raise SaeNotFoundError(
         f"The model card template is missing (looked in {', '.join(map(str, candidates))}). Reinstall."
     )
+
+
+def hub_base_model(name: str | None) -> str | None:
+    """`name` where it is a Hub id (not a local folder), for the card's `base_model`."""
+    return name if name and re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not os.path.exists(name) else None
+
+
+def render_clt_card(folder: Path, repo_id: str, base: Mapping, *, datasets=None, license=None, tags=None) -> ModelCard:
+    """The card of the cross-layer transcoder saved in `folder`: what it is, its shape, and how to trace with it;
+    other metadata of `base` (a card's data) is kept."""
+    config = CltConfig.from_pretrained(folder)
+    base_model = hub_base_model(config.base_model_name_or_path)
+    data = ModelCardData(
+        **{k: v for k, v in base.items() if k not in ("model-index", "eval_results")}
+        | {
+            "library_name": "hf_sae",
+            "base_model": base_model,
+            "base_model_relation": "adapter" if base_model else None,
+            "tags": list(dict.fromkeys([*CLT_TAGS, config.architecture, *(base.get("tags") or []), *(tags or [])])),
+            "datasets": datasets if datasets is not None else base.get("datasets"),
+            "license": license or base.get("license"),
+        }
+    )
+    features = Path(folder) / FEATURES
+    feature_layers = sorted(p.name for p in features.iterdir() if p.is_dir()) if features.is_dir() else []
+    template = _card_template(CLT_CARD_TEMPLATE)
+    return ModelCard.from_template(data, template_str=template, model_name=repo_id.split("/")[-1], repo_id=repo_id,
+                                   config=config, base_model=base_model, feature_layers=feature_layers)  # fmt: skip
 
 
 def read_data_sources(folder: Path) -> tuple[list, list[str]]:
@@ -113,7 +144,7 @@ def render_card(
     metrics = {h: read_metrics(folder) for h, folder in folders.items()}
     base_models = sorted({c.base_model_name_or_path for c in configs.values() if c.base_model_name_or_path})
     architectures = sorted({c.architecture for c in configs.values()})
-    on_hub = [m for m in base_models if re.fullmatch(r"[\w.-]+/[\w.-]+", m) and not os.path.exists(m)]
+    on_hub = [m for m in base_models if hub_base_model(m)]
     data = ModelCardData(
         **{k: v for k, v in base.items() if k not in ("model-index", "eval_results")}
         | {

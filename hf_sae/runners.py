@@ -52,6 +52,7 @@ from .arguments import (
 )
 from .autointerp import ExplainSettings, explain_features, load_chat, require_contexts, shuffled_control
 from .checkpoints import check_output_dir
+from .circuit_runners import convert_transcoders
 from .convert import export_sae, sparsify_folder_name
 from .cpu_memory import keep_freed_memory
 from .data import (
@@ -476,6 +477,8 @@ def run_convert(args: ConvertArguments) -> dict[str, Path]:
     >>> run_convert(ConvertArguments(src="release-or-folder", dst="out", to="saelens"))
     ```
     """
+    if args.to == "circuit_tracer":  # a whole transcoder set or cross-layer transcoder, not SAEs one by one
+        return convert_transcoders(args)
     dst = Path(args.dst)
     if dst.exists() and any(dst.iterdir()) and not args.overwrite:
         raise ArgumentError(f"{dst} exists and is not empty. Choose another destination, or pass --overwrite.")

@@ -4,12 +4,14 @@ that parses it; choices are `Literal`s, so `--help` lists them and a typo fails 
 checks its values once, as it is built (`fields.Checked`), before any expensive work.
 
     train      the groups of `hf-sae train` (SAEs, LM, text, trainer); cache, eval and features share LM and text
-    commands   one group per other command (cache, eval, features, browse, app, explain, push, pull, convert, ...)
+    commands   one group per other command (cache, eval, features, browse, app, explain, push, pull, convert,
+               attribute, ...)
 """
 
 from ..fields import group_arguments, settings_of
 from .commands import (
     AppArguments,
+    AttributeArguments,
     BrowseArguments,
     CacheArguments,
     ConvertArguments,
@@ -37,6 +39,7 @@ __all__ = [
     "TRAIN_GROUPS",
     "ActivationArguments",
     "AppArguments",
+    "AttributeArguments",
     "BrowseArguments",
     "CacheArguments",
     "ConvertArguments",

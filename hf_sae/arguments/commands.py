@@ -3,16 +3,17 @@
 CacheArguments       cache          EvaluationArguments   eval           FeatureArguments   features
 BrowseArguments      browse         AppArguments          app            ExplainArguments   explain
 PushArguments        push           PullArguments         pull           ConvertArguments   convert
-CorpusArguments      prepare-corpus
+CorpusArguments      prepare-corpus AttributeArguments    attribute
 """
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from ..errors import ArgumentError, SaeNotFoundError
 from ..fields import Checked, flag, require, require_distinct, require_folder
-from ..layout import EVAL_REPORT, FEATURES
+from ..layout import EVAL_REPORT, FEATURES, folder_name
 from ..precision import CacheDtype
 from ..sources import local_path
 
@@ -205,7 +206,9 @@ class ConvertArguments(Checked):
 
     src: str = flag("SAEs in any known format: a folder, a Hub repo, or a release name (`gemma-scope-2b-pt-res`).")
     dst: str = flag("The output folder: one SAE goes there, several go to one subfolder per hookpoint.")
-    to: Literal["saelens", "sparsify", "hf_sae"] = flag("The format to write.", "hf_sae")
+    to: Literal["saelens", "sparsify", "hf_sae", "circuit_tracer"] = flag(
+        "The format to write; circuit_tracer takes a whole transcoder set or a cross-layer transcoder.", "hf_sae"
+    )
     hookpoints: list[str] | None = flag("Only these hookpoints of SRC (default: all).", None)
     width: int | None = flag("Which width, where SRC has several per hookpoint (Gemma Scope).", None)
     l0: float | None = flag("Which L0, where SRC has several per hookpoint (Gemma Scope).", None)
@@ -217,6 +220,55 @@ class ConvertArguments(Checked):
         check_sae_source(self.src, "src")
         require_distinct("hookpoints", self.hookpoints)
         require_folder("dst", self.dst)
+        if self.to == "circuit_tracer":
+            chosen = [f"--{name}" for name in ("hookpoints", "width", "l0") if getattr(self, name) is not None]
+            if chosen:
+                raise ArgumentError(
+                    f"{' and '.join(chosen)} choose SAEs, but --to circuit_tracer writes the whole transcoder set or "
+                    "cross-layer transcoder (circuit-tracer replaces every MLP). Drop them."
+                )
+
+
+@dataclass
+class AttributeArguments(Checked):
+    """What `hf-sae attribute` traces, through which transcoders, and where the graph goes."""
+
+    prompt: str = flag("The text whose next-token prediction is traced (tokenized with the model's special tokens).")
+    transcoders: str = flag(
+        "A local folder or Hub repo id: per-layer transcoders trained by hf_sae (one folder per "
+        "`model.layers.{l}.mlp.input`), a saved cross-layer transcoder, or a circuit-tracer transcoder folder."
+    )
+    model: str | None = flag(
+        "The LM: a Hub id, a local directory, or the built-in `smollm2-135m-instruct` (the default).", None
+    )
+    output_dir: str = flag("Where <slug>.json and graph-metadata.json go (circuit-tracer's graph files).", "graphs")
+    slug: str | None = flag("The graph's name and file name (default: made from the prompt).", None)
+    max_feature_nodes: int | None = flag("At most this many feature nodes, the most influential (none: all).", 8192)
+    node_threshold: float = flag("Share of the nodes' influence on the logits that pruning keeps.", 0.8)
+    edge_threshold: float = flag("Share of the edges' influence on the logits that pruning keeps.", 0.98)
+    top_logits: int = flag("At most this many next tokens are traced, the most probable.", 10)
+    logit_probability: float = flag("Trace next tokens until they hold this much probability.", 0.95)
+    batch_size: int = flag("Targets per backward pass (the prompt is repeated this many times).", 64)
+    revision: str | None = flag("Branch, tag or commit of a Hub repo of transcoders.", None)
+    device: str | None = flag("Where the LM runs, e.g. cpu or cuda:1 (default: the GPU where there is one).", None)
+
+    def check(self) -> None:
+        require(bool(self.prompt.strip()), "prompt", self.prompt, "a text with at least one word")
+        for name in ("node_threshold", "edge_threshold", "logit_probability"):
+            value = getattr(self, name)
+            require(0 <= value <= 1, name, value, "a share in [0, 1] (e.g. 0.8 keeps 80% of the influence)")
+        for name in ("top_logits", "batch_size"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "a positive integer")
+        nodes = self.max_feature_nodes
+        require(nodes is None or nodes >= 0, "max_feature_nodes", nodes, "an integer >= 0, or none for all")
+        require_folder("output_dir", self.output_dir)
+        local_path(self.transcoders, "--transcoders", SaeNotFoundError)  # a typo'd path is never a Hub id
+        folder_name(self.graph_slug, "--slug", "Pass --slug as a plain file name, e.g. capital-of-france.")
+
+    @property
+    def graph_slug(self) -> str:
+        """`slug`, or the prompt's first words in lower case joined by hyphens."""
+        return self.slug or re.sub(r"[^a-z0-9]+", "-", self.prompt.lower()).strip("-")[:48].strip("-") or "graph"
 
 
 @dataclass

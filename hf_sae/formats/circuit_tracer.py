@@ -7,6 +7,7 @@ cross-layer transcoder a JumpReLU with θ = 0, the same function. The MLP input 
 `model.layers.{l}.mlp.input` and `model.layers.{l}.mlp`.
 """
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -21,6 +22,26 @@ from .tensors import load_safetensors, take
 
 CONFIG_YAML = "config.yaml"
 KINDS = ("transcoder_set", "cross_layer_transcoder")
+# the first weights file of each kind, beside config.yaml
+FIRST_FILES = {"transcoder_set": "layer_0.safetensors", "cross_layer_transcoder": "W_enc_0.safetensors"}
+
+
+def circuit_tracer_kind(files: Iterable[str]) -> str | None:
+    """`transcoder_set` or `cross_layer_transcoder` when `files` (names at a folder's top) hold config.yaml and that
+    kind's first weights file; None otherwise. config.yaml's `model_kind` is checked when the folder is read."""
+    files = set(files)
+    return next((kind for kind, first in FIRST_FILES.items() if {CONFIG_YAML, first} <= files), None)
+
+
+def read_kind(folder: Path) -> str:
+    """The `model_kind` config.yaml names, checked against the weights files beside it."""
+    kind = read_config_yaml(folder)["model_kind"]
+    if not (folder / FIRST_FILES[kind]).is_file():
+        raise FileFormatError(
+            f"{folder / CONFIG_YAML} names model_kind {kind!r}, but {folder} lacks {FIRST_FILES[kind]}: "
+            "circuit-tracer keeps the weights beside config.yaml. Download or export the folder again."
+        )
+    return kind
 
 
 def read_config_yaml(folder: Path) -> dict:
