@@ -1,0 +1,132 @@
+"""Testing an attribution graph on the real model: its feature nodes switched off or scaled through `SaeHooks`, each
+per-layer transcoder spliced at its MLP with its error kept, and the top logits the model then predicts beside those
+it predicted untouched.
+
+A node is named by its graph id, `{layer}_{feature}_{pos}`; `"12_345_3"` switches it off, `"12_345_3:2"` clamps it at
+twice the activation the graph recorded, at its position only. The prompt's token ids are read back from the graph's
+embedding nodes (`E_{token}_{pos}`), so a graph written by `write_graph_json` or circuit-tracer is all it takes.
+Cross-layer transcoders write into every later layer, which `SaeHooks` does not splice: they are refused.
+"""
+
+import threading
+from collections.abc import Mapping
+from contextlib import ExitStack
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .errors import ArgumentError
+from .hooks import SaeHooks
+from .modeling_sae import SaeModel
+
+FEATURE_TYPE = "cross layer transcoder"  # circuit-tracer's name for every transcoder feature node
+MAX_SCALE = 1e3  # far beyond any useful clamp, yet no overflow even in float16
+
+
+class NodeEdit(NamedTuple):
+    layer: int
+    position: int
+    feature: int
+    value: float  # what the feature is clamped at: the graph's activation times the scale
+
+
+class LogitRow(NamedTuple):
+    token_id: int
+    token: str
+    logit: float  # after the edits
+    probability: float
+    base_logit: float  # the same token's logit without them
+    base_probability: float
+
+
+def prompt_ids(graph: Mapping) -> list[int]:
+    """The prompt's token ids, from the graph's embedding nodes (`E_{token}_{pos}`), one per position."""
+    found = {}
+    for node in graph.get("nodes", []):
+        if node.get("feature_type") == "embedding":
+            parts = str(node.get("node_id")).split("_")
+            if len(parts) == 3 and parts[1].isdigit():
+                found[node.get("ctx_idx")] = int(parts[1])
+    if not found or sorted(found) != list(range(len(found))):
+        raise ArgumentError(
+            f"Expected the graph to hold an embedding node `E_{{token}}_{{pos}}` at every position, as graph JSON "
+            f"written by `write_graph_json` or circuit-tracer does; found positions {sorted(found)}."
+        )
+    return [found[pos] for pos in range(len(found))]
+
+
+class GraphInterventions:
+    r"""
+    Feature nodes of attribution graphs switched off or scaled in `model`, through `SaeHooks` over a transcoder per
+    layer (`{layer: SaeModel}` reading `model.layers.{layer}.mlp.input` and writing `model.layers.{layer}.mlp`).
+    One forward runs at a time: the app serves every user with one model.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, transcoders: Mapping[int, SaeModel]):
+        if not isinstance(transcoders, Mapping) or not all(
+            isinstance(t, SaeModel) and t.config.is_transcoder for t in transcoders.values()
+        ):
+            raise ArgumentError(
+                "Expected a transcoder per layer, `{layer: SaeModel}` with `output_hookpoint` set; got "
+                f"{type(transcoders).__name__}. Cross-layer transcoders are not spliced by `SaeHooks`: intervene with "
+                "a per-layer transcoder set."
+            )
+        self.model, self.tokenizer = model, tokenizer
+        self.layers = {int(layer) for layer in transcoders}
+        self.hooks = SaeHooks(model, {f"layer{layer}": sae for layer, sae in transcoders.items()})
+        self._lock = threading.Lock()
+
+    def parse(self, graph: Mapping, spec: str) -> list[NodeEdit]:
+        """`"node_id[:scale], ..."` -> the edits; a node alone is switched off (scale 0)."""
+        features = {n.get("node_id"): n for n in graph.get("nodes", []) if n.get("feature_type") == FEATURE_TYPE}
+        others = {n.get("node_id") for n in graph.get("nodes", [])}
+        edits = []
+        for part in filter(None, (p.strip() for p in (spec or "").split(","))):
+            node_id, _, scale_text = part.partition(":")
+            node = features.get(node_id.strip())
+            if node is None:
+                raise ArgumentError(
+                    f"Expected feature nodes of the graph as `layer_feature_pos[:scale]`; {node_id.strip()!r} is "
+                    f"{'not a feature node' if node_id.strip() in others else 'no node'} of it. Hover over a circle "
+                    "in the graph to see its id."
+                )
+            try:
+                scale = float(scale_text) if scale_text.strip() else 0.0
+            except ValueError:
+                raise ArgumentError(f"Expected a number after `{node_id.strip()}:`; got {scale_text!r}.") from None
+            if not abs(scale) <= MAX_SCALE:  # NaN fails this too
+                raise ArgumentError(f"A scale is a number from {-MAX_SCALE:g} to {MAX_SCALE:g}; got {scale_text}.")
+            layer = int(node["layer"])
+            if layer not in self.layers:
+                raise ArgumentError(f"Node {node['node_id']} is at layer {layer}, which has no transcoder here; "
+                                    f"the layers with one: {sorted(self.layers)}.")  # fmt: skip
+            feature = int(str(node["node_id"]).split("_")[1])  # the JSON's `feature` is circuit-tracer's paired index
+            edits.append(NodeEdit(layer, int(node["ctx_idx"]), feature, scale * float(node.get("activation") or 0.0)))
+        if not edits:
+            raise ArgumentError("Name at least one feature node, e.g. `1_7_3` (switched off) or `1_7_3:2` (doubled).")
+        return edits
+
+    @torch.no_grad()
+    def last_logits(self, input_ids: list[int], edits: list[NodeEdit] = ()) -> torch.Tensor:
+        """`(vocab,)`: the logits at the last position, with each transcoder spliced (its error kept) and `edits`."""
+        ids = torch.tensor([input_ids], device=self.model.device)
+        with self._lock, ExitStack() as stack:
+            stack.enter_context(self.hooks.splice(error_term=True))
+            for edit in edits:  # each clamped at its own position, in its own layer
+                name, values = f"layer{edit.layer}", {edit.feature: edit.value}
+                stack.enter_context(self.hooks.steer(values, mode="clamp", hookpoint=name, positions=[edit.position]))
+            return self.model(input_ids=ids).logits[0, -1].float()
+
+    def top_logits(self, graph: Mapping, spec: str, top: int = 10) -> list[LogitRow]:
+        """The `top` most probable next tokens with the nodes of `spec` edited, each beside its logit without."""
+        edits = self.parse(graph, spec)
+        input_ids = prompt_ids(graph)
+        base, edited = self.last_logits(input_ids), self.last_logits(input_ids, edits)
+        base_p, edited_p = base.softmax(-1), edited.softmax(-1)
+        rows = []
+        for token_id in edited_p.topk(min(top, len(edited_p))).indices.tolist():
+            token = self.tokenizer.decode([token_id]) if self.tokenizer is not None else str(token_id)
+            rows.append(LogitRow(token_id, token, float(edited[token_id]), float(edited_p[token_id]),
+                                 float(base[token_id]), float(base_p[token_id])))  # fmt: skip
+        return rows
