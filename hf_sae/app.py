@@ -8,6 +8,8 @@ Three tabs over one SAE, its feature metadata and its LM:
     Prompt     a text's tokens, each with its most active features and their labels (`features.explain`)
     Steer      features clamped or added at chosen strengths (`SaeHooks.steer`), the greedy continuation beside the
                unsteered one
+    Graph      an attribution graph from its JSON (`graph_page`), and with the LM's transcoders its feature nodes
+               switched off or scaled (`graph_interventions`), the new top logits beside the graph's prediction
 
 `write_space` writes the same app as a Hub Space folder (app.py, requirements.txt, README.md with `sdk: gradio`);
 `push_space` (`hf-sae push --space SPACE_ID`) uploads it.
@@ -30,10 +32,13 @@ import torch
 from torch import nn
 
 from .arguments import LanguageModelArguments
+from .attribution import read_graph_json
 from .autointerp import explanations_of
 from .errors import ArgumentError, FeatureMetadataError, HfSaeError
 from .feature_store import FeatureMetadata
 from .features import explain, hookpoint_of, show_token
+from .graph_interventions import GraphInterventions
+from .graph_page import edited_logits_html, graph_head, graph_svg
 from .hooks import SaeHooks
 from .hub_client import push_errors
 from .layout import probe_writable
@@ -273,8 +278,94 @@ def _whole(value, low: int, high: int, what: str) -> int:
     return int(value)
 
 
-def build_app(explorer: Explorer, title: str | None = None):
-    """The Gradio Blocks app over `explorer`; `.launch()` it, or let a Space run it."""
+class GraphExplorer:
+    """The graph tab: attribution graphs read from their JSON and, given the LM's per-layer transcoders
+    (`GraphInterventions`), their feature nodes switched off or scaled."""
+
+    def __init__(self, interventions: GraphInterventions | None = None, path: str | os.PathLike | None = None):
+        self.interventions, self.path = interventions, str(path or "")
+
+    def load(self, path: str) -> tuple[dict, str]:
+        """(the graph, its view) from a graph JSON file, as `write_graph_json` or circuit-tracer writes it."""
+        path = Path((path or "").strip())
+        if not path.is_file():
+            raise ArgumentError(f"Expected the path of a graph JSON file (`hf-sae attribute` writes them); got "
+                                f"{str(path)!r}, which is no file.")  # fmt: skip
+        graph = read_graph_json(path)
+        return graph, graph_svg(graph)
+
+    def intervene(self, graph: dict | None, spec: str, top: int = 10) -> str:
+        """The `top` next tokens with the nodes of `spec` edited beside the graph's own prediction, as HTML."""
+        if not graph:
+            raise ArgumentError("Load a graph first: type its JSON file's path and press Load.")
+        if self.interventions is None:
+            raise ArgumentError("Editing nodes needs the graph's LM and its per-layer transcoders; this app has none.")
+        rows = self.interventions.top_logits(graph, spec, _whole(top, 1, MAX_TOP, "Logits shown"))
+        return edited_logits_html(graph, rows)
+
+
+def _graph_tab(gr, graphs: GraphExplorer, safely) -> None:
+    """The Graph tab's components and events, inside the app's Blocks."""
+    with gr.Tab("Graph"):
+        with gr.Row():
+            path = gr.Textbox(label="Graph JSON file", value=graphs.path, elem_id="graph-path", scale=4)
+            load = gr.Button("Load", elem_id="graph-load", scale=1)
+        graph = gr.State(None)
+        view = gr.HTML(head=graph_head(), elem_id="graph-html")
+        spec = gr.Textbox(label="Feature nodes: layer_feature_pos[:scale], ... (a node alone is switched off)",
+                          elem_id="graph-nodes")  # fmt: skip
+        run = gr.Button("Run the model with these edits", elem_id="graph-go")
+        logits = gr.HTML(elem_id="graph-logits-html")
+        load.click(safely(graphs.load), path, [graph, view])
+        path.submit(safely(graphs.load), path, [graph, view])
+        run.click(safely(graphs.intervene), [graph, spec], logits)
+
+
+def _explorer_tabs(gr, explorer: Explorer, safely) -> None:
+    """The Features, Prompt and Steer tabs' components and events, inside the app's Blocks."""
+    limit = f" (at most {explorer.context:,} tokens: the model's context)" if explorer.context else ""
+    with gr.Tab("Features"):
+        with gr.Row():
+            query = gr.Textbox(label="Search labels, tokens or #id", elem_id="search")
+            sort = gr.Dropdown(list(SORTS), value="feature id", label="Sort by", elem_id="sort")
+        table = gr.Dataframe(explorer.feature_list(), interactive=False, elem_id="feature-list", max_height=320)
+        index = gr.Number(value=0, precision=0, label="Feature", elem_id="feature-index")
+        page = gr.HTML(explorer.feature_page(0), elem_id="feature-html")
+        query.change(explorer.feature_list, [query, sort], table)
+        sort.change(explorer.feature_list, [query, sort], table)
+        index.change(explorer.feature_page, index, page)
+
+        def pick(frame, event: gr.SelectData):
+            row = event.index[0] if isinstance(event.index, list | tuple) else event.index
+            return int(frame.iloc[row]["feature"])
+
+        table.select(pick, table, index)
+    with gr.Tab("Prompt"):
+        text = gr.Textbox(label=f"Text{limit}", elem_id="prompt-text", value="The Eiffel Tower is in Paris.")
+        top = gr.Slider(1, MAX_TOP, value=5, step=1, label="Features per token")
+        go = gr.Button("Show features", elem_id="prompt-go")
+        found = gr.HTML(elem_id="prompt-html")
+        go.click(safely(explorer.prompt_features), [text, top], found)
+        text.submit(safely(explorer.prompt_features), [text, top], found)
+    with gr.Tab("Steer"):
+        prompt = gr.Textbox(label=f"Prompt{limit}, new tokens included", value="The weather today is",
+                            elem_id="steer-prompt")  # fmt: skip
+        spec = gr.Textbox(
+            label="Features: id:strength, ... (an id alone: twice its robust peak)", elem_id="steer-features"
+        )
+        with gr.Row():
+            mode = gr.Radio(["clamp", "add"], value="clamp", label="Mode")
+            length = gr.Slider(1, MAX_NEW_TOKENS, value=30, step=1, label="New tokens")
+        run = gr.Button("Generate", elem_id="steer-go")
+        with gr.Row():
+            plain = gr.Textbox(label="Unsteered", elem_id="steer-plain", interactive=False)
+            steered = gr.Textbox(label="Steered", elem_id="steer-steered", interactive=False)
+        run.click(safely(explorer.steer), [prompt, spec, mode, length], [plain, steered])
+
+
+def build_app(explorer: Explorer | None, title: str | None = None, *, graphs: GraphExplorer | None = None):
+    """The Gradio Blocks app over `explorer` (an SAE's features) and `graphs` (attribution graphs), either or both;
+    `.launch()` it, or let a Space run it."""
     gr = _require_gradio()
 
     def safely(function):  # a bad input shows as an error in the page, and not as a traceback in the server's log
@@ -287,47 +378,16 @@ def build_app(explorer: Explorer, title: str | None = None):
 
         return run
 
-    title = title or f"{explorer.hookpoint} features"
-    limit = f" (at most {explorer.context:,} tokens: the model's context)" if explorer.context else ""
+    if explorer is None and graphs is None:
+        raise ArgumentError("The explorer shows an SAE's features, an attribution graph, or both; got neither.")
+    title = title or (f"{explorer.hookpoint} features" if explorer else "Attribution graph")
     with gr.Blocks(title=title, analytics_enabled=False) as app:
-        gr.Markdown(f"# {html.escape(title)}\n{len(explorer.features):,} features · hf-sae {__version__}")
-        with gr.Tab("Features"):
-            with gr.Row():
-                query = gr.Textbox(label="Search labels, tokens or #id", elem_id="search")
-                sort = gr.Dropdown(list(SORTS), value="feature id", label="Sort by", elem_id="sort")
-            table = gr.Dataframe(explorer.feature_list(), interactive=False, elem_id="feature-list", max_height=320)
-            index = gr.Number(value=0, precision=0, label="Feature", elem_id="feature-index")
-            page = gr.HTML(explorer.feature_page(0), elem_id="feature-html")
-            query.change(explorer.feature_list, [query, sort], table)
-            sort.change(explorer.feature_list, [query, sort], table)
-            index.change(explorer.feature_page, index, page)
-
-            def pick(frame, event: gr.SelectData):
-                row = event.index[0] if isinstance(event.index, list | tuple) else event.index
-                return int(frame.iloc[row]["feature"])
-
-            table.select(pick, table, index)
-        with gr.Tab("Prompt"):
-            text = gr.Textbox(label=f"Text{limit}", elem_id="prompt-text", value="The Eiffel Tower is in Paris.")
-            top = gr.Slider(1, MAX_TOP, value=5, step=1, label="Features per token")
-            go = gr.Button("Show features", elem_id="prompt-go")
-            found = gr.HTML(elem_id="prompt-html")
-            go.click(safely(explorer.prompt_features), [text, top], found)
-            text.submit(safely(explorer.prompt_features), [text, top], found)
-        with gr.Tab("Steer"):
-            prompt = gr.Textbox(label=f"Prompt{limit}, new tokens included", value="The weather today is",
-                                elem_id="steer-prompt")  # fmt: skip
-            spec = gr.Textbox(
-                label="Features: id:strength, ... (an id alone: twice its robust peak)", elem_id="steer-features"
-            )
-            with gr.Row():
-                mode = gr.Radio(["clamp", "add"], value="clamp", label="Mode")
-                length = gr.Slider(1, MAX_NEW_TOKENS, value=30, step=1, label="New tokens")
-            run = gr.Button("Generate", elem_id="steer-go")
-            with gr.Row():
-                plain = gr.Textbox(label="Unsteered", elem_id="steer-plain", interactive=False)
-                steered = gr.Textbox(label="Steered", elem_id="steer-steered", interactive=False)
-            run.click(safely(explorer.steer), [prompt, spec, mode, length], [plain, steered])
+        count = f"{len(explorer.features):,} features · " if explorer else ""
+        gr.Markdown(f"# {html.escape(title)}\n{count}hf-sae {__version__}")
+        if explorer is not None:
+            _explorer_tabs(gr, explorer, safely)
+        if graphs is not None:
+            _graph_tab(gr, graphs, safely)
     return app
 
 

@@ -331,3 +331,91 @@ def test_a_space_push_without_write_access_says_what_was_pushed(api, tmp_path, c
     assert "hf-sae push: error: Pushing the Space 'bob/explorer' failed: HTTP 403" in err and "Traceback" not in err
     assert "the SAE repo alice/saes is as this step found it" in err
     assert not api.repo_exists("bob/explorer", repo_type="space")
+
+
+# ---- the graph tab: an attribution graph read from its JSON, its feature nodes switched off -------------------------
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory):
+    """The graph tab over a graph of the tiny float64 Llama with its transcoders, written by `write_graph_json`."""
+    from test_attribution import IDS, make_transcoders, tiny_lm
+
+    from hf_sae.app import GraphExplorer
+    from hf_sae.attribution import attribute, write_graph_json
+    from hf_sae.graph_interventions import GraphInterventions
+
+    lm = tiny_lm()
+    transcoders = make_transcoders(lm)
+    graph = attribute(lm, tiny_tokenizer(), transcoders, IDS, max_feature_nodes=None)
+    path = write_graph_json(graph, tmp_path_factory.mktemp("graphs"), "tiny")
+    return GraphExplorer(GraphInterventions(lm, tiny_tokenizer(), transcoders), path), lm, transcoders, IDS
+
+
+def _top_feature_and_logit(graph: dict) -> tuple[dict, dict]:
+    """The feature node with the most influence (the smallest cumulative share), and the graph's top logit."""
+    features = [n for n in graph["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    return min(features, key=lambda n: n["influence"]), next(n for n in graph["nodes"] if n["is_target_logit"])
+
+
+def test_graph_tab_ablating_the_top_feature_moves_the_top_logit_as_sae_hooks_does(graphs):
+    import re
+    from contextlib import ExitStack
+
+    from hf_sae import SaeHooks
+
+    explorer, lm, transcoders, ids = graphs
+    graph, view = explorer.load(explorer.path)
+    assert view.count('class="node ') == len(graph["nodes"]) > 0
+    top, logit = _top_feature_and_logit(graph)
+    layer, feature, pos = (int(part) for part in top["node_id"].split("_"))
+    table = explorer.intervene(graph, top["node_id"], 10)
+    rows = dict(re.findall(r'data-token-id="(\d+)" data-logit="([^"]+)"', table))
+    hooks = SaeHooks(lm, {f"layer{k}": sae for k, sae in transcoders.items()})  # the same edit, written out
+    with torch.no_grad(), ExitStack() as stack:
+        stack.enter_context(hooks.splice(error_term=True))
+        before = lm(ids[None]).logits[0, -1, logit["feature"]].item()
+        stack.enter_context(hooks.ablate([feature], hookpoint=f"layer{layer}", positions=[pos]))
+        after = lm(ids[None]).logits[0, -1, logit["feature"]].item()
+    assert abs(after - before) > 1e-3  # switching it off moved the top logit
+    assert float(rows[str(logit["feature"])]) == pytest.approx(after, abs=1e-6)
+    base = re.search(rf'data-token-id="{logit["feature"]}" data-logit="[^"]+" data-base-logit="([^"]+)"', table)
+    assert float(base.group(1)) == pytest.approx(before, abs=1e-6)
+    assert table.count('class="graph-logit"') == sum(n["feature_type"] == "logit" for n in graph["nodes"])
+    with pytest.raises(ArgumentError, match="Load a graph first"):
+        explorer.intervene(None, top["node_id"])
+    with pytest.raises(ArgumentError, match=r"Expected the path of a graph JSON file.*'nowhere.json', which is no"):
+        explorer.load("nowhere.json")
+
+
+def test_graph_tab_in_headless_chromium(chrome, graphs):  # noqa: F811
+    from selenium.webdriver import ActionChains
+
+    from hf_sae.app import build_app
+    from hf_sae.graph_page import node_label
+
+    explorer = graphs[0]
+    graph, _ = explorer.load(explorer.path)
+    top, logit = _top_feature_and_logit(graph)
+    app = build_app(None, graphs=explorer)
+    port = _free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        chrome.get(f"http://127.0.0.1:{port}/")
+        wait_for(lambda: chrome.find_elements("css selector", "#graph-load"), timeout=60)
+        chrome.find_element("css selector", "#graph-load").click()
+        wait_for(lambda: len(chrome.find_elements("css selector", "#graph-html .node")) == len(graph["nodes"]), 60)
+        node = chrome.find_element("css selector", f'#graph-html .node[data-id="{top["node_id"]}"]')
+        ActionChains(chrome).move_to_element(node).perform()  # the page's script runs inside the app too
+        wait_for(lambda: _text(chrome, "#graph-html .hf-graph-tip"))
+        label = node_label(top, graph["metadata"]["prompt_tokens"])  # its clerp, or what it is
+        assert _text(chrome, "#graph-html .hf-graph-tip").splitlines()[0] == label
+        chrome.find_element("css selector", "#graph-nodes textarea").send_keys(top["node_id"])
+        chrome.find_element("css selector", "#graph-go").click()
+        wait_for(lambda: len(chrome.find_elements("css selector", "#graph-logits-html tr.edited-logit")) == 10, 60)
+        shown = chrome.find_elements("css selector", "#graph-logits-html tr.graph-logit")
+        assert [row.text for row in shown] == [n["clerp"] for n in graph["nodes"] if n["feature_type"] == "logit"]
+        assert [e for e in chrome.get_log("browser") if e["level"] == "SEVERE"] == []
+        chrome.save_screenshot(str(Path(os.environ.get("TMPDIR", "/tmp")) / "app_graph.png"))
+    finally:
+        app.close()
