@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 import torch
 from accelerate.logging import get_logger
 
-from .configuration_sae import SaeConfig
 from .errors import TrainingError
 from .formats.tensors import non_finite
 from .layout import replace_folder, write_failure
@@ -129,10 +128,9 @@ def load_weights(trainer: SaeTrainer) -> None:
 
 
 def run_signature(trainer: SaeTrainer) -> dict:
-    """What a checkpoint must share with the run that resumes it: each SAE's config (architecture, widths, k,
-    hookpoint, base model) and the arguments that decide the data and its batches."""
-    saes = {name: {key: sae.config.to_dict().get(key) for key in sorted(SaeConfig.__annotations__)
-                   if key != "hf_sae_version"} for name, sae in trainer.saes.items()}  # fmt: skip
+    """What a checkpoint must share with the run that resumes it: each SAE's (or cross-layer transcoder's) config
+    (architecture, widths, k, hookpoints, base model) and the arguments that decide the data and its batches."""
+    saes = {name: model.signature() for name, model in trainer.trainees.items()}
     return {"saes": saes, "args": {key: trainer.hparams.get(key) for key in RESUME_ARGUMENTS}}
 
 

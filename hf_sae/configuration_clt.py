@@ -119,6 +119,12 @@ class CltConfig(PreTrainedConfig):
             shapes["threshold"] = (L,)  # the inference threshold of each layer, learned during training
         return shapes
 
+    def layer_indices(self) -> list[int | str]:
+        """The LM layer of each spanned layer, as its output hookpoint numbers it (`model.layers.3.mlp`: 3; the path
+        itself where it has no number)."""
+        numbers = [[part for part in site.split(".") if part.isdigit()] for site in self.output_hookpoints]
+        return [int(found[-1]) if found else site for found, site in zip(numbers, self.output_hookpoints)]
+
     def num_weights(self) -> int:
         return sum(math.prod(shape) for shape in self.tensor_shapes().values())
 

@@ -58,6 +58,7 @@ from .hookpoints import Hookpoint, register_activation_hook, resolve_hookpoints
 from .layout import PER_SOURCE, QUALITY_KEYS, SOURCE_KEYS, sae_metrics, write_text
 from .lm_forward import LmReading, counted_tokens, lm_kernels, run_lm
 from .model_card import metrics_to_eval_results
+from .modeling_clt import CltModel
 from .modeling_sae import SaeModel
 
 if TYPE_CHECKING:
@@ -421,6 +422,12 @@ def held_out_report(
     data = {"datasets": names, "dataset_weights": data_args.dataset_weights}
     if held_out is None:
         return dict.fromkeys(saes, data), {}
+    if clts := {name: clt for name, clt in saes.items() if isinstance(clt, CltModel)}:
+        excluded = tokenizer.all_special_ids
+        report = {name: evaluate_clt(model, clt, held_out.input_ids, exclude_token_ids=excluded,
+                                     batch_size=reading.batch_size, **reading.keywords)
+                  for name, clt in clts.items()}  # fmt: skip
+        return {name: {**m, "eval_split": held_out.label, **data} for name, m in report.items()}, {}
     report = evaluate_saes(model, saes, held_out.input_ids, exclude_token_ids=tokenizer.all_special_ids,
                            batch_size=reading.batch_size, lm_metrics=False, sources=held_out.sources,
                            **reading.keywords)  # fmt: skip
@@ -434,3 +441,41 @@ def log_per_source(report: Mapping[str, Mapping]) -> None:
         for source, values in metrics.get(PER_SOURCE, {}).items():
             numbers = ", ".join(f"{key} {value:.4g}" for key, value in values.items())
             logger.info(f"{name} on {source}: {numbers}")
+
+
+# ---- cross-layer transcoders ----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_clt(model: nn.Module, clt: CltModel, blocks: Tensor, *, exclude_token_ids: Iterable[int] = (),
+                 batch_size: int = 8, outlier_factor: float | None = 10.0,
+                 autocast_dtype: torch.dtype | None = None) -> dict:  # fmt: skip
+    """A cross-layer transcoder's prediction of every layer's MLP output on token blocks `(num_blocks, T)`, with the
+    token rules of `evaluate_saes` (position 0, special tokens and outliers left out, a token counting where it counts
+    at every layer): per layer (`per_layer`, keyed by the LM's layer index) `fvu`, `l0` and `dead_fraction` (never
+    fired), and over the layers their mean (`fvu`, `l0`) and the share of all latents never fired."""
+    cfg, excluded = clt.config, torch.tensor(sorted(set(exclude_token_ids)), dtype=torch.long)
+    squared_error, sum_y, sum_y2 = (
+        torch.zeros(cfg.n_layers, *shape, dtype=torch.float64) for shape in [(), (cfg.d_out,), ()]
+    )
+    fired, tokens = torch.zeros(cfg.n_layers, cfg.num_latents, dtype=torch.long), 0
+    for input_ids in tqdm(blocks.split(batch_size), desc="Evaluating the cross-layer transcoder", leave=False):
+        input_ids = input_ids.to(model.device)
+        acts, _ = run_lm(model, [*cfg.hookpoints, *cfg.output_hookpoints], input_ids, autocast_dtype=autocast_dtype)
+        keep, _ = counted_tokens(input_ids, acts.values(), excluded, outlier_factor)
+        x, y = (
+            torch.stack([acts[h][keep] for h in sites], dim=-2) for sites in (cfg.hookpoints, cfg.output_hookpoints)
+        )
+        out = clt(x.to(clt.device, clt.dtype), return_loss=False)
+        y = y.double().cpu()
+        squared_error += (out.reconstruction.double().cpu() - y).pow(2).sum((0, -1))
+        sum_y, sum_y2 = sum_y + y.sum(0), sum_y2 + y.pow(2).sum((0, -1))
+        fired, tokens = fired + out.latent_counts.cpu(), tokens + y.shape[0]
+    if tokens == 0:
+        raise DataError("No evaluation tokens were left after dropping position 0, special tokens and outliers.")
+    fvu = squared_error / (sum_y2 - sum_y.pow(2).sum(-1) / tokens)  # variance about each layer's mean
+    l0, dead = fired.sum(-1).double() / tokens, (fired == 0).double()
+    per_layer = {str(layer): {"fvu": fvu[i].item(), "l0": l0[i].item(), "dead_fraction": dead[i].mean().item()}
+                 for i, layer in enumerate(cfg.layer_indices())}  # fmt: skip
+    return {"fvu": fvu.mean().item(), "l0": l0.mean().item(), "dead_fraction": dead.mean().item(),
+            "eval_tokens": tokens, "per_layer": per_layer}  # fmt: skip

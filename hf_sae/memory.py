@@ -1,13 +1,21 @@
-"""Whether SAEs fit in memory to train: refused before allocating, with the size they need and the size there is."""
+"""Whether SAEs and cross-layer transcoders fit in memory to train: refused before allocating (and before the LM
+loads), with the size they need, the size there is, and what to change. One rule serves both (docs/scaling.md,
+"Cross-layer transcoders"): training holds `TRAINING_BYTES_PER_WEIGHT` bytes per weight.
+
+    training_bytes          the rule: bytes to train this many weights
+    sae_weights             an SAE's weights: encoder and decoder, `2 n d`
+    clt_weights             a cross-layer transcoder's: `L F d_in` encoders, `F d_out L (L + 1) / 2` decoders
+    check_fits_in_memory    SAEs, refused when they cannot fit
+    check_clt_fits_in_memory
+"""
 
 import psutil  # an accelerate dependency; portable where os.sysconf is not (Windows)
 import torch
 
 from .errors import ArgumentError
 
-# Bytes per latent per input dimension while training in fp32: weight, gradient and Adam's two moments, for the
-# encoder and the decoder.
-TRAINING_BYTES_PER_WEIGHT = 4 * 4 * 2
+# Bytes per weight while training in fp32: the weight, its gradient and Adam's two moments.
+TRAINING_BYTES_PER_WEIGHT = 4 * 4
 
 
 def memory_bytes(device: str | None = None) -> int:
@@ -17,12 +25,51 @@ def memory_bytes(device: str | None = None) -> int:
     return psutil.virtual_memory().total
 
 
+def training_bytes(num_weights: int) -> int:
+    """Bytes to train `num_weights` fp32 weights with Adam (the biases, a rounding error, are not counted)."""
+    return num_weights * TRAINING_BYTES_PER_WEIGHT
+
+
+def sae_weights(num_latents: int, d_in: int) -> int:
+    """An SAE's encoder and decoder: `2 n d`."""
+    return 2 * num_latents * d_in
+
+
+def clt_weights(n_layers: int, num_latents: int, d_in: int, d_out: int | None = None) -> int:
+    """A cross-layer transcoder's encoders (`L F d_in`) and decoders from every layer into every later one
+    (`F d_out L (L + 1) / 2`): the decoders grow with the square of the layer count."""
+    d_out = d_in if d_out is None else d_out
+    return n_layers * num_latents * d_in + num_latents * d_out * n_layers * (n_layers + 1) // 2
+
+
 def check_fits_in_memory(num_latents: int, d_in: int, count: int = 1, device: str | None = None) -> None:
     """Refuse SAEs whose training state would not fit in memory, before trying to allocate it."""
-    need, have = count * num_latents * d_in * TRAINING_BYTES_PER_WEIGHT, memory_bytes(device)
+    _refuse_above(
+        training_bytes(count * sae_weights(num_latents, d_in)), device,
+        f"--num_latents {num_latents:,} (d_in {d_in}, {count} SAE(s))",
+        "Lower --num_latents or --expansion_factor, or train fewer hookpoints per process (--distribute_hookpoints).",
+    )  # fmt: skip
+
+
+def check_clt_fits_in_memory(n_layers: int, num_latents: int, d_in: int, d_out: int | None = None,
+                             device: str | None = None, extra_bytes: int = 0) -> None:  # fmt: skip
+    """Refuse a cross-layer transcoder whose training state (plus `extra_bytes`, e.g. the shuffling buffer's
+    activations) would not fit in memory, before trying to allocate it."""
+    weights = clt_weights(n_layers, num_latents, d_in, d_out)
+    buffer = f" and {extra_bytes / 2**30:,.1f} GiB of buffered activations" if extra_bytes else ""
+    _refuse_above(
+        training_bytes(weights) + extra_bytes, device,
+        f"A cross-layer transcoder of {n_layers} layers x {num_latents:,} latents (d_in {d_in}: {weights:,} weights, "
+        f"{TRAINING_BYTES_PER_WEIGHT} bytes each to train{buffer})",
+        "Lower --num_latents or --expansion_factor (memory grows with it), span fewer layers with --clt_layers "
+        "(the decoders grow with the square of the layer count), or lower --shuffle_buffer_tokens.",
+    )  # fmt: skip
+
+
+def _refuse_above(need: int, device: str | None, what: str, fix: str) -> None:
+    have = memory_bytes(device)
     if need > have:
         raise ArgumentError(
-            f"--num_latents {num_latents:,} (d_in {d_in}, {count} SAE(s)) needs about {need / 2**30:,.1f} GiB to "
-            f"train, more than the {have / 2**30:,.1f} GiB of memory here. Lower --num_latents or "
-            "--expansion_factor, or train fewer hookpoints per process (--distribute_hookpoints)."
+            f"{what} needs about {need / 2**30:,.1f} GiB ({need:,} bytes) to train, more than the "
+            f"{have / 2**30:,.1f} GiB ({have:,} bytes) of memory here. {fix}"
         )

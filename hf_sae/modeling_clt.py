@@ -17,6 +17,7 @@ from transformers.utils import ModelOutput
 from .architectures import BATCHTOPK_THRESHOLD_DECAY, JumpReLU
 from .configuration_clt import CltConfig
 from .errors import HookpointError
+from .sparse_ops import SparseDecode
 
 
 @dataclass
@@ -28,6 +29,7 @@ class CltOutput(ModelOutput):
         reconstruction (`torch.Tensor` of shape `(..., n_layers, d_out)`): the prediction of every MLP output.
         latents (`torch.Tensor` of shape `(..., n_layers, num_latents)`): the latent activations.
         l0 (`torch.Tensor`): mean active latents per token and layer.
+        latent_counts (`torch.LongTensor` of shape `(n_layers, num_latents)`): tokens on which each latent fired.
         loss (`torch.Tensor`, *optional*): `mse_loss + sparsity_loss + pre_act_loss`.
         mse_loss (`torch.Tensor`, *optional*): each layer's squared error over its target's variance, summed over
             layers (a sum of per-layer FVUs).
@@ -38,6 +40,7 @@ class CltOutput(ModelOutput):
     reconstruction: Tensor | None = None
     latents: Tensor | None = None
     l0: Tensor | None = None
+    latent_counts: Tensor | None = None
     loss: Tensor | None = None
     mse_loss: Tensor | None = None
     sparsity_loss: Tensor | None = None
@@ -85,6 +88,8 @@ class CltModel(CltPreTrainedModel):
     (torch.Size([5, 3, 16]), 4)
     ```
     """
+
+    uses_unit_norm_decoder = False  # the decoder norms enter the sparsity penalty instead (JumpReLU)
 
     def __init__(self, config: CltConfig):
         super().__init__(config)
@@ -160,16 +165,50 @@ class CltModel(CltPreTrainedModel):
 
     def decode(self, z: Tensor) -> Tensor:
         """`(..., n_layers, d_out)`: layer l' predicted from the latents of layers 0..l'."""
+        if self.config.uses_k:
+            return self._sparse_decode(z)
         out = self.b_dec.to(z.dtype).expand(*z.shape[:-1], self.config.d_out).clone()
         for layer, decoder in enumerate(self.W_dec):
             out[..., layer:, :] += torch.einsum("...n,ntd->...td", z[..., layer, :], decoder.to(z.dtype))
         return out
 
+    def _sparse_decode(self, z: Tensor) -> Tensor:
+        """`decode` touching only the active latents: each layer's decoders, `(num_latents, (n_layers - l) d_out)`,
+        are one wide decoder of a sparse code (`sparse_ops`), so a step costs k, not num_latents, rows per token.
+        Only for the k family, whose inactive latents get no gradient (JumpReLU's threshold takes one through
+        latents just below it, which a sparse code would drop)."""
+        L, d = self.config.n_layers, self.config.d_out  # noqa: N806
+        flat = z.reshape(-1, L, z.shape[-1])  # (N, n_layers, num_latents)
+        tokens = flat.shape[0]
+        out = self.b_dec.to(z.dtype).expand(tokens, L, d).clone()
+        for layer, decoder in enumerate(self.W_dec):
+            code = flat[:, layer]
+            rows, cols = code.nonzero(as_tuple=True)  # grouped by token, as the kernel needs
+            wide = decoder.reshape(decoder.shape[0], -1).to(z.dtype)  # (num_latents, (n_layers - l) d_out)
+            part = SparseDecode.apply(rows, cols, code[rows, cols], wide, tokens)
+            out[:, layer:] += part.reshape(tokens, L - layer, d)
+        return out.reshape(*z.shape[:-1], d)
+
     def decoder_norms(self) -> Tensor:
         """`(n_layers, num_latents)`: each latent's decoder norm over every layer it writes to."""
         return torch.stack([decoder.pow(2).sum((-2, -1)).sqrt() for decoder in self.W_dec])
 
-    def forward(self, x: Tensor, target: Tensor | None = None, *, return_loss: bool | None = None) -> CltOutput:
+    @torch.no_grad()
+    def fold_activation_scale_(self, scale, output_scale=None) -> None:
+        """Make a transcoder trained on `scale[l] * x[l]` to predict `output_scale[l] * y[l]` take raw x and predict
+        raw y: each encoder absorbs its layer's input scale, each decoder and b_dec undo the scale of the layer they
+        write to. The scales are one number for every layer, or one per layer; the latents are unchanged."""
+        L = self.config.n_layers  # noqa: N806
+        scale = torch.as_tensor(scale, dtype=self.W_enc.dtype, device=self.W_enc.device).expand(L)
+        output_scale = scale if output_scale is None else output_scale
+        output_scale = torch.as_tensor(output_scale, dtype=self.W_enc.dtype, device=self.W_enc.device).expand(L)
+        self.W_enc.mul_(scale[:, None, None])
+        self.b_dec.div_(output_scale[:, None])
+        for layer, decoder in enumerate(self.W_dec):  # (num_latents, n_layers - l, d_out), into layers l..
+            decoder.div_(output_scale[layer:, None])
+
+    def forward(self, x: Tensor, target: Tensor | None = None, *, return_loss: bool | None = None,
+                sparsity_coefficient: float | None = None) -> CltOutput:  # fmt: skip
         """
         Encode every layer's MLP input and predict every layer's MLP output.
 
@@ -178,15 +217,19 @@ class CltModel(CltPreTrainedModel):
             target (`torch.Tensor` of shape `(..., n_layers, d_out)`, *optional*): the MLP outputs; needed for the
                 loss.
             return_loss (`bool`, *optional*): compute the training loss; defaults to `self.training`.
+            sparsity_coefficient (`float`, *optional*): the tanh penalty's λ for this call (a training schedule's
+                warm-up); `config.sparsity_coefficient` by default.
         """
         cfg = self.config
         return_loss = self.training if return_loss is None else return_loss
         pre = self.pre_activation(x)
         z = self.activate(pre)
         prediction = self.decode(z)
-        l0 = (z != 0).sum(-1).float().mean()
+        active = z != 0
+        l0 = active.sum(-1).float().mean()
+        counts = active.reshape(-1, cfg.n_layers, cfg.num_latents).sum(0)  # (n_layers, num_latents)
         if not return_loss:
-            return CltOutput(reconstruction=prediction, latents=z, l0=l0)
+            return CltOutput(reconstruction=prediction, latents=z, l0=l0, latent_counts=counts)
         if target is None:
             raise HookpointError(
                 f"The loss of a cross-layer transcoder compares its prediction with every layer's MLP output: pass "
@@ -202,10 +245,12 @@ class CltModel(CltPreTrainedModel):
             norms = self.decoder_norms().to(z.dtype)  # (n_layers, num_latents)
             tokens = z.reshape(-1, cfg.n_layers, cfg.num_latents)
             tanh = torch.tanh(cfg.sparsity_scale * tokens * norms).sum((-2, -1)).mean()
-            losses["sparsity_loss"] = cfg.sparsity_coefficient * tanh
+            coefficient = cfg.sparsity_coefficient if sparsity_coefficient is None else sparsity_coefficient
+            losses["sparsity_loss"] = coefficient * tanh
             below = (self.threshold.to(pre.dtype) - pre.reshape(tokens.shape)).relu()
             losses["pre_act_loss"] = cfg.pre_act_coefficient * (below * norms).sum((-2, -1)).mean()
-        return CltOutput(reconstruction=prediction, latents=z, l0=l0, loss=sum(losses.values()), **losses)
+        return CltOutput(reconstruction=prediction, latents=z, l0=l0, latent_counts=counts, loss=sum(losses.values()),
+                         **losses)  # fmt: skip
 
     def _check(self, tensor: Tensor, width: int, name: str) -> None:
         if tensor.ndim < 2 or tuple(tensor.shape[-2:]) != (self.config.n_layers, width):

@@ -53,6 +53,7 @@ from .arguments import (
 from .autointerp import ExplainSettings, explain_features, load_chat, require_contexts, shuffled_control
 from .checkpoints import check_output_dir
 from .circuit_runners import convert_transcoders
+from .clt_runs import CLT_NAME, new_clt, plan_clt, save_trained
 from .convert import export_sae, sparsify_folder_name
 from .cpu_memory import keep_freed_memory
 from .data import (
@@ -86,10 +87,11 @@ from .layout import (
 )
 from .lm_forward import LmReading, activation_widths, special_token_ids
 from .memory import check_fits_in_memory
+from .modeling_clt import CltModel
 from .modeling_sae import SaeModel
 from .models import check_against_lm_config, load_lm, load_sae_and_lm, load_saes_and_lm, max_positions
 from .schedules import Schedule
-from .sweeps import SweepRun, save_runs, sweep_runs
+from .sweeps import SweepRun, sweep_runs
 from .training import SaeTrainer, make_accelerator
 
 logger = logging.get_logger(__name__)
@@ -104,7 +106,8 @@ def train_saes(
     data_args: DataArguments | None = None,
     train_args: SaeTrainingArguments | None = None,
 ) -> dict:
-    """Train one SAE per hookpoint, save them in `train_args.output_dir`, and return the metrics report.
+    """Train one SAE per hookpoint (or, with `--clt`, one cross-layer transcoder over many layers), save them in
+    `train_args.output_dir`, and return the metrics report.
 
     Example:
 
@@ -120,7 +123,9 @@ def train_saes(
     runs = sweep_runs(sae_args, args.learning_rate)  # every sweep entry checked before anything expensive
     check_output_dir(args)
     probe_writable(Path(args.output_dir), "output_dir")  # not after hours of training
-    harvested = sae_args.harvested_hookpoints()  # the SAEs' inputs and the transcoders' targets
+    clt = plan_clt(sae_args, args, lm_args) if sae_args.clt else None  # from the LM's config, before it loads
+    pairs = sae_args.hookpoint_pairs() if clt is None else dict(zip(clt.hookpoints, clt.output_hookpoints))
+    harvested = list(dict.fromkeys([*pairs, *(out for out in pairs.values() if out)]))  # inputs, then targets
     check_against_lm_config(lm_args, harvested, data_args.context_size)
     cache = _open_cache(args, lm_args, harvested)  # an existing cache must match this run
     args = _replay_length(args, cache)
@@ -128,7 +133,6 @@ def train_saes(
     world, rank = accelerator.num_processes, accelerator.process_index
     check_batch_division(args.batch_size, world, args.gradient_accumulation_steps)  # as launched, not as asked
     logger.info(f"Process {rank} of {world} on {accelerator.device} ({accelerator.distributed_type}).")
-    pairs = sae_args.hookpoint_pairs()  # {input hookpoint: output hookpoint, None for an SAE}
     if args.distribute_hookpoints and any(pairs.values()):
         raise ArgumentError(
             "--distribute_hookpoints sends each hookpoint's activations to one owner, but a transcoder needs two "
@@ -146,7 +150,11 @@ def train_saes(
     if cache is not None:
         cache.check_run(model_identity(lm_args.model_name_or_path), harvested, widths)
     own = [h for h in pairs if owners is None or owners[h] == rank]  # this process's SAEs
-    saes, rates = _new_saes(runs, own, pairs, widths, model.name_or_path, args.seed, accelerator.device)
+    if sae_args.clt:  # planned again with the loaded LM's config and name (a GGUF has no config before it loads)
+        clt = plan_clt(sae_args, args, lm_args, model)
+        saes, rates = {CLT_NAME: new_clt(clt, args.seed, accelerator.device)}, {CLT_NAME: args.learning_rate}
+    else:
+        saes, rates = _new_saes(runs, own, pairs, widths, model.name_or_path, args.seed, accelerator.device)
     logger.info(f"Process {rank} of {world} trains the SAEs of {own}: {list(saes)}.")
     if args.activation_cache and cache is None:  # written now from the text, then replayed like any cache
         if world > 1:
@@ -183,12 +191,12 @@ def _train_and_save(trainer: SaeTrainer, runs: list[SweepRun], cache, model, tok
                 run["train_epochs"] = round(trainer.state.tokens / cache.tokens, 4)
         report, saved = {name: {**run, **dead[name]} for name, run in runs_of.items()}, False
         try:  # the SAEs first, with their training metrics; the held-out report and its card after them
-            _write_or_rescue(lambda out: save_runs(runs, trained, report, out, trainer.hparams), output_dir,
+            _write_or_rescue(lambda out: save_trained(runs, trained, report, out, trainer.hparams), output_dir,
                              "The trained SAEs")  # fmt: skip
             saved = True
             held, histograms = held_out_report(model, tokenizer, trained, reading, data_args, held_out)
             report = {name: {**run, **held.get(name, {}), **dead[name]} for name, run in runs_of.items()}
-            save_runs(runs, trained, report, output_dir, trainer.hparams)
+            save_trained(runs, trained, report, output_dir, trainer.hparams)
         except Exception as error:  # raised once every process has finished its part
             rescued = isinstance(error, WriteError) and not saved  # saved elsewhere, and it says where
             failure = error if rescued else _after_saving(error, trained, output_dir, saved)
@@ -208,7 +216,7 @@ def _after_saving(error: Exception, trained: dict[str, SaeModel], output_dir: Pa
     if not saved:
         rescue = Path(tempfile.mkdtemp(prefix="hf_sae-unsaved-"))
         for name, sae in trained.items():
-            sae.save_pretrained(rescue / name, model_card=False)
+            sae.save_pretrained(rescue / name, **({} if isinstance(sae, CltModel) else {"model_card": False}))
         where = f"could not be saved to {output_dir}; they were saved alone (weights and configs) to {rescue}"
     failure_class = type(error) if isinstance(error, HfSaeError) else TrainingError
     failure = failure_class(f"The trained SAEs {where}. What failed: {type(error).__name__}: {error}")

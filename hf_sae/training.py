@@ -3,7 +3,9 @@
 One CPU, one GPU, or many processes (`torchrun`, `hf-sae train --num_processes N`): each process harvests
 activations from its own shard of the text with its own frozen copy of the LM; only the SAEs and the optimiser are
 prepared, so gradients are averaged across processes and the SAEs stay identical. Several SAEs (several hookpoints,
-or several configurations on one hookpoint) train from one LM forward. The hot loop never waits on the host except
+or several configurations on one hookpoint, or a cross-layer transcoder over many layers) train from one LM forward;
+what differs between them (inputs, targets, scales, metrics, the fold-in at the end) each model's `trainees` entry
+says. The hot loop never waits on the host except
 on logging steps and checkpoints: metrics and the non-finite check are read there, in one transfer.
 
     TrainerState       what a resumed run needs besides weights: step, scales, tokens since each latent fired
@@ -33,9 +35,11 @@ from .checkpoints import load_weights, restore_checkpoint, resume_advice, save_c
 from .configuration_sae import SaeConfig
 from .distribution import gather_to_main, send_to_owners
 from .errors import TrainingError
+from .modeling_clt import CltModel
 from .modeling_sae import SaeModel
 from .precision import default_device, resolve_mixed_precision
 from .schedules import Schedule
+from .trainees import Scale, scale_from_norms, scaled, trainee
 
 logger = get_logger(__name__)
 
@@ -47,8 +51,8 @@ class TrainerState:
         self.world_size = world_size  # a resumed run must have as many processes: each has its own data shard
         self.step = 0
         self.tokens = 0
-        self.scales: dict[str, float] = {}
-        self.output_scales: dict[str, float] = {}  # a transcoder's target scale
+        self.scales: dict[str, Scale] = {}  # a float, or one per layer for a cross-layer transcoder
+        self.output_scales: dict[str, Scale] = {}  # a transcoder's target scale
         self.tokens_since_fired: dict[str, torch.Tensor] = {}
         self.ever_fired: dict[str, torch.Tensor] = {}
         self.names = names
@@ -65,8 +69,9 @@ class TrainerState:
 
 
 class SaeTrainer:
-    """The Accelerate loop. `saes` maps a name to an SAE whose `config.hookpoint` says which activation it reads;
-    `buffer` serves `{hookpoint: (tokens, d_in)}` batches of this process's share of `args.batch_size`.
+    """The Accelerate loop. `saes` maps a name to an SAE whose `config.hookpoint` says which activation it reads, or
+    to a `CltModel` reading its `config.hookpoints` and predicting its `config.output_hookpoints`; `buffer` serves
+    `{hookpoint: (tokens, d_in)}` batches of this process's share of `args.batch_size`.
 
     Example:
 
@@ -79,7 +84,7 @@ class SaeTrainer:
     def __init__(
         self,
         args: SaeTrainingArguments,
-        saes: dict[str, SaeModel],
+        saes: dict[str, SaeModel | CltModel],
         buffer: ShufflingBuffer,
         accelerator: Accelerator | None = None,
         owners: dict[str, int] | None = None,
@@ -93,6 +98,7 @@ class SaeTrainer:
         self.hparams = asdict(args)  # what the trackers record; a runner adds the other argument groups
         self.accelerator = accelerator or make_accelerator(args)
         self.saes = saes
+        self.trainees = {name: trainee(sae) for name, sae in saes.items()}
         self.state = TrainerState(list(saes), self.accelerator.num_processes)
         self.schedule = Schedule(args)
         self.output_dir = Path(args.output_dir)
@@ -103,25 +109,28 @@ class SaeTrainer:
         """Activation scales and b_dec from the first optimiser step's tokens, averaged over processes so that all
         ranks agree."""
         for name, sae in self.saes.items():
-            cfg = sae.config
-            self.state.scales[name] = self._scale(batch[cfg.hookpoint].to(sae.device, torch.float32))
+            model = self.trainees[name]
+            x, target = model.inputs(batch), model.targets(batch)
+            self.state.scales[name] = self._scale(x.to(sae.device, torch.float32))
             # b_dec is the output's bias: a transcoder's starts at the centre of its target.
-            y = batch[cfg.output_hookpoint if cfg.is_transcoder else cfg.hookpoint].to(sae.device, torch.float32)
-            scale = self.state.output_scales[name] = self._scale(y) if cfg.is_transcoder else self.state.scales[name]
+            y = (x if target is None else target).to(sae.device, torch.float32)
+            scale = self.state.output_scales[name] = self.state.scales[name] if target is None else self._scale(y)
             if self.args.b_dec_init != "zero":
-                center = (
-                    geometric_median(y * scale) if self.args.b_dec_init == "geometric_median" else (y * scale).mean(0)
-                )
+                y = scaled(y, scale, sae.device)
+                center = geometric_median(y) if self.args.b_dec_init == "geometric_median" else y.mean(0)
                 with torch.no_grad():
                     sae.b_dec.copy_(self._across_ranks(center, "mean"))
-            n = sae.config.num_latents
-            self.state.tokens_since_fired[name] = torch.zeros(n, dtype=torch.long, device=sae.device)
-            self.state.ever_fired[name] = torch.zeros(n, dtype=torch.bool, device=sae.device)
+            shape = model.latent_shape
+            self.state.tokens_since_fired[name] = torch.zeros(shape, dtype=torch.long, device=sae.device)
+            self.state.ever_fired[name] = torch.zeros(shape, dtype=torch.bool, device=sae.device)
 
-    def _scale(self, x: torch.Tensor) -> float:
-        """The factor that brings activations x (N, d) to mean norm sqrt(d), or 1 without normalisation."""
-        mean_norm = self._across_ranks(x.norm(dim=-1).mean(), "mean").item()
-        return math.sqrt(x.shape[-1]) / mean_norm if self.args.normalize_activations else 1.0
+    def _scale(self, x: torch.Tensor) -> Scale:
+        """The factor that brings activations x (N, d) to mean norm sqrt(d), or 1 without normalisation; one per layer
+        for x (N, n_layers, d)."""
+        mean_norms = self._across_ranks(x.norm(dim=-1).mean(0), "mean")  # every rank takes part, either way
+        if not self.args.normalize_activations:
+            mean_norms = torch.full_like(mean_norms, math.sqrt(x.shape[-1]))  # scale 1
+        return scale_from_norms(mean_norms, x.shape[-1])
 
     def _across_ranks(self, value: torch.Tensor, reduction: str) -> torch.Tensor:
         """Reduced over the processes' shards; an owner of distributed hookpoints already holds the global batch."""
@@ -162,7 +171,7 @@ class SaeTrainer:
 
     # ---- the loop -------------------------------------------------------------------------------
 
-    def train(self) -> dict[str, SaeModel]:
+    def train(self) -> dict[str, SaeModel | CltModel]:
         """Train, and return copies of the SAEs that take raw activations (`trained_saes`). Trackers stay open, and
         the process group with them, until `end()`."""
         args, acc, num_steps = self.args, self.accelerator, self.schedule.num_steps
@@ -270,27 +279,20 @@ class SaeTrainer:
         the input for an SAE, the output hookpoint's activation for a transcoder)."""
         outputs = {}
         for name, wrapped in self.wrapped.items():
-            sae = self.saes[name]
-            x = self._scaled(batch[sae.config.hookpoint], sae, self.state.scales[name])
-            target = None
-            if sae.config.is_transcoder:
-                target = self._scaled(batch[sae.config.output_hookpoint], sae, self.state.output_scales[name])
+            sae, model = self.saes[name], self.trainees[name]
+            x = scaled(model.inputs(batch), self.state.scales[name], sae.device)
+            target = model.targets(batch)
+            if target is not None:
+                target = scaled(target, self.state.output_scales[name], sae.device)
             coefficient = sae.config.sparsity_coefficient * self.schedule.sparsity_scale(self.state.step)
             with self.accelerator.autocast():  # the SAE step's precision (`mixed_precision`), prepared or not
-                out = wrapped(x, target, dead_latents=self.dead_latents(name), return_latents=False,
-                              return_loss=True, sparsity_coefficient=coefficient)  # fmt: skip
+                out = model.forward(wrapped, x, target, self.dead_latents(name), coefficient)
             target = x if target is None else target
             finite = torch.stack([torch.isfinite(x).all() & torch.isfinite(target).all(), torch.isfinite(out.loss)])
             bad = self.first_bad[name]
             bad.copy_(torch.where((bad < 0) & ~finite, self.state.step, bad))
             outputs[name] = (out, target)
         return outputs
-
-    @staticmethod
-    def _scaled(x: torch.Tensor, sae: SaeModel, scale: float) -> torch.Tensor:
-        if sae.device.type == "cuda" and x.device.type == "cpu":  # e.g. replayed from the cache
-            x = x.pin_memory()
-        return x.to(sae.device, torch.float32, non_blocking=True) * scale
 
     def check_finite(self) -> None:
         """Raise if any SAE saw non-finite activations or loss, naming the first such step (one host sync)."""
@@ -299,7 +301,7 @@ class SaeTrainer:
             if activations_step >= 0 or loss_step >= 0:
                 what, step = ("activations", activations_step) if activations_step >= 0 else ("loss", loss_step)
                 raise TrainingError(
-                    f"Non-finite {what} at step {step} for hookpoint {self.saes[name].config.hookpoint!r} ({name}). "
+                    f"Non-finite {what} at step {step} for {self.trainees[name].describe()} ({name}). "
                     f"Training stopped; {resume_advice(self.output_dir)}. Lower the learning rate, or check the "
                     "LM's activations at this hookpoint."
                 )
@@ -315,14 +317,9 @@ class SaeTrainer:
     def _metrics(self, outputs: dict) -> dict[str, float]:
         """This step's metrics of every SAE, moved to the host in one transfer."""
         names, values = [], []
-        for name, (out, x) in outputs.items():
-            variance = (x - x.mean(0)).pow(2).sum(-1).mean()
-            terms = {"loss": out.loss, "mse_loss": out.mse_loss, "fvu": out.mse_loss / variance, "l0": out.l0,
-                     "dead_fraction": self.dead_latents(name).float().mean(), "grad_norm": self.grad_norms[name],
-                     "explained_variance": 1 - out.mse_loss / variance}  # fmt: skip
-            for term in ("sparsity_loss", "auxiliary_loss", "prefix_loss"):
-                if getattr(out, term) is not None:
-                    terms[term] = getattr(out, term)
+        for name, (out, target) in outputs.items():
+            terms = self.trainees[name].metrics(out, target, self.dead_latents(name))
+            terms["grad_norm"] = self.grad_norms[name]
             names += [f"{name}/{key}" for key in terms]
             values += [value.detach().float().reshape(()) for value in terms.values()]
         metrics = dict(zip(names, torch.stack(values).tolist()))
@@ -346,20 +343,18 @@ class SaeTrainer:
 
     # ---- results --------------------------------------------------------------------------------
 
-    def trained_saes(self) -> dict[str, SaeModel]:
+    def trained_saes(self) -> dict[str, SaeModel | CltModel]:
         """Copies of the SAEs that take raw activations (training scale folded in, BatchTopK thresholds averaged)."""
         result = {}
         for name, sae in self.saes.items():
             if sae.config.architecture == "batchtopk":
                 sae.threshold.copy_(self._across_ranks(sae.threshold.detach().clone(), "mean"))
-            copy = SaeModel(sae.config)
-            copy.load_state_dict(sae.state_dict())
-            copy.fold_activation_scale_(self.state.scales[name], self.state.output_scales.get(name))
-            result[name] = copy.eval()
+            result[name] = self.trainees[name].folded(self.state.scales[name], self.state.output_scales.get(name))
         return result
 
     def dead_latents(self, name: str) -> torch.Tensor:
-        """(num_latents,) bool: latents that have not fired for the schedule's `dead_window` tokens."""
+        """(num_latents,) bool, (n_layers, num_latents) for a cross-layer transcoder: latents that have not fired for
+        the schedule's `dead_window` tokens."""
         return self.state.tokens_since_fired[name] >= self.schedule.dead_window
 
     def dead_fractions(self) -> dict[str, dict[str, float]]:
@@ -407,7 +402,10 @@ def make_accelerator(args: SaeTrainingArguments) -> Accelerator:
 
 
 def geometric_median(points: torch.Tensor, iterations: int = 50) -> torch.Tensor:
-    """Weiszfeld's algorithm: the point minimising the summed distance to `points` (N, d). Robust to outliers."""
+    """Weiszfeld's algorithm: the point minimising the summed distance to `points` (N, d). Robust to outliers.
+    Points (N, n_layers, d) get one median per layer, (n_layers, d)."""
+    if points.ndim == 3:
+        return torch.stack([geometric_median(points[:, layer], iterations) for layer in range(points.shape[1])])
     median = points.mean(0)
     for _ in range(iterations):
         weights = 1 / (points - median).norm(dim=-1).clamp_min(1e-8)

@@ -16,6 +16,7 @@ import torch
 from accelerate.utils import is_tensorboard_available, is_wandb_available
 
 from ..architectures import ARCHITECTURES, ArchitectureName
+from ..configuration_clt import CLT_ARCHITECTURES, CltConfig
 from ..configuration_sae import SaeConfig
 from ..data import PACK_BATCH_DOCUMENTS
 from ..errors import ArgumentError, MissingDependencyError
@@ -24,6 +25,8 @@ from ..hookpoints import INPUT_SUFFIX
 from ..lm_forward import LmReading
 from ..memory import check_fits_in_memory
 from ..precision import LmDtype, MixedPrecision, default_device, resolve_lm_dtype
+
+CLT_LAYER_PREFIX = "model.layers."  # a cross-layer transcoder's sites: the Llama family's decoder layers
 
 # Whether each --report_to tracker's package is installed; accelerate would skip a missing one without a word.
 TRACKER_INSTALLED = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
@@ -73,6 +76,22 @@ class SaeArguments(Checked):
         None,
     )
     skip_connection: bool = flag("Skip transcoders: each prediction adds a learned linear term x @ W_skip.T.", False)
+    clt: bool = flag(
+        "Train one cross-layer transcoder over --clt_layers instead of one SAE per hookpoint (Ameisen et al. 2025): "
+        "layer l's encoder reads `model.layers.<l>.mlp.input` and its latents predict the MLP output "
+        "`model.layers.<l'>.mlp` of every spanned layer l' >= l. --architecture (jumprelu, topk or batchtopk), --k, "
+        "--num_latents or --expansion_factor (per layer) and --sparsity_coefficient apply; --hookpoints is not read.",
+        False,
+    )
+    clt_layers: str = flag(
+        "The layers a cross-layer transcoder spans: `all` (every layer of the LM, what attribution needs), a range "
+        "`0-5`, or a list `0,2,4`.",
+        "all",
+    )
+    clt_sparsity_scale: float = flag("A jumprelu cross-layer transcoder's c in its penalty tanh(c z ||W_dec||).", 1.0)
+    clt_pre_act_coefficient: float = flag(
+        "A jumprelu cross-layer transcoder's pre-activation penalty, which pulls dead latents to their threshold.", 0.0
+    )
     parsed_later = ("sweep",)
 
     def check(self) -> None:
@@ -93,8 +112,60 @@ class SaeArguments(Checked):
         require(self.num_latents is None or self.num_latents >= 1, "num_latents", self.num_latents, "positive")
         require(self.sparsity_coefficient >= 0, "sparsity_coefficient", self.sparsity_coefficient, ">= 0")
         self._check_group_sizes()
-        if self.num_latents is not None:  # the smallest activation width: what cannot fit even then is refused now
+        if self.clt:
+            self._check_clt()
+        elif self.num_latents is not None:  # the smallest activation width: what cannot fit even then is refused now
             check_fits_in_memory(self.num_latents, 1, len(self.hookpoints))
+
+    def _check_clt(self) -> None:
+        """What a cross-layer transcoder takes, before the LM's config gives its layer count and width."""
+        expected = f"one of {list(CLT_ARCHITECTURES)} with --clt"
+        require(self.architecture in CLT_ARCHITECTURES, "architecture", self.architecture, expected)
+        for name in ("transcode", "skip_connection"):
+            require(not getattr(self, name), name, True, "left false with --clt, which reads every MLP's input itself")
+        for name in ("output_hookpoints", "sweep", "matryoshka_group_sizes"):
+            require(not getattr(self, name), name, getattr(self, name), "left unset with --clt")
+        k, latents = self.k, self.num_latents
+        require(latents is None or k is None or k <= latents, "k", k, f"at most --num_latents {latents}")
+        self.clt_layer_indices(None)  # the syntax, now; the range once the LM's layer count is known
+        for name in ("clt_sparsity_scale", "clt_pre_act_coefficient"):
+            require(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
+
+    def clt_layer_indices(self, num_layers: int | None) -> list[int]:
+        """The layers `--clt_layers` names, in increasing order, each checked against `num_layers` when given."""
+        text, expected = (
+            str(self.clt_layers).replace(" ", ""),
+            "`all`, a range such as `0-5`, or a list such as `0,2,4`",
+        )
+        if text == "all":
+            return list(range(num_layers or 0))
+        try:
+            layers = []
+            for part in text.split(","):
+                first, _, last = part.partition("-")
+                layers += range(int(first), int(last or first) + 1)
+        except ValueError:
+            raise ArgumentError(f"--clt_layers must be {expected}; got {self.clt_layers!r}.") from None
+        require(bool(layers), "clt_layers", self.clt_layers, expected + " naming at least one layer")
+        require_distinct("clt_layers", layers)
+        if num_layers is not None:
+            outside = [layer for layer in layers if not 0 <= layer < num_layers]
+            require(not outside, "clt_layers", self.clt_layers, f"layers of the LM's {num_layers} (0 to "
+                    f"{num_layers - 1}); {outside} are outside it")  # fmt: skip
+        return sorted(layers)
+
+    def clt_config(self, layers: list[int], d_in: int, d_out: int, base_model: str | None) -> CltConfig:
+        """The `CltConfig` of a cross-layer transcoder over the LM's `layers`, whose MLPs read and write width `d_in`
+        and `d_out`."""
+        size = {"num_latents": self.num_latents} if self.num_latents else {"expansion_factor": self.expansion_factor}
+        return CltConfig(
+            n_layers=len(layers), d_in=d_in, d_out=d_out, **size, architecture=self.architecture,
+            k=self.k if self.architecture != "jumprelu" else None, sparsity_coefficient=self.sparsity_coefficient,
+            sparsity_scale=self.clt_sparsity_scale, pre_act_coefficient=self.clt_pre_act_coefficient,
+            hookpoints=[f"{CLT_LAYER_PREFIX}{layer}.mlp{INPUT_SUFFIX}" for layer in layers],
+            output_hookpoints=[f"{CLT_LAYER_PREFIX}{layer}.mlp" for layer in layers],
+            base_model_name_or_path=base_model,
+        )  # fmt: skip
 
     def _check_group_sizes(self) -> None:
         """What can be checked before the LM gives d_in; SaeConfig checks the sum against the resolved width."""
