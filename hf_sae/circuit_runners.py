@@ -2,7 +2,8 @@
 argument groups checked their values as they were built; each runner loads and checks the transcoders against the
 LM's config before the LM's weights load.
 
-    run_attribute                  attribute   the pruned attribution graph of one prompt, as circuit-tracer writes it
+    run_attribute                  attribute   the pruned attribution graph of one prompt: JSON as circuit-tracer
+                                               writes it, and a static HTML page
     convert_transcoders            convert --to circuit_tracer: a transcoder set or a cross-layer transcoder
     check_transcoders_fit_model    the layer count and width of the transcoders against the LM's config
 """
@@ -16,6 +17,7 @@ from .arguments import AttributeArguments, ConvertArguments
 from .attribution import AttributionGraph, attribute, graph_scores, model_sites, read_graph_json, write_graph_json
 from .convert.circuit_tracer import to_circuit_tracer
 from .errors import ArgumentError
+from .graph_page import write_graph_page
 from .hub import load_transcoders
 from .modeling_clt import CltModel
 from .modeling_sae import SaeModel
@@ -30,6 +32,7 @@ class AttributionRun:
     """What `run_attribute` wrote and measured."""
 
     path: Path  # <output_dir>/<slug>.json, beside graph-metadata.json
+    page: Path  # <output_dir>/<slug>.html, the graph as a static page
     graph_json: dict  # the pruned graph as written, read back
     graph: AttributionGraph  # the unpruned graph
     replacement_score: float
@@ -38,8 +41,9 @@ class AttributionRun:
 
 def run_attribute(args: AttributeArguments) -> AttributionRun:
     """`hf-sae attribute`: the attribution graph of `args.prompt` through the transcoders (Ameisen et al. 2025,
-    "Circuit Tracing"), pruned and written as circuit-tracer's graph JSON, with its replacement and completeness
-    scores. Feature nodes carry the transcoders' feature labels where they have feature metadata.
+    "Circuit Tracing"), pruned and written as circuit-tracer's graph JSON and a static HTML page beside it, with its
+    replacement and completeness scores. Feature nodes carry the transcoders' feature labels where they have feature
+    metadata.
 
     Example:
 
@@ -63,7 +67,9 @@ def run_attribute(args: AttributeArguments) -> AttributionRun:
     path = write_graph_json(graph, args.output_dir, args.graph_slug)
     replacement, completeness = graph_scores(graph)
     logger.info(f"Attribution graph written to {path}: replacement {replacement:.3f}, completeness {completeness:.3f}")
-    return AttributionRun(path, read_graph_json(path), graph, replacement, completeness)
+    data = read_graph_json(path)
+    page = write_graph_page(data, path.with_suffix(".html"))
+    return AttributionRun(path, page, data, graph, replacement, completeness)
 
 
 def check_transcoders_fit_model(transcoders: dict[int, SaeModel] | CltModel, model_name: str | None) -> None:

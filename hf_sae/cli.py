@@ -254,8 +254,7 @@ def attribute_command(argv: list[str]) -> int:
     tokens, nodes, links = len(data["metadata"]["prompt_tokens"]), len(data["nodes"]), len(data["links"])
     print(f"Graph of {tokens} tokens, {nodes:,} nodes and {links:,} links, written to {run.path}")
     print(f"Replacement score {run.replacement_score:.3f}, completeness score {run.completeness_score:.3f}")
-    # GRAPH PAGE: once hf_sae/graph_page.py exists, write the static page beside the JSON with this line:
-    # print(f"Graph page written to {write_graph_page(data, run.path.with_suffix('.html'))}")
+    print(f"Graph page written to {run.page}")
     return 0
 
 

@@ -30,6 +30,7 @@ from .configuration_sae import SaeConfig
 from .errors import (
     ArgumentError,
     HfSaeError,
+    HookpointError,
     SaeConfigError,
     SaeNotFoundError,
     WriteError,
@@ -264,7 +265,7 @@ def load_saes(
     with network_errors(f"Loading SAEs from {str(repo_or_dir)!r}"):
         try:
             located = locate_saes(repo_or_dir, wanted, options, width=width, l0=l0)
-        except (SaeNotFoundError, SaeConfigError):
+        except (SaeNotFoundError, SaeConfigError, HookpointError):  # none of hf_sae's: maybe circuit-tracer's
             if (saes := _saes_of_circuit_tracer(repo_or_dir, wanted, options)) is None:
                 raise
             return {h: sae.to(device=device, dtype=dtype) for h, sae in saes.items()}

@@ -74,6 +74,9 @@ def test_the_cli_writes_the_graph_the_python_api_computes(tiny, tmp_path, capsys
     assert 0 < replacement < 1 and 0 < completeness < 1
     assert f"Replacement score {replacement:.3f}, completeness score {completeness:.3f}" in out
     assert f"{len(written['nodes']):,} nodes and {len(written['links']):,} links" in out
+    page = (tmp_path / "graphs" / "w3-w17-w42-w8-w5.html").read_text()
+    assert f"Graph page written to {tmp_path / 'graphs' / 'w3-w17-w42-w8-w5.html'}" in out
+    assert page.startswith("<!") and all(node["node_id"] in page for node in written["nodes"])
 
 
 def read_graph_json_index(folder) -> list[dict]:

@@ -7,7 +7,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_sae import CltConfig, CltModel, FileFormatError, SaeConfig, SaeConfigError, SaeModel
+from hf_sae import (
+    CltConfig,
+    CltModel,
+    FileFormatError,
+    SaeConfig,
+    SaeConfigError,
+    SaeModel,
+    SaeNotFoundError,
+    load_saes,
+    load_transcoders,
+)
 from hf_sae.convert.circuit_tracer import layer_sites, to_circuit_tracer
 from hf_sae.formats.circuit_tracer import read_cross_layer_transcoder, read_transcoder_set
 
@@ -93,3 +103,36 @@ def test_what_circuit_tracer_cannot_hold_is_refused_naming_why(tmp_path):
     (tmp_path / "bad" / "config.yaml").write_text("model_kind: sparse_coder\n")
     with pytest.raises(FileFormatError, match=r"should name `model_kind` transcoder_set or cross_layer_transcoder"):
         read_transcoder_set(tmp_path / "bad")
+
+
+# ---- the fixtures through load_transcoders and load_saes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_a_transcoder_set_loads_through_load_transcoders_and_load_saes_and_predicts_as_circuit_tracer(name):
+    transcoders = load_transcoders(FIXTURES / name)
+    saes = load_saes(FIXTURES / name)
+    assert list(transcoders) == [0, 1, 2] and list(saes) == [layer_sites(layer)[0] for layer in range(3)]
+    expected = saved_prediction(name, "circuit_tracer")
+    for layer, sae in transcoders.items():
+        assert saes[layer_sites(layer)[0]].config.to_dict() == sae.config.to_dict()
+        torch.testing.assert_close(sae(X[layer]).reconstruction, expected[layer], atol=2e-6, rtol=1e-6)
+        torch.testing.assert_close(saes[layer_sites(layer)[0]](X[layer]).reconstruction, expected[layer],
+                                   atol=2e-6, rtol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", CLTS)
+def test_a_cross_layer_transcoder_loads_through_load_transcoders_and_load_saes_points_there(name):
+    clt = load_transcoders(FIXTURES / name)
+    assert isinstance(clt, CltModel)
+    prediction = clt(X.transpose(0, 1)).reconstruction.transpose(0, 1)
+    torch.testing.assert_close(prediction, saved_prediction(name, "circuit_tracer"), atol=2e-6, rtol=1e-6)
+    with pytest.raises(SaeNotFoundError, match=r"holds a cross-layer transcoder.*hf_sae.load_transcoders"):
+        load_saes(FIXTURES / name)
+
+
+def test_a_config_yaml_without_its_weights_is_refused_naming_the_file(tmp_path):
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "config.yaml").write_text((FIXTURES / "set_relu" / "config.yaml").read_text())
+    with pytest.raises(FileFormatError, match=r"names model_kind 'transcoder_set', but .* lacks layer_0.safetensors"):
+        load_transcoders(tmp_path / "set")

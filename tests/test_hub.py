@@ -655,3 +655,59 @@ def test_a_corrupt_cached_download_is_fetched_again_with_force_download(api, hub
     hub.requests.clear()
     assert_same(SaeModel.from_pretrained("alice/cached", force_download=True), sae)
     assert any(route == "resolve" and method == "GET" for method, route, _ in hub.requests)  # really downloaded
+
+
+# ---- cross-layer transcoders and circuit-tracer folders on the Hub --------------------------------------------------
+
+
+def test_a_clt_pushes_and_loads_back_with_a_card_that_says_what_it_is(api, tmp_path, capsys):
+    from test_load_transcoders import assert_equal_tensors, random_clt
+
+    from hf_sae import CltModel, load_transcoders
+    from hf_sae.cli import main
+
+    clt = random_clt()
+    clt.push_to_hub("alice/clt", token=ALICE)
+    assert_equal_tensors(CltModel.from_pretrained("alice/clt"), clt)
+    clt.save_pretrained(tmp_path / "clt")
+    pushed = main(["push", "--sae", str(tmp_path / "clt"), "--repo_id", "alice/clt-cli", "--token", ALICE,
+                   "--license", "apache-2.0"])  # fmt: skip
+    assert pushed == 0, capsys.readouterr().err
+    assert set(api.list_repo_files("alice/clt-cli")) == {
+        ".gitattributes",
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    }
+    card = ModelCard.load(hf_hub_download("alice/clt-cli", "README.md"))
+    assert "A cross-layer transcoder (CLT) over the 3 layers" in card.text and "CltModel.from_pretrained" in card.text
+    assert card.data.library_name == "hf_sae" and card.data.license == "apache-2.0"
+    assert {"cross-layer-transcoder", "jumprelu"} <= set(card.data.tags)
+    loaded = load_transcoders("alice/clt-cli")
+    assert isinstance(loaded, CltModel)
+    assert_equal_tensors(loaded, clt)
+
+
+def test_circuit_tracer_folders_load_from_the_hub(api):
+    from test_circuit_tracer import FIXTURES
+    from test_load_transcoders import assert_equal_tensors
+
+    from hf_sae import CltModel, load_transcoders
+
+    for name in ("set_jumprelu_skip", "clt_jumprelu"):
+        api.create_repo(f"alice/{name}")
+        api.upload_folder(repo_id=f"alice/{name}", folder_path=FIXTURES / name,
+                          allow_patterns=["config.yaml", "layer_*", "W_*"])  # fmt: skip
+    local, remote = load_transcoders(FIXTURES / "set_jumprelu_skip"), load_transcoders("alice/set_jumprelu_skip")
+    assert list(remote) == [0, 1, 2] and remote[0].config.skip_connection
+    for layer in local:
+        assert_equal_tensors(remote[layer], local[layer])
+    saes = load_saes("alice/set_jumprelu_skip", hookpoints=["model.layers.1.mlp.input"])
+    assert_equal_tensors(saes["model.layers.1.mlp.input"], local[1])
+    clt = load_transcoders("alice/clt_jumprelu")
+    assert isinstance(clt, CltModel)
+    assert_equal_tensors(clt, load_transcoders(FIXTURES / "clt_jumprelu"))
+    with pytest.raises(
+        SaeNotFoundError, match=r"holds a cross-layer transcoder.*load_transcoders\('alice/clt_jumprelu'\)"
+    ):
+        load_saes("alice/clt_jumprelu")
