@@ -1,6 +1,6 @@
 """An interactive feature explorer, as a Gradio app (what Hub Spaces run): `hf-sae app --sae DIR_OR_REPO`.
 
-Three tabs over one SAE, its feature metadata and its LM:
+Tabs over one SAE, its feature metadata and its LM, and over attribution graphs:
 
     Features   the feature list (search, sort) and a feature's page: statistics, histograms, logit effects, decoder
                neighbours, top contexts and contexts by activation quantile, explanations and scores where the
@@ -8,11 +8,10 @@ Three tabs over one SAE, its feature metadata and its LM:
     Prompt     a text's tokens, each with its most active features and their labels (`features.explain`)
     Steer      features clamped or added at chosen strengths (`SaeHooks.steer`), the greedy continuation beside the
                unsteered one
-    Graph      an attribution graph from its JSON (`graph_page`), and with the LM's transcoders its feature nodes
-               switched off or scaled (`graph_interventions`), the new top logits beside the graph's prediction
+    Graph      an attribution graph from its JSON or traced for a prompt (`graph_page`), its feature nodes switched
+               off or scaled (`graph_interventions`), the new top logits beside the graph's prediction
 
-`write_space` writes the same app as a Hub Space folder (app.py, requirements.txt, README.md with `sdk: gradio`);
-`push_space` (`hf-sae push --space SPACE_ID`) uploads it.
+`write_space` and `push_space` (module `space`, re-exported here) make it a Hub Space.
 Gradio is an optional dependency: `pip install 'hf-sae[app]'`.
 """
 
@@ -22,28 +21,28 @@ import math
 import numbers
 import os
 import re
-import shutil
-import tempfile
 import threading
-from importlib import resources
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .arguments import LanguageModelArguments
-from .attribution import read_graph_json
+from .attribution import attribute, graph_json, read_graph_json
+from .attribution.graph_json import GRAPH_METADATA
 from .autointerp import explanations_of
+from .circuit_runners import check_transcoders_fit_model
 from .errors import ArgumentError, FeatureMetadataError, HfSaeError
 from .feature_store import FeatureMetadata
 from .features import explain, hookpoint_of, show_token
 from .graph_interventions import GraphInterventions
 from .graph_page import edited_logits_html, graph_head, graph_svg
 from .hooks import SaeHooks
-from .hub_client import push_errors
-from .layout import probe_writable
+from .hub import load_transcoders
 from .modeling_sae import SaeModel
-from .models import load_saes_and_lm, max_positions
+from .models import load_model, load_saes_and_lm, max_positions
+from .precision import default_device
+from .space import push_space, require_gradio, write_space
 from .version import __version__
 
 LIST_COLUMNS = ["feature", "label", "frequency", "max_activation", "robust_peak"]
@@ -51,16 +50,7 @@ SORTS = {"feature id": "feature", "frequency": "frequency", "max activation": "m
 SORTS["robust peak"] = "robust_peak"
 EXPLANATION_KEYS = re.compile(r"explanation|score|detection|fuzzing")  # what an explainer may add per feature
 MAX_STRENGTH, MAX_NEW_TOKENS, MAX_TOP = 1e4, 200, 10  # far beyond any activation, yet no overflow even in float16
-
-
-def _require_gradio():
-    try:
-        import gradio
-    except ImportError:
-        raise ArgumentError(
-            "The explorer needs Gradio: pip install 'hf-sae[app]' (or `pip install gradio`)."
-        ) from None
-    return gradio
+MAX_TRACED = 64  # tokens of a prompt traced in the app: a graph's cost grows with its active features
 
 
 def _num(x, digits: int = 3) -> str:
@@ -279,46 +269,88 @@ def _whole(value, low: int, high: int, what: str) -> int:
 
 
 class GraphExplorer:
-    """The graph tab: attribution graphs read from their JSON and, given the LM's per-layer transcoders
-    (`GraphInterventions`), their feature nodes switched off or scaled."""
+    """The graph tab: the attribution graphs of one folder (`<slug>.json`, as `write_graph_json` and circuit-tracer
+    write them) and, given the LM's per-layer transcoders (`GraphInterventions`), graphs traced for a typed prompt and
+    their feature nodes switched off or scaled. Only the folder's graphs can be opened: no path is typed in."""
 
-    def __init__(self, interventions: GraphInterventions | None = None, path: str | os.PathLike | None = None):
-        self.interventions, self.path = interventions, str(path or "")
+    def __init__(self, interventions: GraphInterventions | None = None, graphs: str | os.PathLike | None = None):
+        graphs = Path(graphs) if graphs else None
+        self.interventions, self.selected = interventions, graphs.stem if graphs and graphs.is_file() else None
+        self.folder = graphs.parent if graphs and graphs.is_file() else graphs
+        if self.folder is not None and not self.folder.is_dir():
+            raise ArgumentError(f"Expected a graph JSON file or a folder of them; {graphs} is neither.")
+        if interventions is None and self.folder is None:
+            raise ArgumentError("The graph tab needs graphs to show (a folder or file) or transcoders to trace with.")
 
-    def load(self, path: str) -> tuple[dict, str]:
-        """(the graph, its view) from a graph JSON file, as `write_graph_json` or circuit-tracer writes it."""
-        path = Path((path or "").strip())
-        if not path.is_file():
-            raise ArgumentError(f"Expected the path of a graph JSON file (`hf-sae attribute` writes them); got "
-                                f"{str(path)!r}, which is no file.")  # fmt: skip
-        graph = read_graph_json(path)
+    def slugs(self) -> list[str]:
+        files = self.folder.glob("*.json") if self.folder else []
+        return sorted(p.stem for p in files if p.name != GRAPH_METADATA)
+
+    def load(self, slug: str) -> tuple[dict, str]:
+        """(the graph, its view) of `<folder>/<slug>.json`."""
+        if slug not in self.slugs():
+            raise ArgumentError(f"No graph {slug!r} in {self.folder}; pick one of {self.slugs()}.")
+        graph = read_graph_json(self.folder / f"{slug}.json")
+        return graph, graph_svg(graph)
+
+    def trace(self, prompt: str) -> tuple[dict, str]:
+        """(the graph, its view) of `prompt`, traced through the transcoders (`attribution.attribute`)."""
+        lab = self._lab()
+        if not (prompt or "").strip():
+            raise ArgumentError("Type a prompt to trace.")
+        if (length := len(lab.tokenizer(prompt)["input_ids"])) > MAX_TRACED:
+            raise ArgumentError(f"The prompt makes {length} tokens; the explorer traces at most {MAX_TRACED}. Shorten "
+                                "it, or trace it with `hf-sae attribute`.")  # fmt: skip
+        with lab.lock:
+            graph = graph_json(attribute(lab.model, lab.tokenizer, lab.transcoders, prompt), "explorer")
         return graph, graph_svg(graph)
 
     def intervene(self, graph: dict | None, spec: str, top: int = 10) -> str:
         """The `top` next tokens with the nodes of `spec` edited beside the graph's own prediction, as HTML."""
         if not graph:
-            raise ArgumentError("Load a graph first: type its JSON file's path and press Load.")
-        if self.interventions is None:
-            raise ArgumentError("Editing nodes needs the graph's LM and its per-layer transcoders; this app has none.")
-        rows = self.interventions.top_logits(graph, spec, _whole(top, 1, MAX_TOP, "Logits shown"))
+            raise ArgumentError("Open or trace a graph first.")
+        rows = self._lab().top_logits(graph, spec, _whole(top, 1, MAX_TOP, "Logits shown"))
         return edited_logits_html(graph, rows)
+
+    def _lab(self) -> GraphInterventions:
+        if self.interventions is None:
+            raise ArgumentError("Tracing and editing need the graph's LM and its per-layer transcoders; none given.")
+        return self.interventions
 
 
 def _graph_tab(gr, graphs: GraphExplorer, safely) -> None:
     """The Graph tab's components and events, inside the app's Blocks."""
     with gr.Tab("Graph"):
-        with gr.Row():
-            path = gr.Textbox(label="Graph JSON file", value=graphs.path, elem_id="graph-path", scale=4)
-            load = gr.Button("Load", elem_id="graph-load", scale=1)
         graph = gr.State(None)
+        with gr.Row():
+            slug = gr.Dropdown(graphs.slugs(), value=graphs.selected, label=f"Graphs in {graphs.folder}",
+                               elem_id="graph-slug", scale=3)  # fmt: skip
+            load = gr.Button("Open", elem_id="graph-load", scale=1)
+        with gr.Row(visible=graphs.interventions is not None):
+            prompt = gr.Textbox(label=f"Or trace a prompt (at most {MAX_TRACED} tokens)", elem_id="graph-prompt",
+                                scale=3)  # fmt: skip
+            trace = gr.Button("Trace", elem_id="graph-trace", scale=1)
         view = gr.HTML(head=graph_head(), elem_id="graph-html")
         spec = gr.Textbox(label="Feature nodes: layer_feature_pos[:scale], ... (a node alone is switched off)",
                           elem_id="graph-nodes")  # fmt: skip
         run = gr.Button("Run the model with these edits", elem_id="graph-go")
         logits = gr.HTML(elem_id="graph-logits-html")
-        load.click(safely(graphs.load), path, [graph, view])
-        path.submit(safely(graphs.load), path, [graph, view])
+        load.click(safely(graphs.load), slug, [graph, view])
+        trace.click(safely(graphs.trace), prompt, [graph, view])
         run.click(safely(graphs.intervene), [graph, spec], logits)
+
+
+def load_graph_explorer(graphs=None, transcoders: str | None = None, model: str | None = None, device=None):
+    """A `GraphExplorer` over a graph JSON file or a folder of them and, with `transcoders` (a folder or Hub repo of
+    per-layer transcoders), their LM (`model`, by default the built-in one) to trace and edit graphs with."""
+    if transcoders is None:
+        return GraphExplorer(None, graphs)
+    loaded = load_transcoders(transcoders)  # a missing folder or an unknown format fails before the LM loads
+    check_transcoders_fit_model(loaded, model)
+    lm, tokenizer = load_model(model, device=device or default_device())
+    lm.requires_grad_(False)
+    on_device = {layer: sae.to(lm.device) for layer, sae in loaded.items()} if isinstance(loaded, dict) else loaded
+    return GraphExplorer(GraphInterventions(lm, tokenizer, on_device), graphs)
 
 
 def _explorer_tabs(gr, explorer: Explorer, safely) -> None:
@@ -366,7 +398,7 @@ def _explorer_tabs(gr, explorer: Explorer, safely) -> None:
 def build_app(explorer: Explorer | None, title: str | None = None, *, graphs: GraphExplorer | None = None):
     """The Gradio Blocks app over `explorer` (an SAE's features) and `graphs` (attribution graphs), either or both;
     `.launch()` it, or let a Space run it."""
-    gr = _require_gradio()
+    gr = require_gradio()
 
     def safely(function):  # a bad input shows as an error in the page, and not as a traceback in the server's log
         @functools.wraps(function)  # the API takes the method's name and parameters
@@ -409,89 +441,6 @@ def load_explorer(sae: str, lm_args=None, *, hookpoint: str | None = None, devic
     return Explorer(model, tokenizer, model_sae, features, name)
 
 
-SPACE_APP = '''"""The hf_sae feature explorer for {repo_id}, as a Hub Space (written by `hf-sae app --write_space`)."""
-
-from hf_sae.app import build_app, load_explorer
-
-build_app(load_explorer({repo_id!r}, hookpoint={hookpoint!r})).launch()
-'''
-
-SPACE_README = """---
-title: {title}
-emoji: 🔬
-colorFrom: yellow
-colorTo: red
-sdk: gradio
-sdk_version: {gradio_version}
-app_file: app.py
-pinned: false
-models:
-{models}
----
-
-# {title}
-
-The hf_sae feature explorer for [{repo_id}](https://huggingface.co/{repo_id}): the feature list with search and
-sort, each feature's statistics, contexts and logit effects, the features of a typed prompt, and a steering
-playground. The `hf_sae` folder is the package itself, so the Space needs nothing that is not on PyPI.
-"""
-
-
-def write_space(output_dir: str | os.PathLike, repo_id: str, *, hookpoint: str | None = None, base_model=None) -> Path:
-    """Write a Hub Space folder that runs the explorer on the SAE repo `repo_id`: app.py, requirements.txt,
-    README.md (Space front matter, `sdk: gradio`) and a copy of the hf_sae package. Push it with
-    `huggingface-cli upload --repo-type space SPACE_ID OUTPUT_DIR` (or `HfApi.upload_folder`)."""
-    gr = _require_gradio()
-    output_dir = Path(output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
-        there = "holds files" if output_dir.is_dir() else "is a file"
-        raise ArgumentError(f"Expected a new or empty folder for the Space; {output_dir} {there}. Choose another.")
-    probe_writable(output_dir, "write_space")  # a parent that is a file, or no permission: one clear line
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "app.py").write_text(SPACE_APP.format(repo_id=repo_id, hookpoint=hookpoint))
-    requirements = _requirements() + [f"gradio=={gr.__version__}"]
-    (output_dir / "requirements.txt").write_text("\n".join(requirements) + "\n")
-    models = "".join(f"  - {m}\n" for m in (repo_id, base_model) if m).rstrip("\n")
-    title = f"{repo_id.split('/')[-1]} explorer"
-    readme = SPACE_README.format(title=title, gradio_version=gr.__version__, models=models, repo_id=repo_id)
-    (output_dir / "README.md").write_text(readme)
-    package = Path(resources.files("hf_sae"))
-    shutil.copytree(package, output_dir / "hf_sae", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return output_dir
-
-
-def push_space(
-    space_id: str,
-    repo_id: str,
-    *,
-    hookpoint: str | None = None,
-    base_model: str | None = None,
-    token: str | None = None,
-    private: bool = False,
-):
-    """Create (if needed) the Gradio Space `space_id` and upload `write_space`'s folder for the SAE repo `repo_id`
-    to it in one commit. Returns the `CommitInfo`."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    intact = (f"Nothing of the Space was uploaded, and the SAE repo {repo_id} is as this step found it (SAEs pushed "
-              f"before it are there). Check that the token can write to {space_id}, then push the Space again "
-              f"(`hf-sae push ... --space {space_id}`, or `hf-sae app --write_space DIR` and `hf upload --repo-type "
-              f"space {space_id} DIR`).")  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="hf-sae-space-") as tmp:
-        folder = write_space(Path(tmp) / "space", repo_id, hookpoint=hookpoint, base_model=base_model)
-        with push_errors(f"Pushing the Space {space_id!r}", intact):
-            api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-            message = f"Feature explorer for {repo_id}"
-            return api.upload_folder(repo_id=space_id, repo_type="space", folder_path=folder, commit_message=message)
-
-
-def _requirements() -> list[str]:
-    """hf_sae's own dependencies, as installed (the Space installs them from PyPI)."""
-    from importlib.metadata import PackageNotFoundError, requires
-
-    try:
-        listed = requires("hf-sae") or []
-    except PackageNotFoundError:  # running from a source tree without an install
-        listed = []
-    return [r for r in listed if "extra ==" not in r]
+__all__ = [
+    "Explorer", "GraphExplorer", "build_app", "load_explorer", "load_graph_explorer", "push_space", "write_space",
+]  # fmt: skip

@@ -72,10 +72,10 @@ class GraphInterventions:
                 f"{type(transcoders).__name__}. Cross-layer transcoders are not spliced by `SaeHooks`: intervene with "
                 "a per-layer transcoder set."
             )
-        self.model, self.tokenizer = model, tokenizer
+        self.model, self.tokenizer, self.transcoders = model, tokenizer, dict(transcoders)
         self.layers = {int(layer) for layer in transcoders}
         self.hooks = SaeHooks(model, {f"layer{layer}": sae for layer, sae in transcoders.items()})
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # whatever runs the model holds it
 
     def parse(self, graph: Mapping, spec: str) -> list[NodeEdit]:
         """`"node_id[:scale], ..."` -> the edits; a node alone is switched off (scale 0)."""
@@ -111,7 +111,7 @@ class GraphInterventions:
     def last_logits(self, input_ids: list[int], edits: list[NodeEdit] = ()) -> torch.Tensor:
         """`(vocab,)`: the logits at the last position, with each transcoder spliced (its error kept) and `edits`."""
         ids = torch.tensor([input_ids], device=self.model.device)
-        with self._lock, ExitStack() as stack:
+        with self.lock, ExitStack() as stack:
             stack.enter_context(self.hooks.splice(error_term=True))
             for edit in edits:  # each clamped at its own position, in its own layer
                 name, values = f"layer{edit.layer}", {edit.feature: edit.value}

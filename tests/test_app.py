@@ -365,7 +365,8 @@ def test_graph_tab_ablating_the_top_feature_moves_the_top_logit_as_sae_hooks_doe
     from hf_sae import SaeHooks
 
     explorer, lm, transcoders, ids = graphs
-    graph, view = explorer.load(explorer.path)
+    assert explorer.slugs() == ["tiny"] and explorer.selected == "tiny"  # graph-metadata.json is no graph
+    graph, view = explorer.load("tiny")
     assert view.count('class="node ') == len(graph["nodes"]) > 0
     top, logit = _top_feature_and_logit(graph)
     layer, feature, pos = (int(part) for part in top["node_id"].split("_"))
@@ -382,10 +383,34 @@ def test_graph_tab_ablating_the_top_feature_moves_the_top_logit_as_sae_hooks_doe
     base = re.search(rf'data-token-id="{logit["feature"]}" data-logit="[^"]+" data-base-logit="([^"]+)"', table)
     assert float(base.group(1)) == pytest.approx(before, abs=1e-6)
     assert table.count('class="graph-logit"') == sum(n["feature_type"] == "logit" for n in graph["nodes"])
-    with pytest.raises(ArgumentError, match="Load a graph first"):
+    with pytest.raises(ArgumentError, match="Open or trace a graph first"):
         explorer.intervene(None, top["node_id"])
-    with pytest.raises(ArgumentError, match=r"Expected the path of a graph JSON file.*'nowhere.json', which is no"):
-        explorer.load("nowhere.json")
+    with pytest.raises(ArgumentError, match=r"No graph '../tiny' in .*; pick one of \['tiny'\]"):
+        explorer.load("../tiny")  # only the folder's graphs open
+
+
+def test_graph_tab_traces_a_typed_prompt_and_refuses_a_long_one(graphs, monkeypatch):
+    from hf_sae import app as app_module
+    from hf_sae.attribution import attribute, graph_json
+
+    explorer, lm, transcoders, _ = graphs
+    graph, view = explorer.trace("w5 w17 w42 w8 w33")
+    expected = graph_json(attribute(lm, tiny_tokenizer(), transcoders, "w5 w17 w42 w8 w33"), "explorer")
+    assert graph["metadata"]["prompt_tokens"] == ["w5", "w17", "w42", "w8", "w33"]
+    assert [n["node_id"] for n in graph["nodes"]] == [n["node_id"] for n in expected["nodes"]]
+    assert view.count('class="node ') == len(graph["nodes"])
+    monkeypatch.setattr(app_module, "MAX_TRACED", 4)
+    calls = []
+    monkeypatch.setattr(app_module, "attribute", lambda *args, **kwargs: calls.append(args))
+    with pytest.raises(ArgumentError, match="The prompt makes 5 tokens; the explorer traces at most 4"):
+        explorer.trace("w5 w17 w42 w8 w33")
+    assert calls == []  # refused before any tracing
+    from hf_sae.app import GraphExplorer
+
+    with pytest.raises(ArgumentError, match="Tracing and editing need the graph's LM"):
+        GraphExplorer(None, explorer.folder).trace("w5")
+    with pytest.raises(ArgumentError, match=r"Expected a graph JSON file or a folder of them; .*nowhere is neither"):
+        GraphExplorer(None, explorer.folder / "nowhere")
 
 
 def test_graph_tab_in_headless_chromium(chrome, graphs):  # noqa: F811
@@ -395,7 +420,7 @@ def test_graph_tab_in_headless_chromium(chrome, graphs):  # noqa: F811
     from hf_sae.graph_page import node_label
 
     explorer = graphs[0]
-    graph, _ = explorer.load(explorer.path)
+    graph, _ = explorer.load("tiny")
     top, logit = _top_feature_and_logit(graph)
     app = build_app(None, graphs=explorer)
     port = _free_port()
@@ -416,6 +441,7 @@ def test_graph_tab_in_headless_chromium(chrome, graphs):  # noqa: F811
         shown = chrome.find_elements("css selector", "#graph-logits-html tr.graph-logit")
         assert [row.text for row in shown] == [n["clerp"] for n in graph["nodes"] if n["feature_type"] == "logit"]
         assert [e for e in chrome.get_log("browser") if e["level"] == "SEVERE"] == []
+        chrome.execute_script("arguments[0].scrollIntoView()", chrome.find_element("css selector", "#graph-nodes"))
         chrome.save_screenshot(str(Path(os.environ.get("TMPDIR", "/tmp")) / "app_graph.png"))
     finally:
         app.close()
