@@ -135,3 +135,26 @@ def test_each_bad_input_is_refused_before_the_lm_loads(tiny, tmp_path, capsys, l
     with pytest.raises(RuntimeError, match="the LM was loaded"):  # good input reaches the LM: the probe works
         run(good, capsys)
     assert lm_loads == [(str(lm),)]
+
+
+@pytest.mark.slow
+def test_the_default_model_is_the_built_in_smollm2(tmp_path, capsys):
+    from test_attribution_smollm2 import prompt, random_transcoders
+
+    model, tokenizer = load_model()
+    transcoders = random_transcoders(model, prompt(tokenizer, 8))
+    save_saes({sae.config.hookpoint: sae for sae in transcoders.values()}, tmp_path / "transcoders")
+    text = "The capital of France is"
+    flags = ["--max_feature_nodes", "200", "--batch_size", "32"]  # no --model: the built-in one
+    rc, out, err = run(["--transcoders", str(tmp_path / "transcoders"), "--prompt", text, "--output_dir",
+                        str(tmp_path / "graphs"), *flags], capsys)  # fmt: skip
+    assert rc == 0, err
+    written = read_graph_json(tmp_path / "graphs" / "the-capital-of-france-is.json")
+    graph = attribute(model, tokenizer, transcoders, text, max_feature_nodes=200, batch_size=32)
+    expected = graph_json(graph, "the-capital-of-france-is")
+    assert written["metadata"]["prompt_tokens"] == [tokenizer.decode([i]) for i in tokenizer(text).input_ids]
+    assert [n["node_id"] for n in written["nodes"]] == [n["node_id"] for n in expected["nodes"]]
+    assert len(expected["nodes"]) > 20 and any(
+        n["feature_type"] == "cross layer transcoder" for n in expected["nodes"]
+    )
+    assert "Replacement score {:.3f}, completeness score {:.3f}".format(*graph_scores(graph)) in out
