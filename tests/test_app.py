@@ -445,3 +445,30 @@ def test_graph_tab_in_headless_chromium(chrome, graphs):  # noqa: F811
         chrome.save_screenshot(str(Path(os.environ.get("TMPDIR", "/tmp")) / "app_graph.png"))
     finally:
         app.close()
+
+
+def test_load_graph_explorer_reads_the_graphs_transcoders_and_lm_from_their_folders(graphs, tmp_path):
+    import re
+
+    from hf_sae.app import load_graph_explorer
+    from hf_sae.errors import SaeNotFoundError
+
+    explorer, lm, transcoders, _ = graphs
+    lm.save_pretrained(tmp_path / "lm")
+    tiny_tokenizer().save_pretrained(tmp_path / "lm")
+    for sae in transcoders.values():
+        sae.save_pretrained(tmp_path / "transcoders" / sae.config.hookpoint)
+    with pytest.raises(SaeNotFoundError):  # before the LM loads
+        load_graph_explorer(explorer.folder, str(tmp_path / "nowhere"), str(tmp_path / "lm"), device="cpu")
+    loaded = load_graph_explorer(explorer.folder / "tiny.json", str(tmp_path / "transcoders"), str(tmp_path / "lm"),
+                                 device="cpu")  # fmt: skip
+    assert loaded.selected == "tiny" and sorted(loaded.interventions.transcoders) == sorted(transcoders)
+    graph, _ = loaded.load("tiny")
+    node = next(n for n in graph["nodes"] if n["feature_type"] == "cross layer transcoder")["node_id"]
+
+    def logits(table: str) -> dict[str, float]:
+        return {k: float(v) for k, v in re.findall(r'data-token-id="(\d+)" data-logit="([^"]+)"', table)}
+
+    assert logits(loaded.intervene(graph, node)) == pytest.approx(logits(explorer.intervene(graph, node)), abs=1e-5)
+    shown_only = load_graph_explorer(explorer.folder)
+    assert shown_only.interventions is None and shown_only.slugs() == ["tiny"]

@@ -149,10 +149,13 @@ def test_graph_page_in_headless_chromium(chrome, graph, tmp_path):  # noqa: F811
     assert incoming == {link["source"] for link in graph["links"] if link["target"] == top["node_id"]}
     assert outgoing == {link["target"] for link in graph["links"] if link["source"] == top["node_id"]} != set()
     assert "focused" in chrome.find_element("css selector", ".hf-graph").get_attribute("class")
-    assert [e for e in chrome.get_log("browser") if e["level"] == "SEVERE"] == []
     shot = Path(os.environ.get("TMPDIR", tempfile.gettempdir())) / "graph_page.png"
     chrome.set_window_size(1400, 900)
     assert chrome.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    node.click()  # a second click clears the highlight
+    assert not chrome.find_elements("css selector", ".link.incoming, .link.outgoing, .node.chosen")
+    assert "focused" not in chrome.find_element("css selector", ".hf-graph").get_attribute("class")
+    assert [e for e in chrome.get_log("browser") if e["level"] == "SEVERE"] == []
 
 
 # ---- feature nodes switched off and scaled on the real model --------------------------------------------------------
