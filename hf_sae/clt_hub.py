@@ -3,7 +3,6 @@ feature metadata and metrics beside them) pushed whole, in one commit, with a mo
 back with `CltModel.from_pretrained` or `hf_sae.load_transcoders`.
 """
 
-import re
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
@@ -11,8 +10,10 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 from .configuration_clt import CltConfig
 from .errors import HubError, WeightsError
 from .hub_client import push_errors
-from .layout import CONFIG, README, WEIGHTS, read_json, safetensors_shapes, symbolic_links
+from .layout import CONFIG, FEATURES, METRICS, README, WEIGHTS, read_json, safetensors_shapes, symbolic_links
 from .model_card import card_data, render_clt_card
+
+PUSHED = (CONFIG, WEIGHTS, METRICS, FEATURES)  # what a CLT's repo holds besides its card
 
 
 def holds_clt(folder: Path) -> bool:
@@ -24,8 +25,9 @@ def push_clt_folder(repo_id: str, directory: Path, *, private: bool = False, tok
                     revision: str | None = None, commit_message: str | None = None,
                     commit_description: str | None = None, create_pr: bool = False, model_card=None,
                     **card_kwargs) -> CommitInfo:  # fmt: skip
-    """Push a folder holding a `CltModel` (its config, weights, and any feature metadata and metrics beside them)
-    with a model card that says it is a cross-layer transcoder, in one commit, checked before anything is uploaded."""
+    """Push a folder holding a `CltModel` (its config, weights, and any feature metadata and metrics beside them, not
+    the checkpoints or arguments a training run leaves there) with a model card that says it is a cross-layer
+    transcoder, in one commit, checked before anything is uploaded."""
     config = CltConfig.from_pretrained(directory)
     saved, expected = safetensors_shapes(directory / WEIGHTS), config.tensor_shapes()
     if wrong := sorted(name for name in expected if saved.get(name) != expected[name]):
@@ -33,14 +35,15 @@ def push_clt_folder(repo_id: str, directory: Path, *, private: bool = False, tok
             f"{directory / WEIGHTS} disagrees with its config.json on {wrong} (the config expects "
             f"{[expected[name] for name in wrong]}). Save the cross-layer transcoder again."
         )
-    if links := symbolic_links(directory.iterdir()):
+    tops = [directory / name for name in PUSHED if (directory / name).exists()]
+    if links := symbolic_links(tops):
         raise HubError(
             f"Pushing {directory} refused, nothing was uploaded: it holds symbolic links "
             f"({', '.join(map(str, links))}), which could point to any file on this machine. Replace each with a copy "
             "of the file, or remove it."
         )
-    files = {p.relative_to(directory).as_posix(): p for p in sorted(directory.rglob("*")) if p.is_file()}
-    files = {path: p for path, p in files.items() if path != README and not re.search(r"(^|/)\.", path)}
+    paths = [path for top in tops for path in ([top] if top.is_file() else sorted(top.rglob("*"))) if path.is_file()]
+    files = {path.relative_to(directory).as_posix(): path for path in paths}
     card = model_card or render_clt_card(directory, repo_id, card_data(directory / README), **card_kwargs)
     api = HfApi(token=token)
     intact = "A Hub commit is all or nothing, so the repo holds no part of this push. Fix the cause and push again."

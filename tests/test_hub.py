@@ -670,17 +670,17 @@ def test_a_clt_pushes_and_loads_back_with_a_card_that_says_what_it_is(api, tmp_p
     clt.push_to_hub("alice/clt", token=ALICE)
     assert_equal_tensors(CltModel.from_pretrained("alice/clt"), clt)
     clt.save_pretrained(tmp_path / "clt")
+    (tmp_path / "clt" / "features" / "layer_0").mkdir(parents=True)  # feature metadata is uploaded with it,
+    (tmp_path / "clt" / "features" / "layer_0" / "labels.json").write_text('{"3": "a label"}')
+    (tmp_path / "clt" / "training_args.json").write_text("{}")  # a training run's arguments are not
     pushed = main(["push", "--sae", str(tmp_path / "clt"), "--repo_id", "alice/clt-cli", "--token", ALICE,
                    "--license", "apache-2.0"])  # fmt: skip
     assert pushed == 0, capsys.readouterr().err
-    assert set(api.list_repo_files("alice/clt-cli")) == {
-        ".gitattributes",
-        "README.md",
-        "config.json",
-        "model.safetensors",
-    }
+    repo_files = {".gitattributes", "README.md", "config.json", "model.safetensors", "features/layer_0/labels.json"}
+    assert set(api.list_repo_files("alice/clt-cli")) == repo_files
     card = ModelCard.load(hf_hub_download("alice/clt-cli", "README.md"))
     assert "A cross-layer transcoder (CLT) over the 3 layers" in card.text and "CltModel.from_pretrained" in card.text
+    assert "Feature metadata is included for 1 layer (`features/`)" in card.text
     assert card.data.library_name == "hf_sae" and card.data.license == "apache-2.0"
     assert {"cross-layer-transcoder", "jumprelu"} <= set(card.data.tags)
     loaded = load_transcoders("alice/clt-cli")
