@@ -7,6 +7,10 @@ output hookpoint: a splice replaces the output y (an MLP's, say) by the predicti
 edited latents' decoder rows to y, and the input passes unchanged. Positions are absolute token indices within each
 sequence: 0 is its first real (non-padding) token, and under `generate()` with a KV cache the count goes on through
 the generated tokens. They come from the 2D attention mask the model is called with, else from the cache length.
+
+Which tokens: by default those an SAE is trained and measured on, by `lm_forward`'s rule (not position 0, whose
+residual norm on SmolLM2 is about 120 times the median, not special tokens, not norm outliers), from the ids the
+model is called with (`steering.TokenCounter`); `all_tokens=True` acts on every real token.
 """
 
 import inspect
@@ -28,8 +32,9 @@ from .hookpoints import (
     resolve_hookpoints,
 )
 from .hub import load_saes
+from .lm_forward import OUTLIER_FACTOR, special_token_ids
 from .modeling_sae import SaeModel, saes_by_hookpoint
-from .steering import Edit, Positions, Tokens, feature_values, positions_of, token_info
+from .steering import Call, Edit, Positions, TokenCounter, Tokens, feature_values, positions_of, token_info
 
 logger = logging.get_logger(__name__)
 
@@ -46,9 +51,11 @@ class SaeRecorder:
     What [`SaeHooks.record`] collected. Each attribute maps a hookpoint to a list with one tensor per forward (one
     per step under `generate()`): `latents` `(batch, seq, num_latents)`, after any active edit; `inputs`
     `(batch, seq, d_in)`, the hooked activations; `reconstructions` `(batch, seq, d_in)`, the decoded latents; and
-    `masks` `(batch, seq)`, `True` on real (non-padding) tokens. With `top_k`, only each token's `top_k` largest
-    latents are kept, as `top_values` and `top_indices` `(batch, seq, top_k)`, and `latents` stays empty: memory
-    grows with `top_k`, not with the SAE's width.
+    `masks` `(batch, seq)`, `True` on real (non-padding) tokens; and `counted` `(batch, seq)`, `True` on the tokens
+    the SAE acted on. At the tokens it skips (position 0, special tokens and norm outliers, unless the hooks were made
+    with `all_tokens=True`) latents and reconstructions are recorded as zeros; `inputs` are recorded everywhere. With
+    `top_k`, only each token's `top_k` largest latents are kept, as `top_values` and `top_indices`
+    `(batch, seq, top_k)`, and `latents` stays empty: memory grows with `top_k`, not with the SAE's width.
     """
 
     def __init__(
@@ -61,6 +68,7 @@ class SaeRecorder:
         self.inputs: dict[str, list[Tensor]] = {name: [] for name in hookpoints} if inputs else {}
         self.reconstructions: dict[str, list[Tensor]] = {name: [] for name in hookpoints} if reconstructions else {}
         self.masks: dict[str, list[Tensor]] = {name: [] for name in hookpoints}
+        self.counted: dict[str, list[Tensor]] = {name: [] for name in hookpoints}
 
     def cat(self, hookpoint: str, kind: RecordKind = "latents") -> Tensor:
         """Every forward joined along the sequence: under `generate()`, `(batch, all tokens but the last, width)`."""
@@ -70,7 +78,7 @@ class SaeRecorder:
         """The real tokens of every forward, padding dropped: `(num_tokens, width)`."""
         return torch.cat([t[mask] for t, mask in zip(getattr(self, kind)[hookpoint], self.masks[hookpoint])])
 
-    def _add(self, name: str, z: Tensor, real: Tensor, x: Tensor, reconstruction: Tensor | None) -> None:
+    def _add(self, name: str, z: Tensor, real: Tensor, counted: Tensor, x: Tensor, reconstruction: Tensor | None):
         if self.detach:
             z, x = z.detach(), x.detach()
             reconstruction = None if reconstruction is None else reconstruction.detach()
@@ -81,6 +89,7 @@ class SaeRecorder:
         else:
             self.latents[name].append(z)
         self.masks[name].append(real)
+        self.counted[name].append(counted)
         for store, value in ((self.inputs, x), (self.reconstructions, reconstruction)):
             if name in store:
                 store[name].append(value)
@@ -102,6 +111,14 @@ class SaeHooks:
             (a sweep's `"k32/model.layers.6"`): a dotted key that is no module is a misspelling, refused. Their
             edits and splices apply in the order given, each to what the one before it left. They are put in eval mode:
             each token is coded on its own (BatchTopK by its threshold), whatever else is in the batch.
+        all_tokens (`bool`, defaults to `False`): act on every real token. By default the SAEs skip the tokens they
+            were not trained on, by the rule training and `hf-sae eval` use (`lm_forward`): position 0, special
+            tokens and norm outliers. There a splice or an edit leaves the activation as it is, and a recorder
+            records zeros.
+        tokenizer (*optional*): whose special tokens (`all_special_ids`) are skipped, as training skipped them; by
+            default the BOS, EOS and padding ids of the model's config.
+        outlier_factor (`float`, *optional*, defaults to 10.0): skip a token whose activation norm exceeds this
+            times the median norm of its sequence's other tokens, as training did; `None` skips no outlier.
 
     Example:
 
@@ -113,8 +130,17 @@ class SaeHooks:
     ```
     """
 
-    def __init__(self, model: nn.Module, saes: Mapping[str, SaeModel] | Sequence[SaeModel]):
+    def __init__(
+        self,
+        model: nn.Module,
+        saes: Mapping[str, SaeModel] | Sequence[SaeModel],
+        *,
+        all_tokens: bool = False,
+        tokenizer=None,
+        outlier_factor: float | None = OUTLIER_FACTOR,
+    ):
         self.model = model
+        self.counting = TokenCounter(None if all_tokens else special_token_ids(tokenizer, model), outlier_factor)
         self.saes = saes_by_hookpoint(saes, "SaeHooks")
         for sae in self.saes.values():  # batch-wide selection would tie a sequence's latents to its batch
             sae.eval()
@@ -140,22 +166,25 @@ class SaeHooks:
                 _check_width(name, sae, width, output=True)
         self._active: dict[str, list[_Splice | Edit | SaeRecorder]] = {name: [] for name in self.saes}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._call: tuple[Tensor | None, int] = (None, 0)  # the current forward's (attention mask, cache length)
+        self._call = Call()  # what the current forward was called with
         self._pending: dict[str, tuple[Callable[[Tensor], Tensor] | None, torch.Size]] = {}  # transcoders' edits
 
     @classmethod
-    def from_pretrained(cls, model: nn.Module, repo_or_dir: str, hookpoints: str | list[str] | None = None,
+    def from_pretrained(cls, model: nn.Module, repo_or_dir: str, hookpoints: str | list[str] | None = None, *,
+                        all_tokens: bool = False, tokenizer=None, outlier_factor: float | None = OUTLIER_FACTOR,
                         **load_kwargs) -> "SaeHooks":  # fmt: skip
         r"""
         Load SAEs from a Hub repo or a local folder (`hf_sae.load_saes`) onto the model's device and attach them, as
-        `PeftModel.from_pretrained(base, repo)` does for adapters.
+        `PeftModel.from_pretrained(base, repo)` does for adapters. `all_tokens`, `tokenizer` and `outlier_factor` are
+        the hooks' own (see the class).
 
         ```python
         >>> hooks = SaeHooks.from_pretrained(lm, "you/smollm2-saes", hookpoints=["model.layers.15"])
         ```
         """
         device = next(model.parameters()).device
-        return cls(model, load_saes(repo_or_dir, hookpoints, device=device, **load_kwargs))
+        saes = load_saes(repo_or_dir, hookpoints, device=device, **load_kwargs)
+        return cls(model, saes, all_tokens=all_tokens, tokenizer=tokenizer, outlier_factor=outlier_factor)
 
     @contextmanager
     def record(
@@ -282,7 +311,6 @@ class SaeHooks:
                 self._detach()
 
     def _attach(self) -> None:
-        # Positions need what the whole model was called with: the hooked module may never see the mask.
         self._signature = inspect.signature(self.model.forward)  # once, not at every forward
         self._handles.append(self.model.register_forward_pre_hook(self._remember_call, with_kwargs=True))
         self._handles.append(self.model.register_forward_hook(self._forget_call, always_call=True))
@@ -304,8 +332,9 @@ class SaeHooks:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._call = (None, 0)
+        self._call = Call()
         self._pending.clear()
+        self.counting.restart()
 
     def _remember_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if args:  # `lm(ids, mask)`: the mask passed by position counts as well
@@ -315,21 +344,27 @@ class SaeHooks:
                 pass  # a call its own forward will refuse
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0  # read before the layers extend it
-        self._call = (kwargs.get("attention_mask"), int(past))
+        self._call = Call(kwargs.get("attention_mask"), int(past), kwargs.get("input_ids"))
+        if not past:  # a new sequence: the norms of the last one are no reference for it
+            self.counting.restart()
 
     def _forget_call(self, module: nn.Module, args: tuple, output: Any) -> None:
-        self._call = (None, 0)
+        self._call = Call()
         self._pending.clear()
 
     def _intervention(self, names: list[str]):
         def run(x: Tensor) -> Tensor | None:
+            if not any(self._active[name] for name in names):
+                return None
             out = None
+            tokens = token_info(self._call, x)
+            counted = self.counting.mask(names[0], x, tokens, self._call.input_ids)
             for name in names:
                 if self._active[name]:
                     _check_width(name, self.saes[name], x.shape[-1])
                     current = x if out is None else out
                     sae = self.saes[name]
-                    edit = _run_sae(sae, current, self._active[name], token_info(*self._call, x), name)
+                    edit = _run_sae(sae, current, self._active[name], tokens, counted, name)
                     if sae.config.is_transcoder:  # applied at the output hookpoint (None: it stays as it is)
                         self._pending[name] = (edit, current.shape[:-1])
                     elif edit is not None:
@@ -374,15 +409,18 @@ class SaeHooks:
         return self._select(hookpoint)[0]
 
 
-def _run_sae(sae: SaeModel, x: Tensor, active: list, tokens: Tokens, name: str) -> Callable[[Tensor], Tensor] | None:
+def _run_sae(sae: SaeModel, x: Tensor, active: list, tokens: Tokens, counted: Tensor,
+             name: str) -> Callable[[Tensor], Tensor] | None:  # fmt: skip
     """How the SAE changes the activation it acts on, x itself or a transcoder's output y: a function of it that
-    returns the new one in its own dtype, or `None` to leave it as it is. Feeds the recorders on the way."""
+    returns the new one in its own dtype, or `None` to leave it as it is. Feeds the recorders on the way. Only the
+    `counted` tokens `(...)` change: elsewhere the latents are zeros, edits reach nothing and splices leave y."""
     x_sae = x.to(device=sae.device, dtype=sae.dtype)
-    z = sae.encode(x_sae)  # (..., num_latents)
+    counted = counted.to(x_sae.device)
+    z = torch.where(counted[..., None], sae.encode(x_sae), 0.0)  # (..., num_latents)
     edits = [item for item in active if isinstance(item, Edit)]
     z_edited = z.clone() if edits else z
     for edit in edits:
-        edit.apply_(z_edited, tokens)
+        edit.apply_(z_edited, Tokens(tokens.positions, counted))
     splice = next((item for item in reversed(active) if isinstance(item, _Splice)), None)  # the innermost wins
     recorders = [item for item in active if isinstance(item, SaeRecorder)]
     wants_reconstruction = splice is not None or any(name in r.reconstructions for r in recorders)
@@ -390,11 +428,14 @@ def _run_sae(sae: SaeModel, x: Tensor, active: list, tokens: Tokens, name: str) 
     reconstruction = _predict(sae, z_edited, skip) if wants_reconstruction else None  # (..., d_out)
     real = tokens.real if tokens.real is not None else torch.ones(z.shape[:-1], dtype=torch.bool, device=z.device)
     for recorder in recorders:
-        recorder._add(name, z_edited, real, x, reconstruction)
+        recorded = None if reconstruction is None else torch.where(counted[..., None], reconstruction, 0.0)
+        recorder._add(name, z_edited, real, counted, x, recorded)
     # What keeps the activation (the error term, an edit's untouched part) is added in its own dtype: it never makes
     # the round trip through the SAE's dtype, so an edit that changes nothing leaves it bit-identical.
     if splice is not None and not splice.error_term:
-        return lambda y: reconstruction.to(device=y.device, dtype=y.dtype)
+        return lambda y: torch.where(
+            counted.to(y.device)[..., None], reconstruction.to(device=y.device, dtype=y.dtype), y
+        )
     if not edits:
         return None  # a splice with its error term is the activation itself
     if splice is not None:

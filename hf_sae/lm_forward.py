@@ -9,11 +9,16 @@ Which tokens count: not position 0 (on SmolLM2 the BOS residual norm is about 25
 not special tokens (`tokenizer.all_special_ids`), and not the rare tokens whose activation norm exceeds
 `outlier_factor` times the median norm of the other counted tokens of the same block (about one token in 8,700 on
 SmolLM2, which would otherwise dominate the reconstruction error). The median is taken per block, so that the rule,
-and every number built on it, does not depend on how blocks are batched.
+and every number built on it, does not depend on how blocks are batched. Training, evaluation, feature collection and
+`SaeHooks` all apply it through `countable` and `within_norm`; `SaeHooks` meets a block in pieces under `generate()`
+(the prompt, then one token a step), so it judges each new token against the median of the block so far.
 
     LmReading           how a run reads the LM: device, blocks per forward, autocast dtype, outlier rule
     run_lm              one forward, stopped after the deepest hookpoint unless the logits are wanted
-    counted_tokens      the tokens that count
+    counted_tokens      the tokens that count, in whole blocks
+    countable           the rule's first part: not position 0, not a special token
+    within_norm         its second part: not a norm outlier of its block
+    special_token_ids   the ids that never count, from a tokenizer or else a model's config
     activation_widths   each hookpoint's width, from a tiny forward
 """
 
@@ -28,6 +33,8 @@ from .errors import ArgumentError
 from .fast_linear import fast_linears
 from .hookpoints import capture_activations, register_activation_hook, resolve_hookpoints
 
+OUTLIER_FACTOR = 10.0  # a token whose norm exceeds this times its block's median norm is left out
+
 
 @dataclass(frozen=True)
 class LmReading:
@@ -37,7 +44,7 @@ class LmReading:
     device: torch.device
     batch_size: int = 8
     autocast_dtype: torch.dtype | None = None
-    outlier_factor: float | None = 10.0
+    outlier_factor: float | None = OUTLIER_FACTOR
 
     @property
     def keywords(self) -> dict:
@@ -90,21 +97,53 @@ def counted_tokens(
 ) -> tuple[Tensor, int]:
     """`(mask, outliers)`: `(batch, seq)` True on the tokens that count (see the module docstring) at every one of
     `activations` (each `(batch, seq, width)`), and how many tokens were left out as norm outliers."""
-    keep = ~torch.isin(input_ids, excluded_ids.to(input_ids.device))
-    keep[:, 0] = False
+    positions = torch.arange(input_ids.shape[-1], device=input_ids.device).expand_as(input_ids)  # (batch, seq)
+    keep = countable(input_ids, positions, excluded_ids)
     if outlier_factor is None:
         return keep, 0
     ordinary = torch.ones_like(keep)
     for acts in activations:
-        norms = acts.float().norm(dim=-1)  # (batch, seq)
-        median = norms.masked_fill(~keep, float("nan")).nanmedian(dim=-1, keepdim=True).values  # (batch, 1)
-        ordinary &= norms <= outlier_factor * median
+        ordinary &= within_norm(keep, activation_norms(acts), outlier_factor)
     return keep & ordinary, int((keep & ~ordinary).sum())
 
 
-def special_token_ids(tokenizer) -> Tensor:
-    """The ids that never count: the tokenizer's special tokens (BOS, EOS, padding, chat markers)."""
-    return torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+def countable(input_ids: Tensor | None, positions: Tensor, excluded_ids: Tensor) -> Tensor:
+    """`(batch, seq)` True on the tokens that may count before their norms are judged: not the first token of its
+    sequence (`positions` count from 0 there; padding, counted negative, is left out too) and not one of
+    `excluded_ids` (where the token ids are known)."""
+    keep = positions > 0
+    if input_ids is not None:
+        keep &= ~torch.isin(input_ids, excluded_ids.to(input_ids.device))
+    return keep
+
+
+def activation_norms(acts: Tensor) -> Tensor:
+    """`(batch, seq)` float32 norms of `(batch, seq, width)` activations, as the outlier rule reads them."""
+    return acts.detach().float().norm(dim=-1)
+
+
+def within_norm(keep: Tensor, norms: Tensor, outlier_factor: float, earlier: Tensor | None = None) -> Tensor:
+    """`(batch, seq)` True where a token's norm (`norms`, `(batch, seq)`) is at most `outlier_factor` times the median
+    norm of its block's countable tokens: those of `keep`, and, when the block comes in pieces (generation with a KV
+    cache), `earlier` `(batch, t)`, the norms of its tokens before these, NaN at those not countable."""
+    pool = norms.masked_fill(~keep, float("nan"))
+    if earlier is not None:
+        pool = torch.cat([earlier, pool], dim=-1)
+    median = pool.nanmedian(dim=-1, keepdim=True).values  # (batch, 1); NaN (nothing within) where none is countable
+    return norms <= outlier_factor * median
+
+
+def special_token_ids(tokenizer=None, model: nn.Module | None = None) -> Tensor:
+    """The ids that never count: the tokenizer's special tokens (BOS, EOS, padding, chat markers); without a
+    tokenizer, the BOS, EOS and padding ids that `model`'s config and generation config name."""
+    if tokenizer is not None:
+        return torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+    ids = set()
+    for config in (getattr(model, "config", None), getattr(model, "generation_config", None)):
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(config, key, None)
+            ids.update(value if isinstance(value, list | tuple) else [] if value is None else [value])
+    return torch.tensor(sorted(ids), dtype=torch.long)
 
 
 def activation_widths(model, hookpoints: list[str], pairs: dict[str, str | None] | None = None) -> dict[str, int]:

@@ -1,5 +1,6 @@
 """What `SaeHooks.steer` and `ablate` do to latents: an `Edit` (which latents, by how much, at which positions) and
-the token information it needs (absolute positions and the padding mask); user input is checked here, as it comes."""
+the token information it needs (absolute positions, the padding mask, and which tokens the SAEs act on by
+`lm_forward`'s rule); user input is checked here, as it comes."""
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .errors import HookpointError, SteeringError
+from .lm_forward import activation_norms, countable, within_norm
 from .modeling_sae import SaeModel
 
 Positions = int | Sequence[int] | slice | None
@@ -77,10 +79,51 @@ class Edit:
         )
 
 
-def token_info(attention_mask: Tensor | None, past_length: int, x: Tensor) -> Tokens:
+class Call(NamedTuple):
+    """What the whole model was called with, for the hooks inside it: the hooked module may never see it."""
+
+    attention_mask: Tensor | None = None
+    past_length: int = 0  # the KV cache's length before this forward
+    input_ids: Tensor | None = None
+
+
+class TokenCounter:
+    """Which tokens `SaeHooks` act on: `lm_forward`'s rule (not position 0, not a special token of `special_ids`, not
+    a norm outlier by `outlier_factor`) on sequences that may come in pieces, as under `generate()` with a KV cache,
+    each new token judged against the median norm of its sequence so far. With `special_ids=None`, every real token.
+    """
+
+    def __init__(self, special_ids: Tensor | None, outlier_factor: float | None):
+        self.special_ids, self.outlier_factor = special_ids, outlier_factor
+        self.norms: dict[str, Tensor] = {}  # per hookpoint, (batch, tokens so far) norms, NaN where not countable
+
+    def restart(self) -> None:
+        """A new sequence begins: the norms of the last one are no reference for it."""
+        self.norms.clear()
+
+    def mask(self, key: str, x: Tensor, tokens: Tokens, input_ids: Tensor | None) -> Tensor:
+        """`(...)` True on the tokens of x `(..., width)` at hookpoint `key` to act on: every real token without
+        per-token positions, else the rule's, with the token ids where the model was given them (not embeddings)."""
+        real = tokens.real if tokens.real is not None else torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
+        if self.special_ids is None or tokens.positions is None:
+            return real
+        ids = input_ids.to(x.device) if isinstance(input_ids, Tensor) and input_ids.shape == x.shape[:2] else None
+        keep = countable(ids, tokens.positions, self.special_ids) & real
+        if self.outlier_factor is None:
+            return keep
+        norms, earlier = activation_norms(x), self.norms.get(key)
+        if earlier is not None and earlier.shape[0] != x.shape[0]:
+            earlier = None  # another batch than the cache's (beams reordered): judged by this forward alone
+        now = norms.masked_fill(~keep, float("nan"))
+        self.norms[key] = now if earlier is None else torch.cat([earlier, now], dim=-1)
+        return keep & within_norm(keep, norms, self.outlier_factor, earlier)
+
+
+def token_info(call: Call, x: Tensor) -> Tokens:
+    """The positions and real-token mask of x `(batch, seq, width)` in the forward `call` (none for other shapes)."""
     if x.ndim != 3:
         return Tokens(None, None)
-    (batch, seq), mask = x.shape[:2], attention_mask
+    (batch, seq), mask, past_length = x.shape[:2], call.attention_mask, call.past_length
     if mask is not None and mask.ndim == 2 and mask.shape[0] == batch and mask.shape[1] >= seq:
         # Padding on the left shifts a sequence right; counting its real tokens gives each one's own position.
         positions = mask.long().cumsum(-1)[:, -seq:] - 1

@@ -63,7 +63,7 @@ def test_record_equals_encode_of_hidden_states(tiny_lm, input_ids, architecture)
     with torch.no_grad():
         clean = model(input_ids, output_hidden_states=True)
         last, _ = block_io(model, blocks[-1], input_ids)
-        with SaeHooks(model, saes).record(inputs=True, reconstructions=True) as recorder:
+        with SaeHooks(model, saes, all_tokens=True).record(inputs=True, reconstructions=True) as recorder:
             logits = model(input_ids).logits
     assert torch.equal(logits, clean.logits)  # recording alone changes nothing
     for i, name in enumerate(blocks):
@@ -134,7 +134,7 @@ def test_splice_without_error_term_is_the_reconstruction(tiny_lm, input_ids):
         finally:
             handle.remove()
         clean = model(input_ids).logits
-        with SaeHooks(model, {name: sae}).splice():
+        with SaeHooks(model, {name: sae}, all_tokens=True).splice():
             spliced = model(input_ids).logits
     assert (spliced - clean).abs().max() > 1e-3
     torch.testing.assert_close(spliced, manual, atol=ATOL, rtol=0)
@@ -148,7 +148,10 @@ def test_tuple_output_keeps_the_rest(tiny_llama, input_ids):
     with torch.no_grad():
         try:
             model(input_ids)
-            with SaeHooks(model, {name: sae}).splice(), SaeHooks(model, {name: sae}).record() as recorder:
+            with (
+                SaeHooks(model, {name: sae}, all_tokens=True).splice(),
+                SaeHooks(model, {name: sae}, all_tokens=True).record() as recorder,
+            ):
                 model(input_ids)
         finally:
             handle.remove()
@@ -190,9 +193,9 @@ def test_steer_adds_alpha_times_decoder_row(tiny_lm, input_ids):
     sae = make_sae(tiny_lm.hidden_size)
     with torch.no_grad():
         clean = next_input(model, after, input_ids)
-        with SaeHooks(model, {block: sae}).steer(7, 3.5):
+        with SaeHooks(model, {block: sae}, all_tokens=True).steer(7, 3.5):
             steered = next_input(model, after, input_ids)
-        with SaeHooks(model, {block: sae}).steer({7: 3.5, 2: -1.0}):
+        with SaeHooks(model, {block: sae}, all_tokens=True).steer({7: 3.5, 2: -1.0}):
             both = next_input(model, after, input_ids)
     torch.testing.assert_close(steered - clean, (3.5 * sae.W_dec[7]).expand_as(clean), atol=ATOL, rtol=0)
     expected = 3.5 * sae.W_dec[7] - sae.W_dec[2]
@@ -202,7 +205,7 @@ def test_steer_adds_alpha_times_decoder_row(tiny_lm, input_ids):
 def test_clamp_sets_latent_and_keeps_error_term(tiny_llama, input_ids):
     model, block, after = tiny_llama.model, "model.layers.0", "model.layers.1"
     sae = make_sae(24)
-    hooks = SaeHooks(model, {block: sae})
+    hooks = SaeHooks(model, {block: sae}, all_tokens=True)
     with torch.no_grad():
         clean = next_input(model, after, input_ids)
         with hooks.record() as recorder, hooks.steer(5, 9.0, mode="clamp"):
@@ -230,7 +233,7 @@ def test_steer_only_at_positions(tiny_gpt2, input_ids):
 def test_ablate_zeros_feature(tiny_lm, input_ids):
     model, (block, after, *_) = tiny_lm.model, tiny_lm.blocks
     sae = make_sae(tiny_lm.hidden_size)
-    hooks = SaeHooks(model, {block: sae})
+    hooks = SaeHooks(model, {block: sae}, all_tokens=True)
     with torch.no_grad():
         clean = next_input(model, after, input_ids)
         z = sae.encode(clean)
@@ -267,7 +270,7 @@ def test_generate_with_steering_changes_new_tokens(tiny_llama):
     sae = make_sae(24)
     prompt = torch.tensor([[BOS_ID, 5, 17, 33, 8]])
     kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=PAD_ID, eos_token_id=EOS_ID)
-    hooks = SaeHooks(model, {block: sae})
+    hooks = SaeHooks(model, {block: sae}, all_tokens=True)
     with torch.no_grad():
         plain = model.generate(prompt, **kwargs)
         with hooks.steer(0, 60.0):
@@ -494,7 +497,7 @@ def test_from_pretrained_loads_and_attaches_in_one_call(tiny_llama, input_ids, t
     hookpoint = tiny_llama.blocks[1]
     sae = make_sae(tiny_llama.hidden_size, "topk", hookpoint)
     save_saes({hookpoint: sae}, tmp_path / "saes")
-    hooks = SaeHooks.from_pretrained(tiny_llama.model, str(tmp_path / "saes"), hookpoints=[hookpoint])
+    hooks = SaeHooks.from_pretrained(tiny_llama.model, str(tmp_path / "saes"), hookpoints=[hookpoint], all_tokens=True)
     assert list(hooks.saes) == [hookpoint] and torch.equal(hooks.saes[hookpoint].W_dec, sae.W_dec)
     with torch.no_grad(), hooks.record() as recorder:
         tiny_llama.model(input_ids)
@@ -508,7 +511,7 @@ def test_two_saes_on_one_hookpoint_record_the_same_activations_and_splice_in_ord
         make_sae(tiny_llama.hidden_size, "topk", hookpoint),
         make_sae(tiny_llama.hidden_size, "relu", hookpoint, 1),
     )
-    hooks = SaeHooks(tiny_llama.model, {"narrow": narrow, "wide": wide})
+    hooks = SaeHooks(tiny_llama.model, {"narrow": narrow, "wide": wide}, all_tokens=True)
     x = capture_activations(tiny_llama.model, [hookpoint], input_ids)[hookpoint]
     with torch.no_grad(), hooks.record(inputs=True) as recorder:
         tiny_llama.model(input_ids)
@@ -549,7 +552,7 @@ def test_a_mask_passed_by_position_places_edits_as_one_passed_by_name(tiny_llama
     model, block = tiny_llama.model, "model.layers.1"
     ids = torch.tensor([[BOS_ID, 5, 17, 33], [PAD_ID, PAD_ID, BOS_ID, 9]])
     mask = (ids != PAD_ID).long()
-    hooks = SaeHooks(model, {block: make_sae(24)})
+    hooks = SaeHooks(model, {block: make_sae(24)}, all_tokens=True)
     with torch.no_grad(), hooks.steer(2, 7.0, mode="clamp", positions=[0]), hooks.record() as recorder:
         by_name = model(input_ids=ids, attention_mask=mask).logits
         by_position = model(ids, mask).logits
@@ -596,3 +599,101 @@ def test_saes_of_the_wrong_type_are_refused_clearly(tiny_llama):
 def test_one_hookpoint_name_is_one_hookpoint_not_its_letters(tiny_llama, input_ids):
     acts = capture_activations(tiny_llama.model, "model.layers.0", input_ids)
     assert list(acts) == ["model.layers.0"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# which tokens: the rule training and evaluation use (lm_forward), unless all_tokens
+
+LOUD = 50  # a token whose embedding is scaled up, so that its activation is a norm outlier
+
+
+def with_a_loud_token(lm):
+    with torch.no_grad():
+        lm.model.get_input_embeddings().weight[LOUD] *= 300
+    return lm.model
+
+
+def counted_by_hand(ids: torch.Tensor, x: torch.Tensor, special=(PAD_ID, BOS_ID, EOS_ID), factor=10.0) -> list:
+    """The rule spelled out for one sequence: not position 0, not special, norm at most `factor` times the lower
+    median of the other candidates' norms."""
+    norms = x.float().norm(dim=-1).tolist()
+    candidates = [t for t in range(1, len(norms)) if int(ids[t]) not in special]
+    median = sorted(norms[t] for t in candidates)[(len(candidates) - 1) // 2]
+    return [t in candidates and norms[t] <= factor * median for t in range(len(norms))]
+
+
+def test_hooks_act_only_on_the_tokens_training_counts(tiny_llama):
+    model, block = with_a_loud_token(tiny_llama), tiny_llama.blocks[1]
+    sae, ids = make_sae(24), torch.tensor([[BOS_ID, 5, 17, LOUD, 33, EOS_ID, 9, 12]])
+    with torch.no_grad():
+        x, clean_logits = block_io(model, block, ids)
+        norms = x[0].norm(dim=-1)
+        assert norms[3] > 10 * norms[[1, 2, 4, 6, 7]].median()  # the loud token is an outlier of its block
+        expected = torch.tensor([counted_by_hand(ids[0], x[0])])
+        assert expected.tolist() == [[False, True, True, False, True, False, True, True]]
+        hooks = SaeHooks(model, {block: sae})
+        with hooks.record(reconstructions=True) as recorder:
+            assert torch.equal(model(ids).logits, clean_logits)
+        (z,), (counted,), (recon,) = recorder.latents[block], recorder.counted[block], recorder.reconstructions[block]
+        assert torch.equal(counted, expected)
+        torch.testing.assert_close(z[expected], sae.encode(x)[expected], atol=ATOL, rtol=0)
+        assert torch.all(z[~expected] == 0) and torch.all(recon[~expected] == 0)
+        assert (sae.encode(x)[~expected] != 0).any()  # the zeros are the hooks', not the SAE's
+        with hooks.splice():
+            spliced = next_input(model, tiny_llama.blocks[2], ids)
+        assert torch.equal(spliced[~expected], x[~expected])  # skipped tokens pass through unchanged
+        torch.testing.assert_close(spliced[expected], sae(x[expected]).reconstruction, atol=ATOL, rtol=0)
+        with hooks.steer(7, 3.0):
+            steered = next_input(model, tiny_llama.blocks[2], ids)
+        assert torch.equal(steered[~expected], x[~expected])
+        torch.testing.assert_close(steered[expected] - x[expected], (3.0 * sae.W_dec[7]).expand(5, -1), atol=ATOL,
+                                   rtol=0)  # fmt: skip
+        with SaeHooks(model, {block: sae}, all_tokens=True).splice():
+            everywhere = next_input(model, tiny_llama.blocks[2], ids)
+    torch.testing.assert_close(everywhere, sae(x).reconstruction, atol=ATOL, rtol=0)
+
+
+def test_without_outlier_rule_or_with_a_tokenizer_the_skipped_tokens_change(tiny_llama):
+    model, block = with_a_loud_token(tiny_llama), tiny_llama.blocks[1]
+    ids = torch.tensor([[BOS_ID, 5, 17, LOUD, 7, EOS_ID, 9, 12]])
+
+    class Tokenizer:
+        all_special_ids = [BOS_ID, 7]  # 7 special, EOS not
+
+    with torch.no_grad():
+        with SaeHooks(model, {block: make_sae(24)}, outlier_factor=None).record() as no_outliers:
+            model(ids)
+        with SaeHooks(model, {block: make_sae(24)}, tokenizer=Tokenizer()).record() as by_tokenizer:
+            model(ids)
+    assert no_outliers.counted[block][0].tolist() == [[False, True, True, True, True, False, True, True]]
+    assert by_tokenizer.counted[block][0].tolist() == [[False, True, True, False, False, True, True, True]]
+
+
+def test_under_a_kv_cache_each_new_token_is_judged_against_its_sequence_so_far(tiny_llama):
+    model, block = with_a_loud_token(tiny_llama), tiny_llama.blocks[1]
+    prompt, steps = torch.tensor([[BOS_ID, 5, 17, 33]]), [LOUD, EOS_ID, 20]
+    hooks = SaeHooks(model, {block: make_sae(24)})
+    with torch.no_grad(), hooks.record(inputs=True) as recorder:
+        out = model(prompt, use_cache=True)
+        ids = prompt
+        for token in steps:  # as generate() feeds them: one token, the cache and the whole mask
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+            out = model(ids[:, -1:], cache=out.past_key_values, attention_mask=torch.ones_like(ids))
+    counted = [mask.tolist() for mask in recorder.counted[block]]
+    assert counted == [[[False, True, True, True]], [[False]], [[False]], [[True]]]
+    norms = torch.cat(recorder.inputs[block], dim=1)[0].norm(dim=-1)  # (8,) the prompt, then one per step
+    assert norms[4] > 10 * norms[[1, 2, 3, 4]].median()  # the loud token exceeded its sequence's median so far
+    assert norms[6] <= 10 * norms[[1, 2, 3, 4, 6]].median()  # and the last one did not
+
+
+def test_generate_with_left_padding_skips_each_rows_first_real_token(tiny_llama):
+    model, block = tiny_llama.model, tiny_llama.blocks[1]
+    ids = torch.tensor([[PAD_ID, PAD_ID, BOS_ID, 5, 17], [BOS_ID, 8, 9, 40, 61]])
+    mask = (ids != PAD_ID).long()
+    with torch.no_grad(), SaeHooks(model, {block: make_sae(24)}).record() as recorder:
+        tokens = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=PAD_ID)
+    first, *later = recorder.counted[block]
+    assert first.tolist() == [[False, False, False, True, True], [False, True, True, True, True]]
+    generated = tokens[:, ids.shape[1] : -1]  # the tokens fed back, one a step
+    expected = ~torch.isin(generated, torch.tensor([PAD_ID, BOS_ID, EOS_ID]))
+    assert torch.equal(torch.cat(later, dim=1), expected)
