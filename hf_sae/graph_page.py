@@ -114,7 +114,13 @@ def node_label(node: dict, tokens: Sequence[str]) -> str:
         return f"Transcoder error at layer {node.get('layer')}, {token}"
     if kind == "logit":
         return f"Logit {node.get('feature')}"
-    return f"Feature {node.get('feature')} of layer {node.get('layer')} at {token}"
+    return f"Feature {feature_key(node).partition('_')[2]} of layer {node.get('layer')} at {token}"
+
+
+def feature_key(node: dict) -> str:
+    """`"{layer}_{feature}"` of a feature node, from its id `{layer}_{feature}_{pos}` (the JSON's `feature` field is
+    circuit-tracer's pairing of layer and feature): how `contexts` are keyed."""
+    return str(node["node_id"]).rsplit("_", 1)[0]
 
 
 def graph_layout(graph: Mapping) -> GraphLayout:
@@ -200,8 +206,8 @@ def graph_svg(graph: Mapping, contexts: Mapping[str, Sequence[str]] | None = Non
 
     Args:
         graph (`Mapping`): circuit-tracer's graph JSON, as `graph_json` returns it or `read_graph_json` reads it.
-        contexts (`Mapping[str, Sequence[str]]`, *optional*): top contexts of features, keyed `"{layer}_{feature}"`;
-            a node's own `top_contexts` list (where the JSON carries one) is shown otherwise.
+        contexts (`Mapping[str, Sequence[str]]`, *optional*): top contexts of features, keyed `"{layer}_{feature}"`
+            (`feature_key`); a node's own `top_contexts` list (where the JSON carries one) is shown otherwise.
     """
     layout = graph_layout(graph)
     sources = graph["nodes"]
@@ -209,8 +215,9 @@ def graph_svg(graph: Mapping, contexts: Mapping[str, Sequence[str]] | None = Non
     contexts = contexts or {}
 
     def contexts_of(node: dict) -> list[str]:
-        found = contexts.get(f"{node.get('layer')}_{node.get('feature')}") or node.get("top_contexts") or []
-        return [str(c) for c in found][:10] if _kind(node) == "feature" else []
+        if _kind(node) != "feature":
+            return []
+        return [str(c) for c in contexts.get(feature_key(node)) or node.get("top_contexts") or []][:10]
 
     nodes_svg = "".join(_node_svg(n, sources[n.index], contexts_of(sources[n.index])) for n in layout.nodes)
     tokens = [str(t) for t in graph.get("metadata", {}).get("prompt_tokens", [])]

@@ -76,6 +76,12 @@ def test_sizes_follow_influence_and_error_nodes_stand_apart(graph):
     logits = sorted((p for p in layout.nodes if p.kind == "logit"), key=lambda p: -nodes[p.index]["token_prob"])
     assert [p.radius for p in logits] == sorted((p.radius for p in logits), reverse=True)
     assert importance(top_feature(graph)) == 1 - top_feature(graph)["influence"]
+    unlabelled = next(p for p in layout.nodes if p.kind == "feature" and not nodes[p.index]["clerp"])
+    layer, feature, pos = unlabelled.node_id.split("_")  # the raw feature, not the JSON's paired index
+    token = graph["metadata"]["prompt_tokens"][int(pos)]
+    assert unlabelled.label == f"Feature {feature} of layer {layer} at {token!r}" and feature != str(
+        nodes[unlabelled.index]["feature"]
+    )
     svg = graph_svg(graph)
     errors = sum(n["feature_type"] == "mlp reconstruction error" for n in graph["nodes"])
     assert errors and len(re.findall(r'<rect class="node error"', svg)) == errors
@@ -125,7 +131,8 @@ def test_graph_page_in_headless_chromium(chrome, graph, tmp_path):  # noqa: F811
     from selenium.webdriver import ActionChains
 
     top = top_feature(graph)
-    contexts = {f"{top['layer']}_{top['feature']}": ["the cat <sat> on", "a dog ran"]}
+    layer, feature, _ = top["node_id"].split("_")  # the JSON's `feature` is circuit-tracer's paired index
+    contexts = {f"{layer}_{feature}": ["the cat <sat> on", "a dog ran"]}
     chrome.get(write_graph_page(graph, tmp_path / "graph.html", contexts=contexts).as_uri())
     wait_for(lambda: chrome.find_elements("css selector", ".hf-graph .node"))
     nodes = chrome.find_elements("css selector", ".hf-graph .node")
