@@ -110,6 +110,12 @@ class GraphInterventions:
     @torch.no_grad()
     def last_logits(self, input_ids: list[int], edits: list[NodeEdit] = ()) -> torch.Tensor:
         """`(vocab,)`: the logits at the last position, with each transcoder spliced (its error kept) and `edits`."""
+        vocab = self.model.get_input_embeddings().num_embeddings
+        if max(input_ids) >= vocab:
+            raise ArgumentError(
+                f"The graph's prompt holds token id {max(input_ids)}, beyond this LM's vocabulary of {vocab}: it was "
+                "traced on another model. Open it with the LM it was traced on."
+            )
         ids = torch.tensor([input_ids], device=self.model.device)
         with self.lock, ExitStack() as stack:
             stack.enter_context(self.hooks.splice(error_term=True))

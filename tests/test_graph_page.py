@@ -209,6 +209,8 @@ def test_switching_a_node_off_and_scaling_it_move_the_logits_as_sae_hooks_does(l
         interventions.parse(graph, " , ")
     with pytest.raises(ArgumentError, match="Cross-layer transcoders are not spliced"):
         GraphInterventions(lm, None, {0: object()})
+    with pytest.raises(ArgumentError, match="token id 99, beyond this LM's vocabulary of 99: it was traced"):
+        interventions.last_logits([1, 99])
     no_embeddings = {**graph, "nodes": [n for n in graph["nodes"] if n["feature_type"] != "embedding"]}
     with pytest.raises(ArgumentError, match=r"embedding node `E_\{token\}_\{pos\}` at every position"):
         prompt_ids(no_embeddings)
