@@ -164,7 +164,7 @@ def test_the_replacement_with_error_nodes_reproduces_the_real_logits(lm, kind):
 def replacement_values(lm, replacement, terms=None, embeddings=None) -> tuple[torch.Tensor, torch.Tensor]:
     """`(pre_activations (L, seq, num_latents), demeaned last logits (vocab,))` of one frozen forward."""
     with torch.no_grad(), replacement.frozen(terms, embeddings) as capture:
-        logits = demeaned(lm(IDS[None]).logits[0, -1])
+        logits = demeaned(lm(replacement.input_ids[None]).logits[0, -1])
     return replacement.transcoders.encode(torch.stack([x[0] for x in capture.mlp_in]))[0], logits
 
 
@@ -173,7 +173,7 @@ def completeness_errors(lm, transcoders, graph) -> tuple[float, float]:
     The values are the replacement's (the real model's up to its RMSNorm's float32 rounding, checked by (a)); the
     constants are what it gives with every source (embeddings, features, errors) at zero: the replacement is affine
     in its sources, so that is its constant term."""
-    replacement = ReplacementModel(lm, transcoders, IDS)
+    replacement = ReplacementModel(lm, transcoders, graph.input_ids)
     zeros = [torch.zeros_like(t) for t in replacement.errors]
     constant_pre, constant_logits = replacement_values(
         lm, replacement, zeros, torch.zeros_like(replacement.embeddings)
