@@ -28,7 +28,7 @@ from huggingface_hub.errors import (
     RevisionResolutionError,
 )
 from huggingface_hub.file_download import repo_folder_name
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.utils import get_session, validate_repo_id
 
 from . import formats
 from .configuration_sae import SaeConfig
@@ -115,6 +115,18 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 TRANSPORT_ERRORS = _transport_errors()
+
+
+def offline_reason(timeout: float = 3.0) -> str | None:
+    """Why the Hub cannot be used now, in words (`HF_HUB_OFFLINE` is set, or its endpoint gave no answer within
+    `timeout` seconds), or None when it answers: one request, where the client's own retries take tens of seconds."""
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except TRANSPORT_ERRORS as error:
+        return f"the Hub endpoint {constants.ENDPOINT} cannot be reached ({type(error).__name__}: {error})"
+    return None
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from huggingface_hub import constants, try_to_load_from_cache
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -28,6 +29,7 @@ from .data import check_context_size
 from .errors import ArgumentError, ModelNotFoundError
 from .hookpoints import resolve_hookpoints
 from .hub import load_saes
+from .hub_client import offline_reason
 from .layout import find_sae_folders
 from .offline.builtin_models import (
     BUILTIN_MODELS,
@@ -61,7 +63,9 @@ def load_model(
 
     Args:
         name_or_path: a built-in name (``"smollm2-135m-instruct"``, also what ``None`` means), a Hub id
-            (``"org/name"``), a local model directory, or a local ``.gguf`` file.
+            (``"org/name"``), a local model directory, or a local ``.gguf`` file. Offline (``HF_HUB_OFFLINE``, or the
+            Hub out of reach) a Hub id loads from the Hugging Face cache, else, for the built-in model's Hub id, from
+            the built-in copy (logged); any other is refused at once, saying how to get it.
         dtype: weights dtype (a ``torch.dtype``, ``"bfloat16"``, ``"auto"``); ``None`` keeps transformers' default.
         device: where to move the model after loading; ``None`` leaves it on the CPU.
         revision, gguf_file, subfolder, trust_remote_code: passed to both model and tokenizer ``from_pretrained``.
@@ -71,13 +75,14 @@ def load_model(
         ``(model, tokenizer)``, the model in eval mode. ``model.name_or_path`` is the Hub id for built-in models,
         so that SAE configs can record it as ``base_model_name_or_path``.
     """
-    name = DEFAULT_MODEL if name_or_path is None else os.fspath(name_or_path)
+    name, cached = _online_or_cached(DEFAULT_MODEL if name_or_path is None else os.fspath(name_or_path), revision)
     if dtype is not None:
         model_kwargs["dtype"] = dtype
     if name in BUILTIN_MODELS and not os.path.exists(name):  # a local folder of that name wins
         model, tokenizer = load_builtin(BUILTIN_MODELS[name], model_kwargs)
     else:
         shared = {"revision": revision, "subfolder": subfolder, "trust_remote_code": trust_remote_code}
+        shared |= {"local_files_only": True} if cached else {}
         name, gguf_file = _resolve_source(name, gguf_file)
         if gguf_file is not None:
             require_gguf()
@@ -99,7 +104,7 @@ def model_skeleton(
     cheaply: a GGUF file, or the built-in model before its first conversion (small and local: loading it is quick)."""
     from accelerate import init_empty_weights
 
-    name = DEFAULT_MODEL if name_or_path is None else os.fspath(name_or_path)
+    name, cached = _online_or_cached(DEFAULT_MODEL if name_or_path is None else os.fspath(name_or_path), revision)
     if name in BUILTIN_MODELS and not os.path.exists(name):
         folder = converted_copy(BUILTIN_MODELS[name])
         if folder is None:
@@ -109,9 +114,31 @@ def model_skeleton(
         name, gguf_file = _resolve_source(name, None)
         if gguf_file is not None:
             return None
-        config = _load_config(name, {"revision": revision, "trust_remote_code": trust_remote_code})
+        shared = {"revision": revision, "trust_remote_code": trust_remote_code}
+        config = _load_config(name, shared | ({"local_files_only": True} if cached else {}))
     with init_empty_weights():
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def _online_or_cached(name: str, revision: str | None) -> tuple[str, bool]:
+    """`(name, from the cache only)`: a Hub id as given while the Hub answers; offline, from the Hugging Face cache
+    where it is there, else the built-in copy of the model it names (`builtin_name`, the rule the CLI applies to an
+    SAE's base model); anything else offline is refused now, not after the client's retries. Other names pass."""
+    if name in BUILTIN_MODELS or os.path.exists(name) or not is_hub_id(name) or not (why := offline_reason()):
+        return name, False
+    if isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str):
+        return name, True
+    if (builtin := builtin_name(name)) != name:
+        logger.warning(
+            f"Offline ({why}) and {name!r} is not in the Hugging Face cache: loading hf_sae's built-in copy of it "
+            f"({builtin!r}, dequantized from {BUILTIN_MODELS[builtin].gguf_file}) instead."
+        )
+        return builtin, False
+    raise ModelNotFoundError(
+        f"Cannot load the model {name!r}: offline ({why}), and it is not in the Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}). Download it once where the Hub is reachable (`hf download {name}`), pass a "
+        f"local model folder, or use the built-in model: `hf_sae.load_model()` ({', '.join(BUILTIN_MODELS)})."
+    )
 
 
 def _resolve_source(name: str, gguf_file: str | None) -> tuple[str, str | None]:

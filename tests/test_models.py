@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import constants
 from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers import models as tokenizer_models
 from transformers import AutoConfig, DistilBertConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from hf_sae import models
 from hf_sae.errors import MissingDependencyError, ModelNotFoundError
 from hf_sae.models import load_model, model_skeleton
 from hf_sae.offline import builtin_models, cache_dir
@@ -89,6 +91,7 @@ def test_unknown_hub_id_is_a_clear_error(monkeypatch):
     def missing(*args, **kwargs):
         raise OSError("org/nope is not a local folder and is not a valid model identifier")
 
+    monkeypatch.setattr(models, "offline_reason", lambda: None)  # the Hub answers
     monkeypatch.setattr(AutoConfig, "from_pretrained", missing)
     with pytest.raises(ModelNotFoundError, match=r"Could not load a model config from 'org/nope'.*smollm2") as info:
         load_model("org/nope")
@@ -186,6 +189,67 @@ def test_builtin_conversion_keeps_a_copy_finished_by_another_process(home, monke
     model, _ = load_model()
     assert isinstance(model, LlamaForCausalLM)
     assert [p.name for p in target.parent.iterdir()] == [DEFAULT_MODEL]
+
+
+# --- offline: the Hub id of the built-in model, and any other ---------------------------------------------------
+
+BUILTIN_HUB_ID = BUILTIN_MODELS[DEFAULT_MODEL].hub_id
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE set, with an empty Hugging Face cache."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+
+
+def test_offline_the_builtin_models_hub_id_loads_the_builtin_copy_and_says_so(home, conversions, offline, caplog):
+    by_name = load_model()[0]  # the built-in model by its own name
+    with caplog.at_level("WARNING"):
+        model, tokenizer = load_model(BUILTIN_HUB_ID)
+    assert f"Offline (HF_HUB_OFFLINE is set) and {BUILTIN_HUB_ID!r} is not in the Hugging Face cache" in caplog.text
+    assert f"built-in copy of it ('{DEFAULT_MODEL}'" in caplog.text
+    assert conversions == [DEFAULT_MODEL] and model.name_or_path == BUILTIN_HUB_ID
+    ids = torch.tensor([[1, 4, 5, 6]])
+    assert torch.equal(model(ids).logits, by_name(ids).logits)
+    assert model_skeleton(BUILTIN_HUB_ID).config.hidden_size == model.config.hidden_size
+
+
+@pytest.mark.parametrize("cause", ["HF_HUB_OFFLINE", "endpoint out of reach"])
+def test_offline_another_hub_id_fails_at_once_saying_how_to_get_it(cause, monkeypatch, tmp_path):
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    if cause == "HF_HUB_OFFLINE":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        why = "HF_HUB_OFFLINE is set"
+    else:  # a port nothing listens on: the connection is refused, as with no network
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+        why = "the Hub endpoint http://127.0.0.1:9 cannot be reached (ConnectError"
+    monkeypatch.setattr(AutoConfig, "from_pretrained", lambda *a, **k: pytest.fail("tried the Hub"))
+    for load in (load_model, model_skeleton):
+        with pytest.raises(ModelNotFoundError) as info:
+            load("org/elsewhere")
+        message = str(info.value)
+        assert message.startswith(f"Cannot load the model 'org/elsewhere': offline ({why}")
+        assert "`hf download org/elsewhere`" in message and "`hf_sae.load_model()` (smollm2-135m-instruct)" in message
+
+
+@pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")  # huggingface_hub's own upload
+def test_offline_a_hub_model_in_the_cache_loads_from_it(tiny_dir, monkeypatch, tmp_path):
+    from hub_server import HubServer, point_client_at
+    from huggingface_hub import HfApi, snapshot_download
+
+    with HubServer() as hub:
+        point_client_at(monkeypatch, hub.url, tmp_path / "hf-home")
+        api = HfApi(token="hf_alice_write")
+        api.create_repo("alice/tiny")
+        api.upload_folder(repo_id="alice/tiny", folder_path=tiny_dir)
+        snapshot_download("alice/tiny")
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the server is gone, and no HF_HUB_OFFLINE
+    model, tokenizer = load_model("alice/tiny")
+    expected, _ = load_model(tiny_dir)
+    ids = torch.tensor([[1, 4, 5, 6]])
+    assert torch.equal(model(ids).logits, expected(ids).logits) and tokenizer("w1 w2").input_ids == [4, 5]
 
 
 # --- the real model --------------------------------------------------------------------------------------------
