@@ -74,7 +74,8 @@ class GraphInterventions:
             )
         self.model, self.tokenizer, self.transcoders = model, tokenizer, dict(transcoders)
         self.layers = {int(layer) for layer in transcoders}
-        self.hooks = SaeHooks(model, {f"layer{layer}": sae for layer, sae in transcoders.items()})
+        # Every token: the graph has nodes wherever attribution found active features, special tokens included.
+        self.hooks = SaeHooks(model, {f"layer{layer}": sae for layer, sae in transcoders.items()}, all_tokens=True)
         self.lock = threading.Lock()  # whatever runs the model holds it
 
     def parse(self, graph: Mapping, spec: str) -> list[NodeEdit]:

@@ -372,7 +372,8 @@ def test_graph_tab_ablating_the_top_feature_moves_the_top_logit_as_sae_hooks_doe
     layer, feature, pos = (int(part) for part in top["node_id"].split("_"))
     table = explorer.intervene(graph, top["node_id"], 10)
     rows = dict(re.findall(r'data-token-id="(\d+)" data-logit="([^"]+)"', table))
-    hooks = SaeHooks(lm, {f"layer{k}": sae for k, sae in transcoders.items()})  # the same edit, written out
+    saes = {f"layer{k}": sae for k, sae in transcoders.items()}
+    hooks = SaeHooks(lm, saes, all_tokens=True)  # the same edit, written out
     with torch.no_grad(), ExitStack() as stack:
         stack.enter_context(hooks.splice(error_term=True))
         before = lm(ids[None]).logits[0, -1, logit["feature"]].item()

@@ -171,7 +171,7 @@ def test_graph_page_in_headless_chromium(chrome, graph, tmp_path):  # noqa: F811
 def hooked_logits(lm, transcoders, edits: list[tuple[int, int, int, float]]) -> torch.Tensor:  # noqa: F811
     """The last position's logits with every transcoder spliced (error kept) and the features clamped: written out
     with `SaeHooks` directly."""
-    hooks = SaeHooks(lm, {f"layer{layer}": sae for layer, sae in transcoders.items()})
+    hooks = SaeHooks(lm, {f"layer{layer}": sae for layer, sae in transcoders.items()}, all_tokens=True)
     with ExitStack() as stack, torch.no_grad():
         stack.enter_context(hooks.splice(error_term=True))
         for layer, pos, feature, value in edits:
