@@ -12,7 +12,10 @@ and their probabilities, the adjacency, the replacement and completeness scores,
 Tolerance of the adjacency: |hf_sae - circuit-tracer| <= 2e-6 x the largest edge. Measured, on this CPU in float32:
 1.5e-5 on edges up to 47.8 (3.2e-7 of the largest) for the transcoder set, 3.8e-6 of 15.7 (2.4e-7) for the CLT;
 float32 rounding of the same sums taken in another order. Pruned from circuit-tracer's own adjacency, hf_sae's
-`prune` and `graph_scores` reproduce circuit-tracer's masks and scores bit for bit.
+`prune` and `graph_scores` reproduce circuit-tracer's masks and scores bit for bit. The same held on the real
+SmolLM2-135M (8 tokens, the random transcoders of test_attribution_smollm2.py exported with `to_circuit_tracer`): the
+same 410 features and 10 logits, edges within 1.2e-5 of edges up to 19.0 (6.5e-7), no sign flipped among the 85,206
+edges above 1e-3.
 """
 
 from dataclasses import replace
