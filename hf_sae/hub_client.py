@@ -9,10 +9,11 @@ A source is resolved once (`sources.local_path`): an existing local path is read
 id. Only what the asked SAEs need is downloaded.
 """
 
+import functools
 import glob
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -28,11 +29,19 @@ from huggingface_hub.errors import (
     RevisionResolutionError,
 )
 from huggingface_hub.file_download import repo_folder_name
-from huggingface_hub.utils import get_session, validate_repo_id
+from huggingface_hub.utils import validate_repo_id
 
 from . import formats
 from .configuration_sae import SaeConfig
-from .errors import ArgumentError, HfSaeError, HubError, SaeConfigError, SaeNotFoundError, WeightsError
+from .errors import (
+    ArgumentError,
+    FeatureMetadataError,
+    HfSaeError,
+    HubError,
+    SaeConfigError,
+    SaeNotFoundError,
+    WeightsError,
+)
 from .layout import (
     CONFIG,
     FEATURES,
@@ -58,6 +67,7 @@ class Located(NamedTuple):
     hookpoint: str | None = None  # what a registry or the folder's name says, over what its files say
     hint: str | None = None  # the release or repo name, for formats whose files do not say everything
     base_model: str | None = None
+    features: Callable[[], None] | None = None  # fetches a Hub SAE's feature metadata into the cache, when asked
 
 
 class HubOptions(NamedTuple):
@@ -115,18 +125,6 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 TRANSPORT_ERRORS = _transport_errors()
-
-
-def offline_reason(timeout: float = 3.0) -> str | None:
-    """Why the Hub cannot be used now, in words (`HF_HUB_OFFLINE` is set, or its endpoint gave no answer within
-    `timeout` seconds), or None when it answers: one request, where the client's own retries take tens of seconds."""
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    try:
-        get_session().head(constants.ENDPOINT, timeout=timeout)
-    except TRANSPORT_ERRORS as error:
-        return f"the Hub endpoint {constants.ENDPOINT} cannot be reached ({type(error).__name__}: {error})"
-    return None
 
 
 @contextmanager
@@ -207,8 +205,14 @@ def hookpoints_in(files: Iterable[str]) -> list[str]:
     return sorted({p.split("/")[0] for p in files if p.count("/") == 1 and p.endswith(f"/{CONFIG}")}, key=natural_key)
 
 
-def no_sae_there(where: str, present: list[str], subfolder: str | None) -> SaeNotFoundError:
+def no_sae_there(where: str, present: list[str], subfolder: str | None) -> SaeNotFoundError | ArgumentError:
     asked = f" (subfolder={subfolder!r})" if subfolder else ""
+    if not subfolder and present and "(top)" not in present:  # an ArgumentError: AutoModel lets it through
+        return ArgumentError(
+            f"{where} holds several SAEs, one per folder: {', '.join(present)}. Name the one to load with "
+            f"`subfolder=`, e.g. `SaeModel.from_pretrained(..., subfolder={present[0]!r})` or "
+            f"`AutoModel.from_pretrained(..., subfolder={present[0]!r})`, or load them all with `hf_sae.load_saes`."
+        )
     if not present:
         return SaeNotFoundError(
             f"No {CONFIG} in {where}{asked}, and no SAE folder there: expected {CONFIG} and {WEIGHTS} as "
@@ -293,7 +297,20 @@ def locate_sae(source, subfolder: str | None, options: HubOptions) -> Located:
     if not formats.is_hf_sae_config(folder / CONFIG):
         raise no_sae_there(f"repo {repo_id!r} at {prefix or 'its top'}", [], subfolder)
     check_sae_folder(folder)
-    return Located(folder, "hf_sae")
+    return Located(folder, "hf_sae", features=functools.partial(download_features, repo_id, subfolder, options))
+
+
+def download_features(repo_id: str, subfolder: str | None, options: HubOptions) -> None:
+    """Fetch the feature metadata of the SAE at `subfolder` of a Hub repo (`<subfolder>/features/`) into the cache,
+    beside the config and weights `locate_sae` fetched; refused, naming the repo, where it has none."""
+    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+    with hub_errors(repo_id, options.revision, options.token):
+        folder = options.download(repo_id, [f"{glob.escape(prefix)}{FEATURES}/*"]) / prefix / FEATURES
+    if not folder.is_dir():
+        raise FeatureMetadataError(
+            f"{'The Hub cache of ' * options.offline}repo {repo_id!r} holds no feature metadata for the SAE at "
+            f"{prefix or 'its top'} (no {prefix}{FEATURES}/). Collect it with `hf-sae features`, then `hf-sae push`."
+        )
 
 
 def _files_or_none(repo_id: str, options: HubOptions) -> list[str] | None:

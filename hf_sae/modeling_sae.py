@@ -152,8 +152,11 @@ class SaeModel(SaePreTrainedModel):
 
     @property
     def features(self):
-        """Feature metadata (`hf_sae.FeatureMetadata`) from `<folder>/features/`, read on first use."""
+        """Feature metadata (`hf_sae.FeatureMetadata`) from `<folder>/features/`, read on first use; for an SAE from a
+        Hub repo, `<subfolder>/features/` is downloaded then."""
         if getattr(self, "_features", None) is None:
+            if (fetch := getattr(self, "_hub_features", None)) is not None:
+                fetch()
             self._features = load_features(self)
         return getattr(self, "_features", None)
 
@@ -378,7 +381,9 @@ class SaeModel(SaePreTrainedModel):
             options = HubOptions(**{key: kwargs.pop(key) for key in HubOptions._fields if key in kwargs})
             located = locate_sae(source, kwargs.pop("subfolder", None) or None, options)
             if located.format == "hf_sae":
-                return cls._checked_load(located.folder, model_args, kwargs)
+                loaded = cls._checked_load(located.folder, model_args, kwargs)
+                (loaded[0] if isinstance(loaded, tuple) else loaded)._hub_features = located.features  # None: local
+                return loaded
             return converted_as_asked(cls.from_located(located), kwargs)
 
     @classmethod

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from huggingface_hub import constants, try_to_load_from_cache
+from huggingface_hub.utils import get_session
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -29,7 +30,7 @@ from .data import check_context_size
 from .errors import ArgumentError, ModelNotFoundError
 from .hookpoints import resolve_hookpoints
 from .hub import load_saes
-from .hub_client import offline_reason
+from .hub_client import TRANSPORT_ERRORS
 from .layout import find_sae_folders
 from .offline.builtin_models import (
     BUILTIN_MODELS,
@@ -118,6 +119,18 @@ def model_skeleton(
         config = _load_config(name, shared | ({"local_files_only": True} if cached else {}))
     with init_empty_weights():
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def offline_reason(timeout: float = 3.0) -> str | None:
+    """Why the Hub cannot be used now, in words (`HF_HUB_OFFLINE` is set, or its endpoint gave no answer within
+    `timeout` seconds), or None when it answers: one request, where the client's own retries take tens of seconds."""
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except TRANSPORT_ERRORS as error:
+        return f"the Hub endpoint {constants.ENDPOINT} cannot be reached ({type(error).__name__}: {error})"
+    return None
 
 
 def _online_or_cached(name: str, revision: str | None) -> tuple[str, bool]:

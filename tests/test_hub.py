@@ -27,7 +27,7 @@ from huggingface_hub.errors import (
 from transformers import AutoModel
 
 from hf_sae import HookpointError, SaeConfig, SaeModel, SaeNotFoundError, WeightsError
-from hf_sae.errors import HubError
+from hf_sae.errors import ArgumentError, FeatureMetadataError, HubError
 from hf_sae.hub import load_saes, push_saes_to_hub, save_saes
 from hf_sae.model_card import metrics_to_eval_results
 
@@ -711,3 +711,33 @@ def test_circuit_tracer_folders_load_from_the_hub(api):
         SaeNotFoundError, match=r"holds a cross-layer transcoder.*load_transcoders\('alice/clt_jumprelu'\)"
     ):
         load_saes("alice/clt_jumprelu")
+
+
+# ---- one SAE of several from the Hub: its features, and AutoModel's hint ---------------------------------------
+
+
+def test_one_hub_sae_by_subfolder_downloads_its_features_when_first_asked(api, hub, tmp_path):
+    features = tmp_path / "features"
+    features.mkdir()
+    (features / "metadata.json").write_text('{"num_tokens": 1000}')
+    (features / "labels.json").write_text('{"3": "the Golden Gate Bridge"}')
+    push_saes_to_hub("alice/featured", {LAYERS[0]: make_sae(), LAYERS[1]: make_sae(seed=1)}, token=ALICE,
+                     features={LAYERS[0]: features})  # fmt: skip
+    sae = SaeModel.from_pretrained("alice/featured", subfolder=LAYERS[0])
+    snapshot = Path(sae.name_or_path)
+    assert not (snapshot / "features").exists()  # only the config and weights came with the SAE
+    hub.requests.clear()
+    assert sae.features.labels == {3: "the Golden Gate Bridge"} and sae.features.metadata == {"num_tokens": 1000}
+    assert sae.features.path == snapshot / "features"
+    fetched = [path for method, route, path in hub.requests if route == "resolve" and method == "GET"]
+    assert fetched and all(f"/{LAYERS[0]}/features/" in path for path in fetched)
+    with pytest.raises(FeatureMetadataError, match=rf"repo 'alice/featured' holds no feature metadata for the "
+                                                    rf"SAE at {LAYERS[1]}/ \(no {LAYERS[1]}/features/\)"):  # fmt: skip
+        SaeModel.from_pretrained("alice/featured", subfolder=LAYERS[1]).features
+
+
+def test_automodel_on_a_hub_repo_of_several_saes_names_them_and_subfolder(api, hub):
+    push_saes_to_hub("alice/several", {LAYERS[0]: make_sae(), LAYERS[1]: make_sae(seed=1)}, token=ALICE)
+    expected = rf"repo 'alice/several' at its top holds several SAEs, one per folder: {LAYERS[0]}, {LAYERS[1]}\. "
+    with pytest.raises(ArgumentError, match=expected + r"Name the one to load with `subfolder=`"):
+        AutoModel.from_pretrained("alice/several")

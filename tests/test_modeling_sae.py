@@ -441,3 +441,39 @@ def test_cuda_matches_cpu(architecture):
     gpu = sae.cuda()(x.cuda(), dead_latents=torch.ones(64, dtype=torch.bool, device="cuda"))
     torch.testing.assert_close(gpu.reconstruction.cpu(), cpu.reconstruction, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gpu.loss.cpu(), cpu.loss, rtol=1e-4, atol=1e-4)
+
+
+# ---- a folder of several SAEs ---------------------------------------------------------------------------------
+
+
+def several_saes_with_features(root):
+    from hf_sae.hub import save_saes
+
+    features = root.parent / "made-features"
+    features.mkdir()
+    (features / "metadata.json").write_text('{"num_tokens": 1000}')
+    (features / "labels.json").write_text('{"3": "bridges"}')
+    saes = {f"model.layers.{i}": make_sae("topk") for i in (1, 2)}
+    save_saes(saes, root, features={"model.layers.2": features})
+    return saes
+
+
+def test_one_sae_of_several_finds_its_own_features_in_its_subfolder(tmp_path):
+    several_saes_with_features(tmp_path / "saes")
+    assert not (tmp_path / "saes" / "features").exists()  # only the hookpoint's folder has them
+    sae = SaeModel.from_pretrained(tmp_path / "saes", subfolder="model.layers.2")
+    assert sae.features.path == tmp_path / "saes" / "model.layers.2" / "features"
+    assert sae.features.labels == {3: "bridges"} and sae.features.metadata == {"num_tokens": 1000}
+
+
+def test_automodel_on_a_folder_of_several_saes_names_them_and_subfolder(tmp_path):
+    from hf_sae import ArgumentError
+
+    several_saes_with_features(tmp_path / "saes")
+    for load in (AutoModel.from_pretrained, SaeModel.from_pretrained):
+        with pytest.raises(ArgumentError) as info:
+            load(tmp_path / "saes")
+        assert "holds several SAEs, one per folder: model.layers.1, model.layers.2. Name the one" in str(info.value)
+        assert "`AutoModel.from_pretrained(..., subfolder='model.layers.1')`" in str(info.value)
+    assert torch.equal(AutoModel.from_pretrained(tmp_path / "saes", subfolder="model.layers.1").W_dec,
+                       SaeModel.from_pretrained(tmp_path / "saes" / "model.layers.1").W_dec)  # fmt: skip
