@@ -7,7 +7,8 @@ hf-sae eval --sae PATH --output_dir OUT   measure SAEs on held-out text: FVU, L0
 hf-sae features --sae DIR             collect feature statistics into DIR/features; `--explain TEXT` lists features
 hf-sae explain --sae DIR              an LLM explains each feature; detection and fuzzing scores into DIR/features
 hf-sae browse --sae DIR --output_dir OUT   write a static HTML feature browser
-hf-sae app --sae DIR_OR_REPO          serve the interactive feature explorer (Gradio); `--write_space DIR` for a Space
+hf-sae app --sae DIR_OR_REPO          serve the interactive feature explorer (Gradio); `--write_space DIR` for a Space;
+                                      `--graph DIR --transcoders DIR` for attribution graphs
 hf-sae push --sae DIR --repo_id ID    upload SAEs, feature metadata and a model card in one commit
 hf-sae pull --repo_id ID              download SAEs (only the hookpoints asked for) into the Hub cache or a folder
 hf-sae convert SRC DST --to FORMAT    convert SAEs from any known format to saelens, sparsify or hf_sae, and
@@ -37,7 +38,7 @@ from tqdm.std import tqdm
 from transformers import HfArgumentParser
 
 from . import arguments as A
-from .app import build_app, load_explorer, push_space, write_space
+from .app import build_app, load_explorer, load_graph_explorer
 from .browser import write_browser
 from .circuit_runners import run_attribute
 from .cpu_memory import keep_freed_memory
@@ -57,6 +58,7 @@ from .runners import (
     train_saes,
     write_activation_cache,
 )
+from .space import push_space, write_space
 from .version import __version__
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -208,8 +210,11 @@ def app_command(argv: list[str]) -> int:
         folder = write_space(args.write_space, args.sae, hookpoint=args.hookpoint, base_model=base)
         print(f"Space written to {folder}; upload it with `hf upload --repo-type space SPACE_ID {folder}`")
         return 0
-    explorer = load_explorer(args.sae, lm_args, hookpoint=args.hookpoint, device=args.device)
-    build_app(explorer).launch(server_name=args.host, server_port=args.port)
+    graphs = None
+    if args.graph or args.transcoders:
+        graphs = load_graph_explorer(args.graph, args.transcoders, lm_args.model_name_or_path, device=args.device)
+    explorer = load_explorer(args.sae, lm_args, hookpoint=args.hookpoint, device=args.device) if args.sae else None
+    build_app(explorer, graphs=graphs).launch(server_name=args.host, server_port=args.port)
     return 0
 
 

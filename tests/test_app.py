@@ -473,3 +473,27 @@ def test_load_graph_explorer_reads_the_graphs_transcoders_and_lm_from_their_fold
     assert logits(loaded.intervene(graph, node)) == pytest.approx(logits(explorer.intervene(graph, node)), abs=1e-5)
     shown_only = load_graph_explorer(explorer.folder)
     assert shown_only.interventions is None and shown_only.slugs() == ["tiny"]
+
+
+def test_hf_sae_app_serves_graphs_without_an_sae_and_refuses_nothing_to_show(graphs, monkeypatch):
+    from hf_sae import cli
+
+    launched = {}
+
+    class Launch:
+        def __init__(self, explorer, graphs=None):
+            launched.update(explorer=explorer, graphs=graphs)
+
+        def launch(self, **kwargs):
+            launched["launch"] = kwargs
+
+    monkeypatch.setattr(cli, "build_app", Launch)
+    folder = str(graphs[0].folder)
+    assert cli.app_command(["--graph", folder, "--port", "7999"]) == 0
+    assert launched["explorer"] is None and launched["launch"]["server_port"] == 7999
+    served = launched["graphs"]
+    assert served.slugs() == ["tiny"] and served.interventions is None  # the folder's graph, no LM loaded
+    with pytest.raises(ArgumentError, match="needs something to show: --sae"):
+        cli.app_command([])
+    with pytest.raises(ArgumentError, match="--write_space writes a Space for one SAE: name it with --sae"):
+        cli.app_command(["--graph", folder, "--write_space", "space"])

@@ -121,8 +121,13 @@ class BrowseArguments(Checked):
 class AppArguments(Checked):
     """What `hf-sae app` serves, or writes as a Hub Space."""
 
-    sae: str = flag("The SAE: a folder with features/ (from `hf-sae features`) or a Hub repo id.")
+    sae: str | None = flag("The SAE: a folder with features/ (from `hf-sae features`) or a Hub repo id.", None)
     hookpoint: str | None = flag("Which SAE, when the folder or repo holds several.", None)
+    graph: str | None = flag("Attribution graphs to show: a graph JSON (from `hf-sae attribute`) or a folder of them.",
+                             None)  # fmt: skip
+    transcoders: str | None = flag(
+        "The per-layer transcoders (folder or Hub repo) to trace typed prompts and edit graphs with.", None
+    )
     host: str = flag("The address to serve on (0.0.0.0 to let other machines in).", "127.0.0.1")
     port: int = flag("The port to serve on.", 7860)
     device: str | None = flag("Where the LM runs, e.g. cpu or cuda:1 (default: the GPU where there is one).", None)
@@ -130,6 +135,13 @@ class AppArguments(Checked):
 
     def check(self) -> None:
         require(0 < self.port < 65536, "port", self.port, "a port number in 1-65535")
+        if self.sae is None and self.graph is None and self.transcoders is None:
+            raise ArgumentError(
+                "hf-sae app needs something to show: --sae (an SAE's features), --graph (attribution graphs), "
+                "--transcoders (to trace prompts), or several of them."
+            )
+        if self.write_space and self.sae is None:
+            raise ArgumentError("--write_space writes a Space for one SAE: name it with --sae.")
 
 
 @dataclass
