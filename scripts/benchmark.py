@@ -27,6 +27,8 @@ Sections:
             each extra SAE in a sweep, against one SAE (and against a live run, when the harvest section ran)
   processes the whole loop with 1 and `--processes N` processes (torchrun, one thread each), and the scaling
             efficiency: N-process tokens/s over N times the 1-process tokens/s (not in the default sections)
+  attribution, clt   attribution graphs per prompt length, and the cross-layer transcoder's training step
+            (scripts/benchmark_circuits.py; not in the default sections)
 
     python scripts/benchmark.py --sections processes --processes 2
     python scripts/benchmark.py --device cuda         # a GPU machine: the same sections, in a few minutes
@@ -44,6 +46,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from benchmark_circuits import add_arguments as add_circuit_arguments
+from benchmark_circuits import run_sections as circuit_sections
 
 from hf_sae.architectures import ARCHITECTURES as SAE_ARCHITECTURES
 from hf_sae.arguments import LanguageModelArguments
@@ -425,11 +429,15 @@ def main() -> None:
     parser.add_argument("--sweep_saes", type=int, default=4, help="SAEs in the `replay` section's sweep.")
     parser.add_argument("--json", default=None, help="Also write the results here.")
     parser.add_argument("--_one_step", nargs=2, help=argparse.SUPPRESS)  # internal: one SAE step in this process
+    add_circuit_arguments(parser)
     args = parser.parse_args()
     # As hf-sae runs (HF_SAE_KEEP_FREED_MEMORY=0 measures glibc's defaults): the roofline and the steps alike.
     kept = keep_freed_memory()
     if args._one_step:
         print(json.dumps(sae_step(args, *args._one_step)))
+        return
+    if args._one_attribution or args._one_clt_step:
+        print(json.dumps(circuit_sections(args)))
         return
 
     results: dict = {
@@ -489,6 +497,7 @@ def main() -> None:
         print(f"processes: 1 -> {results['processes_1_tokens_per_second']:,.0f} tok/s, {args.processes} -> "
               f"{results[f'processes_{args.processes}_tokens_per_second']:,.0f} tok/s, scaling efficiency "
               f"{100 * results['processes_scaling_efficiency']:.0f}%", flush=True)  # fmt: skip
+    results.update(circuit_sections(args))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)
