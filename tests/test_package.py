@@ -16,3 +16,15 @@ def test_no_module_is_over_500_lines():
         str(path.relative_to(package)): n for path in modules if (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}, f"split these modules: {long}"
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """setuptools' package list is explicit (pyproject.toml): a subpackage missing there works in an editable install
+    and is absent from the wheel."""
+    import tomllib
+
+    package = Path(hf_sae.__file__).parent
+    listed = set(tomllib.loads((package.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("hf_sae", *p.parent.relative_to(package).parts)) for p in package.rglob("__init__.py")}
+    assert "hf_sae.attribution" in found  # the walk saw the subpackages
+    assert found - listed == set(), f"add these to [tool.setuptools] packages: {sorted(found - listed)}"
