@@ -20,7 +20,8 @@ Every subcommand parses the same way: flags, or one YAML / JSON file first (its 
 flags after it overriding. `none` (or `null`) as a flag value, or `null` in the file, sets an optional field to None;
 a `null` for a field that cannot be None means its default.
 An error hf_sae raises on purpose is printed as one message with exit status 1; `--debug` (or HF_SAE_DEBUG=1) shows
-its traceback instead.
+its traceback instead. hf_sae logs what it does; other libraries' logs (HTTP requests among them) show at INFO only
+with `--verbose`.
 """
 
 import argparse
@@ -67,7 +68,8 @@ DEBUG_VARIABLE = "HF_SAE_DEBUG"  # set (or pass --debug) to see the traceback of
 
 def parse_arguments(groups: tuple[type, ...], argv: list[str], prog: str) -> tuple:
     """The dataclasses of `groups`, from flags or from a YAML / JSON file followed by flags."""
-    parser = HfArgumentParser(groups, prog=prog, epilog=f"--debug (or {DEBUG_VARIABLE}=1) shows an error's traceback.")
+    epilog = f"--debug (or {DEBUG_VARIABLE}=1) shows an error's traceback; --verbose shows other libraries' logs."
+    parser = HfArgumentParser(groups, prog=prog, epilog=epilog)
     source = argv[0] if argv and argv[0].endswith(CONFIG_SUFFIXES) else None
     parser.error = _raise_argument_error(prog, source)  # one line and exit status 1, as every other hf_sae error
     optional = _optional_fields(groups)
@@ -385,12 +387,15 @@ def main(argv: list[str] | None = None) -> int:
     if known.command is None:
         parser.print_help()
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = argv[1:] + rest
     debug = "--debug" in args or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    # hf_sae says what it does; HTTP clients and other libraries speak at INFO only when asked (--verbose).
+    level = logging.INFO if "--verbose" in args else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger(__package__).setLevel(logging.INFO)
     keep_freed_memory()
     try:
-        return COMMANDS[known.command][0]([arg for arg in args if arg != "--debug"])
+        return COMMANDS[known.command][0]([arg for arg in args if arg not in ("--debug", "--verbose")])
     except HfSaeError as error:
         _end_progress_bars()
         if debug:

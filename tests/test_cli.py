@@ -73,3 +73,25 @@ def test_an_error_during_a_progress_bar_starts_on_its_own_line(tmp_path):
     assert done.returncode == 1 and after, done.stderr[-2000:]
     assert "step/s]" in before.rsplit("\n", 2)[-2]  # the condition: a bar was drawn on the line above the error
     assert before.endswith("\n") and "Traceback" not in done.stderr  # the message starts a line of its own
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_other_libraries_info_logs_show_only_with_verbose(verbose):
+    """hf_sae's own INFO lines always show; an HTTP client's INFO request lines only with --verbose."""
+    script = (
+        "import logging, sys\n"
+        "from hf_sae import cli\n"
+        "def command(argv):\n"
+        "    print('argv', argv, file=sys.stderr)\n"
+        "    logging.getLogger('httpx').info('HTTP Request: GET http://hub/api')\n"
+        "    logging.getLogger('hf_sae.hub').info('pulled 1 SAE')\n"
+        "    return 0\n"
+        "cli.COMMANDS['pull'] = (command, '')\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    flags = ["--repo_id", "x"] + (["--verbose"] if verbose else [])
+    done = subprocess.run([sys.executable, "-c", script, "pull", *flags], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "argv ['--repo_id', 'x']" in done.stderr  # the command ran, without the flag
+    assert "INFO hf_sae.hub: pulled 1 SAE" in done.stderr
+    assert ("HTTP Request" in done.stderr) == verbose
