@@ -259,7 +259,7 @@ class SaeHooks:
             hookpoint (`str`, *optional*): which SAE; needed only when several are attached.
             positions (`int`, `Sequence[int]` or `slice`, *optional*): absolute positions to edit, counted from each
                 sequence's first real token and on through generated ones (`slice(n, None)`: position n onwards);
-                every real token by default.
+                by default every token the SAE acts on. The tokens it skips (see the class) are never edited.
 
         Example:
 
