@@ -30,3 +30,5 @@ lint: $(BIN)/hf-sae
 	$(BIN)/ruff format --check hf_sae tests scripts
 	# The layers and the absence of import cycles ([tool.importlinter] in pyproject.toml).
 	$(BIN)/lint-imports
+	# The documentation site (mkdocs.yml): every page, link and API docstring renders without a warning.
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
