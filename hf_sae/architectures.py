@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from .errors import SaeConfigError
 from .sparse_ops import Select, SparseCode, select_batch_topk, select_topk
 
 # Exponential moving average decay of the BatchTopK inference threshold (as in dictionary_learning's trainer).
@@ -36,6 +37,7 @@ class ExtraTensor:
     per_latent: bool = True
     trainable: bool = True
     init: float | str = 0.0
+    in_latent_units: bool = False  # scales with the latent when decoder norms are folded (a threshold, a bias)
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ def _track_batchtopk_threshold(sae, code: SparseCode) -> None:
 # ---- the table ------------------------------------------------------------------------------------------------------
 
 # () global inference threshold of the BatchTopK family, learned by EMA; -1 means unset until the first training batch
-_GLOBAL_THRESHOLD = ExtraTensor("threshold", per_latent=False, trainable=False, init=-1.0)
+_GLOBAL_THRESHOLD = ExtraTensor("threshold", per_latent=False, trainable=False, init=-1.0, in_latent_units=True)
 _BATCHTOPK = {
     "uses_k": True,
     "select": lambda sae: select_batch_topk(sae.config.k),
@@ -216,7 +218,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             select=_jumprelu_support,
             activate=_jumprelu,
             penalty=_l0_penalty,
-            extra_tensors=(ExtraTensor("threshold", init="jumprelu_init_threshold"),),
+            extra_tensors=(ExtraTensor("threshold", init="jumprelu_init_threshold", in_latent_units=True),),
         ),
         Architecture(
             "gated",
@@ -224,11 +226,53 @@ ARCHITECTURES: dict[str, Architecture] = {
             select=lambda sae: _positive,
             activate=_gated_magnitude,
             penalty=_gated_penalty,
-            extra_tensors=(ExtraTensor("r_mag"), ExtraTensor("b_mag")),
+            extra_tensors=(ExtraTensor("r_mag"), ExtraTensor("b_mag", in_latent_units=True)),
         ),
     )
 }
 ArchitectureName = Literal[tuple(ARCHITECTURES)]  # for argument parsers: `--help` lists the choices
+
+
+# ---- unit-norm decoder rows -----------------------------------------------------------------------------------------
+
+# Decoder norms this close count as one: a unit-norm decoder trained on scaled activations has every row at 1 / scale.
+UNIFORM_NORM_RTOL = 1e-4
+
+
+@torch.no_grad()
+def fold_decoder_norm_(sae) -> Tensor:
+    """Scale every decoder row of `sae` to unit norm and each latent up by its row's norm, in place, so that every
+    reconstruction is unchanged (SAELens' `fold_W_dec_norm`). Returns the norms, `(num_latents,)`: the new latents
+    are the old ones times them.
+
+    A positive per-latent scale s passes through relu, JumpReLU (with θ scaled) and the gated SAE's gate and
+    magnitude paths (W_enc and b_mag scaled, r_mag kept), so W_enc's rows, b_enc and the extra tensors in latent
+    units take s. TopK and BatchTopK rank latents against each other: only one scale shared by all keeps their
+    choice, so their decoder rows must share one norm (as a unit-norm decoder with a folded activation scale does).
+    An all-zero row has no direction: its latent takes the common scale."""
+    arch, eps = ARCHITECTURES[sae.config.architecture], torch.finfo(torch.float32).tiny
+    norms = sae.W_dec.detach().float().norm(dim=-1)  # (num_latents,)
+    live = norms > eps
+    common = norms[live].median() if live.any() else norms.new_tensor(1.0)
+    if arch.uses_k and live.any() and (spread := float(norms[live].max() / norms[live].min() - 1)) > UNIFORM_NORM_RTOL:
+        raise SaeConfigError(
+            f"This {arch.name} SAE's decoder rows have norms from {float(norms[live].min()):.4g} to "
+            f"{float(norms[live].max()):.4g} ({spread:.2%} apart); folding them would scale each latent by its own "
+            f"norm and change which latents {arch.name} keeps. Only decoders whose rows share one norm (within "
+            f"{UNIFORM_NORM_RTOL:g}) fold exactly; keep this decoder as it is."
+        )
+    norms = torch.where(live, norms, common)
+    for name, shape in (("W_enc", (-1, 1)), ("b_enc", (-1,)), ("W_dec", (-1, 1))):
+        tensor = getattr(sae, name)
+        scale = norms.to(tensor.dtype).reshape(shape)
+        tensor.div_(scale) if name == "W_dec" else tensor.mul_(scale)
+    for extra in arch.extra_tensors:
+        tensor = getattr(sae, extra.name)
+        if extra.in_latent_units and extra.per_latent:
+            tensor.mul_(norms.to(tensor.dtype))
+        elif extra.in_latent_units and tensor >= 0:  # a global threshold; below 0 it is unset and keeps every latent
+            tensor.mul_(common.to(tensor.dtype))
+    return norms
 
 
 # ---- straight-through pieces for JumpReLU (Rajamanoharan et al. 2024, "Jumping Ahead"), on the kept entries -------

@@ -227,6 +227,11 @@ class ConvertArguments(Checked):
     revision: str | None = flag("Branch, tag or commit of a Hub repo.", None)
     token: str | None = flag("A read token for private repos.", None)
     overwrite: bool = flag("Replace DST if it is not empty.", False)
+    unit_norm_decoder: bool = flag(
+        "Write decoder rows of unit norm, each latent scaled up by its row's norm (SAELens' fold_W_dec_norm): the "
+        "same reconstructions. Refused for TopK / BatchTopK SAEs whose rows differ in norm.",
+        False,
+    )
 
     def check(self) -> None:
         check_sae_source(self.src, "src")
@@ -238,6 +243,12 @@ class ConvertArguments(Checked):
                 raise ArgumentError(
                     f"{' and '.join(chosen)} choose SAEs, but --to circuit_tracer writes the whole transcoder set or "
                     "cross-layer transcoder (circuit-tracer replaces every MLP). Drop them."
+                )
+            if self.unit_norm_decoder:
+                raise ArgumentError(
+                    "--unit_norm_decoder rescales one SAE at a time; --to circuit_tracer writes a transcoder set or "
+                    "cross-layer transcoder as circuit-tracer holds it. Drop --unit_norm_decoder, or export with "
+                    "--to hf_sae or --to saelens."
                 )
 
 
