@@ -59,7 +59,7 @@ from .layout import (
     write_json,
     write_text,
 )
-from .model_card import CARD_ARGUMENTS, card_data, render_card
+from .model_card import CARD_ARGUMENTS, card_data, copy_run_files, render_card
 from .modeling_clt import CltModel
 from .modeling_sae import SaeModel, SaesLike, refuse_non_finite, saes_by_hookpoint
 from .precision import as_torch_dtype
@@ -430,9 +430,6 @@ def _stage_sae(folder: Path, sae: SaeModel, hookpoint: str, features: Any, metri
     if sae.config.hookpoint is None:  # the folder names the hookpoint; let the config say it too
         config = json.loads((folder / CONFIG).read_text())
         (folder / CONFIG).write_text(json.dumps(config | {"hookpoint": hookpoint}, indent=2, sort_keys=True) + "\n")
-    source = Path(sae.name_or_path) if sae.name_or_path else None
-    if features is None and source is not None and (source / FEATURES).is_dir():
-        features = source / FEATURES  # an SAE loaded with its feature metadata keeps it
     if isinstance(features, str | os.PathLike):
         if not Path(features).is_dir():
             raise SaeNotFoundError(f"Feature metadata for {hookpoint!r} should be a folder; {features} is not one.")
@@ -447,8 +444,7 @@ def _stage_sae(folder: Path, sae: SaeModel, hookpoint: str, features: Any, metri
         save(folder / FEATURES)
     if metrics is not None:
         write_json(folder / METRICS, dict(metrics))
-    elif source is not None and (source / METRICS).is_file():
-        shutil.copy2(source / METRICS, folder / METRICS)
+    copy_run_files(sae.name_or_path, folder)  # an SAE loaded from a folder keeps its metrics, features and arguments
     check_sae_folder(folder, hookpoint)
 
 

