@@ -207,7 +207,7 @@ def no_sae_there(where: str, present: list[str], subfolder: str | None) -> SaeNo
     asked = f" (subfolder={subfolder!r})" if subfolder else ""
     if not subfolder and present and "(top)" not in present:  # an ArgumentError: AutoModel lets it through
         return ArgumentError(
-            f"{where} holds several SAEs, one per folder: {', '.join(present)}. Name the one to load with "
+            f"No {CONFIG} in {where}: it holds several SAEs, one per folder: {', '.join(present)}. Name the one with "
             f"`subfolder=`, e.g. `SaeModel.from_pretrained(..., subfolder={present[0]!r})` or "
             f"`AutoModel.from_pretrained(..., subfolder={present[0]!r})`, or load them all with `hf_sae.load_saes`."
         )

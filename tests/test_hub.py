@@ -738,6 +738,8 @@ def test_one_hub_sae_by_subfolder_downloads_its_features_when_first_asked(api, h
 
 def test_automodel_on_a_hub_repo_of_several_saes_names_them_and_subfolder(api, hub):
     push_saes_to_hub("alice/several", {LAYERS[0]: make_sae(), LAYERS[1]: make_sae(seed=1)}, token=ALICE)
-    expected = rf"repo 'alice/several' at its top holds several SAEs, one per folder: {LAYERS[0]}, {LAYERS[1]}\. "
-    with pytest.raises(ArgumentError, match=expected + r"Name the one to load with `subfolder=`"):
+    expected = (
+        rf"No config.json in repo 'alice/several' at its top: it holds several SAEs, one per folder: {LAYERS[0]}, "
+    )
+    with pytest.raises(ArgumentError, match=expected + rf"{LAYERS[1]}\. Name the one with `subfolder=`"):
         AutoModel.from_pretrained("alice/several")

@@ -473,7 +473,10 @@ def test_automodel_on_a_folder_of_several_saes_names_them_and_subfolder(tmp_path
     for load in (AutoModel.from_pretrained, SaeModel.from_pretrained):
         with pytest.raises(ArgumentError) as info:
             load(tmp_path / "saes")
-        assert "holds several SAEs, one per folder: model.layers.1, model.layers.2. Name the one" in str(info.value)
+        assert (
+            f"No config.json in {tmp_path / 'saes'}: it holds several SAEs, one per folder: model.layers.1, "
+            "model.layers.2. Name the one with `subfolder=`" in str(info.value)
+        )
         assert "`AutoModel.from_pretrained(..., subfolder='model.layers.1')`" in str(info.value)
     assert torch.equal(AutoModel.from_pretrained(tmp_path / "saes", subfolder="model.layers.1").W_dec,
                        SaeModel.from_pretrained(tmp_path / "saes" / "model.layers.1").W_dec)  # fmt: skip
