@@ -9,6 +9,7 @@ so that a page may use what an earlier page saved (the hooks page loads the SAE 
 
 import dataclasses
 import inspect
+import linecache
 import re
 import shlex
 from pathlib import Path
@@ -78,8 +79,10 @@ def run_page(path: Path, page_examples: list[Example]) -> int:
     for example in page_examples:
         if example.mark == "no-test":
             continue
+        name = f"{path.name}:{example.line}"
+        linecache.cache[name] = (len(example.code), None, example.code.splitlines(True), name)  # nnsight reads it
         try:
-            exec(compile(example.code, f"{path.name}:{example.line}", "exec"), namespace)
+            exec(compile(example.code, name, "exec"), namespace)
         except Exception as error:
             raise AssertionError(f"The example at {path.name}:{example.line} failed: {error!r}") from error
         ran += 1
