@@ -13,6 +13,7 @@ from test_distributed import common_flags, launch_all, ran
 from test_training import run_args, tiny_run_inputs  # noqa: F401  (the module-scoped fixture)
 
 from hf_sae import ArgumentError, CltConfig, CltModel, SaeConfigError
+from hf_sae.activation_cache import ActivationCache
 from hf_sae.activations import harvest
 from hf_sae.arguments import SaeTrainingArguments
 from hf_sae.memory import TRAINING_BYTES_PER_WEIGHT, clt_weights
@@ -160,6 +161,16 @@ def test_a_checkpoint_of_another_clt_is_refused_on_resume(tiny_run_inputs, tmp_p
     args = clt_args(tiny_run_inputs, tmp_path / "run", num_latents=64, resume_from_checkpoint="latest")
     with pytest.raises(Exception, match=r"clt num_latents: checkpoint 48, now 64"):
         train_saes(*args)
+
+
+def test_a_clt_trains_from_an_activation_cache_of_every_mlp(tiny_run_inputs, tmp_path):  # noqa: F811
+    cache = tmp_path / "cache"
+    report = train_saes(*clt_args(tiny_run_inputs, tmp_path / "live", activation_cache=str(cache)))["clt"]
+    replayed = train_saes(*clt_args(tiny_run_inputs, tmp_path / "replay", activation_cache=str(cache), epochs=1.0))
+    expected = {f"model.layers.{layer}.mlp{suffix}": 24 for layer in range(LAYERS) for suffix in ("", ".input")}
+    assert ActivationCache(cache).widths == expected  # every MLP's input and output, written once and replayed
+    assert replayed["clt"]["train_epochs"] == pytest.approx(1.0, abs=0.1) and report["train_epochs"] > 0
+    assert replayed["clt"]["fvu"] < 0.95 and report["fvu"] < 0.95
 
 
 DRIVER = """
