@@ -108,7 +108,7 @@ class Explorer:
     def __init__(self, model: nn.Module, tokenizer, sae: SaeModel, features: FeatureMetadata, hookpoint=None):
         self.model, self.tokenizer, self.sae, self.features = model, tokenizer, sae, features
         self.hookpoint = hookpoint_of(sae, hookpoint)
-        self.hooks = SaeHooks(model, {self.hookpoint: sae})
+        self.hooks = SaeHooks(model, {self.hookpoint: sae}, tokenizer=tokenizer)
         self.table = features.stats
         explanations_of(features)  # a damaged explanations.json: one clear error now, not a broken page later
         self.context = max_positions(model)  # the longest text the model reads, new tokens included

@@ -500,7 +500,7 @@ ROWS = [
     Row("hub revision not found", lambda w, t: load_saes("alice/saes", revision="v9"), HubError, r"no revision 'v9'. Branches: main"),
     Row("hub hookpoint not found", lambda w, t: load_saes("alice/saes", ["model.layers.7"]), HookpointError, r"model.layers.0, model.layers.2"),
     Row("hub subfolder typo", lambda w, t: SaeModel.from_pretrained("alice/saes", subfolder="model.layers.7"), SaeNotFoundError, r"The SAE folders there are: model.layers.0, model.layers.2; pass one"),
-    Row("hub no top config", lambda w, t: SaeModel.from_pretrained("alice/saes"), SaeNotFoundError, r"No config.json in repo 'alice/saes' at its top"),
+    Row("hub no top config", lambda w, t: SaeModel.from_pretrained("alice/saes"), ArgumentError, r"No config.json in repo 'alice/saes' at its top"),
     Row("hub endpoint down, load", lambda w, t: down_endpoint(w, lambda: load_saes("alice/saes")), HubError, r"endpoint http://127.0.0.1:9 could not be reached .*HF_ENDPOINT"),
     Row("hub endpoint down, from_pretrained", lambda w, t: down_endpoint(w, lambda: SaeModel.from_pretrained("alice/saes", subfolder="model.layers.0")), HubError, r"http://127.0.0.1:9 could not be reached"),
     Row("hub endpoint down, push", lambda w, t: down_endpoint(w, lambda: push_saes_to_hub("alice/more", w.root / "saes", token=ALICE)), HubError, r"Pushing to 'alice/more' failed: the Hub endpoint http://127.0.0.1:9"),

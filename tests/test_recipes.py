@@ -41,7 +41,7 @@ def test_nnsight_encodes_a_layer_inside_a_trace_and_splices_like_sae_hooks(input
     lm = make_tiny_lm("llama").model
     sae = make_sae(24, "model.layers.1")
     expected = sae.encode(capture_activations(lm, ["model.layers.1"], input_ids)["model.layers.1"])
-    with SaeHooks(lm, {"model.layers.1": sae}).splice(error_term=False):
+    with SaeHooks(lm, {"model.layers.1": sae}, all_tokens=True).splice(error_term=False):
         spliced = lm(input_ids).logits
 
     traced = nnsight.NNsight(lm)
@@ -77,7 +77,7 @@ def test_transformer_lens_without_weight_processing_gives_the_layers_activations
     spliced = model.run_with_hooks(
         input_ids, fwd_hooks=[("blocks.1.hook_resid_post", lambda x, hook: sae(x).reconstruction)]
     )
-    with SaeHooks(lm, {hookpoint: sae}).splice(error_term=False):
+    with SaeHooks(lm, {hookpoint: sae}, all_tokens=True).splice(error_term=False):
         torch.testing.assert_close(spliced, lm(input_ids).logits, rtol=0, atol=1e-5)
 
 

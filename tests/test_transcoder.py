@@ -153,7 +153,7 @@ def test_splice_equals_replacing_the_mlp_by_hand(llama, skip):
     with torch.no_grad():
         by_hand = _logits_with_mlp_output(llama, lambda x, y: manual_prediction(sae, x), ids)
         clean = llama(ids).logits
-        hooks = SaeHooks(llama, [sae])
+        hooks = SaeHooks(llama, [sae], all_tokens=True)
         with hooks.splice():
             spliced = llama(ids).logits
         with hooks.splice(error_term=True):
@@ -166,7 +166,7 @@ def test_splice_equals_replacing_the_mlp_by_hand(llama, skip):
 def test_steer_ablate_and_record_act_on_transcoder_latents(llama):
     sae = make_transcoder("topk")
     ids = torch.randint(3, 99, (2, 9))
-    hooks = SaeHooks(llama, {"tc": sae})
+    hooks = SaeHooks(llama, {"tc": sae}, all_tokens=True)
     with torch.no_grad():
         x = capture_activations(llama, [IN], ids)[IN]
         z = manual_latents(sae, x)
