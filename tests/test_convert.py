@@ -488,7 +488,7 @@ def test_gemma_scope_from_the_hub_by_release_name(gemma_hub):
     saes = load_saes("gemma-scope-2b-pt-res", hookpoints=["model.layers.3"], width=256, l0=40)
     lm = tiny_gemma2()
     input_ids = torch.tensor([[1, 5, 17, 42, 8, 3]])
-    with SaeHooks(lm, saes).record() as recorder, torch.no_grad():
+    with SaeHooks(lm, saes, all_tokens=True).record() as recorder, torch.no_grad():
         lm(input_ids)
     sae = saes["model.layers.3"]
     assert sae.config.base_model_name_or_path == "google/gemma-2-2b"
@@ -528,7 +528,7 @@ def test_gemma_scope_from_the_hub_by_release_name(gemma_hub):
 def test_transcoder_exports_refuse_what_the_target_format_cannot_hold(tmp_path):
     gated = SaeModel(SaeConfig(d_in=8, num_latents=16, architecture="gated", hookpoint="model.layers.1.mlp.input",
                                output_hookpoint="model.layers.1.mlp", apply_b_dec_to_input=False))  # fmt: skip
-    with pytest.raises(SaeConfigError, match=r"SAELens' transcoders are relu or jumprelu; this transcoder is 'gated'"):
+    with pytest.raises(SaeConfigError, match=r"SAELens' transcoders are relu or jumprelu .*transcoder is 'gated'"):
         export_sae(gated, tmp_path / "a", "saelens")
     across = SaeModel(SaeConfig(d_in=8, num_latents=16, k=2, hookpoint="model.layers.1.input",
                                 output_hookpoint="model.layers.2", apply_b_dec_to_input=False))  # fmt: skip

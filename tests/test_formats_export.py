@@ -2,6 +2,10 @@
 SAELens' own loader and Hugging Face wrapper took it (tests/fixtures/saelens_export/, written by
 tests/fixtures/make_saelens_export_fixtures.py)."""
 
+import json
+import math
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -10,6 +14,7 @@ from hf_sae import ArgumentError, SaeConfig, SaeConfigError, SaeModel
 from hf_sae.architectures import ARCHITECTURES, UNIFORM_NORM_RTOL, fold_decoder_norm_
 from hf_sae.arguments import ConvertArguments
 from hf_sae.convert import export_sae
+from hf_sae.hookpoints import INPUT_SUFFIX
 
 D_IN, D_OUT, LATENTS, K = 16, 12, 64, 4
 
@@ -35,6 +40,54 @@ def random_sae(architecture: str, transcoder: bool = False, seed: int = 0) -> Sa
         else:
             sae.W_dec.copy_(unit_rows * torch.linspace(0.2, 8.0, LATENTS)[:, None])
     return sae
+
+
+# ---- SAELens' own loader and Hugging Face wrapper on the exports (tests/fixtures/saelens_export/make.py) ----------
+
+EXPORTS = Path(__file__).parent / "fixtures" / "saelens_export"
+SMOLLM2_D, SMOLLM2 = 576, "HuggingFaceTB/SmolLM2-135M-Instruct"
+# name -> (architecture, transcoder, skip connection)
+EXPORTED = {
+    "standard": ("relu", False, False),
+    "topk": ("topk", False, False),
+    "batchtopk": ("batchtopk", False, False),
+    "matryoshka_batchtopk": ("matryoshka_batchtopk", False, False),
+    "jumprelu": ("jumprelu", False, False),
+    "gated": ("gated", False, False),
+    "transcoder": ("relu", True, False),
+    "skip_transcoder": ("relu", True, True),
+    "jumprelu_transcoder": ("jumprelu", True, False),
+    "jumprelu_skip_transcoder": ("jumprelu", True, True),
+    "batchtopk_transcoder": ("batchtopk", True, False),
+}
+
+
+def exported_sae(name: str) -> SaeModel:
+    """A seeded SAE on SmolLM2-135M's layer 3 (a transcoder: its MLP), 64 latents, every tensor random."""
+    architecture, transcoder, skip = EXPORTED[name]
+    fields = {"k": 8} if ARCHITECTURES[architecture].uses_k else {}
+    if architecture == "matryoshka_batchtopk":
+        fields["matryoshka_group_sizes"] = [16, 48]
+    if transcoder:
+        fields |= {"hookpoint": f"model.layers.3.mlp{INPUT_SUFFIX}", "output_hookpoint": "model.layers.3.mlp",
+                   "skip_connection": skip, "apply_b_dec_to_input": False}  # fmt: skip
+    else:
+        fields["hookpoint"] = "model.layers.3"
+    config = SaeConfig(d_in=SMOLLM2_D, num_latents=64, architecture=architecture, base_model_name_or_path=SMOLLM2,
+                       **fields)  # fmt: skip
+    sae = SaeModel(config).eval()
+    generator = torch.Generator().manual_seed(list(EXPORTED).index(name))
+    with torch.no_grad():
+        for tensor_name, tensor in [*sae.named_parameters(), *sae.named_buffers()]:
+            noise = torch.randn(tensor.shape, generator=generator)
+            scale = 1 / SMOLLM2_D**0.5 if tensor.ndim == 2 else 0.1
+            tensor.copy_(noise.abs() * 0.5 if tensor_name == "threshold" else noise * scale)
+    return sae
+
+
+def export_all(folder: str) -> None:
+    for name in EXPORTED:
+        export_sae(exported_sae(name), Path(folder) / name, "saelens")
 
 
 def inputs(seed: int = 1) -> torch.Tensor:
@@ -107,3 +160,53 @@ def test_unit_norm_decoder_is_refused_for_feature_metadata(tmp_path):
     with pytest.raises(ArgumentError, match=r"`unit_norm_decoder` rescales the latents"):
         export_sae(random_sae("relu"), tmp_path / "np", "neuronpedia", unit_norm_decoder=True)
     assert not (tmp_path / "np").exists()
+
+
+def test_the_saelens_run_covered_every_export():
+    outcome = json.loads((EXPORTS / "outcome.json").read_text())
+    assert outcome["sae_lens"] == "6.54.12" and outcome["refused"] == {}
+    assert sorted(outcome["runs"]) == sorted(EXPORTED)
+    for run in outcome["runs"].values():  # the wrapper's store began every context with BOS and left it out
+        assert run["prepend_bos"] is True and run["bos_in_tokens"] is True
+        assert run["activations_per_context"] == run["context_size"] - 1
+        assert run["metrics"]["sparsity"]["l0"] > 0 and math.isfinite(
+            run["metrics"]["model_performance_preservation"]["ce_loss_with_sae"]
+        )
+
+
+@pytest.mark.parametrize("name", list(EXPORTED))
+def test_the_export_is_what_saelens_ran_and_computes_what_saelens_computed(name, tmp_path):
+    """The export today writes the config SAELens' loader, store and evaluation took, and hf_sae computes from it
+    what SAELens computed on the activations its Hugging Face wrapper harvested from SmolLM2."""
+    run = json.loads((EXPORTS / "outcome.json").read_text())["runs"][name]
+    folder = export_sae(exported_sae(name), tmp_path / name, "saelens")
+    written = json.loads((folder / "cfg.json").read_text())
+    for cfg in (written, run["cfg"]):
+        cfg["metadata"].pop("hf_sae_version")
+    assert written == run["cfg"]
+    recorded = load_file(EXPORTS / f"{name}.safetensors")
+    back = SaeModel.from_pretrained(folder).eval()
+    assert back.config.hookpoint == exported_sae(name).config.hookpoint  # hf_sae's own name, not SAELens' module
+    with torch.no_grad():
+        latents = back.encode(recorded["x"])
+        assert int((latents != 0).sum()) > 0
+        assert torch.allclose(latents, recorded["latents"], rtol=1e-4, atol=1e-4)
+        assert torch.allclose(back.decode(latents), recorded["reconstruction"], rtol=1e-4, atol=1e-4)
+
+
+def test_a_hookpoint_no_module_outputs_is_refused_for_saelens(tmp_path):
+    sae = SaeModel(SaeConfig(d_in=8, num_latents=16, architecture="relu", hookpoint="model.layers.0.input"))
+    with pytest.raises(SaeConfigError, match=r"no module's output is 'model.layers.0.input'.*--to hf_sae"):
+        export_sae(sae, tmp_path / "out", "saelens")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_topk_transcoder_is_refused_for_saelens_naming_the_formats_that_hold_it(tmp_path):
+    topk = SaeModel(SaeConfig(d_in=8, num_latents=16, k=2, hookpoint="model.layers.1.mlp.input",
+                              output_hookpoint="model.layers.1.mlp", apply_b_dec_to_input=False))  # fmt: skip
+    refusal = (
+        r"this transcoder is 'topk'\. hf_sae's own format holds it .*sparsify's.*circuit-tracer's cannot express TopK"
+    )
+    with pytest.raises(SaeConfigError, match=refusal):
+        export_sae(topk, tmp_path / "out", "saelens")
+    assert not (tmp_path / "out").exists()

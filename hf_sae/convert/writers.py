@@ -1,14 +1,17 @@
 """Export an `SaeModel` to the formats other tools read.
 
 - SAELens 6.x: what `SAE.load_from_disk` loads, and so what SAEDashboard, SAEBench and Neuronpedia's upload read.
-  `metadata.hook_name` is the module path and `model_class_name` is `AutoModelForCausalLM`, so that SAELens'
-  `HookedProxyLM` attaches the SAE to the Hugging Face model. BatchTopK is written as SAELens writes its own: a
-  JumpReLU SAE with the global threshold repeated per latent, and Matryoshka BatchTopK too, its nested widths in
-  `training_architecture_details.matryoshka_widths`.
+  `metadata.hook_name` is a module path whose output is the activation (a block's input: the block before) and
+  `model_class_name` is `AutoModelForCausalLM`, so that SAELens' `HookedProxyLM` attaches the SAE to the Hugging Face
+  model; `prepend_bos` and `seqpos_slice` make its `ActivationsStore` harvest as hf_sae does (BOS first, position 0
+  left out). SAELens 6.54.12 ran every architecture so through SmolLM2 (tests/fixtures/saelens_export/). BatchTopK is
+  written as SAELens writes its own: a JumpReLU SAE with the global threshold repeated per latent, and Matryoshka
+  BatchTopK too, its nested widths in `training_architecture_details.matryoshka_widths`.
 - sparsify: `SparseCoder.load_from_disk`'s cfg.json + sae.safetensors, top-k SAEs only.
 
-Transcoders go out as SAELens' transcoder classes (relu and jumprelu, with or without skip term; `hook_name_out` names
-the target) and as sparsify transcoders (top-k, from a module's input to its output, of the same width).
+Transcoders go out as SAELens' transcoder classes (relu, jumprelu and the BatchTopK family as jumprelu, with or
+without skip term; `hook_name_out` names the target; SAELens has no top-k transcoder) and as sparsify transcoders
+(top-k, from a module's input to its output, of the same width).
 """
 
 import json
@@ -37,9 +40,31 @@ def _tensors(sae: SaeModel) -> dict[str, torch.Tensor]:
     return t
 
 
-# hf_sae architecture -> SAELens transcoder architecture, without and with a skip term (`saes/transcoder.py`)
-_SAELENS_TRANSCODERS = {"relu": ("transcoder", "skip_transcoder"),
-                        "jumprelu": ("jumprelu_transcoder", "jumprelu_skip_transcoder")}  # fmt: skip
+# hf_sae architecture -> SAELens transcoder architecture, without and with a skip term (`saes/transcoder.py`); the
+# BatchTopK family's inference rule is JumpReLU's with one threshold for all latents
+_JUMPRELU_TRANSCODERS = ("jumprelu_transcoder", "jumprelu_skip_transcoder")
+_SAELENS_TRANSCODERS = {"relu": ("transcoder", "skip_transcoder"), "jumprelu": _JUMPRELU_TRANSCODERS,
+                        "batchtopk": _JUMPRELU_TRANSCODERS, "matryoshka_batchtopk": _JUMPRELU_TRANSCODERS}  # fmt: skip
+
+
+def _saelens_hooks(cfg) -> dict[str, str]:
+    """SAELens' `hook_name` (and a transcoder's `hook_name_out`): module paths whose outputs are the activations,
+    as its Hugging Face wrapper (`HookedProxyLM`) hooks module outputs only. Where that is another module than the
+    hookpoint (a block's input is the block before's output), hf_sae's own name goes beside it."""
+    hooks = {}
+    for key, hookpoint in (("hook_name", cfg.hookpoint), ("hook_name_out", cfg.output_hookpoint)):
+        if hookpoint is None:
+            continue
+        module = names.output_module(hookpoint, cfg.base_model_name_or_path)
+        if module is None:
+            raise SaeConfigError(
+                f"SAELens' Hugging Face wrapper hooks module outputs, and no module's output is {hookpoint!r} (the "
+                "input of block 0 or of a norm). Export it with `--to hf_sae`, whose hooks read module inputs too."
+            )
+        hooks[key] = module
+        if module != hookpoint:
+            hooks[key.replace("hook_name", "hookpoint")] = hookpoint
+    return hooks
 
 
 def to_saelens(sae: SaeModel, folder: Path) -> Path:
@@ -49,9 +74,15 @@ def to_saelens(sae: SaeModel, folder: Path) -> Path:
     fields, training = {}, {}
     if cfg.is_transcoder:
         if arch not in _SAELENS_TRANSCODERS:
-            raise SaeConfigError(
-                f"SAELens' transcoders are relu or jumprelu; this transcoder is {arch!r}. Export it with `--to hf_sae`"
-                + (" or `--to sparsify`." if arch == "topk" else ".")
+            raise SaeConfigError(  # SAELens 6.54 has no top-k transcoder class (`saes/transcoder.py`)
+                "SAELens' transcoders are relu or jumprelu (BatchTopK goes as jumprelu); this transcoder is "
+                f"{arch!r}. hf_sae's own format holds it (`--to hf_sae`)"
+                + (
+                    ", and sparsify's where it predicts a module's output from that module's input at the same width "
+                    "(`--to sparsify`); circuit-tracer's cannot express TopK either."
+                    if arch == "topk"
+                    else "."
+                )
             )
         fields = {"d_out": cfg.d_out}
         if cfg.skip_connection:
@@ -76,9 +107,10 @@ def to_saelens(sae: SaeModel, folder: Path) -> Path:
     elif arch == "topk":
         fields = {"k": cfg.k, "rescale_acts_by_decoder_norm": False}
     saelens_arch = {"relu": "standard", "batchtopk": "jumprelu", "matryoshka_batchtopk": "jumprelu"}.get(arch, arch)
+    hooks = _saelens_hooks(cfg)
     if cfg.is_transcoder:
         saelens_arch = _SAELENS_TRANSCODERS[arch][cfg.skip_connection]
-        training = {"hook_name_out": cfg.output_hookpoint}
+        training = {"hook_name_out": hooks["hook_name_out"]}
     config = {
         "architecture": saelens_arch,
         "d_in": cfg.d_in,
@@ -94,10 +126,14 @@ def to_saelens(sae: SaeModel, folder: Path) -> Path:
             "hf_sae_version": __version__,
             "model_name": cfg.base_model_name_or_path,
             "model_class_name": "AutoModelForCausalLM",
-            "hook_name": cfg.hookpoint,
+            "hook_name": hooks.get("hook_name"),
             "hook_head_index": None,
+            # hf_sae's blocks start with BOS (`data.pack_token_ids`), added by hand as SAELens' ActivationsStore adds
+            # it; position 0 is left out of training and evaluation, as `seqpos_slice` leaves it out there.
             "prepend_bos": True,
+            "seqpos_slice": [1, None],
             **training,
+            **{f"hf_sae_{key}": value for key, value in hooks.items() if key.startswith("hookpoint")},
         },
     }
     with staging_folder(folder) as tmp:

@@ -21,6 +21,7 @@ _FAMILIES = {
         "mlp_out": "mlp",
         "attn_out": "self_attn",
         "z": "self_attn.o_proj" + INPUT_SUFFIX,
+        "mlp_in": "post_attention_layernorm",  # its output is what the MLP reads
         "resid_mid": "post_attention_layernorm" + INPUT_SUFFIX,
     },
     # Gemma 2 and 3 normalise each sublayer's output before the residual add; TransformerLens hooks after that norm.
@@ -31,6 +32,7 @@ _FAMILIES = {
         "mlp_out": "post_feedforward_layernorm",
         "attn_out": "post_attention_layernorm",
         "z": "self_attn.o_proj" + INPUT_SUFFIX,
+        "mlp_in": "pre_feedforward_layernorm",  # its output is what the MLP reads
         "resid_mid": "pre_feedforward_layernorm" + INPUT_SUFFIX,
     },
     "gpt2": {
@@ -40,6 +42,7 @@ _FAMILIES = {
         "mlp_out": "mlp",
         "attn_out": "attn",
         "z": "attn.c_proj" + INPUT_SUFFIX,
+        "mlp_in": "ln_2",  # its output is what the MLP reads
         "resid_mid": "ln_2" + INPUT_SUFFIX,
     },
     "neox": {
@@ -49,6 +52,7 @@ _FAMILIES = {
         "mlp_out": "mlp",
         "attn_out": "attention",
         "z": "attention.dense" + INPUT_SUFFIX,
+        "mlp_in": "post_attention_layernorm",  # its output is what the MLP reads
         "resid_mid": None,  # parallel attention and MLP: no residual between them
     },
 }
@@ -144,6 +148,21 @@ def module_to_transformer_lens(hookpoint: str, model: str | None) -> str | None:
     sites |= {f".{names[key]}": f"hook_{key}" for key in ("mlp_out", "attn_out", "resid_mid") if names[key]}
     sites[f".{names['z']}"] = "attn.hook_z"
     return f"blocks.{layer}.{sites[rest]}" if rest in sites else None
+
+
+def output_module(hookpoint: str, model: str | None) -> str | None:
+    """A module whose output is the activation at `hookpoint`, for tools that hook module outputs only (SAELens'
+    `HookedProxyLM`): the hookpoint itself, the previous block for a block's input, the pre-MLP norm for an MLP's
+    input; None where no module's output is that input (block 0's, whose embeddings some families scale in the
+    model's forward; a norm's input)."""
+    if not hookpoint.endswith(INPUT_SUFFIX):
+        return hookpoint
+    names = _FAMILIES[family(model) or "llama"]
+    match = re.fullmatch(re.escape(names["blocks"]) + r"\.(\d+)(\.mlp)?" + re.escape(INPUT_SUFFIX), hookpoint)
+    if not match or (match[2] is None and int(match[1]) == 0):
+        return None
+    layer = int(match[1])
+    return f"{names['blocks']}.{layer}.{names['mlp_in']}" if match[2] else f"{names['blocks']}.{layer - 1}"
 
 
 def gemma_scope_module(layer: int, site: str) -> str:

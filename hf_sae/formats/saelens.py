@@ -46,10 +46,16 @@ def _saelens_cfg(folder: Path) -> dict[str, Any]:
     return cfg
 
 
+def _hook(meta: dict[str, Any], suffix: str = "") -> str | None:
+    """Where the SAE reads (`suffix` "_out": where a transcoder writes): hf_sae's own exports keep the hookpoint beside
+    the module whose output SAELens hooks, when the two differ (a block's input)."""
+    return meta.get(f"hf_sae_hookpoint{suffix}") or meta.get(f"hook_name{suffix}")
+
+
 def describe_saelens(folder: Path) -> Found:
     cfg = _saelens_cfg(folder)
     meta = cfg.get("metadata") or {}
-    hook = meta.get("hook_name")
+    hook = _hook(meta)
     return Found("saelens", hook and names.transformer_lens_to_module(hook, meta.get("model_name")), cfg.get("d_sae"))
 
 
@@ -118,7 +124,7 @@ def read_saelens(folder: Path) -> tuple[SaeConfig, dict[str, Tensor]]:
     if scale is not None:
         fold_input_scale(t, float(scale))
     model = names.hub_model_id(meta.get("model_name"))
-    hook = meta.get("hook_name")
+    hook = _hook(meta)
     config = config_of(
         d_in,
         n,
@@ -171,8 +177,8 @@ def _read_saelens_transcoder(folder: Path, cfg: dict[str, Any]) -> tuple[SaeConf
         arch,
         d_out=d_out,
         apply_b_dec_to_input=False,
-        hookpoint=names.transformer_lens_to_module(meta["hook_name"], model),
-        output_hookpoint=names.transformer_lens_to_module(meta["hook_name_out"], model),
+        hookpoint=names.transformer_lens_to_module(_hook(meta), model),
+        output_hookpoint=names.transformer_lens_to_module(_hook(meta, "_out"), model),
         skip_connection=skip,
         base_model_name_or_path=model,
     )
