@@ -1,11 +1,13 @@
 """circuit-tracer's transcoder formats, against what circuit-tracer 0.5.0 computed from hf_sae's exports
 (tests/fixtures/circuit_tracer/make_fixtures.py ran it in a throwaway venv; CI needs no circuit-tracer)."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+import yaml
+from safetensors.torch import load_file, save_file
 
 from hf_sae import (
     CltConfig,
@@ -136,3 +138,70 @@ def test_a_config_yaml_without_its_weights_is_refused_naming_the_file(tmp_path):
     (tmp_path / "set" / "config.yaml").write_text((FIXTURES / "set_relu" / "config.yaml").read_text())
     with pytest.raises(FileFormatError, match=r"names model_kind 'transcoder_set', but .* lacks layer_0.safetensors"):
         load_transcoders(tmp_path / "set")
+
+
+# ---- Gemma Scope 2's layout (config.yaml listing one file per layer), against circuit-tracer's own loaders ----------
+
+GEMMA_SCOPE_2_SET, GEMMA_SCOPE_2_CLT = FIXTURES / "gemma_scope_2_set", FIXTURES / "gemma_scope_2_clt"
+FLOAT32 = {"atol": 2e-6, "rtol": 1e-6}  # float32 rounding: the same products summed in another order
+
+
+def test_a_gemma_scope_2_transcoder_set_loads_and_encodes_and_predicts_as_circuit_tracer():
+    expected = load_file(GEMMA_SCOPE_2_SET / "circuit_tracer_outputs.safetensors")
+    transcoders = load_transcoders(GEMMA_SCOPE_2_SET)
+    assert list(transcoders) == [0, 1, 2] and 0 < int((expected["encode"] != 0).sum()) < expected["encode"].numel()
+    for layer, sae in transcoders.items():
+        config = sae.config
+        assert (config.architecture, config.skip_connection, config.base_model_name_or_path) == (
+            "jumprelu", True, "google/gemma-3-270m")  # fmt: skip
+        assert (config.hookpoint, config.output_hookpoint) == (
+            f"model.layers.{layer}.mlp.input", f"model.layers.{layer}.post_feedforward_layernorm")  # fmt: skip
+        assert bool((sae.threshold < 0).any())  # pre * [pre > θ] for θ < 0 too, as circuit-tracer computes it
+        output = sae(X[layer])
+        torch.testing.assert_close(output.latents, expected["encode"][layer], **FLOAT32)
+        torch.testing.assert_close(output.reconstruction, expected["reconstruction"][layer], **FLOAT32)
+    saes = load_saes(GEMMA_SCOPE_2_SET)
+    assert [sae.config.to_dict() for sae in saes.values()] == [sae.config.to_dict() for sae in transcoders.values()]
+
+
+def test_a_gemma_scope_2_clt_loads_and_encodes_and_predicts_as_circuit_tracer():
+    expected = load_file(GEMMA_SCOPE_2_CLT / "circuit_tracer_outputs.safetensors")
+    clt = load_transcoders(GEMMA_SCOPE_2_CLT)
+    assert isinstance(clt, CltModel) and (clt.config.n_layers, clt.config.d_in, clt.config.num_latents) == (3, 16, 32)
+    assert clt.config.output_hookpoints == [f"model.layers.{layer}.post_feedforward_layernorm" for layer in range(3)]
+    assert [tuple(clt.get_parameter(f"W_dec.{layer}").shape) for layer in range(3)] == [
+        (32, 3 - layer, 16) for layer in range(3)
+    ]
+    output = clt(X.transpose(0, 1))
+    assert expected["reconstruction"].abs().max() > 0.5
+    torch.testing.assert_close(output.latents.transpose(0, 1), expected["encode"], **FLOAT32)
+    torch.testing.assert_close(output.reconstruction.transpose(0, 1), expected["reconstruction"], **FLOAT32)
+
+
+def _copy_gemma_scope_2(source: Path, folder: Path, **config_changes) -> Path:
+    shutil.copytree(source, folder)
+    config = yaml.safe_load((folder / "config.yaml").read_text()) | config_changes
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+def test_gemma_scope_2_files_hf_sae_cannot_read_or_represent_are_refused_naming_why(tmp_path):
+    remote = "hf://google/gemma-scope-2-270m-pt/transcoder/layer_0/params.safetensors"
+    with pytest.raises(
+        FileFormatError, match=r"lists 'hf://google/.*'.*safetensors files inside .*Download the files"
+    ):
+        load_transcoders(_copy_gemma_scope_2(GEMMA_SCOPE_2_SET, tmp_path / "remote", transcoders=[remote]))
+    with pytest.raises(FileFormatError, match=r"lists '\.\./outside\.safetensors'"):
+        load_transcoders(
+            _copy_gemma_scope_2(GEMMA_SCOPE_2_SET, tmp_path / "outside", transcoders=["../outside.safetensors"])
+        )
+    with pytest.raises(FileFormatError, match=r"lists 'params_9\.safetensors', but .*params_9\.safetensors does not"):
+        load_transcoders(
+            _copy_gemma_scope_2(GEMMA_SCOPE_2_CLT, tmp_path / "missing", transcoders=["params_9.safetensors"])
+        )
+    skip = _copy_gemma_scope_2(GEMMA_SCOPE_2_CLT, tmp_path / "skip")
+    params = load_file(skip / "params_1.safetensors")
+    assert "affine_skip_connection" not in params
+    save_file(params | {"affine_skip_connection": torch.zeros(16, 16)}, skip / "params_1.safetensors")
+    with pytest.raises(SaeConfigError, match=r"\['params_1.safetensors'\] hold an `affine_skip_connection`.*no skip"):
+        load_transcoders(skip)
