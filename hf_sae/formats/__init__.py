@@ -6,6 +6,7 @@ their files. A reader returns `(SaeConfig, tensors)`; the model class builds the
     readers    sparsify, dictionary_learning, Gemma Scope, Llama Scope
     saelens    SAELens (SAEs, checkpoints and transcoders)
     tensors    what the readers share: `Found`, shape checks, scale folding
+    registry   SAELens' release registry (every release id by name)
     names      hookpoint names: TransformerLens and relative names to module paths and back
 
 A release name from the shipped registry (`releases.json`, e.g. `gemma-scope-2b-pt-res`) stands for its Hub repo, its
@@ -37,6 +38,7 @@ from .readers import (
     read_llama_scope,
     read_sparsify,
 )
+from .registry import saelens_releases
 from .saelens import describe_saelens, read_saelens
 from .tensors import Found
 
@@ -163,13 +165,18 @@ def read_format(
 
 @functools.cache
 def releases() -> dict[str, dict[str, Any]]:
-    """Known releases by name: `repo_id`, `format`, `base_model`, `folders` (`pattern` -> `hookpoint`), `width`."""
+    """Known releases by name: `repo_id`, `format`, `base_model`, `folders` (`pattern` -> `hookpoint`), `width`;
+    every release of SAELens' registry too (`registry`), with `paths` (folder -> `hookpoint`, `l0`, `width`). hf_sae's
+    own entries go first where both name a release."""
     text = resources.files(__package__).joinpath("releases.json").read_text()
-    return {name: entry for name, entry in json.loads(text).items() if not name.startswith("_")}
+    own = {name: entry for name, entry in json.loads(text).items() if not name.startswith("_")}
+    return saelens_releases() | own
 
 
 def match_release(entry: dict[str, Any], folder: str) -> Found | None:
     """The hookpoint, width and L0 a release's naming gives `folder`, or None if no pattern matches it."""
+    if (sae := entry.get("paths", {}).get(folder)) is not None:
+        return Found(entry["format"], sae["hookpoint"], sae["width"], sae["l0"])
     for rule in entry["folders"]:
         regex = re.escape(rule["pattern"])
         for field, group in (("layer", r"\d+"), ("width", r"\d+[km]?"), ("l0", r"\d+")):

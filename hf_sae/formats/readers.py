@@ -189,8 +189,10 @@ _GEMMA_MODELS = re.compile(r"gemma-scope-(?P<size>\d+b)-(?P<kind>pt|it)-(?P<site
 
 
 def parse_width(text: str) -> int:
-    """Gemma Scope's `16k` = 16384, `1m` = 1048576."""
-    return int(text[:-1]) * {"k": 1024, "m": 1024**2}[text[-1]] if text[-1] in "km" else int(text)
+    """Gemma Scope's `16k` = 16384, `65k` = 65536, `1m` = 1048576: a rounded power of two."""
+    if text[-1] not in "km":
+        return int(text)
+    return 2 ** round(math.log2(int(text[:-1]) * {"k": 1000, "m": 1000**2}[text[-1]]))
 
 
 def gemma_scope_context(folder: Path, hint: str | None) -> tuple[str | None, str | None]:

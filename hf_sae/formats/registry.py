@@ -1,0 +1,100 @@
+"""SAELens' release registry as entries of hf_sae's own: every release id of `sae_lens/pretrained_saes.yaml` resolves
+to its Hub repo, base model and format, and each of its SAEs to its folder in the repo, its hookpoint (a module path)
+and its L0 and width where the registry says them. The facts are in saelens_releases.json.gz (written from SAELens'
+registry by tests/fixtures/saelens_registry.py; `_about` holds its SAELens version and date)."""
+
+import functools
+import gzip
+import json
+import re
+from importlib import resources
+from typing import Any
+
+from ..errors import HookpointError
+from . import names
+from .readers import parse_width
+
+# SAELens' loader (`conversion_func`) -> the format of the repo's folders; a loader not listed names its own format,
+# which hf_sae resolves but does not read.
+_FORMATS = {
+    None: "saelens",
+    "gemma_2": "gemma_scope",
+    "gemma_2_transcoder": "gemma_scope",
+    "llama_scope": "llama_scope",
+    "dictionary_learning_1": "dictionary_learning",
+    "sparsify": "sparsify",
+}
+_TL_HOOK = re.compile(
+    r"blocks\.\d+\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_mlp_out|hook_attn_out|attn\.hook_z|"
+    r"ln2\.hook_normalized)"
+)
+# Where SAELens' loaders (`loading/pretrained_sae_loaders.py`) take the hook from the repo or folder name: Gemma Scope
+# 1 by the repo's last word, Gemma Scope 2 by the folder's site word, Qwen Scope always the residual stream, mwhanna's
+# transcoders the MLP input; the layer is the folder's number. A transcoder's hook is the MLP's normalised input.
+_MLP_IN = "ln2.hook_normalized"
+_GEMMA_SITES = {"res": "hook_resid_post", "mlp": "hook_mlp_out", "att": "attn.hook_z", "transcoders": _MLP_IN}
+_GEMMA_3_SITES = {"resid_post": "hook_resid_post", "attn_out": "attn.hook_z", "mlp_out": "hook_mlp_out",
+                  "transcoder": _MLP_IN, "clt": _MLP_IN}  # fmt: skip
+_LAYER = re.compile(r"layer_?(\d+)")
+_LLAMA_SCOPE = re.compile(r"L(\d+)([RMA])\b")  # Llama3_1-8B-Base-L3R-8x: layer 3, residual
+_LLAMA_SCOPE_SITES = {"R": "hook_resid_post", "M": "hook_mlp_out", "A": "hook_attn_out"}
+_WIDTH = re.compile(r"width_(\d+[km]?)(?![0-9a-z])")
+
+
+def _site(func: str | None, repo_id: str, path: str) -> str | None:
+    if func in ("gemma_2", "gemma_2_transcoder"):
+        return _GEMMA_SITES.get(repo_id.rsplit("-", 1)[-1])
+    if func == "gemma_3":
+        return next((hook for word, hook in _GEMMA_3_SITES.items() if word in path), None)
+    return {"qwen_scope": "hook_resid_post", "mwhanna_transcoder": _MLP_IN}.get(func or "")
+
+
+def saelens_hook(entry: dict[str, Any], sae_id: str, path: str) -> str | None:
+    """The TransformerLens hook one SAE of a release reads, where the registry says it: in the SAE's id
+    (`blocks.8.hook_resid_pre_768`), in the release's config overrides, in the folder and repo name as SAELens'
+    loaders read them. None where only the repo's own config would say."""
+    if match := _TL_HOOK.match(sae_id):
+        return match[0]
+    if entry["hook_name"]:
+        return entry["hook_name"]
+    if entry["conversion_func"] == "llama_scope" and (match := _LLAMA_SCOPE.search(path)):
+        return f"blocks.{match[1]}.{_LLAMA_SCOPE_SITES[match[2]]}"
+    site, layer = _site(entry["conversion_func"], entry["repo_id"], path), _LAYER.search(path)
+    return f"blocks.{layer[1]}.{site}" if site and layer else None
+
+
+def _hookpoint(hook: str | None, model: str | None) -> str | None:
+    try:
+        return hook and names.transformer_lens_to_module(hook, model)
+    except HookpointError:  # a site with no module in this family: the SAE is listed by its folder
+        return None
+
+
+def _entry(release: dict[str, Any]) -> dict[str, Any]:
+    model = names.hub_model_id(release["model"])
+    paths = {}
+    for sae_id, path, l0 in release["saes"]:
+        width = _WIDTH.search(path)
+        paths[path] = {
+            "id": sae_id,
+            "hookpoint": _hookpoint(saelens_hook(release, sae_id, path), model),
+            "l0": None if l0 is None else float(l0),
+            "width": width and parse_width(width[1]),
+        }
+    fmt = _FORMATS.get(release["conversion_func"], release["conversion_func"])
+    return {"repo_id": release["repo_id"], "format": fmt, "base_model": model, "folders": [], "paths": paths}
+
+
+@functools.cache
+def saelens_releases() -> dict[str, dict[str, Any]]:
+    """Every release of SAELens' registry by its id, as `formats.releases()` entries whose `paths` map each SAE's
+    folder to its `id`, `hookpoint`, `l0` and `width`."""
+    data = resources.files(__package__).joinpath("saelens_releases.json.gz").read_bytes()
+    registry = json.loads(gzip.decompress(data))
+    return {name: _entry(release) for name, release in registry.items() if not name.startswith("_")}
+
+
+def saelens_provenance() -> dict[str, Any]:
+    """Which SAELens version's registry this is, and when it was read."""
+    data = resources.files(__package__).joinpath("saelens_releases.json.gz").read_bytes()
+    return json.loads(gzip.decompress(data))["_about"]
