@@ -26,7 +26,7 @@ from .formats import detect_format, read_format, unknown_format_error
 from .formats.tensors import non_finite
 from .hub_client import HubOptions, Located, locate_sae, network_errors, push_folder, wrong_shapes_error
 from .layout import README, SINGLE_SAE_KEY, write_text
-from .model_card import CARD_ARGUMENTS, card_data, render_card
+from .model_card import CARD_ARGUMENTS, card_data, copy_run_files, render_card
 from .precision import as_torch_dtype, default_device
 from .sparse_ops import SparseCode, sparse_encode, with_auxk
 
@@ -363,6 +363,7 @@ class SaeModel(SaePreTrainedModel):
             )
         with tempfile.TemporaryDirectory(prefix="hf-sae-push-") as tmp:
             self.save_pretrained(tmp, model_card=False)
+            copy_run_files(self.name_or_path, Path(tmp))  # its folder's metrics, features and run arguments
             return push_folder(repo_id, Path(tmp), private=bool(private), token=token, revision=revision,
                                commit_message=commit_message, create_pr=create_pr, **card_kwargs)  # fmt: skip
 

@@ -357,7 +357,9 @@ def test_push_a_training_run_folder(api, tmp_path):
     (run / "checkpoint-10" / "model.safetensors").write_bytes(b"not an SAE")
     push_saes_to_hub("alice/run", run, token=ALICE)
     files = set(api.list_repo_files("alice/run"))
-    assert files == {".gitattributes", "README.md"} | {f"{h}/{f}" for h in saes for f in (*SAE_FILES, "metrics.json")}
+    assert files == {".gitattributes", "README.md", "training_args.json"} | {
+        f"{h}/{f}" for h in saes for f in (*SAE_FILES, "metrics.json")
+    }
     card = ModelCard.load("alice/run")
     assert {(r.dataset_config, r.metric_type) for r in card.data.eval_results} == {
         (h, m) for h in saes for m in ("fvu", "dead_fraction")
@@ -743,3 +745,89 @@ def test_automodel_on_a_hub_repo_of_several_saes_names_them_and_subfolder(api, h
     )
     with pytest.raises(ArgumentError, match=expected + rf"{LAYERS[1]}\. Name the one with `subfolder=`"):
         AutoModel.from_pretrained("alice/several")
+
+
+# ---- what a Hub visitor gets: every push carries metrics, features, training arguments and a card that says them ----
+
+RUN_METRICS = {"architecture": "topk", "train_tokens": 4096, "fvu": 0.25, "l0": 4.0, "dense_fraction": 0.125,
+               "datasets": ["built-in corpus"],
+               "per_source": {"brown": {"fvu": 0.2}, "parliament": {"fvu": 0.3}}}  # fmt: skip
+
+
+def training_run(folder: Path, hookpoints: list[str]) -> Path:
+    """A training run's output as `hf-sae train` leaves it: SAE folders with metrics.json and features/, the run's
+    training_args.json (every default argument, as `settings_of` records them) and a checkpoint."""
+    import pyarrow as pa
+
+    from hf_sae.arguments import TRAIN_GROUPS
+    from hf_sae.feature_store import FeatureMetadata
+    from hf_sae.fields import settings_of
+
+    for seed, hookpoint in enumerate(hookpoints):
+        make_sae(hookpoint, seed=seed).save_pretrained(folder / hookpoint)
+        (folder / hookpoint / "metrics.json").write_text(json.dumps(RUN_METRICS))
+        stats = pa.table({"feature": pa.array(range(64), pa.int32()), "auto_label": pa.array([""] * 64)})
+        examples = pa.table({"feature": pa.array([], pa.int32()), "rank": pa.array([], pa.int16())})
+        FeatureMetadata(stats, examples, {"num_latents": 64}).save_pretrained(folder / hookpoint / "features")
+    settings = settings_of(*(group() for group in TRAIN_GROUPS)) | {"hookpoints": hookpoints, "learning_rate": 3e-4}
+    (folder / "training_args.json").write_text(json.dumps(settings))
+    (folder / "checkpoint-10").mkdir()
+    (folder / "checkpoint-10" / "state.bin").write_bytes(b"not pushed")
+    return folder
+
+
+def assert_visitor_card(text: str, repo_id: str, subfolder: str | None = None) -> None:
+    """The card names how to install and load, the metrics readably, the text with its sources, and the run's
+    hyperparameters."""
+    assert "pip install hf-sae" in text
+    load = f'SaeModel.from_pretrained("{repo_id}"' + (f', subfolder="{subfolder}")' if subfolder else ")")
+    assert load in text
+    assert "Dense latents (fire on > 10% of tokens)" in text and "| 0.125 |" in text
+    assert "Fraction of variance unexplained" in text and "dense_fraction |" not in text
+    assert "Trained on hf_sae's built-in corpus of English prose: the Brown corpus" in text
+    assert "parliament debates (1k UK House of Commons speeches" in text  # per-source names, readable
+    assert "`built-in corpus`" not in text
+    assert "| `learning_rate` | 0.0003 |" in text and "| `train_tokens` | 1000000 |" in text
+    assert "No evaluation metrics" not in text and "No training arguments" not in text and "No feature" not in text
+
+
+def test_push_to_hub_and_cli_push_of_one_sae_carry_the_same_files_and_card(api, tmp_path):
+    """`SaeModel.push_to_hub` on an SAE loaded from a run's hookpoint folder, and `hf-sae push` of that folder."""
+    from hf_sae.cli import main
+
+    run = training_run(tmp_path / "run", [LAYERS[0]])
+    SaeModel.from_pretrained(run / LAYERS[0]).push_to_hub("alice/one", token=ALICE)
+    assert main(["push", "--sae", str(run / LAYERS[0]), "--repo_id", "alice/one-cli", "--token", ALICE]) == 0
+    features = {f"features/{name}" for name in ("stats.parquet", "examples.parquet", "labels.json", "metadata.json")}
+    expected = {".gitattributes", "README.md", *SAE_FILES, "metrics.json", "training_args.json", *features}
+    cards = {}
+    for repo in ("alice/one", "alice/one-cli"):
+        assert set(api.list_repo_files(repo)) == expected
+        folder = Path(snapshot_download(repo, token=ALICE))
+        assert json.loads((folder / "metrics.json").read_text()) == RUN_METRICS
+        assert json.loads((folder / "training_args.json").read_text()) == json.loads(
+            (run / "training_args.json").read_text()
+        )
+        assert SaeModel.from_pretrained(folder).features.metadata == {"num_latents": 64}
+        cards[repo] = ModelCard.load(repo, token=ALICE).text
+        assert_visitor_card(cards[repo], repo)
+    assert cards["alice/one"] == cards["alice/one-cli"].replace("one-cli", "one")  # the repo name aside
+
+
+def test_push_of_a_run_carries_its_arguments_at_the_top_and_not_its_checkpoints(api, tmp_path):
+    run = training_run(tmp_path / "run", LAYERS[:2])
+    push_saes_to_hub("alice/run-args", run, token=ALICE)
+    files = set(api.list_repo_files("alice/run-args"))
+    assert "training_args.json" in files and not any(f.startswith("checkpoint-") for f in files)
+    assert {f"{h}/features/metadata.json" for h in LAYERS[:2]} <= files
+    assert_visitor_card(ModelCard.load("alice/run-args", token=ALICE).text, "alice/run-args", subfolder=LAYERS[0])
+
+
+def test_push_of_an_sae_built_in_memory_says_what_it_lacks(api, tmp_path):
+    make_sae(LAYERS[0]).push_to_hub("alice/bare", token=ALICE)
+    assert set(api.list_repo_files("alice/bare")) == {".gitattributes", "README.md", *SAE_FILES}
+    text = ModelCard.load("alice/bare", token=ALICE).text
+    assert "pip install hf-sae" in text and 'SaeModel.from_pretrained("alice/bare")' in text
+    assert "No evaluation metrics were saved with this SAE: run `hf-sae eval`" in text
+    assert "No training arguments were saved with this SAE." in text
+    assert "No feature metadata (`features/`) was saved with this SAE: collect it with\n`hf-sae features`" in text
