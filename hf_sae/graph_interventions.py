@@ -5,12 +5,15 @@ it predicted untouched.
 A node is named by its graph id, `{layer}_{feature}_{pos}`; `"12_345_3"` switches it off, `"12_345_3:2"` clamps it at
 twice the activation the graph recorded, at its position only. The prompt's token ids are read back from the graph's
 embedding nodes (`E_{token}_{pos}`), so a graph written by `write_graph_json` or circuit-tracer is all it takes.
-Cross-layer transcoders write into every later layer, which `SaeHooks` does not splice: they are refused.
+A cross-layer transcoder writes into every later layer, which `SaeHooks` does not splice: its edits run through hooks
+on the MLPs instead. With every error kept, an MLP's output is its real output plus the edited latents' change times
+their decoders, so a latent clamped at layer l at one position adds (value - its activation there) times its decoder
+row into the MLP output of every layer l' >= l, its activation read from the MLP input as the edits left it.
 """
 
 import threading
-from collections.abc import Mapping
-from contextlib import ExitStack
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from typing import NamedTuple
 
 import torch
@@ -18,6 +21,7 @@ from torch import nn
 
 from .errors import ArgumentError
 from .hooks import SaeHooks
+from .modeling_clt import CltModel
 from .modeling_sae import SaeModel
 
 FEATURE_TYPE = "cross layer transcoder"  # circuit-tracer's name for every transcoder feature node
@@ -63,20 +67,23 @@ class GraphInterventions:
     One forward runs at a time: the app serves every user with one model.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, transcoders: Mapping[int, SaeModel]):
+    def __init__(self, model: nn.Module, tokenizer, transcoders: Mapping[int, SaeModel] | CltModel):
+        self.model, self.tokenizer, self.lock = model, tokenizer, threading.Lock()  # one forward at a time
+        if isinstance(transcoders, CltModel):
+            self.clt, self.transcoders, self.hooks = transcoders.eval(), {}, None
+            self.layers = set(range(transcoders.config.n_layers))
+            return
         if not isinstance(transcoders, Mapping) or not all(
             isinstance(t, SaeModel) and t.config.is_transcoder for t in transcoders.values()
         ):
             raise ArgumentError(
-                "Expected a transcoder per layer, `{layer: SaeModel}` with `output_hookpoint` set; got "
-                f"{type(transcoders).__name__}. Cross-layer transcoders are not spliced by `SaeHooks`: intervene with "
-                "a per-layer transcoder set."
+                "Expected a transcoder per layer, `{layer: SaeModel}` with `output_hookpoint` set, or a CltModel; got "
+                f"{type(transcoders).__name__}."
             )
-        self.model, self.tokenizer, self.transcoders = model, tokenizer, dict(transcoders)
+        self.clt, self.transcoders = None, dict(transcoders)
         self.layers = {int(layer) for layer in transcoders}
         # Every token: the graph has nodes wherever attribution found active features, special tokens included.
         self.hooks = SaeHooks(model, {f"layer{layer}": sae for layer, sae in transcoders.items()}, all_tokens=True)
-        self.lock = threading.Lock()  # whatever runs the model holds it
 
     def parse(self, graph: Mapping, spec: str) -> list[NodeEdit]:
         """`"node_id[:scale], ..."` -> the edits; a node alone is switched off (scale 0)."""
@@ -118,6 +125,9 @@ class GraphInterventions:
                 "traced on another model. Open it with the LM it was traced on."
             )
         ids = torch.tensor([input_ids], device=self.model.device)
+        if self.clt is not None:
+            with self.lock, _clt_edits(self.model, self.clt, edits):
+                return self.model(input_ids=ids).logits[0, -1].float()
         with self.lock, ExitStack() as stack:
             stack.enter_context(self.hooks.splice(error_term=True))
             for edit in edits:  # each clamped at its own position, in its own layer
@@ -137,3 +147,40 @@ class GraphInterventions:
             rows.append(LogitRow(token_id, token, float(edited[token_id]), float(edited_p[token_id]),
                                  float(base[token_id]), float(base_p[token_id])))  # fmt: skip
         return rows
+
+
+@contextmanager
+def _clt_edits(model: nn.Module, clt: CltModel, edits: list[NodeEdit]) -> Iterator[None]:
+    """Forward hooks on every MLP the CLT replaces: at layer l, each edit of layer l reads its latent's activation from
+    the MLP input and keeps (value - activation); every MLP output from layer l on gets those changes times the
+    decoder rows (the error kept: the real output plus the change of the prediction)."""
+    cfg, changes = clt.config, []  # (layer, position, feature, change), filled as the forward reaches each layer
+
+    def hook(layer: int):
+        def run(module, args, output):
+            x = args[0][0]  # (seq, d_in): batch row 0, the prompt
+            mine = [edit for edit in edits if edit.layer == layer]
+            if mine:
+                stacked = torch.full(
+                    (x.shape[0], cfg.n_layers, cfg.num_latents), -1e30, dtype=x.dtype, device=x.device
+                )
+                weights, bias = clt.W_enc[layer].to(x.dtype), clt.b_enc[layer].to(x.dtype)
+                stacked[:, layer] = x @ weights.T + bias  # this layer's pre-activations; the others never fire
+                z = clt.activate(stacked)[:, layer]
+                changes.extend(
+                    (e.layer, e.position, e.feature, e.value - float(z[e.position, e.feature])) for e in mine
+                )
+            out = output.clone()
+            for source, position, feature, change in changes:
+                out[0, position] += change * clt.W_dec[source][feature, layer - source].to(out.dtype)
+            return out
+
+        return run
+
+    modules = [model.get_submodule(site) for site in cfg.output_hookpoints]
+    handles = [module.register_forward_hook(hook(layer)) for layer, module in enumerate(modules)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -207,10 +207,49 @@ def test_switching_a_node_off_and_scaling_it_move_the_logits_as_sae_hooks_does(l
         interventions.parse(graph, f"{top['node_id']}:nan")
     with pytest.raises(ArgumentError, match="at least one feature node"):
         interventions.parse(graph, " , ")
-    with pytest.raises(ArgumentError, match="Cross-layer transcoders are not spliced"):
+    with pytest.raises(ArgumentError, match="Expected a transcoder per layer, .* or a CltModel; got dict"):
         GraphInterventions(lm, None, {0: object()})
     with pytest.raises(ArgumentError, match="token id 99, beyond this LM's vocabulary of 99: it was traced"):
         interventions.last_logits([1, 99])
     no_embeddings = {**graph, "nodes": [n for n in graph["nodes"] if n["feature_type"] != "embedding"]}
     with pytest.raises(ArgumentError, match=r"embedding node `E_\{token\}_\{pos\}` at every position"):
         prompt_ids(no_embeddings)
+
+
+def test_a_cross_layer_transcoders_edits_equal_per_layer_transcoders_where_it_writes_one_layer(lm):  # noqa: F811
+    """A CLT whose latents write only into their own layer is a set of per-layer transcoders: its edits (MLP hooks)
+    give the logits that the per-layer set's edits (`SaeHooks`) give. With its cross-layer decoders back, an edit
+    moves the logits by more, and no edit leaves the real logits (every error kept)."""
+    from test_attribution import make_clt, mlp_sites
+
+    from hf_sae import SaeConfig, SaeModel
+
+    clt = make_clt(lm)
+    with torch.no_grad():
+        real = lm(IDS[None]).logits[0, -1]
+    graph = graph_json(attribute(lm, None, clt, IDS, max_feature_nodes=None), "clt")
+    spec = top_feature(graph)["node_id"]
+    full = GraphInterventions(lm, None, clt)
+    assert torch.allclose(full.last_logits(IDS.tolist()).double(), real, atol=1e-6)
+    edited_full = full.last_logits(IDS.tolist(), full.parse(graph, spec)).double()
+    with torch.no_grad():
+        for decoder in clt.W_dec:
+            decoder[:, 1:] = 0  # each layer's latents into its own MLP only
+    per_layer = {}
+    for layer in range(clt.config.n_layers):
+        source, target = mlp_sites(layer)
+        config = SaeConfig(d_in=clt.config.d_in, num_latents=clt.config.num_latents, architecture="jumprelu",
+                           hookpoint=source, output_hookpoint=target, apply_b_dec_to_input=False)  # fmt: skip
+        tensors = {"W_enc": clt.W_enc[layer], "b_enc": clt.b_enc[layer], "threshold": clt.threshold[layer],
+                   "W_dec": clt.W_dec[layer][:, 0], "b_dec": clt.b_dec[layer]}  # fmt: skip
+        sae = SaeModel(config).to(lm.dtype).eval()
+        sae.load_state_dict({k: v.detach().clone() for k, v in tensors.items()}, strict=False)
+        per_layer[layer] = sae
+    one_layer = GraphInterventions(lm, None, clt)
+    by_hooks = GraphInterventions(lm, None, per_layer)
+    for scale in ("", ":2.5"):
+        edits = one_layer.parse(graph, spec + scale)
+        got, expected = one_layer.last_logits(IDS.tolist(), edits), by_hooks.last_logits(IDS.tolist(), edits)
+        assert (expected.double() - real).abs().max() > 1e-3  # the edit moved them
+        assert torch.allclose(got, expected, atol=1e-6)  # float32 logits
+    assert (edited_full - got.double()).abs().max() > 1e-6  # the cross-layer decoders carry the edit further
