@@ -93,6 +93,13 @@ def test_committed_fixture_has_the_fields_neuronpedia_reads():
     assert DEAD in skipped and sorted([f["feature_index"] for f in features] + skipped) == list(range(48))
 
 
+def test_export_of_the_tiny_sae_is_the_fixture_the_real_readers_accepted(tmp_path):
+    written = write_fixture(tmp_path / "np")
+    names = sorted(p.name for p in written.iterdir())
+    assert names == ["batch-0.json", "explanations.json", "skipped_indexes.json"]
+    assert all((written / name).read_bytes() == (FIXTURE / name).read_bytes() for name in names)
+
+
 def test_export_carries_the_statistics_contexts_and_explanations(tmp_path):
     sae = saved_sae(tmp_path / "sae")
     out = export_sae(sae, tmp_path / "np", "neuronpedia")
