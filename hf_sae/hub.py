@@ -29,6 +29,7 @@ from .configuration_clt import CltConfig
 from .configuration_sae import SaeConfig
 from .errors import (
     ArgumentError,
+    FileFormatError,
     HfSaeError,
     HookpointError,
     SaeConfigError,
@@ -378,6 +379,8 @@ def _saes_of_circuit_tracer(source, wanted: list[str] | None, options: HubOption
     is no transcoder folder. A cross-layer transcoder is refused: it is one model over every layer."""
     try:
         kind, where = _transcoders_at(source, options)
+    except FileFormatError:
+        raise  # a circuit-tracer folder, damaged: its own reason, not "no SAE"
     except HfSaeError:
         return None  # the error about SAEs stands
     if kind in CROSS_LAYER_KINDS:

@@ -7,6 +7,7 @@ import torch
 from hf_sae import (
     CltConfig,
     CltModel,
+    FileFormatError,
     SaeConfig,
     SaeConfigError,
     SaeModel,
@@ -149,3 +150,10 @@ def test_a_circuit_tracer_set_written_by_hf_sae_loads_through_load_saes_by_hookp
     loaded = load_saes(tmp_path / "ct", hookpoints=["model.layers.2.mlp.input"])
     assert list(loaded) == ["model.layers.2.mlp.input"]
     assert_equal_tensors(loaded["model.layers.2.mlp.input"], saes[2])
+
+
+def test_load_saes_on_a_damaged_circuit_tracer_folder_gives_its_reason(tmp_path):
+    (tmp_path / "config.yaml").write_text("model_kind: [unclosed\n")
+    for load in (load_saes, load_transcoders):
+        with pytest.raises(FileFormatError, match=r"config.yaml is not valid YAML"):
+            load(tmp_path)
