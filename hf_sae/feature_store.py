@@ -11,6 +11,9 @@
         random_contexts.parquet   random windows of the text with the features firing in each (`random_contexts`)
         explanations.json  explanations written by an LLM and their detection / fuzzing scores (`autointerp`)
 
+A cross-layer transcoder keeps one such folder per layer, `<clt_dir>/features/layer_{l}/` (`clt_features` makes
+them, `load_layer_features` reads them back as `{layer: FeatureMetadata}`).
+
 `features.collect_feature_metadata` makes it; `SaeModel.features` reads it through `load_features`. Every table is
 read through `read_parquet`, which bounds what a file (one from the Hub, say) may expand to in memory.
 """
@@ -30,6 +33,7 @@ from .layout import FEATURES, replace_folder, staging_folder, write_json
 STATS, EXAMPLES, QUANTILE_EXAMPLES = "stats.parquet", "examples.parquet", "quantile_examples.parquet"
 LABELS, METADATA = "labels.json", "metadata.json"
 RANDOM_CONTEXTS, EXPLANATIONS = "random_contexts.parquet", "explanations.json"
+LAYER_FEATURES = "layer_{}"  # a cross-layer transcoder's features/ holds one folder per layer
 # What reading a table may take in memory: this many times its file's size, and at least READ_FLOOR bytes. Statistics
 # hf_sae wrote expand a few times; a forged table (one long string referenced by every row) would by 100,000.
 MAX_EXPANSION, READ_FLOOR = 1000, 256 * 2**20
@@ -280,3 +284,34 @@ def load_features(sae_or_dir) -> FeatureMetadata:
     """The feature metadata beside an SAE: `<dir>/features/`, for a folder or an SAE loaded from one."""
     folder = Path(sae_or_dir if isinstance(sae_or_dir, str | os.PathLike) else sae_or_dir.name_or_path)
     return FeatureMetadata.load(folder if (folder / METADATA).is_file() else folder / FEATURES)
+
+
+class LayerFeatures(dict):
+    """A cross-layer transcoder's feature metadata, `{layer: FeatureMetadata}`, with the `features/` folder that holds
+    it (`path`, None until saved) and what its layers share (`metadata`: the tokens counted, the layers)."""
+
+    path: Path | None = None
+
+    @property
+    def metadata(self) -> dict:
+        tokens = {features.metadata.get("tokens") for features in self.values()}
+        return {"tokens": tokens.pop() if len(tokens) == 1 else None, "layers": sorted(self)}
+
+
+def load_layer_features(folder: str | os.PathLike) -> LayerFeatures:
+    """A cross-layer transcoder's feature metadata, `{layer: FeatureMetadata}`, from `<folder>/features/layer_{l}/`
+    (or from that `features/` folder itself); each layer's tables are read when first needed."""
+    folder = Path(folder)
+    folder = folder if folder.name == FEATURES else folder / FEATURES
+    layers = {}
+    for path in folder.glob(LAYER_FEATURES.format("*")) if folder.is_dir() else ():
+        if (index := path.name.removeprefix(LAYER_FEATURES.format(""))).isdigit():
+            layers[int(index)] = FeatureMetadata.load(path)
+    if not layers:
+        raise FeatureMetadataError(
+            f"Expected a cross-layer transcoder's feature metadata in {folder} ({LAYER_FEATURES.format('0')}/"
+            f"{METADATA}, ...); there is none. Collect it with `hf-sae features --sae {folder.parent}`."
+        )
+    loaded = LayerFeatures(sorted(layers.items()))
+    loaded.path = folder
+    return loaded

@@ -344,19 +344,38 @@ def collect_feature_metadata(
         for input_ids in token_batches:
             input_ids = input_ids.to(device)
             acts = run_lm(model, [hookpoint], input_ids, autocast_dtype=autocast_dtype)[0][hookpoint]  # (B, T, d_in)
-            mask, _ = counted_tokens(input_ids, [acts], special, outlier_factor)
-            if skip_after_special:
-                follows = follows_special(input_ids, special) & mask
-                mask &= ~follows
-                after_special += int(follows.sum())
-            if max_tokens is not None:  # keep exactly the first `max_tokens` counted tokens
-                mask &= mask.flatten().cumsum(0).reshape(mask.shape) <= max_tokens - collector.tokens
+            mask, follows = counted_mask(input_ids, [acts], special, outlier_factor, skip_after_special,
+                                         None if max_tokens is None else max_tokens - collector.tokens)  # fmt: skip
+            after_special += follows
             latents = sae.encode(acts.to(sae.device, sae.dtype))  # (B, T, num_latents)
             collector.update(latents, input_ids, mask)
             sampler.update(latents, input_ids)
             bar.update(int(mask.sum()))
             if max_tokens is not None and collector.tokens >= max_tokens:
                 break
+    settings = {"hookpoint": hookpoint, "top_n": top_n, "sample_size": sample_size, "context_before": before,
+                "context_after": after, "outlier_factor": outlier_factor, "skip_after_special": skip_after_special,
+                "after_special_tokens": after_special, **(settings or {})}  # fmt: skip
+    return finished_metadata(model, tokenizer, sae, collector, sampler, num_logits, num_neighbours, settings)
+
+
+def counted_mask(input_ids: Tensor, acts: list[Tensor], special: Tensor, outlier_factor: float | None,
+                 skip_after_special: bool, remaining: int | None) -> tuple[Tensor, int]:  # fmt: skip
+    """`(mask, after_special)`: the tokens of a batch that count (`lm_forward.counted_tokens`, less the tokens right
+    after a special one with `skip_after_special`, and only the first `remaining` of them) and how many were left out
+    for following a special token."""
+    mask, _ = counted_tokens(input_ids, acts, special, outlier_factor)
+    follows = follows_special(input_ids, special) & mask if skip_after_special else torch.zeros_like(mask)
+    mask &= ~follows
+    if remaining is not None:  # keep exactly the first `remaining` counted tokens
+        mask &= mask.flatten().cumsum(0).reshape(mask.shape) <= remaining
+    return mask, int(follows.sum())
+
+
+def finished_metadata(model: nn.Module, tokenizer, sae, collector: FeatureCollector, sampler: RandomContextSampler,
+                      num_logits: int, num_neighbours: int, settings: dict) -> FeatureMetadata:  # fmt: skip
+    """The `FeatureMetadata` of a finished collector: logit effects and decoder neighbours of `sae` (anything with
+    `W_dec` `(num_latents, d)` and a `config` naming `d_in` and `num_latents`), labels, and `settings` recorded."""
     effects = logit_effects(model, sae, num_logits)
     neighbours = decoder_neighbours(sae.W_dec, num_neighbours) if num_neighbours else None
     tables = (collector.top.tokens, collector.sample.tokens, sampler.token_ids())
@@ -364,29 +383,21 @@ def collect_feature_metadata(
     ids = torch.cat([t.flatten() for t in ids]).unique().tolist()
     strings = token_strings(tokenizer, ids)
     stats, examples, sampled = build_tables(collector, effects, strings, neighbours=neighbours)
-    skipped = ", the tokens right after one" if skip_after_special else ""
+    skipped = ", the tokens right after one" if settings.get("skip_after_special") else ""
     metadata = {
         "format_version": 1,
         "num_latents": sae.config.num_latents,
-        "hookpoint": hookpoint,
         "model_name_or_path": getattr(model, "name_or_path", None),
         "tokens": collector.tokens,
         "blocks": collector.blocks,
-        "top_n": top_n,
-        "sample_size": sample_size,
         "quantile_bins": QUANTILE_BINS,
-        "context_before": before,
-        "context_after": after,
-        "outlier_factor": outlier_factor,
-        "skip_after_special": skip_after_special,
-        "after_special_tokens": after_special,  # left out over the blocks read
         "quantiles": list(QUANTILES),
         "histogram_edges": collector.edges.tolist(),
         "counted": f"every token but position 0, special tokens{skipped} and norm outliers; activation stats over "
         "firings",
         "robust_peak": "the median of the top-N activations",
         "logit_effects": "W_U (g * c(W_dec[i])): final-norm gain g and centring c, not its bias or 1/rms",
-        **(settings or {}),
+        **settings,
     }
     return FeatureMetadata(
         stats, examples, metadata, quantile_examples=sampled, random_contexts=sampler.table(strings)

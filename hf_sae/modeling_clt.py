@@ -7,6 +7,7 @@ second-to-last axis: x `(..., n_layers, d_in)`, target `(..., n_layers, d_out)`.
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +17,10 @@ from transformers.utils import ModelOutput
 
 from .architectures import BATCHTOPK_THRESHOLD_DECAY, JumpReLU
 from .configuration_clt import CltConfig
-from .errors import HookpointError
+from .errors import FeatureMetadataError, HookpointError
+from .feature_store import LayerFeatures, load_layer_features
+from .hub_client import HubOptions, hub_errors
+from .layout import FEATURES
 
 
 @dataclass
@@ -112,6 +116,44 @@ class CltModel(CltPreTrainedModel):
         clt.load_state_dict({k: v.contiguous() for k, v in tensors.items()}, strict=True, assign=True)
         clt.config._name_or_path = clt.name_or_path = str(name_or_path)
         return clt.eval()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """[`PreTrainedModel.from_pretrained`]; the Hub revision, token and cache are kept to fetch `features` from."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        clt = loaded[0] if isinstance(loaded, tuple) else loaded
+        clt._hub_options = HubOptions(*(kwargs.get(key) for key in ("revision", "token", "cache_dir")),
+                                      local_files_only=bool(kwargs.get("local_files_only")))  # fmt: skip
+        return loaded
+
+    @property
+    def features(self) -> LayerFeatures:
+        """Feature metadata per layer, `{layer: FeatureMetadata}`, from `<folder>/features/layer_{l}/` (`hf-sae
+        features --sae <folder>`), read on first use; for a CLT from a Hub repo, its `features/` is downloaded then.
+        Where there is none, `FeatureMetadataError` (raised again without asking the Hub again)."""
+        if getattr(self, "_features", None) is None:
+            if (error := getattr(self, "_features_error", None)) is not None:
+                raise error
+            try:
+                self._features = load_layer_features(self._features_folder())
+            except FeatureMetadataError as failure:
+                self._features_error = failure
+                raise
+        return self._features
+
+    @features.setter
+    def features(self, value: LayerFeatures | None) -> None:
+        self._features, self._features_error = value, None
+
+    def _features_folder(self) -> Path:
+        source = str(self.name_or_path or "")
+        if not source:
+            raise FeatureMetadataError("This cross-layer transcoder was not loaded from a folder: it has no features.")
+        if Path(source).is_dir():
+            return Path(source)
+        options = getattr(self, "_hub_options", None) or HubOptions()  # a Hub repo id
+        with hub_errors(source, options.revision, options.token):
+            return options.download(source, [f"{FEATURES}/*"])
 
     # ---- the pieces -------------------------------------------------------------------------------------------------
 

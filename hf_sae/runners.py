@@ -53,6 +53,7 @@ from .arguments import (
 from .autointerp import ExplainSettings, explain_features, load_chat, require_contexts, shuffled_control
 from .checkpoints import check_output_dir
 from .circuit_runners import convert_transcoders
+from .clt_feature_runs import is_clt_folder, run_clt_features
 from .clt_runs import CLT_NAME, new_clt, plan_clt, save_trained
 from .convert import export_sae, sparsify_folder_name
 from .cpu_memory import keep_freed_memory
@@ -383,7 +384,7 @@ def run_features(lm_args: LanguageModelArguments, data_args: DataArguments, args
     probe_writable(Path(args.sae), "sae")  # features/ goes inside
     with claim_folder(Path(args.sae) / FEATURES, "--sae's features folder"):  # held until the statistics are in
         args.check()  # "no earlier statistics" again, now that no other run can write them before this one ends
-        return _collect_features(lm_args, data_args, args)
+        return (run_clt_features if is_clt_folder(args.sae) else _collect_features)(lm_args, data_args, args)
 
 
 def _refuse_a_folder_of_saes(sae: str) -> None:
