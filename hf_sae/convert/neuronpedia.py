@@ -112,7 +112,7 @@ def dashboard_feature(features: FeatureMetadata, index: int, stats: dict) -> dic
         "logits_hist_data_bar_heights": logit_heights,
         "logits_hist_data_bar_values": logit_values,
         "n_prompts_total": int(meta.get("blocks") or 0),
-        "n_tokens_in_prompt": int(meta.get("context_length") or (meta.get("data") or {}).get("context_length") or 0),
+        "n_tokens_in_prompt": int((meta.get("data") or {}).get("context_size") or 0),  # the block length read
         "dataset": _dataset(meta),
         "activations": _activations(features, index, float(stats["max_activation"])),
         "decoder_weights_dist": [],
