@@ -560,19 +560,21 @@ def test_hf_sae_push_takes_the_card_metadata(api, tmp_path, monkeypatch):
 
 
 def test_the_readmes_hub_layout_is_what_a_push_writes(api, tmp_path):
-    block = (Path(__file__).parents[1] / "README.md").read_text().split("## The Hub layout")[1].split("```")[1]
+    block = (Path(__file__).parents[1] / "docs" / "formats.md").read_text().split("## The Hub layout")[1]
+    block = block.split("```")[1]
     names = [line.split("── ")[1].split()[0] for line in block.splitlines() if "── " in line]
     feature_files = re.findall(r"\w+\.(?:parquet|json)", block.split("features`: ")[1])
     run = tmp_path / "run"
     make_sae("model.layers.15").save_pretrained(run / "model.layers.15")
+    (run / "training_args.json").write_text('{"learning_rate": 0.001}')
     (run / "model.layers.15" / "metrics.json").write_text('{"fvu": 0.2}')
     (run / "model.layers.15" / "features").mkdir()
     for name in feature_files:
         (run / "model.layers.15" / "features" / name).write_text("{}")
     push_saes_to_hub("alice/layout", run, token=ALICE)
-    expected = {"README.md"} | {f"model.layers.15/{n}" for n in names[2:] if not n.endswith("/")}
+    expected = {"README.md", "training_args.json"} | {f"model.layers.15/{n}" for n in names[3:] if not n.endswith("/")}
     expected |= {f"model.layers.15/features/{name}" for name in feature_files}
-    assert names[:2] == ["README.md", "model.layers.15/"] and len(expected) == 11
+    assert names[:3] == ["README.md", "training_args.json", "model.layers.15/"] and len(expected) == 12
     assert set(api.list_repo_files("alice/layout")) - {".gitattributes"} == expected
 
 

@@ -161,3 +161,11 @@ def test_layer_comes_from_the_hookpoint():
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
     print(write_fixture())
+
+
+def test_hf_sae_convert_to_neuronpedia_writes_what_the_readers_accepted(tmp_path):
+    from hf_sae.cli import main
+
+    saved_sae(tmp_path / "sae")
+    assert main(["convert", str(tmp_path / "sae"), str(tmp_path / "np"), "--to", "neuronpedia"]) == 0
+    assert check_structure(tmp_path / "np") == check_structure(FIXTURE)

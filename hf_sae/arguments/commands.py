@@ -218,8 +218,10 @@ class ConvertArguments(Checked):
 
     src: str = flag("SAEs in any known format: a folder, a Hub repo, or a release name (`gemma-scope-2b-pt-res`).")
     dst: str = flag("The output folder: one SAE goes there, several go to one subfolder per hookpoint.")
-    to: Literal["saelens", "sparsify", "hf_sae", "circuit_tracer"] = flag(
-        "The format to write; circuit_tracer takes a whole transcoder set or a cross-layer transcoder.", "hf_sae"
+    to: Literal["saelens", "sparsify", "hf_sae", "circuit_tracer", "neuronpedia"] = flag(
+        "The format to write; circuit_tracer takes a whole transcoder set or a cross-layer transcoder; neuronpedia "
+        "writes an SAE's feature metadata (from `hf-sae features`) as Neuronpedia's upload takes it.",
+        "hf_sae",
     )
     hookpoints: list[str] | None = flag("Only these hookpoints of SRC (default: all).", None)
     width: int | None = flag("Which width, where SRC has several per hookpoint (Gemma Scope).", None)
