@@ -82,16 +82,6 @@ SOURCE_KEYS = (
     "ce_loss_zero_ablated",
     "eval_tokens",
 )
-# The headline metrics, with the names a model card shows.
-METRIC_NAMES = {
-    "fvu": "Fraction of variance unexplained",
-    "explained_variance": "Explained variance",
-    "l0": "L0 (active latents per token)",
-    "dead_fraction": "Dead latent fraction",
-    "loss_recovered": "LM loss recovered",
-    "kl_div": "KL divergence, spliced vs. clean",
-    "mse": "Mean squared error",
-}
 
 
 def sae_metrics(report: dict) -> dict:
