@@ -85,9 +85,19 @@ def exported_sae(name: str) -> SaeModel:
     return sae
 
 
+# Exported a second time with rows of norms 0.5 to 7 folded to unit norm, for SAELens' own `fold_W_dec_norm` to match
+FOLDED = ("standard", "jumprelu", "gated", "transcoder", "jumprelu_skip_transcoder")
+
+
 def export_all(folder: str) -> None:
     for name in EXPORTED:
         export_sae(exported_sae(name), Path(folder) / name, "saelens")
+    for name in FOLDED:
+        sae = exported_sae(name)
+        with torch.no_grad():
+            sae.W_dec.mul_(torch.linspace(0.5, 7.0, sae.config.num_latents)[:, None])
+        export_sae(sae, Path(folder) / f"{name}.unfolded", "saelens")
+        export_sae(sae, Path(folder) / f"{name}.folded", "saelens", unit_norm_decoder=True)
 
 
 def inputs(seed: int = 1) -> torch.Tensor:
@@ -192,6 +202,15 @@ def test_the_export_is_what_saelens_ran_and_computes_what_saelens_computed(name,
         assert int((latents != 0).sum()) > 0
         assert torch.allclose(latents, recorded["latents"], rtol=1e-4, atol=1e-4)
         assert torch.allclose(back.decode(latents), recorded["reconstruction"], rtol=1e-4, atol=1e-4)
+
+
+def test_the_fold_is_saelens_fold_w_dec_norm_to_the_bit():
+    """SAELens' `load_from_disk(fold_W_dec_norm=True)` on the unfolded export gave the very tensors of hf_sae's
+    `--unit_norm_decoder` export (largest difference relative to the tensor's largest value, per tensor)."""
+    folds = json.loads((EXPORTS / "outcome.json").read_text())["fold_W_dec_norm"]
+    assert sorted(folds) == sorted(FOLDED)
+    for differences in folds.values():
+        assert {"W_enc", "b_enc", "W_dec"} <= set(differences) and max(differences.values()) == 0.0
 
 
 def test_a_hookpoint_no_module_outputs_is_refused_for_saelens(tmp_path):
