@@ -210,7 +210,7 @@ def test_the_fold_is_saelens_fold_w_dec_norm_to_the_bit():
     folds = json.loads((EXPORTS / "outcome.json").read_text())["fold_W_dec_norm"]
     assert sorted(folds) == sorted(FOLDED)
     for differences in folds.values():
-        assert {"W_enc", "b_enc", "W_dec"} <= set(differences) and max(differences.values()) == 0.0
+        assert {"W_enc", "W_dec"} <= set(differences) and max(differences.values()) == 0.0
 
 
 def test_a_hookpoint_no_module_outputs_is_refused_for_saelens(tmp_path):
