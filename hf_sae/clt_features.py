@@ -15,9 +15,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .feature_directions import logit_effects
 from .feature_store import LABELS, LAYER_FEATURES, FeatureMetadata, LayerFeatures
 from .features import FeatureCollector, counted_mask, finished_metadata
 from .layout import FEATURES, replace_folder, staging_folder
@@ -26,11 +27,20 @@ from .modeling_clt import CltModel
 from .random_contexts import RandomContextSampler
 
 
-def summed_decoder(clt: CltModel, layer: int) -> SimpleNamespace:
-    """Layer `layer`'s latents as `logit_effects` and `decoder_neighbours` read an SAE: `W_dec` `(num_latents,
-    d_out)`, the sum of what each latent writes into every layer it reaches."""
-    W_dec = clt.W_dec[layer].detach().sum(1)  # noqa: N806  (num_latents, d_out)
+def summed_decoder(clt: CltModel, layers: list[int]) -> SimpleNamespace:
+    """The latents of `layers` as `logit_effects` and `decoder_neighbours` read an SAE: `W_dec` `(len(layers) *
+    num_latents, d_out)`, layer by layer, the sum of what each latent writes into every layer it reaches."""
+    W_dec = torch.cat([clt.W_dec[layer].detach().sum(1) for layer in layers])  # noqa: N806
     return SimpleNamespace(W_dec=W_dec, config=SimpleNamespace(d_in=clt.config.d_out, num_latents=len(W_dec)))
+
+
+def clt_logit_effects(model: nn.Module, clt: CltModel, num_logits: int) -> list[dict[str, Tensor] | None]:
+    """Every layer's `logit_effects`, from one pass over the unembedding for all layers."""
+    effects = logit_effects(model, summed_decoder(clt, list(range(clt.config.n_layers))), num_logits)
+    if effects is None:
+        return [None] * clt.config.n_layers
+    split = {key: value.split(clt.config.num_latents) for key, value in effects.items()}
+    return [{key: parts[layer] for key, parts in split.items()} for layer in range(clt.config.n_layers)]
 
 
 @torch.no_grad()
@@ -88,11 +98,13 @@ def collect_clt_feature_metadata(
                 break
     common = {"top_n": top_n, "sample_size": sample_size, "context_before": before, "context_after": after,
               "outlier_factor": outlier_factor, "skip_after_special": skip_after_special,
-              "after_special_tokens": after_special, "logit_effects": "W_U (g * c(sum_l' W_dec[l][i, l'])): the "
+              "after_special_tokens": after_special, "model_name_or_path": getattr(model, "name_or_path", None),
+              "logit_effects": "W_U (g * c(sum_l' W_dec[l][i, l'])): the "
               "latent's decoders into every layer it writes, summed; final-norm gain g and centring c",
               **(settings or {})}  # fmt: skip
+    effects = clt_logit_effects(model, clt, num_logits)
     return LayerFeatures({
-        layer: finished_metadata(model, tokenizer, summed_decoder(clt, layer), collector, sampler, num_logits,
+        layer: finished_metadata(tokenizer, summed_decoder(clt, [layer]), collector, sampler, effects[layer],
                                  num_neighbours, {"hookpoint": hookpoints[layer], "layer": layer, **common})
         for layer, (collector, sampler) in enumerate(zip(collectors, samplers))
     })  # fmt: skip

@@ -355,8 +355,10 @@ def collect_feature_metadata(
                 break
     settings = {"hookpoint": hookpoint, "top_n": top_n, "sample_size": sample_size, "context_before": before,
                 "context_after": after, "outlier_factor": outlier_factor, "skip_after_special": skip_after_special,
-                "after_special_tokens": after_special, **(settings or {})}  # fmt: skip
-    return finished_metadata(model, tokenizer, sae, collector, sampler, num_logits, num_neighbours, settings)
+                "after_special_tokens": after_special, "model_name_or_path": getattr(model, "name_or_path", None),
+                **(settings or {})}  # fmt: skip
+    effects = logit_effects(model, sae, num_logits)
+    return finished_metadata(tokenizer, sae, collector, sampler, effects, num_neighbours, settings)
 
 
 def counted_mask(input_ids: Tensor, acts: list[Tensor], special: Tensor, outlier_factor: float | None,
@@ -372,11 +374,11 @@ def counted_mask(input_ids: Tensor, acts: list[Tensor], special: Tensor, outlier
     return mask, int(follows.sum())
 
 
-def finished_metadata(model: nn.Module, tokenizer, sae, collector: FeatureCollector, sampler: RandomContextSampler,
-                      num_logits: int, num_neighbours: int, settings: dict) -> FeatureMetadata:  # fmt: skip
-    """The `FeatureMetadata` of a finished collector: logit effects and decoder neighbours of `sae` (anything with
-    `W_dec` `(num_latents, d)` and a `config` naming `d_in` and `num_latents`), labels, and `settings` recorded."""
-    effects = logit_effects(model, sae, num_logits)
+def finished_metadata(tokenizer, sae, collector: FeatureCollector, sampler: RandomContextSampler,
+                      effects: dict | None, num_neighbours: int, settings: dict) -> FeatureMetadata:  # fmt: skip
+    """The `FeatureMetadata` of a finished collector: its logit `effects` (`logit_effects`), the decoder neighbours
+    of `sae` (anything with `W_dec` `(num_latents, d)` and a `config` naming `num_latents`), labels, and `settings`
+    recorded."""
     neighbours = decoder_neighbours(sae.W_dec, num_neighbours) if num_neighbours else None
     tables = (collector.top.tokens, collector.sample.tokens, sampler.token_ids())
     ids = [*tables] + ([] if effects is None else [effects["promoted_ids"], effects["suppressed_ids"]])
@@ -387,7 +389,6 @@ def finished_metadata(model: nn.Module, tokenizer, sae, collector: FeatureCollec
     metadata = {
         "format_version": 1,
         "num_latents": sae.config.num_latents,
-        "model_name_or_path": getattr(model, "name_or_path", None),
         "tokens": collector.tokens,
         "blocks": collector.blocks,
         "quantile_bins": QUANTILE_BINS,
