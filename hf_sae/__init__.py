@@ -5,7 +5,7 @@ Importing the package registers `SaeConfig` and `SaeModel` with `AutoConfig` and
 reads (`hf_sae.auto`).
 """
 
-from .architectures import ARCHITECTURES
+from .architectures import ARCHITECTURES, fold_decoder_norm_
 from .arguments import (
     ActivationArguments,
     DataArguments,
@@ -101,6 +101,7 @@ __all__ = [
     "capture_activations",
     "collect_feature_metadata",
     "evaluate_saes",
+    "fold_decoder_norm_",
     "explain",
     "load_features",
     "load_model",

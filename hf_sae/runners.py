@@ -493,8 +493,8 @@ def run_convert(args: ConvertArguments) -> dict[str, Path]:
         raise ArgumentError(f"{dst} exists and is not empty. Choose another destination, or pass --overwrite.")
     saes = load_saes(args.src, args.hookpoints, width=args.width, l0=args.l0, revision=args.revision,
                      token=args.token)  # fmt: skip
-    if len(saes) == 1:
-        return {hookpoint: export_sae(sae, dst, args.to) for hookpoint, sae in saes.items()}
     name = (lambda h, sae: sparsify_folder_name(sae)) if args.to == "sparsify" else (lambda h, sae: h)
-    folders = {h: dst / hookpoint_folder(name(h, sae)) for h, sae in saes.items()}  # all checked before writing
-    return {h: export_sae(sae, folders[h], args.to) for h, sae in saes.items()}
+    one = len(saes) == 1  # one SAE into dst itself; several, each checked before anything is written, into subfolders
+    folders = {h: dst if one else dst / hookpoint_folder(name(h, sae)) for h, sae in saes.items()}
+    unit_norm = args.unit_norm_decoder
+    return {h: export_sae(sae, folders[h], args.to, unit_norm_decoder=unit_norm) for h, sae in saes.items()}

@@ -449,8 +449,10 @@ def test_convert_command(tmp_path, capsys):
     assert_matches(SaeModel.from_pretrained(tmp_path / "hf"), "saelens_gated")
     with pytest.raises(ArgumentError, match="exists and is not empty"):
         run_convert(ConvertArguments(src=str(FIXTURES / "saelens_gated"), dst=str(tmp_path / "hf"), to="saelens"))
+    assert main(["convert", str(FIXTURES / "saelens_gated"), str(tmp_path / "x"), "--to", "neuronpad"]) == 1
+    assert "hf-sae convert: error: argument --to: invalid choice: 'neuronpad'" in capsys.readouterr().err
     assert main(["convert", str(FIXTURES / "saelens_gated"), str(tmp_path / "x"), "--to", "neuronpedia"]) == 1
-    assert "hf-sae convert: error: argument --to: invalid choice: 'neuronpedia'" in capsys.readouterr().err
+    assert "hf-sae features --sae" in capsys.readouterr().err  # Neuronpedia takes the features, which this SAE lacks
 
 
 # ---- the Hub: a Gemma-Scope-layout repo and the README quickstart ---------------------------------------------------

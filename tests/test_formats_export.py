@@ -229,3 +229,20 @@ def test_a_topk_transcoder_is_refused_for_saelens_naming_the_formats_that_hold_i
     with pytest.raises(SaeConfigError, match=refusal):
         export_sae(topk, tmp_path / "out", "saelens")
     assert not (tmp_path / "out").exists()
+
+
+def test_hf_sae_convert_unit_norm_decoder_writes_unit_norm_rows(tmp_path):
+    from hf_sae import SaeConfig, SaeModel, fold_decoder_norm_
+    from hf_sae.cli import main
+
+    sae = SaeModel(SaeConfig(d_in=8, num_latents=16, architecture="relu", hookpoint="model.layers.1"))
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.linspace(0.5, 3.0, 16)[:, None])
+    sae.save_pretrained(tmp_path / "sae")
+    assert not torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(16))  # the rows were not unit norm
+    assert main(["convert", str(tmp_path / "sae"), str(tmp_path / "out"), "--unit_norm_decoder", "true"]) == 0
+    folded = SaeModel.from_pretrained(tmp_path / "out")
+    assert torch.allclose(folded.W_dec.norm(dim=-1), torch.ones(16), atol=1e-6)
+    expected = SaeModel.from_pretrained(tmp_path / "sae")
+    fold_decoder_norm_(expected)
+    assert torch.equal(folded.W_enc, expected.W_enc) and torch.equal(folded.W_dec, expected.W_dec)
