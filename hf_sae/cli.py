@@ -42,9 +42,11 @@ from . import arguments as A
 from .app import build_app, load_explorer, load_graph_explorer
 from .browser import write_browser
 from .circuit_runners import run_attribute
+from .clt_feature_runs import is_clt_folder
 from .cpu_memory import keep_freed_memory
 from .distribution import local_launch
 from .errors import ArgumentError, HfSaeError
+from .feature_store import LayerFeatures
 from .hub import push_saes_to_hub
 from .layout import EVAL_REPORT, METRICS, PER_SOURCE, QUALITY_KEYS
 from .offline.corpus import prepare_corpus
@@ -183,12 +185,17 @@ def eval_command(argv: list[str]) -> int:
 def features_command(argv: list[str]) -> int:
     groups = (A.LanguageModelArguments, A.DataArguments, A.FeatureArguments)
     lm_args, data_args, args = parse_arguments(groups, argv, "hf-sae features")
-    if args.explain is not None:
+    if args.explain is not None and not is_clt_folder(args.sae):  # a CLT's run refuses --explain, naming why
         print(format_explanation(explain_text(lm_args, args)))
         return 0
     features = run_features(lm_args, data_args, args)
     tokens = features.metadata["tokens"]
-    print(f"Saved metadata of {len(features):,} features over {tokens:,} tokens to {features.path}")
+    if isinstance(features, LayerFeatures):  # a cross-layer transcoder's: one table per layer
+        counts = sorted({len(layer) for layer in features.values()})
+        what = f"{'/'.join(map(str, counts))} features in each of {len(features)} layers"
+    else:
+        what = f"{len(features):,} features"
+    print(f"Saved metadata of {what} over {tokens:,} tokens to {features.path}")
     return 0
 
 

@@ -99,7 +99,10 @@ def test_a_hookpoint_for_a_clt_is_refused_before_the_lm_loads(tiny, monkeypatch,
 
 def test_cli_features_load_back_and_label_the_graph_nodes(tiny, tmp_path, capsys):
     lm, text, clt_folder = tiny
+    assert main(features_command(lm, text, clt_folder, "--explain", "some text")) == 1
+    assert "--explain" in capsys.readouterr().err and not (clt_folder / FEATURES).exists()  # refused, naming it
     assert main(features_command(lm, text, clt_folder)) == 0, capsys.readouterr().err
+    assert f"in each of {LAYERS} layers over 600 tokens" in capsys.readouterr().out
     assert sorted(p.name for p in (clt_folder / FEATURES).iterdir()) == ["layer_0", "layer_1", "layer_2"]
     clt = CltModel.from_pretrained(clt_folder)
     assert sorted(clt.features) == [0, 1, 2]
