@@ -1,4 +1,4 @@
-"""The recipes of docs/hooks.md for other interpretability libraries, on tiny random LMs: nnsight and TransformerLens."""
+"""The recipes of docs/hooks.md for other interpretability libraries on tiny random LMs: nnsight, TransformerLens."""
 
 import pytest
 import torch
