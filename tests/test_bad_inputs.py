@@ -456,7 +456,7 @@ ROWS = [
     Row("browse without features", cli("browse", "--sae", "{root}/saes/model.layers.0", "--output_dir", "{tmp}/b"), FeatureMetadataError, r"features"),
     Row("browse examples 0", cli("browse", "--sae", "{root}/sae", "--output_dir", "{tmp}/b", "--examples", "0"), ArgumentError, r"--examples must be a positive"),
     Row("convert missing src", cli("convert", "./no/such/sae", "{tmp}/c"), SaeNotFoundError, r"--src './no/such/sae' does not exist"),
-    Row("convert bad format", lambda w, t: main(["convert", yaml_file(t, f"src: {w.root}/sae\ndst: {t}/c\nto: neuronpedia\n")]), ArgumentError, r"--to must be one of \['saelens'"),
+    Row("convert bad format", lambda w, t: main(["convert", yaml_file(t, f"src: {w.root}/sae\ndst: {t}/c\nto: neuronpad\n")]), ArgumentError, r"--to must be one of \['saelens'"),
     # ---- SaeConfig -------------------------------------------------------------------------------------------------
     Row("config d_in 0", lambda w, t: SaeConfig(d_in=0, num_latents=8), SaeConfigError, r"`d_in` must be a positive integer; got 0"),
     Row("config d_in string", lambda w, t: SaeConfig(d_in="24", num_latents=8), SaeConfigError, r"`d_in` must be a positive integer; got '24'"),
