@@ -28,6 +28,8 @@ def scaled(x: Tensor, scale: Scale, device: torch.device) -> Tensor:
     if device.type == "cuda" and x.device.type == "cpu":  # e.g. replayed from the cache
         x = x.pin_memory()
     x = x.to(device, torch.float32, non_blocking=True)
+    if isinstance(scale, int | float):  # an SAE's one scale: no tensor built and copied to the device every step
+        return x * scale
     return x * torch.tensor(scale, dtype=x.dtype, device=device).unsqueeze(-1)
 
 
