@@ -8,14 +8,13 @@ a temporary folder, renamed once every process has written) and loaded back as t
     buffer_rank{r}.pt    each rank's place in its data
 
     save_checkpoint, restore_checkpoint, load_weights   a trainer's state out, and back in
-    resume_checkpoint, check_output_dir                 what --resume_from_checkpoint and --output_dir name
     run_signature                                       what a checkpoint shares with the run that resumes it
+Which checkpoint --resume_from_checkpoint names, and what else the output folder holds: `run_folders`.
 """
 
 from __future__ import annotations
 
 import errno
-import pickle
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,27 +25,32 @@ from accelerate.logging import get_logger
 from .errors import TrainingError
 from .formats.tensors import non_finite
 from .layout import replace_folder, write_failure
+from .run_folders import (
+    CHECKPOINT_ERRORS,
+    CHECKPOINT_PREFIX,
+    TRAINER_STATE,
+    checkpoint_folders,
+    resume_advice,
+    resume_checkpoint,
+    sae_tensors,
+)
 
 if TYPE_CHECKING:
-    from .arguments import SaeTrainingArguments
     from .training import SaeTrainer
 
 logger = get_logger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint-"
-TRAINER_STATE = "trainer_state.pt"
 RUN_KEY = "run"  # in trainer_state.pt: the run's signature, compared on resume
 # The arguments a resumed run must share with its checkpoint: they decide the text, its order and the batches.
 RESUME_ARGUMENTS = ("dataset_name", "dataset_config_name", "dataset_split", "dataset_weights", "context_size",
                     "shuffle_seed", "batch_size", "gradient_accumulation_steps", "activation_cache")  # fmt: skip
-CHECKPOINT_ERRORS = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError)
 
 
 def save_checkpoint(trainer: SaeTrainer) -> Path:
     """Write the trainer's `checkpoint-<step>`, then keep only the newest `save_total_limit` checkpoints."""
     acc, rank, output_dir = trainer.accelerator, trainer.accelerator.process_index, trainer.output_dir
     final = output_dir / f"{CHECKPOINT_PREFIX}{trainer.state.step}"
-    if bad := non_finite(_sae_tensors({n: sae.state_dict() for n, sae in trainer.saes.items()})):
+    if bad := non_finite(sae_tensors({n: sae.state_dict() for n, sae in trainer.saes.items()})):
         raise TrainingError(
             f"The weights became non-finite by step {trainer.state.step}: {bad}. {final.name} was not written, so "
             f"that no checkpoint holds them; {resume_advice(output_dir)}. Lower the learning rate or "
@@ -103,7 +107,7 @@ def restore_checkpoint(trainer: SaeTrainer) -> Path | None:
         )
     rank = trainer.accelerator.process_index
     trainer.resumed_weights = _load_file(path / f"weights_rank{rank if trainer.owners else 0}.pt")
-    if bad := non_finite(_sae_tensors(trainer.resumed_weights.get("saes", {}))):
+    if bad := non_finite(sae_tensors(trainer.resumed_weights.get("saes", {}))):
         raise TrainingError(
             f"{path} holds non-finite weights ({bad}); a run resumed from it would train on NaN. Instead, "
             f"{resume_advice(path.parent, but=path)}."
@@ -170,45 +174,6 @@ def _missing_record(saved) -> list[str]:
     return [f"{RUN_KEY}.args.{key}" for key in RESUME_ARGUMENTS if key not in saved["args"]]
 
 
-def resume_checkpoint(args: SaeTrainingArguments) -> Path | None:
-    """The checkpoint `--resume_from_checkpoint` names (`latest`: the newest in output_dir; a bare name such as
-    `checkpoint-500` that is no folder here: the one in output_dir), or None for a new run."""
-    choice = args.resume_from_checkpoint
-    if not choice:
-        return None
-    found = checkpoint_folders(Path(args.output_dir))
-    path = (found[-1] if found else None) if choice == "latest" else Path(choice)
-    if path is not None and not path.exists() and not path.is_absolute() and (Path(args.output_dir) / path).exists():
-        path = Path(args.output_dir) / path
-    if path is None or not (path / TRAINER_STATE).exists():
-        where = f"{args.output_dir} holds no checkpoint" if path is None else f"No complete checkpoint at {path}"
-        raise TrainingError(
-            f"--resume_from_checkpoint {choice}: {where}. Expected a `{CHECKPOINT_PREFIX}<step>` folder written by "
-            f"hf_sae (found in {args.output_dir}: {[p.name for p in found]}). Drop the flag to start a new run."
-        )
-    return path
-
-
-def check_output_dir(args: SaeTrainingArguments) -> None:
-    """Refuse an output directory holding another run unless told to overwrite it or resume from it (which must
-    exist: checked here, before anything loads)."""
-    path = Path(args.output_dir)
-    if resume_checkpoint(args) or not path.exists() or not any(path.iterdir()):
-        return
-    if not args.overwrite_output_dir:
-        raise TrainingError(
-            f"Output directory {path} already holds a run ({', '.join(sorted(p.name for p in path.iterdir())[:5])}). "
-            "Pass --overwrite_output_dir to replace it, --resume_from_checkpoint latest to continue it, or choose "
-            "another --output_dir."
-        )
-
-
-def checkpoint_folders(output_dir: Path) -> list[Path]:
-    """The complete `checkpoint-<step>` folders of a run, oldest first (a `.tmp` one is an interrupted write)."""
-    found = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
 def _load_file(path: Path):
     """A checkpoint file hf_sae wrote: tensors and plain values only (`weights_only`), so a file that asks to run
     code, or a damaged one, is refused and never executed."""
@@ -222,31 +187,6 @@ def _load_file(path: Path):
             f"plain values and is refused rather than run. Other checkpoints in {path.parent.parent}: "
             f"{[p.name for p in others] or 'none'}; {resume_advice(path.parent.parent, but=path.parent)}."
         ) from None
-
-
-def resume_advice(output_dir: Path, but: Path | None = None) -> str:
-    """Where a stopped run can go on from: the newest checkpoint in `output_dir` (other than `but`) that loads and
-    whose weights are finite, which is not always the newest one."""
-    good = next((p for p in reversed(checkpoint_folders(output_dir)) if p != but and _is_intact(p)), None)
-    if good is None:
-        return f"no checkpoint in {output_dir} is intact, so the run must start again"
-    resume = f"--resume_from_checkpoint {good}"
-    return f"of the checkpoints in {output_dir}, the newest intact one is {good}: resume from it with {resume}"
-
-
-def _is_intact(checkpoint: Path) -> bool:
-    """Whether every file of `checkpoint` loads (tensors and plain values only) and its weights are finite."""
-    try:
-        files = {file.name: torch.load(file, weights_only=True) for file in checkpoint.glob("*.pt")}
-    except CHECKPOINT_ERRORS:
-        return False
-    weights = [value.get("saes", {}) for name, value in files.items() if name.startswith("weights_rank")]
-    return TRAINER_STATE in files and not any(non_finite(_sae_tensors(saes)) for saes in weights)
-
-
-def _sae_tensors(saes: dict) -> dict[str, torch.Tensor]:
-    """`{"<sae>.<tensor>": tensor}` of `{sae: state dict}`."""
-    return {f"{name}.{key}": tensor for name, state in saes.items() for key, tensor in state.items()}
 
 
 def _tensor_bytes(value) -> int:

@@ -51,7 +51,6 @@ from .arguments import (
     settings_of,
 )
 from .autointerp import ExplainSettings, explain_features, load_chat, require_contexts, shuffled_control
-from .checkpoints import check_output_dir
 from .circuit_runners import convert_transcoders
 from .clt_feature_runs import is_clt_folder, run_clt_features
 from .clt_runs import CLT_NAME, new_clt, plan_clt, save_trained
@@ -69,7 +68,8 @@ from .data import (
 from .distribution import hookpoint_owners
 from .errors import ArgumentError, HfSaeError, TrainingError, WriteError
 from .evaluation import HeldOut, evaluate_saes, held_out_report, load_held_out, log_per_source, plot_firing_density
-from .feature_store import EXPLANATIONS, LABELS, FeatureMetadata, load_features
+from .feature_store import FeatureMetadata, load_features
+from .feature_text import features_text
 from .features import collect_feature_metadata, explain
 from .hookpoints import resolve_hookpoints
 from .hub import load_saes, save_saes
@@ -91,6 +91,7 @@ from .memory import check_fits_in_memory
 from .modeling_clt import CltModel
 from .modeling_sae import SaeModel
 from .models import check_against_lm_config, load_lm, load_sae_and_lm, load_saes_and_lm, max_positions
+from .run_folders import check_output_dir
 from .schedules import Schedule
 from .sweeps import SweepRun, sweep_runs
 from .training import SaeTrainer, make_accelerator
@@ -379,12 +380,15 @@ def _write_eval_report(report: dict, settings: dict, out: Path, dense_threshold:
 
 def run_features(lm_args: LanguageModelArguments, data_args: DataArguments, args: FeatureArguments) -> FeatureMetadata:
     """`hf-sae features`: collect and save `<sae>/features/`, keeping the labels people set on an earlier run."""
+    data_args, text = features_text(data_args, args.held_out, args.sae)  # the held-out text by default
     check_sources(data_args)
     _refuse_a_folder_of_saes(args.sae)
     probe_writable(Path(args.sae), "sae")  # features/ goes inside
     with claim_folder(Path(args.sae) / FEATURES, "--sae's features folder"):  # held until the statistics are in
         args.check()  # "no earlier statistics" again, now that no other run can write them before this one ends
-        return (run_clt_features if is_clt_folder(args.sae) else _collect_features)(lm_args, data_args, args)
+        if is_clt_folder(args.sae):
+            return run_clt_features(lm_args, data_args, args)
+        return _collect_features(lm_args, data_args, args, text)
 
 
 def _refuse_a_folder_of_saes(sae: str) -> None:
@@ -398,7 +402,7 @@ def _refuse_a_folder_of_saes(sae: str) -> None:
         )
 
 
-def _collect_features(lm_args: LanguageModelArguments, data_args: DataArguments, args: FeatureArguments):
+def _collect_features(lm_args: LanguageModelArguments, data_args: DataArguments, args: FeatureArguments, text: dict):
     sae, model, tokenizer = load_sae_and_lm(args.sae, lm_args, device=args.device, read_at=args.hookpoint)
     reading = lm_args.reading(model.device)
     blocks = load_token_blocks(data_args, tokenizer, max_positions=max_positions(model))
@@ -406,14 +410,10 @@ def _collect_features(lm_args: LanguageModelArguments, data_args: DataArguments,
         model, tokenizer, sae, batched(iter_blocks(blocks), reading.batch_size), hookpoint=args.hookpoint,
         max_tokens=args.max_tokens, top_n=args.top_n, before=args.context_before, after=args.context_after,
         sample_size=args.sample_size, skip_after_special=args.skip_after_special,
-        settings={"data": dataclasses.asdict(data_args)}, **reading.keywords,
+        settings={"data": dataclasses.asdict(data_args), "text": text}, **reading.keywords,
     )  # fmt: skip
-    folder = Path(args.sae) / FEATURES
-    if (folder / LABELS).is_file() or (folder / EXPLANATIONS).is_file():  # what people and explainers wrote stays
-        earlier = FeatureMetadata.load(folder)
-        features.labels = earlier.labels
-        features.save_explanations(earlier.explanations)  # in memory until saved below
-    _write_or_rescue(features.save_pretrained, folder, "The feature statistics")
+    features.keep_what_people_wrote(Path(args.sae) / FEATURES)  # labels people set and explanations stay
+    _write_or_rescue(features.save_pretrained, Path(args.sae) / FEATURES, "The feature statistics")
     return features
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 import yaml
 
 from .arguments import SaeArguments
-from .checkpoints import CHECKPOINT_PREFIX
 from .errors import ArgumentError
 from .hub import save_saes
 from .layout import (
@@ -42,6 +41,7 @@ from .layout import (
     sae_metrics,
     write_json,
 )
+from .run_folders import CHECKPOINT_PREFIX
 
 # Each key an entry may set, with the types its value may have.
 SWEEP_KEYS: dict[str, tuple[type, ...]] = {

@@ -15,7 +15,6 @@ The schedules are `schedules.Schedule`'s; checkpoints are written and restored b
 """
 
 import itertools
-import json
 import math
 import os
 import time
@@ -31,14 +30,16 @@ from tqdm.auto import tqdm
 
 from .activations import ShufflingBuffer
 from .arguments import SaeTrainingArguments
-from .checkpoints import load_weights, restore_checkpoint, resume_advice, save_checkpoint
+from .checkpoints import load_weights, restore_checkpoint, save_checkpoint
 from .configuration_sae import SaeConfig
 from .distribution import gather_to_main, send_to_owners
 from .errors import TrainingError
 from .modeling_clt import CltModel
 from .modeling_sae import SaeModel
 from .precision import default_device, resolve_mixed_precision
+from .run_folders import resume_advice
 from .schedules import Schedule
+from .trackers import RunTrackers
 from .trainees import Scale, scale_from_norms, scaled, trainee
 
 logger = get_logger(__name__)
@@ -192,8 +193,7 @@ class SaeTrainer:
                 raise TrainingError("The data produced no activations; check the dataset and context size.")
             self.prepare({h: torch.cat([b[h] for b in first]) for h in first[0]})
             batches = itertools.chain(first, batches)
-        if acc.is_main_process and args.report_to != "none":
-            acc.init_trackers("hf_sae", config=_loggable(self.hparams))
+        self.trackers = RunTrackers(acc, args, self.hparams)
         self._log_start()
         bar.update(self.state.step)
         start, start_tokens = time.perf_counter(), self.state.tokens
@@ -209,7 +209,7 @@ class SaeTrainer:
             if metrics is not None:
                 rate = (self.state.tokens - start_tokens) / (time.perf_counter() - start)
                 bar.set_postfix(_postfix(metrics, rate))
-                acc.log({**metrics, "tokens_per_second": rate}, step=self.state.step)
+                self.trackers.log({**metrics, "tokens_per_second": rate}, self.state.step)
             if args.save_steps and self.state.step % args.save_steps == 0 and self.state.step < num_steps:
                 self.check_finite()
                 self.save_checkpoint()
@@ -223,25 +223,11 @@ class SaeTrainer:
         return trained
 
     def log_report(self, report: dict[str, dict], histograms: dict[str, dict] | None = None) -> None:
-        """The held-out report as scalars at the last step, and each firing-density histogram where the tracker
-        takes one (TensorBoard)."""
-        acc, step = self.accelerator, self.state.step
-        scalars = {f"{name}/heldout_{k}": v for name, m in report.items() for k, v in m.items()
-                   if isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
-        acc.log(scalars, step=step)
-        if not (acc.is_main_process and histograms and "tensorboard" in str(self.args.report_to)):
-            return
-        writer = acc.get_tracker("tensorboard", unwrap=True)
-        for name, histogram in histograms.items():
-            edges, counts = histogram["log10_frequency_bin_edges"], histogram["counts"]
-            centres = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
-            values = torch.repeat_interleave(torch.tensor(centres), torch.tensor(counts))
-            if values.numel():
-                writer.add_histogram(f"{name}/heldout_log10_firing_frequency", values, step)
+        self.trackers.log_report(report, histograms, self.state.step)
 
     def end(self) -> None:
         """Close the trackers (and accelerate's process group): the last call of a run, after every collective."""
-        self.accelerator.end_training()
+        self.trackers.end()
 
     def step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float] | None:
         """One optimiser step over `gradient_accumulation_steps` micro-batches (the accelerate way: gradients
@@ -437,13 +423,4 @@ def _postfix(metrics: dict[str, float], rate: float) -> dict[str, str]:
         "l0": f"{metrics[name + '/l0']:.1f}",
         "fvu": f"{metrics[name + '/fvu']:.3f}",
         "dead": f"{100 * metrics[name + '/dead_fraction']:.1f}%",
-    }
-
-
-def _loggable(config: dict) -> dict:
-    """Hyperparameters as trackers take them: unset ones left out (not the string 'null'), lists as JSON."""
-    return {
-        key: value if isinstance(value, int | float | str | bool) else json.dumps(value)
-        for key, value in config.items()
-        if value is not None
     }
