@@ -170,6 +170,13 @@ class FeatureMetadata:
         )
 
     @property
+    def text_note(self) -> str:
+        """The text the statistics describe, in words (`held-out text (test)`, `training text (train)`); empty for
+        metadata that does not record it."""
+        text = self.metadata.get("text") or {}
+        return f"{'held-out' if text.get('held_out') else 'training'} text ({text['split']})" if text else ""
+
+    @property
     def stats_table(self) -> pa.Table:
         """The per-feature table as Arrow, row i being feature i."""
         if self._stats is None:
@@ -251,6 +258,14 @@ class FeatureMetadata:
             self.labels.pop(index, None)
         if self.path is not None:
             write_json(self.path / LABELS, {str(k): v for k, v in sorted(self.labels.items())})
+
+    def keep_what_people_wrote(self, folder: Path) -> None:
+        """Take the labels people set and the explanations written in an earlier `features/` folder, if any (in
+        memory until saved)."""
+        if (Path(folder) / LABELS).is_file() or (Path(folder) / EXPLANATIONS).is_file():
+            earlier = FeatureMetadata.load(folder)
+            self.labels = earlier.labels
+            self.save_explanations(earlier.explanations)
 
     def _check(self, index: int) -> int:
         if not 0 <= int(index) < len(self):

@@ -267,9 +267,12 @@ def test_cli_collects_and_explains(setup, tmp_path, capsys):
     words = torch.randint(3, VOCAB_SIZE, (40, 30), generator=torch.Generator().manual_seed(2)).tolist()
     (tmp_path / "text.txt").write_text("\n".join(" ".join(f"w{i}" for i in line) for line in words))
     args = ["--sae", str(tmp_path / "sae"), "--dataset_name", str(tmp_path / "text.txt"), "--context_size", "16"]
+    args += ["--held_out", "false"]  # the training text: 40 documents hold no held-out one
     assert main(["features", *args, "--max_tokens", "300", "--top_n", "4", "--lm_dtype", "float32"]) == 0
     features = load_features(tmp_path / "sae")
     assert features.metadata["tokens"] == 300 and features.stats["count"].sum() == 300 * 4
+    assert features.metadata["text"] == {"split": "train[other documents]", "held_out": False,
+                                         "training_eval_split": None}  # fmt: skip
     features.set_label(int(features.stats["count"].idxmax()), "busiest")
     assert main(["features", *args, "--max_tokens", "200"]) == 1  # earlier statistics are not replaced unasked
     assert load_features(tmp_path / "sae").metadata["tokens"] == 300
@@ -389,3 +392,30 @@ def test_logit_histogram_counts_every_vocabulary_entry():
     for i in range(48):
         by_hand = torch.histc(direct[i], bins=16, min=float(ranges[i, 0]), max=float(ranges[i, 1]))
         assert (by_hand.long() - histogram[i]).abs().sum() <= 2  # a value on a bin edge may round either way
+
+
+def test_features_read_the_held_out_text_by_default_and_say_so(setup, tmp_path, caplog):
+    """Without --dataset_split, `hf-sae features` reads the documents training left out (every 50th of a single
+    file, by the rule of training's held-out report), records that split beside the training run's, and logs it."""
+    model, tokenizer, hookpoint = setup
+    model.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    sae = tiny_sae(24, base_model_name_or_path=str(tmp_path / "lm"))
+    sae.save_pretrained(tmp_path / "sae")
+    (tmp_path / "sae" / "metrics.json").write_text(json.dumps({"eval_split": "train[every 50th document]"}))
+    held_out = {49, 99, 149, 199}  # documents 50, 100, ...: their words are w3 to w9, the others' w10 and up
+    lines = [" ".join(f"w{3 + (i + j) % 7 if i in held_out else 10 + (i + j) % 30}" for j in range(30))
+             for i in range(200)]  # fmt: skip
+    (tmp_path / "text.txt").write_text("\n".join(lines))
+    args = ["--sae", str(tmp_path / "sae"), "--dataset_name", str(tmp_path / "text.txt"), "--context_size", "16"]
+    with caplog.at_level("INFO", logger="hf_sae"):
+        assert main(["features", *args, "--max_tokens", "5000", "--lm_dtype", "float32"]) == 0
+    features = load_features(tmp_path / "sae")
+    split = "train[every 50th document]"
+    assert features.metadata["text"] == {"split": split, "held_out": True, "training_eval_split": split}
+    assert features.metadata["data"]["dataset_split"] == "test"
+    words = {int(t) for t in features.examples_table().column("token_ids").combine_chunks().flatten().to_pylist()}
+    assert words and words <= set(range(3, 10)) | {BOS_ID, EOS_ID}
+    assert 0 < features.metadata["tokens"] < 4 * 31  # four documents of 30 words and EOS, less what is not counted
+    assert f"{split} (held-out text, which training did not read)" in caplog.text
+    assert features.text_note == f"held-out text ({split})"

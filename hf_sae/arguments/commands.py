@@ -86,6 +86,12 @@ class FeatureArguments(Checked):
     context_after: int = flag("Tokens shown after each context's peak.", 5)
     sample_size: int = flag("Contexts sampled per feature for the activation-quantile bins.", 40)
     skip_after_special: bool = flag("Leave the token right after BOS or a chat marker out of the statistics.", True)
+    held_out: bool = flag(
+        "Read the held-out text, the split the training run left out (a source's 'test' split, else every 50th "
+        "document of 'train', as training's held-out report reads), in place of the default --dataset_split "
+        "train; a split named with --dataset_split is read as named. --held_out false describes the training text.",
+        True,
+    )
     explain: str | None = flag("Instead: list the features that fire on this text.", None)
     top: int = flag("With --explain: features listed per token.", 5)
     device: str | None = flag("Where the LM runs, e.g. cpu or cuda:1 (default: the GPU where there is one).", None)
