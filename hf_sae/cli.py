@@ -276,24 +276,34 @@ def attribute_command(argv: list[str]) -> int:
 
 
 def format_training_report(report: dict, output_dir: str) -> str:
-    """What was trained and how good it is, as a small table."""
-    lines = [
-        f"\nSaved to {output_dir} (metrics in {output_dir}/{METRICS})",
-        f"{'hookpoint':<28}{'arch':<11}{'latents':>9}{'tokens':>12}{'FVU':>8}{'L0':>8}{'dead %':>8}",
-    ]
-    for name, m in report.items():
-        fvu = f"{m['fvu']:.3f}" if "fvu" in m else "-"
-        l0 = f"{m['l0']:.1f}" if "l0" in m else "-"
-        dead = 100 * m.get("dead_fraction", m["train_dead_fraction"])
-        lines.append(
-            f"{name:<28}{m['architecture']:<11}{m['num_latents']:>9,}{m['train_tokens']:>12,}"
-            f"{fvu:>8}{l0:>8}{dead:>8.1f}"
-        )
-    lines.append(
+    """What was trained and how good it is, as a small table whose columns fit the longest name."""
+    header = ["hookpoint", "arch", "latents", "tokens", "FVU", "L0", "dead %"]
+    rows = [
+        [name, m["architecture"], f"{m['num_latents']:,}", f"{m['train_tokens']:,}",
+         f"{m['fvu']:.3f}" if "fvu" in m else "-", f"{m['l0']:.1f}" if "l0" in m else "-",
+         f"{100 * m.get('dead_fraction', m['train_dead_fraction']):.1f}"]
+        for name, m in report.items()
+    ]  # fmt: skip
+    legend = (
         "FVU, L0 and dead % (latents that never fired) on held-out text; metrics.json also has the "
         "training-time dead fraction (silent for the last `dead_after_tokens`)."
     )
+    lines = [f"\nSaved to {output_dir} (metrics in {output_dir}/{METRICS})", *format_table(header, rows, 2), legend]
     return "\n".join(lines + _per_source_lines(report))
+
+
+def format_table(header: list[str], rows: list[list[str]], left_columns: int = 1) -> list[str]:
+    """Lines of a table whose every column is as wide as its widest cell, columns two spaces apart: no name is cut
+    and every row keeps the header's column positions. The first `left_columns` (names) align left, numbers right."""
+    widths = [max(map(len, column)) for column in zip(header, *rows)]
+
+    def line(cells: list[str]) -> str:
+        aligned = (
+            cell.ljust(w) if i < left_columns else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths))
+        )
+        return "  ".join(aligned).rstrip()
+
+    return [line(header), *map(line, rows)]
 
 
 def _per_source_lines(report: Mapping[str, Mapping]) -> list[str]:
@@ -313,12 +323,8 @@ def format_report(report: Mapping[str, Mapping]) -> str:
         for key in (*QUALITY_KEYS, "eval_tokens", "eval_predictions", "outlier_tokens")
         if any(key in m for m in report.values())
     ]
-    width, columns = max(map(len, keys)), {name: max(len(name), 12) for name in report}
-    lines = [" " * width + "".join(f"  {name:>{w}}" for name, w in columns.items())]
-    for key in keys:
-        cells = [_cell(report[name].get(key)) for name in columns]
-        lines.append(f"{key:<{width}}" + "".join(f"  {cell:>{w}}" for cell, w in zip(cells, columns.values())))
-    return "\n".join(lines + _per_source_lines(report))
+    rows = [[key, *(_cell(m.get(key)) for m in report.values())] for key in keys]
+    return "\n".join(format_table(["", *report], rows) + _per_source_lines(report))
 
 
 def _cell(value) -> str:

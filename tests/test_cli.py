@@ -95,3 +95,26 @@ def test_other_libraries_info_logs_show_only_with_verbose(verbose):
     assert "argv ['--repo_id', 'x']" in done.stderr  # the command ran, without the flag
     assert "INFO hf_sae.hub: pulled 1 SAE" in done.stderr
     assert ("HTTP Request" in done.stderr) == verbose
+
+
+def test_the_tables_fit_long_names_and_keep_every_column_in_place():
+    long = "model.layers.15/topk_k64_lr3e-4_matryoshka"
+    metrics = {"num_latents": 9216, "train_tokens": 1_000_000, "fvu": 0.25, "l0": 32.0, "dead_fraction": 0.01,
+               "train_dead_fraction": 0.0}  # fmt: skip
+    report = {long: {**metrics, "architecture": "matryoshka_batchtopk"}, "h": {**metrics, "architecture": "topk"}}
+    header, *rows = format_training_report(report, "out").splitlines()[2:5]
+    assert rows[0].startswith(long + "  ") and rows[1].startswith("h ")  # the name whole, never cut
+    for row, arch in zip(rows, ("matryoshka_batchtopk", "topk")):
+        assert row.index(arch) == header.index("arch")  # names end before the next column, in every row
+        assert len(row) == len(header)  # the numbers are right-aligned under their header's end
+        for value, title in (
+            ("9,216", "latents"),
+            ("1,000,000", "tokens"),
+            ("0.250", "FVU"),
+            ("32.0", "L0"),
+            ("1.0", "dead %"),
+        ):
+            assert row.index(value) + len(value) == header.index(title) + len(title)
+    lines = format_report({long: {"fvu": 0.25, "l0": 32.0}, "h": {"fvu": 0.5, "l0": 8.0}}).splitlines()
+    assert lines[0].split() == [long, "h"] and len({len(line) for line in lines}) == 1
+    assert lines[1].index("0.2500") + 6 == lines[0].index(long) + len(long)
