@@ -19,6 +19,7 @@ read through `read_parquet`, which bounds what a file (one from the Hub, say) ma
 """
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import FeatureMetadataError
+from .interpretability import NO_CLEAR_PATTERN
 from .layout import FEATURES, replace_folder, staging_folder, write_json
 
 STATS, EXAMPLES, QUANTILE_EXAMPLES = "stats.parquet", "examples.parquet", "quantile_examples.parquet"
@@ -246,8 +248,18 @@ class FeatureMetadata:
         return Feature(index, self.label(index), stats.get("auto_label", ""), stats, examples, sampled, explanation)
 
     def label(self, index: int) -> str:
-        """The label a person set, else the automatic one."""
-        return self.labels.get(index) or self.stats_table.column("auto_label")[index].as_py() or ""
+        """The label a person set, else the automatic one where its interpretability score reaches the threshold
+        recorded in the metadata, else "no clear pattern" ("" for a feature that never fired)."""
+        if label := self.labels.get(index):
+            return label
+        auto = self.stats_table.column("auto_label")[index].as_py() or ""
+        threshold = (self.metadata.get("interpretability") or {}).get("threshold")
+        if threshold is None or "interpretability" not in self.stats_table.column_names:
+            return auto  # metadata made before the score: its label as it was
+        score = self.stats_table.column("interpretability")[index].as_py()
+        if score is None or math.isnan(score):  # never fired
+            return auto
+        return auto if score >= threshold else NO_CLEAR_PATTERN
 
     def set_label(self, index: int, label: str | None) -> None:
         """Set (or with `None` / "" clear) feature `index`'s label; saved to `labels.json` at once when on disk."""

@@ -29,6 +29,7 @@ from transformers.utils import logging
 from .errors import HookpointError
 from .feature_directions import decoder_neighbours, logit_effects
 from .feature_store import METADATA, FeatureMetadata
+from .interpretability import DENSE_FREQUENCY, interpretability_summary, label_score, label_tokens, show_token
 from .layout import FEATURES
 from .lm_forward import counted_tokens, run_lm, special_token_ids
 from .modeling_sae import SaeModel
@@ -111,6 +112,7 @@ class FeatureCollector:
         num_bins: int = 256,
         hist_range: tuple[float, float] = (1e-4, 1e4),
         seed: int = 0,
+        vocab_size: int = 0,
     ):
         self.top_n, self.before, self.after = top_n, before, after
         self.tokens = self.blocks = 0
@@ -119,6 +121,7 @@ class FeatureCollector:
         self.counts = torch.zeros(num_latents, dtype=torch.long)  # (num_latents,) tokens on which it fired
         self.sums = torch.zeros(num_latents, dtype=torch.float64)  # (num_latents,)
         self.histogram = torch.zeros(num_latents, num_bins, dtype=torch.long)  # (num_latents, num_bins)
+        self.token_counts = torch.zeros(vocab_size, dtype=torch.long)  # (vocab,) each token id's counted occurrences
         window = before + 1 + after
         self.top = ContextTable(num_latents, top_n, window)
         self.sample = ContextTable(num_latents, sample_size, window)
@@ -131,7 +134,8 @@ class FeatureCollector:
 
     def state_nbytes(self) -> int:
         """Bytes held between batches; the same after one batch as after a million."""
-        tensors = (self.counts, self.sums, self.histogram, *self.top.tensors(), *self.sample.tensors())
+        tensors = (self.counts, self.sums, self.histogram, self.token_counts, *self.top.tensors(),
+                   *self.sample.tensors())  # fmt: skip
         return sum(t.numel() * t.element_size() for t in tensors)
 
     @torch.no_grad()
@@ -145,6 +149,9 @@ class FeatureCollector:
         rows, cols = rows[counted[rows]], cols[counted[rows]]
         values, rows, cols = z[rows, cols].float().cpu(), rows.cpu(), cols.cpu()
         self.tokens += int(counted.sum())
+        tally = torch.bincount(input_ids.reshape(-1)[counted.to(input_ids.device)].cpu().long(),
+                               minlength=len(self.token_counts))  # fmt: skip
+        self.token_counts = nn.functional.pad(self.token_counts, (0, len(tally) - len(self.token_counts))) + tally
         self.counts += torch.bincount(cols, minlength=num_latents)
         self.sums.index_add_(0, cols, values.double())
         bins = torch.bucketize(values.double(), self.edges[1:-1])  # (entries,) in [0, num_bins)
@@ -192,16 +199,9 @@ def token_strings(tokenizer, ids) -> dict[int, str]:
     return {i: tokenizer.decode([i]) for i in sorted({int(i) for i in ids if i >= 0})}
 
 
-def show_token(text: str) -> str:
-    """A token as a label shows it: trimmed, with newlines and blanks made visible."""
-    stripped = text.strip()
-    return stripped if stripped else ("⏎" if "\n" in text else "␣")
-
-
 def auto_label(peak_tokens: list[str], promoted: list[str]) -> str:
     """The peak tokens that recur in the top contexts, else the most promoted tokens (marked with an arrow)."""
-    common = [token for token, n in Counter(map(show_token, peak_tokens)).most_common(3) if n >= 2]
-    if common:
+    if common := label_tokens(peak_tokens):
         return " / ".join(common)
     return ("→ " + " / ".join(show_token(t) for t in promoted[:3])) if promoted else ""
 
@@ -289,13 +289,32 @@ def build_tables(
         ids, cosines = neighbours
         columns["neighbour_ids"] = _list_array(ids.numpy().reshape(-1), np.full(num_latents, ids.shape[1]))
         columns["neighbour_cosines"] = _list_array(cosines.numpy().reshape(-1), np.full(num_latents, ids.shape[1]))
-    peaks = c.top.tokens[:, :, c.before].numpy()  # (L, top_n) the token at each peak
-    labels = [
-        auto_label([strings[int(t)] for t in row if t >= 0], promoted[i]) if fired[i] else ""
-        for i, row in enumerate(peaks)
-    ]
+    peaks, scores = score_columns(c, strings)
+    labels = [auto_label(peaks[i], promoted[i]) if fired[i] else "" for i in range(num_latents)]
     columns["auto_label"] = pa.array(labels, pa.string())
+    columns |= {name: pa.array(values) for name, values in scores.items()}
+    columns["dense"] = pa.array((c.counts.double() / max(c.tokens, 1) > DENSE_FREQUENCY).numpy())
     return pa.table(columns), examples, sampled
+
+
+def score_columns(c: FeatureCollector, strings: dict[int, str]) -> tuple[list[list[str]], dict[str, np.ndarray]]:
+    """Each feature's top-context peak tokens, and its `interpretability.label_score` as columns (NaN where it never
+    fired); `strings` holds every counted token's text."""
+    occurrences = Counter()
+    for token in c.token_counts.nonzero().flatten().tolist():
+        occurrences[show_token(strings[token])] += int(c.token_counts[token])
+    top_peaks = c.top.tokens[:, :, c.before].tolist()  # (L, top_n) the token at each peak, -1 in an empty slot
+    sample_peaks = c.sample.tokens[:, :, c.before].masked_fill(~c.sample.keys.isfinite(), -1).tolist()
+    names = ("consistency", "label_recall", "label_precision", "interpretability")
+    columns = {name: np.full(len(c.counts), np.nan, dtype=np.float32) for name in names}
+    peaks = []
+    for i, count in enumerate(c.counts.tolist()):
+        peaks.append([strings[t] for t in top_peaks[i] if t >= 0])
+        if count:
+            sampled = [strings[t] for t in sample_peaks[i] if t >= 0]
+            for name, value in label_score(peaks[i], sampled, count, occurrences).items():
+                columns[name][i] = value
+    return peaks, columns
 
 
 @torch.no_grad()
@@ -333,9 +352,8 @@ def collect_feature_metadata(
     ```
     """
     hookpoint = hookpoint_of(sae, hookpoint)
-    collector = FeatureCollector(
-        sae.config.num_latents, top_n=top_n, sample_size=sample_size, before=before, after=after
-    )
+    collector = FeatureCollector(sae.config.num_latents, top_n=top_n, sample_size=sample_size, before=before,
+                                 after=after, vocab_size=len(tokenizer))  # fmt: skip
     sampler = RandomContextSampler(before + 1 + after)
     special = special_token_ids(tokenizer)
     device = getattr(model, "device", torch.device("cpu"))
@@ -382,6 +400,7 @@ def finished_metadata(tokenizer, sae, collector: FeatureCollector, sampler: Rand
     neighbours = decoder_neighbours(sae.W_dec, num_neighbours) if num_neighbours else None
     tables = (collector.top.tokens, collector.sample.tokens, sampler.token_ids())
     ids = [*tables] + ([] if effects is None else [effects["promoted_ids"], effects["suppressed_ids"]])
+    ids.append(collector.token_counts.nonzero())  # every counted token, for the label scores
     ids = torch.cat([t.flatten() for t in ids]).unique().tolist()
     strings = token_strings(tokenizer, ids)
     stats, examples, sampled = build_tables(collector, effects, strings, neighbours=neighbours)
@@ -397,6 +416,8 @@ def finished_metadata(tokenizer, sae, collector: FeatureCollector, sampler: Rand
         "counted": f"every token but position 0, special tokens{skipped} and norm outliers; activation stats over "
         "firings",
         "robust_peak": "the median of the top-N activations",
+        "interpretability": interpretability_summary(stats.column("interpretability").to_pylist(),
+                                                     stats.column("frequency").to_pylist()),  # fmt: skip
         "logit_effects": "W_U (g * c(W_dec[i])): final-norm gain g and centring c, not its bias or 1/rms",
         **settings,
     }

@@ -241,7 +241,7 @@ def test_explain_matches_encode_on_the_same_tokens(setup):
 
 
 def test_collector_memory_does_not_grow_with_tokens():
-    collector = FeatureCollector(300, top_n=5, before=2, after=2)
+    collector = FeatureCollector(300, top_n=5, before=2, after=2, vocab_size=99)
 
     def held() -> int:
         return sum(v.numel() * v.element_size() for v in vars(collector).values() if isinstance(v, torch.Tensor))
@@ -419,3 +419,48 @@ def test_features_read_the_held_out_text_by_default_and_say_so(setup, tmp_path, 
     assert 0 < features.metadata["tokens"] < 4 * 31  # four documents of 30 words and EOS, less what is not counted
     assert f"{split} (held-out text, which training did not read)" in caplog.text
     assert features.text_note == f"held-out text ({split})"
+
+
+def test_interpretability_score_equals_a_hand_computation_and_gates_the_label():
+    """Feature 0 fires exactly on the token w5: its top contexts, its firings and the token agree, score 1, and its
+    label shows. Feature 1 fires on 30% of the tokens at random: its score is the harmonic mean of the three shares
+    computed here directly, low, and its label reads "no clear pattern"; it is dense, feature 0 is not."""
+    from collections import Counter
+
+    from hf_sae.feature_store import FeatureMetadata
+    from hf_sae.features import build_tables, score_columns
+    from hf_sae.interpretability import CLEAR_PATTERN, DENSE_FREQUENCY, interpretability_summary
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 203, (64, 16), generator=generator)
+    z = torch.zeros(64, 16, 2)
+    z[..., 0] = (ids == 5) * (1 + torch.rand(64, 16, generator=generator))
+    z[..., 1] = (torch.rand(64, 16, generator=generator) < 0.3) * torch.rand(64, 16, generator=generator)
+    mask = torch.ones(64, 16, dtype=torch.bool)
+    mask[:, 0] = False
+    collector = FeatureCollector(2, top_n=6, sample_size=2000, before=1, after=1, vocab_size=203)  # samples all
+    collector.update(z, ids, mask)
+    strings = {i: f" w{i}" for i in range(203)}
+    _, scores = score_columns(collector, strings)
+    tokens, acts = ids[mask], z[mask]  # (N,), (N, 2)
+    for feature in (0, 1):
+        fired = acts[:, feature] > 0
+        top = tokens[acts[:, feature].argsort(descending=True)[: min(6, int(fired.sum()))]].tolist()
+        label = {t for t, n in Counter(top).items() if n >= 2}  # at most 3 recur among 6
+        on_label = torch.isin(tokens, torch.tensor(sorted(label) or [-1]))
+        c = sum(t in label for t in top) / len(top)
+        r = float((on_label & fired).sum() / fired.sum())
+        p = float((on_label & fired).sum() / on_label.sum()) if label else 0.0
+        expected = 3 / (1 / c + 1 / r + 1 / p) if min(c, r, p) > 0 else 0.0
+        got = {k: float(v[feature]) for k, v in scores.items()}
+        assert got == pytest.approx({"consistency": c, "label_recall": r, "label_precision": p,
+                                     "interpretability": expected}, abs=1e-6)  # fmt: skip
+    assert scores["interpretability"][0] == 1.0 and scores["interpretability"][1] < 0.2
+    stats, examples, _ = build_tables(collector, None, strings)
+    frequency = stats.column("frequency").to_pylist()
+    assert frequency[0] < DENSE_FREQUENCY < frequency[1] and stats.column("dense").to_pylist() == [False, True]
+    summary = interpretability_summary(stats.column("interpretability").to_pylist(), frequency)
+    assert summary["clear_pattern_share"] == 0.5 and summary["threshold"] == CLEAR_PATTERN
+    assert summary["dense_latents"] == 1
+    features = FeatureMetadata(stats, examples, {"num_latents": 2, "interpretability": summary})
+    assert [features.label(0), features.label(1)] == ["w5", "no clear pattern"]
