@@ -15,9 +15,9 @@ explanation (Bills et al. 2023, "Language models can explain neurons in language
 the token set in place of the explainer. It sees single-token patterns only: a feature of a context (French text,
 code) that fires on varied tokens scores low whatever a person would say of it.
 
-CLEAR_PATTERN is fixed from the formula, before any feature was judged: 0.5 is where the harmonic mean of three
-shares needs each of them at 0.25 or more (the other two at 1) and is met by all three at one half, i.e. the label's tokens are
-the peak of at least about half the top contexts, half the firings, and fire it at least about half the time.
+CLEAR_PATTERN is fixed from the formula, before any feature was judged: at 0.5 the harmonic mean of three shares
+needs each of them at 0.25 or more (the other two at 1), and all three at one half meet it: the label's tokens are
+the peak of about half the top contexts and half the firings, and fire the feature about half the time they occur.
 DENSE_FREQUENCY: a default SAE (k 32 of 9,216 latents) fires a latent on k / width = 0.35% of tokens on average; a
 latent firing on more than 1% of them, about three times that, answers to position or to the commonest tokens rather
 than to a concept, and clamping it rarely steers (see docs/features.md).
