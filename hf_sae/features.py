@@ -416,8 +416,9 @@ def finished_metadata(tokenizer, sae, collector: FeatureCollector, sampler: Rand
         "counted": f"every token but position 0, special tokens{skipped} and norm outliers; activation stats over "
         "firings",
         "robust_peak": "the median of the top-N activations",
-        "interpretability": interpretability_summary(stats.column("interpretability").to_pylist(),
-                                                     stats.column("frequency").to_pylist()),  # fmt: skip
+        "interpretability": interpretability_summary(
+            stats.column("interpretability").to_pylist(), stats.column("frequency").to_pylist()
+        ),  # fmt: skip
         "logit_effects": "W_U (g * c(W_dec[i])): final-norm gain g and centring c, not its bias or 1/rms",
         **settings,
     }
