@@ -93,6 +93,7 @@ from .modeling_sae import SaeModel
 from .models import check_against_lm_config, load_lm, load_sae_and_lm, load_saes_and_lm, max_positions
 from .run_folders import check_output_dir
 from .schedules import Schedule
+from .sharded_training import check_feature_sharding, trainer_class
 from .sweeps import SweepRun, sweep_runs
 from .training import SaeTrainer, make_accelerator
 
@@ -123,6 +124,7 @@ def train_saes(
     check_sources(data_args)
     keep_freed_memory()  # every step's large tensors would fault in afresh otherwise
     runs = sweep_runs(sae_args, args.learning_rate)  # every sweep entry checked before anything expensive
+    check_feature_sharding(sae_args, args)
     check_output_dir(args)
     probe_writable(Path(args.output_dir), "output_dir")  # not after hours of training
     clt = plan_clt(sae_args, args, lm_args) if sae_args.clt else None  # from the LM's config, before it loads
@@ -165,7 +167,7 @@ def train_saes(
         cache = ActivationCache(_write_cache(model, tokenizer, reading, lm_args, data_args, cache_args))
         args = _replay_length(args, cache)
     buffer = _activation_stream(args, cache, accelerator, model, tokenizer, harvested, reading, data_args)
-    trainer = SaeTrainer(args, saes, buffer, accelerator, owners, learning_rates=rates)
+    trainer = trainer_class(args)(args, saes, buffer, accelerator, owners, learning_rates=rates)
     trainer.hparams = settings_of(sae_args, lm_args, data_args, args)
     # One run per output folder: the main process holds it while anything is written there (checkpoints, SAEs).
     with claim_folder(args.output_dir, "--output_dir") if accelerator.is_main_process else nullcontext():

@@ -50,6 +50,7 @@ class TrainerState:
 
     def __init__(self, names: list[str], world_size: int = 1):
         self.world_size = world_size  # a resumed run must have as many processes: each has its own data shard
+        self.feature_shards = 1  # and as many feature shards: each process holds its rows of every SAE
         self.step = 0
         self.tokens = 0
         self.scales: dict[str, Scale] = {}  # a float, or one per layer for a cross-layer transcoder
@@ -81,6 +82,8 @@ class SaeTrainer:
     >>> trained = trainer.train()  # copies that take raw activations
     ```
     """
+
+    shards = None  # `feature_shards.FeatureShards` where each process holds some latents of every SAE
 
     def __init__(
         self,
@@ -156,7 +159,8 @@ class SaeTrainer:
         ]
         # The fused kernel updates all of Adam's state in one pass (it exists for CPU and CUDA).
         optimizer = torch.optim.Adam(params, lr=self.args.learning_rate, fused=True)
-        models = [] if self.owners else list(self.saes.values())  # owned SAEs see global batches: no DDP
+        # Owned SAEs see global batches, feature shards their group's: no DDP.
+        models = [] if self.per_rank_weights else list(self.saes.values())
         prepared = self.accelerator.prepare(*models, optimizer)
         self.wrapped = dict(zip(names, prepared[:-1])) if models else dict(self.saes)  # what the step calls
         self.optimizer = prepared[-1] if models else prepared
@@ -244,8 +248,7 @@ class SaeTrainer:
                             sae.remove_gradient_parallel_to_decoder_()
                     acc.unscale_gradients()  # once: fp16's scaler refuses to unscale the one optimizer twice a step
                     for name, sae in self.saes.items():  # per SAE: one's large gradient must not shrink another's
-                        norm = torch.nn.utils.clip_grad_norm_(sae.parameters(), args.max_grad_norm or math.inf)
-                        self.grad_norms[name] = norm.detach() if isinstance(norm, torch.Tensor) else torch.tensor(norm)
+                        self.grad_norms[name] = self._clip_gradients(sae)
                 self.optimizer.step()  # steps, and zero_grad zeroes, only once the gradients are synchronised
                 self.optimizer.zero_grad(set_to_none=True)
             self._track(outputs, batch_tokens=args.batch_size // args.gradient_accumulation_steps)
@@ -259,6 +262,11 @@ class SaeTrainer:
             return None
         self.check_finite()
         return self._metrics(outputs)
+
+    def _clip_gradients(self, sae: SaeModel | CltModel) -> torch.Tensor:
+        """Clip `sae`'s gradient to `max_grad_norm` (0: never); returns its norm before clipping."""
+        norm = torch.nn.utils.clip_grad_norm_(sae.parameters(), self.args.max_grad_norm or math.inf)
+        return norm.detach() if isinstance(norm, torch.Tensor) else torch.tensor(norm)
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> dict:
         """`{name: (output, scaled target)}` of every SAE on its hookpoint's activations in `batch` (the target is
@@ -322,6 +330,12 @@ class SaeTrainer:
             f"lr {self.args.learning_rate}, dead after {self.schedule.dead_window:,} tokens.",
             main_process_only=True,
         )
+
+    @property
+    def per_rank_weights(self) -> bool:
+        """Whether each process holds its own SAE weights (distributed hookpoints, feature shards), which its
+        checkpoint then keeps, rather than a copy of rank 0's."""
+        return bool(self.owners) or self.shards is not None
 
     def save_checkpoint(self) -> Path:
         """Write `checkpoint-<step>` (see `checkpoints`): every process takes part."""

@@ -388,11 +388,17 @@ class SaeTrainingArguments(Checked):
         "their owner, so memory per process is the SAEs it owns. Needs at least as many hookpoints as processes.",
         False,
     )
+    shard_features: int = flag(
+        "Split every SAE's latents over this many processes (Gao et al. 2024): each holds its rows of the encoder "
+        "and decoder and their optimiser state, so memory per process is 1 / N of the SAEs. Must divide the "
+        "processes (the groups are data parallel) and the latent count.",
+        1,
+    )
 
     def check(self) -> None:
         positive = "a positive integer"
         require(self.batch_size >= 1, "batch_size", self.batch_size, positive)
-        for name in ("gradient_accumulation_steps", "num_processes", "ddp_timeout"):
+        for name in ("gradient_accumulation_steps", "num_processes", "ddp_timeout", "shard_features"):
             require(getattr(self, name) >= 1, name, getattr(self, name), positive)
         require(self.train_tokens >= self.batch_size, "train_tokens", self.train_tokens, "at least --batch_size")
         require(self.logging_steps >= 1, "logging_steps", self.logging_steps, positive)

@@ -1,0 +1,153 @@
+"""`FeatureShardedTrainer`: `SaeTrainer` with every SAE's latents split over the processes of a shard group
+(`--shard_features N`; the math is `feature_shards`'). Each process keeps its rows of every SAE, their gradients and
+Adam's state, so memory per process is 1 / N of the SAEs; its checkpoint holds its own rows. The trained SAEs are
+joined on the main process and saved as an unsharded run's.
+
+    ShardedSaeTrainee       an SAE shard as the trainer sees it: the sharded forward, metrics of the whole SAE
+    FeatureShardedTrainer   the loop over shards, on a (data x feature) mesh
+    check_feature_sharding  what --shard_features cannot serve, refused before the LM loads
+    trainer_class           the trainer a run's arguments ask for
+"""
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from .activations import ShufflingBuffer
+from .arguments import SaeArguments, SaeTrainingArguments
+from .errors import ArgumentError
+from .feature_shards import (
+    UNSHARDABLE,
+    FeatureShards,
+    average_over_data,
+    check_shard_count,
+    check_shardable,
+    clip_sharded_grad_norm_,
+    feature_mesh,
+    gather_inputs,
+    gather_shards,
+    shard_sae_,
+    sharded_forward,
+)
+from .modeling_clt import CltModel
+from .modeling_sae import SaeModel
+from .trainees import SaeTrainee
+from .training import SaeTrainer
+
+# Options that --shard_features cannot serve, with the reason each is refused.
+_CONFLICTS = {
+    "clt": "a cross-layer transcoder's latents are not sharded yet; train it unsharded",
+    "distribute_hookpoints": "hookpoints go to one owner each, while shards split every SAE over a group",
+}
+
+
+def check_feature_sharding(sae_args: SaeArguments, args: SaeTrainingArguments) -> None:
+    """Refuse --shard_features where it cannot serve the run, before anything loads: options it does not combine
+    with, an architecture it cannot shard, a latent count it does not divide, more shards than processes."""
+    shards = args.shard_features
+    if shards == 1:
+        return
+    for name, reason in _CONFLICTS.items():
+        for group in (sae_args, args):
+            if getattr(group, name, False):
+                raise ArgumentError(f"--shard_features {shards} cannot be combined with --{name}: {reason}.")
+    if sae_args.architecture in UNSHARDABLE:
+        raise ArgumentError(
+            f"--shard_features cannot train --architecture {sae_args.architecture}: "
+            f"{UNSHARDABLE[sae_args.architecture]}. Drop --shard_features or choose another architecture."
+        )
+    if sae_args.num_latents is not None and sae_args.num_latents % shards:
+        below, above = sae_args.num_latents // shards * shards, -(-sae_args.num_latents // shards) * shards
+        raise ArgumentError(
+            f"--shard_features {shards} needs a latent count that {shards} divides; got --num_latents "
+            f"{sae_args.num_latents}. Use --num_latents {below} or {above}."
+        )
+    check_shard_count(shards, int(os.environ.get("WORLD_SIZE", args.num_processes)))
+
+
+def trainer_class(args: SaeTrainingArguments) -> type[SaeTrainer]:
+    return FeatureShardedTrainer if args.shard_features > 1 else SaeTrainer
+
+
+class ShardedSaeTrainee(SaeTrainee):
+    """An SAE shard: its forward is `sharded_forward`; its latent counters cover its own latents."""
+
+    def __init__(self, model: SaeModel, shards: FeatureShards):
+        super().__init__(model)
+        self.shards = shards
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.model.config.num_latents // self.shards.count,)
+
+    def forward(self, wrapped, x, target, dead, coefficient: float):
+        return sharded_forward(wrapped, self.shards, x, target, dead, coefficient)
+
+    def metrics(self, out, target, dead) -> dict[str, torch.Tensor]:
+        return super().metrics(out, target, dead) | {"dead_fraction": self.whole_fraction(dead)}
+
+    def whole_fraction(self, flags: torch.Tensor) -> torch.Tensor:
+        """The fraction of the whole SAE's latents flagged, from every shard's flags of its own."""
+        count = flags.sum().float()
+        dist.all_reduce(count, group=self.shards.group)
+        return count / self.model.config.num_latents
+
+
+class FeatureShardedTrainer(SaeTrainer):
+    """`SaeTrainer` on a (data x feature) mesh: `args.shard_features` processes share each SAE, each holding its
+    rows; the groups are data parallel. `saes` are whole when given and cut here, each process keeping its rows."""
+
+    def __init__(
+        self,
+        args: SaeTrainingArguments,
+        saes: dict[str, SaeModel | CltModel],
+        buffer: ShufflingBuffer,
+        accelerator=None,
+        owners: dict[str, int] | None = None,
+        learning_rates: dict[str, float] | None = None,
+    ):
+        if owners or any(isinstance(sae, CltModel) for sae in saes.values()):
+            what = "--distribute_hookpoints" if owners else "--clt"
+            raise ArgumentError(f"--shard_features cannot be combined with {what}: {_CONFLICTS[what[2:]]}.")
+        super().__init__(args, saes, buffer, accelerator, None, learning_rates)
+        self.shards = feature_mesh(args.shard_features)
+        for name, sae in saes.items():
+            check_shardable(sae.config, self.shards.count, name)
+            shard_sae_(sae, self.shards)
+        self.trainees = {name: ShardedSaeTrainee(sae, self.shards) for name, sae in saes.items()}
+        self.state.feature_shards = self.shards.count
+
+    def _batches(self):
+        """The buffer's micro-batches, each gathered to the shard group (the same batch on each of its shards)."""
+        for batch in self.buffer:
+            yield gather_inputs(batch, self.shards)
+
+    def _across_ranks(self, value: torch.Tensor, reduction: str) -> torch.Tensor:
+        """Reduced over the data axis: the shards of one group hold the same batch."""
+        if self.shards.data_count == 1:
+            return value
+        value = value.clone()
+        dist.all_reduce(value, group=self.shards.data_group)
+        return value / self.shards.data_count if reduction == "mean" else value
+
+    def _clip_gradients(self, sae: SaeModel) -> torch.Tensor:
+        average_over_data(sae, self.shards)
+        return clip_sharded_grad_norm_(sae, self.args.max_grad_norm or float("inf"), self.shards)
+
+    def trained_saes(self) -> dict[str, SaeModel]:
+        """The whole SAEs, joined from their shards on the main process, taking raw activations; `{}` elsewhere."""
+        result = {}
+        for name, sae in self.saes.items():
+            joined = gather_shards(sae, self.shards)
+            if joined is not None:
+                result[name] = SaeTrainee(joined).folded(self.state.scales[name], self.state.output_scales.get(name))
+        return result
+
+    def _dead_fractions(self) -> dict[str, dict[str, float]]:
+        fractions = {}
+        for name in self.saes:
+            whole = self.trainees[name].whole_fraction
+            fractions[name] = {"train_dead_fraction": whole(self.dead_latents(name)).item(),
+                               "train_never_fired_fraction": whole(~self.state.ever_fired[name]).item()}  # fmt: skip
+        return fractions

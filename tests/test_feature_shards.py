@@ -1,0 +1,80 @@
+"""Feature sharding with real processes (gloo on the CPU). Each test first proves the world size and shard count it
+claims, from what every process reported."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_distributed import launch_all
+
+from hf_sae.distribution import local_launch
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = str(REPO / "tests" / "feature_shard_worker.py")
+ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "relu", "gated", "skip_transcoder")
+# Float32 sums in another order: the shards' partial reconstructions and gradients add up in a different sequence.
+# Differences are relative to the largest magnitude of each tensor (or 1).
+RTOL = 1e-6
+
+
+def run_worker(out: Path, processes: int, shards: int) -> list[dict]:
+    [done] = launch_all([[*local_launch(processes), WORKER, str(out), str(shards)]])
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(processes)]
+    seen = [(report["rank"], report["world"], report["shards"]) for report in reports]
+    assert seen == [(rank, processes, shards) for rank in range(processes)]
+    return reports
+
+
+@pytest.fixture(scope="module")
+def two_shards(tmp_path_factory) -> list[dict]:
+    return run_worker(tmp_path_factory.mktemp("two_shards"), 2, 2)
+
+
+def test_two_shards_step_as_the_whole_sae(two_shards):
+    """Loss, every penalty, l0, the reconstruction and every gradient of each shard's rows match the whole SAE's
+    forward and backward on the same batch, for every architecture (AuxK on the k family, a skip transcoder)."""
+    assert [r["index"] for r in two_shards] == [0, 1]
+    for report in two_shards:
+        for architecture in ARCHITECTURES:
+            diff = dict(report[architecture])
+            assert diff.pop("counts_equal") is True, architecture
+            diff.pop("bytes")
+            assert {term: value for term, value in diff.items() if value > RTOL} == {}, architecture
+        for architecture in ("topk", "batchtopk", "gated"):  # the terms that prove the penalties and AuxK were there
+            assert {"loss", "mse_loss", "grad_W_enc", "grad_W_dec", "grad_b_dec"} <= set(report[architecture])
+        assert "auxiliary_loss" in report["topk"] and "sparsity_loss" in report["jumprelu"]
+        assert "grad_W_skip" in report["skip_transcoder"] and "grad_threshold" in report["jumprelu"]
+
+
+def test_merged_selections_equal_the_dense_ones(two_shards):
+    """TopK's merged top k and BatchTopK's global threshold pick exactly the dense selection's entries, with
+    BatchTopK's tie rule on a batch of few distinct values."""
+    for report in two_shards:
+        assert report["selections"] == {"topk_equal": True, "batchtopk_equal": True, "batchtopk_ties_equal": True}
+
+
+def test_bytes_each_collective_moves(two_shards):
+    """Per step and process, as docs/scaling.md counts them: N k values of TopK candidates, N k_aux of AuxK's, N d_out
+    floats of reconstruction (and of the AuxK reconstruction), a (d_in,) b_dec gradient; nothing of num_latents x d_in
+    (here 64 x 16 floats, 4,096 bytes)."""
+    tokens, d_in, k, k_aux, d_out = 24, 16, 4, 8, 12
+    moved = two_shards[0]["topk"]["bytes"]
+    assert moved == {"topk_candidates": 4 * tokens * k, "auxk_candidates": 4 * tokens * k_aux,
+                     "reconstruction": 4 * tokens * d_in, "auxk_reconstruction": 4 * tokens * d_in,
+                     "b_dec_gradient": 4 * d_in, "dead_count": 8, "l0": 4}  # fmt: skip
+    assert two_shards[0]["batchtopk"]["bytes"]["batchtopk_candidates"] == 4 * tokens * k
+    assert two_shards[0]["skip_transcoder"]["bytes"]["reconstruction"] == 4 * tokens * d_out
+    assert max(max(r[a]["bytes"].values()) for r in two_shards for a in ARCHITECTURES) < 4 * 64 * d_in
+
+
+def test_a_shard_count_that_does_not_divide_the_processes_is_refused(tmp_path):
+    [done] = launch_all([[*local_launch(2), WORKER, str(tmp_path), "3"]])
+    assert done.returncode != 0
+    assert "--shard_features 3 splits each SAE's latents over 3 processes, but this run has 2" in done.stderr
+
+
+if __name__ == "__main__":
+    sys.exit(subprocess.call([sys.executable, "-m", "pytest", __file__]))
