@@ -56,6 +56,7 @@ RECORD_BATCH_TOKENS = 65_536  # rows per Arrow record batch: few enough batches 
 FORMAT_VERSION = 2  # 2: the identity in the stream's schema, a checksum per record batch
 IDENTITY = ("format_version", "dtype", "model", "hookpoints")  # what cache.json and the stream must agree on
 HEADER_KEY = b"hf_sae.cache"  # the schema metadata key of the identity
+MAX_EPOCHS = 10  # passes over one cache that --train_tokens may imply before a run is refused (--allow_many_epochs)
 
 Record = tuple[dict[str, Tensor], dict[str, np.ndarray | list]]  # ({hookpoint: (n, d_in)}, {provenance: (n,)})
 
@@ -380,18 +381,35 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed % 2**64, epoch]).generate_state(1, np.uint64)[0])
 
 
-def replay_tokens(cache: ActivationCache, train_tokens: int, epochs: float | None, batch_size: int) -> int:
-    """The run's token budget over a cache: `epochs` times the cache (whole batches), else `train_tokens` (which
-    may exceed the cache: replay then goes round again)."""
+def replay_tokens(cache: ActivationCache, train_tokens: int, epochs: float | None, batch_size: int,
+                  allow_many_epochs: bool = False) -> int:  # fmt: skip
+    """The run's token budget over a cache, said in the log: `epochs` times the cache (whole batches), else
+    `train_tokens`, which may exceed the cache (replay then goes round again) up to MAX_EPOCHS passes; more are
+    refused unless `allow_many_epochs`, as an explicit `epochs` asks for them already."""
     if epochs is None:
-        return train_tokens
-    tokens = math.floor(epochs * cache.tokens / batch_size) * batch_size
-    if tokens < batch_size:
-        raise ArgumentError(
-            f"--epochs {epochs} of the {cache.tokens:,}-token cache {cache.path} is less than one batch of "
-            f"{batch_size}; raise --epochs or lower --batch_size."
-        )
+        tokens = train_tokens
+        if tokens > MAX_EPOCHS * cache.tokens and not allow_many_epochs:
+            raise _too_many_epochs(cache, tokens)
+    else:
+        tokens = math.floor(epochs * cache.tokens / batch_size) * batch_size
+        if tokens < batch_size:
+            raise ArgumentError(
+                f"--epochs {epochs} of the {cache.tokens:,}-token cache {cache.path} is less than one batch of "
+                f"{batch_size}; raise --epochs or lower --batch_size."
+            )
+    logger.info(f"Training for {tokens / cache.tokens:.3g} epochs of the {cache.tokens:,}-token cache ({tokens:,} "
+                "tokens).")  # fmt: skip
     return tokens
+
+
+def _too_many_epochs(cache: ActivationCache, tokens: int) -> ArgumentError:
+    return ArgumentError(
+        f"--train_tokens {tokens:,} over the {cache.tokens:,}-token activation cache {cache.path} is "
+        f"{tokens / cache.tokens:.3g} epochs, more than {MAX_EPOCHS}: the SAEs would see the same tokens that many "
+        f"times and fit them rather than the LM. Write a bigger cache (`hf-sae cache --cache_tokens "
+        f"{math.ceil(tokens / MAX_EPOCHS)} --output_dir NEW_DIR`, then --activation_cache NEW_DIR), or pass "
+        f"--allow_many_epochs to train for {tokens / cache.tokens:.3g} epochs anyway."
+    )
 
 
 def model_identity(name_or_path: str | None) -> str:

@@ -72,6 +72,10 @@ def parse_arguments(groups: tuple[type, ...], argv: list[str], prog: str) -> tup
     """The dataclasses of `groups`, from flags or from a YAML / JSON file followed by flags."""
     epilog = f"--debug (or {DEBUG_VARIABLE}=1) shows an error's traceback; --verbose shows other libraries' logs."
     parser = HfArgumentParser(groups, prog=prog, epilog=epilog)
+    sections = {section.title: section for section in parser._action_groups}
+    for group in groups:  # each group's section in `--help` (titled by its `_argument_group_name`) says what it is for
+        if section := sections.get(getattr(group, "_argument_group_name", None)):
+            section.description = (group.__doc__ or "").strip().split("\n")[0]
     source = argv[0] if argv and argv[0].endswith(CONFIG_SUFFIXES) else None
     parser.error = _raise_argument_error(prog, source)  # one line and exit status 1, as every other hf_sae error
     optional = _optional_fields(groups)

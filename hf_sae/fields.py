@@ -56,6 +56,9 @@ class Checked:
 
     # Flags whose string may also be YAML structure from a config file, which the group parses and checks itself.
     parsed_later: typing.ClassVar[tuple[str, ...]] = ()
+    # The title of the group's section in `--help` (the name `HfArgumentParser` reads); the docstring's first line
+    # describes it there (`cli.parse_arguments`).
+    _argument_group_name: typing.ClassVar[str]
 
     def __post_init__(self):
         check_fields(self)

@@ -31,7 +31,6 @@ from .activation_cache import (
     block_batches,
     harvest_records,
     model_identity,
-    replay_tokens,
     write_cache,
 )
 from .activations import Chunk, ShufflingBuffer, batched, harvest, prefetch
@@ -51,6 +50,7 @@ from .arguments import (
     settings_of,
 )
 from .autointerp import ExplainSettings, explain_features, load_chat, require_contexts, shuffled_control
+from .budgets import held_out_budget, replay_length
 from .circuit_runners import convert_transcoders
 from .clt_feature_runs import is_clt_folder, run_clt_features
 from .clt_runs import CLT_NAME, new_clt, plan_clt, save_trained
@@ -132,7 +132,7 @@ def train_saes(
     harvested = list(dict.fromkeys([*pairs, *(out for out in pairs.values() if out)]))  # inputs, then targets
     check_against_lm_config(lm_args, harvested, data_args.context_size)
     cache = _open_cache(args, lm_args, harvested)  # an existing cache must match this run
-    args = _replay_length(args, cache)
+    args = held_out_budget(replay_length(args, cache), data_args.context_size)  # said in the log
     accelerator = make_accelerator(args)
     world, rank = accelerator.num_processes, accelerator.process_index
     check_batch_division(args.batch_size, world, args.gradient_accumulation_steps)  # as launched, not as asked
@@ -165,7 +165,7 @@ def train_saes(
             raise TrainingError("Write the activation cache with one process first, then train from it with many.")
         cache_args = CacheArguments(args.activation_cache, harvested, args.train_tokens)
         cache = ActivationCache(_write_cache(model, tokenizer, reading, lm_args, data_args, cache_args))
-        args = _replay_length(args, cache)
+        args = replay_length(args, cache)
     buffer = _activation_stream(args, cache, accelerator, model, tokenizer, harvested, reading, data_args)
     trainer = trainer_class(args)(args, saes, buffer, accelerator, owners, learning_rates=rates)
     trainer.hparams = settings_of(sae_args, lm_args, data_args, args)
@@ -268,7 +268,6 @@ def _activation_stream(args: SaeTrainingArguments, cache: ActivationCache | None
     world, rank = accelerator.num_processes, accelerator.process_index
     micro = args.batch_size // (world * args.gradient_accumulation_steps)
     if cache is not None:
-        logger.info(f"Replaying {cache.tokens:,} cached tokens for {args.train_tokens / cache.tokens:.3g} epoch(s).")
         return CacheReplay(cache, hookpoints, micro, seed=args.seed, rank=rank, world_size=world)
     with accelerator.main_process_first():  # tokenise once; the other processes reuse datasets' cache
         blocks = load_token_blocks(data_args, tokenizer, max_positions=max_positions(model), rank=rank,
@@ -330,15 +329,6 @@ def _open_cache(args: SaeTrainingArguments, lm_args: LanguageModelArguments, hoo
     cache = ActivationCache(args.activation_cache)
     cache.check_run(model_identity(lm_args.model_name_or_path), hookpoints)
     return cache
-
-
-def _replay_length(args: SaeTrainingArguments, cache: ActivationCache | None) -> SaeTrainingArguments:
-    """A run over a cache trains for `--epochs` of it, else `--train_tokens` (whole batches either way)."""
-    if cache is None:
-        return args
-    return dataclasses.replace(
-        args, train_tokens=replay_tokens(cache, args.train_tokens, args.epochs, args.batch_size)
-    )
 
 
 # ---- eval, features -------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -274,6 +275,48 @@ def test_a_sweep_comes_from_a_yaml_config_a_file_or_an_inline_flag(tmp_path):
         runs = sweep_runs(sae_args, 1e-3)
         expected = [("k16", 16, 1e-3), ("k64-lr0.0003", 64, 3e-4)]
         assert [(run.name, run.sae_args.k, run.learning_rate) for run in runs] == expected
+
+
+def test_a_budget_of_many_epochs_of_a_small_cache_is_refused_before_work_unless_allowed(tiny, tmp_path, monkeypatch,
+                                                                                       caplog):  # fmt: skip
+    many = {"train_tokens": 32_768, "batch_size": 1024}  # 10.9 passes over the 3,000-token cache
+    with monkeypatch.context() as patched:
+        forbid(patched, (runners, "load_lm"))  # refused before the LM loads
+        for sweep in (None, SWEEP):
+            with pytest.raises(ArgumentError) as refused:
+                train_saes(*tiny_args(tiny, tmp_path / "refused", sweep=sweep, **many))
+            message = str(refused.value)
+            assert message.startswith(f"--train_tokens 32,768 over the 3,000-token activation cache {tiny / 'cache'}")
+            assert "is 10.9 epochs, more than 10" in message
+            assert "Write a bigger cache (`hf-sae cache --cache_tokens 3277 --output_dir NEW_DIR`" in message
+            assert message.endswith("or pass --allow_many_epochs to train for 10.9 epochs anyway.")
+        assert not (tmp_path / "refused").exists()
+    with caplog.at_level("INFO", logger="hf_sae"):
+        report = train_saes(*tiny_args(tiny, tmp_path / "allowed", allow_many_epochs=True, **many))
+    assert "Training for 10.9 epochs of the 3,000-token cache (32,768 tokens)." in caplog.messages
+    assert report["model.layers.1"]["train_tokens"] == 32_768
+    assert report["model.layers.1"]["train_epochs"] == pytest.approx(32_768 / 3000, abs=1e-4)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="hf_sae"):  # ten passes exactly: no flag needed
+        train_saes(*tiny_args(tiny, tmp_path / "ten", train_tokens=30_000, batch_size=1000, epochs=None))
+    assert "Training for 10 epochs of the 3,000-token cache (30,000 tokens)." in caplog.messages
+
+
+def test_the_held_out_report_reads_a_tenth_of_the_training_budget_unless_told(tiny, tmp_path, caplog):
+    reports, settings = {}, {}
+    for name, given in (("auto", None), ("given", 1000)):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="hf_sae"):
+            reports[name] = train_saes(*tiny_args(tiny, tmp_path / name, eval_tokens=given))["model.layers.1"]
+        settings[name] = json.loads((tmp_path / name / "training_args.json").read_text())["eval_tokens"]
+        said = [message for message in caplog.messages if "held-out tokens" in message]
+        expected = "Evaluating on 205 held-out tokens (10% of the training budget, capped at 100k); --eval_tokens"
+        expected += " sets it."
+        assert said == ([expected] if given is None else [])  # a number given is not second-guessed
+    assert settings == {"auto": 205, "given": 1000}  # a tenth of --train_tokens 2048, as the run records it
+    for name, budget in settings.items():  # whole blocks of 32: 31 counted tokens each, less an EOS here and there
+        blocks = math.ceil(budget / 32)
+        assert (blocks - 1) * 31 < reports[name]["eval_tokens"] <= blocks * 31
 
 
 # ---- a cache is checked against its header; one writer per folder --------------------------------------------------

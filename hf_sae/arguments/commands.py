@@ -22,6 +22,8 @@ from ..sources import local_path
 class CacheArguments(Checked):
     """What `hf-sae cache` writes: activations of some hookpoints, for `hf-sae train --activation_cache`."""
 
+    _argument_group_name = "Cache"
+
     output_dir: str = flag("The cache folder to write.")
     hookpoints: list[str] = flag(
         "Module paths whose outputs are cached, as `named_modules()` spells them.",
@@ -45,6 +47,8 @@ class CacheArguments(Checked):
 @dataclass
 class EvaluationArguments(Checked):
     """What `hf-sae eval` measures, on how much text, and where the results go."""
+
+    _argument_group_name = "Evaluation"
 
     sae: str = flag("A folder with config.json, a training run's folder, or a Hub repo id.")
     output_dir: str = flag("Where eval_results.json and the firing-density plots go.")
@@ -77,6 +81,8 @@ class EvaluationArguments(Checked):
 @dataclass
 class FeatureArguments(Checked):
     """What `hf-sae features` collects, or explains; the text comes from `DataArguments`."""
+
+    _argument_group_name = "Features"
 
     sae: str = flag("The SAE's folder (config.json, model.safetensors); features/ goes inside.")
     hookpoint: str | None = flag("Where the SAE reads. Default: its config's.", None)
@@ -114,6 +120,8 @@ class FeatureArguments(Checked):
 class BrowseArguments(Checked):
     """What `hf-sae browse` writes."""
 
+    _argument_group_name = "Browser"
+
     sae: str = flag("The SAE's folder, with features/ (from `hf-sae features`).")
     output_dir: str = flag("Where to write index.html (opens from file://).")
     examples: int = flag("Top contexts shown per feature.", 10)
@@ -126,6 +134,8 @@ class BrowseArguments(Checked):
 @dataclass
 class AppArguments(Checked):
     """What `hf-sae app` serves, or writes as a Hub Space."""
+
+    _argument_group_name = "App"
 
     sae: str | None = flag("The SAE: a folder with features/ (from `hf-sae features`) or a Hub repo id.", None)
     hookpoint: str | None = flag("Which SAE, when the folder or repo holds several.", None)
@@ -153,6 +163,8 @@ class AppArguments(Checked):
 @dataclass
 class ExplainArguments(Checked):
     """What `hf-sae explain` explains and scores, and with which LLM."""
+
+    _argument_group_name = "Explanations"
 
     sae: str = flag("The SAE's folder, with features/ (from `hf-sae features`).")
     explainer: str | None = flag(
@@ -186,6 +198,8 @@ class ExplainArguments(Checked):
 class PushArguments(Checked):
     """What `hf-sae push` uploads, and where."""
 
+    _argument_group_name = "Push"
+
     sae: str = flag("An SAE folder, or a training output with hookpoint folders.")
     repo_id: str = flag("The Hub repo, e.g. `you/smollm2-saes`; created if needed.")
     private: bool = flag("Create the repo private.", False)
@@ -206,6 +220,8 @@ class PushArguments(Checked):
 class PullArguments(Checked):
     """What `hf-sae pull` downloads."""
 
+    _argument_group_name = "Pull"
+
     repo_id: str = flag("The Hub repo to download from.")
     hookpoints: list[str] | None = flag("Only these (default: all).", None)
     revision: str | None = flag("Branch, tag or commit.", None)
@@ -221,6 +237,8 @@ class PullArguments(Checked):
 @dataclass
 class ConvertArguments(Checked):
     """What `hf-sae convert` reads and writes."""
+
+    _argument_group_name = "Conversion"
 
     src: str = flag("SAEs in any known format: a folder, a Hub repo, or a release name (`gemma-scope-2b-pt-res`).")
     dst: str = flag("The output folder: one SAE goes there, several go to one subfolder per hookpoint.")
@@ -264,6 +282,8 @@ class ConvertArguments(Checked):
 class AttributeArguments(Checked):
     """What `hf-sae attribute` traces, through which transcoders, and where the graph goes."""
 
+    _argument_group_name = "Attribution"
+
     prompt: str = flag("The text whose next-token prediction is traced (tokenized with the model's special tokens).")
     transcoders: str = flag(
         "A local folder or Hub repo id: per-layer transcoders trained by hf_sae (one folder per "
@@ -305,6 +325,8 @@ class AttributeArguments(Checked):
 @dataclass
 class CorpusArguments(Checked):
     """How `hf-sae prepare-corpus` builds the built-in corpus."""
+
+    _argument_group_name = "Corpus"
 
     output_dir: str | None = flag("Where to save it (default: the hf_sae cache).", None)
     test_fraction: float = flag("Share of each source held out as test.", 0.05)

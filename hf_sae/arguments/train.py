@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from accelerate.utils import is_tensorboard_available, is_wandb_available
 
+from ..activation_cache import MAX_EPOCHS
 from ..architectures import ARCHITECTURES, ArchitectureName
 from ..configuration_clt import CLT_ARCHITECTURES, CltConfig
 from ..configuration_sae import SaeConfig
@@ -26,6 +27,7 @@ from ..lm_forward import LmReading
 from ..memory import check_fits_in_memory
 from ..precision import LmDtype, MixedPrecision, default_device, resolve_lm_dtype
 
+EVAL_FRACTION, EVAL_TOKENS_CAP = 0.1, 100_000  # the default held-out report: a tenth of the training budget, capped
 CLT_LAYER_PREFIX = "model.layers."  # a cross-layer transcoder's sites: the Llama family's decoder layers
 
 # Whether each --report_to tracker's package is installed; accelerate would skip a missing one without a word.
@@ -45,6 +47,8 @@ def check_batch_division(batch_size: int, processes: int, accumulation_steps: in
 @dataclass
 class SaeArguments(Checked):
     """What SAEs to train: one per hookpoint, all of the same shape and sparsity rule."""
+
+    _argument_group_name = "SAEs"
 
     hookpoints: list[str] = flag(
         "Module paths whose outputs the SAEs read, as `named_modules()` spells them.",
@@ -219,6 +223,8 @@ class SaeArguments(Checked):
 class LanguageModelArguments(Checked):
     """The LM to study and how its activations are read; the same for training, caching, evaluation and features."""
 
+    _argument_group_name = "Language model"
+
     model_name_or_path: str | None = flag(
         "The LM: a Hub id, a local directory, or the built-in `smollm2-135m-instruct`. Default: the built-in model "
         "for training, the SAEs' base model for eval and features.",
@@ -254,6 +260,8 @@ ActivationArguments = LanguageModelArguments  # its former name, kept for code t
 @dataclass
 class DataArguments(Checked):
     """Where the text comes from and how it is cut into token blocks."""
+
+    _argument_group_name = "Data"
 
     dataset_name: list[str] | None = flag(
         "One or more sources, each a Hub dataset id, a local file (.txt, .jsonl, .json, .parquet, .csv) or folder, "
@@ -321,7 +329,9 @@ class DataArguments(Checked):
 
 @dataclass
 class EvalDataArguments(DataArguments):
-    """`DataArguments` whose split defaults to `test`, the part of the built-in corpus that training never reads."""
+    """The held-out text: `DataArguments` whose split defaults to `test`, which training never reads."""
+
+    _argument_group_name = "Held-out data"
 
     dataset_split: str = flag("The split to evaluate on (held out from training).", "test")
 
@@ -329,6 +339,8 @@ class EvalDataArguments(DataArguments):
 @dataclass
 class SaeTrainingArguments(Checked):
     """How to train: the schedule, the activation stream, and where results go."""
+
+    _argument_group_name = "Training"
 
     train_tokens: int = flag("Tokens to train on (the default: about ten minutes on 2 CPU cores).", 1_000_000)
     batch_size: int = flag("Tokens per optimiser step, over all processes and accumulation steps.", 4096)
@@ -361,6 +373,11 @@ class SaeTrainingArguments(Checked):
     epochs: float | None = flag(
         "With --activation_cache: train for this many passes over the cache (replaces --train_tokens).", None
     )
+    allow_many_epochs: bool = flag(
+        f"With --activation_cache: let --train_tokens exceed {MAX_EPOCHS} passes over the cache (refused otherwise, "
+        "before training: a bigger cache is usually what the run needs).",
+        False,
+    )
     mixed_precision: MixedPrecision | None = flag(
         "SAE step precision (autocast): auto picks bf16 where the hardware multiplies it faster, `no` is fp32; "
         "none leaves it to accelerate's setting.",
@@ -377,7 +394,11 @@ class SaeTrainingArguments(Checked):
     save_total_limit: int = flag("Checkpoints kept; older ones are deleted.", 2)
     logging_steps: int = flag("Log metrics every N steps.", 10)
     report_to: Literal["tensorboard", "wandb", "none"] = flag("Where metrics are logged.", "tensorboard")
-    eval_tokens: int = flag("Held-out tokens for the final FVU / L0 (0: skip).", 100_000)
+    eval_tokens: int | None = flag(  # `%%` prints `%`: argparse formats every help text with `%`
+        f"Held-out tokens for the final FVU / L0 (0: skip). Default (none): {EVAL_FRACTION:.0%}% of the training "
+        f"budget, at least one context block, at most {EVAL_TOKENS_CAP:,}.",
+        None,
+    )
     seed: int = flag("Random seed.", 0)
     num_processes: int = flag(
         "Processes to train with on this machine: `hf-sae train` starts them with torchrun (1: this process).", 1
@@ -404,7 +425,8 @@ class SaeTrainingArguments(Checked):
         require(self.logging_steps >= 1, "logging_steps", self.logging_steps, positive)
         require(self.save_steps >= 0, "save_steps", self.save_steps, "0 (never) or a positive integer")
         require(self.save_total_limit >= 1, "save_total_limit", self.save_total_limit, positive)
-        require(self.eval_tokens >= 0, "eval_tokens", self.eval_tokens, "0 (skip) or a positive integer")
+        held_out = self.eval_tokens
+        require(held_out is None or held_out >= 0, "eval_tokens", held_out, "0 (skip), a positive integer or none")
         require(self.shuffle_buffer_tokens >= 0, "shuffle_buffer_tokens", self.shuffle_buffer_tokens, ">= 0")
         prefetch = self.prefetch_chunks
         require(prefetch is None or prefetch >= 0, "prefetch_chunks", prefetch, "0 (off), a positive integer or none")
@@ -429,6 +451,13 @@ class SaeTrainingArguments(Checked):
                 f"--report_to {self.report_to} needs the `{self.report_to}` package, which is not installed (the "
                 f"run would log nowhere without a word). `pip install {self.report_to}`, or pass --report_to none."
             )
+
+    def held_out_tokens(self, context_size: int) -> int:
+        """The final report's budget: --eval_tokens, or a share of the training budget (EVAL_FRACTION), at least one
+        block of `context_size` and at most EVAL_TOKENS_CAP, so that a short run is not mostly evaluation."""
+        if self.eval_tokens is not None:
+            return self.eval_tokens
+        return min(EVAL_TOKENS_CAP, max(context_size, round(EVAL_FRACTION * self.train_tokens)))
 
 
 TRAIN_GROUPS = (SaeArguments, LanguageModelArguments, DataArguments, SaeTrainingArguments)
