@@ -27,12 +27,12 @@ SAMPLE = {
         "mistral_7b_layer_16", "model.layers.16.input", None, 74.0),
     "gemma-scope-2b-pt-res-canonical": ("google/gemma-scope-2b-pt-res", "google/gemma-2-2b", "gemma_scope",
         "layer_3/width_65k/average_l0_89", "model.layers.3", 65536, None),
-    "gemma-scope-2-4b-pt-transcoders-all": ("google/gemma-scope-2-4b-pt", "google/gemma-3-4b-pt", "gemma_3",
+    "gemma-scope-2-4b-pt-transcoders-all": ("google/gemma-scope-2-4b-pt", "google/gemma-3-4b-pt", "gemma_scope_2",
         "transcoder_all/layer_0_width_16k_l0_big", "model.layers.0.mlp.input", 16384, 60.0),
     "llama_scope_lxa_32x": ("fnlp/Llama3_1-8B-Base-LXA-32x", "meta-llama/Llama-3.1-8B", "llama_scope",
         "Llama3_1-8B-Base-L1A-32x", "model.layers.1.self_attn", None, 50.0),
     "qwen-scope-3-1.7b-base-w32k-l50": ("Qwen/SAE-Res-Qwen3-1.7B-Base-W32K-L0_50", "Qwen/Qwen3-1.7B-Base",
-        "qwen_scope", "layer1.sae.pt", "model.layers.1", None, 50.0),
+        "qwen_scope", "layer1.sae.pt", "model.layers.1", 32768, 50.0),
 }  # fmt: skip
 
 

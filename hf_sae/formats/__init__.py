@@ -1,12 +1,14 @@
-"""Other projects' SAE folders in: SAELens, sparsify, dictionary_learning, Gemma Scope and Llama Scope, detected from
-their files. A reader returns `(SaeConfig, tensors)`; the model class builds the SAE (`SaeModel.from_folder`).
+"""Other projects' SAE folders in: SAELens, sparsify, dictionary_learning, Gemma Scope 1 and 2 and Llama Scope,
+detected from their files, and the single-file SAEs of some releases by release name. A reader returns
+`(SaeConfig, tensors)`; the model class builds the SAE (`SaeModel.from_folder`).
 
     __init__   detection (which format a folder or a list of files holds), the release registry, choosing
                among the SAEs of a repo by hookpoint, width and L0
-    readers    sparsify, dictionary_learning, Gemma Scope, Llama Scope
+    readers    sparsify, dictionary_learning, Gemma Scope 1 and 2, Llama Scope
+    release_files  the single-file layouts some releases use (Qwen Scope, Goodfire, ...), read by release name
     saelens    SAELens (SAEs, checkpoints and transcoders)
     tensors    what the readers share: `Found`, shape checks, scale folding
-    registry   SAELens' release registry (every release id by name)
+    registry   SAELens' release registry (every release id by name) and which reader each of its loaders maps to
     names      hookpoint names: TransformerLens and relative names to module paths and back
 
 A release name from the shipped registry (`releases.json`, e.g. `gemma-scope-2b-pt-res`) stands for its Hub repo, its
@@ -30,11 +32,13 @@ from ..layout import CONFIG, natural_key, read_json
 from .readers import (
     describe_dictionary_learning,
     describe_gemma_scope,
+    describe_gemma_scope_2,
     describe_llama_scope,
     describe_sparsify,
     parse_width,
     read_dictionary_learning,
     read_gemma_scope,
+    read_gemma_scope_2,
     read_llama_scope,
     read_sparsify,
 )
@@ -48,6 +52,7 @@ MARKERS = {
     "sparsify": ("cfg.json", "sae.safetensors"),
     "dictionary_learning": ("ae.pt",),
     "gemma_scope": ("params.npz",),
+    "gemma_scope_2": ("params.safetensors",),
     "llama_scope": ("hyperparams.json", "checkpoints/final.safetensors"),
 }
 FORMATS = ("hf_sae", *MARKERS)
@@ -56,6 +61,7 @@ _READERS = {
     "sparsify": read_sparsify,
     "dictionary_learning": read_dictionary_learning,
     "gemma_scope": read_gemma_scope,
+    "gemma_scope_2": read_gemma_scope_2,
     "llama_scope": read_llama_scope,
 }
 _DESCRIBERS = {
@@ -63,10 +69,11 @@ _DESCRIBERS = {
     "sparsify": describe_sparsify,
     "dictionary_learning": describe_dictionary_learning,
     "gemma_scope": describe_gemma_scope,
+    "gemma_scope_2": describe_gemma_scope_2,
     "llama_scope": describe_llama_scope,
 }
 # Gemma Scope's folders do not say which site (residual, MLP, attention) they read: the release or repo name does.
-_NEEDS_HINT = ("gemma_scope",)
+_NEEDS_HINT = ("gemma_scope", "gemma_scope_2")
 
 
 # ---- detection ------------------------------------------------------------------------------------------------------
@@ -88,7 +95,7 @@ def is_hf_sae_config(path: Path) -> bool:
 
 def detect_format(folder: str | Path) -> str | None:
     """The format of an SAE folder (`hf_sae`, `saelens`, `sparsify`, `dictionary_learning`, `gemma_scope`,
-    `llama_scope`), from the files in it; None when it holds none of them."""
+    `gemma_scope_2`, `llama_scope`), from the files in it; None when it holds none of them."""
     folder = Path(folder)
     if is_hf_sae_config(folder / CONFIG):
         return "hf_sae"

@@ -104,7 +104,7 @@ def _layer_files(folder: Path, config: dict) -> list[Path]:
     return [folder / f"layer_{layer}.safetensors" for layer in layers]
 
 
-def _circuit_tracer_layer(raw: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
+def circuit_tracer_layer(raw: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
     """circuit-tracer's own per-layer file: `W_enc (F, d)`, `W_dec (F, d)`, JumpReLU where a threshold is present."""
     n, d_in = raw["W_enc"].shape if "W_enc" in raw else (0, 0)
     d_out = raw["b_dec"].shape[0] if "b_dec" in raw else 0
@@ -117,7 +117,7 @@ def _circuit_tracer_layer(raw: dict[str, Tensor], path: Path) -> dict[str, Tenso
     return tensors
 
 
-def _gemma_scope_2_layer(raw: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
+def gemma_scope_2_tensors(raw: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
     """Gemma Scope 2's JumpReLU transcoder file, as circuit-tracer's `load_gemma_scope_2_transcoder` remaps it."""
     d_in, n = raw["w_enc"].shape
     d_out = raw["b_dec"].shape[0] if "b_dec" in raw else 0
@@ -137,7 +137,7 @@ def read_transcoder_set(folder: Path) -> dict[int, tuple[SaeConfig, dict[str, Te
     for layer, path in enumerate(_layer_files(folder, config)):
         raw = load_safetensors(path)
         gemma = "w_enc" in raw  # Gemma Scope 2 spells its tensors in lower case
-        tensors = _gemma_scope_2_layer(raw, path) if gemma else _circuit_tracer_layer(raw, path)
+        tensors = gemma_scope_2_tensors(raw, path) if gemma else circuit_tracer_layer(raw, path)
         (n, d_in), d_out = tensors["W_enc"].shape, tensors["b_dec"].shape[0]
         jumprelu = "threshold" in tensors
         sae_config = SaeConfig(d_in=d_in, num_latents=n, architecture="jumprelu" if jumprelu else "relu", d_out=d_out,

@@ -166,6 +166,27 @@ def output_module(hookpoint: str, model: str | None) -> str | None:
 
 
 def gemma_scope_module(layer: int, site: str) -> str:
-    """Gemma Scope's `layer_L` of a res / mlp / att release (Lieberum et al. 2024) as a Gemma 2 module path."""
-    hooks = {"res": "hook_resid_post", "mlp": "hook_mlp_out", "att": "attn.hook_z"}
+    """Gemma Scope's `layer_L` of a res / mlp / att / transcoders release (Lieberum et al. 2024) as a Gemma 2 module
+    path; a transcoder reads the MLP's normalised input."""
+    hooks = {
+        "res": "hook_resid_post",
+        "mlp": "hook_mlp_out",
+        "att": "attn.hook_z",
+        "transcoders": "ln2.hook_normalized",
+    }
     return transformer_lens_to_module(f"blocks.{layer}.{hooks[site]}", "gemma")
+
+
+# Gemma Scope 2 (Google DeepMind 2025) names the site by a word of its folder (`resid_post_all/layer_3_...`: the
+# residual stream); a transcoder or CLT reads the MLP's normalised input. As SAELens' `get_gemma_3_config_from_hf`
+# reads them.
+_GEMMA_SCOPE_2_SITES = {"resid_post": "hook_resid_post", "attn_out": "attn.hook_z", "mlp_out": "hook_mlp_out",
+                        "transcoder": "ln2.hook_normalized", "clt": "ln2.hook_normalized"}  # fmt: skip
+
+
+def gemma_scope_2_hook(path: str) -> str | None:
+    """The TransformerLens hook of a Gemma Scope 2 folder (`blocks.3.hook_resid_post`), or None where its path names
+    no site or layer."""
+    site = next((hook for word, hook in _GEMMA_SCOPE_2_SITES.items() if word in path), None)
+    layer = re.search(r"layer_(\d+)", path)
+    return f"blocks.{layer[1]}.{site}" if site and layer else None

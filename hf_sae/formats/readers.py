@@ -11,12 +11,13 @@ The formats, as their own save and load code writes and reads them:
 - dictionary_learning (`dictionary_learning/dictionary.py`, `trainers/*.py`): ae.pt (a plain state dict) +
   config.json; biases and thresholds are already rescaled to raw activations by the training loop.
 - Gemma Scope (Lieberum et al. 2024): params.npz, JumpReLU that does not subtract b_dec.
+- Gemma Scope 2 (Google DeepMind 2025): params.safetensors (lower-case `w_enc` (d_in, d_sae)), the site a word of
+  the folder's path; JumpReLU SAEs and transcoders.
 - Llama Scope (He et al. 2024): hyperparams.json + checkpoints/final.safetensors, inputs scaled to norm sqrt(d_model)
   by a dataset-wide constant; mapped as SAELens' `llama_scope` loader maps it.
 """
 
 import math
-import pickle
 import re
 import zipfile
 import zlib
@@ -32,7 +33,17 @@ from ..errors import SaeNotFoundError, WeightsError
 from ..hookpoints import INPUT_SUFFIX
 from ..layout import read_json
 from . import names
-from .tensors import Found, config_of, fold_input_scale, load_safetensors, nonnegative, refuse, take
+from .circuit_tracer import gemma_scope_2_tensors
+from .tensors import (
+    Found,
+    config_of,
+    fold_input_scale,
+    load_safetensors,
+    load_torch_file,
+    nonnegative,
+    refuse,
+    take,
+)
 
 # ---- sparsify -------------------------------------------------------------------------------------------------------
 
@@ -102,21 +113,6 @@ def describe_dictionary_learning(folder: Path) -> Found:
     return Found("dictionary_learning", hookpoint, trainer.get("dict_size"))
 
 
-def _load_state_dict(path: Path) -> dict[str, Tensor]:
-    """ae.pt through `torch.load(weights_only=True)`: tensors and plain containers only, never code."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise WeightsError(
-            f"{path} is not a plain state dict that can be read without running code ({reason}). hf_sae reads "
-            "ae.pt only with torch.load(weights_only=True); save `{name: tensor}` with torch.save instead."
-        ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise WeightsError(f"{path} should hold a state dict of tensors; got {type(state).__name__}.")
-    return state
-
-
 def read_dictionary_learning(folder: Path) -> tuple[SaeConfig, dict[str, Tensor]]:
     if not (folder / "config.json").is_file():
         raise SaeNotFoundError(
@@ -132,7 +128,7 @@ def read_dictionary_learning(folder: Path) -> tuple[SaeConfig, dict[str, Tensor]
                       "their input; none reads one activation and predicts another.")  # fmt: skip
     dict_class, d_in, n = trainer.get("dict_class"), trainer.get("activation_dim"), trainer.get("dict_size")
     src = folder / "ae.pt"
-    raw = _load_state_dict(src)
+    raw = load_torch_file(src)
     fields: dict[str, Any] = {"apply_b_dec_to_input": True}
     if dict_class == "AutoEncoder" and "bias" not in raw and "decoder.bias" in raw:
         dict_class = "AutoEncoderNew"  # its trainer (StandardTrainerAprilUpdate) writes dict_class "AutoEncoder"
@@ -184,8 +180,9 @@ def read_dictionary_learning(folder: Path) -> tuple[SaeConfig, dict[str, Tensor]
 
 # ---- Gemma Scope and Llama Scope ------------------------------------------------------------------------------------
 
+_WIDTH_WORD = re.compile(r"width_(\d+[km]?)(?![0-9a-z])")
 _GEMMA_FOLDER = re.compile(r"layer_(?P<layer>\d+)/width_(?P<width>\d+[km]?)/average_l0_(?P<l0>\d+)")
-_GEMMA_MODELS = re.compile(r"gemma-scope-(?P<size>\d+b)-(?P<kind>pt|it)-(?P<site>res|mlp|att)")
+_GEMMA_MODELS = re.compile(r"gemma-scope-(?P<size>\d+b)-(?P<kind>pt|it)-(?P<site>res|mlp|att|transcoders)")
 
 
 def parse_width(text: str) -> int:
@@ -231,11 +228,62 @@ def read_gemma_scope(folder: Path, hint: str | None = None) -> tuple[SaeConfig, 
     if found.hookpoint is None and "embedding" in folder.as_posix():
         raise refuse(folder, "folder", "embedding", "Gemma Scope's embedding SAEs read the scaled embedding, "
                       "which no module outputs.")  # fmt: skip
-    _, model = gemma_scope_context(folder, hint)
-    config = config_of(
-        d_in, n, "jumprelu", apply_b_dec_to_input=False, hookpoint=found.hookpoint, base_model_name_or_path=model
-    )
+    site, model = gemma_scope_context(folder, hint)
+    fields = {}
+    if site == "transcoders":  # the MLP's normalised input predicts its output (SAELens `gemma_2_transcoder`)
+        layer = int(_GEMMA_FOLDER.search(folder.as_posix())["layer"])
+        fields = {"output_hookpoint": names.gemma_scope_module(layer, "mlp"), "d_out": d_in}
+    config = config_of(d_in, n, "jumprelu", apply_b_dec_to_input=False, hookpoint=found.hookpoint,
+                       base_model_name_or_path=model, **fields)  # fmt: skip
     return config, t
+
+
+_GEMMA_SCOPE_2_REPO = re.compile(r"gemma-scope-2-(?P<size>\d+[mb])-(?P<kind>pt|it)")
+
+
+def _gemma_scope_2_model(folder: Path, hint: str | None) -> str | None:
+    """The base model, from config.json's `model_name` as SAELens normalises it, else from the repo name
+    (google/gemma-scope-2-4b-pt reads google/gemma-3-4b-pt; the 270m pt model has no suffix)."""
+    config = folder / "config.json"
+    name = read_json(config).get("model_name") if config.is_file() else None
+    if not name:
+        match = _GEMMA_SCOPE_2_REPO.search(hint or "") or _GEMMA_SCOPE_2_REPO.search(str(folder).replace("--", "/"))
+        name = match and f"gemma-3-{match['size']}-{match['kind']}"
+    if not name:
+        return None
+    name = ("" if "google" in name else "google/") + name.replace("-v3", "-3")
+    return name.replace("-pt", "") if "270m" in name else name
+
+
+def describe_gemma_scope_2(folder: Path, hint: str | None = None) -> Found:
+    hook = names.gemma_scope_2_hook(folder.as_posix())
+    width = _WIDTH_WORD.search(folder.name)
+    return Found("gemma_scope_2", hook and names.transformer_lens_to_module(hook, "gemma"),
+                 width and parse_width(width[1]))  # fmt: skip
+
+
+def read_gemma_scope_2(folder: Path, hint: str | None = None) -> tuple[SaeConfig, dict[str, Tensor]]:
+    """Gemma Scope 2 (Google DeepMind 2025): `<site>/layer_L_width_W_l0_X/params.safetensors` (+ config.json), JumpReLU
+    SAEs and transcoders, as SAELens' `gemma_3` loader reads them; the site is the folder's word."""
+    config = folder / "config.json"
+    if config.is_file() and (arch := read_json(config).get("architecture", "jump_relu")) != "jump_relu":
+        raise refuse(config, "architecture", arch, "Gemma Scope 2's SAEs and transcoders are JumpReLU (jump_relu).")
+    src = folder / "params.safetensors"
+    t = gemma_scope_2_tensors(load_safetensors(src), src)
+    t["threshold"] = nonnegative(t["threshold"])
+    (n, d_in), d_out = t["W_enc"].shape, t["b_dec"].shape[0]
+    hook = names.gemma_scope_2_hook(folder.as_posix())
+    fields: dict[str, Any] = {"hookpoint": hook and names.transformer_lens_to_module(hook, "gemma")}
+    if hook and hook.endswith("ln2.hook_normalized"):  # a transcoder: the MLP's output, after its norm
+        output = names.transformer_lens_to_module(hook.split(".ln2")[0] + ".hook_mlp_out", "gemma")
+        fields |= {"d_out": d_out, "skip_connection": "W_skip" in t, "output_hookpoint": output}
+    elif d_out != d_in or "W_skip" in t:
+        raise WeightsError(
+            f"{src} holds a transcoder (b_dec of {d_out}, W_skip {'W_skip' in t}), but its folder {folder} names an "
+            "SAE's site. Keep Gemma Scope 2's folder names: transcoders are under transcoder/ or transcoder_all/."
+        )
+    model = _gemma_scope_2_model(folder, hint)
+    return config_of(d_in, n, "jumprelu", apply_b_dec_to_input=False, base_model_name_or_path=model, **fields), t
 
 
 # Deflate expands at most about 1032 times: an entry claiming more than this is a damaged or forged header.

@@ -2,6 +2,7 @@
 check shapes, read safetensors and fold scales so that a converted SAE takes raw activations; `non_finite`, the one
 test for NaN or inf weights, which loading and checkpoints apply."""
 
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -55,6 +56,22 @@ def load_safetensors(path: Path) -> dict[str, Tensor]:
         raise WeightsError(
             f"{path} is not a readable safetensors file ({error}). Download or save it again."
         ) from None
+
+
+def load_torch_file(path: Path) -> dict[str, Tensor]:
+    """A torch file (dictionary_learning's ae.pt, the `.pt` SAEs of some releases) through
+    `torch.load(weights_only=True)`: a dict of tensors only, never code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WeightsError(
+            f"{path} is not a plain state dict that can be read without running code ({reason}). hf_sae reads "
+            "torch files only with torch.load(weights_only=True); save `{name: tensor}` with torch.save instead."
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise WeightsError(f"{path} should hold a state dict of tensors; got {type(state).__name__}.")
+    return state
 
 
 def non_finite(tensors: Mapping[str, Tensor]) -> str | None:

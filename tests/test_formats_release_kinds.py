@@ -1,0 +1,163 @@
+"""Every release of SAELens' registry by the loader SAELens uses for it: each maps to a reader of hf_sae, or to a
+stated refusal. The layouts that only some releases use (Qwen Scope, Goodfire, DeepSeek-R1, hook_z, mwhanna's
+transcoders, Llama Scope R1, Gemma Scope 2 and Gemma Scope transcoders) load by release name from the Hub and compute
+what SAELens' own loader computes on the same files (tests/fixtures/releases, written by make_release_fixtures.py with
+sae-lens 6.54.12); a sample of the registry agrees with SAELens' own `get_pretrained_saes_directory()`."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from hub_server import HubServer, point_client_at
+from huggingface_hub import HfApi
+from safetensors.torch import load_file
+
+from hf_sae import load_saes
+from hf_sae.errors import SaeConfigError, SaeNotFoundError
+from hf_sae.formats import MARKERS, names, releases
+from hf_sae.formats.registry import LOADERS, REFUSED, saelens_provenance, saelens_releases
+from hf_sae.formats.release_files import FILE_FORMATS
+
+FIXTURES = Path(__file__).parent / "fixtures" / "releases"
+SAMPLE = json.loads((FIXTURES / "saelens_sample.json").read_text())
+RELEASES = sorted(p.name for p in FIXTURES.iterdir() if (p / "saelens.json").is_file())
+# SAELens' architectures -> hf_sae's (its transcoders are hf_sae SAEs with an output hookpoint)
+ARCHITECTURES = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "transcoder": "relu",
+                 "jumprelu_transcoder": "jumprelu", "jumprelu_skip_transcoder": "jumprelu"}  # fmt: skip
+
+
+def module_of(hook: str, model: str) -> str:
+    """SAELens' hook as a module path. `hook_mlp_in` (TransformerBridge) and `mlp.hook_in` (mwhanna's) name the MLP's
+    input as `ln2.hook_normalized` does."""
+    for alias in (".hook_mlp_in", ".mlp.hook_in"):
+        hook = hook.replace(alias, ".ln2.hook_normalized")
+    return names.transformer_lens_to_module(hook, model)
+
+
+# ---- the classification ---------------------------------------------------------------------------------------------
+
+
+def test_every_release_maps_to_a_reader_or_a_stated_refusal():
+    readers = {*MARKERS, *FILE_FORMATS}
+    assert set(LOADERS.values()) <= readers  # each loader's format is one hf_sae reads
+    assert {loader or "sae_lens" for loader in LOADERS} | set(REFUSED) == set(SAMPLE["about"]["loaders"])
+    assert not set(LOADERS) & set(REFUSED)
+    kinds = Counter()
+    for name, entry in saelens_releases().items():
+        if entry["loader"] in REFUSED:
+            assert entry["format"] is None and entry["refused"].startswith(REFUSED[entry["loader"]][:40]), name
+        else:
+            assert entry["format"] in readers and "refused" not in entry, name
+        kinds[entry["format"]] += len(entry["paths"])
+    assert sum(kinds.values()) == saelens_provenance()["saes"] == SAMPLE["about"]["saes"] == 13857
+    # the counts docs/formats.md gives
+    assert kinds[None] == 29 and kinds["gemma_scope_2"] == 8784 and kinds["qwen_scope"] == 544
+
+
+@pytest.mark.parametrize("name", ["mntss-gemma-2-2b-2.5m-clt-as-per-layer", "temporal-sae-gemma-2-2b"])
+def test_a_refused_release_says_why_before_any_download(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing could be downloaded anyway
+    with pytest.raises(SaeConfigError, match=r"is refused: .*(cross-layer transcoder|Temporal SAE)"):
+        load_saes(name)
+
+
+# ---- each layout, against SAELens' own loader ----------------------------------------------------------------------
+
+
+def upload(api: HfApi, repo_id: str, repo: Path) -> None:
+    api.create_repo(repo_id)
+    api.upload_folder(folder_path=str(repo), repo_id=repo_id)
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_a_release_layout_loads_by_name_and_computes_as_saelens_does(release, monkeypatch, tmp_path):
+    saelens = json.loads((FIXTURES / release / "saelens.json").read_text())
+    entry = releases()[release]
+    org = entry["repo_id"].split("/")[0]
+    hookpoint = module_of(saelens["hook_name"], entry["base_model"])
+    with HubServer(orgs={org: {"alice"}}) as server:
+        point_client_at(monkeypatch, server.url, tmp_path / "hf-home")
+        upload(HfApi(token="hf_alice_write"), entry["repo_id"], FIXTURES / release / "repo")
+        # single-file layouts by SAELens' SAE id, folders by hookpoint
+        saes = load_saes(release, hookpoints=[saelens["sae_id"] if entry["format"] in FILE_FORMATS else hookpoint])
+    assert list(saes) == [hookpoint]  # where SAELens says it reads
+    sae = saes[hookpoint]
+    config = sae.config
+    assert (config.d_in, config.num_latents, config.architecture) == (
+        saelens["d_in"], saelens["d_sae"], ARCHITECTURES[saelens["architecture"]],
+    )  # fmt: skip
+    assert config.apply_b_dec_to_input == saelens["apply_b_dec_to_input"]
+    assert config.base_model_name_or_path == entry["base_model"]
+    if "hook_name_out" in saelens:
+        assert config.output_hookpoint == module_of(saelens["hook_name_out"], entry["base_model"])
+        assert config.d_out == saelens["d_out"]
+        assert config.skip_connection == ("skip" in saelens["architecture"])
+    else:
+        assert not config.is_transcoder
+    if config.architecture == "topk":
+        assert config.k == saelens["k"]
+    expected = load_file(FIXTURES / release / "expected.safetensors")
+    with torch.no_grad():
+        out = sae(expected["x"])
+    assert (expected["latents"] != 0).any(-1).all()
+    torch.testing.assert_close(out.latents, expected["latents"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.reconstruction, expected["reconstruction"], rtol=1e-5, atol=1e-4)
+
+
+def test_a_release_file_missing_from_the_repo_is_named(monkeypatch, tmp_path):
+    release = "qwen-scope-3-1.7b-base-w32k-l50"
+    with HubServer(orgs={"Qwen": {"alice"}}) as server:
+        point_client_at(monkeypatch, server.url, tmp_path / "hf-home")
+        upload(HfApi(token="hf_alice_write"), releases()[release]["repo_id"], FIXTURES / release / "repo")
+        with pytest.raises(SaeNotFoundError, match=r"lacks \['layer2.sae.pt'\], which SAELens' registry names"):
+            load_saes(release, hookpoints=["model.layers.2"])
+
+
+def test_a_release_pickle_with_code_is_refused_unrun(monkeypatch, tmp_path):
+    """A release's `.pt` is read with weights_only=True: a pickle that would run code is refused, and does not run."""
+    release, repo = "deepseek-r1-distill-llama-8b-qresearch", tmp_path / "repo"
+    repo.mkdir()
+    trap = tmp_path / "ran"
+
+    class Trap:
+        def __reduce__(self):
+            return (Path.touch, (trap,))
+
+    source = FIXTURES / release / "repo" / "DeepSeek-R1-Distill-Llama-8B-SAE-l19.pt"
+    torch.save({**torch.load(source, weights_only=True), "extra": Trap()}, repo / source.name)
+    with HubServer(orgs={"qresearch": {"alice"}}) as server:
+        point_client_at(monkeypatch, server.url, tmp_path / "hf-home")
+        upload(HfApi(token="hf_alice_write"), releases()[release]["repo_id"], repo)
+        with pytest.raises(Exception, match=r"not a plain state dict.*weights_only=True"):
+            load_saes(release)
+    assert not trap.exists()
+
+
+# ---- the registry against SAELens' own ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sample", SAMPLE["saes"], ids=lambda s: f"{s['loader']}:{s['release']}")
+def test_the_registry_agrees_with_saelens_own(sample):
+    """Repo, loader, path and L0 for every sampled SAE; hookpoint and width where SAELens' config getter says them
+    without downloading (the others read the repo's own config files)."""
+    entry = saelens_releases()[sample["release"]]
+    sae = entry["paths"][sample["path"]]
+    assert (entry["repo_id"], entry["loader"], sae["id"]) == (sample["repo_id"], sample["loader"], sample["sae_id"])
+    assert entry["base_model"] == names.hub_model_id(sample["model"])
+    assert sae["l0"] == (sample["l0"] or None)  # SAELens' directory says 0.0 where the registry gives no L0
+    if (config := sample["config"]) is not None:
+        assert sae["hookpoint"] == module_of(config["hook_name"], entry["base_model"])
+        if config.get("d_sae") and sae["width"] is not None:
+            assert sae["width"] == config["d_sae"]
+    assert SAMPLE["about"]["sae_lens"] == saelens_provenance()["sae_lens"]
+
+
+def test_the_sample_spans_every_loader_and_checks_hooks_and_widths():
+    used = {entry["loader"] for entry in saelens_releases().values()}
+    assert {s["loader"] for s in SAMPLE["saes"]} == used == set(SAMPLE["about"]["loaders"]) - {"sparsify"}
+    configs = [s for s in SAMPLE["saes"] if s["config"]]
+    assert len(SAMPLE["saes"]) >= 20 and len(configs) >= 10
+    assert sum(saelens_releases()[s["release"]]["paths"][s["path"]]["width"] is not None for s in configs if
+               s["config"].get("d_sae")) >= 5  # fmt: skip
