@@ -11,6 +11,7 @@ Gemma's 1 + weight is right too) and its centring are applied, its bias and the 
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from .modeling_sae import SaeModel
@@ -64,20 +65,22 @@ def logit_effects(
     keys = ("promoted_ids", "promoted_logits", "suppressed_ids", "suppressed_logits", "logit_histogram", "logit_range")
     out: dict[str, list[Tensor]] = {key: [] for key in keys}
     unembed = unembed.detach().float().cpu()
-    for start in range(0, sae.config.num_latents, chunk):
-        d = sae.W_dec[start : start + chunk].detach().float().cpu()  # (chunk, d_in)
-        d = d - d.mean(-1, keepdim=True) if centres else d
-        logits = (d * gain) @ unembed.T  # (chunk, vocab)
-        for kind, largest in (("promoted", True), ("suppressed", False)):
-            values, ids = logits.topk(min(top, logits.shape[1]), dim=1, largest=largest)
-            out[f"{kind}_ids"].append(ids.int())
-            out[f"{kind}_logits"].append(values)
-        low, high = logits.min(1, keepdim=True).values, logits.max(1, keepdim=True).values  # (chunk, 1)
-        which = ((logits - low) / (high - low).clamp(min=1e-12) * bins).long().clamp(0, bins - 1)
-        out["logit_histogram"].append(
-            torch.zeros(len(d), bins, dtype=torch.long).scatter_add_(1, which, torch.ones_like(which))
-        )
-        out["logit_range"].append(torch.cat([low, high], 1))
+    with tqdm(total=sae.config.num_latents, unit="feature", desc="Logit effects") as bar:
+        for start in range(0, sae.config.num_latents, chunk):
+            d = sae.W_dec[start : start + chunk].detach().float().cpu()  # (chunk, d_in)
+            d = d - d.mean(-1, keepdim=True) if centres else d
+            logits = (d * gain) @ unembed.T  # (chunk, vocab)
+            for kind, largest in (("promoted", True), ("suppressed", False)):
+                values, ids = logits.topk(min(top, logits.shape[1]), dim=1, largest=largest)
+                out[f"{kind}_ids"].append(ids.int())
+                out[f"{kind}_logits"].append(values)
+            low, high = logits.min(1, keepdim=True).values, logits.max(1, keepdim=True).values  # (chunk, 1)
+            which = ((logits - low) / (high - low).clamp(min=1e-12) * bins).long().clamp(0, bins - 1)
+            out["logit_histogram"].append(
+                torch.zeros(len(d), bins, dtype=torch.long).scatter_add_(1, which, torch.ones_like(which))
+            )
+            out["logit_range"].append(torch.cat([low, high], 1))
+            bar.update(len(d))
     return {key: torch.cat(parts) for key, parts in out.items()}
 
 

@@ -397,6 +397,8 @@ def finished_metadata(tokenizer, sae, collector: FeatureCollector, sampler: Rand
     """The `FeatureMetadata` of a finished collector: its logit `effects` (`logit_effects`), the decoder neighbours
     of `sae` (anything with `W_dec` `(num_latents, d)` and a `config` naming `num_latents`), labels, and `settings`
     recorded."""
+    logger.info(f"Nearest features by decoder cosine, labels and interpretability scores of {len(collector.counts):,} "
+                "features...")  # fmt: skip
     neighbours = decoder_neighbours(sae.W_dec, num_neighbours) if num_neighbours else None
     tables = (collector.top.tokens, collector.sample.tokens, sampler.token_ids())
     ids = [*tables] + ([] if effects is None else [effects["promoted_ids"], effects["suppressed_ids"]])

@@ -535,3 +535,44 @@ def test_a_damaged_explanations_file_is_one_clear_error_in_explain_browse_and_th
     with pytest.raises(FeatureMetadataError, match=message):
         Explorer(lm.model, tiny_tokenizer(), tiny_sae(lm.hidden_size, hookpoint=lm.blocks[1]),
                  FeatureMetadata.load(saved.path))  # fmt: skip
+
+
+def test_the_built_in_explainer_is_named_as_useless_before_it_loads_and_another_is_not(monkeypatch, caplog, tmp_path):
+    from hf_sae import explainers
+
+    loaded = []
+
+    def fake_load_model(name, device=None):  # records when the model would load, after the warning or not
+        loaded.append((name, len([r for r in caplog.records if r.levelname == "WARNING"])))
+        tokenizer = tiny_tokenizer()
+        tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+        return make_tiny_lm("llama").model, tokenizer
+
+    monkeypatch.setattr(explainers, "load_model", fake_load_model)
+    with caplog.at_level("WARNING", logger="hf_sae"):
+        explainers.load_chat(None, None)
+        explainers.load_chat("smollm2-135m-instruct", None)
+        explainers.load_chat(str(tmp_path), None)  # a model of the user's own: no warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and loaded == [(None, 1), ("smollm2-135m-instruct", 2), (str(tmp_path), 2)]
+    assert "built-in smollm2-135m-instruct" in warnings[0] and "score at chance" in warnings[0]
+    assert "--explainer_endpoint http://127.0.0.1:8000/v1 --explainer MODEL" in warnings[0]
+    assert "interpretability score" in warnings[0]
+
+
+def test_the_chat_counts_each_generated_token_and_answer_on_the_progress_bar(saved, capsys):
+    from tqdm import tqdm
+
+    chat = TinyChat()
+    settings = ExplainSettings(explain_examples=2, score_examples=2, max_new_tokens=4, fuzzing=False)
+    explain_features(saved, chat, [0, 2], batch_size=2, settings=settings)
+    err = capsys.readouterr().err
+    assert "Writing 2 explanation(s), tokens" in err and "Scoring: questions answered" in err
+    assert chat.progress is None  # unset after the run
+    batch = chat._encode(["w5 w6 w7"])
+    steps = chat.model.generate(**batch, max_new_tokens=6, do_sample=False, pad_token_id=chat.tokenizer.pad_token_id)
+    chat.progress = bar = tqdm(total=0)
+    LocalChat.generate(chat, ["w5 w6 w7"], 6)
+    assert bar.total == 6 and bar.n == steps.shape[1] - batch["input_ids"].shape[1] >= 1
+    LocalChat.yes_probability(chat, ["w5"] * 20)
+    assert bar.total == bar.n == 20

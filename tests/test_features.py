@@ -464,3 +464,13 @@ def test_interpretability_score_equals_a_hand_computation_and_gates_the_label():
     assert summary["dense_latents"] == 1
     features = FeatureMetadata(stats, examples, {"num_latents": 2, "interpretability": summary})
     assert [features.label(0), features.label(1)] == ["w5", "no clear pattern"]
+
+
+def test_every_phase_after_the_text_shows_progress(setup, capsys, caplog):
+    """The statistics, the logit effects (a bar over the features) and the last phase (a status line) each say so."""
+    model, tokenizer, hookpoint = setup
+    with caplog.at_level("INFO", logger="hf_sae"):
+        collect(model, tokenizer, tiny_sae(24), token_blocks())
+    err = capsys.readouterr().err
+    assert "Feature statistics" in err and "Logit effects: 100%" in err and "48/48" in err
+    assert "Nearest features by decoder cosine, labels and interpretability scores of 48 features" in caplog.text
