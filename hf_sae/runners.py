@@ -91,10 +91,10 @@ from .memory import check_fits_in_memory
 from .modeling_clt import CltModel
 from .modeling_sae import SaeModel
 from .models import check_against_lm_config, load_lm, load_sae_and_lm, load_saes_and_lm, max_positions
-from .run_folders import check_output_dir
+from .run_folders import check_output_dir, clear_output_dir
 from .schedules import Schedule
 from .sharded_training import check_feature_sharding, trainer_class
-from .sweeps import SweepRun, sweep_runs
+from .sweeps import SweepRun, sweep_runs, tracked_runs
 from .training import SaeTrainer, make_accelerator
 
 logger = logging.get_logger(__name__)
@@ -169,9 +169,12 @@ def train_saes(
     buffer = _activation_stream(args, cache, accelerator, model, tokenizer, harvested, reading, data_args)
     trainer = trainer_class(args)(args, saes, buffer, accelerator, owners, learning_rates=rates)
     trainer.hparams = settings_of(sae_args, lm_args, data_args, args)
+    trainer.tracked_runs = tracked_runs(runs, list(saes) if sae_args.clt else list(pairs), trainer.hparams)
     # One run per output folder: the main process holds it while anything is written there (checkpoints, SAEs).
     with claim_folder(args.output_dir, "--output_dir") if accelerator.is_main_process else nullcontext():
         check_output_dir(args)  # again, now that no other run can start writing there
+        if accelerator.is_main_process:  # the checks have passed: an overwritten run's files go now
+            clear_output_dir(args)
         return _train_and_save(trainer, runs, cache, model, tokenizer, reading, data_args, held_out)
 
 

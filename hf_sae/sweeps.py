@@ -16,6 +16,7 @@ Entry `name` (default: its settings, e.g. `k64-lr0.0003`) is its folder in `--ou
 complete run for each entry, `<output_dir>/<name>/<hookpoint>/` with `metrics.json` beside the SAE.
 
     sweep_runs   the configurations to train, every entry checked before anything expensive
+    tracked_runs one tracker run per configuration, with its own hyperparameters
     save_runs    each configuration's SAEs, metrics and arguments, in its folder
 """
 
@@ -29,19 +30,9 @@ import yaml
 from .arguments import SaeArguments
 from .errors import ArgumentError
 from .hub import save_saes
-from .layout import (
-    CONFIG,
-    EVAL_REPORT,
-    FEATURES,
-    METRICS,
-    README,
-    TRAINING_ARGS,
-    WEIGHTS,
-    folder_name,
-    sae_metrics,
-    write_json,
-)
-from .run_folders import CHECKPOINT_PREFIX
+from .layout import METRICS, TRAINING_ARGS, folder_name, sae_metrics, write_json
+from .run_folders import CHECKPOINT_PREFIX, RUN_FILES, TRACKER_DIRS
+from .trackers import TrackedRun
 
 # Each key an entry may set, with the types its value may have.
 SWEEP_KEYS: dict[str, tuple[type, ...]] = {
@@ -55,8 +46,8 @@ SWEEP_KEYS: dict[str, tuple[type, ...]] = {
 }
 _SHORT = {"k": "k", "num_latents": "n", "expansion_factor": "x", "sparsity_coefficient": "s", "learning_rate": "lr"}
 # What the run itself writes beside the sweep's folders: its checkpoints (`resume_from_checkpoint latest` picks the
-# newest `checkpoint-<step>`), reports and arguments, and the trackers' logs (accelerate's project_dir/hf_sae).
-RUN_NAMES = (f"{CHECKPOINT_PREFIX}*", METRICS, TRAINING_ARGS, EVAL_REPORT, README, CONFIG, WEIGHTS, FEATURES, "hf_sae")
+# newest `checkpoint-<step>`), reports and arguments, and the trackers' logs.
+RUN_NAMES = (f"{CHECKPOINT_PREFIX}*", *RUN_FILES, *TRACKER_DIRS)
 
 
 @dataclass(frozen=True)
@@ -71,6 +62,10 @@ class SweepRun:
     def sae_name(self, hookpoint: str) -> str:
         """The trainer's and the report's name for this configuration's SAE at `hookpoint`."""
         return hookpoint if self.name is None else f"{self.name}/{hookpoint}"
+
+    def settings(self, settings: dict) -> dict:
+        """The run's `settings` (its argument groups) with this configuration's own SAE arguments and rate."""
+        return settings | dataclasses.asdict(self.sae_args) | {"learning_rate": self.learning_rate}
 
 
 def sweep_runs(sae_args: SaeArguments, learning_rate: float) -> list[SweepRun]:
@@ -150,6 +145,12 @@ def _default_name(entry: dict, index: int) -> str:
     return "-".join(parts) or f"sweep{index}"
 
 
+def tracked_runs(runs: list[SweepRun], hookpoints: list[str], settings: dict) -> list[TrackedRun]:
+    """One tracker run per configuration, with its own arguments and its SAEs at `hookpoints` (every process's)."""
+    return [TrackedRun.of(run.name, run.settings(settings), [run.sae_name(h) for h in hookpoints], run.learning_rate)
+            for run in runs]  # fmt: skip
+
+
 def save_runs(runs: list[SweepRun], trained: dict, report: dict, out: Path, settings: dict) -> None:
     """Each configuration's SAEs, metrics and arguments (`settings`, the run's): in `out` itself without a sweep,
     else each in `out/<name>`, with every SAE's metrics and the sweep's arguments in `out` too."""
@@ -160,7 +161,6 @@ def save_runs(runs: list[SweepRun], trained: dict, report: dict, out: Path, sett
                   metrics={h: sae_metrics(report[name]) for h, name in names.items()})  # fmt: skip
         if run.name is not None:  # what reproduces this configuration alone
             write_json(folder / METRICS, {h: report[name] for h, name in names.items()})
-            sae_settings = dataclasses.asdict(run.sae_args) | {"learning_rate": run.learning_rate}
-            write_json(folder / TRAINING_ARGS, settings | sae_settings | {"output_dir": str(folder)})
+            write_json(folder / TRAINING_ARGS, run.settings(settings) | {"output_dir": str(folder)})
     write_json(out / METRICS, report)
     write_json(out / TRAINING_ARGS, settings)

@@ -39,7 +39,7 @@ from .modeling_sae import SaeModel
 from .precision import default_device, resolve_mixed_precision
 from .run_folders import resume_advice
 from .schedules import Schedule
-from .trackers import RunTrackers
+from .trackers import RunTrackers, TrackedRun
 from .trainees import Scale, scale_from_norms, scaled, trainee
 
 logger = get_logger(__name__)
@@ -100,6 +100,7 @@ class SaeTrainer:
         self.args, self.buffer, self.owners = args, buffer, owners
         self.learning_rates = {name: (learning_rates or {}).get(name, args.learning_rate) for name in saes}
         self.hparams = asdict(args)  # what the trackers record; a runner adds the other argument groups
+        self.tracked_runs = None  # one tracker run per configuration (a runner's); None: one run of every SAE
         self.accelerator = accelerator or make_accelerator(args)
         self.saes = saes
         self.trainees = {name: trainee(sae) for name, sae in saes.items()}
@@ -197,7 +198,8 @@ class SaeTrainer:
                 raise TrainingError("The data produced no activations; check the dataset and context size.")
             self.prepare({h: torch.cat([b[h] for b in first]) for h in first[0]})
             batches = itertools.chain(first, batches)
-        self.trackers = RunTrackers(acc, args, self.hparams)
+        default_run = TrackedRun.of(None, self.hparams, list(self.saes), args.learning_rate)
+        self.trackers = RunTrackers(acc, args, self.saes, self.tracked_runs or [default_run])
         self._log_start()
         bar.update(self.state.step)
         start, start_tokens = time.perf_counter(), self.state.tokens
@@ -230,8 +232,9 @@ class SaeTrainer:
         self.trackers.log_report(report, histograms, self.state.step)
 
     def end(self) -> None:
-        """Close the trackers (and accelerate's process group): the last call of a run, after every collective."""
+        """Close the trackers and accelerate's process group: the last call of a run, after every collective."""
         self.trackers.end()
+        self.accelerator.end_training()
 
     def step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float] | None:
         """One optimiser step over `gradient_accumulation_steps` micro-batches (the accelerate way: gradients
@@ -389,7 +392,6 @@ def make_accelerator(args: SaeTrainingArguments) -> Accelerator:
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))
     accelerator = Accelerator(
         cpu=default_device() == "cpu",
-        log_with=None if args.report_to == "none" else args.report_to,
         project_dir=args.output_dir,
         mixed_precision=resolve_mixed_precision(args.mixed_precision),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
