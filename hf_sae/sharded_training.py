@@ -13,6 +13,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from accelerate.logging import get_logger
 
 from .activations import ShufflingBuffer
 from .arguments import SaeArguments, SaeTrainingArguments
@@ -34,6 +35,8 @@ from .modeling_clt import CltModel
 from .modeling_sae import SaeModel
 from .trainees import SaeTrainee
 from .training import SaeTrainer
+
+logger = get_logger(__name__)
 
 # Options that --shard_features cannot serve, with the reason each is refused.
 _CONFLICTS = {
@@ -117,6 +120,13 @@ class FeatureShardedTrainer(SaeTrainer):
             shard_sae_(sae, self.shards)
         self.trainees = {name: ShardedSaeTrainee(sae, self.shards) for name, sae in saes.items()}
         self.state.feature_shards = self.shards.count
+        rows = {name: self.shards.latent_range(sae.config.num_latents) for name, sae in saes.items()}
+        logger.info(
+            f"Process {self.accelerator.process_index} is feature shard {self.shards.index} of {self.shards.count} "
+            f"in data group {self.shards.data_index} of {self.shards.data_count}: latent rows {rows}, "
+            f"{sum(p.numel() for sae in saes.values() for p in sae.parameters()):,} parameters.",
+            main_process_only=False,
+        )
 
     def _batches(self):
         """The buffer's micro-batches, each gathered to the shard group (the same batch on each of its shards)."""

@@ -7,8 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_distributed import launch_all
+import torch
+from test_distributed import HOOKPOINT, SCRIPT, assert_same_weights, common_flags, launch_all, ran, trained
+from test_training import tiny_run_inputs  # noqa: F401  (the module-scoped fixture)
 
+from hf_sae import SaeModel
 from hf_sae.distribution import local_launch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,3 +81,42 @@ def test_a_shard_count_that_does_not_divide_the_processes_is_refused(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(subprocess.call([sys.executable, "-m", "pytest", __file__]))
+
+
+# ---- training runs --------------------------------------------------------------------------------------------------
+
+
+def train(root: Path, out: Path, processes: int, shards: int, *flags: str) -> subprocess.CompletedProcess:
+    """`hf-sae train` on the tiny model: one process (scripts/train_sae.py), or `processes` with `shards` shards."""
+    common = [*common_flags(root), *flags, "--output_dir", str(out)]
+    if processes == 1:
+        command = [sys.executable, SCRIPT, *common]
+    else:
+        command = [sys.executable, "-m", "hf_sae.cli", "train", *common, "--num_processes", str(processes),
+                   "--shard_features", str(shards)]  # fmt: skip
+    [result] = launch_all([command])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ran(result.stderr, processes) == set(range(processes))  # each process reported its rank in its world
+    return result
+
+
+# AuxK from the third step on: latents that have not fired for 124 tokens count as dead.
+RUNS = {"topk": ("--dead_after_tokens", "124"), "batchtopk": (), "jumprelu": ("--sparsity_coefficient", "0.01")}
+
+
+@pytest.mark.parametrize("architecture", list(RUNS))
+def test_two_feature_shards_train_the_sae_of_one_process(tiny_run_inputs, tmp_path, architecture):  # noqa: F811
+    """The same batches (one document, blocks in order, the two shards' halves gathered in rank order), the same
+    initial SAE: the joined shards end as the one process's SAE, saved as an unsharded run's folder."""
+    flags = ("--architecture", architecture, *RUNS[architecture])
+    train(tiny_run_inputs, tmp_path / "one", 1, 1, *flags)
+    result = train(tiny_run_inputs, tmp_path / "two", 2, 2, *flags)
+    assert "feature shard 0 of 2" in result.stderr and "feature shard 1 of 2" in result.stderr
+    one, two = trained(tmp_path / "one"), trained(tmp_path / "two")
+    configs = [{k: v for k, v in sae.config.to_dict().items() if k != "_name_or_path"} for sae in (one, two)]
+    assert configs[0] == configs[1] and two.config.num_latents == 96
+    assert_same_weights(one, two)
+    assert not torch.equal(two.W_dec, SaeModel(two.config).W_dec)  # it trained
+    metrics = [json.loads((tmp_path / run / "metrics.json").read_text())[HOOKPOINT] for run in ("one", "two")]
+    for key in ("train_dead_fraction", "train_never_fired_fraction"):
+        assert metrics[1][key] == pytest.approx(metrics[0][key])
