@@ -5,6 +5,7 @@ what SAELens' own loader computes on the same files (tests/fixtures/releases, wr
 sae-lens 6.54.12); a sample of the registry agrees with SAELens' own `get_pretrained_saes_directory()`."""
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -161,3 +162,17 @@ def test_the_sample_spans_every_loader_and_checks_hooks_and_widths():
     assert len(SAMPLE["saes"]) >= 20 and len(configs) >= 10
     assert sum(saelens_releases()[s["release"]]["paths"][s["path"]]["width"] is not None for s in configs if
                s["config"].get("d_sae")) >= 5  # fmt: skip
+
+
+def test_the_formats_page_counts_each_loader_s_releases_and_saes():
+    page = (Path(__file__).parents[1] / "docs" / "formats.md").read_text()
+    rows = re.findall(r"^\| `(\w+)`[^|]*\| (\d+) \| ([\d,]+) \|[^|]*\| (`\w+`|refused)", page, flags=re.M)
+    releases_, saes = Counter(), Counter()
+    for entry in saelens_releases().values():
+        releases_[entry["loader"]] += 1
+        saes[entry["loader"]] += len(entry["paths"])
+    assert {row[0] for row in rows} == set(SAMPLE["about"]["loaders"])
+    for loader, n_releases, n_saes, reader in rows:
+        assert (int(n_releases), int(n_saes.replace(",", ""))) == (releases_[loader], saes[loader]), loader
+        expected = "refused" if loader in REFUSED else f"`{LOADERS[None if loader == 'sae_lens' else loader]}`"
+        assert reader == expected, loader
