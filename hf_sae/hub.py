@@ -231,8 +231,10 @@ def load_saes(
 
     Works for a repo or folder of hookpoint subfolders and for a single SAE (config.json at the top). Feature
     metadata comes along: it is in `Path(sae.name_or_path) / "features"` when the repo has it. Repos and folders in
-    other formats (SAELens, sparsify, dictionary_learning, Gemma Scope, Llama Scope) are detected and converted, and
-    a release name of `hf_sae.convert.releases()` (`gemma-scope-2b-pt-res`) stands for its repo.
+    other formats (SAELens, sparsify, dictionary_learning, Gemma Scope 1 and 2, Llama Scope) are detected and
+    converted, and a release name of `hf_sae.convert.releases()` (`gemma-scope-2b-pt-res`, any release id of SAELens'
+    registry) stands for its repo; a release whose SAEs are single files (Qwen Scope, Goodfire, ...) also takes
+    SAELens' SAE ids as `hookpoints`.
 
     Args:
         repo_or_dir (`str` or `os.PathLike`): a local folder, or a Hub repo id.

@@ -6,6 +6,7 @@ sae-lens 6.54.12); a sample of the registry agrees with SAELens' own `get_pretra
 
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -15,11 +16,11 @@ from hub_server import HubServer, point_client_at
 from huggingface_hub import HfApi
 from safetensors.torch import load_file
 
-from hf_sae import load_saes
+from hf_sae import SaeModel, load_saes
 from hf_sae.errors import SaeConfigError, SaeNotFoundError
-from hf_sae.formats import MARKERS, names, releases
+from hf_sae.formats import MARKERS, detect_format, names, releases
 from hf_sae.formats.registry import LOADERS, REFUSED, saelens_provenance, saelens_releases
-from hf_sae.formats.release_files import FILE_FORMATS
+from hf_sae.formats.release_files import FILE_FORMATS, read_release_file
 
 FIXTURES = Path(__file__).parent / "fixtures" / "releases"
 SAMPLE = json.loads((FIXTURES / "saelens_sample.json").read_text())
@@ -91,6 +92,8 @@ def test_a_release_layout_loads_by_name_and_computes_as_saelens_does(release, mo
     )  # fmt: skip
     assert config.apply_b_dec_to_input == saelens["apply_b_dec_to_input"]
     assert config.base_model_name_or_path == entry["base_model"]
+    if release != "llama_scope_r1_distill":  # SAELens' getter names Llama-3.1-8B there, its registry the R1 distill
+        assert config.base_model_name_or_path == names.hub_model_id(saelens["model_name"])
     if "hook_name_out" in saelens:
         assert config.output_hookpoint == module_of(saelens["hook_name_out"], entry["base_model"])
         assert config.d_out == saelens["d_out"]
@@ -105,6 +108,45 @@ def test_a_release_layout_loads_by_name_and_computes_as_saelens_does(release, mo
     assert (expected["latents"] != 0).any(-1).all()
     torch.testing.assert_close(out.latents, expected["latents"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.reconstruction, expected["reconstruction"], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("release", "folder", "hookpoint", "output"),
+    [
+        ("gemma-scope-2-270m-pt-res", "resid_post/layer_12_width_16k_l0_medium", "model.layers.12", None),
+        ("gemma-scope-2-270m-pt-transcoders", "transcoder/layer_9_width_16k_l0_small_affine",
+         "model.layers.9.mlp.input", "model.layers.9.post_feedforward_layernorm"),
+    ],
+)  # fmt: skip
+def test_a_gemma_scope_2_folder_loads_by_itself(release, folder, hookpoint, output):
+    """A downloaded Gemma Scope 2 folder is detected from its params.safetensors; the site comes from its path, the
+    base model from config.json or the repo name in the path."""
+    path = FIXTURES / release / "repo" / folder
+    assert detect_format(path) == "gemma_scope_2"
+    sae = SaeModel.from_folder(path)
+    assert (sae.config.hookpoint, sae.config.output_hookpoint) == (hookpoint, output)
+    assert sae.config.base_model_name_or_path == "google/gemma-3-270m" and sae.config.num_latents == 128
+    expected = load_file(FIXTURES / release / "expected.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(sae(expected["x"]).latents, expected["latents"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_qwen_scope_file_needs_its_repo_name_for_k(tmp_path):
+    release = FIXTURES / "qwen-scope-3-1.7b-base-w32k-l50" / "repo"
+    with pytest.raises(SaeConfigError, match=r"k is in its repo name .* 'me/my-copy' does not have that form"):
+        read_release_file(release, "qwen_scope", "layer1.sae.pt", {}, "me/my-copy", None)
+
+
+def test_a_llama_scope_r1_sae_needs_the_registry_s_scale_and_matching_config(tmp_path):
+    folder = FIXTURES / "llama_scope_r1_distill" / "repo"
+    path = "800M-Slimpajama-0-OpenR1-Math-220k/L1R"
+    with pytest.raises(SaeConfigError, match=r"norm_scaling_factor.*release name"):
+        read_release_file(folder, "llama_scope_r1", path, {}, "fnlp/Llama-Scope-R1-Distill", None)
+    copy = tmp_path / path
+    shutil.copytree(folder / path, copy)
+    (copy / "config.json").write_text(json.dumps({"d_model": 32, "expansion_factor": 8, "hook_point_in": "x"}))
+    with pytest.raises(SaeConfigError, match=r"d_in 32 and 128 latents, but .* says d_model 32 x expansion_factor 8"):
+        read_release_file(tmp_path, "llama_scope_r1", path, {"scale": 2.0}, "fnlp/Llama-Scope-R1-Distill", None)
 
 
 def test_a_release_file_missing_from_the_repo_is_named(monkeypatch, tmp_path):

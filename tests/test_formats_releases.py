@@ -23,7 +23,7 @@ OWN = json.loads((Path(__file__).parents[1] / "hf_sae" / "formats" / "releases.j
 SAMPLE = {
     "gpt2-small-res-jb-feature-splitting": ("jbloom/GPT2-Small-Feature-Splitting-Experiment-Layer-8", "gpt2",
         "saelens", "blocks.8.hook_resid_pre_768", "transformer.h.8.input", None, 36.0),
-    "mistral-7b-res-wg": ("JoshEngels/Mistral-7B-Residual-Stream-SAEs", "mistral-7b", "saelens",
+    "mistral-7b-res-wg": ("JoshEngels/Mistral-7B-Residual-Stream-SAEs", "mistralai/Mistral-7B-v0.1", "saelens",
         "mistral_7b_layer_16", "model.layers.16.input", None, 74.0),
     "gemma-scope-2b-pt-res-canonical": ("google/gemma-scope-2b-pt-res", "google/gemma-2-2b", "gemma_scope",
         "layer_3/width_65k/average_l0_89", "model.layers.3", 65536, None),

@@ -58,7 +58,9 @@ _FAMILIES = {
 }
 
 # TransformerLens model names as SAELens configs spell them -> Hub ids.
-_MODEL_ALIASES = {"gpt2-small": "gpt2", "gpt2-medium": "gpt2-medium", "gpt2-large": "gpt2-large"}
+_MODEL_ALIASES = {"gpt2-small": "gpt2", "gpt2-medium": "gpt2-medium", "gpt2-large": "gpt2-large",
+                  "mistral-7b": "mistralai/Mistral-7B-v0.1"}  # fmt: skip
+_QWEN3 = re.compile(r"qwen3-(\d+(?:\.\d+)?)b")  # as TransformerLens names them (supported_models.py)
 _ALIAS_PREFIXES = {"gemma-": "google/", "pythia-": "EleutherAI/"}
 
 _TL_HOOK = re.compile(
@@ -73,6 +75,8 @@ def hub_model_id(name: str | None) -> str | None:
         return name
     if name in _MODEL_ALIASES:
         return _MODEL_ALIASES[name]
+    if match := _QWEN3.fullmatch(name):
+        return f"Qwen/Qwen3-{match[1]}B"
     return next((prefix + name for start, prefix in _ALIAS_PREFIXES.items() if name.startswith(start)), name)
 
 
