@@ -36,9 +36,7 @@ from .errors import (
     SaeNotFoundError,
     WriteError,
 )
-from .formats import Candidate, choose, match_release, releases
 from .formats.circuit_tracer import CONFIG_YAML, read_cross_layer_transcoder, read_kind, read_transcoder_set
-from .formats.release_files import FILE_FORMATS, read_release_file, release_files
 from .hookpoints import INPUT_SUFFIX
 from .hub_client import (
     HubOptions,
@@ -66,6 +64,7 @@ from .model_card import CARD_ARGUMENTS, card_data, copy_run_files, render_card
 from .modeling_clt import CltModel
 from .modeling_sae import SaeModel, SaesLike, refuse_non_finite, saes_by_hookpoint
 from .precision import as_torch_dtype
+from .release_saes import read_release_saes
 from .sources import local_path
 
 # hf_sae's name of the MLP input of layer l, which a per-layer transcoder of that layer reads
@@ -268,10 +267,8 @@ def load_saes(
     options = HubOptions(revision, token, cache_dir, local_files_only)
     dtype = as_torch_dtype(dtype)
     with network_errors(f"Loading SAEs from {str(repo_or_dir)!r}"):
-        entry = releases().get(str(repo_or_dir))
-        if entry is not None and (entry.get("refused") or entry["format"] in FILE_FORMATS):
-            saes = _saes_of_release_files(str(repo_or_dir), entry, wanted, options, width, l0)
-            return {h: sae.to(device=device, dtype=dtype) for h, sae in saes.items()}
+        if (read := read_release_saes(str(repo_or_dir), wanted, options, width, l0)) is not None:
+            return {h: _sae_from(*sae).to(device=device, dtype=dtype) for h, sae in read.items()}
         try:
             located = locate_saes(repo_or_dir, wanted, options, width=width, l0=l0)
         except (SaeNotFoundError, SaeConfigError, HookpointError):  # none of hf_sae's: maybe circuit-tracer's
@@ -406,38 +403,6 @@ def _saes_of_circuit_tracer(source, wanted: list[str] | None, options: HubOption
             f"{source} has no transcoder for hookpoint(s) {missing}. It has: {', '.join(saes)}. Pass some of those."
         )
     return {h: saes[h] for h in wanted} if wanted is not None else saes
-
-
-def _saes_of_release_files(name: str, entry: dict, wanted, options: HubOptions, width, l0) -> dict[str, SaeModel]:
-    """The SAEs of a release whose SAEs are single files of their own layout (`formats.release_files`), by hookpoint,
-    chosen by hookpoint (with width and L0) or by SAELens' SAE ids: only their files are downloaded. A release hf_sae
-    cannot read is refused, naming why, before any download."""
-    repo_id, fmt = entry["repo_id"], entry["format"]
-    if reason := entry.get("refused"):
-        raise SaeConfigError(f"Release {name!r} ({repo_id}, SAELens loader {entry['loader']!r}) is refused: {reason}")
-    candidates = [Candidate(path, found) for path in entry["paths"] if (found := match_release(entry, path))]
-    by_id = {sae["id"]: c for c in candidates for sae in [entry["paths"][c.folder]]} | {
-        c.folder: c for c in candidates
-    }
-    if wanted is not None and all(w in by_id for w in wanted):  # SAELens' SAE ids or paths name the SAEs exactly
-        chosen = {by_id[w].found.hookpoint or by_id[w].folder: by_id[w] for w in wanted}
-    else:
-        chosen = choose(candidates, wanted, width, l0, f"{name} ({repo_id})")
-    needed = [file for c in chosen.values() for file in release_files(fmt, c.folder)]
-    with hub_errors(repo_id, options.revision, options.token):
-        root = options.download(repo_id, [glob.escape(file) for file in needed])
-    if missing := [file for file in needed if not (root / file).is_file()]:
-        raise SaeNotFoundError(
-            f"Release {name!r}: repo {repo_id} lacks {missing}, which SAELens' registry names. The repo has changed "
-            "since the registry was written, or the offline cache holds only part of it: download it again."
-        )
-    return {
-        hookpoint: _sae_from(
-            *read_release_file(root, fmt, c.folder, entry["paths"][c.folder], repo_id, entry["base_model"]),
-            root / c.folder,
-        )
-        for hookpoint, c in chosen.items()
-    }
 
 
 def _sae_from(config: SaeConfig, tensors: dict[str, torch.Tensor], folder: Path) -> SaeModel:
