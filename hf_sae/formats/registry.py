@@ -1,7 +1,9 @@
 """SAELens' release registry as entries of hf_sae's own: every release id of `sae_lens/pretrained_saes.yaml` resolves
-to its Hub repo, base model and format, and each of its SAEs to its folder in the repo, its hookpoint (a module path)
-and its L0 and width where the registry says them. The facts are in saelens_releases.json.gz (written from SAELens'
-registry by tests/fixtures/saelens_registry.py; `_about` holds its SAELens version and date)."""
+to its Hub repo, base model, SAELens loader and the hf_sae format that reads it (or the reason it is refused), and
+each of its SAEs to its folder or file in the repo, its hookpoint (a module path), its L0 and width where the registry
+says them, and the activation scale SAELens folds in (`norm_scaling_factor`) where the registry holds one. The facts
+are in saelens_releases.json.gz (written from SAELens' registry by tests/fixtures/saelens_registry.py; `_about` holds
+its SAELens version and date)."""
 
 import functools
 import gzip
@@ -114,8 +116,9 @@ def _entry(release: dict[str, Any]) -> dict[str, Any]:
 
 @functools.cache
 def saelens_releases() -> dict[str, dict[str, Any]]:
-    """Every release of SAELens' registry by its id, as `formats.releases()` entries whose `paths` map each SAE's
-    folder to its `id`, `hookpoint`, `l0` and `width`."""
+    """Every release of SAELens' registry by its id, as `formats.releases()` entries (with `loader`, and `refused`
+    where hf_sae cannot read it) whose `paths` map each SAE's folder or file to its `id`, `hookpoint`, `l0`, `width`
+    and, where the registry has one, `scale`."""
     data = resources.files(__package__).joinpath("saelens_releases.json.gz").read_bytes()
     registry = json.loads(gzip.decompress(data))
     return {name: _entry(release) for name, release in registry.items() if not name.startswith("_")}
