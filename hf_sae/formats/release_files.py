@@ -32,7 +32,7 @@ from . import names
 from .circuit_tracer import circuit_tracer_layer
 from .tensors import config_of, fold_input_scale, load_safetensors, load_torch_file, nonnegative, take
 
-_QWEN_SCOPE_REPO = re.compile(r"SAE-Res-.+-W(\d+)K-L0_(\d+)")
+_QWEN_SCOPE_K = re.compile(r"SAE-Res-.+-W\d+K-L0_(\d+)")
 
 
 def release_files(fmt: str, path: str) -> list[str]:
@@ -56,21 +56,21 @@ def _linear_pair(raw: dict[str, Tensor], src: Path, encoder: str, decoder: str) 
 
 
 def _qwen_scope(src: Path, repo_id: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    match = _QWEN_SCOPE_REPO.search(repo_id)
+    match = _QWEN_SCOPE_K.search(repo_id)
     if match is None:
         raise SaeConfigError(
             f"{src}: a Qwen Scope SAE's k is in its repo name (Qwen/SAE-Res-Qwen3-1.7B-Base-W32K-L0_50 has k 50), but "
             f"{repo_id!r} does not have that form. Load it by its release name (`qwen-scope-3-1.7b-base-w32k-l50`)."
         )
     raw = load_torch_file(src)
-    n, d_in = raw["W_enc"].shape if "W_enc" in raw else (int(match[1]) * 1024, 0)
+    n, d_in = raw["W_enc"].shape if "W_enc" in raw else (0, 0)
     tensors = {
         "W_enc": take(raw, "W_enc", (n, d_in), src),
         "W_dec": take(raw, "W_dec", (d_in, n), src).T,
         "b_enc": take(raw, "b_enc", (n,), src),
         "b_dec": take(raw, "b_dec", (d_in,), src),
     }
-    return tensors, {"architecture": "topk", "k": int(match[2]), "apply_b_dec_to_input": False}
+    return tensors, {"architecture": "topk", "k": int(match[1]), "apply_b_dec_to_input": False}
 
 
 def _hook_z(src: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
