@@ -4,7 +4,8 @@ a temporary folder, renamed once every process has written) and loaded back as t
 
     trainer_state.pt     step, counters, scales, and the run's signature, which a resumed run must match
     weights_rank{r}.pt   SAEs, optimiser, scheduler, fp16 loss scaler (rank 0's only under data parallelism, where
-                         they are the same on every rank; each owner's with distributed hookpoints)
+                         they are the same on every rank; each owner's with distributed hookpoints, each feature
+                         shard's rows with --shard_features)
     buffer_rank{r}.pt    each rank's place in its data
 
     save_checkpoint, restore_checkpoint, load_weights   a trainer's state out, and back in
@@ -59,7 +60,7 @@ def save_checkpoint(trainer: SaeTrainer) -> Path:
     tmp = final.with_name(final.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     files = {f"buffer_rank{rank}.pt": trainer.buffer.state_dict()}
-    if trainer.owners or acc.is_main_process:
+    if trainer.per_rank_weights or acc.is_main_process:
         files[f"weights_rank{rank}.pt"] = {
             "saes": {n: sae.state_dict() for n, sae in trainer.saes.items()}, "state": trainer.state.state_dict(),
             "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict()}  # fmt: skip
@@ -99,6 +100,12 @@ def restore_checkpoint(trainer: SaeTrainer) -> Path | None:
         return None
     saved = _load_file(path / TRAINER_STATE)
     _check_same_run(trainer, path, saved.pop(RUN_KEY, None))
+    shards, saved_shards = trainer.state.feature_shards, saved.get("feature_shards", 1)
+    if saved_shards != shards:
+        raise TrainingError(
+            f"{path} was written with --shard_features {saved_shards}; this run has --shard_features {shards}. Each "
+            f"process's checkpoint holds its own rows of every SAE, so resume with --shard_features {saved_shards}."
+        )
     world = trainer.accelerator.num_processes
     if saved.get("world_size", 1) != world:
         raise TrainingError(
@@ -106,13 +113,13 @@ def restore_checkpoint(trainer: SaeTrainer) -> Path | None:
             "Each process resumes its own shard of the data, so resume with the same number of processes."
         )
     rank = trainer.accelerator.process_index
-    trainer.resumed_weights = _load_file(path / f"weights_rank{rank if trainer.owners else 0}.pt")
+    trainer.resumed_weights = _load_file(path / f"weights_rank{rank if trainer.per_rank_weights else 0}.pt")
     if bad := non_finite(sae_tensors(trainer.resumed_weights.get("saes", {}))):
         raise TrainingError(
             f"{path} holds non-finite weights ({bad}); a run resumed from it would train on NaN. Instead, "
             f"{resume_advice(path.parent, but=path)}."
         )
-    if trainer.owners:  # each rank's counters and scales belong to its own SAEs
+    if trainer.per_rank_weights:  # each rank's counters and scales belong to its own SAEs (or rows of them)
         saved = trainer.resumed_weights["state"]
     trainer.state.load_state_dict(saved, {name: sae.device for name, sae in trainer.saes.items()})
     trainer.buffer.load_state_dict(_load_file(path / f"buffer_rank{rank}.pt"))

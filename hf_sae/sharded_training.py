@@ -19,6 +19,7 @@ from .activations import ShufflingBuffer
 from .arguments import SaeArguments, SaeTrainingArguments
 from .errors import ArgumentError
 from .feature_shards import (
+    BYTES_MOVED,
     UNSHARDABLE,
     FeatureShards,
     average_over_data,
@@ -120,6 +121,7 @@ class FeatureShardedTrainer(SaeTrainer):
             shard_sae_(sae, self.shards)
         self.trainees = {name: ShardedSaeTrainee(sae, self.shards) for name, sae in saes.items()}
         self.state.feature_shards = self.shards.count
+        BYTES_MOVED.clear()  # counted from the first batch on
         rows = {name: self.shards.latent_range(sae.config.num_latents) for name, sae in saes.items()}
         logger.info(
             f"Process {self.accelerator.process_index} is feature shard {self.shards.index} of {self.shards.count} "
@@ -127,6 +129,10 @@ class FeatureShardedTrainer(SaeTrainer):
             f"{sum(p.numel() for sae in saes.values() for p in sae.parameters()):,} parameters.",
             main_process_only=False,
         )
+
+    def prepare(self, first_batch: dict[str, torch.Tensor] | None = None) -> None:
+        super().prepare(first_batch)
+        self.first_step = self.state.step  # where this process's count of bytes moved starts
 
     def _batches(self):
         """The buffer's micro-batches, each gathered to the shard group (the same batch on each of its shards)."""
@@ -145,8 +151,16 @@ class FeatureShardedTrainer(SaeTrainer):
         average_over_data(sae, self.shards)
         return clip_sharded_grad_norm_(sae, self.args.max_grad_norm or float("inf"), self.shards)
 
+    def bytes_per_step(self) -> dict[str, int]:
+        """Bytes this process put into each kind of collective per optimiser step, over the steps it trained."""
+        steps = max(self.state.step - self.first_step, 1)
+        return {what: round(count / steps) for what, count in sorted(BYTES_MOVED.items())}
+
     def trained_saes(self) -> dict[str, SaeModel]:
         """The whole SAEs, joined from their shards on the main process, taking raw activations; `{}` elsewhere."""
+        moved = self.bytes_per_step()
+        logger.info(f"Feature shard {self.shards.index} moved {sum(moved.values()):,} bytes per step: {moved}",
+                    main_process_only=False)  # fmt: skip
         result = {}
         for name, sae in self.saes.items():
             joined = gather_shards(sae, self.shards)

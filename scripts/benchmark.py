@@ -27,6 +27,8 @@ Sections:
             each extra SAE in a sweep, against one SAE (and against a live run, when the harvest section ran)
   processes the whole loop with 1 and `--processes N` processes (torchrun, one thread each), and the scaling
             efficiency: N-process tokens/s over N times the 1-process tokens/s (not in the default sections)
+  shards    the whole loop with the SAE whole in 1 process and split over `--processes N` feature shards
+            (`--shard_features N`), and the bytes each collective moves per step (not in the default sections)
   attribution, clt   attribution graphs per prompt length, and the cross-layer transcoder's training step
             (scripts/benchmark_circuits.py; not in the default sections)
 
@@ -380,21 +382,34 @@ def train_from_cache(args, cache, count: int) -> float:
     return max(rates)
 
 
+def launched_run(args, count: int, **flags) -> tuple[float, str]:
+    """(tokens/s, the log) of the end-to-end run on `count` processes of one thread each, launched by torchrun."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory() as out:
+        command = [*local_launch(count), str(Path(__file__).parent / "train_sae.py")]
+        for name, value in {**e2e_settings(args, out), **flags}.items():
+            command += [f"--{name}", *map(str, value if isinstance(value, list) else [value])]
+        log = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stderr
+        report = json.loads((Path(out) / "metrics.json").read_text())[args.hookpoint]
+    return report["train_tokens"] / report["train_seconds"], log
+
+
 def processes(args) -> dict:
     """End-to-end tokens/s with 1 and `args.processes` processes of one thread each, launched by torchrun."""
-    result = {}
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for count in (1, args.processes):
-        with tempfile.TemporaryDirectory() as out:
-            command = [*local_launch(count), str(Path(__file__).parent / "train_sae.py")]
-            for name, value in e2e_settings(args, out).items():
-                command += [f"--{name}", *map(str, value if isinstance(value, list) else [value])]
-            subprocess.run(command, env=env, check=True, capture_output=True, text=True)
-            report = json.loads((Path(out) / "metrics.json").read_text())[args.hookpoint]
-        result[f"processes_{count}_tokens_per_second"] = report["train_tokens"] / report["train_seconds"]
+    result = {f"processes_{count}_tokens_per_second": launched_run(args, count)[0] for count in (1, args.processes)}
     one, many = result["processes_1_tokens_per_second"], result[f"processes_{args.processes}_tokens_per_second"]
     result["processes_scaling_efficiency"] = many / (args.processes * one)
     return result
+
+
+def feature_shards(args) -> dict:
+    """End-to-end tokens/s of one process holding the whole SAE and of `args.processes` feature shards each holding
+    1 / N of it (`--shard_features N`), and the bytes shard 0 put into each collective per step (from its log)."""
+    one = launched_run(args, 1)[0]
+    many, log = launched_run(args, args.processes, shard_features=args.processes)
+    moved = log.split("Feature shard 0 moved ", 1)[1].split(" per step: ", 1)[1].splitlines()[0]
+    return {"shards_1_tokens_per_second": one, f"shards_{args.processes}_tokens_per_second": many,
+            "shards_bytes_per_step": json.loads(moved.replace("'", '"'))}  # fmt: skip
 
 
 def report_replay(results: dict, count: int) -> None:
@@ -492,6 +507,11 @@ def main() -> None:
     if "replay" in args.sections:
         results.update(replay(args))
         report_replay(results, args.sweep_saes)
+    if "shards" in args.sections:
+        results.update(feature_shards(args))
+        print(f"shards: 1 -> {results['shards_1_tokens_per_second']:,.0f} tok/s, {args.processes} feature shards -> "
+              f"{results[f'shards_{args.processes}_tokens_per_second']:,.0f} tok/s, "
+              f"{sum(results['shards_bytes_per_step'].values()):,} bytes per step", flush=True)  # fmt: skip
     if "processes" in args.sections:
         results.update(processes(args))
         print(f"processes: 1 -> {results['processes_1_tokens_per_second']:,.0f} tok/s, {args.processes} -> "

@@ -2,6 +2,7 @@
 claims, from what every process reported."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -101,7 +102,10 @@ def train(root: Path, out: Path, processes: int, shards: int, *flags: str) -> su
 
 
 # AuxK from the third step on: latents that have not fired for 124 tokens count as dead.
-RUNS = {"topk": ("--dead_after_tokens", "124"), "batchtopk": (), "jumprelu": ("--sparsity_coefficient", "0.01")}
+# BatchTopK with two micro-batches a step: 4 blocks, rank r reading blocks r and r + 2 as one process reads them.
+RUNS = {"topk": ("--dead_after_tokens", "124"),
+        "batchtopk": ("--batch_size", "124", "--gradient_accumulation_steps", "2", "--train_tokens", "1240"),
+        "jumprelu": ("--sparsity_coefficient", "0.01")}  # fmt: skip
 
 
 @pytest.mark.parametrize("architecture", list(RUNS))
@@ -120,3 +124,67 @@ def test_two_feature_shards_train_the_sae_of_one_process(tiny_run_inputs, tmp_pa
     metrics = [json.loads((tmp_path / run / "metrics.json").read_text())[HOOKPOINT] for run in ("one", "two")]
     for key in ("train_dead_fraction", "train_never_fired_fraction"):
         assert metrics[1][key] == pytest.approx(metrics[0][key])
+
+
+def test_a_two_by_two_mesh_trains_the_sae_of_one_process(tiny_run_inputs, tmp_path):  # noqa: F811
+    """4 processes, 2 feature shards x 2 data groups: each group gathers its two blocks, the groups average their
+    gradients, and the joined SAE is the one process's on the same 4 blocks a step."""
+    flags = ("--batch_size", "124", "--train_tokens", "1240")
+    train(tiny_run_inputs, tmp_path / "one", 1, 1, *flags)
+    result = train(tiny_run_inputs, tmp_path / "mesh", 4, 2, *flags)
+    for rank, (shard, group) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1)]):
+        assert f"Process {rank} is feature shard {shard} of 2 in data group {group} of 2" in result.stderr
+    assert_same_weights(trained(tmp_path / "one"), trained(tmp_path / "mesh"))
+
+
+def test_a_killed_shard_ends_the_run_with_an_error_naming_it(tiny_run_inputs, tmp_path):  # noqa: F811
+    driver = tmp_path / "dying.py"
+    driver.write_text(
+        "import os, sys\n"
+        "from hf_sae.sharded_training import FeatureShardedTrainer\n"
+        "original = FeatureShardedTrainer.step\n"
+        "def step(self, batches):\n"
+        "    if self.state.step == 3 and self.shards.index == 1:\n"
+        "        print('feature shard 1 dies now', file=sys.stderr, flush=True)\n"
+        "        os._exit(3)\n"
+        "    return original(self, batches)\n"
+        "FeatureShardedTrainer.step = step\n"
+        "from hf_sae.cli import main\n"
+        "sys.exit(main(['train', *sys.argv[1:]]))\n"
+    )
+    flags = [*common_flags(tiny_run_inputs), "--shard_features", "2", "--ddp_timeout", "60"]
+    command = [*local_launch(2), str(driver), *flags, "--output_dir", str(tmp_path / "run")]
+    [result] = launch_all([command], timeout=200)
+    assert ran(result.stderr, 2) == {0, 1} and "feature shard 1 of 2" in result.stderr
+    assert "feature shard 1 dies now" in result.stderr  # the fault fired
+    assert result.returncode != 0
+    assert "exitcode  : 3" in result.stderr and "rank      : 1" in result.stderr  # torchrun names the rank
+    assert not (tmp_path / "run" / HOOKPOINT).exists()
+
+
+def test_shard_checkpoints_hold_half_the_sae_and_resume_exactly(tiny_run_inputs, tmp_path):  # noqa: F811
+    """Each rank's checkpoint holds its 48 of the 96 latents' rows and their Adam moments (counted); a run resumed
+    from step 10 ends as the uninterrupted run; resuming with another shard count is refused, naming both."""
+    train(tiny_run_inputs, tmp_path / "full", 2, 2, "--save_steps", "10")
+    checkpoint = tmp_path / "full" / "checkpoint-10"
+    whole = trained(tmp_path / "full")
+    per_latent = {"W_enc", "b_enc", "W_dec"}
+    for rank in (0, 1):
+        saved = torch.load(checkpoint / f"weights_rank{rank}.pt", weights_only=True)
+        [sae] = saved["saes"].values()
+        assert {name: tuple(sae[name].shape) for name in per_latent} == {
+            "W_enc": (48, 24), "b_enc": (48,), "W_dec": (48, 24)}  # fmt: skip
+        rows = sum(sae[name].numel() for name in per_latent)
+        assert 2 * rows == sum(whole.state_dict()[name].numel() for name in per_latent)
+        moments = [t for state in saved["optimizer"]["state"].values() for key, t in state.items() if key != "step"]
+        assert sum(t.numel() for t in moments) == 2 * sum(t.numel() for t in sae.values())  # exp_avg, exp_avg_sq
+    resumed = tmp_path / "resumed"
+    shutil.copytree(checkpoint, resumed / checkpoint.name)
+    train(tiny_run_inputs, resumed, 2, 2, "--resume_from_checkpoint", "latest")
+    for name, tensor in whole.state_dict().items():
+        assert torch.equal(trained(resumed).state_dict()[name], tensor), name
+    other = [sys.executable, "-m", "hf_sae.cli", "train", *common_flags(tiny_run_inputs), "--num_processes", "2",
+             "--output_dir", str(resumed), "--resume_from_checkpoint", str(resumed / checkpoint.name)]  # fmt: skip
+    [refused] = launch_all([other])
+    assert refused.returncode != 0
+    assert "written with --shard_features 2; this run has --shard_features 1" in refused.stderr
