@@ -33,72 +33,26 @@ from .attribution.graph_json import GRAPH_METADATA
 from .autointerp import explanations_of
 from .circuit_runners import check_transcoders_fit_model
 from .errors import ArgumentError, FeatureMetadataError, HfSaeError
+from .feature_html import bars_html, contexts_html, note_text, number_text
 from .feature_store import FeatureMetadata
 from .features import explain, hookpoint_of, show_token
 from .graph_interventions import GraphInterventions
 from .graph_page import edited_logits_html, graph_head, graph_svg
 from .hooks import SaeHooks
 from .hub import load_transcoders
+from .latent_search import find_latents
 from .modeling_sae import SaeModel
 from .models import load_model, load_saes_and_lm, max_positions
 from .precision import default_device
 from .space import push_space, require_gradio, write_space
 from .version import __version__
 
-LIST_COLUMNS = ["feature", "label", "frequency", "max_activation", "robust_peak"]
-SORTS = {"feature id": "feature", "frequency": "frequency", "max activation": "max_activation"}
-SORTS["robust peak"] = "robust_peak"
+LIST_COLUMNS = ["feature", "label", "interpretability", "dense", "frequency", "max_activation", "robust_peak"]
+SORTS = {"interpretability": "interpretability", "feature id": "feature", "frequency": "frequency"}
+SORTS |= {"max activation": "max_activation", "robust peak": "robust_peak"}
 EXPLANATION_KEYS = re.compile(r"explanation|score|detection|fuzzing")  # what an explainer may add per feature
 MAX_STRENGTH, MAX_NEW_TOKENS, MAX_TOP = 1e4, 200, 10  # far beyond any activation, yet no overflow even in float16
 MAX_TRACED = 64  # tokens of a prompt traced in the app: a graph's cost grows with its active features
-
-
-def _num(x, digits: int = 3) -> str:
-    return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}g}"
-
-
-def _note(value) -> str:
-    return _num(value) if isinstance(value, float) else str(value)
-
-
-def _tokens_html(tokens: list[str], activations: list[float], peak: int, scale: float) -> str:
-    """A context as spans shaded by the feature's activation (0 to `scale`), the peak outlined."""
-    spans = []
-    for k, (token, act) in enumerate(zip(tokens, activations)):
-        alpha = min(max(act / scale, 0.0), 1.0) if scale > 0 else 0.0
-        outline = "outline:1.5px solid rgb(232,89,12);" if k == peak else ""
-        text = html.escape(token.replace("\n", "⏎"))
-        spans.append(
-            f'<span class="tok" title="{act:.3g}" style="white-space:pre;{outline}'
-            f'background:rgba(232,89,12,{alpha:.3f})">{text}</span>'
-        )
-    return "".join(spans)
-
-
-def _contexts_html(examples: list[dict], scale: float, css_class: str) -> str:
-    rows = [
-        f'<div class="{css_class}"><code>{e["activation"]:.3g}</code> '
-        f"<code>{_tokens_html(e['tokens'], e['activations'], e['peak'], scale)}</code></div>"
-        for e in examples
-    ]
-    return "".join(rows) or "<p>No contexts: it never fired.</p>"
-
-
-def _bars_html(counts: list[int], low: float, high: float, title: str, css_class: str) -> str:
-    """A histogram as a row of inline SVG bars, from `low` to `high`."""
-    if not counts or not any(counts):
-        return ""
-    width, height, peak = 360, 90, max(counts)
-    step = width / len(counts)
-    bars = "".join(
-        f'<rect class="{css_class}" x="{b * step:.1f}" y="{height - height * c / peak:.1f}" '
-        f'width="{max(step - 1, 1):.1f}" height="{height * c / peak:.1f}" fill="rgb(232,89,12)"></rect>'
-        for b, c in enumerate(counts)
-    )
-    return (
-        f"<div><b>{html.escape(title)}</b><br><svg width='{width}' height='{height}'>{bars}</svg>"
-        f"<br><small>{_num(low)} … {_num(high)}</small></div>"
-    )
 
 
 class Explorer:
@@ -115,9 +69,12 @@ class Explorer:
         # One model serves every user: a request's hooks would act inside another's forward, so one runs at a time.
         self._model_lock = threading.Lock()
 
-    def feature_list(self, query: str = "", sort: str = "feature id", limit: int = 200):
-        """The features whose id (`#12`), label or top tokens match every word of `query`, sorted by `sort`."""
-        frame = self.table.reindex(columns=LIST_COLUMNS).copy()
+    def feature_list(self, query: str = "", sort: str = "interpretability", limit: int = 200):
+        """The features whose id (`#12`), label or top tokens match every word of `query`, sorted by `sort` (by
+        interpretability score, best first, by default; metadata without it by id)."""
+        query, sort = _text(query, "The search"), _text(sort, "The sort")
+        frame = self.table.reindex(columns=[c for c in LIST_COLUMNS if c in self.table or c in ("feature", "label")])
+        frame = frame.copy()
         frame["label"] = [self.features.label(i) for i in range(len(frame))]
         terms = (query or "").lower().split()
         if terms:
@@ -128,7 +85,7 @@ class Explorer:
             ]
             frame = frame[[all(t in h for t in terms) for h in haystack]]
         key = SORTS.get(sort, "feature")
-        if key != "feature":
+        if key != "feature" and key in frame:
             frame = frame.sort_values(key, ascending=False, na_position="last", kind="stable")
         return frame.head(limit).round(4)
 
@@ -139,13 +96,14 @@ class Explorer:
         except (TypeError, ValueError, IndexError):
             return f"<p>No feature {html.escape(str(index))}: pick one of 0 to {len(self.features) - 1}.</p>"
         s, scale = feature.stats, feature.stats.get("max_activation") or 0.0
-        names = ["frequency", "mean_activation", "max_activation", "robust_peak"]
+        names = ["interpretability", "consistency", "label_precision", "label_recall", "frequency"]
+        names += ["mean_activation", "max_activation", "robust_peak"]
         names += [k for k in s if re.fullmatch(r"p[\d.]+", k)]
-        stats = " · ".join(f"{k.replace('_activation', '')} <b>{_num(s.get(k))}</b>" for k in names if k in s)
+        stats = " · ".join(f"{k.replace('_activation', '')} <b>{number_text(s.get(k))}</b>" for k in names if k in s)
         explained = getattr(feature, "explanation", None)  # an explainer's dict, where the metadata has one
         explained = explained if isinstance(explained, dict) else {}
         notes = "".join(
-            f'<p class="explanation"><b>{html.escape(k.replace("_", " "))}</b>: {html.escape(_note(v))}</p>'
+            f'<p class="explanation"><b>{html.escape(k.replace("_", " "))}</b>: {html.escape(note_text(v))}</p>'
             for k, v in {**s, **explained}.items()
             if EXPLANATION_KEYS.search(k) and v not in (None, "", [], {}) and v == v  # v == v: not NaN
         )
@@ -155,10 +113,10 @@ class Explorer:
         panels = []
         if occupied:
             lo, hi = occupied[0], occupied[-1] + 1
-            panels.append(_bars_html(hist[lo:hi], edges[lo], edges[hi], "Activation histogram (log)", "act-bar"))
+            panels.append(bars_html(hist[lo:hi], edges[lo], edges[hi], "Activation histogram (log)", "act-bar"))
         if "logit_histogram" in s:
             low, high = s["logit_range"]
-            panels.append(_bars_html(s["logit_histogram"], low, high, "Logit effect over the vocabulary", "logit-bar"))
+            panels.append(bars_html(s["logit_histogram"], low, high, "Logit effect over the vocabulary", "logit-bar"))
         logits = "".join(
             f"<tr><td>{html.escape(show_token(t))}</td><td>{v:+.3g}</td></tr>"
             for kind in ("promoted", "suppressed")
@@ -171,22 +129,60 @@ class Explorer:
         bins = sorted({e["bin"] for e in feature.quantile_examples}, reverse=True)
         sampled = "".join(
             f"<h4>Decile {b + 1}</h4>"
-            + _contexts_html([e for e in feature.quantile_examples if e["bin"] == b], scale, "sampled")
+            + contexts_html([e for e in feature.quantile_examples if e["bin"] == b], scale, "sampled")
             for b in bins
         )
         return (
-            f'<div id="feature-page"><h2>Feature {feature.index}</h2><p id="feature-label">'
-            f"{html.escape(feature.label or '(no label)')}</p><p>{stats}</p>{notes}"
+            f'<div id="feature-page"><h2>Feature {feature.index}{_dense_mark(s)}</h2><p id="feature-label">'
+            f"{html.escape(feature.label or '(no label)')}</p><p>{stats}</p>{notes}{self._about()}"
             f'<div style="display:flex;gap:24px;flex-wrap:wrap">{"".join(panels)}</div>'
             f'<div style="display:flex;gap:24px;flex-wrap:wrap"><table><tr><th colspan=2>Logit effects</th></tr>'
             f"{logits}</table><table><tr><th colspan=3>Nearest by decoder cosine</th></tr>{neighbours}</table></div>"
-            f"<h3>Top contexts</h3>{_contexts_html(feature.examples, scale, 'top')}"
+            f"<h3>Top contexts</h3>{contexts_html(feature.examples, scale, 'top')}"
             f"<h3>Contexts by activation quantile</h3>{sampled or '<p>None stored.</p>'}</div>"
         )
 
+    def _about(self) -> str:
+        """What the statistics describe and how far to trust the labels, as the metadata records it."""
+        rule = self.features.metadata.get("interpretability") or {}
+        note = self.features.text_note
+        about = [f"Statistics of the {html.escape(note)}." if note else ""]
+        if rule:
+            about.append(
+                f"Interpretability: {html.escape(rule['formula'])}; below {rule['threshold']:g} a label reads "
+                f'"no clear pattern". Dense: firing on more than {rule["dense_threshold"]:.0%} of tokens.'
+            )
+        return f'<p class="about"><small>{" ".join(about)}</small></p>' if any(about) else ""
+
+    def find_latents(self, positives: str, negatives: str, include_dense: bool = False) -> str:
+        """The latents that fire on the `positives` (one text a line) and not on the `negatives`, as an HTML table;
+        dense latents only with `include_dense`."""
+        lines = lambda text, what: [t for t in _text(text, what).splitlines() if t.strip()]  # noqa: E731
+        positives, negatives = lines(positives, "The positive texts"), lines(negatives, "The negative texts")
+        for text in positives + negatives:
+            self._check_length(len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1, "A text")
+        if not isinstance(include_dense, bool):
+            raise ArgumentError(f"Include dense latents must be true or false; got {include_dense!r}.")
+        with self._model_lock:
+            found = find_latents(self.model, self.tokenizer, self.sae, positives, negatives, hookpoint=self.hookpoint,
+                                 include_dense=include_dense, features=self.features)  # fmt: skip
+        rows = "".join(
+            f'<tr class="found"><td>#{f["feature"]}{_dense_mark(f)}</td><td>{html.escape(f["label"])}</td>'
+            f"<td>{number_text(f['contrast'])}</td><td>{number_text(f['positive'])}</td><td>{number_text(f['negative'])}</td>"
+            f"<td>{number_text(f['interpretability'])}</td></tr>"
+            for f in found
+        )
+        left_out = "" if include_dense else "<p><small>Dense latents are left out.</small></p>"
+        if not found:
+            return f"<p>No latent fires more on the positive texts than on the negative ones.</p>{left_out}"
+        head = (
+            "<tr><th>feature</th><th>label</th><th>contrast</th><th>positive</th><th>negative</th><th>score</th></tr>"
+        )
+        return f'<table id="found-table">{head}{rows}</table>{left_out}'
+
     def prompt_features(self, text: str, top: int = 5) -> str:
         """Each token of `text` with its `top` most active features and their labels, as an HTML table."""
-        if not (text or "").strip():
+        if not _text(text, "The text").strip():
             return "<p>Type a text.</p>"
         top = _whole(top, 1, MAX_TOP, "Features per token")
         self._check_length(len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1, "The text")
@@ -237,7 +233,9 @@ class Explorer:
     @torch.no_grad()
     def steer(self, prompt: str, spec: str, mode: str = "clamp", max_new_tokens: int = 30) -> tuple[str, str]:
         """(unsteered, steered) greedy continuations of `prompt`, steering the features of `spec` with `mode`."""
-        strengths = self.parse_strengths(spec)
+        prompt, strengths = _text(prompt, "The prompt"), self.parse_strengths(_text(spec, "The features"))
+        if mode not in ("clamp", "add"):
+            raise ArgumentError(f"The mode must be clamp or add; got {mode!r}.")
         settings = {"max_new_tokens": _whole(max_new_tokens, 1, MAX_NEW_TOKENS, "New tokens"), "do_sample": False}
         settings["pad_token_id"] = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
         inputs = self.tokenizer([prompt or ""], return_tensors="pt").to(self.model.device)
@@ -259,6 +257,19 @@ class Explorer:
             raise ArgumentError(
                 f"{what} makes {tokens:,} tokens; the model reads at most {self.context:,} (its context). Shorten it."
             )
+
+
+def _text(value, what: str) -> str:
+    """A text from the page (or anyone calling the app's API), checked; None reads as empty."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ArgumentError(f"{what} must be a text; got {type(value).__name__} {str(value)[:80]!r}.")
+    return value
+
+
+def _dense_mark(stats: dict) -> str:
+    return ' <span class="dense" title="fires on more than 1% of tokens">dense</span>' if stats.get("dense") else ""
 
 
 def _whole(value, low: int, high: int, what: str) -> int:
@@ -359,13 +370,15 @@ def _explorer_tabs(gr, explorer: Explorer, safely) -> None:
     with gr.Tab("Features"):
         with gr.Row():
             query = gr.Textbox(label="Search labels, tokens or #id", elem_id="search")
-            sort = gr.Dropdown(list(SORTS), value="feature id", label="Sort by", elem_id="sort")
+            sort = gr.Dropdown(list(SORTS), value="interpretability", label="Sort by", elem_id="sort")
         table = gr.Dataframe(explorer.feature_list(), interactive=False, elem_id="feature-list", max_height=320)
         index = gr.Number(value=0, precision=0, label="Feature", elem_id="feature-index")
         page = gr.HTML(explorer.feature_page(0), elem_id="feature-html")
-        query.change(explorer.feature_list, [query, sort], table)
-        sort.change(explorer.feature_list, [query, sort], table)
-        index.change(explorer.feature_page, index, page)
+        # Every value reaches the explorer as sent, which checks it and names a bad one: Gradio's own parsing of a
+        # malformed API call would fail with a traceback in the server's log.
+        query.change(safely(explorer.feature_list), [query, sort], table, preprocess=False)
+        sort.change(safely(explorer.feature_list), [query, sort], table, preprocess=False)
+        index.change(safely(explorer.feature_page), index, page, preprocess=False)
 
         def pick(frame, event: gr.SelectData):
             row = event.index[0] if isinstance(event.index, list | tuple) else event.index
@@ -377,9 +390,17 @@ def _explorer_tabs(gr, explorer: Explorer, safely) -> None:
         top = gr.Slider(1, MAX_TOP, value=5, step=1, label="Features per token")
         go = gr.Button("Show features", elem_id="prompt-go")
         found = gr.HTML(elem_id="prompt-html")
-        go.click(safely(explorer.prompt_features), [text, top], found)
-        text.submit(safely(explorer.prompt_features), [text, top], found)
+        go.click(safely(explorer.prompt_features), [text, top], found, preprocess=False)
+        text.submit(safely(explorer.prompt_features), [text, top], found, preprocess=False)
     with gr.Tab("Steer"):
+        with gr.Accordion("Find the latent for a concept", open=False):
+            with gr.Row():
+                positives = gr.Textbox(label="Texts of the concept, one a line", lines=3, elem_id="find-positives")
+                negatives = gr.Textbox(label="Texts without it, one a line", lines=3, elem_id="find-negatives")
+            dense = gr.Checkbox(False, label="Include dense latents (they rarely steer)", elem_id="find-dense")
+            find = gr.Button("Find", elem_id="find-go")
+            found_latents = gr.HTML(elem_id="find-html")
+            find.click(safely(explorer.find_latents), [positives, negatives, dense], found_latents, preprocess=False)
         prompt = gr.Textbox(label=f"Prompt{limit}, new tokens included", value="The weather today is",
                             elem_id="steer-prompt")  # fmt: skip
         spec = gr.Textbox(
@@ -392,7 +413,7 @@ def _explorer_tabs(gr, explorer: Explorer, safely) -> None:
         with gr.Row():
             plain = gr.Textbox(label="Unsteered", elem_id="steer-plain", interactive=False)
             steered = gr.Textbox(label="Steered", elem_id="steer-steered", interactive=False)
-        run.click(safely(explorer.steer), [prompt, spec, mode, length], [plain, steered])
+        run.click(safely(explorer.steer), [prompt, spec, mode, length], [plain, steered], preprocess=False)
 
 
 def build_app(explorer: Explorer | None, title: str | None = None, *, graphs: GraphExplorer | None = None):

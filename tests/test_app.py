@@ -497,3 +497,83 @@ def test_hf_sae_app_serves_graphs_without_an_sae_and_refuses_nothing_to_show(gra
         cli.app_command([])
     with pytest.raises(ArgumentError, match="--write_space writes a Space for one SAE: name it with --sae"):
         cli.app_command(["--graph", folder, "--write_space", "space"])
+
+
+def test_the_list_sorts_by_interpretability_and_the_page_shows_the_score_dense_flag_and_text(explorer):
+    listed = explorer.feature_list()
+    scores = explorer.features.stats["interpretability"]
+    assert listed["feature"].iloc[0] == scores.idxmax() and scores.max() > 0
+    assert listed["interpretability"].dropna().is_monotonic_decreasing
+    dense = int(explorer.features.stats["frequency"].idxmax())
+    assert explorer.features.stats["dense"][dense]  # a random relu SAE fires some latents on over 1% of tokens
+    page = explorer.feature_page(dense)
+    assert '<span class="dense"' in page and "interpretability <b>" in page
+    assert "harmonic mean" in page and 'below 0.5 a label reads "no clear pattern"' in page
+
+
+def _with_one_dense(features, feature: int):
+    """The same metadata with `feature` alone dense: it fires on half the tokens, every other one on 0.1%."""
+    import pyarrow as pa
+
+    from hf_sae.feature_store import FeatureMetadata
+    from hf_sae.interpretability import DENSE_FREQUENCY
+
+    table = features.stats_table
+    values = [0.5 if i == feature else 0.001 for i in range(table.num_rows)]
+    table = table.set_column(table.schema.get_field_index("frequency"), "frequency", pa.array(values))
+    flags = pa.array([f > DENSE_FREQUENCY for f in values])
+    table = table.set_column(table.schema.get_field_index("dense"), "dense", flags)
+    return FeatureMetadata(table, features.examples_table(), features.metadata)
+
+
+def test_the_contrast_search_leaves_a_dense_latent_out_unless_asked(explorer):
+    from hf_sae.latent_search import find_latents
+
+    positives, negatives = ["w5 w6 w7 w5", "w5 w9 w5"], ["w30 w31 w32", "w40 w41"]
+    model, tokenizer, sae = explorer.model, explorer.tokenizer, explorer.sae
+
+    def peaks(texts):  # each latent's largest activation on each text, through `explain` (every latent listed)
+        rows = [explain(model, tokenizer, sae, t, top=48) for t in texts]
+        table = torch.zeros(len(texts), 48)
+        for k, tokens in enumerate(rows):
+            for row in tokens:
+                for f in row["features"]:
+                    table[k, f["feature"]] = max(table[k, f["feature"]], f["activation"])
+        return table.mean(0)
+
+    peak = torch.tensor(explorer.features.stats["robust_peak"].to_numpy(), dtype=torch.float32)
+    scale = torch.where(peak.isfinite() & (peak > 0), peak, 1.0)
+    contrast = (peaks(positives) - peaks(negatives)) / scale
+    best = int(contrast.argmax())
+    features = _with_one_dense(explorer.features, best)
+    every = find_latents(model, tokenizer, sae, positives, negatives, top=5, include_dense=True, features=features)
+    assert [f["feature"] for f in every] == contrast.argsort(descending=True)[:5].tolist()
+    assert every[0]["dense"] and every[0]["contrast"] == pytest.approx(float(contrast[best]), rel=1e-5)
+    sparse = find_latents(model, tokenizer, sae, positives, negatives, top=4, features=features)
+    assert [f["feature"] for f in sparse] == [f["feature"] for f in every[1:5]] and not any(f["dense"] for f in sparse)
+    with pytest.raises(ArgumentError, match=r"Give at least one text in positives"):
+        find_latents(model, tokenizer, sae, ["  "], negatives, features=features)
+    html_page = Explorer(model, tokenizer, sae, features).find_latents("\n".join(positives), "\n".join(negatives))
+    assert f"#{best}" not in html_page and "Dense latents are left out" in html_page
+
+
+def test_bad_ids_texts_and_raw_api_calls_are_messages_never_tracebacks(served, capfd, caplog):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(served, verbose=False)
+    with caplog.at_level("DEBUG"):
+        for bad in ("abc", -5, 10**9):
+            assert "No feature" in client.predict(bad, api_name="/feature_page")
+        for inputs, endpoint, fragment in [
+            ((123, 5), "/prompt_features", "The text must be a text; got int '123'"),
+            ((PROMPT, "3", "sideways", 5), "/steer", "The mode must be clamp or add; got 'sideways'"),
+            ((PROMPT, ["3"], "clamp", 5), "/steer", "The features must be a text; got list"),
+            (("", "w5", False), "/find_latents", "Give at least one text in positives"),
+            (("w5", "w6", "yes"), "/find_latents", "Include dense latents must be true or false; got 'yes'"),
+        ]:
+            with pytest.raises(AppError, match=fragment):
+                client.predict(*inputs, api_name=endpoint)
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
