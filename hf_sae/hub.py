@@ -64,7 +64,7 @@ from .model_card import CARD_ARGUMENTS, card_data, copy_run_files, render_card
 from .modeling_clt import CltModel
 from .modeling_sae import SaeModel, SaesLike, refuse_non_finite, saes_by_hookpoint
 from .precision import as_torch_dtype
-from .release_saes import read_release_saes
+from .release_saes import by_sae_ids, read_release_saes
 from .sources import local_path
 
 # hf_sae's name of the MLP input of layer l, which a per-layer transcoder of that layer reads
@@ -232,8 +232,7 @@ def load_saes(
     metadata comes along: it is in `Path(sae.name_or_path) / "features"` when the repo has it. Repos and folders in
     other formats (SAELens, sparsify, dictionary_learning, Gemma Scope 1 and 2, Llama Scope) are detected and
     converted, and a release name of `hf_sae.convert.releases()` (`gemma-scope-2b-pt-res`, any release id of SAELens'
-    registry) stands for its repo; a release whose SAEs are single files (Qwen Scope, Goodfire, ...) also takes
-    SAELens' SAE ids as `hookpoints`.
+    registry) stands for its repo, and takes SAELens' SAE ids as `hookpoints` too.
 
     Args:
         repo_or_dir (`str` or `os.PathLike`): a local folder, or a Hub repo id.
@@ -269,6 +268,7 @@ def load_saes(
     with network_errors(f"Loading SAEs from {str(repo_or_dir)!r}"):
         if (read := read_release_saes(str(repo_or_dir), wanted, options, width, l0)) is not None:
             return {h: _sae_from(*sae).to(device=device, dtype=dtype) for h, sae in read.items()}
+        wanted, width, l0 = by_sae_ids(str(repo_or_dir), wanted, width, l0)  # SAELens' SAE ids of a release
         try:
             located = locate_saes(repo_or_dir, wanted, options, width=width, l0=l0)
         except (SaeNotFoundError, SaeConfigError, HookpointError):  # none of hf_sae's: maybe circuit-tracer's

@@ -10,7 +10,7 @@ from typing import Any
 from torch import Tensor
 
 from .configuration_sae import SaeConfig
-from .errors import SaeConfigError, SaeNotFoundError
+from .errors import ArgumentError, SaeConfigError, SaeNotFoundError
 from .formats import Candidate, choose, match_release, releases
 from .formats.release_files import FILE_FORMATS, read_release_file, release_files
 from .hub_client import HubOptions, hub_errors
@@ -23,6 +23,23 @@ def _chosen(name: str, entry: dict[str, Any], wanted, width, l0) -> dict[str, Ca
     if wanted is not None and all(w in by_id for w in wanted):
         return {by_id[w].found.hookpoint or by_id[w].folder: by_id[w] for w in wanted}
     return choose(candidates, wanted, width, l0, f"{name} ({entry['repo_id']})")
+
+
+def by_sae_ids(name: str, wanted: list[str] | None, width, l0) -> tuple[list[str] | None, int | None, float | None]:
+    """`(hookpoints, width, l0)` for SAELens' SAE ids (or paths) of a release of folders, as hf_sae chooses among a
+    repo's SAEs; the arguments unchanged where `wanted` holds no such ids."""
+    entry = releases().get(name) or {}
+    paths = entry.get("paths", {})
+    by_id = {sae["id"]: path for path, sae in paths.items()} | {path: path for path in paths}
+    if not wanted or not all(w in by_id for w in wanted):
+        return wanted, width, l0
+    found = [match_release(entry, by_id[w]) for w in wanted]
+    if any(f is None or f.hookpoint is None for f in found) or len({(f.num_latents, f.l0) for f in found}) > 1:
+        raise ArgumentError(
+            f"SAE ids {wanted} of release {name!r} differ in width or L0, or name no hookpoint: load them one at a "
+            "time (`load_saes(release, hookpoints=[sae_id])`), or by hookpoint with `width=` and `l0=`."
+        )
+    return [f.hookpoint for f in found], found[0].num_latents, found[0].l0
 
 
 def read_release_saes(

@@ -17,7 +17,7 @@ from huggingface_hub import HfApi
 from safetensors.torch import load_file
 
 from hf_sae import SaeModel, load_saes
-from hf_sae.errors import SaeConfigError, SaeNotFoundError
+from hf_sae.errors import ArgumentError, SaeConfigError, SaeNotFoundError
 from hf_sae.formats import MARKERS, detect_format, names, releases
 from hf_sae.formats.registry import LOADERS, REFUSED, saelens_provenance, saelens_releases
 from hf_sae.formats.release_files import FILE_FORMATS, read_release_file
@@ -82,8 +82,11 @@ def test_a_release_layout_loads_by_name_and_computes_as_saelens_does(release, mo
     with HubServer(orgs={org: {"alice"}}) as server:
         point_client_at(monkeypatch, server.url, tmp_path / "hf-home")
         upload(HfApi(token="hf_alice_write"), entry["repo_id"], FIXTURES / release / "repo")
-        # single-file layouts by SAELens' SAE id, folders by hookpoint
-        saes = load_saes(release, hookpoints=[saelens["sae_id"] if entry["format"] in FILE_FORMATS else hookpoint])
+        saes = load_saes(release, hookpoints=[saelens["sae_id"]])  # by SAELens' SAE id
+        if entry["format"] not in FILE_FORMATS:  # a folder: by hookpoint too, narrowed by the registry's width and L0
+            sae = entry["paths"][saelens["path"]]
+            again = load_saes(release, hookpoints=[hookpoint], width=sae["width"], l0=sae["l0"])
+            assert torch.equal(again[hookpoint].W_enc, saes[hookpoint].W_enc)
     assert list(saes) == [hookpoint]  # where SAELens says it reads
     sae = saes[hookpoint]
     config = sae.config
@@ -218,3 +221,10 @@ def test_the_formats_page_counts_each_loader_s_releases_and_saes():
         assert (int(n_releases), int(n_saes.replace(",", ""))) == (releases_[loader], saes[loader]), loader
         expected = "refused" if loader in REFUSED else f"`{LOADERS[None if loader == 'sae_lens' else loader]}`"
         assert reader == expected, loader
+
+
+def test_sae_ids_of_different_widths_or_l0s_are_refused_together(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ids = ["layer_12_width_16k_l0_big", "layer_12_width_16k_l0_medium"]  # L0 150 and 60
+    with pytest.raises(ArgumentError, match=r"differ in width or L0.*one at a time"):
+        load_saes("gemma-scope-2-270m-pt-res", hookpoints=ids)
