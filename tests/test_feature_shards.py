@@ -2,6 +2,7 @@
 claims, from what every process reported."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -12,8 +13,10 @@ import torch
 from test_distributed import HOOKPOINT, SCRIPT, assert_same_weights, common_flags, launch_all, ran, trained
 from test_training import tiny_run_inputs  # noqa: F401  (the module-scoped fixture)
 
-from hf_sae import SaeModel
+from hf_sae import ArgumentError, SaeModel
+from hf_sae.arguments import TRAIN_GROUPS, group_arguments
 from hf_sae.distribution import local_launch
+from hf_sae.runners import train_saes
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = str(REPO / "tests" / "feature_shard_worker.py")
@@ -188,3 +191,34 @@ def test_shard_checkpoints_hold_half_the_sae_and_resume_exactly(tiny_run_inputs,
     [refused] = launch_all([other])
     assert refused.returncode != 0
     assert "written with --shard_features 2; this run has --shard_features 1" in refused.stderr
+
+
+# ---- bad input, refused before the LM loads ------------------------------------------------------------------------
+
+REFUSALS = [
+    ({"num_latents": 97}, ("--shard_features 2 needs a latent count that 2 divides; got --num_latents 97. Use "
+                          "--num_latents 96 or 98")),
+    ({"num_processes": 1}, "--shard_features 2 splits each SAE's latents over 2 processes, but this run has 1 "),
+    ({"num_processes": 6, "shard_features": 4, "batch_size": 600},
+     ("but this run has 6 process(es), which 4 must divide (each group of 4 shares one SAE; the groups are data "
+     "parallel). Use --shard_features among [1, 2, 3, 6]")),
+    ({"distribute_hookpoints": True}, "--shard_features 2 cannot be combined with --distribute_hookpoints"),
+    ({"clt": True}, "--shard_features 2 cannot be combined with --clt: a cross-layer transcoder's latents"),
+    ({"architecture": "matryoshka_batchtopk", "matryoshka_group_sizes": [32, 64]},
+     "cannot train --architecture matryoshka_batchtopk: its nested prefixes decode groups of latents"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("overrides", "message"), REFUSALS)
+def test_what_shard_features_cannot_serve_is_refused_before_the_lm_loads(tmp_path, monkeypatch, overrides, message):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    flat = {"shard_features": 2, "num_processes": 2, "num_latents": 96, **overrides}
+    missing = str(tmp_path / "no_model_here")  # loading it would fail: the refusal must come first
+    with pytest.raises(ArgumentError, match=re.escape(message)):
+        train_saes(*group_arguments(TRAIN_GROUPS, model_name_or_path=missing, hookpoints=["model.layers.1"],
+                                    output_dir=str(tmp_path / "run"), report_to="none", **flat))  # fmt: skip
+
+
+def test_a_shard_count_below_one_is_refused(tmp_path):
+    with pytest.raises(ArgumentError, match=re.escape("--shard_features must be a positive integer; got 0.")):
+        group_arguments(TRAIN_GROUPS, shard_features=0, output_dir=str(tmp_path), report_to="none")
