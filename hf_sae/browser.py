@@ -156,6 +156,7 @@ def _index(features: FeatureMetadata, contexts: pa.Table) -> dict:
         for i in range(num)
     ]
     explained = explanations_of(features).get("features", {})  # from `hf-sae explain`, when it ran
+    scored = "interpretability" in table.column_names  # metadata from before the score has none
     entries = [explained.get(str(i), {}) for i in range(num)] if explained else []
     return {
         "explanation": [e.get("explanation") for e in entries],
@@ -168,6 +169,8 @@ def _index(features: FeatureMetadata, contexts: pa.Table) -> dict:
         "peak": [_num(x) for x in table.column("robust_peak").to_pylist()]
         if "robust_peak" in table.column_names
         else None,
+        "score": [_num(x, 2) for x in table.column("interpretability").to_pylist()] if scored else None,
+        "dense": table.column("dense").to_pylist() if "dense" in table.column_names else None,
         "search": search,
     }
 
@@ -198,6 +201,9 @@ def write_browser(
     num = features.stats_table.num_rows
     keys = ("model_name_or_path", "hookpoint", "tokens", "num_latents", "top_n", "skip_after_special")
     info = {key: meta.get(key) for key in keys}
+    rule = meta.get("interpretability") or {}
+    info |= {"text": features.text_note, "threshold": rule.get("threshold"), "formula": rule.get("formula")}
+    info |= {"clear_share": rule.get("clear_pattern_share"), "dense_threshold": rule.get("dense_threshold")}
     data = {
         "title": title or f"{meta.get('hookpoint') or 'SAE'} features",
         "meta": info,

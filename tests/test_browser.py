@@ -1,5 +1,6 @@
 """The static feature browser, checked in real headless Chromium (Debian's chromium and chromium-driver)."""
 
+import math
 import os
 import re
 import shutil
@@ -83,12 +84,14 @@ def test_browser_in_headless_chromium(chrome, features, tmp_path):
     assert sorted(p.name for p in (tmp_path / "browser" / "data").iterdir()) == ["f0000.js", "f0001.js", "f0002.js"]
     chrome.get(index.as_uri())
     wait_for(lambda: len(rows(chrome)) == 48)
-    assert rows(chrome) == list(range(48))
+    shown_score = [-1 if math.isnan(x) else float(f"{x:.2g}") for x in features.stats["interpretability"]]
+    by_score = lambda ids: sorted(ids, key=lambda i: (-shown_score[i], i))  # noqa: E731 (best first, then by id)
+    assert rows(chrome) == by_score(range(48))
     assert chrome.find_element("id", "count").text == "48 of 48 features"
 
     search = chrome.find_element("id", "search")
     search.send_keys("zebra")
-    wait_for(lambda: rows(chrome) == [5, 17])
+    wait_for(lambda: rows(chrome) == by_score([5, 17]))
     search.clear()
     search.send_keys("#17")
     wait_for(lambda: rows(chrome) == [17])
@@ -99,7 +102,7 @@ def test_browser_in_headless_chromium(chrome, features, tmp_path):
         if rank < 5:
             peaks[f].add(tokens[peak])
     words = {i: [f"#{i}", features.label(i), *peaks[i], *stats["promoted_tokens"][i][:5]] for i in range(48)}
-    expected = [i for i in range(48) if term in " ".join(words[i]).lower()]
+    expected = by_score([i for i in range(48) if term in " ".join(words[i]).lower()])
     search.clear()
     search.send_keys(term)
     wait_for(lambda: rows(chrome) == expected)
@@ -120,6 +123,11 @@ def test_browser_in_headless_chromium(chrome, features, tmp_path):
     assert (red, green, blue) == ("232", "89", "12") and float(alpha) > 0.95
 
     assert chrome.find_element("css selector", "main .stats").text.count("robust peak") == 1
+    assert f"interpretability\n{shown_score[shown]:g}" in chrome.find_element("css selector", "main .stats").text
+    dense = [i for i in range(48) if features.stats["dense"][i]]
+    assert ("dense" in chrome.find_element("css selector", "main").text) == (shown in dense)
+    meta = chrome.find_element("id", "meta").text
+    assert 'labels below 0.5 read "no clear pattern"' in meta and "harmonic mean" in meta
     sampled = features[shown].quantile_examples
     assert len(chrome.find_elements("css selector", "#quantiles .ctx")) == len(sampled) > 0
     bins = [b.text for b in chrome.find_elements("css selector", "#quantiles .bin")]
@@ -189,6 +197,7 @@ def test_sixteen_thousand_features_in_chromium(chrome, big_browser):
     wait_for(lambda: len(rows(chrome)) == 100)  # the list is paged
     wait_for(lambda: heading(chrome) == "Feature 16000" and chrome.find_elements("css selector", "#contexts .ctx"))
     assert chrome.find_element("id", "page").text == "page 1 of 164"
+    chrome.find_element("css selector", "#sort option[value=id]").click()  # by default: by interpretability score
     chrome.find_element("id", "search").send_keys("#1638")
     wait_for(lambda: rows(chrome) == [1638, *range(16380, 16384)])
     assert [entry for entry in chrome.get_log("browser") if entry["level"] == "SEVERE"] == []
