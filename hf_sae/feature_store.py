@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import FeatureMetadataError
-from .interpretability import NO_CLEAR_PATTERN
+from .interpretability import NO_CLEAR_PATTERN, text_note
 from .layout import FEATURES, replace_folder, staging_folder, write_json
 
 STATS, EXAMPLES, QUANTILE_EXAMPLES = "stats.parquet", "examples.parquet", "quantile_examples.parquet"
@@ -175,8 +175,7 @@ class FeatureMetadata:
     def text_note(self) -> str:
         """The text the statistics describe, in words (`held-out text (test)`, `training text (train)`); empty for
         metadata that does not record it."""
-        text = self.metadata.get("text") or {}
-        return f"{'held-out' if text.get('held_out') else 'training'} text ({text['split']})" if text else ""
+        return text_note(self.metadata)
 
     @property
     def stats_table(self) -> pa.Table:

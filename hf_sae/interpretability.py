@@ -79,3 +79,10 @@ def interpretability_summary(scores: list[float], frequencies: list[float]) -> d
         "dense_threshold": DENSE_FREQUENCY,
         "dense_latents": sum(f > DENSE_FREQUENCY for f in frequencies),
     }
+
+
+def text_note(metadata: dict) -> str:
+    """The text feature metadata describes, in words: `held-out text (test)`, `training text (train)`; empty where
+    the metadata does not record it (the statistics, labels and scores are only as good as that text is new)."""
+    text = metadata.get("text") or {}
+    return f"{'held-out' if text.get('held_out') else 'training'} text ({text['split']})" if text.get("split") else ""

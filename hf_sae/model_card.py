@@ -16,6 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .configuration_clt import CltConfig
 from .configuration_sae import SaeConfig
 from .errors import SaeNotFoundError
+from .interpretability import text_note
 from .layout import (
     FEATURES,
     METRICS,
@@ -221,6 +222,16 @@ def read_data_sources(folder: Path) -> tuple[list, list[str]]:
     return list(zip(names, weights or [None] * len(names))), sorted(metrics.get(PER_SOURCE) or {})
 
 
+def feature_summary(folder: Path) -> dict | None:
+    """What the card says of an SAE's features (`hf-sae features`): the interpretability rule and how many pass it,
+    the dense latents, and the text described (`held-out text (test)`); None without a scored `features/` folder."""
+    path = Path(folder) / FEATURES / "metadata.json"  # feature_store.METADATA
+    metadata = read_json(path) if path.is_file() and not path.is_symlink() else {}
+    if not isinstance(metadata.get("interpretability"), dict):
+        return None
+    return {**metadata["interpretability"], "text": text_note(metadata)}
+
+
 def read_metrics(folder: Path) -> dict:
     """The numbers and names in an SAE folder's metrics.json (empty without one)."""
     path = Path(folder) / METRICS
@@ -279,6 +290,7 @@ def render_card(
             "config": c,
             "metrics": [metrics[h].get(k) for k in columns],
             "tokens": metrics[h].get(TRAIN_TOKENS),
+            "features": feature_summary(folders[h]),
         }
         for h, c in configs.items()
     ]

@@ -91,3 +91,20 @@ def test_card_of_an_sae_with_nothing_beside_it_names_each_missing_part(tmp_path)
     assert "No training arguments were saved with this SAE." in text
     assert "The training text was not recorded." in text
     assert "No feature metadata (`features/`) was saved with this SAE" in text
+    assert "## Features" not in text
+
+
+def test_card_states_the_share_of_features_with_a_clear_pattern_its_threshold_and_the_text(tmp_path):
+    from hf_sae.interpretability import interpretability_summary
+
+    folder = saved_sae(tmp_path / "sae")
+    scores, frequencies = [0.9, 0.6, 0.1, 0.0, float("nan")], [0.2, 0.001, 0.003, 0.02, 0.0]
+    summary = interpretability_summary(scores, frequencies)
+    assert summary["clear_pattern_share"] == 0.5 and summary["dense_latents"] == 2  # 2 of 4 that fired; 2 over 1%
+    (folder / "features").mkdir()
+    text = {"split": "train[every 50th document]", "held_out": True, "training_eval_split": None}
+    (folder / "features" / "metadata.json").write_text(json.dumps({"interpretability": summary, "text": text}))
+    card = render_card({HOOKPOINT: folder}, "sae", "me/sae", {}, True).text
+    assert "| `model.layers.3` | held-out text (train[every 50th document]) | 50% of 4 | 2 |" in card
+    assert "interpretability score reaches 0.5" in card and "3 / (1/c + 1/r + 1/p)" in card
+    assert "fire on more than 1% of the tokens described" in card
