@@ -34,6 +34,12 @@ def prefix_records(cache: ActivationCache, tokens: int, step: int = 8192):
                {name: part.column(name).to_numpy() for name in part.column_names})  # fmt: skip
 
 
+def write_prefix_cache(cache: ActivationCache, tokens: int, folder: Path) -> None:
+    """The first `tokens` rows of `cache` as a cache of their own at `folder`, with its model, LM and text."""
+    metadata = {key: value for key, value in cache.meta.items() if key in ("model", "lm", "data")}
+    write_cache(prefix_records(cache, tokens), folder, max_tokens=tokens, dtype=cache.meta["dtype"], metadata=metadata)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", required=True)
@@ -48,9 +54,7 @@ def main() -> None:
     out, big = Path(args.output_dir), ActivationCache(args.cache)
     small = out / "small_cache"
     if not small.exists():
-        metadata = {key: value for key, value in big.meta.items() if key in ("model", "lm", "data")}
-        records = prefix_records(big, args.small_tokens)
-        write_cache(records, small, max_tokens=args.small_tokens, dtype=big.meta["dtype"], metadata=metadata)
+        write_prefix_cache(big, args.small_tokens, small)
     runs = {f"{epochs:g} epoch(s) of {args.small_tokens:,}": (small, epochs) for epochs in args.epochs}
     runs[f"1 pass over {big.tokens:,}"] = (Path(args.cache), 1)
     trained = {}
