@@ -384,8 +384,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def replay_tokens(cache: ActivationCache, train_tokens: int, epochs: float | None, batch_size: int,
                   allow_many_epochs: bool = False) -> int:  # fmt: skip
     """The run's token budget over a cache, said in the log: `epochs` times the cache (whole batches), else
-    `train_tokens`, which may exceed the cache (replay then goes round again) up to MAX_EPOCHS passes; more are
-    refused unless `allow_many_epochs`, as an explicit `epochs` asks for them already."""
+    `train_tokens`, which may exceed the cache (replay then goes round again) up to MAX_EPOCHS passes. More passes
+    implied by `train_tokens` are refused unless `allow_many_epochs`; an explicit `epochs` asks for them already."""
     if epochs is None:
         tokens = train_tokens
         if tokens > MAX_EPOCHS * cache.tokens and not allow_many_epochs:
@@ -403,12 +403,13 @@ def replay_tokens(cache: ActivationCache, train_tokens: int, epochs: float | Non
 
 
 def _too_many_epochs(cache: ActivationCache, tokens: int) -> ArgumentError:
+    epochs = f"{tokens / cache.tokens:.2f}"  # two decimals: 10.001 passes must not read as 10
     return ArgumentError(
         f"--train_tokens {tokens:,} over the {cache.tokens:,}-token activation cache {cache.path} is "
-        f"{tokens / cache.tokens:.3g} epochs, more than {MAX_EPOCHS}: the SAEs would see the same tokens that many "
+        f"{epochs} epochs, more than {MAX_EPOCHS}: the SAEs would see the same tokens that many "
         f"times and fit them rather than the LM. Write a bigger cache (`hf-sae cache --cache_tokens "
         f"{math.ceil(tokens / MAX_EPOCHS)} --output_dir NEW_DIR`, then --activation_cache NEW_DIR), or pass "
-        f"--allow_many_epochs to train for {tokens / cache.tokens:.3g} epochs anyway."
+        f"--allow_many_epochs to train for {epochs} epochs anyway."
     )
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,15 @@ from tqdm import tqdm
 import hf_sae.activation_cache as activation_cache
 import hf_sae.runners as runners
 from hf_sae import ArgumentError, DataError, SaeModel
-from hf_sae.activation_cache import CACHE_DATA, CACHE_META, ActivationCache, CacheReplay, harvest_records, write_cache
+from hf_sae.activation_cache import (
+    CACHE_DATA,
+    CACHE_META,
+    ActivationCache,
+    CacheReplay,
+    harvest_records,
+    replay_tokens,
+    write_cache,
+)
 from hf_sae.arguments import TRAIN_GROUPS, group_arguments
 from hf_sae.cli import main, parse_arguments
 from hf_sae.hookpoints import capture_activations
@@ -287,9 +296,9 @@ def test_a_budget_of_many_epochs_of_a_small_cache_is_refused_before_work_unless_
                 train_saes(*tiny_args(tiny, tmp_path / "refused", sweep=sweep, **many))
             message = str(refused.value)
             assert message.startswith(f"--train_tokens 32,768 over the 3,000-token activation cache {tiny / 'cache'}")
-            assert "is 10.9 epochs, more than 10" in message
+            assert "is 10.92 epochs, more than 10" in message
             assert "Write a bigger cache (`hf-sae cache --cache_tokens 3277 --output_dir NEW_DIR`" in message
-            assert message.endswith("or pass --allow_many_epochs to train for 10.9 epochs anyway.")
+            assert message.endswith("or pass --allow_many_epochs to train for 10.92 epochs anyway.")
         assert not (tmp_path / "refused").exists()
     with caplog.at_level("INFO", logger="hf_sae"):
         report = train_saes(*tiny_args(tiny, tmp_path / "allowed", allow_many_epochs=True, **many))
@@ -300,6 +309,15 @@ def test_a_budget_of_many_epochs_of_a_small_cache_is_refused_before_work_unless_
     with caplog.at_level("INFO", logger="hf_sae"):  # ten passes exactly: no flag needed
         train_saes(*tiny_args(tiny, tmp_path / "ten", train_tokens=30_000, batch_size=1000, epochs=None))
     assert "Training for 10 epochs of the 3,000-token cache (30,000 tokens)." in caplog.messages
+
+
+def test_only_the_passes_that_train_tokens_imply_are_refused():
+    cache = SimpleNamespace(tokens=1000, path="cache/small")  # all that the rule reads of a cache
+    assert replay_tokens(cache, 10_000, None, 100) == 10_000  # ten passes exactly
+    with pytest.raises(ArgumentError, match=r"--train_tokens 10,001 over .* cache/small is 10.00 epochs, more than"):
+        replay_tokens(cache, 10_001, None, 100)
+    assert replay_tokens(cache, 10_001, None, 100, allow_many_epochs=True) == 10_001
+    assert replay_tokens(cache, 1, 25.0, 100) == 25_000  # --epochs 25 asks for them: not refused
 
 
 def test_the_held_out_report_reads_a_tenth_of_the_training_budget_unless_told(tiny, tmp_path, caplog):
