@@ -69,3 +69,16 @@ def test_the_held_out_budget_is_a_tenth_of_training_one_block_to_100k(train_toke
     for explicit in (0, 7, 250_000):  # a number given is kept as given, 0 skipping the report
         given = dataclasses.replace(args, eval_tokens=explicit)
         assert given.held_out_tokens(context_size) == explicit
+
+
+def test_every_command_help_prints_a_described_section_per_group(capsys):
+    from hf_sae.cli import COMMANDS
+
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert done.value.code == 0, command
+        titles = re.findall(r"^(\S[^\n]*):\n(  \S[^\n]*)?", text, flags=re.MULTILINE)
+        assert len(titles) >= 2 and titles[0] == ("options", "  -h, --help            show this help message and exit")
+        assert all(not description.startswith("  -") for _, description in titles[1:]), (command, titles)
