@@ -3,6 +3,7 @@ and in W&B (offline); a TensorBoard run per configuration of a real sweep on the
 
 import json
 import struct
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -117,29 +118,44 @@ def test_wandb_offline_gets_one_run_per_configuration_with_its_own_config(tmp_pa
 
 
 def wandb_run(path: Path) -> tuple[dict, dict[int, dict]]:
-    """`(config, {step: logged values})` of an offline W&B run file: a LevelDB-style log (32 KiB blocks of records,
-    each a 7-byte header, then a piece of a `Record` protobuf) after a 7-byte W&B header."""
+    """`(config, {step: logged values})` of an offline W&B run, once its file is complete (W&B's service may still be
+    writing it when `finish` returns: read it until its exit record is there)."""
+    for _ in range(600):
+        records = wandb_records(path)
+        if any(record.WhichOneof("record_type") == "exit" for record in records):
+            break
+        time.sleep(0.1)
+    config, history = {}, {}
+    for record in records:
+        kind = record.WhichOneof("record_type")
+        if kind in ("run", "config"):  # the config comes with the run, or in updates after it
+            updates = record.run.config.update if kind == "run" else record.config.update
+            config |= {item.key: json.loads(item.value_json) for item in updates}
+            config |= {"name": record.run.display_name} if kind == "run" else {}
+        elif kind == "history":
+            row = {}
+            for item in record.history.item:
+                _nest(row, list(item.nested_key) or [item.key], json.loads(item.value_json))
+            history.setdefault(row["_step"], {}).update(row)  # `history.step` is not always set
+    return config, history
+
+
+def wandb_records(path: Path) -> list:
+    """The records of a W&B run file: a LevelDB-style log (32 KiB blocks of records, each a 7-byte header, then a
+    piece of a `Record` protobuf) after a 7-byte W&B header."""
     from wandb.proto.wandb_internal_pb2 import Record
 
-    data, position, piece, block = path.read_bytes(), 7, b"", 32768
-    config, history = {}, {}
+    data, position, piece, block, records = path.read_bytes(), 7, b"", 32768, []
     while position + 7 <= len(data):
         if block - position % block < 7:  # a block's tail too short for a header is padding
             position += block - position % block
             continue
         _, length, kind = struct.unpack("<IHB", data[position : position + 7])
         piece, position = piece + data[position + 7 : position + 7 + length], position + 7 + length
-        if kind not in (1, 4):  # a record's first or middle piece
-            continue
-        record, piece = Record.FromString(piece), b""
-        if record.WhichOneof("record_type") == "run":
-            config |= {item.key: json.loads(item.value_json) for item in record.run.config.update}
-            config["name"] = record.run.display_name
-        elif record.WhichOneof("record_type") == "history":
-            row = history.setdefault(record.history.step.num, {})
-            for item in record.history.item:
-                _nest(row, list(item.nested_key) or [item.key], json.loads(item.value_json))
-    return config, history
+        if kind in (1, 4) and position <= len(data):  # a whole record, or its last piece
+            records.append(Record.FromString(piece))
+            piece = b""
+    return records
 
 
 def _nest(row: dict, keys: list[str], value) -> None:
