@@ -371,6 +371,8 @@ def collect_feature_metadata(
             bar.update(int(mask.sum()))
             if max_tokens is not None and collector.tokens >= max_tokens:
                 break
+    if not collector.tokens:
+        logger.warning("No token was counted: the text made no block of this context size. Name a larger text.")
     settings = {"hookpoint": hookpoint, "top_n": top_n, "sample_size": sample_size, "context_before": before,
                 "context_after": after, "outlier_factor": outlier_factor, "skip_after_special": skip_after_special,
                 "after_special_tokens": after_special, "model_name_or_path": getattr(model, "name_or_path", None),
