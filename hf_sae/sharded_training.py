@@ -163,6 +163,8 @@ class FeatureShardedTrainer(SaeTrainer):
                     main_process_only=False)  # fmt: skip
         result = {}
         for name, sae in self.saes.items():
+            if sae.config.architecture == "batchtopk":  # the same in a group; the groups saw other batches
+                sae.threshold.copy_(self._across_ranks(sae.threshold.detach().clone(), "mean"))
             joined = gather_shards(sae, self.shards)
             if joined is not None:
                 result[name] = SaeTrainee(joined).folded(self.state.scales[name], self.state.output_scales.get(name))
