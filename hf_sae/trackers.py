@@ -64,7 +64,8 @@ class RunTrackers:
         built (`num_latents` from an expansion factor), and the first one's rate is the one the `lr` metric follows."""
         self.runs, self.writers = runs, []
         self.route = {name: (index, prefix) for index, run in enumerate(runs) for name, prefix in run.saes.items()}
-        self.reference_rate = runs[self.route[next(iter(saes))][0]].learning_rate
+        first = next((self.route[name][0] for name in saes if name in self.route), 0)  # a process may hold none
+        self.reference_rate = runs[first].learning_rate
         if not accelerator.is_main_process or args.report_to == "none":
             return
         folder = Path(args.output_dir)
@@ -82,8 +83,8 @@ class RunTrackers:
             return
         per_run = [{} for _ in self.runs]
         for key, value in metrics.items():
-            sae, _, term = key.rpartition("/")
-            if sae in self.route:
+            sae, term = self._split(key)
+            if sae is not None:
                 index, prefix = self.route[sae]
                 per_run[index][prefix + term] = value
             else:  # run-wide; the schedule multiplies every configuration's rate by the same factor
@@ -91,6 +92,15 @@ class RunTrackers:
                     per_run[index][key] = value * run.learning_rate / self.reference_rate if key == "lr" else value
         for writer, values in zip(self.writers, per_run):
             writer.scalars(values, step)
+
+    def _split(self, key: str) -> tuple[str | None, str]:
+        """`(sae, term)` of a metric's name, the longest SAE name that starts it (SAE names and terms may both hold
+        '/': `wide/model.layers.1/loss`, `clt/layer_3/fvu`); `(None, key)` for a run-wide one."""
+        parts = key.split("/")
+        for end in range(len(parts) - 1, 0, -1):
+            if (sae := "/".join(parts[:end])) in self.route:
+                return sae, "/".join(parts[end:])
+        return None, key
 
     def log_report(self, report: dict[str, dict], histograms: dict[str, dict] | None, step: int) -> None:
         """The held-out report as `heldout_<metric>` scalars at the last step, and each SAE's firing-density

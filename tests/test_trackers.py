@@ -77,16 +77,14 @@ def test_several_hookpoints_of_one_configuration_are_told_apart_by_hookpoint(tmp
     trackers = tracked(tmp_path, "tensorboard", ["model.layers.1", "model.layers.2"])
     losses = {"narrow/model.layers.1/loss": 1.0, "narrow/model.layers.2/loss": 2.0, "wide/model.layers.1/loss": 3.0,
               "wide/model.layers.2/loss": 4.0}  # fmt: skip
-    trackers.log(losses | {"lr": 5e-4, "tokens_per_second": 7.0}, step=1)
+    per_layer = {"narrow/model.layers.1/layer_0/fvu": 0.5}  # a term with '/' of its own (a cross-layer transcoder's)
+    trackers.log(losses | per_layer | {"lr": 5e-4, "tokens_per_second": 7.0}, step=1)
     trackers.end()
     narrow, wide = (events_of(tmp_path / "out" / "runs" / "out" / name) for name in ("narrow", "wide"))
+    tags = {"model.layers.1/loss", "model.layers.2/loss", "lr", "tokens_per_second"}
+    assert set(narrow.Tags()["scalars"]) == tags | {"model.layers.1/layer_0/fvu"}
+    assert set(wide.Tags()["scalars"]) == tags
     for events, losses, lr in ((narrow, (1.0, 2.0), 5e-4), (wide, (3.0, 4.0), 2e-3)):  # wide's rate is 4 times
-        assert set(events.Tags()["scalars"]) == {
-            "model.layers.1/loss",
-            "model.layers.2/loss",
-            "lr",
-            "tokens_per_second",
-        }
         assert (
             events.Scalars("model.layers.1/loss")[0].value,
             events.Scalars("model.layers.2/loss")[0].value,
