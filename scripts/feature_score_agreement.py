@@ -1,7 +1,7 @@
 """How well the interpretability score of `hf-sae features` agrees with blind hand judgements of the same features.
 
     python scripts/feature_score_agreement.py                                  # docs/data/feature_judgements.json
-    python scripts/feature_score_agreement.py --judgements FILE --json out.json
+    python scripts/feature_score_agreement.py --judgements FILE --sae COPY --json out.json   # a copy with scores
 
 The judgements file names the SAE (`sae`, a folder with features/ from `hf-sae features`) and holds one judgement per
 latent: "interpretable", "borderline" or "not". Reported: the AUC of the score for "interpretable" against the rest
@@ -46,9 +46,11 @@ def agreement(judged: list[dict], scores: list[float], threshold: float) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--judgements", default=str(JUDGEMENTS), help="the hand judgements (JSON)")
+    parser.add_argument("--sae", help="the SAE folder to read the scores from (default: the file's `sae`)")
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
     record = json.loads(Path(args.judgements).read_text())
+    record["sae"] = args.sae or record["sae"]
     features = load_features(Path(record["sae"]).expanduser())
     if "interpretability" not in features.stats_table.column_names:
         raise SystemExit(
