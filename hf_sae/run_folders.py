@@ -82,6 +82,11 @@ def check_output_dir(args: SaeTrainingArguments) -> None:
     fix += "--output_dir."
     if saved_saes(path):
         raise TrainingError(f"Output directory {path} already holds a run ({_listing(found)}). {fix}")
+    if not run_files(path)[0]:
+        raise TrainingError(
+            f"Output directory {path} holds files that no hf_sae run wrote ({_listing(found)}). Choose another "
+            "--output_dir, or pass --overwrite_output_dir to write the run beside them (they are left as they are)."
+        )
     stale = [p.name for p in found if p.name.endswith(".tmp") or p.name in TRACKER_DIRS or p.name.startswith(".")]
     raise TrainingError(
         f"Output directory {path} holds an incomplete run: no SAEs were saved (it stopped before the end). It holds "

@@ -88,3 +88,11 @@ def test_overwriting_removes_the_previous_runs_files_and_keeps_the_users(killed_
     removed = "checkpoint-4/, checkpoint-6/, model.layers.2/config.json, runs/"
     assert f"removed the previous run's {removed} from" in message
     assert "left model.layers.2/plot.png, notes.txt, which hf_sae did not write" in message
+
+
+def test_a_folder_of_someone_elses_files_is_not_called_a_run(tiny_run_inputs, tmp_path):  # noqa: F811
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(TrainingError, match=r"holds files that no hf_sae run wrote \(notes.txt\)\. Choose another "
+                       r"--output_dir, or pass --overwrite_output_dir to write the run beside them"):  # fmt: skip
+        check_output_dir(run_args(tiny_run_inputs, tmp_path / "run")[-1])
