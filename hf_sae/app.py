@@ -133,8 +133,8 @@ class Explorer:
             for b in bins
         )
         return (
-            f'<div id="feature-page"><h2>Feature {feature.index}{_dense_mark(s)}</h2><p id="feature-label">'
-            f"{html.escape(feature.label or '(no label)')}</p><p>{stats}</p>{notes}{self._about()}"
+            f'<div id="feature-page"><h2>Feature {feature.index}</h2><p id="feature-label">'
+            f"{html.escape(feature.label or '(no label)')}</p>{_dense_mark(s)}<p>{stats}</p>{notes}{self._about()}"
             f'<div style="display:flex;gap:24px;flex-wrap:wrap">{"".join(panels)}</div>'
             f'<div style="display:flex;gap:24px;flex-wrap:wrap"><table><tr><th colspan=2>Logit effects</th></tr>'
             f"{logits}</table><table><tr><th colspan=3>Nearest by decoder cosine</th></tr>{neighbours}</table></div>"
