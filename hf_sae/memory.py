@@ -3,7 +3,8 @@ loads), with the size they need, the size there is, and what to change. One rule
 "Cross-layer transcoders"): training holds `TRAINING_BYTES_PER_WEIGHT` bytes per weight.
 
     training_bytes          the rule: bytes to train this many weights
-    sae_weights             an SAE's weights: encoder and decoder, `2 n d`
+    sae_weights             an SAE's weights on one process: encoder and decoder, `2 n d`, or with feature shards its
+                            rows of them, `2 ceil(n / S) d`
     clt_weights             a cross-layer transcoder's: `L F d_in` encoders, `F d_out L (L + 1) / 2` decoders
     check_fits_in_memory    SAEs, refused when they cannot fit
     check_clt_fits_in_memory
@@ -30,9 +31,10 @@ def training_bytes(num_weights: int) -> int:
     return num_weights * TRAINING_BYTES_PER_WEIGHT
 
 
-def sae_weights(num_latents: int, d_in: int) -> int:
-    """An SAE's encoder and decoder: `2 n d`."""
-    return 2 * num_latents * d_in
+def sae_weights(num_latents: int, d_in: int, shards: int = 1) -> int:
+    """An SAE's encoder and decoder on one process: `2 n d`; split over `shards` feature shards, each process holds
+    its rows of both, `2 ceil(n / S) d` (what every shard holds whole, b_dec, is a bias and not counted)."""
+    return 2 * -(-num_latents // shards) * d_in
 
 
 def clt_weights(n_layers: int, num_latents: int, d_in: int, d_out: int | None = None) -> int:
@@ -42,12 +44,16 @@ def clt_weights(n_layers: int, num_latents: int, d_in: int, d_out: int | None = 
     return n_layers * num_latents * d_in + num_latents * d_out * n_layers * (n_layers + 1) // 2
 
 
-def check_fits_in_memory(num_latents: int, d_in: int, count: int = 1, device: str | None = None) -> None:
-    """Refuse SAEs whose training state would not fit in memory, before trying to allocate it."""
+def check_fits_in_memory(num_latents: int, d_in: int, count: int = 1, device: str | None = None,
+                         shards: int = 1) -> None:  # fmt: skip
+    """Refuse SAEs whose training state would not fit in memory, before trying to allocate it; with `shards` feature
+    shards, what one process holds: its rows of each SAE."""
+    split = f", each split over {shards} feature shards: {-(-num_latents // shards):,} latent rows per process"
     _refuse_above(
-        training_bytes(count * sae_weights(num_latents, d_in)), device,
-        f"--num_latents {num_latents:,} (d_in {d_in}, {count} SAE(s))",
-        "Lower --num_latents or --expansion_factor, or train fewer hookpoints per process (--distribute_hookpoints).",
+        training_bytes(count * sae_weights(num_latents, d_in, shards)), device,
+        f"--num_latents {num_latents:,} (d_in {d_in}, {count} SAE(s){split if shards > 1 else ''})",
+        "Lower --num_latents or --expansion_factor, train fewer hookpoints per process (--distribute_hookpoints), or "
+        "split each SAE's latents over more processes (--shard_features).",
     )  # fmt: skip
 
 

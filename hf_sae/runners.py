@@ -50,7 +50,7 @@ from .arguments import (
     settings_of,
 )
 from .autointerp import ExplainSettings, explain_features, load_chat, require_contexts, shuffled_control
-from .budgets import held_out_budget, replay_length
+from .budgets import feature_budget, held_out_budget, replay_length
 from .circuit_runners import convert_transcoders
 from .clt_feature_runs import is_clt_folder, run_clt_features
 from .clt_runs import CLT_NAME, new_clt, plan_clt, save_trained
@@ -158,7 +158,8 @@ def train_saes(
         clt = plan_clt(sae_args, args, lm_args, model)
         saes, rates = {CLT_NAME: new_clt(clt, args.seed, accelerator.device)}, {CLT_NAME: args.learning_rate}
     else:
-        saes, rates = _new_saes(runs, own, pairs, widths, model.name_or_path, args.seed, accelerator.device)
+        saes, rates = _new_saes(runs, own, pairs, widths, model.name_or_path, args.seed, accelerator.device,
+                                args.shard_features)  # fmt: skip
     logger.info(f"Process {rank} of {world} trains the SAEs of {own}: {list(saes)}.")
     if args.activation_cache and cache is None:  # written now from the text, then replayed like any cache
         if world > 1:
@@ -232,14 +233,15 @@ def _after_saving(error: Exception, trained: dict[str, SaeModel], output_dir: Pa
 
 
 def _new_saes(runs: list[SweepRun], hookpoints: list[str], pairs: dict, widths: dict, base_model: str, seed: int,
-              device) -> tuple[dict[str, SaeModel], dict[str, float]]:  # fmt: skip
+              device, shards: int = 1) -> tuple[dict[str, SaeModel], dict[str, float]]:  # fmt: skip
     """`({name: SAE}, {name: learning rate})` of every configuration at each of `hookpoints`, refused before they
-    are allocated when they cannot fit. Each SAE is initialised from its own seed, so that its initial weights do
-    not depend on which other SAEs this process builds (with distributed hookpoints, each builds only its own)."""
+    are allocated when they cannot fit (with `shards` feature shards, this process's rows of each). Each SAE is
+    initialised from its own seed, so that its initial weights do not depend on which other SAEs this process
+    builds (with distributed hookpoints, each builds only its own)."""
     configs = {run.sae_name(h): run.sae_args.config(h, widths[h], base_model, pairs[h], widths.get(pairs[h]))
                for h in hookpoints for run in runs}  # fmt: skip
     for config in configs.values():  # the exact width is known now
-        check_fits_in_memory(config.num_latents, config.d_in, len(configs), str(device))
+        check_fits_in_memory(config.num_latents, config.d_in, len(configs), str(device), shards)
     saes, rates, index = {}, {}, {h: i for i, h in enumerate(pairs)}
     for h in hookpoints:
         for number, run in enumerate(runs):
@@ -381,6 +383,7 @@ def run_features(lm_args: LanguageModelArguments, data_args: DataArguments, args
     probe_writable(Path(args.sae), "sae")  # features/ goes inside
     with claim_folder(Path(args.sae) / FEATURES, "--sae's features folder"):  # held until the statistics are in
         args.check()  # "no earlier statistics" again, now that no other run can write them before this one ends
+        args = feature_budget(args)
         if is_clt_folder(args.sae):
             return run_clt_features(lm_args, data_args, args)
         return _collect_features(lm_args, data_args, args, text)
