@@ -1,14 +1,18 @@
 """A training run's token budgets, fixed before any training: how far it replays an activation cache (the epochs
 this implies are said, and too many refused, by `activation_cache.replay_tokens`), and how much held-out text its
-final report reads (`SaeTrainingArguments.held_out_tokens`: by default a share of the training budget)."""
+final report reads (`SaeTrainingArguments.held_out_tokens`: by default a share of the training budget); and how much
+text `hf-sae features` reads (by default as much as the SAE trained on, within bounds)."""
 
 import dataclasses
+from pathlib import Path
 
 from transformers.utils import logging
 
 from .activation_cache import ActivationCache, replay_tokens
-from .arguments import SaeTrainingArguments
+from .arguments import FeatureArguments, SaeTrainingArguments
+from .arguments.commands import FEATURE_TOKENS_CAP, FEATURE_TOKENS_FLOOR
 from .arguments.train import EVAL_FRACTION, EVAL_TOKENS_CAP
+from .layout import METRICS, TRAIN_TOKENS, read_json
 
 logger = logging.get_logger(__name__)
 
@@ -31,3 +35,19 @@ def held_out_budget(args: SaeTrainingArguments, context_size: int) -> SaeTrainin
             f"{EVAL_TOKENS_CAP // 1000}k); --eval_tokens sets it."
         )
     return dataclasses.replace(args, eval_tokens=tokens)
+
+
+def feature_budget(args: FeatureArguments) -> FeatureArguments:
+    """`args` with `--max_tokens` resolved: by default the SAE's recorded training budget, bounded, said in the log."""
+    if args.max_tokens is not None:
+        return args
+    metrics = Path(args.sae).expanduser() / METRICS
+    trained = read_json(metrics).get(TRAIN_TOKENS) if metrics.is_file() else None
+    if not isinstance(trained, int) or isinstance(trained, bool):
+        tokens, why = FEATURE_TOKENS_CAP, f"no training budget recorded in {metrics}"
+    else:
+        tokens = min(max(trained, FEATURE_TOKENS_FLOOR), FEATURE_TOKENS_CAP)
+        bounds = f"at least {FEATURE_TOKENS_FLOOR // 1000}k, at most {FEATURE_TOKENS_CAP // 1000}k"
+        why = f"the SAE trained on {trained:,}; {bounds}"
+    logger.info(f"Describing features over {tokens:,} tokens ({why}); --max_tokens sets it.")
+    return dataclasses.replace(args, max_tokens=tokens)

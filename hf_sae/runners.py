@@ -124,7 +124,7 @@ def train_saes(
     check_sources(data_args)
     keep_freed_memory()  # every step's large tensors would fault in afresh otherwise
     runs = sweep_runs(sae_args, args.learning_rate)  # every sweep entry checked before anything expensive
-    check_feature_sharding(sae_args, args)
+    check_feature_sharding(sae_args, args, lm_args, runs)  # latent counts from the LM's config
     check_output_dir(args)
     probe_writable(Path(args.output_dir), "output_dir")  # not after hours of training
     clt = plan_clt(sae_args, args, lm_args) if sae_args.clt else None  # from the LM's config, before it loads

@@ -78,6 +78,11 @@ class EvaluationArguments(Checked):
         )
 
 
+# `hf-sae features` reads as many tokens as the SAE trained on, within these bounds: enough to see a feature that
+# fires once in a few thousand tokens a few times, and no more than a described feature's statistics need.
+FEATURE_TOKENS_FLOOR, FEATURE_TOKENS_CAP = 20_000, 200_000
+
+
 @dataclass
 class FeatureArguments(Checked):
     """What `hf-sae features` collects, or explains; the text comes from `DataArguments`."""
@@ -86,7 +91,11 @@ class FeatureArguments(Checked):
 
     sae: str = flag("The SAE's folder (config.json, model.safetensors); features/ goes inside.")
     hookpoint: str | None = flag("Where the SAE reads. Default: its config's.", None)
-    max_tokens: int = flag("Tokens to collect statistics over.", 200_000)
+    max_tokens: int | None = flag(
+        "Tokens to collect statistics over. Default: as many as the SAE trained on (its metrics.json), at least "
+        f"{FEATURE_TOKENS_FLOOR:,} and at most {FEATURE_TOKENS_CAP:,}; {FEATURE_TOKENS_CAP:,} where no record says.",
+        None,
+    )
     top_n: int = flag("Top activating contexts kept per feature.", 20)
     context_before: int = flag("Tokens shown before each context's peak.", 10)
     context_after: int = flag("Tokens shown after each context's peak.", 5)
@@ -111,7 +120,9 @@ class FeatureArguments(Checked):
         require(self.overwrite or self.explain is not None or not statistics.is_dir(), "sae", self.sae, expected)
         require_folder("sae", statistics)
         for name in ("max_tokens", "top_n", "top", "sample_size"):
-            require(getattr(self, name) >= 1, name, getattr(self, name), "a positive integer")
+            value = getattr(self, name)
+            if value is not None or name != "max_tokens":  # max_tokens None: the SAE's training budget
+                require(value >= 1, name, value, "a positive integer")
         for name in ("context_before", "context_after"):
             require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0")
 
