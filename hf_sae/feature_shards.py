@@ -86,8 +86,8 @@ def check_shardable(config: SaeConfig, shards: int, name: str) -> None:
     if config.num_latents % shards:
         below, above = config.num_latents // shards * shards, -(-config.num_latents // shards) * shards
         raise ArgumentError(
-            f"--shard_features {shards} needs a latent count that {shards} divides; {name} has --num_latents "
-            f"{config.num_latents}. Use --num_latents {below} or {above} (or an --expansion_factor giving one)."
+            f"--shard_features {shards} needs a latent count that {shards} divides; {name} has {config.num_latents} "
+            f"latents. Use --num_latents {below} or {above} (or an --expansion_factor giving one)."
         )
 
 

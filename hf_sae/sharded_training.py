@@ -32,8 +32,10 @@ from .feature_shards import (
     shard_sae_,
     sharded_forward,
 )
+from .hookpoints import hookpoint_width, resolve_hookpoints
 from .modeling_clt import CltModel
 from .modeling_sae import SaeModel
+from .models import model_skeleton
 from .trainees import SaeTrainee
 from .training import SaeTrainer
 
@@ -46,9 +48,11 @@ _CONFLICTS = {
 }
 
 
-def check_feature_sharding(sae_args: SaeArguments, args: SaeTrainingArguments) -> None:
+def check_feature_sharding(sae_args: SaeArguments, args: SaeTrainingArguments, lm_args=None, runs=()) -> None:
     """Refuse --shard_features where it cannot serve the run, before anything loads: options it does not combine
-    with, an architecture it cannot shard, a latent count it does not divide, more shards than processes."""
+    with, an architecture it cannot shard, a latent count it does not divide (given, or from --expansion_factor and
+    the width the LM's config gives each hookpoint of `runs`, the sweep's configurations), more shards than
+    processes."""
     shards = args.shard_features
     if shards == 1:
         return
@@ -68,6 +72,27 @@ def check_feature_sharding(sae_args: SaeArguments, args: SaeTrainingArguments) -
             f"{sae_args.num_latents}. Use --num_latents {below} or {above}."
         )
     check_shard_count(shards, int(os.environ.get("WORLD_SIZE", args.num_processes)))
+    if lm_args is not None:
+        _check_resolved_widths(sae_args.hookpoint_pairs(), lm_args, runs, shards)
+
+
+def _check_resolved_widths(pairs: dict[str, str | None], lm_args, runs, shards: int) -> None:
+    """Each configuration's latent count at each hookpoint, as its SaeConfig resolves it, divisible by `shards`;
+    the widths read from the LM's config alone. Where that config is not at hand before the LM loads (a GGUF file)
+    or a width is not known without running the LM, the SAE is checked once the LM has loaded, before it is built."""
+    skeleton = model_skeleton(lm_args.model_name_or_path) if any(not r.sae_args.num_latents for r in runs) else None
+    if skeleton is None:
+        return
+    sites = resolve_hookpoints(skeleton, [h for pair in pairs.items() for h in pair if h])
+    widths = {name: hookpoint_width(skeleton, site) for name, site in sites.items()}
+    for hookpoint, output in pairs.items():
+        if widths[hookpoint] is None or (output is not None and widths[output] is None):
+            continue
+        for run in runs:
+            config = run.sae_args.config(hookpoint, widths[hookpoint], None, output, widths.get(output))
+            size = run.sae_args.num_latents
+            origin = "" if size else f" (--expansion_factor {run.sae_args.expansion_factor:g} x d_in {config.d_in})"
+            check_shardable(config, shards, run.sae_name(hookpoint) + origin)
 
 
 def trainer_class(args: SaeTrainingArguments) -> type[SaeTrainer]:

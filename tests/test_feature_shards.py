@@ -219,6 +219,41 @@ def test_what_shard_features_cannot_serve_is_refused_before_the_lm_loads(tmp_pat
                                     output_dir=str(tmp_path / "run"), report_to="none", **flat))  # fmt: skip
 
 
+ODD_COUNTS = [({"expansion_factor": 0.875}, "model.layers.1"),
+              ({"sweep": "[{expansion_factor: 0.875, name: odd}]"}, "odd/model.layers.1")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("sae", "name"), ODD_COUNTS)
+def test_a_latent_count_from_the_expansion_factor_is_checked_before_the_lm_loads(
+    tiny_run_inputs,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    sae,
+    name,
+):
+    """0.875 x the tiny LM's hidden size 24 (read from its config) is 21 latents, which 2 shards do not divide."""
+    import hf_sae.runners
+
+    def load_lm(*args, **kwargs):
+        raise AssertionError("the LM was loaded")
+
+    monkeypatch.setattr(hf_sae.runners, "load_lm", load_lm)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    flat = {
+        "shard_features": 2,
+        "num_processes": 2,
+        "model_name_or_path": str(tiny_run_inputs / "lm"),
+        "k": 4,
+        "context_size": 32,
+        **sae,
+    }
+    message = (f"--shard_features 2 needs a latent count that 2 divides; {name} (--expansion_factor 0.875 x d_in 24) "
+               "has 21 latents. Use --num_latents 20 or 22")  # fmt: skip
+    with pytest.raises(ArgumentError, match=re.escape(message)):
+        train_saes(*group_arguments(TRAIN_GROUPS, hookpoints=["model.layers.1"], output_dir=str(tmp_path / "run"),
+                                    report_to="none", **flat))  # fmt: skip
+
+
 def test_a_shard_count_below_one_is_refused(tmp_path):
     with pytest.raises(ArgumentError, match=re.escape("--shard_features must be a positive integer; got 0.")):
         group_arguments(TRAIN_GROUPS, shard_features=0, output_dir=str(tmp_path), report_to="none")
