@@ -13,6 +13,7 @@ After the encoder matmul every computation of a training step, backward included
 their first argument; this module never imports it.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import accumulate
@@ -231,6 +232,53 @@ ARCHITECTURES: dict[str, Architecture] = {
     )
 }
 ArchitectureName = Literal[tuple(ARCHITECTURES)]  # for argument parsers: `--help` lists the choices
+
+
+# ---- initial weights, whole or a shard's rows ----------------------------------------------------------------------
+
+# Values of the initial directions drawn per call: memory bounded by this, not by the SAE's width.
+INIT_CHUNK_VALUES = 2**22
+
+
+def initial_directions(num_latents: int, d_in: int, norm: float, start: int = 0, stop: int | None = None) -> Tensor:
+    """Rows [start, stop) of the (num_latents, d_in) random directions of length `norm` that start an SAE, drawn
+    from the global RNG in chunks of rows: the numbers of one `torch.randn(num_latents, d_in)`, so a feature shard
+    gets its rows of the unsharded SAE's initialisation without ever holding the whole. Torch's CPU normal sampler
+    fills blocks of 16 values (Box-Muller on 8 pairs, the last 16 redrawn where the size is not a multiple); a
+    chunk of a multiple of 16 values, and a last chunk of at least 16, continue one call's stream exactly
+    (tests/test_feature_shards.py holds this). No chunk is larger than the rows asked for, or than
+    `INIT_CHUNK_VALUES`, rounded up to a block."""
+    stop = num_latents if stop is None else stop
+    step = 16 // math.gcd(d_in, 16)  # rows whose values fill whole blocks of 16
+    chunk_rows = max(step, min(INIT_CHUNK_VALUES // d_in, stop - start) // step * step)  # never more than the rows
+    kept, row = [], 0
+    while row < stop:
+        end = min(row + chunk_rows, num_latents)
+        end = num_latents if (num_latents - end) * d_in < 16 else end
+        chunk = torch.randn(end - row, d_in, dtype=torch.float32)
+        if end > start:
+            kept.append(chunk[max(start - row, 0) : stop - row])
+        row = end
+    directions = kept[0] if len(kept) == 1 else torch.cat(kept)
+    return directions.mul_(norm / directions.norm(dim=-1, keepdim=True))
+
+
+def initial_tensors(cfg, start: int = 0, stop: int | None = None) -> dict[str, Tensor]:
+    """Every tensor of a new SAE of config `cfg`, those with a row per latent cut to rows [start, stop)."""
+    arch, stop = ARCHITECTURES[cfg.architecture], cfg.num_latents if stop is None else stop
+    rows = stop - start
+    # Decoder rows are random directions; the encoder starts as the decoder's transpose (Conerly et al., Anthropic
+    # April 2024 update). A transcoder's decoder starts at zero, so its first prediction is b_dec, not noise
+    # (EleutherAI sparsify's choice); a skip term starts at zero (Paulo et al. 2025).
+    directions = initial_directions(cfg.num_latents, cfg.d_in, arch.decoder_init_norm, start, stop)
+    tensors = {"W_enc": directions, "W_dec": torch.zeros(rows, cfg.d_out) if cfg.is_transcoder else directions,
+               "b_dec": torch.zeros(cfg.d_out), "b_enc": torch.zeros(rows)}  # fmt: skip
+    if cfg.skip_connection:
+        tensors["W_skip"] = torch.zeros(cfg.d_out, cfg.d_in)
+    for extra in arch.extra_tensors:
+        value = getattr(cfg, extra.init) if isinstance(extra.init, str) else extra.init
+        tensors[extra.name] = torch.full((rows,) if extra.per_latent else (), float(value))
+    return tensors
 
 
 # ---- unit-norm decoder rows -----------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ every shard holds whole (b_dec, W_skip, BatchTopK's threshold) gets the same gra
 share through the encoder, whose (d_in,) gradient is all-reduced. With data parallelism too, the processes form a
 2-D device mesh (data x feature): rank = data_index * S + shard_index; gradients are averaged over the data axis.
 
-    FeatureShards, feature_mesh     the mesh and this process's place in it
+    FeatureShards, feature_mesh     the mesh and this process's place in it (`planned_shard`: before the mesh exists)
+    new_shard                       this shard's rows of a new SAE, the whole never allocated
     shard_sae_, gather_shards       an SAE cut to this shard's rows; the whole SAE again, on the main process
     sharded_forward                 one training step's forward on a shard (`SaeOutput`, global numbers)
     merged_top_k, merged_batch_top_k   this shard's part of the exact global selection
@@ -35,7 +36,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.device_mesh import init_device_mesh
 
-from .architectures import ARCHITECTURES, _track_batchtopk_threshold
+from .architectures import ARCHITECTURES, _track_batchtopk_threshold, initial_tensors
 from .configuration_sae import SaeConfig
 from .distribution import gather_to_main
 from .errors import ArgumentError
@@ -91,6 +92,11 @@ def check_shardable(config: SaeConfig, shards: int, name: str) -> None:
         )
 
 
+def planned_shard(shard_count: int, rank: int) -> FeatureShards:
+    """Process `rank`'s place in the mesh, without its process groups: rank = data_index * S + shard_index."""
+    return FeatureShards(shard_count, rank % shard_count, None, data_index=rank // shard_count)
+
+
 def feature_mesh(shard_count: int) -> FeatureShards:
     """The (world / shard_count) x shard_count device mesh over the initialised process group."""
     world = dist.get_world_size()
@@ -98,6 +104,10 @@ def feature_mesh(shard_count: int) -> FeatureShards:
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
     mesh = init_device_mesh(device, (world // shard_count, shard_count), mesh_dim_names=("data", "feature"))
     data_index, index = mesh.get_coordinate()
+    planned = planned_shard(shard_count, dist.get_rank())
+    if (planned.data_index, planned.index) != (data_index, index):  # the SAEs were built for the planned place
+        raise RuntimeError(f"Rank {dist.get_rank()} sits at {(data_index, index)} of the mesh, not at the planned "
+                           f"{(planned.data_index, planned.index)}.")  # fmt: skip
     return FeatureShards(shard_count, index, mesh.get_group("feature"), world // shard_count, data_index,
                          mesh.get_group("data"))  # fmt: skip
 
@@ -303,10 +313,27 @@ def sharded_names(sae: SaeModel) -> list[str]:
     return ["W_enc", "b_enc", "W_dec"] + [e.name for e in sae.architecture.extra_tensors if e.per_latent]
 
 
+def new_shard(config: SaeConfig, shards: FeatureShards, name: str | None = None) -> SaeModel:
+    """This shard's rows of the SAE that `SaeModel(config)` builds from the same RNG state (`initial_tensors`), no
+    tensor of the whole SAE's rows ever allocated; its config still names the whole SAE. One shard: the whole SAE."""
+    if shards.count == 1:
+        return SaeModel(config)
+    check_shardable(config, shards.count, name or config.hookpoint)
+    with torch.device("meta"):
+        sae = SaeModel(config)
+    for key, tensor in initial_tensors(config, *shards.latent_range(config.num_latents)).items():
+        tensor = tensor.clone()  # W_enc and W_dec start from the same directions
+        setattr(sae, key, torch.nn.Parameter(tensor) if key in sae._parameters else tensor)
+    return sae
+
+
 @torch.no_grad()
 def shard_sae_(sae: SaeModel, shards: FeatureShards) -> SaeModel:
-    """Keep only this shard's rows of `sae`'s per-latent tensors, in place (its config still names the whole SAE)."""
+    """Keep only this shard's rows of `sae`'s per-latent tensors, in place (its config still names the whole SAE);
+    an SAE already cut to them (`new_shard`) stays as it is."""
     start, stop = shards.latent_range(sae.config.num_latents)
+    if sae.W_enc.shape[0] == stop - start < sae.config.num_latents:
+        return sae
     for name in sharded_names(sae):
         rows = getattr(sae, name).detach()[start:stop].clone()
         setattr(sae, name, torch.nn.Parameter(rows) if name in sae._parameters else rows)

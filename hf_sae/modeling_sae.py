@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .architectures import ARCHITECTURES, Architecture
+from .architectures import ARCHITECTURES, Architecture, initial_tensors
 from .configuration_sae import SaeConfig
 from .errors import HookpointError, WeightsError
 from .fast_linear import linear
@@ -81,24 +81,8 @@ class SaePreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         if not isinstance(module, SaeModel):
             return
-        cfg, arch = module.config, module.architecture
-        # Decoder rows are random directions; the encoder starts as the decoder's transpose (Conerly et al.,
-        # Anthropic April 2024 update).
-        directions = torch.randn(cfg.num_latents, cfg.d_in, dtype=torch.float32)
-        directions *= arch.decoder_init_norm / directions.norm(dim=-1, keepdim=True)
-        init.copy_(module.W_enc, directions)
-        if cfg.is_transcoder:
-            # The decoder starts at zero, so the first prediction is b_dec, not noise (EleutherAI sparsify's choice).
-            init.zeros_(module.W_dec)
-        else:
-            init.copy_(module.W_dec, directions)
-        init.zeros_(module.b_dec)
-        init.zeros_(module.b_enc)
-        if cfg.skip_connection:
-            init.zeros_(module.W_skip)  # the skip term starts at zero (Paulo et al. 2025)
-        for extra in arch.extra_tensors:
-            value = getattr(cfg, extra.init) if isinstance(extra.init, str) else extra.init
-            init.constant_(getattr(module, extra.name), value)
+        for name, tensor in initial_tensors(module.config).items():  # the rule, whole here, a shard's rows elsewhere
+            init.copy_(getattr(module, name), tensor)
 
 
 SaesLike = Union["SaeModel", Mapping[str, "SaeModel"], Iterable["SaeModel"]]

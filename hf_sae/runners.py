@@ -68,6 +68,7 @@ from .data import (
 from .distribution import hookpoint_owners
 from .errors import ArgumentError, HfSaeError, TrainingError, WriteError
 from .evaluation import HeldOut, evaluate_saes, held_out_report, load_held_out, log_per_source, plot_firing_density
+from .feature_shards import FeatureShards, new_shard, planned_shard
 from .feature_store import FeatureMetadata, load_features
 from .feature_text import features_text
 from .features import collect_feature_metadata, explain
@@ -159,7 +160,7 @@ def train_saes(
         saes, rates = {CLT_NAME: new_clt(clt, args.seed, accelerator.device)}, {CLT_NAME: args.learning_rate}
     else:
         saes, rates = _new_saes(runs, own, pairs, widths, model.name_or_path, args.seed, accelerator.device,
-                                args.shard_features)  # fmt: skip
+                                planned_shard(args.shard_features, rank))  # fmt: skip
     logger.info(f"Process {rank} of {world} trains the SAEs of {own}: {list(saes)}.")
     if args.activation_cache and cache is None:  # written now from the text, then replayed like any cache
         if world > 1:
@@ -233,21 +234,21 @@ def _after_saving(error: Exception, trained: dict[str, SaeModel], output_dir: Pa
 
 
 def _new_saes(runs: list[SweepRun], hookpoints: list[str], pairs: dict, widths: dict, base_model: str, seed: int,
-              device, shards: int = 1) -> tuple[dict[str, SaeModel], dict[str, float]]:  # fmt: skip
+              device, shards: FeatureShards) -> tuple[dict[str, SaeModel], dict[str, float]]:  # fmt: skip
     """`({name: SAE}, {name: learning rate})` of every configuration at each of `hookpoints`, refused before they
-    are allocated when they cannot fit (with `shards` feature shards, this process's rows of each). Each SAE is
-    initialised from its own seed, so that its initial weights do not depend on which other SAEs this process
+    are allocated when they cannot fit (with feature `shards`, only this process's rows of each are built). Each SAE
+    is initialised from its own seed, so that its initial weights do not depend on which other SAEs this process
     builds (with distributed hookpoints, each builds only its own)."""
     configs = {run.sae_name(h): run.sae_args.config(h, widths[h], base_model, pairs[h], widths.get(pairs[h]))
                for h in hookpoints for run in runs}  # fmt: skip
     for config in configs.values():  # the exact width is known now
-        check_fits_in_memory(config.num_latents, config.d_in, len(configs), str(device), shards)
+        check_fits_in_memory(config.num_latents, config.d_in, len(configs), str(device), shards.count)
     saes, rates, index = {}, {}, {h: i for i, h in enumerate(pairs)}
     for h in hookpoints:
         for number, run in enumerate(runs):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + index[h] * len(runs) + number)
-                saes[run.sae_name(h)] = SaeModel(configs[run.sae_name(h)]).to(device)
+                saes[run.sae_name(h)] = new_shard(configs[run.sae_name(h)], shards, run.sae_name(h)).to(device)
             rates[run.sae_name(h)] = run.learning_rate
     return saes, rates
 

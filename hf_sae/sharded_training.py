@@ -125,7 +125,8 @@ class ShardedSaeTrainee(SaeTrainee):
 
 class FeatureShardedTrainer(SaeTrainer):
     """`SaeTrainer` on a (data x feature) mesh: `args.shard_features` processes share each SAE, each holding its
-    rows; the groups are data parallel. `saes` are whole when given and cut here, each process keeping its rows."""
+    rows; the groups are data parallel. `saes` are this process's rows already (`new_shard`, as `train_saes` builds
+    them: no process holds a whole SAE), or whole SAEs, cut here."""
 
     def __init__(
         self,

@@ -12,10 +12,14 @@ import pytest
 import torch
 from test_distributed import HOOKPOINT, SCRIPT, assert_same_weights, common_flags, launch_all, ran, trained
 from test_training import tiny_run_inputs  # noqa: F401  (the module-scoped fixture)
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from hf_sae import ArgumentError, SaeModel
+import hf_sae.architectures
+from hf_sae import ArgumentError, SaeConfig, SaeModel
+from hf_sae.architectures import initial_directions
 from hf_sae.arguments import TRAIN_GROUPS, group_arguments
 from hf_sae.distribution import local_launch
+from hf_sae.feature_shards import new_shard, planned_shard, sharded_names
 from hf_sae.runners import train_saes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +85,69 @@ def test_a_shard_count_that_does_not_divide_the_processes_is_refused(tmp_path):
     [done] = launch_all([[*local_launch(2), WORKER, str(tmp_path), "3"]])
     assert done.returncode != 0
     assert "--shard_features 3 splits each SAE's latents over 3 processes, but this run has 2" in done.stderr
+
+
+class StorageSizes(TorchDispatchMode):
+    """The bytes of every storage that an operation inside it returns a tensor of (meta tensors hold none)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in torch.utils._pytree.tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
+                self.sizes.append(tensor.untyped_storage().nbytes())
+        return out
+
+
+TRANSCODER = {"skip_connection": True, "output_hookpoint": "out", "d_out": 12, "apply_b_dec_to_input": False}
+SHARD_CONFIGS = {"topk": {"architecture": "topk", "k": 4}, "jumprelu": {"architecture": "jumprelu"},
+                 "gated": {"architecture": "gated"}, "batchtopk": {"architecture": "batchtopk", "k": 4},
+                 "skip_transcoder": {"architecture": "topk", "k": 4, **TRANSCODER}}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(SHARD_CONFIGS))
+def test_a_shard_builds_only_its_rows_of_the_unsharded_initialisation(name):
+    """Each of 2 (and 3) shards built from the seed of the whole SAE holds exactly its rows of it, and the largest
+    storage it allocates holds its rows, never the 96 x 24 of the whole."""
+    config = SaeConfig(d_in=24, num_latents=96, **SHARD_CONFIGS[name])
+    torch.manual_seed(7)
+    whole = SaeModel(config)
+    for count in (2, 3):
+        for index in range(count):
+            shards = planned_shard(count, index)
+            start, stop = shards.latent_range(96)
+            torch.manual_seed(7)
+            with StorageSizes() as allocated:
+                shard = new_shard(config, shards)
+            assert shard.W_enc.shape == (stop - start, 24) and shard.W_enc.device.type == "cpu"
+            for key, tensor in whole.state_dict().items():
+                rows = tensor[start:stop] if key in sharded_names(whole) else tensor
+                assert torch.equal(shard.state_dict()[key], rows), (name, count, index, key)
+            assert max(allocated.sizes) == 4 * (stop - start) * 24 < 4 * 96 * 24
+    assert sum(p.numel() for p in shard.parameters()) < sum(p.numel() for p in whole.parameters())
+
+
+def test_the_initialisation_drawn_in_chunks_is_one_draw_of_the_whole(monkeypatch):
+    """Rows drawn in chunks of any size (aligned to torch's blocks of 16 values) equal one `torch.randn` of the whole
+    matrix, for widths that are not multiples of 16 and matrices of fewer than 16 values."""
+    for chunk in (16, 40, 2**22):
+        monkeypatch.setattr(hf_sae.architectures, "INIT_CHUNK_VALUES", chunk)
+        for latents, d_in in ((96, 24), (100, 7), (1001, 13), (97, 577), (5, 3)):
+            torch.manual_seed(0)
+            directions = torch.randn(latents, d_in)
+            directions *= 0.1 / directions.norm(dim=-1, keepdim=True)
+            for start, stop in (
+                (0, latents),
+                (0, latents // 2),
+                (latents // 3, 2 * latents // 3),
+                (latents - 1, latents),
+            ):
+                torch.manual_seed(0)
+                rows = initial_directions(latents, d_in, 0.1, start, stop)
+                assert torch.equal(rows, directions[start:stop]), (chunk, latents, d_in, start, stop)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pytest
 import hf_sae.memory
 from hf_sae import ArgumentError, SaeConfig, SaeModel
 from hf_sae.arguments import SaeArguments
+from hf_sae.feature_shards import planned_shard
 from hf_sae.memory import TRAINING_BYTES_PER_WEIGHT, check_fits_in_memory, sae_weights
 from hf_sae.runners import _new_saes
 from hf_sae.sweeps import sweep_runs
@@ -25,7 +26,7 @@ def twelve_mib(monkeypatch) -> int:
 
 def new_saes(shards: int):
     runs = sweep_runs(SaeArguments(hookpoints=["site"], num_latents=LATENTS, architecture="topk", k=4), 1e-3)
-    return _new_saes(runs, ["site"], {"site": None}, {"site": D_IN}, "lm", 0, "cpu", shards)
+    return _new_saes(runs, ["site"], {"site": None}, {"site": D_IN}, "lm", 0, "cpu", planned_shard(shards, 0))
 
 
 def test_the_rule_counts_what_an_sae_allocates():
@@ -45,7 +46,7 @@ def test_a_width_refused_on_one_process_fits_split_over_two_shards(twelve_mib):
     assert f"more than the 0.0 GiB ({twelve_mib:,} bytes) of memory here" in message
     assert "(--shard_features)" in message
     saes, _ = new_saes(shards=2)
-    assert saes["site"].config.num_latents == LATENTS
+    assert saes["site"].config.num_latents == LATENTS and saes["site"].W_enc.shape == (LATENTS // 2, D_IN)
 
 
 def test_a_shard_too_large_is_refused_naming_its_rows(monkeypatch):
