@@ -33,9 +33,11 @@ from .feature_shards import (
     sharded_forward,
 )
 from .hookpoints import hookpoint_width, resolve_hookpoints
+from .memory import check_fits_in_memory
 from .modeling_clt import CltModel
 from .modeling_sae import SaeModel
 from .models import model_skeleton
+from .precision import default_device
 from .trainees import SaeTrainee
 from .training import SaeTrainer
 
@@ -77,10 +79,11 @@ def check_feature_sharding(sae_args: SaeArguments, args: SaeTrainingArguments, l
 
 
 def _check_resolved_widths(pairs: dict[str, str | None], lm_args, runs, shards: int) -> None:
-    """Each configuration's latent count at each hookpoint, as its SaeConfig resolves it, divisible by `shards`;
-    the widths read from the LM's config alone. Where that config is not at hand before the LM loads (a GGUF file)
-    or a width is not known without running the LM, the SAE is checked once the LM has loaded, before it is built."""
-    skeleton = model_skeleton(lm_args.model_name_or_path) if any(not r.sae_args.num_latents for r in runs) else None
+    """Each configuration's latent count at each hookpoint, as its SaeConfig resolves it, divisible by `shards`, and
+    this process's rows of every SAE within memory; the widths read from the LM's config alone. Where that config is
+    not at hand before the LM loads (a GGUF file) or a width is not known without running the LM, the SAEs are
+    checked once the LM has loaded, before they are built."""
+    skeleton = model_skeleton(lm_args.model_name_or_path)
     if skeleton is None:
         return
     sites = resolve_hookpoints(skeleton, [h for pair in pairs.items() for h in pair if h])
@@ -93,6 +96,7 @@ def _check_resolved_widths(pairs: dict[str, str | None], lm_args, runs, shards: 
             size = run.sae_args.num_latents
             origin = "" if size else f" (--expansion_factor {run.sae_args.expansion_factor:g} x d_in {config.d_in})"
             check_shardable(config, shards, run.sae_name(hookpoint) + origin)
+            check_fits_in_memory(config.num_latents, config.d_in, len(pairs) * len(runs), default_device(), shards)
 
 
 def trainer_class(args: SaeTrainingArguments) -> type[SaeTrainer]:

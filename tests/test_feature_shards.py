@@ -15,6 +15,7 @@ from test_training import tiny_run_inputs  # noqa: F401  (the module-scoped fixt
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import hf_sae.architectures
+import hf_sae.memory
 from hf_sae import ArgumentError, SaeConfig, SaeModel
 from hf_sae.architectures import initial_directions
 from hf_sae.arguments import TRAIN_GROUPS, group_arguments
@@ -290,15 +291,8 @@ ODD_COUNTS = [({"expansion_factor": 0.875}, "model.layers.1"),
               ({"sweep": "[{expansion_factor: 0.875, name: odd}]"}, "odd/model.layers.1")]  # fmt: skip
 
 
-@pytest.mark.parametrize(("sae", "name"), ODD_COUNTS)
-def test_a_latent_count_from_the_expansion_factor_is_checked_before_the_lm_loads(
-    tiny_run_inputs,  # noqa: F811
-    tmp_path,
-    monkeypatch,
-    sae,
-    name,
-):
-    """0.875 x the tiny LM's hidden size 24 (read from its config) is 21 latents, which 2 shards do not divide."""
+@pytest.fixture
+def lm_never_loads(monkeypatch):
     import hf_sae.runners
 
     def load_lm(*args, **kwargs):
@@ -306,19 +300,40 @@ def test_a_latent_count_from_the_expansion_factor_is_checked_before_the_lm_loads
 
     monkeypatch.setattr(hf_sae.runners, "load_lm", load_lm)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    flat = {
-        "shard_features": 2,
-        "num_processes": 2,
-        "model_name_or_path": str(tiny_run_inputs / "lm"),
-        "k": 4,
-        "context_size": 32,
-        **sae,
-    }
+
+
+def train_tiny_sharded(root: Path, out: Path, **flat):
+    flat = {"shard_features": 2, "num_processes": 2, "model_name_or_path": str(root / "lm"), "k": 4,
+            "context_size": 32, "hookpoints": ["model.layers.1"], **flat}  # fmt: skip
+    return train_saes(*group_arguments(TRAIN_GROUPS, output_dir=str(out), report_to="none", **flat))
+
+
+@pytest.mark.parametrize(("sae", "name"), ODD_COUNTS)
+def test_a_latent_count_from_the_expansion_factor_is_checked_before_the_lm_loads(
+    tiny_run_inputs,  # noqa: F811
+    tmp_path,
+    lm_never_loads,
+    sae,
+    name,
+):
+    """0.875 x the tiny LM's hidden size 24 (read from its config) is 21 latents, which 2 shards do not divide."""
     message = (f"--shard_features 2 needs a latent count that 2 divides; {name} (--expansion_factor 0.875 x d_in 24) "
                "has 21 latents. Use --num_latents 20 or 22")  # fmt: skip
     with pytest.raises(ArgumentError, match=re.escape(message)):
-        train_saes(*group_arguments(TRAIN_GROUPS, hookpoints=["model.layers.1"], output_dir=str(tmp_path / "run"),
-                                    report_to="none", **flat))  # fmt: skip
+        train_tiny_sharded(tiny_run_inputs, tmp_path / "run", **sae)
+
+
+def test_a_shard_too_large_for_memory_is_refused_before_the_lm_loads(tiny_run_inputs, tmp_path, lm_never_loads,  # noqa: F811
+                                                                     monkeypatch):  # fmt: skip
+    """16,384 latents of width 24 (from the LM's config) over 2 shards: 8,192 rows per process, 16 bytes per weight."""
+    monkeypatch.setattr(hf_sae.memory, "memory_bytes", lambda device=None: 4 * 2**20)
+    per_process = 16 * 2 * 8192 * 24
+    message = (
+        "--num_latents 16,384 (d_in 24, 1 SAE(s), each split over 2 feature shards: 8,192 latent rows per process) "
+        f"needs about 0.0 GiB ({per_process:,} bytes) to train, more than the 0.0 GiB (4,194,304"
+    )
+    with pytest.raises(ArgumentError, match=re.escape(message)):
+        train_tiny_sharded(tiny_run_inputs, tmp_path / "run", num_latents=16384)
 
 
 def test_a_shard_count_below_one_is_refused(tmp_path):
