@@ -26,8 +26,8 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/hf-sae
-	$(BIN)/ruff check hf_sae tests scripts
-	$(BIN)/ruff format --check hf_sae tests scripts
+	$(BIN)/ruff check hf_sae tests scripts hf_sae_cli.py
+	$(BIN)/ruff format --check hf_sae tests scripts hf_sae_cli.py
 	# The layers and the absence of import cycles ([tool.importlinter] in pyproject.toml).
 	$(BIN)/lint-imports
 	# The documentation site (mkdocs.yml): every page, link and API docstring renders without a warning.

@@ -25,8 +25,11 @@ with `--verbose`.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
+import functools
+import io
 import logging
 import os
 import subprocess
@@ -66,12 +69,21 @@ from .version import __version__
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 DEBUG_VARIABLE = "HF_SAE_DEBUG"  # set (or pass --debug) to see the traceback of an hf_sae error
+# `--help` renders at this width whatever the terminal, so that the texts the console script prints without importing
+# hf_sae (hf_sae_cli.py, from hf_sae/cli_help/) are exactly the real parsers' help.
+HELP_WIDTH = 100
+
+
+def _fixed_width(formatter: type[argparse.HelpFormatter]) -> Callable[..., argparse.HelpFormatter]:
+    return functools.partial(formatter, width=HELP_WIDTH)
 
 
 def parse_arguments(groups: tuple[type, ...], argv: list[str], prog: str) -> tuple:
     """The dataclasses of `groups`, from flags or from a YAML / JSON file followed by flags."""
     epilog = f"--debug (or {DEBUG_VARIABLE}=1) shows an error's traceback; --verbose shows other libraries' logs."
-    parser = HfArgumentParser(groups, prog=prog, epilog=epilog)
+    parser = HfArgumentParser(
+        groups, prog=prog, epilog=epilog, formatter_class=_fixed_width(argparse.ArgumentDefaultsHelpFormatter)
+    )
     sections = {section.title: section for section in parser._action_groups}
     for group in groups:  # each group's section in `--help` (titled by its `_argument_group_name`) says what it is for
         if section := sections.get(getattr(group, "_argument_group_name", None)):
@@ -389,17 +401,33 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def _command_parser() -> argparse.ArgumentParser:
+    """`hf-sae [--version] COMMAND`: the parser of the first argument."""
     parser = argparse.ArgumentParser(
         prog="hf-sae",
         description="Sparse autoencoders for Hugging Face models.",
         epilog="\n".join(f"  {name:<16}{help_}" for name, (_, help_) in COMMANDS.items()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_fixed_width(argparse.RawDescriptionHelpFormatter),
         usage="hf-sae [--version] COMMAND [ARGS ...]",
     )
     parser.add_argument("--version", action="version", version=f"hf-sae {__version__}")
     parser.add_argument("command", nargs="?", choices=list(COMMANDS), metavar="COMMAND")
+    return parser
+
+
+def help_text(command: str | None) -> str:
+    """What `hf-sae COMMAND --help` prints (`hf-sae --help` for None), from the parser the command itself builds."""
+    if command is None:
+        return _command_parser().format_help()
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.suppress(SystemExit):
+        COMMANDS[command][0](["--help"])
+    return printed.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _command_parser()
     known, rest = parser.parse_known_args(argv[:1])
     if known.command is None:
         parser.print_help()

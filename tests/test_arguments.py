@@ -27,7 +27,7 @@ def help_sections(command: str, capsys) -> dict[str, list[str]]:
         if heading := re.fullmatch(r"(\S.*):", line):
             title = heading.group(1)
             sections[title] = []
-        elif title and (flag := re.match(r"  (--\w+)", line)):
+        elif title and (flag := re.match(r"  (--\w+)(?:[ ,]|$)", line)):  # not a wrapped description
             sections[title].append(flag.group(1))
     return sections
 

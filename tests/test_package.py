@@ -28,3 +28,15 @@ def test_every_subpackage_ships_in_the_wheel():
     found = {".".join(("hf_sae", *p.parent.relative_to(package).parts)) for p in package.rglob("__init__.py")}
     assert "hf_sae.attribution" in found  # the walk saw the subpackages
     assert found - listed == set(), f"add these to [tool.setuptools] packages: {sorted(found - listed)}"
+
+
+def test_the_top_level_launcher_ships_in_the_wheel():
+    """The console script's launcher (hf_sae_cli.py, beside pyproject.toml, so that `--help` need not run
+    hf_sae/__init__) is a top-level module: setuptools ships it only when [tool.setuptools] py-modules names it."""
+    import tomllib
+
+    root = Path(hf_sae.__file__).parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"])
+    found = {path.stem for path in root.glob("*.py")}
+    assert "hf_sae_cli" in found  # the repository's root was read
+    assert found == listed, f"list the top-level modules in [tool.setuptools] py-modules: {sorted(found)}"
