@@ -341,8 +341,9 @@ def collect_feature_metadata(
     Stream token blocks `(batch, context)` through the LM (stopped after the hookpoint) and the SAE, and collect
     every feature's statistics, top contexts (`before` tokens before the peak, `after` after), a uniform sample of
     `sample_size` contexts split into activation-quantile bins, logit effects, decoder neighbours and automatic label.
-    Counts `max_tokens` tokens at most (all when `None`); with `skip_after_special` the tokens right after a special
-    token (BOS, chat markers) are left out too.
+    Counts `max_tokens` tokens at most (all when `None`); `num_logits=0` (or `num_neighbours=0`) leaves out the logit
+    effects (or the decoder neighbours); with `skip_after_special` the tokens right after a special token (BOS, chat
+    markers) are left out too.
 
     Example:
 
@@ -377,7 +378,7 @@ def collect_feature_metadata(
                 "context_after": after, "outlier_factor": outlier_factor, "skip_after_special": skip_after_special,
                 "after_special_tokens": after_special, "model_name_or_path": getattr(model, "name_or_path", None),
                 **(settings or {})}  # fmt: skip
-    effects = logit_effects(model, sae, num_logits)
+    effects = logit_effects(model, sae, num_logits) if num_logits else None  # 0: a measurement that needs none
     return finished_metadata(tokenizer, sae, collector, sampler, effects, num_neighbours, settings)
 
 

@@ -50,7 +50,7 @@ from .arguments import (
     settings_of,
 )
 from .autointerp import ExplainSettings, explain_features, load_chat, require_contexts, shuffled_control
-from .budgets import feature_budget, held_out_budget, replay_length
+from .budgets import default_run, feature_budget, held_out_budget, open_run_cache, own_cache, replay_length
 from .circuit_runners import convert_transcoders
 from .clt_feature_runs import is_clt_folder, run_clt_features
 from .clt_runs import CLT_NAME, new_clt, plan_clt, save_trained
@@ -122,6 +122,7 @@ def train_saes(
     """
     sae_args, lm_args = sae_args or SaeArguments(), lm_args or LanguageModelArguments()
     data_args, args = data_args or DataArguments(), train_args or SaeTrainingArguments()
+    args = default_run(args, sae_args.clt)  # the budget, said in the log
     check_sources(data_args)
     keep_freed_memory()  # every step's large tensors would fault in afresh otherwise
     runs = sweep_runs(sae_args, args.learning_rate)  # every sweep entry checked before anything expensive
@@ -132,8 +133,9 @@ def train_saes(
     pairs = sae_args.hookpoint_pairs() if clt is None else dict(zip(clt.hookpoints, clt.output_hookpoints))
     harvested = list(dict.fromkeys([*pairs, *(out for out in pairs.values() if out)]))  # inputs, then targets
     check_against_lm_config(lm_args, harvested, data_args.context_size)
-    cache = _open_cache(args, lm_args, harvested)  # an existing cache must match this run
-    args = held_out_budget(replay_length(args, cache), data_args.context_size)  # said in the log
+    args = own_cache(args, lm_args, data_args, harvested)  # epochs without a cache: the run's text cached once
+    cache = open_run_cache(args, lm_args, harvested)  # an existing cache must match this run
+    args = held_out_budget(replay_length(args, cache), data_args.context_size, cache)  # said in the log
     accelerator = make_accelerator(args)
     world, rank = accelerator.num_processes, accelerator.process_index
     check_batch_division(args.batch_size, world, args.gradient_accumulation_steps)  # as launched, not as asked
@@ -162,12 +164,13 @@ def train_saes(
         saes, rates = _new_saes(runs, own, pairs, widths, model.name_or_path, args.seed, accelerator.device,
                                 planned_shard(args.shard_features, rank))  # fmt: skip
     logger.info(f"Process {rank} of {world} trains the SAEs of {own}: {list(saes)}.")
-    if args.activation_cache and cache is None:  # written now from the text, then replayed like any cache
-        if world > 1:
-            raise TrainingError("Write the activation cache with one process first, then train from it with many.")
-        cache_args = CacheArguments(args.activation_cache, harvested, args.train_tokens)
-        cache = ActivationCache(_write_cache(model, tokenizer, reading, lm_args, data_args, cache_args))
-        args = replay_length(args, cache)
+    if args.activation_cache and cache is None:  # written now from the text by one process, then replayed by all
+        with accelerator.main_process_first():  # the others wait (up to --ddp_timeout), then open it
+            if accelerator.is_main_process:
+                with claim_folder(args.activation_cache, "--activation_cache"):
+                    _write_cache(model, tokenizer, reading, lm_args, data_args,
+                                 CacheArguments(args.activation_cache, harvested, args.train_tokens))  # fmt: skip
+        args = replay_length(args, cache := ActivationCache(args.activation_cache))
     buffer = _activation_stream(args, cache, accelerator, model, tokenizer, harvested, reading, data_args)
     trainer = trainer_class(args)(args, saes, buffer, accelerator, owners, learning_rates=rates)
     trainer.hparams = settings_of(sae_args, lm_args, data_args, args)
@@ -326,15 +329,6 @@ def _counting(records, bar):
     for activations, provenance in records:
         bar.update(min(next(iter(activations.values())).shape[0], bar.total - bar.n))
         yield activations, provenance
-
-
-def _open_cache(args: SaeTrainingArguments, lm_args: LanguageModelArguments, hookpoints: list[str]):
-    """The run's existing activation cache, checked against its model and hookpoints; None when there is none yet."""
-    if not args.activation_cache or not Path(args.activation_cache).exists():
-        return None
-    cache = ActivationCache(args.activation_cache)
-    cache.check_run(model_identity(lm_args.model_name_or_path), hookpoints)
-    return cache
 
 
 # ---- eval, features -------------------------------------------------------------------------------------------------

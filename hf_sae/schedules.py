@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .errors import ArgumentError
+
 if TYPE_CHECKING:
     from .arguments import SaeTrainingArguments
 
@@ -14,6 +16,8 @@ DEAD_WINDOW_TOKENS = 10_000_000  # the longest default window: at most a quarter
 
 class Schedule:
     def __init__(self, args: SaeTrainingArguments):
+        if args.train_tokens is None:  # `train_saes` resolves the default run's; a trainer driven directly cannot
+            raise ArgumentError("train_tokens is None: set the tokens to train on (train_tokens=N).")
         self.num_steps = max(args.train_tokens // args.batch_size, 1)
         self.lr_warmup = max(int(args.lr_warmup_fraction * self.num_steps), 1)
         self.lr_decay = int(args.lr_decay_fraction * self.num_steps)

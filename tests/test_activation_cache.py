@@ -205,8 +205,8 @@ def test_a_cache_that_does_not_match_the_run_is_refused_before_work_starts(tiny,
                             (0.01, "is less than one batch of 256")):  # fmt: skip
         with pytest.raises(ArgumentError, match=message):
             train_saes(*tiny_args(tiny, tmp_path / "c", epochs=epochs))
-    with pytest.raises(ArgumentError, match="--epochs must be given with --activation_cache"):
-        train_saes(*tiny_args(tiny, tmp_path / "d", epochs=2, activation_cache=None))
+    with pytest.raises(ArgumentError, match="--epochs must be at least 1 without --activation_cache"):
+        train_saes(*tiny_args(tiny, tmp_path / "d", epochs=0.5, activation_cache=None))
     assert not any((tmp_path / name).exists() for name in "abcd")
 
 
@@ -435,3 +435,53 @@ def test_two_processes_writing_one_cache_cannot_replace_each_other(tmp_path):
     cache = ActivationCache(tmp_path / "cache")
     assert torch.equal(cache.gather("h", torch.arange(8)), torch.ones(8, 4, dtype=torch.bfloat16))  # the first's
     assert not list(tmp_path.glob(".cache*"))  # no claim or staging folder left behind
+
+
+def test_without_a_budget_an_sae_run_is_the_default_run_and_a_transcoder_reads_fresh_text(caplog):
+    from hf_sae.arguments import SaeTrainingArguments
+    from hf_sae.arguments.train import DEFAULT_RUN_EPOCHS, DEFAULT_RUN_TOKENS, DEFAULT_TRAIN_TOKENS
+    from hf_sae.budgets import default_run
+
+    unset = SaeTrainingArguments(report_to="none")
+    assert unset.train_tokens is None and unset.epochs is None
+    with caplog.at_level("INFO", logger="hf_sae"):
+        sae = default_run(unset, transcoder=False)
+    assert (sae.train_tokens, sae.epochs) == (DEFAULT_RUN_TOKENS, DEFAULT_RUN_EPOCHS) == (700_000, 6)
+    assert "The default run: 700,000 tokens of text, read once and trained on for 6 epochs (4,200,000" in caplog.text
+    assert (default_run(unset, transcoder=True).train_tokens, default_run(unset, transcoder=True).epochs) == (
+        DEFAULT_TRAIN_TOKENS, None)  # fmt: skip
+    cached = default_run(dataclasses_replace(unset, activation_cache="somewhere"), transcoder=False)
+    assert (cached.train_tokens, cached.epochs) == (DEFAULT_TRAIN_TOKENS, None)  # the given cache decides
+    given = dataclasses_replace(unset, train_tokens=4096)
+    assert default_run(given, transcoder=False) is given  # a budget given is the budget
+
+
+def dataclasses_replace(args, **changes):
+    import dataclasses
+
+    return dataclasses.replace(args, **changes)
+
+
+def test_epochs_without_a_cache_read_the_text_once_and_a_second_run_replays_it(tiny, tmp_path, monkeypatch, caplog):
+    import hf_sae.activations as activations
+
+    monkeypatch.setenv("HF_SAE_HOME", str(tmp_path / "home"))
+    own = dict(activation_cache=None, epochs=3, train_tokens=1024, eval_tokens=None)
+    with caplog.at_level("INFO", logger="hf_sae"):
+        first = train_saes(*tiny_args(tiny, tmp_path / "first", **own))["model.layers.1"]
+    folders = list((tmp_path / "home" / "activations").iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("lm-1024-")  # the model, the tokens, the text's hash
+    written = ActivationCache(folders[0])
+    assert written.tokens == 1024 and written.meta["data"]["dataset_name"] == str(tiny / "text")
+    assert first["train_tokens"] == 3072 and first["train_epochs"] == pytest.approx(3.0)
+    assert "caches its activations at" in caplog.text
+    # The held-out budget follows the tokens trained (3 x 1,024), not the text read, before and after the cache exists.
+    assert first["eval_tokens"] <= 307 and "Evaluating on 307 held-out tokens" in caplog.text
+    caplog.clear()
+    forbid(monkeypatch, (activations, "run_lm"), (activation_cache, "run_lm"))  # the second run reads no text
+    with caplog.at_level("INFO", logger="hf_sae"):
+        second = train_saes(*tiny_args(tiny, tmp_path / "second", **own))["model.layers.1"]
+    assert "replays the activations at" in caplog.text and "Evaluating on 307 held-out tokens" in caplog.text
+    assert second["train_tokens"] == 3072 and list((tmp_path / "home" / "activations").iterdir()) == folders
+    weights = [SaeModel.from_pretrained(tmp_path / run / "model.layers.1").W_dec for run in ("first", "second")]
+    assert torch.equal(*weights)  # the same activations in the same orders: the same SAE

@@ -65,10 +65,10 @@ def test_each_help_section_says_what_its_group_is_for(capsys):
 )
 def test_the_held_out_budget_is_a_tenth_of_training_one_block_to_100k(train_tokens, context_size, expected):
     args = SaeTrainingArguments(train_tokens=train_tokens, batch_size=64, report_to="none")
-    assert args.eval_tokens is None and args.held_out_tokens(context_size) == expected
+    assert args.eval_tokens is None and args.held_out_tokens(context_size, train_tokens) == expected
     for explicit in (0, 7, 250_000):  # a number given is kept as given, 0 skipping the report
         given = dataclasses.replace(args, eval_tokens=explicit)
-        assert given.held_out_tokens(context_size) == explicit
+        assert given.held_out_tokens(context_size, train_tokens) == explicit
 
 
 def test_every_command_help_prints_a_described_section_per_group(capsys):

@@ -28,6 +28,10 @@ from ..memory import check_fits_in_memory
 from ..precision import LmDtype, MixedPrecision, default_device, resolve_lm_dtype
 
 EVAL_FRACTION, EVAL_TOKENS_CAP = 0.1, 100_000  # the default held-out report: a tenth of the training budget, capped
+# Without --train_tokens: an SAE run reads DEFAULT_RUN_TOKENS tokens of text once and trains DEFAULT_RUN_EPOCHS passes
+# over their cached activations, which beat one pass over fresh text at the same cost (docs/training.md, "Spending
+# the default run's budget"); a run that cannot cache (a transcoder, or one given a cache) reads DEFAULT_TRAIN_TOKENS.
+DEFAULT_RUN_TOKENS, DEFAULT_RUN_EPOCHS, DEFAULT_TRAIN_TOKENS = 700_000, 6, 1_000_000
 CLT_LAYER_PREFIX = "model.layers."  # a cross-layer transcoder's sites: the Llama family's decoder layers
 
 # Whether each --report_to tracker's package is installed; accelerate would skip a missing one without a word.
@@ -342,7 +346,12 @@ class SaeTrainingArguments(Checked):
 
     _argument_group_name = "Training"
 
-    train_tokens: int = flag("Tokens to train on (the default: about ten minutes on 2 CPU cores).", 1_000_000)
+    train_tokens: int | None = flag(
+        "Tokens of text to train on (with --epochs E over a new cache: read once, trained on E times). Default: the "
+        f"default run, about ten minutes on 2 CPU cores: {DEFAULT_RUN_TOKENS:,} tokens and --epochs "
+        f"{DEFAULT_RUN_EPOCHS} for SAEs; {DEFAULT_TRAIN_TOKENS:,} tokens for a transcoder run or one given a cache.",
+        None,
+    )
     batch_size: int = flag("Tokens per optimiser step, over all processes and accumulation steps.", 4096)
     gradient_accumulation_steps: int = flag(
         "Micro-batches per optimiser step: each process computes batch_size / (processes x this) tokens at a time.", 1
@@ -371,7 +380,11 @@ class SaeTrainingArguments(Checked):
         None,
     )
     epochs: float | None = flag(
-        "With --activation_cache: train for this many passes over the cache (replaces --train_tokens).", None
+        "Passes over the activations. With --activation_cache: over that cache (replaces --train_tokens). Without: "
+        "the run reads --train_tokens tokens of text once, caches their activations in the hf_sae cache (reused by "
+        "later runs of the same model, hookpoints and text) and trains this many passes over them; 1 reads fresh "
+        "text throughout. Default: 1, or the default run's (see --train_tokens).",
+        None,
     )
     allow_many_epochs: bool = flag(
         f"With --activation_cache: let --train_tokens exceed {MAX_EPOCHS} passes over the cache (refused otherwise, "
@@ -421,7 +434,8 @@ class SaeTrainingArguments(Checked):
         require(self.batch_size >= 1, "batch_size", self.batch_size, positive)
         for name in ("gradient_accumulation_steps", "num_processes", "ddp_timeout", "shard_features"):
             require(getattr(self, name) >= 1, name, getattr(self, name), positive)
-        require(self.train_tokens >= self.batch_size, "train_tokens", self.train_tokens, "at least --batch_size")
+        tokens = self.train_tokens
+        require(tokens is None or tokens >= self.batch_size, "train_tokens", tokens, "at least --batch_size, or none")
         require(self.logging_steps >= 1, "logging_steps", self.logging_steps, positive)
         require(self.save_steps >= 0, "save_steps", self.save_steps, "0 (never) or a positive integer")
         require(self.save_total_limit >= 1, "save_total_limit", self.save_total_limit, positive)
@@ -440,7 +454,8 @@ class SaeTrainingArguments(Checked):
         require(dead is None or dead >= 1, "dead_after_tokens", dead, "a positive integer, or none")
         epochs = self.epochs
         require(epochs is None or (math.isfinite(epochs) and epochs > 0), "epochs", epochs, "a number > 0, or none")
-        require(epochs is None or bool(self.activation_cache), "epochs", epochs, "given with --activation_cache")
+        fresh = "at least 1 without --activation_cache (passes over the text a run reads)"
+        require(epochs is None or epochs >= 1 or bool(self.activation_cache), "epochs", epochs, fresh)
         schedule = self.lr_warmup_fraction + self.lr_decay_fraction
         require(schedule <= 1, "lr_decay_fraction", self.lr_decay_fraction, "at most 1 - --lr_warmup_fraction")
         check_batch_division(self.batch_size, self.num_processes, self.gradient_accumulation_steps)
@@ -452,12 +467,12 @@ class SaeTrainingArguments(Checked):
                 f"run would log nowhere without a word). `pip install {self.report_to}`, or pass --report_to none."
             )
 
-    def held_out_tokens(self, context_size: int) -> int:
-        """The final report's budget: --eval_tokens, or a share of the training budget (EVAL_FRACTION), at least one
+    def held_out_tokens(self, context_size: int, trained_tokens: int) -> int:
+        """The final report's budget: --eval_tokens, or a share of the `trained_tokens` (EVAL_FRACTION), at least one
         block of `context_size` and at most EVAL_TOKENS_CAP, so that a short run is not mostly evaluation."""
         if self.eval_tokens is not None:
             return self.eval_tokens
-        return min(EVAL_TOKENS_CAP, max(context_size, round(EVAL_FRACTION * self.train_tokens)))
+        return min(EVAL_TOKENS_CAP, max(context_size, round(EVAL_FRACTION * trained_tokens)))
 
 
 TRAIN_GROUPS = (SaeArguments, LanguageModelArguments, DataArguments, SaeTrainingArguments)
