@@ -16,6 +16,7 @@ from transformers import PreTrainedModel
 from .arguments import LanguageModelArguments, SaeArguments, SaeTrainingArguments
 from .configuration_clt import CltConfig
 from .errors import ArgumentError
+from .feature_shards import check_shardable
 from .layout import METRICS, TRAINING_ARGS, staging_folder, write_json
 from .memory import check_clt_fits_in_memory
 from .modeling_clt import CltModel
@@ -46,9 +47,12 @@ def plan_clt(sae_args: SaeArguments, args: SaeTrainingArguments, lm_args: Langua
     layers = sae_args.clt_layer_indices(lm_config.num_hidden_layers)
     width = lm_config.hidden_size  # a Llama MLP reads and writes the residual width
     config = sae_args.clt_config(layers, width, width, base_model)
+    if args.shard_features > 1:
+        check_shardable(config, args.shard_features, "the cross-layer transcoder")
     buffered = min(args.shuffle_buffer_tokens, args.train_tokens) + args.batch_size  # the pool, and a batch served
     check_clt_fits_in_memory(config.n_layers, config.num_latents, config.d_in, config.d_out, default_device(),
-                             extra_bytes=buffered * 2 * len(layers) * width * ACTIVATION_BYTES)  # fmt: skip
+                             extra_bytes=buffered * 2 * len(layers) * width * ACTIVATION_BYTES,
+                             shards=args.shard_features)  # fmt: skip
     return config
 
 

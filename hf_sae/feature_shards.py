@@ -40,6 +40,7 @@ from .architectures import ARCHITECTURES, _track_batchtopk_threshold, initial_te
 from .configuration_sae import SaeConfig
 from .distribution import gather_to_main
 from .errors import ArgumentError
+from .modeling_clt import CltModel
 from .modeling_sae import SaeModel, SaeOutput, _auxk_loss, _auxk_width
 from .selection import batch_top_k, top_k_per_row
 from .sparse_ops import SparseCode, SparseEncode
@@ -123,10 +124,22 @@ def _all_gather(tensor: Tensor, group, what: str) -> Tensor:
     return torch.stack(parts)
 
 
-def _all_reduce(tensor: Tensor, group, what: str, op=dist.ReduceOp.SUM) -> Tensor:
+def all_reduce_counted(tensor: Tensor, group, what: str, op=dist.ReduceOp.SUM) -> Tensor:
     BYTES_MOVED[what] += tensor.numel() * tensor.element_size()
     dist.all_reduce(tensor, op=op, group=group)
     return tensor
+
+
+def summed_over_shards(value: Tensor, shards: FeatureShards) -> Tensor:
+    """A copy of `value` summed over the shard group (a metric: not counted in `BYTES_MOVED`, no gradient)."""
+    value = value.detach().clone()
+    dist.all_reduce(value, group=shards.group)
+    return value
+
+
+def whole_fraction(flags: Tensor, shards: FeatureShards) -> Tensor:
+    """The fraction of the whole model's latents flagged, from every shard's `flags` of its own latents."""
+    return summed_over_shards(flags.sum().float(), shards) / (flags.numel() * shards.count)
 
 
 class _SumOverShards(torch.autograd.Function):
@@ -135,7 +148,7 @@ class _SumOverShards(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, partial: Tensor, group, what: str):
-        return _all_reduce(partial.clone(), group, what)
+        return all_reduce_counted(partial.clone(), group, what)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -153,7 +166,7 @@ class _SumGradientOverShards(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return _all_reduce(grad.clone(), ctx.group, "b_dec_gradient"), None
+        return all_reduce_counted(grad.clone(), ctx.group, "b_dec_gradient"), None
 
 
 def gather_inputs(batch: dict[str, Tensor], shards: FeatureShards) -> dict[str, Tensor]:
@@ -236,7 +249,7 @@ def _selection(sae: SaeModel, shards: FeatureShards, dead: Tensor | None, k_aux:
 # ---- the forward of one shard ---------------------------------------------------------------------------------------
 
 
-def _sum(partial: Tensor, shards: FeatureShards, what: str) -> Tensor:
+def sum_over_shards(partial: Tensor, shards: FeatureShards, what: str) -> Tensor:
     return _SumOverShards.apply(partial, shards.group, what)
 
 
@@ -248,9 +261,10 @@ def _penalties(sae: SaeModel, shards: FeatureShards, target: Tensor, pre: Sparse
     if arch.penalty is None:
         return {}
     local = arch.penalty(sae, target, pre, z, coefficient)
-    losses = {name: _sum(value, shards, "penalties") for name, value in local.items() if name != "auxiliary_loss"}
+    losses = {name: sum_over_shards(value, shards, "penalties") for name, value in local.items()
+              if name != "auxiliary_loss"}  # fmt: skip
     if "auxiliary_loss" in local:
-        via_gate = _sum(pre.decode(sae.W_dec.detach()), shards, "gate_reconstruction") + sae.b_dec.detach()
+        via_gate = sum_over_shards(pre.decode(sae.W_dec.detach()), shards, "gate_reconstruction") + sae.b_dec.detach()
         losses["auxiliary_loss"] = (via_gate.to(target.dtype) - target).pow(2).sum(-1).mean()
     return losses
 
@@ -260,7 +274,7 @@ def _track_threshold(sae: SaeModel, z: SparseCode, shards: FeatureShards) -> Non
     """BatchTopK's inference threshold from the smallest kept activation of the whole group."""
     positive = z.values[z.values > 0]
     smallest = positive.min().float() if positive.numel() else z.values.new_tensor(math.inf, dtype=torch.float32)
-    smallest = _all_reduce(smallest.reshape(1), shards.group, "threshold", dist.ReduceOp.MIN)
+    smallest = all_reduce_counted(smallest.reshape(1), shards.group, "threshold", dist.ReduceOp.MIN)
     if torch.isfinite(smallest).all():
         _track_batchtopk_threshold(sae, SparseCode(smallest.long(), smallest.long(), smallest, 1))
 
@@ -278,7 +292,7 @@ def sharded_forward(sae: SaeModel, shards: FeatureShards, x: Tensor, target: Ten
     explained = flat_target if skip is None else flat_target - skip.detach()
     k_aux = 0
     if arch.uses_k and dead is not None and cfg.auxk_coefficient:
-        k_aux = _auxk_width(cfg, _all_reduce(dead.sum(), shards.group, "dead_count"))
+        k_aux = _auxk_width(cfg, all_reduce_counted(dead.sum(), shards.group, "dead_count"))
     split: list[int] = []
     shift = sae._input_shift()
     shift = None if shift is None else _SumGradientOverShards.apply(shift, shards.group)
@@ -289,18 +303,18 @@ def sharded_forward(sae: SaeModel, shards: FeatureShards, x: Tensor, target: Ten
     z = arch.activate(sae, pre)
     if sae.training and arch.after_sparse_step is not None:
         _track_threshold(sae, z, shards)
-    reconstruction = _sum(z.decode(sae.W_dec), shards, "reconstruction") + sae.b_dec.to(flat.dtype)
+    reconstruction = sum_over_shards(z.decode(sae.W_dec), shards, "reconstruction") + sae.b_dec.to(flat.dtype)
     losses = _penalties(sae, shards, explained, pre, z, coefficient)
     if k_aux:
         aux = SparseCode(rows[main:], cols[main:], values[main:].relu(), num_rows)
-        aux_reconstruction = _sum(aux.decode(sae.W_dec), shards, "auxk_reconstruction")
+        aux_reconstruction = sum_over_shards(aux.decode(sae.W_dec), shards, "auxk_reconstruction")
         residual = (explained - reconstruction).detach()
         losses["auxiliary_loss"] = cfg.auxk_coefficient * _auxk_loss(explained, residual, aux_reconstruction)
     if skip is not None:
         reconstruction = reconstruction + skip
     mse_loss = (reconstruction - flat_target).pow(2).sum(-1).mean()
     counts = z.counts(sae.W_enc.shape[0])
-    l0 = _all_reduce(counts.sum().float(), shards.group, "l0") / max(num_rows, 1)
+    l0 = all_reduce_counted(counts.sum().float(), shards.group, "l0") / max(num_rows, 1)
     return SaeOutput(reconstruction=reconstruction.reshape(*x.shape[:-1], cfg.d_out), latent_counts=counts, l0=l0,
                      loss=mse_loss + sum(losses.values()), mse_loss=mse_loss, **losses)  # fmt: skip
 
@@ -308,9 +322,19 @@ def sharded_forward(sae: SaeModel, shards: FeatureShards, x: Tensor, target: Ten
 # ---- the SAE cut into shards and joined again -----------------------------------------------------------------------
 
 
-def sharded_names(sae: SaeModel) -> list[str]:
-    """The tensors with one row per latent, which each shard holds its rows of."""
-    return ["W_enc", "b_enc", "W_dec"] + [e.name for e in sae.architecture.extra_tensors if e.per_latent]
+def sharded_axes(model: SaeModel | CltModel) -> dict[str, int]:
+    """The tensors with one slice per latent, which each shard holds its slices of, by name, with their latent axis:
+    an SAE's rows; a cross-layer transcoder's latents of every layer (axis 1 of its encoders and JumpReLU
+    thresholds, `(n_layers, num_latents, ...)`, axis 0 of each layer's decoder `W_dec.{l}`)."""
+    if isinstance(model, CltModel):
+        axes = {"W_enc": 1, "b_enc": 1} | {f"W_dec.{layer}": 0 for layer in range(model.config.n_layers)}
+        return axes | ({"threshold": 1} if model.config.architecture == "jumprelu" else {})
+    extra = [e.name for e in model.architecture.extra_tensors if e.per_latent]
+    return dict.fromkeys(["W_enc", "b_enc", "W_dec", *extra], 0)
+
+
+def sharded_names(model: SaeModel | CltModel) -> list[str]:
+    return list(sharded_axes(model))
 
 
 def new_shard(config: SaeConfig, shards: FeatureShards, name: str | None = None) -> SaeModel:
@@ -328,28 +352,32 @@ def new_shard(config: SaeConfig, shards: FeatureShards, name: str | None = None)
 
 
 @torch.no_grad()
-def shard_sae_(sae: SaeModel, shards: FeatureShards) -> SaeModel:
-    """Keep only this shard's rows of `sae`'s per-latent tensors, in place (its config still names the whole SAE);
-    an SAE already cut to them (`new_shard`) stays as it is."""
-    start, stop = shards.latent_range(sae.config.num_latents)
-    if sae.W_enc.shape[0] == stop - start < sae.config.num_latents:
-        return sae
-    for name in sharded_names(sae):
-        rows = getattr(sae, name).detach()[start:stop].clone()
-        setattr(sae, name, torch.nn.Parameter(rows) if name in sae._parameters else rows)
-    return sae
+def shard_sae_(model: SaeModel | CltModel, shards: FeatureShards) -> SaeModel | CltModel:
+    """Keep only this shard's slices of the per-latent tensors of `model` (an SAE or a cross-layer transcoder), in
+    place (its config still names the whole); a model already cut to them (`new_shard`) stays as it is."""
+    start, stop = shards.latent_range(model.config.num_latents)
+    axes = sharded_axes(model)
+    if model.W_enc.shape[axes["W_enc"]] == stop - start < model.config.num_latents:
+        return model
+    for name, axis in axes.items():
+        owner, _, attr = name.rpartition(".")  # "W_dec.0": the ParameterList's entry "0"
+        module = model.get_submodule(owner) if owner else model
+        mine = getattr(module, attr).detach().narrow(axis, start, stop - start).clone()
+        setattr(module, attr, torch.nn.Parameter(mine) if attr in module._parameters else mine)
+    return model
 
 
-def gather_shards(sae: SaeModel, shards: FeatureShards) -> SaeModel | None:
-    """The whole SAE on the main process (None elsewhere), joined from the shards of data replica 0."""
-    state = {name: t.detach().cpu() for name, t in sae.state_dict().items()} if shards.data_index == 0 else None
+def gather_shards(model: SaeModel | CltModel, shards: FeatureShards) -> SaeModel | CltModel | None:
+    """The whole model on the main process (None elsewhere), joined from the shards of data replica 0."""
+    state = {name: t.detach().cpu() for name, t in model.state_dict().items()} if shards.data_index == 0 else None
     parts = gather_to_main(state)
     if parts is None:
         return None
-    pieces, sharded = [part for part in parts if part is not None], set(sharded_names(sae))
-    whole = {name: torch.cat([p[name] for p in pieces]) if name in sharded else pieces[0][name] for name in pieces[0]}
+    pieces, axes = [part for part in parts if part is not None], sharded_axes(model)
+    whole = {name: torch.cat([p[name] for p in pieces], axes[name]) if name in axes else pieces[0][name]
+             for name in pieces[0]}  # fmt: skip
     with torch.device("meta"):
-        joined = SaeModel(sae.config)
+        joined = type(model)(model.config)
     joined.load_state_dict(whole, strict=True, assign=True)
     return joined.eval()
 
@@ -358,17 +386,17 @@ def gather_shards(sae: SaeModel, shards: FeatureShards) -> SaeModel | None:
 
 
 @torch.no_grad()
-def average_over_data(sae: SaeModel, shards: FeatureShards) -> None:
+def average_over_data(sae: SaeModel | CltModel, shards: FeatureShards) -> None:
     """Average each gradient over the data axis: the shards holding the same rows saw different tokens."""
     if shards.data_count == 1:
         return
     for param in sae.parameters():
         if param.grad is not None:
-            _all_reduce(param.grad, shards.data_group, "data_gradients").div_(shards.data_count)
+            all_reduce_counted(param.grad, shards.data_group, "data_gradients").div_(shards.data_count)
 
 
 @torch.no_grad()
-def clip_sharded_grad_norm_(sae: SaeModel, max_norm: float, shards: FeatureShards) -> Tensor:
+def clip_sharded_grad_norm_(sae: SaeModel | CltModel, max_norm: float, shards: FeatureShards) -> Tensor:
     """`torch.nn.utils.clip_grad_norm_` over the whole SAE: the shards' rows counted once each, the tensors every
     shard holds whole counted once. Returns the norm before clipping."""
     sharded, squares = set(sharded_names(sae)), []
@@ -381,7 +409,7 @@ def clip_sharded_grad_norm_(sae: SaeModel, max_norm: float, shards: FeatureShard
                 local += param.grad.float().pow(2).sum()
             else:
                 whole += param.grad.float().pow(2).sum()
-    norm = (_all_reduce(local, shards.group, "gradient_norm") + whole).sqrt()
+    norm = (all_reduce_counted(local, shards.group, "gradient_norm") + whole).sqrt()
     if math.isfinite(max_norm):
         coefficient = (max_norm / (norm + 1e-6)).clamp(max=1.0)
         for grad in squares:

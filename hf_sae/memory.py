@@ -5,7 +5,8 @@ loads), with the size they need, the size there is, and what to change. One rule
     training_bytes          the rule: bytes to train this many weights
     sae_weights             an SAE's weights on one process: encoder and decoder, `2 n d`, or with feature shards its
                             rows of them, `2 ceil(n / S) d`
-    clt_weights             a cross-layer transcoder's: `L F d_in` encoders, `F d_out L (L + 1) / 2` decoders
+    clt_weights             a cross-layer transcoder's: `L F d_in` encoders, `F d_out L (L + 1) / 2` decoders (with
+                            feature shards, `ceil(F / S)` latents of every layer in place of F)
     check_fits_in_memory    SAEs, refused when they cannot fit
     check_clt_fits_in_memory
 """
@@ -37,10 +38,11 @@ def sae_weights(num_latents: int, d_in: int, shards: int = 1) -> int:
     return 2 * -(-num_latents // shards) * d_in
 
 
-def clt_weights(n_layers: int, num_latents: int, d_in: int, d_out: int | None = None) -> int:
+def clt_weights(n_layers: int, num_latents: int, d_in: int, d_out: int | None = None, shards: int = 1) -> int:
     """A cross-layer transcoder's encoders (`L F d_in`) and decoders from every layer into every later one
-    (`F d_out L (L + 1) / 2`): the decoders grow with the square of the layer count."""
-    d_out = d_in if d_out is None else d_out
+    (`F d_out L (L + 1) / 2`): the decoders grow with the square of the layer count. Split over `shards` feature
+    shards, one process holds `ceil(F / S)` latents of every layer."""
+    d_out, num_latents = d_in if d_out is None else d_out, -(-num_latents // shards)
     return n_layers * num_latents * d_in + num_latents * d_out * n_layers * (n_layers + 1) // 2
 
 
@@ -58,17 +60,21 @@ def check_fits_in_memory(num_latents: int, d_in: int, count: int = 1, device: st
 
 
 def check_clt_fits_in_memory(n_layers: int, num_latents: int, d_in: int, d_out: int | None = None,
-                             device: str | None = None, extra_bytes: int = 0) -> None:  # fmt: skip
+                             device: str | None = None, extra_bytes: int = 0, shards: int = 1) -> None:  # fmt: skip
     """Refuse a cross-layer transcoder whose training state (plus `extra_bytes`, e.g. the shuffling buffer's
-    activations) would not fit in memory, before trying to allocate it."""
-    weights = clt_weights(n_layers, num_latents, d_in, d_out)
+    activations) would not fit in memory, before trying to allocate it; with `shards` feature shards, what one
+    process holds: its latents of every layer."""
+    weights = clt_weights(n_layers, num_latents, d_in, d_out, shards)
     buffer = f" and {extra_bytes / 2**30:,.1f} GiB of buffered activations" if extra_bytes else ""
+    split = f" split over {shards} feature shards, {-(-num_latents // shards):,} latents per layer on each process"
     _refuse_above(
         training_bytes(weights) + extra_bytes, device,
-        f"A cross-layer transcoder of {n_layers} layers x {num_latents:,} latents (d_in {d_in}: {weights:,} weights, "
-        f"{TRAINING_BYTES_PER_WEIGHT} bytes each to train{buffer})",
+        f"A cross-layer transcoder of {n_layers} layers x {num_latents:,} latents{split if shards > 1 else ''} "
+        f"(d_in {d_in}: {weights:,} weights{' per process' if shards > 1 else ''}, {TRAINING_BYTES_PER_WEIGHT} bytes "
+        f"each to train{buffer})",
         "Lower --num_latents or --expansion_factor (memory grows with it), span fewer layers with --clt_layers "
-        "(the decoders grow with the square of the layer count), or lower --shuffle_buffer_tokens.",
+        "(the decoders grow with the square of the layer count), lower --shuffle_buffer_tokens, or split the latents "
+        "over more processes (--shard_features).",
     )  # fmt: skip
 
 

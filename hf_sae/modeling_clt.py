@@ -190,10 +190,15 @@ class CltModel(CltPreTrainedModel):
         tokens = per_layer.shape[1] // pre.shape[-1]
         return kept.reshape(pre.shape[-2], tokens, pre.shape[-1]).transpose(0, 1).reshape(pre.shape)
 
-    @torch.no_grad()
     def _track_threshold(self, kept: Tensor) -> None:
         """Each layer's inference threshold tracks the smallest positive activation BatchTopK kept there."""
-        smallest = torch.where(kept > 0, kept, torch.inf).amin(-1).to(self.threshold.dtype)  # (n_layers,)
+        self.track_smallest_kept(torch.where(kept > 0, kept, torch.inf).amin(-1))
+
+    @torch.no_grad()
+    def track_smallest_kept(self, smallest: Tensor) -> None:
+        """Move each layer's threshold towards `smallest` `(n_layers,)`, the smallest positive activation kept there
+        in this batch (inf: none): set on the first batch, then an exponential moving average."""
+        smallest = smallest.to(self.threshold.dtype)
         seen = torch.isfinite(smallest)
         fresh = seen & (self.threshold < 0)
         self.threshold.copy_(torch.where(fresh, smallest, self.threshold))
@@ -208,14 +213,18 @@ class CltModel(CltPreTrainedModel):
         """`(..., n_layers, d_out)`: layer l' predicted from the latents of layers 0..l', as one matmul per predicted
         layer over the latents of every layer that writes to it (on the CPU this ran 2.5 times faster than one
         matmul per writing layer, whose `(tokens, n_layers - l, d_out)` partial sums cost more to add than to make)."""
-        L, n = self.config.n_layers, self.config.num_latents  # noqa: N806
+        return self.decode_without_bias(z) + self.b_dec.to(z.dtype)
+
+    def decode_without_bias(self, z: Tensor) -> Tensor:
+        """`decode` before b_dec is added: a sum over latents, so a feature shard decodes its own latents
+        (`z.shape[-1]` of them per layer, its rows of each decoder) and the shards' parts add up."""
+        L, n = self.config.n_layers, z.shape[-1]  # noqa: N806
         flat = z.reshape(-1, L * n)  # (tokens, n_layers * num_latents), layer-major
         predictions = []
         for layer in range(L):
             into = torch.cat([self.W_dec[source][:, layer - source] for source in range(layer + 1)])  # ((l+1) n, d)
             predictions.append(flat[:, : (layer + 1) * n] @ into.to(z.dtype))  # (tokens, d_out)
-        out = torch.stack(predictions, dim=1) + self.b_dec.to(z.dtype)  # (tokens, n_layers, d_out)
-        return out.reshape(*z.shape[:-1], self.config.d_out)
+        return torch.stack(predictions, dim=1).reshape(*z.shape[:-1], self.config.d_out)  # (..., n_layers, d_out)
 
     def decoder_norms(self) -> Tensor:
         """`(n_layers, num_latents)`: each latent's decoder norm over every layer it writes to."""
@@ -264,21 +273,29 @@ class CltModel(CltPreTrainedModel):
                 f"`target` of shape {tuple(x.shape[:-1]) + (cfg.d_out,)}, or call with `return_loss=False`."
             )
         self._check(target, cfg.d_out, "target")
+        losses = self.losses(pre, z, prediction, target, sparsity_coefficient)
+        return CltOutput(reconstruction=prediction, latents=z, l0=l0, latent_counts=counts, loss=sum(losses.values()),
+                         **losses)  # fmt: skip
+
+    def losses(self, pre: Tensor, z: Tensor, prediction: Tensor, target: Tensor, sparsity_coefficient=None,
+               over_latents=lambda total: total) -> dict[str, Tensor]:  # fmt: skip
+        """The training loss's terms: `mse_loss`, each layer's squared error over its target's variance summed over
+        layers, and JumpReLU's `sparsity_loss` and `pre_act_loss` (Ameisen et al. 2025). The penalties are sums over
+        latents; `over_latents` completes a sum over this model's latents (a feature shard's: the sum over shards)."""
+        cfg = self.config
         flat_target = target.reshape(-1, cfg.n_layers, cfg.d_out)
         error = (prediction.reshape(flat_target.shape) - flat_target).pow(2).sum(-1).mean(0)  # (n_layers,)
         variance = (flat_target - flat_target.mean(0)).pow(2).sum(-1).mean(0).clamp_min(1e-12)  # (n_layers,)
-        mse_loss = (error / variance.detach()).sum()
-        losses = {"mse_loss": mse_loss}
+        losses = {"mse_loss": (error / variance.detach()).sum()}
         if cfg.architecture == "jumprelu":
             norms = self.decoder_norms().to(z.dtype)  # (n_layers, num_latents)
-            tokens = z.reshape(-1, cfg.n_layers, cfg.num_latents)
-            tanh = torch.tanh(cfg.sparsity_scale * tokens * norms).sum((-2, -1)).mean()
+            tokens = z.reshape(-1, cfg.n_layers, z.shape[-1])
+            tanh = over_latents(torch.tanh(cfg.sparsity_scale * tokens * norms).sum((-2, -1)).mean())
             coefficient = cfg.sparsity_coefficient if sparsity_coefficient is None else sparsity_coefficient
             losses["sparsity_loss"] = coefficient * tanh
             below = (self.threshold.to(pre.dtype) - pre.reshape(tokens.shape)).relu()
-            losses["pre_act_loss"] = cfg.pre_act_coefficient * (below * norms).sum((-2, -1)).mean()
-        return CltOutput(reconstruction=prediction, latents=z, l0=l0, latent_counts=counts, loss=sum(losses.values()),
-                         **losses)  # fmt: skip
+            losses["pre_act_loss"] = cfg.pre_act_coefficient * over_latents((below * norms).sum((-2, -1)).mean())
+        return losses
 
     def _check(self, tensor: Tensor, width: int, name: str) -> None:
         if tensor.ndim < 2 or tuple(tensor.shape[-2:]) != (self.config.n_layers, width):

@@ -17,6 +17,8 @@ from accelerate.logging import get_logger
 
 from .activations import ShufflingBuffer
 from .arguments import SaeArguments, SaeTrainingArguments
+from .arguments.train import check_latents_fit
+from .clt_shards import ShardedCltTrainee
 from .errors import ArgumentError
 from .feature_shards import (
     BYTES_MOVED,
@@ -31,6 +33,7 @@ from .feature_shards import (
     gather_shards,
     shard_sae_,
     sharded_forward,
+    whole_fraction,
 )
 from .hookpoints import hookpoint_width, resolve_hookpoints
 from .memory import check_fits_in_memory
@@ -38,23 +41,21 @@ from .modeling_clt import CltModel
 from .modeling_sae import SaeModel
 from .models import model_skeleton
 from .precision import default_device
-from .trainees import SaeTrainee
+from .trainees import SaeTrainee, trainee
 from .training import SaeTrainer
 
 logger = get_logger(__name__)
 
 # Options that --shard_features cannot serve, with the reason each is refused.
-_CONFLICTS = {
-    "clt": "a cross-layer transcoder's latents are not sharded yet; train it unsharded",
-    "distribute_hookpoints": "hookpoints go to one owner each, while shards split every SAE over a group",
-}
+_CONFLICTS = {"distribute_hookpoints": "hookpoints go to one owner each, while shards split every SAE over a group"}
 
 
 def check_feature_sharding(sae_args: SaeArguments, args: SaeTrainingArguments, lm_args=None, runs=()) -> None:
     """Refuse --shard_features where it cannot serve the run, before anything loads: options it does not combine
     with, an architecture it cannot shard, a latent count it does not divide (given, or from --expansion_factor and
     the width the LM's config gives each hookpoint of `runs`, the sweep's configurations), more shards than
-    processes."""
+    processes. What cannot fit in memory even at width 1 is refused first, sharded or not."""
+    check_latents_fit(sae_args, args)
     shards = args.shard_features
     if shards == 1:
         return
@@ -74,7 +75,7 @@ def check_feature_sharding(sae_args: SaeArguments, args: SaeTrainingArguments, l
             f"{sae_args.num_latents}. Use --num_latents {below} or {above}."
         )
     check_shard_count(shards, int(os.environ.get("WORLD_SIZE", args.num_processes)))
-    if lm_args is not None:
+    if lm_args is not None and not sae_args.clt:  # a transcoder's width and memory: `clt_runs.plan_clt`
         _check_resolved_widths(sae_args.hookpoint_pairs(), lm_args, runs, shards)
 
 
@@ -121,10 +122,11 @@ class ShardedSaeTrainee(SaeTrainee):
         return super().metrics(out, target, dead) | {"dead_fraction": self.whole_fraction(dead)}
 
     def whole_fraction(self, flags: torch.Tensor) -> torch.Tensor:
-        """The fraction of the whole SAE's latents flagged, from every shard's flags of its own."""
-        count = flags.sum().float()
-        dist.all_reduce(count, group=self.shards.group)
-        return count / self.model.config.num_latents
+        return whole_fraction(flags, self.shards)
+
+
+def sharded_trainee(model: SaeModel | CltModel, shards: FeatureShards) -> SaeTrainee:
+    return ShardedCltTrainee(model, shards) if isinstance(model, CltModel) else ShardedSaeTrainee(model, shards)
 
 
 class FeatureShardedTrainer(SaeTrainer):
@@ -141,15 +143,15 @@ class FeatureShardedTrainer(SaeTrainer):
         owners: dict[str, int] | None = None,
         learning_rates: dict[str, float] | None = None,
     ):
-        if owners or any(isinstance(sae, CltModel) for sae in saes.values()):
-            what = "--distribute_hookpoints" if owners else "--clt"
-            raise ArgumentError(f"--shard_features cannot be combined with {what}: {_CONFLICTS[what[2:]]}.")
+        if owners:
+            reason = _CONFLICTS["distribute_hookpoints"]
+            raise ArgumentError(f"--shard_features cannot be combined with --distribute_hookpoints: {reason}.")
         super().__init__(args, saes, buffer, accelerator, None, learning_rates)
         self.shards = feature_mesh(args.shard_features)
         for name, sae in saes.items():
             check_shardable(sae.config, self.shards.count, name)
             shard_sae_(sae, self.shards)
-        self.trainees = {name: ShardedSaeTrainee(sae, self.shards) for name, sae in saes.items()}
+        self.trainees = {name: sharded_trainee(sae, self.shards) for name, sae in saes.items()}
         self.state.feature_shards = self.shards.count
         BYTES_MOVED.clear()  # counted from the first batch on
         rows = {name: self.shards.latent_range(sae.config.num_latents) for name, sae in saes.items()}
@@ -197,7 +199,7 @@ class FeatureShardedTrainer(SaeTrainer):
                 sae.threshold.copy_(self._across_ranks(sae.threshold.detach().clone(), "mean"))
             joined = gather_shards(sae, self.shards)
             if joined is not None:
-                result[name] = SaeTrainee(joined).folded(self.state.scales[name], self.state.output_scales.get(name))
+                result[name] = trainee(joined).folded(self.state.scales[name], self.state.output_scales.get(name))
         return result
 
     def _dead_fractions(self) -> dict[str, dict[str, float]]:

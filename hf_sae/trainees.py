@@ -108,8 +108,7 @@ class CltTrainee(SaeTrainee):
         `dead_fraction`), and per layer (`layer_<i>/...`, i the model's layer index)."""
         error = (out.reconstruction.detach() - target).pow(2).sum(-1).mean(0)  # (n_layers,)
         fvu = error / (target - target.mean(0)).pow(2).sum(-1).mean(0)  # (n_layers,)
-        l0 = (out.latents.detach() != 0).sum(-1).float().reshape(-1, fvu.shape[0]).mean(0)  # (n_layers,)
-        dead = dead.float().mean(-1)  # (n_layers,)
+        l0, dead = self.layer_l0(out), self.layer_dead_fraction(dead)  # (n_layers,) each
         terms = {"loss": out.loss, "mse_loss": out.mse_loss, "fvu": fvu.mean(), "l0": l0.mean(),
                  "dead_fraction": dead.mean(), "explained_variance": 1 - fvu.mean()}  # fmt: skip
         terms |= _optional_terms(out, ("sparsity_loss", "pre_act_loss"))
@@ -117,6 +116,14 @@ class CltTrainee(SaeTrainee):
             terms |= {f"layer_{layer}/fvu": fvu[index], f"layer_{layer}/l0": l0[index],
                       f"layer_{layer}/dead_fraction": dead[index]}  # fmt: skip
         return terms
+
+    def layer_l0(self, out) -> Tensor:
+        """`(n_layers,)`: the mean count of active latents per token in each layer."""
+        return (out.latents.detach() != 0).sum(-1).float().reshape(-1, self.model.config.n_layers).mean(0)
+
+    def layer_dead_fraction(self, dead: Tensor) -> Tensor:
+        """`(n_layers,)`: the fraction of each layer's latents that `dead` flags."""
+        return dead.float().mean(-1)
 
     def signature(self) -> dict:
         config = self.model.config.to_dict()

@@ -233,22 +233,26 @@ def test_a_killed_shard_ends_the_run_with_an_error_naming_it(tiny_run_inputs, tm
     assert not (tmp_path / "run" / HOOKPOINT).exists()
 
 
+def assert_half_with_moments(weights: Path, whole: torch.nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
+    """A shard's checkpoint holds `shapes` of the per-latent tensors, half of the whole model's, and Adam's two moments
+    of every tensor it holds."""
+    saved = torch.load(weights, weights_only=True)
+    [model] = saved["saes"].values()
+    assert {name: tuple(model[name].shape) for name in shapes} == shapes
+    assert 2 * sum(model[name].numel() for name in shapes) == sum(whole.state_dict()[name].numel() for name in shapes)
+    moments = [t for state in saved["optimizer"]["state"].values() for key, t in state.items() if key != "step"]
+    assert sum(t.numel() for t in moments) == 2 * sum(t.numel() for t in model.values())  # exp_avg, exp_avg_sq
+
+
 def test_shard_checkpoints_hold_half_the_sae_and_resume_exactly(tiny_run_inputs, tmp_path):  # noqa: F811
     """Each rank's checkpoint holds its 48 of the 96 latents' rows and their Adam moments (counted); a run resumed
     from step 10 ends as the uninterrupted run; resuming with another shard count is refused, naming both."""
     train(tiny_run_inputs, tmp_path / "full", 2, 2, "--save_steps", "10")
     checkpoint = tmp_path / "full" / "checkpoint-10"
     whole = trained(tmp_path / "full")
-    per_latent = {"W_enc", "b_enc", "W_dec"}
     for rank in (0, 1):
-        saved = torch.load(checkpoint / f"weights_rank{rank}.pt", weights_only=True)
-        [sae] = saved["saes"].values()
-        assert {name: tuple(sae[name].shape) for name in per_latent} == {
-            "W_enc": (48, 24), "b_enc": (48,), "W_dec": (48, 24)}  # fmt: skip
-        rows = sum(sae[name].numel() for name in per_latent)
-        assert 2 * rows == sum(whole.state_dict()[name].numel() for name in per_latent)
-        moments = [t for state in saved["optimizer"]["state"].values() for key, t in state.items() if key != "step"]
-        assert sum(t.numel() for t in moments) == 2 * sum(t.numel() for t in sae.values())  # exp_avg, exp_avg_sq
+        shapes = {"W_enc": (48, 24), "b_enc": (48,), "W_dec": (48, 24)}
+        assert_half_with_moments(checkpoint / f"weights_rank{rank}.pt", whole, shapes)
     resumed = tmp_path / "resumed"
     shutil.copytree(checkpoint, resumed / checkpoint.name)
     train(tiny_run_inputs, resumed, 2, 2, "--resume_from_checkpoint", "latest")
@@ -271,7 +275,6 @@ REFUSALS = [
      ("but this run has 6 process(es), which 4 must divide (each group of 4 shares one SAE; the groups are data "
      "parallel). Use --shard_features among [1, 2, 3, 6]")),
     ({"distribute_hookpoints": True}, "--shard_features 2 cannot be combined with --distribute_hookpoints"),
-    ({"clt": True}, "--shard_features 2 cannot be combined with --clt: a cross-layer transcoder's latents"),
     ({"architecture": "matryoshka_batchtopk", "matryoshka_group_sizes": [32, 64]},
      "cannot train --architecture matryoshka_batchtopk: its nested prefixes decode groups of latents"),
 ]  # fmt: skip

@@ -7,7 +7,8 @@ import pytest
 
 import hf_sae.memory
 from hf_sae import ArgumentError, SaeConfig, SaeModel
-from hf_sae.arguments import SaeArguments
+from hf_sae.arguments import TRAIN_GROUPS, SaeArguments, group_arguments
+from hf_sae.arguments.train import check_latents_fit
 from hf_sae.feature_shards import planned_shard
 from hf_sae.memory import TRAINING_BYTES_PER_WEIGHT, check_fits_in_memory, sae_weights
 from hf_sae.runners import _new_saes
@@ -56,3 +57,25 @@ def test_a_shard_too_large_is_refused_naming_its_rows(monkeypatch):
                 f"({4 * 2**20:,} bytes)")  # fmt: skip
     with pytest.raises(ArgumentError, match=re.escape(expected)):
         check_fits_in_memory(LATENTS, D_IN, shards=2)
+
+
+def test_the_check_before_the_lm_loads_counts_each_process_rows(twelve_mib, tmp_path):
+    """At width 1 (before the LM's config gives the widths), 2**20 latents need 32 MiB to train: refused on one
+    process, refused over 2 shards naming the rows and bytes of each, accepted over 4 (8 MiB a process)."""
+    latents = 2**20
+
+    def check(shards: int) -> None:
+        groups = group_arguments(TRAIN_GROUPS, num_latents=latents, hookpoints=["site"], shard_features=shards,
+                                 num_processes=shards, output_dir=str(tmp_path), report_to="none")  # fmt: skip
+        check_latents_fit(groups[0], groups[-1])
+
+    whole = TRAINING_BYTES_PER_WEIGHT * 2 * latents
+    with pytest.raises(ArgumentError, match=re.escape(f"--num_latents 1,048,576 (d_in 1, 1 SAE(s)) needs about "
+                                                      f"0.0 GiB ({whole:,} bytes) to train")):  # fmt: skip
+        check(1)
+    expected = (f"--num_latents 1,048,576 (d_in 1, 1 SAE(s), each split over 2 feature shards: 524,288 latent rows "
+                f"per process) needs about 0.0 GiB ({whole // 2:,} bytes) to train, more than the 0.0 GiB "
+                f"({twelve_mib:,} bytes)")  # fmt: skip
+    with pytest.raises(ArgumentError, match=re.escape(expected)):
+        check(2)
+    check(4)

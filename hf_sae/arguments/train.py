@@ -48,6 +48,14 @@ def check_batch_division(batch_size: int, processes: int, accumulation_steps: in
         )
 
 
+def check_latents_fit(sae_args: "SaeArguments", args: "SaeTrainingArguments") -> None:
+    """The SAEs' memory at the smallest activation width (1), before anything loads: what cannot fit even then is
+    refused now. Each process holds 1 / --shard_features of every SAE's latents (a cross-layer transcoder's size is
+    checked once the LM's config gives its layers and width)."""
+    if not sae_args.clt and sae_args.num_latents is not None:
+        check_fits_in_memory(sae_args.num_latents, 1, len(sae_args.hookpoints), shards=args.shard_features)
+
+
 @dataclass
 class SaeArguments(Checked):
     """What SAEs to train: one per hookpoint, all of the same shape and sparsity rule."""
@@ -122,8 +130,6 @@ class SaeArguments(Checked):
         self._check_group_sizes()
         if self.clt:
             self._check_clt()
-        elif self.num_latents is not None:  # the smallest activation width: what cannot fit even then is refused now
-            check_fits_in_memory(self.num_latents, 1, len(self.hookpoints))
 
     def _check_clt(self) -> None:
         """What a cross-layer transcoder takes, before the LM's config gives its layer count and width."""
