@@ -14,9 +14,10 @@ import torch
 from transformers import PreTrainedModel
 
 from .arguments import LanguageModelArguments, SaeArguments, SaeTrainingArguments
+from .clt_shards import new_clt_shard
 from .configuration_clt import CltConfig
 from .errors import ArgumentError
-from .feature_shards import check_shardable
+from .feature_shards import check_shardable, planned_shard
 from .layout import METRICS, TRAINING_ARGS, staging_folder, write_json
 from .memory import check_clt_fits_in_memory
 from .modeling_clt import CltModel
@@ -56,11 +57,13 @@ def plan_clt(sae_args: SaeArguments, args: SaeTrainingArguments, lm_args: Langua
     return config
 
 
-def new_clt(config: CltConfig, seed: int, device) -> CltModel:
-    """The transcoder, initialised from `seed` alone."""
+def new_clt(config: CltConfig, args: SaeTrainingArguments, accelerator) -> CltModel:
+    """The transcoder, initialised from the run's seed alone; with --shard_features, only this process's latents of
+    it (`clt_shards.new_clt_shard`)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return CltModel(config).to(device)
+        torch.manual_seed(args.seed)
+        shard = planned_shard(args.shard_features, accelerator.process_index)
+        return new_clt_shard(config, shard).to(accelerator.device)
 
 
 def save_clt(clt: CltModel, report: dict, out: Path, settings: dict) -> None:

@@ -15,6 +15,7 @@ Every shard then computes the same loss (`CltModel.losses`) from the same sums, 
 stay on it (the row-parallel layer of Megatron-LM, Shoeybi et al. 2019); b_dec, which every shard holds whole, gets the
 same gradient everywhere, the encoders never reading it.
 
+    new_clt_shard         this shard's latents of a new transcoder, the whole never allocated
     sharded_clt_forward   one training step's forward on a shard (`CltOutput`, the whole transcoder's numbers)
     ShardedCltTrainee     the trainer's view of a shard: that forward, per-layer metrics of the whole transcoder
 """
@@ -25,17 +26,64 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .architectures import INIT_CHUNK_VALUES
+from .configuration_clt import CltConfig
 from .feature_shards import (
     FeatureShards,
     all_reduce_counted,
+    check_shardable,
     merged_batch_top_k,
     merged_top_k,
+    replace_tensor,
     sum_over_shards,
     summed_over_shards,
     whole_fraction,
 )
 from .modeling_clt import CltModel, CltOutput
 from .trainees import CltTrainee
+
+
+def new_clt_shard(config: CltConfig, shards: FeatureShards) -> CltModel:
+    """This shard's latents of the transcoder that `CltModel(config)` builds from the same RNG state, no tensor of the
+    whole ever allocated; its config still names the whole. One shard: the whole transcoder."""
+    if shards.count == 1:
+        return CltModel(config)
+    check_shardable(config, shards.count, "the cross-layer transcoder")
+    L, n, d_in, d_out = config.n_layers, config.num_latents, config.d_in, config.d_out  # noqa: N806
+    start, stop = shards.latent_range(n)
+    with torch.device("meta"):
+        clt = CltModel(config)
+    # `CltPreTrainedModel._init_weights`' draws, in its order: the encoders, then each layer's decoder.
+    tensors = {"W_enc": _uniform_latents(L, n, d_in, start, stop, d_in**-0.5)}
+    for layer in range(L):
+        rows = _uniform_latents(1, n, (L - layer) * d_out, start, stop, (L * d_out) ** -0.5)
+        tensors[f"W_dec.{layer}"] = rows.reshape(stop - start, L - layer, d_out)
+    tensors |= {"b_enc": torch.zeros(L, stop - start), "b_dec": torch.zeros(L, d_out)}
+    if config.architecture == "jumprelu":
+        tensors["threshold"] = torch.full((L, stop - start), float(config.jumprelu_init_threshold))
+    elif config.architecture == "batchtopk":
+        tensors["threshold"] = torch.full((L,), -1.0)  # unset until the first training batch
+    for name, tensor in tensors.items():
+        replace_tensor(clt, name, tensor)
+    return clt
+
+
+def _uniform_latents(outer: int, n: int, inner: int, start: int, stop: int, bound: float) -> Tensor:
+    """`(outer, stop - start, inner)`: latents [start, stop) of one `uniform_(-bound, bound)` draw of an `(outer, n,
+    inner)` tensor, from the global RNG. Torch's CPU uniform sampler draws one number per value in order, so the
+    values outside the rows are drawn and dropped in chunks of at most `INIT_CHUNK_VALUES`, and the kept rows get
+    exactly the unsharded draw's numbers (tests/test_clt_shards.py holds this)."""
+    kept = []
+    for _ in range(outer):
+        _draw_and_drop(start * inner)
+        kept.append(torch.empty(stop - start, inner).uniform_(-bound, bound))
+        _draw_and_drop((n - stop) * inner)
+    return torch.stack(kept)
+
+
+def _draw_and_drop(values: int) -> None:
+    for chunk in range(0, values, INIT_CHUNK_VALUES):
+        torch.empty(min(INIT_CHUNK_VALUES, values - chunk)).uniform_()
 
 
 def _merged_activation(clt: CltModel, pre: Tensor, shards: FeatureShards) -> Tensor:

@@ -18,10 +18,12 @@ Every shard then computes the same loss from the same summed tensors, so the bac
 every shard holds whole (b_dec, W_skip, BatchTopK's threshold) gets the same gradient everywhere, but for b_dec's
 share through the encoder, whose (d_in,) gradient is all-reduced. With data parallelism too, the processes form a
 2-D device mesh (data x feature): rank = data_index * S + shard_index; gradients are averaged over the data axis.
+A cross-layer transcoder's forward on a shard is `clt_shards`', on the same collectives.
 
     FeatureShards, feature_mesh     the mesh and this process's place in it (`planned_shard`: before the mesh exists)
     new_shard                       this shard's rows of a new SAE, the whole never allocated
-    shard_sae_, gather_shards       an SAE cut to this shard's rows; the whole SAE again, on the main process
+    sharded_axes                    the per-latent tensors of an SAE or a cross-layer transcoder, with their axis
+    shard_sae_, gather_shards       a model cut to this shard's latents; the whole again, on the main process
     sharded_forward                 one training step's forward on a shard (`SaeOutput`, global numbers)
     merged_top_k, merged_batch_top_k   this shard's part of the exact global selection
     clip_sharded_grad_norm_, average_over_data
@@ -360,11 +362,16 @@ def shard_sae_(model: SaeModel | CltModel, shards: FeatureShards) -> SaeModel | 
     if model.W_enc.shape[axes["W_enc"]] == stop - start < model.config.num_latents:
         return model
     for name, axis in axes.items():
-        owner, _, attr = name.rpartition(".")  # "W_dec.0": the ParameterList's entry "0"
-        module = model.get_submodule(owner) if owner else model
-        mine = getattr(module, attr).detach().narrow(axis, start, stop - start).clone()
-        setattr(module, attr, torch.nn.Parameter(mine) if attr in module._parameters else mine)
+        replace_tensor(model, name, model.get_parameter(name).detach().narrow(axis, start, stop - start).clone())
     return model
+
+
+def replace_tensor(model: torch.nn.Module, name: str, tensor: Tensor) -> None:
+    """Make `tensor` the parameter or buffer `name` of `model` (`W_dec.0`: entry "0" of the ParameterList), whatever
+    its shape was."""
+    owner, _, attr = name.rpartition(".")
+    module = model.get_submodule(owner) if owner else model
+    setattr(module, attr, torch.nn.Parameter(tensor) if attr in module._parameters else tensor)
 
 
 def gather_shards(model: SaeModel | CltModel, shards: FeatureShards) -> SaeModel | CltModel | None:

@@ -159,7 +159,7 @@ def train_saes(
     own = [h for h in pairs if owners is None or owners[h] == rank]  # this process's SAEs
     if sae_args.clt:  # planned again with the loaded LM's config and name (a GGUF has no config before it loads)
         clt = plan_clt(sae_args, args, lm_args, model)
-        saes, rates = {CLT_NAME: new_clt(clt, args.seed, accelerator.device)}, {CLT_NAME: args.learning_rate}
+        saes, rates = {CLT_NAME: new_clt(clt, args, accelerator)}, {CLT_NAME: args.learning_rate}
     else:
         saes, rates = _new_saes(runs, own, pairs, widths, model.name_or_path, args.seed, accelerator.device,
                                 planned_shard(args.shard_features, rank))  # fmt: skip

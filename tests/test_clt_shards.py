@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 from test_distributed import TOLERANCE, common_flags, launch_all, ran
-from test_feature_shards import assert_half_with_moments, lm_never_loads  # noqa: F401  (lm_never_loads: a fixture)
+from test_feature_shards import assert_half_with_moments, lm_never_loads, shards_built_like_the_whole  # noqa: F401
 from test_training import tiny_run_inputs  # noqa: F401  (the module-scoped fixture)
 
+import hf_sae.clt_shards
 import hf_sae.memory
-from hf_sae import ArgumentError, CltModel
+from hf_sae import ArgumentError, CltConfig, CltModel
 from hf_sae.arguments import TRAIN_GROUPS, group_arguments
+from hf_sae.clt_shards import new_clt_shard
 from hf_sae.distribution import local_launch
 from hf_sae.memory import TRAINING_BYTES_PER_WEIGHT, clt_weights
 from hf_sae.runners import train_saes
@@ -64,6 +66,20 @@ def test_bytes_each_collective_moves(two_shards):
     assert moved["batchtopk"]["batchtopk_candidates"] == 4 * tokens * layers * k
     assert moved["batchtopk"]["threshold"] == 4 * layers
     assert moved["jumprelu"] == {"reconstruction": 4 * tokens * layers * d_out, "l0": 4, "penalties": 8}
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_a_shard_builds_only_its_latents_of_the_unsharded_initialisation(monkeypatch, architecture):
+    """Each of 2 (and 3) shards built from the seed of the whole transcoder holds exactly its latents of it, every
+    layer's encoder and decoder drawn in chunks of 16 values, and the largest storage it allocates holds its part of
+    the encoders, never the whole's."""
+    monkeypatch.setattr(hf_sae.clt_shards, "INIT_CHUNK_VALUES", 16)
+    config = CltConfig(n_layers=4, d_in=7, d_out=5, num_latents=36, architecture=architecture,
+                       k=None if architecture == "jumprelu" else 3)  # fmt: skip
+    built = shards_built_like_the_whole(lambda: CltModel(config), lambda shards: new_clt_shard(config, shards), 3)
+    for shard, latents, largest in built:
+        assert shard.W_enc.shape == (4, latents, 7)
+        assert largest == 4 * 4 * latents * 7 < 4 * 4 * 36 * 7
 
 
 # ---- training runs --------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from hf_sae import ArgumentError, SaeConfig, SaeModel
 from hf_sae.architectures import initial_directions
 from hf_sae.arguments import TRAIN_GROUPS, group_arguments
 from hf_sae.distribution import local_launch
-from hf_sae.feature_shards import new_shard, planned_shard, sharded_names
+from hf_sae.feature_shards import new_shard, planned_shard, sharded_axes
 from hf_sae.runners import train_saes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,26 +109,35 @@ SHARD_CONFIGS = {"topk": {"architecture": "topk", "k": 4}, "jumprelu": {"archite
                  "skip_transcoder": {"architecture": "topk", "k": 4, **TRANSCODER}}  # fmt: skip
 
 
+def shards_built_like_the_whole(build_whole, build_shard, seed: int):
+    """Each of 2 (and 3) shards that `build_shard(shards)` builds from `seed`, checked to hold exactly its latents of
+    the model `build_whole()` builds from the same seed; yields (shard, its latent count, the largest storage that
+    building it allocated)."""
+    torch.manual_seed(seed)
+    whole = build_whole()
+    axes = sharded_axes(whole)
+    for count in (2, 3):
+        for index in range(count):
+            shards = planned_shard(count, index)
+            start, stop = shards.latent_range(whole.config.num_latents)
+            torch.manual_seed(seed)
+            with StorageSizes() as allocated:
+                shard = build_shard(shards)
+            for key, tensor in whole.state_dict().items():
+                mine = tensor.narrow(axes[key], start, stop - start) if key in axes else tensor
+                assert torch.equal(shard.state_dict()[key], mine), (count, index, key)
+            yield shard, stop - start, max(allocated.sizes)
+
+
 @pytest.mark.parametrize("name", list(SHARD_CONFIGS))
 def test_a_shard_builds_only_its_rows_of_the_unsharded_initialisation(name):
     """Each of 2 (and 3) shards built from the seed of the whole SAE holds exactly its rows of it, and the largest
     storage it allocates holds its rows, never the 96 x 24 of the whole."""
     config = SaeConfig(d_in=24, num_latents=96, **SHARD_CONFIGS[name])
-    torch.manual_seed(7)
-    whole = SaeModel(config)
-    for count in (2, 3):
-        for index in range(count):
-            shards = planned_shard(count, index)
-            start, stop = shards.latent_range(96)
-            torch.manual_seed(7)
-            with StorageSizes() as allocated:
-                shard = new_shard(config, shards)
-            assert shard.W_enc.shape == (stop - start, 24) and shard.W_enc.device.type == "cpu"
-            for key, tensor in whole.state_dict().items():
-                rows = tensor[start:stop] if key in sharded_names(whole) else tensor
-                assert torch.equal(shard.state_dict()[key], rows), (name, count, index, key)
-            assert max(allocated.sizes) == 4 * (stop - start) * 24 < 4 * 96 * 24
-    assert sum(p.numel() for p in shard.parameters()) < sum(p.numel() for p in whole.parameters())
+    built = shards_built_like_the_whole(lambda: SaeModel(config), lambda shards: new_shard(config, shards), 7)
+    for shard, rows, largest in built:
+        assert shard.W_enc.shape == (rows, 24) and shard.W_enc.device.type == "cpu"
+        assert largest == 4 * rows * 24 < 4 * 96 * 24
 
 
 def test_the_initialisation_drawn_in_chunks_is_one_draw_of_the_whole(monkeypatch):
