@@ -52,6 +52,7 @@ QUALITY_KEYS = (
     "ce_loss_spliced",
     "ce_loss_zero_ablated",
     "ce_loss_mean_ablated",
+    "clear_pattern_share",  # from `hf-sae features` (hf_sae.interpretability), not from evaluation
 )
 # What the run was: recorded beside the quality numbers, never a model-index metric.
 RUN_KEYS = (
@@ -87,6 +88,12 @@ SOURCE_KEYS = (
 def sae_metrics(report: dict) -> dict:
     """The part of a report that belongs in an SAE's metrics.json: quality, run and per-source keys, nothing bulky."""
     return {key: report[key] for key in (*RUN_KEYS, *QUALITY_KEYS, PER_SOURCE) if key in report}
+
+
+def add_metrics(sae_folder: Path, report: dict) -> None:
+    """`report`'s metrics into the SAE's metrics.json, beside (and over) what it holds already."""
+    path = Path(sae_folder) / METRICS
+    write_json(path, (read_json(path) if path.is_file() else {}) | sae_metrics(report))
 
 
 # ---- names that become paths ----------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ METRIC_LABELS = {
     "ce_loss_spliced": ("LM loss, SAE spliced in", "cross-entropy with the SAE's reconstruction in place"),
     "ce_loss_zero_ablated": ("LM loss, hookpoint zeroed", "cross-entropy with the hookpoint's output set to zero"),
     "ce_loss_mean_ablated": ("LM loss, hookpoint mean-ablated", "cross-entropy with the hookpoint at its mean"),
+    "clear_pattern_share": ("Features with a clear pattern", "share of features whose label scores >= 0.5, no LLM"),
 }
 HEADLINE_METRICS = ("fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction", "loss_recovered", "kl_div",
                     "mse")  # fmt: skip

@@ -78,13 +78,12 @@ from .layout import (
     CONFIG,
     EVAL_REPORT,
     FEATURES,
-    METRICS,
+    add_metrics,
     claim_folder,
     find_sae_folders,
     hookpoint_folder,
     probe_writable,
     read_json,
-    sae_metrics,
     write_json,
 )
 from .lm_forward import LmReading, activation_widths, special_token_ids
@@ -356,9 +355,7 @@ def run_evaluation(lm_args: LanguageModelArguments, data_args: DataArguments, ar
                      Path(args.output_dir), "The evaluation report and its plots")  # fmt: skip
     for name, metrics in report.items():
         if args.save_beside_saes:
-            beside = Path(saes[name].name_or_path) / METRICS
-            existing = read_json(beside) if beside.is_file() else {}
-            write_json(beside, existing | sae_metrics(metrics))
+            add_metrics(Path(saes[name].name_or_path), metrics)
     logger.info(f"Evaluation report written to {Path(args.output_dir) / EVAL_REPORT}")
     return report
 
@@ -407,6 +404,8 @@ def _collect_features(lm_args: LanguageModelArguments, data_args: DataArguments,
     )  # fmt: skip
     features.keep_what_people_wrote(Path(args.sae) / FEATURES)  # labels people set and explanations stay
     _write_or_rescue(features.save_pretrained, Path(args.sae) / FEATURES, "The feature statistics")
+    if (share := features.metadata["interpretability"]["clear_pattern_share"]) is not None:  # for the card and Hub
+        add_metrics(Path(args.sae), {"clear_pattern_share": share})
     return features
 
 

@@ -273,6 +273,12 @@ def test_cli_collects_and_explains(setup, tmp_path, capsys):
     assert features.metadata["tokens"] == 300 and features.stats["count"].sum() == 300 * 4
     assert features.metadata["text"] == {"split": "train[other documents]", "held_out": False,
                                          "training_eval_split": None}  # fmt: skip
+    from hf_sae.interpretability import CLEAR_PATTERN
+
+    # The share of features with a clear pattern goes to metrics.json, where the card and the Hub read metrics.
+    scores = features.stats["interpretability"].dropna()
+    share = json.loads((tmp_path / "sae" / "metrics.json").read_text())["clear_pattern_share"]
+    assert len(scores) > 0 and share == pytest.approx(float((scores >= CLEAR_PATTERN).mean()))
     features.set_label(int(features.stats["count"].idxmax()), "busiest")
     assert main(["features", *args, "--max_tokens", "200"]) == 1  # earlier statistics are not replaced unasked
     assert load_features(tmp_path / "sae").metadata["tokens"] == 300

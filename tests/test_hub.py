@@ -771,7 +771,11 @@ def training_run(folder: Path, hookpoints: list[str]) -> Path:
         stats = pa.table({"feature": pa.array(range(64), pa.int32()), "auto_label": pa.array([""] * 64)})
         examples = pa.table({"feature": pa.array([], pa.int32()), "rank": pa.array([], pa.int16())})
         FeatureMetadata(stats, examples, {"num_latents": 64}).save_pretrained(folder / hookpoint / "features")
-    settings = settings_of(*(group() for group in TRAIN_GROUPS)) | {"hookpoints": hookpoints, "learning_rate": 3e-4}
+    settings = settings_of(*(group() for group in TRAIN_GROUPS)) | {
+        "hookpoints": hookpoints,
+        "learning_rate": 3e-4,
+        "train_tokens": 1_000_000,
+    }  # as a run resolves it
     (folder / "training_args.json").write_text(json.dumps(settings))
     (folder / "checkpoint-10").mkdir()
     (folder / "checkpoint-10" / "state.bin").write_bytes(b"not pushed")
