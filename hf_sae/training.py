@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.state import AcceleratorState
 from accelerate.utils import InitProcessGroupKwargs, gather_object
 from tqdm.auto import tqdm
 
@@ -390,6 +391,8 @@ def make_accelerator(args: SaeTrainingArguments) -> Accelerator:
     if launched > 1 and not all(key in os.environ for key in ("RANK", "MASTER_ADDR", "MASTER_PORT")):
         raise TrainingError(_LAUNCH_HELP.format(launched=launched, seen="no launcher's rank and rendezvous"))
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))
+    if launched == 1:  # a run's precision is its own: a second run in one Python session (a notebook) may change it
+        AcceleratorState._reset_state()  # accelerate's own reset; the process state (device, group) is kept
     accelerator = Accelerator(
         cpu=default_device() == "cpu",
         project_dir=args.output_dir,

@@ -526,3 +526,17 @@ def test_weights_that_turn_non_finite_are_never_checkpointed(tiny_run_inputs, tm
                        r"\S+checkpoint-4: resume"):  # fmt: skip
         train_saes(*run_args(tiny_run_inputs, tmp_path / "run", train_tokens=3072, save_steps=4))
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-4"]
+
+
+def test_two_runs_in_one_python_session_each_get_their_own_precision(tmp_path):
+    """A notebook trains twice: accelerate's state from the first run (bf16) must not refuse the second (fp32)."""
+    from hf_sae import SaeConfig
+
+    batches = [{"h": torch.randn(64, 8, generator=torch.Generator().manual_seed(i))} for i in range(4)]
+    for precision in ("bf16", "no", "bf16"):
+        args = SaeTrainingArguments(train_tokens=64 * 4, batch_size=64, report_to="none", output_dir=str(tmp_path),
+                                    save_steps=0, mixed_precision=precision)  # fmt: skip
+        trainer = SaeTrainer(args, {"h": SaeModel(SaeConfig(d_in=8, num_latents=16, k=2, hookpoint="h"))}, batches)
+        assert trainer.accelerator.mixed_precision == precision  # the run's own, not the session's first
+        trainer.train()
+        trainer.end()
