@@ -2,6 +2,7 @@
 that dies, gradient accumulation, and launches that would be misread. Each multi-process test first proves that two
 processes ran: each logs its rank and the world size it saw."""
 
+import json
 import os
 import signal
 import socket
@@ -288,3 +289,34 @@ def test_spreading_fewer_hookpoints_than_processes_is_refused():
     assert hookpoint_owners(["a", "b", "c"], 2) == {"a": 0, "b": 1, "c": 0}
     with pytest.raises(ArgumentError, match=r"each of the 2 processes .* only 1 \(\['a'\]\)"):
         hookpoint_owners(["a"], 2)
+
+
+def test_two_processes_read_the_text_once_into_a_cache_and_replay_it_as_one(tiny_run_inputs, tmp_path, monkeypatch):  # noqa: F811
+    """--epochs without a cache: the main process caches the text while the other waits; both replay it. One process
+    then finds the same cache (the same model, hookpoints and text) and trains the same SAE from it."""
+    monkeypatch.setenv("HF_SAE_HOME", str(tmp_path / "home"))  # the hf_sae cache the launched processes inherit
+    flags = [*common_flags(tiny_run_inputs), "--train_tokens", str(62 * 10), "--epochs", "2"]  # the later flag counts
+    two = [
+        sys.executable,
+        "-m",
+        "hf_sae.cli",
+        "train",
+        *flags,
+        "--num_processes",
+        "2",
+        "--output_dir",
+        str(tmp_path / "two"),
+    ]
+    result = launch_all([two])[0]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ran(result.stderr, 2) == {0, 1} and result.stderr.count("caching activations to") >= 1
+    caches = list((tmp_path / "home" / "activations").iterdir())
+    assert len(caches) == 1 and "caches its activations at" in result.stderr  # written once, by one process
+    one = [sys.executable, SCRIPT, *flags, "--output_dir", str(tmp_path / "one")]
+    result = launch_all([one])[0]
+    assert result.returncode == 0 and ran(result.stderr, 1) == {0}, result.stderr[-3000:]
+    assert "replays the activations at" in result.stderr and "caching activations to" not in result.stderr
+    assert list((tmp_path / "home" / "activations").iterdir()) == caches
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())[HOOKPOINT]
+    assert metrics["train_epochs"] == pytest.approx(2, abs=0.1)
+    assert_same_weights(trained(tmp_path / "one"), trained(tmp_path / "two"))
