@@ -99,8 +99,10 @@ def test_scores_and_pruning_are_circuit_tracers(graphs, name, run):
     assert torch.equal(pruned.node_mask, expected["node_mask"])
     assert torch.equal(pruned.edge_mask, expected["edge_mask"])
     assert 0 < int(pruned.node_mask.sum()) < len(pruned.node_mask)
-    theirs = replace(graph, adjacency=expected["adjacency_matrix"])  # circuit-tracer's own edges: bit for bit
-    assert graph_scores(theirs) == (replacement, completeness)
+    # On circuit-tracer's own edges: the same numbers up to the summation order of this CPU's matrix kernels (bit for
+    # bit where they sum as the fixture's host did; AVX-512 kernels differ in the last place).
+    theirs = replace(graph, adjacency=expected["adjacency_matrix"])
+    assert graph_scores(theirs) == pytest.approx((replacement, completeness), rel=1e-6)
     again = prune(theirs)
     assert torch.equal(again.edge_mask, expected["edge_mask"])
-    assert torch.equal(again.cumulative_scores, expected["cumulative_scores"])
+    torch.testing.assert_close(again.cumulative_scores, expected["cumulative_scores"], rtol=1e-6, atol=1e-7)
