@@ -96,6 +96,12 @@ def launch_all(commands: list[list[str]], timeout: int = 300) -> list[subprocess
             for launch, output in zip(launches, outputs)]  # fmt: skip
 
 
+def cli_train(flags: list[str], processes: int, out: Path) -> list[str]:
+    """`hf-sae train` launching `processes` processes itself (--num_processes), as a user types it."""
+    return [sys.executable, "-m", "hf_sae.cli", "train", *flags, "--num_processes", str(processes), "--output_dir",
+            str(out)]  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -137,17 +143,7 @@ def test_the_processes_here_see_a_hostname_that_resolves_nowhere():
 
 def test_two_processes_on_one_machine_reach_the_weights_of_one(tiny_run_inputs, one_process, tmp_path):  # noqa: F811
     out = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "hf_sae.cli",
-        "train",
-        *common_flags(tiny_run_inputs),
-        "--num_processes",
-        "2",
-        "--output_dir",
-        str(out),
-    ]
+    command = cli_train(common_flags(tiny_run_inputs), 2, out)
     result = launch_all([command])[0]
     assert result.returncode == 0, result.stderr[-3000:]
     assert ran(result.stderr, 2) == {0, 1}  # two real processes, each in a world of two
@@ -296,17 +292,7 @@ def test_two_processes_read_the_text_once_into_a_cache_and_replay_it_as_one(tiny
     then finds the same cache (the same model, hookpoints and text) and trains the same SAE from it."""
     monkeypatch.setenv("HF_SAE_HOME", str(tmp_path / "home"))  # the hf_sae cache the launched processes inherit
     flags = [*common_flags(tiny_run_inputs), "--train_tokens", str(62 * 10), "--epochs", "2"]  # the later flag counts
-    two = [
-        sys.executable,
-        "-m",
-        "hf_sae.cli",
-        "train",
-        *flags,
-        "--num_processes",
-        "2",
-        "--output_dir",
-        str(tmp_path / "two"),
-    ]
+    two = cli_train(flags, 2, tmp_path / "two")
     result = launch_all([two])[0]
     assert result.returncode == 0, result.stderr[-3000:]
     assert ran(result.stderr, 2) == {0, 1} and result.stderr.count("caching activations to") >= 1
