@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import json
 import math
@@ -450,16 +451,10 @@ def test_without_a_budget_an_sae_run_is_the_default_run_and_a_transcoder_reads_f
     assert "The default run: 700,000 tokens of text, read once and trained on for 6 epochs (4,200,000" in caplog.text
     assert (default_run(unset, transcoder=True).train_tokens, default_run(unset, transcoder=True).epochs) == (
         DEFAULT_TRAIN_TOKENS, None)  # fmt: skip
-    cached = default_run(dataclasses_replace(unset, activation_cache="somewhere"), transcoder=False)
+    cached = default_run(dataclasses.replace(unset, activation_cache="somewhere"), transcoder=False)
     assert (cached.train_tokens, cached.epochs) == (DEFAULT_TRAIN_TOKENS, None)  # the given cache decides
-    given = dataclasses_replace(unset, train_tokens=4096)
+    given = dataclasses.replace(unset, train_tokens=4096)
     assert default_run(given, transcoder=False) is given  # a budget given is the budget
-
-
-def dataclasses_replace(args, **changes):
-    import dataclasses
-
-    return dataclasses.replace(args, **changes)
 
 
 def test_epochs_without_a_cache_read_the_text_once_and_a_second_run_replays_it(tiny, tmp_path, monkeypatch, caplog):
