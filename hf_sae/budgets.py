@@ -28,18 +28,19 @@ logger = logging.get_logger(__name__)
 
 
 def default_run(args: SaeTrainingArguments, transcoder: bool) -> SaeTrainingArguments:
-    """`args` with --train_tokens (and, for the default run of SAEs, --epochs) resolved where it was not given,
-    said in the log."""
+    """`args` with --train_tokens, --learning_rate and (for the default run of SAEs) --epochs resolved where they were
+    not given, said in the log."""
     if args.train_tokens is not None:
-        return args
+        return args.with_learning_rate()
     if transcoder or args.activation_cache:  # a transcoder's cache holds two widths per layer; a given cache decides
         logger.info(f"Training on {DEFAULT_TRAIN_TOKENS:,} tokens (the default); --train_tokens sets it.")
-        return dataclasses.replace(args, train_tokens=DEFAULT_TRAIN_TOKENS)
+        return dataclasses.replace(args.with_learning_rate(), train_tokens=DEFAULT_TRAIN_TOKENS)
+    args = args.with_learning_rate(default_run=True)
     epochs = DEFAULT_RUN_EPOCHS if args.epochs is None else args.epochs
     logger.info(
         f"The default run: {DEFAULT_RUN_TOKENS:,} tokens of text, read once and trained on for {epochs:g} epochs "
-        f"({epochs * DEFAULT_RUN_TOKENS:,.0f} tokens), which beats one pass over fresh text at the same cost; "
-        "--train_tokens N reads N tokens of fresh text instead, --epochs sets the passes."
+        f"({epochs * DEFAULT_RUN_TOKENS:,.0f} tokens) at lr {args.learning_rate:g}, which beats one pass over fresh "
+        "text at the same cost; --train_tokens N reads N tokens of fresh text instead, --epochs sets the passes."
     )
     return dataclasses.replace(args, train_tokens=DEFAULT_RUN_TOKENS, epochs=epochs)
 

@@ -98,6 +98,7 @@ class SaeTrainer:
         """`owners` (`{hookpoint: rank}`, from `distribution.hookpoint_owners`) spreads hookpoints over the
         processes: `saes` are then this process's own, and it trains them on the whole global batch.
         `learning_rates` sets some SAEs' own rates (a sweep); the others take `args.learning_rate`."""
+        args = args.with_learning_rate()  # a runner has resolved it already; a direct caller may not have
         self.args, self.buffer, self.owners = args, buffer, owners
         self.learning_rates = {name: (learning_rates or {}).get(name, args.learning_rate) for name in saes}
         self.hparams = asdict(args)  # what the trackers record; a runner adds the other argument groups

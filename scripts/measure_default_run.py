@@ -43,13 +43,19 @@ from hf_sae.hub import load_saes
 from hf_sae.models import load_model, max_positions
 
 HOOKPOINT = "model.layers.15"
-STRATEGIES = {  # name: (tokens of the cache it replays, none: the whole; the flags beyond the cache and seed)
+# name: (tokens of the cache it replays, none: the whole; the flags beyond the cache and seed). A run given a cache
+# trains at lr 1e-3 unless it says otherwise.
+STRATEGIES = {
     "fresh": (None, ["--epochs", "1"]),
+    "fresh-lr2e-3": (None, ["--epochs", "1", "--learning_rate", "2e-3"]),
     "fresh-lr3e-3": (None, ["--epochs", "1", "--learning_rate", "3e-3"]),
     "2x900k": (900_000, ["--epochs", "2"]),
+    "2x900k-lr2e-3": (900_000, ["--epochs", "2", "--learning_rate", "2e-3"]),
     "6x700k": (700_000, ["--epochs", "6"]),
     "6x700k-lr2e-3": (700_000, ["--epochs", "6", "--learning_rate", "2e-3"]),
+    "6x700k-lr3e-3": (700_000, ["--epochs", "6", "--learning_rate", "3e-3"]),
     "10x500k": (500_000, ["--epochs", "10"]),
+    "10x500k-lr2e-3": (500_000, ["--epochs", "10", "--learning_rate", "2e-3"]),
 }
 TRAINED = ("train_tokens", "train_epochs", "train_seconds", "train_dead_fraction")
 HELD_OUT = ("fvu", "l0", "dead_fraction", "dense_fraction", "eval_tokens")

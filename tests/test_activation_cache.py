@@ -444,17 +444,22 @@ def test_without_a_budget_an_sae_run_is_the_default_run_and_a_transcoder_reads_f
     from hf_sae.budgets import default_run
 
     unset = SaeTrainingArguments(report_to="none")
-    assert unset.train_tokens is None and unset.epochs is None
+    assert unset.train_tokens is None and unset.epochs is None and unset.learning_rate is None
     with caplog.at_level("INFO", logger="hf_sae"):
         sae = default_run(unset, transcoder=False)
-    assert (sae.train_tokens, sae.epochs) == (DEFAULT_RUN_TOKENS, DEFAULT_RUN_EPOCHS) == (700_000, 6)
-    assert "The default run: 700,000 tokens of text, read once and trained on for 6 epochs (4,200,000" in caplog.text
-    assert (default_run(unset, transcoder=True).train_tokens, default_run(unset, transcoder=True).epochs) == (
-        DEFAULT_TRAIN_TOKENS, None)  # fmt: skip
+    assert (sae.train_tokens, sae.epochs, sae.learning_rate) == (DEFAULT_RUN_TOKENS, DEFAULT_RUN_EPOCHS, 2e-3)
+    assert (DEFAULT_RUN_TOKENS, DEFAULT_RUN_EPOCHS) == (700_000, 6)
+    assert "read once and trained on for 6 epochs (4,200,000 tokens) at lr 0.002" in caplog.text
+    transcoder = default_run(unset, transcoder=True)
+    assert (transcoder.train_tokens, transcoder.epochs, transcoder.learning_rate) == (DEFAULT_TRAIN_TOKENS, None, 1e-3)
     cached = default_run(dataclasses.replace(unset, activation_cache="somewhere"), transcoder=False)
-    assert (cached.train_tokens, cached.epochs) == (DEFAULT_TRAIN_TOKENS, None)  # the given cache decides
-    given = dataclasses.replace(unset, train_tokens=4096)
-    assert default_run(given, transcoder=False) is given  # a budget given is the budget
+    assert (cached.train_tokens, cached.epochs, cached.learning_rate) == (DEFAULT_TRAIN_TOKENS, None, 1e-3)
+    budget = default_run(dataclasses.replace(unset, train_tokens=4096), transcoder=False)
+    assert (budget.train_tokens, budget.epochs, budget.learning_rate) == (4096, None, 1e-3)  # a budget given is kept
+    given = dataclasses.replace(unset, train_tokens=4096, learning_rate=5e-4)
+    assert default_run(given, transcoder=False) is given
+    chosen = default_run(dataclasses.replace(unset, learning_rate=5e-4), transcoder=False)
+    assert (chosen.train_tokens, chosen.learning_rate) == (DEFAULT_RUN_TOKENS, 5e-4)  # a rate given is the rate
 
 
 def test_epochs_without_a_cache_read_the_text_once_and_a_second_run_replays_it(tiny, tmp_path, monkeypatch, caplog):

@@ -50,8 +50,9 @@ def test_a_null_in_a_config_file_means_none_where_allowed_and_the_default_elsewh
     config.write_text("batch_size: null\nlearning_rate: null\nshuffle_seed: null\ndataset_split: null\n")
     groups = parse_arguments(TRAIN_GROUPS, [str(config)], "train")
     data, training = (next(g for g in groups if isinstance(g, kind)) for kind in (DataArguments, SaeTrainingArguments))
-    assert (training.batch_size, training.learning_rate, data.dataset_split) == (4096, 1e-3, "train")  # the defaults
+    assert (training.batch_size, data.dataset_split) == (4096, "train")  # the defaults
     assert data.shuffle_seed is None and DataArguments.shuffle_seed == 0  # can be None: keeps the stored order
+    assert training.learning_rate is None  # can be None: resolved by the kind of run (`budgets.default_run`)
 
 
 def test_an_error_during_a_progress_bar_starts_on_its_own_line(tmp_path):

@@ -17,6 +17,7 @@ from hf_sae.arguments import (
     SaeTrainingArguments,
     group_arguments,
 )
+from hf_sae.arguments.train import DEFAULT_LEARNING_RATE
 from hf_sae.offline.builtin_models import DEFAULT_MODEL
 from hf_sae.runners import train_saes
 from hf_sae.schedules import Schedule
@@ -386,7 +387,7 @@ def test_tensorboard_gets_the_loss_terms_the_held_out_report_and_clean_hparams(t
     logged = [(event.step, event.value) for event in events.Scalars("lr")]
     assert logged[-1][0] == Schedule(training).num_steps and logged[-1][1] > 0
     for step, value in logged:
-        assert value == pytest.approx(training.learning_rate * Schedule(training).lr_lambda(step - 1))
+        assert value == pytest.approx(DEFAULT_LEARNING_RATE * Schedule(training).lr_lambda(step - 1))
     assert events.Scalars("heldout_fvu")[-1].value == pytest.approx(report["model.layers.1"]["fvu"])
     histogram = events.Histograms("heldout_log10_firing_frequency")[-1].histogram_value
     metrics = report["model.layers.1"]
