@@ -5,10 +5,11 @@ same cost, each way with several seeds, every other setting `hf-sae train`'s.
     hf-sae cache --output_dir cache/1m --cache_tokens 1000000
     python scripts/measure_default_run.py --cache cache/1m --output_dir out/default-run
 
-The LM forward costs a token 1/h seconds and an SAE step 1/r (on 2 CPU cores, idle: h about 2,200-3,000 tok/s and r
-about 22,800 with AVX-512 bf16; about 900 and 8,000 without). F fresh tokens cost F (1/h + 1/r); a cache of N tokens
-replayed for E epochs costs N/h + E N/r. With r/h about 8-10, one fresh pass over 1M tokens costs about as much as
-six epochs over 700,000 cached tokens, ten over 500,000 or two over 900,000 (the strategies below). One epoch of a
+The LM forward costs a token 1/h seconds and an SAE step 1/r (on 2 CPU cores, idle, with AVX-512 bf16: h about
+2,000-3,000 tok/s and r about 13,000-17,500 in a training command; about 900 and 8,000 without). F fresh tokens cost
+F (1/h + 1/r); a cache of N tokens replayed for E epochs costs N/h + E N/r. With r/h about 7-9, one fresh pass over
+1M tokens costs about as much as six epochs over 700,000 cached tokens, ten over 500,000 or two over 900,000 (the
+strategies below, each at more than one learning rate; `6x1m-lr2e-3` is a longer run). One epoch of a
 cache trains on the tokens a fresh run of that many tokens reads (bf16 on disk, in one random order instead of
 through the shuffle buffer), so it stands for the fresh run without paying for the LM forward again; a smaller cache
 is the first N tokens of the big one (`replay_epochs.write_prefix_cache`).
@@ -56,6 +57,7 @@ STRATEGIES = {
     "6x700k-lr3e-3": (700_000, ["--epochs", "6", "--learning_rate", "3e-3"]),
     "10x500k": (500_000, ["--epochs", "10"]),
     "10x500k-lr2e-3": (500_000, ["--epochs", "10", "--learning_rate", "2e-3"]),
+    "6x1m-lr2e-3": (None, ["--epochs", "6", "--learning_rate", "2e-3"]),  # a longer run: about 1.5 times the cost
 }
 TRAINED = ("train_tokens", "train_epochs", "train_seconds", "train_dead_fraction")
 HELD_OUT = ("fvu", "l0", "dead_fraction", "dense_fraction", "eval_tokens")
