@@ -78,12 +78,18 @@ def _fixed_width(formatter: type[argparse.HelpFormatter]) -> Callable[..., argpa
     return functools.partial(formatter, width=HELP_WIDTH)
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after each flag's help, except where the help says what its default is: there the
+    sentinel (often None, resolved later) would contradict it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if "Default:" in (action.help or "") else super()._get_help_string(action)
+
+
 def parse_arguments(groups: tuple[type, ...], argv: list[str], prog: str) -> tuple:
     """The dataclasses of `groups`, from flags or from a YAML / JSON file followed by flags."""
     epilog = f"--debug (or {DEBUG_VARIABLE}=1) shows an error's traceback; --verbose shows other libraries' logs."
-    parser = HfArgumentParser(
-        groups, prog=prog, epilog=epilog, formatter_class=_fixed_width(argparse.ArgumentDefaultsHelpFormatter)
-    )
+    parser = HfArgumentParser(groups, prog=prog, epilog=epilog, formatter_class=_fixed_width(_DefaultsHelpFormatter))
     sections = {section.title: section for section in parser._action_groups}
     for group in groups:  # each group's section in `--help` (titled by its `_argument_group_name`) says what it is for
         if section := sections.get(getattr(group, "_argument_group_name", None)):

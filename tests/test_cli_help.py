@@ -40,6 +40,15 @@ def test_each_stored_text_is_the_live_help_whatever_the_terminal_width(command, 
     assert stored(command or hf_sae_cli.TOP_LEVEL) == live, f"{command}'s stored help is stale: run {REGENERATE}"
 
 
+def test_a_flag_that_states_its_default_gets_no_second_default():
+    text = " ".join(help_text("train").split())  # wrapped lines joined
+    assert "Adam learning rate. Default: 0.002 in the default run (see --train_tokens), 0.001 otherwise. --lr" in text
+    assert "Fraction of steps with linear lr warm-up. (default: 0.02)" in text  # the others keep argparse's
+    for command in COMMANDS:
+        for flag in " ".join(help_text(command).split()).split(" --")[1:]:
+            assert not ("Default:" in flag and "(default:" in flag), f"{command}: --{flag}"
+
+
 def test_help_text_is_what_the_command_prints(capsys):
     with pytest.raises(SystemExit) as done:
         real_main(["convert", "--help"])
