@@ -357,7 +357,7 @@ class SaeTrainingArguments(Checked):
 
     train_tokens: int | None = flag(
         "Tokens of text to train on (with --epochs E over a new cache: read once, trained on E times). Default: the "
-        f"default run, about ten minutes on 2 CPU cores: {DEFAULT_RUN_TOKENS:,} tokens, --epochs {DEFAULT_RUN_EPOCHS} "
+        f"default run, about 11 minutes on 2 CPU cores: {DEFAULT_RUN_TOKENS:,} tokens, --epochs {DEFAULT_RUN_EPOCHS} "
         f"and --learning_rate {DEFAULT_RUN_LEARNING_RATE:g} for SAEs; {DEFAULT_TRAIN_TOKENS:,} tokens for a "
         "transcoder run or one given a cache.",
         None,
